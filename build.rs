@@ -1,0 +1,20 @@
+//! Bakes in where the native libraries live, so `cargo test`, `cargo run` and
+//! `target/release/probe` run with no environment variables (see ../shared/toolchain.md):
+//! - libtorch: torch-sys declares `links = "tch"`, so its lib folder reaches us as
+//!   `DEP_TCH_LIBTORCH_LIB`; an rpath makes the loader find it (LD_LIBRARY_PATH set in
+//!   .cargo/config.toml would not reach test binaries).
+//! - ONNX Runtime is loaded at run time (ort's `load-dynamic`): the default path of the library
+//!   that setup.sh installs is compiled in as `PROBE_ORT_DYLIB_DEFAULT`; `ORT_DYLIB_PATH` overrides.
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    }
+    let ort = root.join(".onnxruntime").join("libonnxruntime.so.1");
+    println!("cargo:rustc-env=PROBE_ORT_DYLIB_DEFAULT={}", ort.display());
+    println!("cargo:rustc-env=PROBE_SOURCE_ROOT={}", root.display());
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+}

@@ -1,0 +1,256 @@
+"""PyTorch reference numbers for probe's tests, plus the data files and the "unseen" CNN they use.
+
+probe computes exact full-dataset losses and gradients from ONNX graphs; the tests check them
+against what plain PyTorch says for the same weights and data. Subcommands:
+
+  eval       --model M --ckpt C.safetensors --data D.h5 [--batch B] --out ref.json
+             full-dataset mean cross-entropy and accuracy -> {"loss", "accuracy", "n", "targets"}
+  grad       (same flags) --out ref.safetensors
+             gradient of the full-dataset mean loss per parameter (state-dict names, float64),
+             plus a 0-d float64 tensor "loss"; metadata holds loss/accuracy/n/targets as text
+  make-data  --dataset fashion-mnist|shakespeare [--n N] --out d.h5
+  hidden-cnn --out DIR   DIR/m.onnx, DIR/c.safetensors (after 3 SGD steps), DIR/m.py
+
+M is mlp, resnet, gpt (models/zoo.py) or a path to a .py file defining `build()` (or `Model`).
+Loss definitions: the mean over all target elements (N for classifiers, N*T for the GPT) of
+cross-entropy; accuracy is argmax == target over the same elements. The model runs in float32
+(as the ONNX graph does) unless --f64; per-batch sums and gradients are accumulated in float64.
+Without --ckpt the model keeps its fixed initial weights (torch.manual_seed(0)).
+"""
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "data"))
+import zoo  # noqa: E402
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+# --- models and data --------------------------------------------------------------------------
+def load_model(spec, ckpt=None):
+    """A zoo name or a .py file with build()/Model; weights from `ckpt` if given; eval mode."""
+    if spec in zoo.NAMES:
+        model = zoo.build(spec)
+    elif spec.endswith(".py") and os.path.isfile(spec):
+        mod_spec = importlib.util.spec_from_file_location("user_model", spec)
+        mod = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(mod)
+        model = mod.build() if hasattr(mod, "build") else mod.Model()
+    else:
+        raise SystemExit(f"--model: {spec!r} is neither one of {zoo.NAMES} nor a .py file")
+    if ckpt:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(ckpt), strict=True)
+    return model.eval()
+
+
+def batches(path, batch):
+    """(x, y) torch batches from an HDF5 file with datasets `x` and `y`, in file order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n = f["x"].shape[0]
+        if f["y"].shape[0] != n:
+            raise SystemExit(f"{path}: x has {n} rows, y has {f['y'].shape[0]}")
+        for i in range(0, n, batch):
+            yield torch.from_numpy(f["x"][i:i + batch]), torch.from_numpy(f["y"][i:i + batch]).long()
+
+
+def batch_loss(model, x, y, f64):
+    """Summed cross-entropy (float64) and number of correct argmaxes over the batch's targets."""
+    if f64 and x.is_floating_point():
+        x = x.double()
+    logits = model(x)
+    flat = logits.reshape(-1, logits.shape[-1]).double()
+    t = y.reshape(-1)
+    return F.cross_entropy(flat, t, reduction="sum"), int((flat.argmax(-1) == t).sum()), t.numel()
+
+
+def _prepare(a):
+    torch.set_num_threads(a.threads)
+    model = load_model(a.model, a.ckpt)
+    if a.f64:
+        model = model.double()
+    return model
+
+
+# --- subcommands ------------------------------------------------------------------------------
+def cmd_eval(a):
+    model = _prepare(a)
+    total, correct, targets, n = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for x, y in batches(a.data, a.batch):
+            s, c, t = batch_loss(model, x, y, a.f64)
+            total += float(s.detach())
+            correct += c
+            targets += t
+            n += x.shape[0]
+    out = {"loss": total / targets, "accuracy": correct / targets, "n": n, "targets": targets}
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out))
+
+
+def cmd_grad(a):
+    from safetensors.torch import save_file
+
+    model = _prepare(a)
+    params = dict(model.named_parameters())
+    acc = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    total, correct, targets, n = 0.0, 0, 0, 0
+    for x, y in batches(a.data, a.batch):
+        model.zero_grad(set_to_none=True)
+        s, c, t = batch_loss(model, x, y, a.f64)
+        s.backward()  # gradient of the batch's SUMMED loss; divided by all targets at the end
+        for k, p in params.items():
+            if p.grad is not None:
+                acc[k] += p.grad.double()
+        total += float(s.detach())
+        correct += c
+        targets += t
+        n += x.shape[0]
+    out = {k: (g / targets).contiguous() for k, g in acc.items()}
+    loss = total / targets
+    out["loss"] = torch.tensor(loss, dtype=torch.float64)
+    meta = {"loss": repr(loss), "accuracy": repr(correct / targets), "n": str(n), "targets": str(targets)}
+    save_file(out, a.out, metadata=meta)
+    gnorm = float(torch.sqrt(sum((g ** 2).sum() for k, g in out.items() if k != "loss")))
+    print(json.dumps({**meta, "tensors": len(out) - 1, "grad_norm": gnorm}))
+
+
+def read_idx(path):
+    """A gzipped IDX file (images magic 2051, labels 2049) as a uint8 numpy array."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    magic = struct.unpack(">i", raw[:4])[0]
+    if magic == 2051:
+        n, r, c = struct.unpack(">iii", raw[4:16])
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(n, r, c)
+    if magic == 2049:
+        (n,) = struct.unpack(">i", raw[4:8])
+        return np.frombuffer(raw, np.uint8, offset=8).reshape(n)
+    raise SystemExit(f"{path}: bad IDX magic {magic}")
+
+
+def fashion_mnist(n=None, split="train"):
+    """First n images, normalized to float32 [n,1,28,28], and int64 labels [n]."""
+    img = read_idx(os.path.join(FMNIST_DIR, f"{split}-images-idx3-ubyte.gz"))
+    lab = read_idx(os.path.join(FMNIST_DIR, f"{split}-labels-idx1-ubyte.gz"))
+    n = len(img) if n is None else n
+    if n > len(img):
+        raise SystemExit(f"--n {n}: only {len(img)} images")
+    x = ((img[:n].astype(np.float32) / np.float32(255) - np.float32(FMNIST_MEAN)) / np.float32(FMNIST_STD))
+    return x[:, None].astype(np.float32), lab[:n].astype(np.int64)
+
+
+def shakespeare(n=None, T=zoo.GPT_BLOCK):
+    """Windows i = 0..n-1 of the token stream s: x = s[iT : iT+T], y = s[iT+1 : iT+T+1].
+
+    At most floor((len(s)-1)/T) windows exist; the stream is defined in data/make_vocab.py.
+    """
+    from make_vocab import read_stream
+
+    text, _ = read_stream()
+    ids = {c: i for i, c in enumerate(zoo.load_vocab())}
+    s = np.fromiter((ids[c] for c in text), dtype=np.int64, count=len(text))
+    w = (len(s) - 1) // T
+    n = w if n is None else n
+    if n > w:
+        raise SystemExit(f"--n {n}: only {w} windows of {T}")
+    x = s[: n * T].reshape(n, T)
+    y = s[1: n * T + 1].reshape(n, T)
+    return x, y
+
+
+def cmd_make_data(a):
+    import h5py
+
+    if a.dataset == "fashion-mnist":
+        x, y = fashion_mnist(a.n, a.split)
+    else:
+        x, y = shakespeare(a.n)
+    with h5py.File(a.out, "w") as f:
+        f.create_dataset("x", data=x)
+        f.create_dataset("y", data=y)
+    print(f"{a.out}: x {x.dtype} {list(x.shape)}, y {y.dtype} {list(y.shape)}")
+
+
+def cmd_hidden_cnn(a):
+    """Export the unseen CNN and a checkpoint whose BN running stats moved away from init."""
+    from safetensors.torch import save_file
+
+    import export
+    import hidden_cnn
+
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.out, exist_ok=True)
+    model = hidden_cnn.build()
+    path = os.path.join(a.out, "m.onnx")
+    if a.export_init:
+        export.export_onnx(model, hidden_cnn.example_input(), path)
+    x, y = fashion_mnist(3 * 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for i in range(3):
+        xb, yb = torch.from_numpy(x[i * 64:(i + 1) * 64]), torch.from_numpy(y[i * 64:(i + 1) * 64])
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        print(f"step {i}: train loss {loss.item():.4f}")
+    model.eval()
+    if not a.export_init:
+        export.export_onnx(model, hidden_cnn.example_input(), path)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(a.out, "c.safetensors"))
+    shutil.copyfile(hidden_cnn.__file__, os.path.join(a.out, "m.py"))
+    export.check(path, model.state_dict() if not a.export_init else hidden_cnn.build().state_dict())
+    print(f"{a.out}: m.onnx (+.data), c.safetensors, m.py")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("eval", cmd_eval), ("grad", cmd_grad)):
+        s = sub.add_parser(name)
+        s.add_argument("--model", required=True, help="mlp|resnet|gpt|resnet101 or a .py file")
+        s.add_argument("--ckpt", help="safetensors state dict (default: the fixed initial weights)")
+        s.add_argument("--data", required=True, help="HDF5 file with datasets x and y")
+        s.add_argument("--batch", type=int, default=256)
+        s.add_argument("--f64", action="store_true", help="run the model itself in float64")
+        s.add_argument("--threads", type=int, default=2)
+        s.add_argument("--out", required=True)
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("make-data")
+    s.add_argument("--dataset", required=True, choices=["fashion-mnist", "shakespeare"])
+    s.add_argument("--n", type=int, help="number of examples/windows (default: all)")
+    s.add_argument("--split", default="train", choices=["train", "t10k"], help="fashion-mnist only")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_make_data)
+    s = sub.add_parser("hidden-cnn")
+    s.add_argument("--out", required=True)
+    s.add_argument("--export-init", action="store_true",
+                   help="export the graph with the INITIAL weights (checkpoint still trained), so "
+                        "only the checkpoint carries the trained values")
+    s.add_argument("--threads", type=int, default=2)
+    s.set_defaults(fn=cmd_hidden_cnn)
+    a = p.parse_args()
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

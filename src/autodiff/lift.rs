@@ -1,0 +1,92 @@
+//! Lifting a model's state to graph inputs and appending the loss head: the evaluation graph.
+use super::loss::{self, LossKind};
+use crate::model::graph::{value_info, Builder};
+use crate::model::Model;
+use crate::tensor::DType;
+use anyhow::Result;
+use onnx_protobuf::ModelProto;
+
+/// The graph `probe eval` runs, and the order of what it is fed.
+pub struct EvalGraph {
+    pub proto: ModelProto,
+    /// The data input's name (as in the model).
+    pub input: String,
+    /// The targets' input name.
+    pub target: String,
+    /// State tensors fed per checkpoint, in the order they are graph inputs.
+    pub state: Vec<String>,
+    pub loss: String,
+    pub correct: Option<String>,
+}
+
+pub const TARGET: &str = "probe/target";
+
+/// Moves every state initializer of `model` to the graph's inputs (keeping its name, type and
+/// shape) and removes the rest of what the caller does not need.
+pub fn lift_state(model: &Model) -> Result<(ModelProto, Vec<String>)> {
+    let mut proto = model.proto.clone();
+    let g = proto.graph.as_mut().unwrap();
+    let mut state = Vec::new();
+    let mut bad = Vec::new();
+    for p in model.state() {
+        if p.dtype != DType::F32 {
+            bad.push(format!("'{}' is {}", p.name, p.dtype));
+        }
+        state.push(p.name.clone());
+    }
+    if !bad.is_empty() {
+        return Err(crate::error::input(format!(
+            "{}: probe computes in float32 and the model's state must be float32: {}",
+            model.path.display(),
+            bad.join(", ")
+        )));
+    }
+    let is_state: std::collections::HashSet<&str> = state.iter().map(|s| s.as_str()).collect();
+    g.initializer
+        .retain(|t| !is_state.contains(t.name.as_str()));
+    g.input.retain(|i| !is_state.contains(i.name.as_str()));
+    for p in model.state() {
+        let dims: Vec<Option<i64>> = p.shape.iter().map(|&d| Some(d as i64)).collect();
+        g.input.push(value_info(&p.name, DType::F32, &dims, "N"));
+    }
+    Ok((proto, state))
+}
+
+/// The forward graph with its state as inputs, a target input, and the loss head as outputs.
+pub fn eval_graph(model: &Model, kind: LossKind, target_rank: usize) -> Result<EvalGraph> {
+    let input = model.data_input()?.name.clone();
+    let output = model.outputs[0].name.clone();
+    let (mut proto, state) = lift_state(model)?;
+    // Loss heads need opset >= 13 (Unsqueeze/Reshape with tensor axes, GatherElements).
+    if model.opset() < 13 {
+        return Err(crate::error::input(format!(
+            "{}: opset {} is older than 13, which probe's loss head needs; re-export with a newer opset",
+            model.path.display(),
+            model.opset()
+        )));
+    }
+    let mut b = Builder::new("probe/loss");
+    let head = loss::append(&mut b, &output, TARGET, kind);
+    let g = proto.graph.as_mut().unwrap();
+    let tdtype = match kind {
+        LossKind::CrossEntropy => DType::I64,
+        LossKind::Mse => DType::F32,
+    };
+    g.input
+        .push(value_info(TARGET, tdtype, &vec![None; target_rank], "N"));
+    g.node.extend(b.nodes);
+    g.output.clear();
+    g.output
+        .push(value_info(&head.loss, DType::F32, &[None], "M"));
+    if let Some(c) = &head.correct {
+        g.output.push(value_info(c, DType::F32, &[None], "M"));
+    }
+    Ok(EvalGraph {
+        proto,
+        input,
+        target: TARGET.into(),
+        state,
+        loss: head.loss,
+        correct: head.correct,
+    })
+}

@@ -1,0 +1,252 @@
+//! `probe eval`: the exact full-dataset mean loss and accuracy at a checkpoint, by ONNX Runtime.
+//!
+//! Each batch's graph run returns the per-element loss and correctness in f32; they are summed in
+//! f64 here, so the mean over N (or N*T) elements carries no accumulated f32 rounding.
+use super::check::{targets_in_range, Fit};
+use crate::autodiff::EvalGraph;
+use crate::data::{batches, Array, Dataset};
+use crate::model::Checkpoint;
+use crate::progress::Progress;
+use anyhow::{anyhow, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EvalResult {
+    pub loss: f64,
+    /// NaN where accuracy does not apply (mse).
+    pub accuracy: f64,
+    pub samples: usize,
+    pub elements: usize,
+    pub seconds: f64,
+}
+
+/// The state of `ckpt` as arrays in the graph's input order.
+pub fn state_arrays(
+    graph_state: &[String],
+    ckpt: &Checkpoint,
+) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    graph_state
+        .iter()
+        .map(|n| {
+            ckpt.tensors
+                .get(n)
+                .and_then(|t| t.to_array_f32())
+                .ok_or_else(|| anyhow!("{}: no float tensor '{n}'", ckpt.path.display()))
+        })
+        .collect()
+}
+
+pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
+    Ok(match a {
+        Array::F32(x) => TensorRef::from_array_view(x.view())?.into(),
+        Array::I64(x) => TensorRef::from_array_view(x.view())?.into(),
+    })
+}
+
+pub fn evaluate(
+    session: &mut Session,
+    graph: &EvalGraph,
+    ckpt: &Checkpoint,
+    data: &mut dyn Dataset,
+    batch: usize,
+    fit: &Fit,
+    progress: &mut Progress,
+) -> Result<EvalResult> {
+    let t0 = std::time::Instant::now();
+    let state = state_arrays(&graph.state, ckpt)?;
+    let spec = data.spec().clone();
+    let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
+    for (start, count) in batches(spec.len, batch) {
+        let b = data.read(start, count)?;
+        targets_in_range(&b, fit.classes, &spec.identity)?;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
+        inputs.push((graph.input.as_str().into(), input_value(&b.x)?));
+        inputs.push((graph.target.as_str().into(), input_value(&b.y)?));
+        for (name, a) in graph.state.iter().zip(&state) {
+            inputs.push((
+                name.as_str().into(),
+                TensorRef::from_array_view(a.view())?.into(),
+            ));
+        }
+        let out = session.run(inputs).map_err(|e| {
+            anyhow!(
+                "{}: ONNX Runtime failed on samples {}..{}: {e}",
+                ckpt.path.display(),
+                start,
+                start + count
+            )
+        })?;
+        let l = out[graph.loss.as_str()].try_extract_array::<f32>()?;
+        let s: f64 = l.iter().map(|&v| v as f64).sum();
+        if !s.is_finite() {
+            return Err(crate::error::non_finite(format!(
+                "{}: non-finite loss ({s}) on samples {}..{} of {}",
+                ckpt.path.display(),
+                start,
+                start + count,
+                spec.identity
+            )));
+        }
+        loss_sum += s;
+        elements += l.len();
+        if let Some(c) = &graph.correct {
+            correct_sum += out[c.as_str()]
+                .try_extract_array::<f32>()?
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
+        }
+        progress.inc(count as u64);
+    }
+    Ok(EvalResult {
+        loss: loss_sum / elements as f64,
+        accuracy: if graph.correct.is_some() {
+            correct_sum / elements as f64
+        } else {
+            f64::NAN
+        },
+        samples: spec.len,
+        elements,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Everything `probe eval` needs, checked before any work starts.
+pub struct EvalPlan {
+    pub model: std::path::PathBuf,
+    /// Empty: the model's own initializers.
+    pub checkpoints: Vec<std::path::PathBuf>,
+    pub data: String,
+    pub limit: Option<usize>,
+    pub batch: usize,
+    pub loss: crate::autodiff::LossKind,
+    pub threads: usize,
+    pub out: std::path::PathBuf,
+    pub force: bool,
+    pub quiet: bool,
+    pub command_line: String,
+}
+
+/// One printed and stored row.
+pub struct EvalRow {
+    pub path: String,
+    pub step: i64,
+    pub result: EvalResult,
+}
+
+/// Runs `probe eval`: every checkpoint over the whole data set, one HDF5 row each; checkpoints
+/// already complete in `out` (same file, same hash) are skipped. `on_row` sees each row as it
+/// is committed.
+pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
+    use crate::store::{Cell, RunInfo, Store};
+    let model = crate::model::Model::load(&plan.model)?;
+    let input = model.data_input()?;
+    let hint = crate::data::Hint {
+        x_shape: input.sample_shape(),
+    };
+    let mut data = crate::data::open(&plan.data, &hint)?;
+    if let Some(l) = plan.limit {
+        data = Box::new(crate::data::Limited::new(data, l));
+    }
+    let spec = data.spec().clone();
+    let fit = super::check::data_fits_model(&model, &spec, plan.loss)?;
+    // Every checkpoint is read and matched before the first batch runs: a bad one fails fast.
+    let mut ckpts = Vec::new();
+    if plan.checkpoints.is_empty() {
+        ckpts.push(Checkpoint::from_model(&model)?);
+    } else {
+        let mut errors = Vec::new();
+        for p in &plan.checkpoints {
+            match Checkpoint::load(p, &model) {
+                Ok(c) => ckpts.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == 1 {
+            return Err(errors.pop().unwrap());
+        } else if !errors.is_empty() {
+            let msg = errors
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join(" | ");
+            return Err(crate::error::input(format!(
+                "{} checkpoints do not fit: {msg}",
+                errors.len()
+            )));
+        }
+    }
+    for c in &ckpts {
+        for n in &c.notes {
+            if !plan.quiet {
+                eprintln!("note: {}: {n}", c.path.display());
+            }
+        }
+    }
+    let graph = crate::autodiff::eval_graph(&model, plan.loss, fit.target_rank)?;
+    let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
+    let mut session = crate::runtime::session(&bytes, plan.threads, "evaluation")?;
+    let info = RunInfo {
+        command: "eval".into(),
+        command_line: plan.command_line.clone(),
+        model_path: plan.model.display().to_string(),
+        model_sha256: model.sha256.clone(),
+        data: spec.identity.clone(),
+        data_samples: spec.len as i64,
+        batch_size: plan.batch as i64,
+        loss: plan.loss.name().into(),
+        extra: Default::default(),
+    };
+    let mut store = Store::open(&plan.out, &info, plan.force)?;
+    let done = store.done();
+    let mut rows = Vec::new();
+    let result = (|| -> Result<()> {
+        for c in &ckpts {
+            let path = c.path.display().to_string();
+            if done.contains(&(path.clone(), c.sha256.clone())) {
+                if !plan.quiet {
+                    eprintln!("skip: {path} is already complete in {}", plan.out.display());
+                }
+                continue;
+            }
+            let label = c
+                .path
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            let r = evaluate(
+                &mut session,
+                &graph,
+                c,
+                data.as_mut(),
+                plan.batch,
+                &fit,
+                &mut progress,
+            )?;
+            progress.finish();
+            store.append(&vec![
+                ("loss".into(), Cell::F64(r.loss)),
+                ("accuracy".into(), Cell::F64(r.accuracy)),
+                ("samples".into(), Cell::I64(r.samples as i64)),
+                ("elements".into(), Cell::I64(r.elements as i64)),
+                ("seconds".into(), Cell::F64(r.seconds)),
+                ("checkpoints/path".into(), Cell::Str(path.clone())),
+                ("checkpoints/step".into(), Cell::I64(c.step)),
+                ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
+            ])?;
+            let row = EvalRow {
+                path,
+                step: c.step,
+                result: r,
+            };
+            on_row(&row);
+            rows.push(row);
+        }
+        Ok(())
+    })();
+    store.finish(result.is_ok())?;
+    result.map(|_| rows)
+}

@@ -1,0 +1,170 @@
+//! Small helpers for writing ONNX graphs: deterministic fresh names, nodes, constants,
+//! attributes, and value infos. The loss head and the gradient graph are written with these.
+use crate::tensor::DType;
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, NodeProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+pub fn attr_int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.to_vec();
+    a
+}
+
+pub fn attr_float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+pub fn attr_string(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::STRING.into();
+    a.s = v.as_bytes().to_vec();
+    a
+}
+
+pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::TENSOR.into();
+    a.t = protobuf::MessageField::some(t);
+    a
+}
+
+pub fn tensor_i64(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DType::I64.onnx();
+    t.dims = dims.to_vec();
+    t.int64_data = v.to_vec();
+    t
+}
+
+pub fn tensor_f32(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DType::F32.onnx();
+    t.dims = dims.to_vec();
+    t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    t
+}
+
+/// A value info with element type and shape; `None` dims are symbolic (named by `sym`).
+pub fn value_info(name: &str, dtype: DType, dims: &[Option<i64>], sym: &str) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for (i, d) in dims.iter().enumerate() {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(match d {
+            Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+            None => tensor_shape_proto::dimension::Value::DimParam(if i == 0 {
+                sym.to_string()
+            } else {
+                format!("{sym}_{i}")
+            }),
+        });
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = dtype.onnx();
+    tt.shape = protobuf::MessageField::some(shape);
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = protobuf::MessageField::some(tp);
+    v
+}
+
+/// Appends nodes under a name prefix; generated names are `{prefix}/{hint}_{k}`, the same on every
+/// run for the same graph (so two builds emit identical files).
+pub struct Builder {
+    pub prefix: String,
+    pub nodes: Vec<NodeProto>,
+    counter: usize,
+}
+
+impl Builder {
+    pub fn new(prefix: &str) -> Builder {
+        Builder {
+            prefix: prefix.to_string(),
+            nodes: Vec::new(),
+            counter: 0,
+        }
+    }
+
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{}/{}_{}", self.prefix, hint, self.counter)
+    }
+
+    /// Adds a node with one output and returns the output's name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.op_n(op, inputs, attrs, 1).pop().unwrap()
+    }
+
+    pub fn op_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
+        let base = self.fresh(op);
+        let outs: Vec<String> = (0..outputs)
+            .map(|i| {
+                if outputs == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}:{i}")
+                }
+            })
+            .collect();
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = base;
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = outs.clone();
+        n.attribute = attrs;
+        self.nodes.push(n);
+        outs
+    }
+
+    /// A 1-D int64 constant.
+    pub fn ints(&mut self, v: &[i64]) -> String {
+        let out = self.fresh("const");
+        let mut n = NodeProto::new();
+        n.op_type = "Constant".into();
+        n.name = out.clone();
+        n.output = vec![out.clone()];
+        n.attribute = vec![attr_tensor("value", tensor_i64("", &[v.len() as i64], v))];
+        self.nodes.push(n);
+        out
+    }
+
+    /// A float32 scalar constant.
+    pub fn scalar(&mut self, v: f32) -> String {
+        let out = self.fresh("const");
+        let mut n = NodeProto::new();
+        n.op_type = "Constant".into();
+        n.name = out.clone();
+        n.output = vec![out.clone()];
+        n.attribute = vec![attr_tensor("value", tensor_f32("", &[], &[v]))];
+        self.nodes.push(n);
+        out
+    }
+}

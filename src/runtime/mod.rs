@@ -1,0 +1,60 @@
+//! ONNX Runtime sessions over the graphs probe builds.
+//!
+//! ONNX Runtime is loaded at run time (ort's `load-dynamic`): from `ORT_DYLIB_PATH` if set, else
+//! from the library `setup.sh` installed beside the sources (compiled in by build.rs).
+use anyhow::{anyhow, Result};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Where the ONNX Runtime library is looked for.
+pub fn dylib_path() -> PathBuf {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("PROBE_ORT_DYLIB_DEFAULT")),
+    }
+}
+
+/// The process's ONNX Runtime environment, loaded once.
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    let env = ENV.get_or_init(|| {
+        let path = dylib_path();
+        if !path.exists() {
+            return Err(format!(
+                "ONNX Runtime library not found at {} (run ./setup.sh, or set ORT_DYLIB_PATH)",
+                path.display()
+            ));
+        }
+        ort::init_from(&path)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("probe")
+            .build()
+            .map_err(|e| format!("starting ONNX Runtime from {}: {e}", path.display()))
+    });
+    env.as_ref().map_err(|e| anyhow!("{e}"))
+}
+
+/// Number of threads used when none is asked for: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A CPU session over an in-memory ONNX model, with all graph optimizations and `threads`
+/// intra-op threads.
+pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session> {
+    let env = environment()?;
+    let ctx = |e: ort::Error| anyhow!("ONNX Runtime could not load the {what} graph: {e}");
+    let mut b = Session::builder(env).map_err(ctx)?;
+    b = b
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| ctx(ort::Error::from(e)))?
+        .with_intra_threads(threads)
+        .map_err(|e| ctx(ort::Error::from(e)))?
+        .with_inter_threads(1)
+        .map_err(|e| ctx(ort::Error::from(e)))?;
+    b.commit_from_memory(model_bytes).map_err(ctx)
+}
