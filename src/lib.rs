@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod measure;
 pub mod model;
+pub mod ops;
 pub mod progress;
 pub mod runtime;
 pub mod store;

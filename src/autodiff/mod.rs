@@ -1,12 +1,15 @@
 //! ONNX -> ONNX transforms that turn an exported forward graph into what probe runs:
 //! - [`lift`]: the checkpoint's state (parameters and buffers) becomes graph *inputs*, so one
 //!   session serves every checkpoint without rewriting the model;
-//! - [`loss`]: a loss head on the model's output (per-element loss and correctness, summed in f64
-//!   by the caller).
-//! The reverse-mode gradient builder lives here too (issue 3).
+//! - [`loss`]: a loss head on the model's output (per-element loss and correctness);
+//! - [`grad`]: reverse-mode differentiation into standard ONNX ops, with the per-op rules of
+//!   [`crate::ops`] and the shapes of [`shapes`].
 
+pub mod ctx;
+pub mod grad;
 pub mod lift;
 pub mod loss;
+pub mod shapes;
 
 pub use lift::{eval_graph, EvalGraph};
 pub use loss::LossKind;

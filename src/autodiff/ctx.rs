@@ -1,0 +1,221 @@
+//! What a gradient rule sees and emits: the node, the gradients of its outputs, which of its
+//! inputs need gradients, and a builder for new nodes (after ONNX Runtime training's
+//! `gradient_builder`: `I(i)`, `O(i)`, `GO(i)`, `GI(i)`).
+use super::shapes::Shapes;
+use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_f32, tensor_i64, Builder};
+use crate::tensor::DType;
+use anyhow::{anyhow, Result};
+use onnx_protobuf::{AttributeProto, NodeProto, TensorProto};
+use std::collections::{BTreeMap, HashMap};
+
+pub struct Ctx<'a> {
+    pub node: &'a NodeProto,
+    pub b: &'a mut Builder,
+    pub shapes: &'a Shapes,
+    /// Values known at build time (Constant outputs, constant initializers), for rules whose
+    /// attributes arrive as inputs (axes, split sizes, sequence positions).
+    pub consts: &'a HashMap<String, TensorProto>,
+    pub(crate) gout: Vec<Option<String>>,
+    /// Gradients of a sequence-valued output, by position (SplitToSequence).
+    pub(crate) gout_seq: BTreeMap<usize, String>,
+    pub(crate) need: Vec<bool>,
+    pub(crate) gin: Vec<Option<String>>,
+    /// Gradient contributions to a sequence-valued input, by position (SequenceAt).
+    pub(crate) gin_seq: Vec<(usize, String)>,
+    /// Forward-node edits a rule asks for (extra outputs such as MaxPool's indices).
+    pub(crate) extra_outputs: Vec<(usize, String)>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn input(&self, i: usize) -> &str {
+        self.node.input.get(i).map(|s| s.as_str()).unwrap_or("")
+    }
+    pub fn has_input(&self, i: usize) -> bool {
+        !self.input(i).is_empty()
+    }
+    pub fn output(&self, i: usize) -> &str {
+        self.node.output.get(i).map(|s| s.as_str()).unwrap_or("")
+    }
+    /// Gradient of output `i`, if anything downstream needs it.
+    pub fn go(&self, i: usize) -> Option<String> {
+        self.gout.get(i).cloned().flatten()
+    }
+    pub fn go_seq(&self) -> &BTreeMap<usize, String> {
+        &self.gout_seq
+    }
+    /// Whether input `i` needs a gradient.
+    pub fn needs(&self, i: usize) -> bool {
+        self.need.get(i).copied().unwrap_or(false)
+    }
+    /// Sets the gradient of input `i` (ignored if not needed).
+    pub fn set(&mut self, i: usize, g: String) {
+        if self.needs(i) {
+            self.gin[i] = Some(g);
+        }
+    }
+    pub fn set_seq(&mut self, pos: usize, g: String) {
+        self.gin_seq.push((pos, g));
+    }
+    /// Asks for the forward node to have output `i` (optional outputs such as MaxPool's indices);
+    /// returns its name.
+    pub fn require_output(&mut self, i: usize) -> String {
+        if let Some(o) = self.node.output.get(i).filter(|o| !o.is_empty()) {
+            return o.clone();
+        }
+        if let Some((_, n)) = self.extra_outputs.iter().find(|(k, _)| *k == i) {
+            return n.clone();
+        }
+        let name = format!(
+            "{}/out{}",
+            if self.node.name.is_empty() {
+                self.output(0)
+            } else {
+                &self.node.name
+            },
+            i
+        );
+        self.extra_outputs.push((i, name.clone()));
+        name
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.node.attribute.iter().find(|a| a.name == name)
+    }
+    pub fn attr_i(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).map(|a| a.i).unwrap_or(default)
+    }
+    pub fn attr_f(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map(|a| a.f).unwrap_or(default)
+    }
+    pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).map(|a| a.ints.clone())
+    }
+    pub fn attr_s(&self, name: &str) -> Option<String> {
+        self.attr(name)
+            .map(|a| String::from_utf8_lossy(&a.s).to_string())
+    }
+
+    /// Integer values of an input known at build time.
+    pub fn const_ints(&self, i: usize) -> Option<Vec<i64>> {
+        let t = self.consts.get(self.input(i))?;
+        let h = crate::model::decode_tensor(t).ok()?;
+        h.as_i64().map(|v| v.to_vec())
+    }
+
+    pub fn dtype(&self, name: &str) -> Result<DType> {
+        self.shapes
+            .dtype(name)
+            .ok_or_else(|| anyhow!("no type known for '{name}'"))
+    }
+    pub fn rank(&self, name: &str) -> Result<usize> {
+        self.shapes
+            .rank(name)
+            .ok_or_else(|| anyhow!("no shape known for '{name}'"))
+    }
+    /// Dimensions, `None` where the dimension follows the batch.
+    pub fn dims(&self, name: &str) -> Result<Vec<Option<usize>>> {
+        self.shapes
+            .get(name)
+            .map(|i| i.dims.clone())
+            .ok_or_else(|| anyhow!("no shape known for '{name}'"))
+    }
+
+    // ---- emitting nodes -------------------------------------------------------------------
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.b.op(op, inputs, attrs)
+    }
+    pub fn op_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        n: usize,
+    ) -> Vec<String> {
+        self.b.op_n(op, inputs, attrs, n)
+    }
+    pub fn ints(&mut self, v: &[i64]) -> String {
+        self.b.ints(v)
+    }
+    /// A scalar constant of `like`'s element type.
+    pub fn scalar(&mut self, v: f64, like: &str) -> Result<String> {
+        let dt = self.dtype(like)?;
+        let t = match dt {
+            DType::F64 => {
+                let mut t = TensorProto::new();
+                t.data_type = DType::F64.onnx();
+                t.raw_data = v.to_le_bytes().to_vec();
+                t
+            }
+            DType::F32 => tensor_f32("", &[], &[v as f32]),
+            DType::I64 => tensor_i64("", &[], &[v as i64]),
+            other => return Err(anyhow!("no scalar constant of type {other}")),
+        };
+        let out = self.b.fresh("const");
+        let mut n = NodeProto::new();
+        n.op_type = "Constant".into();
+        n.name = out.clone();
+        n.output = vec![out.clone()];
+        n.attribute = vec![attr_tensor("value", t)];
+        self.b.nodes.push(n);
+        Ok(out)
+    }
+    /// The runtime shape of `v` as a 1-D int64 tensor (a constant when it is static).
+    pub fn shape_of(&mut self, v: &str) -> String {
+        match self.shapes.static_dims(v) {
+            Some(d) => self
+                .b
+                .ints(&d.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            None => self.b.op("Shape", &[v], vec![]),
+        }
+    }
+    /// Zeros shaped and typed like `v`.
+    pub fn zeros_like(&mut self, v: &str) -> Result<String> {
+        let shape = self.shape_of(v);
+        let mut t = TensorProto::new();
+        t.data_type = self.dtype(v)?.onnx();
+        t.dims = vec![1];
+        t.raw_data = vec![0; self.dtype(v)?.size()];
+        Ok(self
+            .b
+            .op("ConstantOfShape", &[&shape], vec![attr_tensor("value", t)]))
+    }
+    /// `g`, shaped like the forward value `like` (the broadcast result), summed back to the shape
+    /// of `to`: over the leading axes `to` lacks and over the axes where `to` has extent 1 and
+    /// `like` does not. One helper for every broadcasting op.
+    pub fn unbroadcast(&mut self, g: &str, like: &str, to: &str) -> Result<String> {
+        let gd = self.dims(like)?;
+        let td = self.dims(to)?;
+        let lead = gd.len() - td.len();
+        let mut axes: Vec<i64> = (0..lead as i64).collect();
+        for (i, t) in td.iter().enumerate() {
+            if *t == Some(1) && gd[lead + i] != Some(1) {
+                axes.push((lead + i) as i64);
+            }
+        }
+        if axes.is_empty() {
+            return Ok(g.to_string());
+        }
+        let ax = self.ints(&axes);
+        let s = self.op("ReduceSum", &[g, &ax], vec![attr_int("keepdims", 1)]);
+        if lead == 0 {
+            return Ok(s);
+        }
+        let shape = self.shape_of(to);
+        Ok(self.op("Reshape", &[&s, &shape], vec![]))
+    }
+    /// Sums `g` over `axes` keeping them (a helper for reductions in rules).
+    pub fn reduce_sum(&mut self, g: &str, axes: &[i64], keepdims: bool) -> String {
+        let ax = self.ints(axes);
+        self.op(
+            "ReduceSum",
+            &[g, &ax],
+            vec![attr_int("keepdims", keepdims as i64)],
+        )
+    }
+    pub fn cast_like(&mut self, v: &str, like: &str) -> String {
+        self.op("CastLike", &[v, like], vec![])
+    }
+    pub fn transpose(&mut self, v: &str, perm: &[i64]) -> String {
+        self.op("Transpose", &[v], vec![attr_ints("perm", perm)])
+    }
+}

@@ -1,0 +1,44 @@
+//! Mul (opset 14): `Y = A * B` with multidirectional broadcasting.
+//! https://onnx.ai/onnx/operators/onnx__Mul.html
+//!
+//! dA = unbroadcast(dY * B), dB = unbroadcast(dY * A).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Mul",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let (a, b, y) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.output(0).to_string(),
+    );
+    if c.needs(0) {
+        let t = c.op("Mul", &[&g, &b], vec![]);
+        let ga = c.unbroadcast(&t, &y, &a)?;
+        c.set(0, ga);
+    }
+    if c.needs(1) {
+        let t = c.op("Mul", &[&g, &a], vec![]);
+        let gb = c.unbroadcast(&t, &y, &b)?;
+        c.set(1, gb);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn mul_broadcasting() {
+        check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
+        check(Case::new("Mul").input(&[1]).input(&[2, 3]));
+        check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
+    }
+}

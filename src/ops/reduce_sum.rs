@@ -1,0 +1,85 @@
+//! ReduceSum (opset 13+: axes as an optional input; keepdims, noop_with_empty_axes).
+//! https://onnx.ai/onnx/operators/onnx__ReduceSum.html
+//!
+//! dX = expand(dY with the reduced axes restored as extent 1, shape(X)).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use anyhow::{anyhow, Result};
+
+pub static RULE: Rule = Rule {
+    op: "ReduceSum",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+/// The normalized axes a Reduce* node reduces over (all axes when none are given, unless
+/// `noop_with_empty_axes`). Shared by ReduceSum and ReduceMean.
+pub fn reduced_axes(c: &Ctx) -> Result<Vec<i64>> {
+    let x = c.input(0);
+    let rank = c.rank(x)? as i64;
+    let axes = if c.has_input(1) {
+        c.const_ints(1)
+            .ok_or_else(|| anyhow!("axes must be a constant"))?
+    } else if let Some(a) = c.attr_ints("axes") {
+        a
+    } else {
+        vec![]
+    };
+    if axes.is_empty() {
+        return Ok(if c.attr_i("noop_with_empty_axes", 0) == 1 {
+            vec![]
+        } else {
+            (0..rank).collect()
+        });
+    }
+    let mut a: Vec<i64> = axes
+        .iter()
+        .map(|&a| if a < 0 { a + rank } else { a })
+        .collect();
+    a.sort();
+    Ok(a)
+}
+
+/// dY of a reduction, broadcast back to the input's shape.
+pub fn expand_back(c: &mut Ctx, g: &str, axes: &[i64]) -> Result<String> {
+    let x = c.input(0).to_string();
+    let g = if c.attr_i("keepdims", 1) == 0 && !axes.is_empty() {
+        let ax = c.ints(axes);
+        c.op("Unsqueeze", &[g, &ax], vec![])
+    } else {
+        g.to_string()
+    };
+    let shape = c.shape_of(&x);
+    Ok(c.op("Expand", &[&g, &shape], vec![]))
+}
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let axes = reduced_axes(c)?;
+    let gx = expand_back(c, &g, &axes)?;
+    c.set(0, gx);
+    let _ = attr_int;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::attr_int;
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn reduce_sum() {
+        check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
+        check(
+            Case::new("ReduceSum")
+                .input(&[2, 3, 4])
+                .ints(&[1], &[-1])
+                .attr(attr_int("keepdims", 0)),
+        );
+        check(
+            Case::new("ReduceSum")
+                .input(&[2, 3])
+                .attr(attr_int("keepdims", 0)),
+        );
+    }
+}

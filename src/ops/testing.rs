@@ -1,0 +1,355 @@
+//! The one gradient check every rule is tested with (`check`): a graph of the single op, a scalar
+//! loss `L = sum_k <R_k, Y_k>` over its float outputs with fixed random `R_k`, the gradient graph
+//! built by [`crate::autodiff::grad::differentiate`] and run by ONNX Runtime, against central
+//! finite differences of the same forward graph, all in f64 (f32 where ONNX Runtime has no f64
+//! kernel for the op, with the tolerance that precision allows).
+use crate::autodiff::grad::{apply_forward_outputs, differentiate};
+use crate::autodiff::shapes::{Feed, Shapes};
+use crate::model::graph::{tensor_i64, value_info};
+use crate::tensor::{DType, HostTensor, Values};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+};
+
+pub enum In {
+    /// A float input, differentiated, random values in [-1, 1] (or [lo, hi]).
+    Float(Vec<usize>, f64, f64),
+    /// A float input given exactly, differentiated.
+    Values(Vec<usize>, Vec<f64>),
+    /// An integer constant (indices, shapes, axes): an initializer, not differentiated.
+    Ints(Vec<usize>, Vec<i64>),
+    /// A float input that is not differentiated.
+    Fixed(Vec<usize>),
+    /// An absent optional input.
+    Absent,
+}
+
+pub struct Case {
+    pub op: String,
+    pub inputs: Vec<In>,
+    pub attrs: Vec<AttributeProto>,
+    pub outputs: usize,
+    pub f64: bool,
+    pub opset: i64,
+    pub seed: u64,
+    /// Outputs left out of the loss (indices), e.g. statistics outputs.
+    pub skip_outputs: Vec<usize>,
+}
+
+impl Case {
+    pub fn new(op: &str) -> Case {
+        Case {
+            op: op.into(),
+            inputs: vec![],
+            attrs: vec![],
+            outputs: 1,
+            f64: true,
+            opset: 20,
+            seed: 1,
+            skip_outputs: vec![],
+        }
+    }
+    pub fn input(mut self, shape: &[usize]) -> Case {
+        self.inputs.push(In::Float(shape.to_vec(), -1.0, 1.0));
+        self
+    }
+    pub fn input_in(mut self, shape: &[usize], lo: f64, hi: f64) -> Case {
+        self.inputs.push(In::Float(shape.to_vec(), lo, hi));
+        self
+    }
+    pub fn values(mut self, shape: &[usize], v: &[f64]) -> Case {
+        self.inputs.push(In::Values(shape.to_vec(), v.to_vec()));
+        self
+    }
+    pub fn fixed(mut self, shape: &[usize]) -> Case {
+        self.inputs.push(In::Fixed(shape.to_vec()));
+        self
+    }
+    pub fn ints(mut self, shape: &[usize], v: &[i64]) -> Case {
+        self.inputs.push(In::Ints(shape.to_vec(), v.to_vec()));
+        self
+    }
+    pub fn absent(mut self) -> Case {
+        self.inputs.push(In::Absent);
+        self
+    }
+    pub fn attr(mut self, a: AttributeProto) -> Case {
+        self.attrs.push(a);
+        self
+    }
+    pub fn outputs(mut self, n: usize) -> Case {
+        self.outputs = n;
+        self
+    }
+    pub fn skip_output(mut self, k: usize) -> Case {
+        self.skip_outputs.push(k);
+        self
+    }
+    /// The op has no f64 kernel in ONNX Runtime's CPU provider: check in f32.
+    pub fn f32(mut self) -> Case {
+        self.f64 = false;
+        self
+    }
+    pub fn opset(mut self, v: i64) -> Case {
+        self.opset = v;
+        self
+    }
+    pub fn seed(mut self, s: u64) -> Case {
+        self.seed = s;
+        self
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so tests need no extra crate.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+}
+
+fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = 10;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    m.graph = protobuf::MessageField::some(graph);
+    m
+}
+
+fn host(dt: DType, shape: &[usize], v: &[f64]) -> HostTensor {
+    HostTensor {
+        shape: shape.to_vec(),
+        dtype: dt,
+        values: Values::F32(v.iter().map(|&x| x as f32).collect()),
+    }
+}
+
+/// Runs `proto` on `feed` (f64 values kept exact) and returns the named outputs as f64.
+fn run(
+    proto: &ModelProto,
+    feed: &[(String, DType, Vec<usize>, Vec<f64>)],
+    outputs: &[String],
+) -> Vec<Vec<f64>> {
+    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
+    let mut s = crate::runtime::session(&bytes, 1, "test").unwrap();
+    let values: Vec<(String, ort::value::DynValue)> = feed
+        .iter()
+        .map(|(n, dt, shape, v)| {
+            let shp: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let val = if *dt == DType::F64 {
+                ort::value::Tensor::from_array((shp, v.clone()))
+                    .unwrap()
+                    .into_dyn()
+            } else {
+                ort::value::Tensor::from_array((
+                    shp,
+                    v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                ))
+                .unwrap()
+                .into_dyn()
+            };
+            (n.clone(), val)
+        })
+        .collect();
+    let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = values
+        .iter()
+        .map(|(n, v)| (n.as_str().into(), v.into()))
+        .collect();
+    let out = s.run(inputs).unwrap();
+    outputs
+        .iter()
+        .map(|o| {
+            let v = &out[o.as_str()];
+            match v.try_extract_array::<f64>() {
+                Ok(a) => a.iter().copied().collect(),
+                Err(_) => v
+                    .try_extract_array::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Builds the case's graph, differentiates it, and compares with central finite differences.
+/// Panics with the worst element on mismatch.
+pub fn check(case: Case) {
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let mut rng = Rng(case.seed);
+    let mut g = GraphProto::new();
+    let mut node = NodeProto::new();
+    node.op_type = case.op.clone();
+    node.name = "op".into();
+    node.attribute = case.attrs.clone();
+    let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
+    let mut wrt = Vec::new();
+    for (i, inp) in case.inputs.iter().enumerate() {
+        let name = format!("in{i}");
+        match inp {
+            In::Absent => {
+                node.input.push(String::new());
+                continue;
+            }
+            In::Ints(shape, v) => {
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                g.initializer.push(tensor_i64(&name, &dims, v));
+            }
+            In::Float(shape, lo, hi) => {
+                let v: Vec<f64> = (0..shape.iter().product())
+                    .map(|_| rng.uniform(*lo, *hi))
+                    .collect();
+                g.input.push(value_info(
+                    &name,
+                    dt,
+                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
+                    "N",
+                ));
+                feed.push((name.clone(), dt, shape.clone(), v));
+                wrt.push(name.clone());
+            }
+            In::Values(shape, v) => {
+                g.input.push(value_info(
+                    &name,
+                    dt,
+                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
+                    "N",
+                ));
+                feed.push((name.clone(), dt, shape.clone(), v.clone()));
+                wrt.push(name.clone());
+            }
+            In::Fixed(shape) => {
+                let v: Vec<f64> = (0..shape.iter().product())
+                    .map(|_| rng.uniform(-1.0, 1.0))
+                    .collect();
+                g.input.push(value_info(
+                    &name,
+                    dt,
+                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
+                    "N",
+                ));
+                feed.push((name.clone(), dt, shape.clone(), v));
+            }
+        }
+        node.input.push(name);
+    }
+    node.output = (0..case.outputs).map(|k| format!("out{k}")).collect();
+    g.node.push(node);
+    for k in 0..case.outputs {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = format!("out{k}");
+        g.output.push(v);
+    }
+    // Shapes of the op's outputs, from the runtime.
+    let host_feed: Feed = feed
+        .iter()
+        .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
+        .collect();
+    let shapes0 = Shapes::observe(&model_of(g.clone(), case.opset), &[host_feed.clone()])
+        .expect("forward graph runs");
+    // Loss = sum_k <R_k, Y_k>.
+    let mut terms = Vec::new();
+    for k in 0..case.outputs {
+        let y = format!("out{k}");
+        let Some(info) = shapes0.get(&y) else {
+            continue;
+        };
+        if !info.dtype.is_float() || case.skip_outputs.contains(&k) {
+            continue;
+        }
+        let dims: Vec<usize> = info.dims.iter().map(|d| d.unwrap()).collect();
+        let r: Vec<f64> = (0..dims.iter().product())
+            .map(|_| rng.uniform(-1.0, 1.0))
+            .collect();
+        let mut t = TensorProto::new();
+        t.name = format!("r{k}");
+        t.data_type = info.dtype.onnx();
+        t.dims = dims.iter().map(|&d| d as i64).collect();
+        t.raw_data = if info.dtype == DType::F64 {
+            r.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            r.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()
+        };
+        g.initializer.push(t);
+        let mut m = NodeProto::new();
+        m.op_type = "Mul".into();
+        m.input = vec![y.clone(), format!("r{k}")];
+        m.output = vec![format!("m{k}")];
+        let mut s = NodeProto::new();
+        s.op_type = "ReduceSum".into();
+        s.input = vec![format!("m{k}")];
+        s.output = vec![format!("s{k}")];
+        s.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
+        g.node.push(m);
+        g.node.push(s);
+        terms.push(format!("s{k}"));
+    }
+    let mut sum = NodeProto::new();
+    sum.op_type = "Sum".into();
+    sum.input = terms;
+    sum.output = vec!["loss".into()];
+    g.node.push(sum);
+    g.output.clear();
+    let mut lo = onnx_protobuf::ValueInfoProto::new();
+    lo.name = "loss".into();
+    g.output.push(lo);
+    let fwd = model_of(g.clone(), case.opset);
+    let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
+    let diff =
+        differentiate(&g, &shapes, "loss", &wrt).unwrap_or_else(|e| panic!("{}: {e:#}", case.op));
+    let mut gg = g.clone();
+    apply_forward_outputs(&mut gg, &diff.forward_outputs);
+    gg.node.extend(diff.nodes.clone());
+    for (_, gname) in &diff.grads {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = gname.clone();
+        gg.output.push(v);
+    }
+    let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
+    let analytic = run(&model_of(gg, case.opset), &feed, &gnames);
+
+    let h = if case.f64 { 1e-6 } else { 1e-2 };
+    let tol = if case.f64 { 1e-6 } else { 2e-2 };
+    for (wi, w) in wrt.iter().enumerate() {
+        let fi = feed.iter().position(|f| &f.0 == w).unwrap();
+        let n = feed[fi].3.len();
+        let mut worst = (0.0f64, 0usize, 0.0, 0.0);
+        let scale = analytic[wi]
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.abs()))
+            .max(1.0);
+        for j in 0..n {
+            let x0 = feed[fi].3[j];
+            feed[fi].3[j] = x0 + h;
+            let fp = run(&fwd, &feed, &["loss".to_string()])[0][0];
+            feed[fi].3[j] = x0 - h;
+            let fm = run(&fwd, &feed, &["loss".to_string()])[0][0];
+            feed[fi].3[j] = x0;
+            let numeric = (fp - fm) / (2.0 * h);
+            let err = (numeric - analytic[wi][j]).abs() / scale;
+            if err > worst.0 {
+                worst = (err, j, numeric, analytic[wi][j]);
+            }
+        }
+        assert!(
+            worst.0 <= tol,
+            "{} input {w}: gradient differs from finite differences at element {}: numeric {} vs rule {} (relative error {:.2e} > {tol:.0e})",
+            case.op,
+            worst.1,
+            worst.2,
+            worst.3,
+            worst.0
+        );
+    }
+}
