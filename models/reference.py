@@ -86,6 +86,8 @@ def _prepare(a):
     model = load_model(a.model, a.ckpt)
     if a.f64:
         model = model.double()
+    if getattr(a, "bn_train", False):
+        model.train()  # BatchNorm with each batch's statistics, as probe's --bn train
     return model
 
 
@@ -233,6 +235,7 @@ def main():
         s.add_argument("--batch", type=int, default=256)
         s.add_argument("--f64", action="store_true", help="run the model itself in float64")
         s.add_argument("--threads", type=int, default=2)
+        s.add_argument("--bn-train", action="store_true", help="BatchNorm with batch statistics")
         s.add_argument("--out", required=True)
         s.set_defaults(fn=fn)
     s = sub.add_parser("make-data")

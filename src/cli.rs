@@ -35,6 +35,91 @@ checkpoint's running statistics). One row per checkpoint is appended to --out; r
 --out skips checkpoints already complete there."
     )]
     Eval(EvalArgs),
+    /// The exact gradient of the full-dataset mean loss at each checkpoint, written to HDF5.
+    #[command(
+        long_about = "For each checkpoint: one deterministic pass over every sample (fixed order, no \
+augmentation); the gradient of the batch's summed loss comes from probe's own gradient graph of the ONNX \
+model, run by ONNX Runtime, and is accumulated over batches in f64, then divided by the number of target \
+elements: the gradient of the mean loss over the whole data set. Stored per checkpoint: loss, accuracy, \
+|g| (l2, l1, linf, per parameter), |w|, distance to the previous and first checkpoint, and with \
+--weight-decay L the norm |g + L w| of the gradient of the objective SGD with weight decay minimizes \
+(at its stationary points this, not |g|, is zero). --save-grad also stores the full gradient.\n\n\
+Batch use: --shard i/n takes every n-th checkpoint starting at i; rerunning with the same --out skips \
+checkpoints already complete there; a killed run leaves only complete rows.",
+        after_help = "Example:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5"
+    )]
+    Grad(GradArgs),
+    /// Writes the gradient graph of a model (ONNX -> ONNX) for inspection.
+    #[command(
+        long_about = "Writes the ONNX graph probe differentiates a model into: inputs are the data, the \
+targets ('probe/target') and every state tensor (so a checkpoint is fed as inputs); outputs are the batch's \
+summed loss ('probe/loss_sum'), its correct count ('probe/correct_sum') and 'grad/<parameter>' for every \
+trainable parameter. Standard ONNX ops only; the file passes onnx.checker."
+    )]
+    Autodiff(AutodiffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AutodiffArgs {
+    /// The forward ONNX model.
+    #[arg(value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Where to write the gradient graph.
+    #[arg(short, long, value_name = "M.grad.onnx")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Loss::Ce)]
+    pub loss: Loss,
+    /// BatchNormalization with batch statistics (training mode).
+    #[arg(long, value_enum, default_value_t = Bn::Eval)]
+    pub bn: Bn,
+}
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Also report |g + L w|, the gradient norm of the loss plus (L/2)|w|^2 (SGD's weight decay L).
+    #[arg(long, value_name = "L")]
+    pub weight_decay: Option<f64>,
+    /// Store the full gradient of every parameter (`/grad/full/<name>`).
+    #[arg(long)]
+    pub save_grad: bool,
+    /// BatchNormalization statistics: `eval` uses the checkpoint's running statistics (default);
+    /// `train` uses each batch's statistics, so the batch size becomes part of the result.
+    #[arg(long, value_enum, default_value_t = Bn::Eval)]
+    pub bn: Bn,
+    /// Take only the checkpoints of shard i of n (every n-th, starting at i; 0-based), e.g. 3/8.
+    #[arg(long, value_name = "i/n", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// On a non-finite loss or gradient: stop (exit 4), or record NaN for that checkpoint and go on.
+    #[arg(long, value_enum, default_value_t = NonFinite::Stop)]
+    pub on_nonfinite: NonFinite,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bn {
+    Eval,
+    Train,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonFinite {
+    Stop,
+    Continue,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
+    let i: usize = i
+        .parse()
+        .map_err(|_| format!("'{i}' is not a shard index"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("'{n}' is not a shard count"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 #[derive(Args, Debug)]

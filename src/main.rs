@@ -4,6 +4,7 @@ mod cli;
 use clap::Parser;
 use cli::{Cli, Command};
 use probe::measure::eval::{EvalPlan, EvalRow};
+use probe::measure::grad::{GradPlan, GradRow, OnNonFinite};
 use std::process::ExitCode;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +46,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !cli.quiet {
                 eprintln!("wrote {}", plan.out.display());
             }
+            Ok(())
+        }
+        Command::Grad(a) => {
+            let c = a.common;
+            let plan = GradPlan {
+                model: c.model,
+                checkpoints: c.ckpt,
+                data: c.data,
+                limit: c.limit.map(|l| l as usize),
+                batch: c.batch as usize,
+                loss: c.loss.into(),
+                weight_decay: a.weight_decay,
+                save_grad: a.save_grad,
+                bn_train: a.bn == cli::Bn::Train,
+                shard: a.shard.unwrap_or((0, 1)),
+                on_nonfinite: if a.on_nonfinite == cli::NonFinite::Stop {
+                    OnNonFinite::Stop
+                } else {
+                    OnNonFinite::Continue
+                },
+                threads: c
+                    .threads
+                    .map(|t| t as usize)
+                    .unwrap_or_else(probe::runtime::default_threads),
+                out: c.out,
+                force: c.force,
+                quiet: cli.quiet,
+                command_line: cli::command_line(),
+            };
+            let wd = plan.weight_decay.is_some();
+            println!(
+                "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {:>7}  checkpoint",
+                "step",
+                "loss",
+                "accuracy",
+                "|grad|",
+                if wd { "|grad+wd*w|  " } else { "" },
+                "|w|",
+                "moved",
+                "seconds"
+            );
+            let print = |r: &GradRow| {
+                let reg = r
+                    .grad_reg_l2
+                    .map(|v| format!("{v:>11.4e}  "))
+                    .unwrap_or_default();
+                println!(
+                    "{:>8}  {:>10.6}  {:>8.4}  {:>11.4e}  {}{:>10.4}  {:>10.4}  {:>7.1}  {}",
+                    r.step,
+                    r.loss,
+                    r.accuracy,
+                    r.grad_l2,
+                    reg,
+                    r.weights_l2,
+                    r.dist_prev,
+                    r.seconds,
+                    r.path
+                )
+            };
+            probe::measure::grad::run(&plan, print)?;
+            if !cli.quiet {
+                eprintln!("wrote {}", plan.out.display());
+            }
+            Ok(())
+        }
+        Command::Autodiff(a) => {
+            let model = probe::model::Model::load(&a.model)?;
+            let loss: probe::autodiff::LossKind = a.loss.into();
+            let samples = probe::autodiff::model_grad::synthetic_feeds(&model, loss)?;
+            let opts = probe::autodiff::model_grad::GradOptions {
+                loss,
+                bn_train: a.bn == cli::Bn::Train,
+                wrt: None,
+            };
+            let g = probe::autodiff::model_grad::grad_graph(&model, &opts, &samples)?;
+            let bytes = protobuf::Message::write_to_bytes(&g.proto)?;
+            std::fs::write(&a.out, bytes)
+                .map_err(|e| probe::error::output(format!("{}: {e}", a.out.display())))?;
+            eprintln!(
+                "wrote {}: {} nodes ({} forward), gradients of {} parameters",
+                a.out.display(),
+                g.proto.graph.node.len(),
+                model.graph().node.len(),
+                g.grads.len()
+            );
             Ok(())
         }
     }

@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod grad;
 pub mod lift;
 pub mod loss;
+pub mod model_grad;
 pub mod shapes;
 
 pub use lift::{eval_graph, EvalGraph};

@@ -50,6 +50,22 @@ impl Array {
             Array::I64(a) => a.shape(),
         }
     }
+    /// As a host tensor (for feeding a graph outside the batch loop).
+    pub fn to_host(&self) -> crate::tensor::HostTensor {
+        use crate::tensor::{DType, HostTensor, Values};
+        match self {
+            Array::F32(a) => HostTensor {
+                shape: a.shape().to_vec(),
+                dtype: DType::F32,
+                values: Values::F32(a.iter().copied().collect()),
+            },
+            Array::I64(a) => HostTensor {
+                shape: a.shape().to_vec(),
+                dtype: DType::I64,
+                values: Values::I64(a.iter().copied().collect()),
+            },
+        }
+    }
     pub fn kind(&self) -> Kind {
         match self {
             Array::F32(_) => Kind::Float,

@@ -3,5 +3,6 @@
 
 pub mod check;
 pub mod eval;
+pub mod grad;
 
 pub use eval::{evaluate, EvalResult};

@@ -157,7 +157,10 @@ impl Store {
                 ("batch_size", info.batch_size),
             ] {
                 let have = read_i64_attr(&file, k).unwrap_or(-1);
-                if have != v && !(k == "batch_size" && !info.extra.contains_key("bn")) {
+                // The batch size changes results only through batch statistics (--bn train).
+                let matters =
+                    k != "batch_size" || info.extra.get("bn").is_some_and(|b| b == "train");
+                if have != v && matters {
                     diffs.push(format!("{k} is {have}, this run {v}"));
                 }
             }

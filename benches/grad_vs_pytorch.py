@@ -1,0 +1,78 @@
+"""Benchmark: the full-dataset gradient by `probe grad` against PyTorch eager, same run, same machine.
+
+Both compute the gradient of the mean cross-entropy over the same N samples, with the same batch
+size and thread count, at the model's initial weights. PyTorch's time covers only its gradient loop
+(data already in memory, f32 forward/backward, f64 accumulation as probe does); probe's time is
+its whole process (loading, building the gradient graph, reading the data, writing HDF5).
+
+    .venv/bin/python benches/grad_vs_pytorch.py [--model resnet|gpt|mlp|all] [--n N] [--batch B]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "models"))
+sys.path.insert(0, os.path.join(ROOT, "data"))
+import reference  # noqa: E402
+import zoo  # noqa: E402
+
+
+def pytorch_grad(name, x, y, batch, threads):
+    torch.set_num_threads(threads)
+    model = zoo.build(name).eval()
+    params = dict(model.named_parameters())
+    acc = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        model.zero_grad(set_to_none=True)
+        logits = model(x[i:i + batch])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + batch].reshape(-1), reduction="sum")
+        loss.backward()
+        for k, p in params.items():
+            acc[k] += p.grad.double()
+    return time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="all")
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    a = p.parse_args()
+    exe = os.path.join(ROOT, "target", "release", "probe")
+    if not os.path.exists(exe):
+        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    names = ["mlp", "resnet", "gpt"] if a.model == "all" else [a.model]
+    print(f"{'model':>8} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as d:
+        for name in names:
+            if name == "gpt":
+                x, y = reference.shakespeare(a.n)
+            else:
+                x, y = reference.fashion_mnist(a.n)
+            import h5py
+
+            data = os.path.join(d, f"{name}.h5")
+            with h5py.File(data, "w") as f:
+                f["x"], f["y"] = x, y
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
+            t0 = time.perf_counter()
+            subprocess.run([exe, "--quiet", "grad", "--model", os.path.join(ROOT, "models", f"{name}.onnx"),
+                            "--data", data, "--batch", str(a.batch), "--threads", str(a.threads),
+                            "--out", os.path.join(d, f"{name}.out.h5")], check=True, stdout=subprocess.DEVNULL)
+            t_pr = time.perf_counter() - t0
+            print(f"{name:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+//! The gradient graph of a model: forward graph (state lifted to inputs) + loss head + reverse
+//! sweep. Inputs: the data, the targets, every state tensor. Outputs: the batch's summed loss,
+//! its correct count (cross-entropy) and, for each trainable parameter, the gradient of the
+//! summed loss (`grad/<parameter>`). Standard ONNX ops only, so stock ONNX Runtime runs it and
+//! `probe autodiff` can write it out for inspection.
+use super::grad::{apply_forward_outputs, differentiate};
+use super::lift::{lift_state, TARGET};
+use super::loss::{self, LossKind};
+use super::shapes::{Feed, Shapes};
+use crate::model::graph::{attr_int, value_info, Builder};
+use crate::model::Model;
+use crate::tensor::{DType, HostTensor, Values};
+use anyhow::Result;
+use onnx_protobuf::ModelProto;
+
+#[derive(Debug, Clone)]
+pub struct GradOptions {
+    pub loss: LossKind,
+    /// BatchNormalization with batch statistics (training mode) instead of running statistics.
+    pub bn_train: bool,
+    /// Parameters to differentiate; `None`: every trainable parameter of the model.
+    pub wrt: Option<Vec<String>>,
+}
+
+pub struct GradGraph {
+    pub proto: ModelProto,
+    pub input: String,
+    pub target: String,
+    /// State fed per checkpoint, in input order.
+    pub state: Vec<String>,
+    pub loss_sum: String,
+    pub correct_sum: Option<String>,
+    /// (parameter, gradient output), in the model's order.
+    pub grads: Vec<(String, String)>,
+}
+
+pub const LOSS_SUM: &str = "probe/loss_sum";
+pub const CORRECT_SUM: &str = "probe/correct_sum";
+
+/// Inputs to observe shapes with when no data is at hand: the model's input and the targets at
+/// batch sizes 2 and 3, from the static per-sample shapes the graph declares.
+pub fn synthetic_feeds(model: &Model, kind: LossKind) -> Result<Vec<(HostTensor, HostTensor)>> {
+    let input = model.data_input()?;
+    let per = input.sample_shape().ok_or_else(|| {
+        crate::error::input(format!(
+            "{}: input '{}' has dynamic dimensions besides the batch; give --data so shapes can be observed",
+            model.path.display(),
+            input.name
+        ))
+    })?;
+    let out = model.outputs[0].sample_shape().ok_or_else(|| {
+        crate::error::input(format!(
+            "{}: output '{}' has dynamic dimensions besides the batch; give --data",
+            model.path.display(),
+            model.outputs[0].name
+        ))
+    })?;
+    let tper: Vec<usize> = match kind {
+        LossKind::CrossEntropy => out[..out.len().saturating_sub(1)].to_vec(),
+        LossKind::Mse => out.clone(),
+    };
+    let mut feeds = Vec::new();
+    for n in [2usize, 3] {
+        let mut xs = vec![n];
+        xs.extend(&per);
+        let numel: usize = xs.iter().product();
+        let x = match input.dtype {
+            Some(d) if !d.is_float() => HostTensor {
+                shape: xs,
+                dtype: DType::I64,
+                values: Values::I64(vec![0; numel]),
+            },
+            _ => HostTensor::f32(
+                xs,
+                (0..numel)
+                    .map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0)
+                    .collect(),
+            ),
+        };
+        let mut ts = vec![n];
+        ts.extend(&tper);
+        let tn: usize = ts.iter().product();
+        let t = match kind {
+            LossKind::CrossEntropy => HostTensor {
+                shape: ts,
+                dtype: DType::I64,
+                values: Values::I64(vec![0; tn]),
+            },
+            LossKind::Mse => HostTensor::f32(ts, vec![0.0; tn]),
+        };
+        feeds.push((x, t));
+    }
+    Ok(feeds)
+}
+
+/// Builds the gradient graph; `samples` are (x, target) batches of two different sizes (real data
+/// or [`synthetic_feeds`]) on which the forward graph is run once to observe shapes.
+pub fn grad_graph(
+    model: &Model,
+    opts: &GradOptions,
+    samples: &[(HostTensor, HostTensor)],
+) -> Result<GradGraph> {
+    let input = model.data_input()?.name.clone();
+    let output = model.outputs[0].name.clone();
+    let (mut proto, state) = lift_state(model)?;
+    if model.opset() < 15 && opts.bn_train {
+        return Err(crate::error::input(format!(
+            "{}: --bn train needs opset >= 15 (BatchNormalization's training_mode)",
+            model.path.display()
+        )));
+    }
+    let wrt: Vec<String> = match &opts.wrt {
+        Some(w) => w.clone(),
+        None => model.trainable().map(|p| p.name.clone()).collect(),
+    };
+    if wrt.is_empty() {
+        return Err(crate::error::input(format!(
+            "{}: the model has no trainable (float parameter) initializers: nothing to differentiate",
+            model.path.display()
+        )));
+    }
+    let g = proto.graph.as_mut().unwrap();
+    if opts.bn_train {
+        for n in g
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type == "BatchNormalization")
+        {
+            n.attribute.retain(|a| a.name != "training_mode");
+            n.attribute.push(attr_int("training_mode", 1));
+            n.output.truncate(1);
+        }
+    }
+    let mut b = Builder::new("probe/loss");
+    let head = loss::append(&mut b, &output, TARGET, opts.loss);
+    let ls = b.op("ReduceSum", &[&head.loss], vec![attr_int("keepdims", 0)]);
+    b.nodes.push(identity(&ls, LOSS_SUM));
+    let mut correct_sum = None;
+    if let Some(c) = &head.correct {
+        let cs = b.op("ReduceSum", &[c], vec![attr_int("keepdims", 0)]);
+        b.nodes.push(identity(&cs, CORRECT_SUM));
+        correct_sum = Some(CORRECT_SUM.to_string());
+    }
+    let target_rank = samples.first().map(|s| s.1.shape.len()).unwrap_or(1);
+    let tdtype = match opts.loss {
+        LossKind::CrossEntropy => DType::I64,
+        LossKind::Mse => DType::F32,
+    };
+    g.input
+        .push(value_info(TARGET, tdtype, &vec![None; target_rank], "N"));
+    g.node.extend(b.nodes);
+    g.output.clear();
+    g.output.push(value_info(LOSS_SUM, DType::F32, &[], "N"));
+    if let Some(c) = &correct_sum {
+        g.output.push(value_info(c, DType::F32, &[], "N"));
+    }
+
+    // Observe shapes on real batches, with the model's own state.
+    let own = model.own_state()?;
+    let feeds: Vec<Feed> = samples
+        .iter()
+        .map(|(x, t)| {
+            let mut f: Feed = vec![(input.clone(), x.clone()), (TARGET.to_string(), t.clone())];
+            for s in &state {
+                f.push((s.clone(), own[s].clone()));
+            }
+            f
+        })
+        .collect();
+    let shapes = Shapes::observe(&proto, &feeds)?;
+    let g = proto.graph.as_mut().unwrap();
+    let diff = differentiate(g, &shapes, LOSS_SUM, &wrt)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", model.path.display()))?;
+    apply_forward_outputs(g, &diff.forward_outputs);
+    g.node.extend(diff.nodes);
+    let mut grads = Vec::new();
+    for (p, gname) in diff.grads {
+        let out = format!("grad/{p}");
+        g.node.push(identity(&gname, &out));
+        let dims: Vec<Option<i64>> = model
+            .param(&p)
+            .map(|i| i.shape.iter().map(|&d| Some(d as i64)).collect())
+            .unwrap_or_default();
+        g.output.push(value_info(&out, DType::F32, &dims, "N"));
+        grads.push((p, out));
+    }
+    Ok(GradGraph {
+        proto,
+        input,
+        target: TARGET.into(),
+        state,
+        loss_sum: LOSS_SUM.into(),
+        correct_sum,
+        grads,
+    })
+}
+
+fn identity(from: &str, to: &str) -> onnx_protobuf::NodeProto {
+    let mut n = onnx_protobuf::NodeProto::new();
+    n.op_type = "Identity".into();
+    n.name = to.to_string();
+    n.input = vec![from.to_string()];
+    n.output = vec![to.to_string()];
+    n
+}

@@ -1,0 +1,237 @@
+//! Whole-model gradients against an independent reference: PyTorch autograd (float64) on the
+//! same weights and data (`models/reference.py grad`), for the committed MLP, ResNet and GPT, an
+//! unseen CNN with a checkpoint, and BatchNorm in training mode. Every parameter's full-dataset
+//! gradient must match to 1e-4 relative L2 error per tensor, and so must |g|.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run ./setup.sh (it installs the PyTorch reference environment)",
+        p.display()
+    );
+    p
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn reference(args: &[&str]) -> String {
+    run_ok(
+        Command::new(python())
+            .arg(root().join("models/reference.py"))
+            .args(args),
+    )
+}
+
+fn probe(args: &[&str]) -> String {
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_probe"))
+            .arg("--quiet")
+            .args(args),
+    )
+}
+
+/// Reads (name -> values) from the reference safetensors and probe's HDF5 via h5py, and returns
+/// the worst relative L2 error per tensor plus both |g| values.
+fn compare(ref_st: &Path, h5: &Path) -> (f64, String, f64, f64, f64, f64) {
+    let script = r#"
+import sys, json, h5py, numpy as np
+from safetensors.numpy import load_file
+ref = load_file(sys.argv[1]); f = h5py.File(sys.argv[2], "r")
+assert f.attrs["complete"] == 1 and f.attrs["rows"] == 1
+worst, wname = 0.0, ""
+for name in [n.decode() if isinstance(n, bytes) else n for n in f["params/name"][:]]:
+    g = f["grad/full/" + name][0]; r = ref[name]
+    assert g.shape == r.shape, (name, g.shape, r.shape)
+    e = float(np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-30))
+    if e > worst: worst, wname = e, name
+missing = set(ref) - set(["loss"]) - set(f["grad/full"].keys())
+assert not missing, missing
+gl2 = float(np.sqrt(sum(float((ref[k].astype(np.float64)**2).sum()) for k in ref if k != "loss")))
+print(json.dumps([worst, wname, float(f["grad/l2"][0]), gl2, float(f["loss"][0]), float(ref["loss"])]))
+"#;
+    let out = run_ok(
+        Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .arg(ref_st)
+            .arg(h5),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    (
+        v[0].as_f64().unwrap(),
+        v[1].as_str().unwrap().to_string(),
+        v[2].as_f64().unwrap(),
+        v[3].as_f64().unwrap(),
+        v[4].as_f64().unwrap(),
+        v[5].as_f64().unwrap(),
+    )
+}
+
+fn check_model(
+    tag: &str,
+    model: &str,
+    ref_model: &str,
+    data: &Path,
+    ckpt: Option<&Path>,
+    extra: &[&str],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let h5 = dir.path().join(format!("{tag}.h5"));
+    let st = dir.path().join(format!("{tag}.ref.safetensors"));
+    let mut args = vec![
+        "grad",
+        "--model",
+        model,
+        "--data",
+        data.to_str().unwrap(),
+        "--batch",
+        "64",
+        "--save-grad",
+    ];
+    args.extend(["--out", h5.to_str().unwrap()]);
+    if let Some(c) = ckpt {
+        args.extend(["--ckpt", c.to_str().unwrap()]);
+    }
+    args.extend(extra);
+    probe(&args);
+    let mut rargs = vec![
+        "grad",
+        "--model",
+        ref_model,
+        "--data",
+        data.to_str().unwrap(),
+        "--batch",
+        "64",
+        "--f64",
+    ];
+    rargs.extend(["--out", st.to_str().unwrap()]);
+    if let Some(c) = ckpt {
+        rargs.extend(["--ckpt", c.to_str().unwrap()]);
+    }
+    if extra.contains(&"train") {
+        rargs.push("--bn-train");
+    }
+    reference(&rargs);
+    let (worst, name, gl2, rl2, loss, rloss) = compare(&st, &h5);
+    eprintln!("{tag}: worst per-tensor relative L2 error {worst:.2e} ({name}); |g| {gl2:.6e} vs {rl2:.6e}; loss {loss} vs {rloss}");
+    assert!(
+        worst <= 1e-4,
+        "{tag}: gradient of '{name}' differs from PyTorch by {worst:.2e} relative L2"
+    );
+    assert!(
+        (gl2 - rl2).abs() <= 1e-4 * rl2,
+        "{tag}: |g| {gl2} vs PyTorch {rl2}"
+    );
+    assert!(
+        (loss - rloss).abs() <= 1e-5 * rloss.abs(),
+        "{tag}: loss {loss} vs PyTorch {rloss}"
+    );
+}
+
+fn fashion(n: usize, dir: &Path) -> PathBuf {
+    let p = dir.join(format!("fm{n}.h5"));
+    reference(&[
+        "make-data",
+        "--dataset",
+        "fashion-mnist",
+        "--n",
+        &n.to_string(),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    p
+}
+
+#[test]
+fn mlp_and_resnet_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fashion(300, dir.path());
+    let m = root().join("models");
+    check_model(
+        "mlp",
+        m.join("mlp.onnx").to_str().unwrap(),
+        "mlp",
+        &data,
+        None,
+        &[],
+    );
+    check_model(
+        "resnet",
+        m.join("resnet.onnx").to_str().unwrap(),
+        "resnet",
+        &data,
+        None,
+        &[],
+    );
+}
+
+#[test]
+fn resnet_batchnorm_train_mode_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fashion(200, dir.path());
+    let m = root().join("models/resnet.onnx");
+    check_model(
+        "resnet-bn-train",
+        m.to_str().unwrap(),
+        "resnet",
+        &data,
+        None,
+        &["--bn", "train"],
+    );
+}
+
+#[test]
+fn gpt_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sh.h5");
+    reference(&[
+        "make-data",
+        "--dataset",
+        "shakespeare",
+        "--n",
+        "96",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let m = root().join("models/gpt.onnx");
+    check_model("gpt", m.to_str().unwrap(), "gpt", &data, None, &[]);
+}
+
+#[test]
+fn unseen_cnn_with_checkpoint_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cnn = dir.path().join("cnn");
+    reference(&[
+        "hidden-cnn",
+        "--export-init",
+        "--out",
+        cnn.to_str().unwrap(),
+    ]);
+    let data = fashion(300, dir.path());
+    let ckpt = cnn.join("c.safetensors");
+    check_model(
+        "cnn",
+        cnn.join("m.onnx").to_str().unwrap(),
+        cnn.join("m.py").to_str().unwrap(),
+        &data,
+        Some(&ckpt),
+        &[],
+    );
+}
