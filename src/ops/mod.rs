@@ -11,11 +11,54 @@
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
+pub mod abs;
 pub mod add;
+pub mod average_pool;
+pub mod batch_normalization;
+pub mod cast;
+pub mod clip;
+pub mod concat;
+pub mod conv;
+pub mod div;
+pub mod dropout;
+pub mod erf;
+pub mod exp;
+pub mod expand;
+pub mod gather;
+pub mod gather_elements;
+pub mod gelu;
+pub mod gemm;
+pub mod global_average_pool;
+pub mod identity;
+pub mod layer_normalization;
+pub mod leaky_relu;
+pub mod log;
+pub mod mat_mul;
+pub mod max_pool;
 pub mod mul;
+pub mod neg;
+pub mod non_differentiable;
+pub mod pad;
+pub mod pow;
+pub mod reciprocal;
+pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
+pub mod reshape;
+pub mod sequence_at;
+pub mod sigmoid;
+pub mod slice;
+pub mod softmax;
+pub mod softplus;
+pub mod split;
+pub mod split_to_sequence;
+pub mod sqrt;
 pub mod sum;
+pub mod tanh;
+pub mod tile;
+pub mod transpose;
+pub mod trilu;
+pub mod r#where;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -39,12 +82,71 @@ pub struct Rule {
 
 /// Every op probe knows, one line each.
 pub static RULES: &[&Rule] = &[
+    &abs::RULE,
     &add::ADD,
     &add::SUB,
+    &average_pool::RULE,
+    &batch_normalization::RULE,
+    &cast::CAST,
+    &cast::CAST_LIKE,
+    &clip::RULE,
+    &concat::RULE,
+    &conv::RULE,
+    &div::RULE,
+    &dropout::RULE,
+    &erf::RULE,
+    &exp::RULE,
+    &expand::RULE,
+    &gather::RULE,
+    &gather_elements::RULE,
+    &gelu::RULE,
+    &gemm::RULE,
+    &global_average_pool::RULE,
+    &identity::RULE,
+    &layer_normalization::RULE,
+    &leaky_relu::RULE,
+    &log::RULE,
+    &mat_mul::RULE,
+    &max_pool::RULE,
     &mul::RULE,
+    &neg::RULE,
+    &non_differentiable::AND,
+    &non_differentiable::ARG_MAX,
+    &non_differentiable::CONSTANT,
+    &non_differentiable::CONSTANT_OF_SHAPE,
+    &non_differentiable::EQUAL,
+    &non_differentiable::GREATER,
+    &non_differentiable::LESS,
+    &non_differentiable::NON_ZERO,
+    &non_differentiable::NOT,
+    &non_differentiable::RANGE,
+    &non_differentiable::SHAPE,
+    &non_differentiable::SIZE,
+    &pad::RULE,
+    &pow::RULE,
+    &reciprocal::RULE,
+    &reduce_mean::RULE,
     &reduce_sum::RULE,
     &relu::RULE,
+    &reshape::FLATTEN,
+    &reshape::RESHAPE,
+    &reshape::SQUEEZE,
+    &reshape::UNSQUEEZE,
+    &sequence_at::RULE,
+    &sigmoid::RULE,
+    &slice::RULE,
+    &softmax::LOG_SOFTMAX,
+    &softmax::SOFTMAX,
+    &softplus::RULE,
+    &split::RULE,
+    &split_to_sequence::RULE,
+    &sqrt::RULE,
     &sum::RULE,
+    &tanh::RULE,
+    &tile::RULE,
+    &transpose::RULE,
+    &trilu::RULE,
+    &r#where::RULE,
 ];
 
 pub fn rule(op_type: &str) -> Option<&'static Rule> {

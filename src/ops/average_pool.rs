@@ -1,0 +1,160 @@
+//! AveragePool (opset 19; also 7, 10, 11): any spatial rank, `kernel_shape`, `strides`, `pads`,
+//! `dilations`, `ceil_mode`, `count_include_pad`, `auto_pad`.
+//! https://onnx.ai/onnx/operators/onnx__AveragePool.html
+//!
+//! Y is linear: each output is the sum of its window's real elements divided by a per-window
+//! count D, so dX = ConvTranspose(dY / D, ones kernel) with the pool's strides, dilations and
+//! pads, run on dY reshaped to [N*C, 1, ...] (one channel, so C need not be known) and cropped or
+//! padded (end pads, output_padding) to exactly X's size.
+//! - Every window full (no padding, or `count_include_pad = 1`) and no `ceil_mode` window running
+//!   past the end: D = prod(kernel), folded into the kernel.
+//! - Otherwise D varies at the borders; rather than restate the runtime's rule, 1/D is measured:
+//!   AveragePool(ones) = valid/D and valid = Conv(ones, ones kernel), both on [1, 1, H, W].
+use super::conv::{spatial_dims, Window};
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_ints;
+use anyhow::{anyhow, Result};
+
+pub static RULE: Rule = Rule {
+    op: "AveragePool",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let (x, y) = (c.input(0).to_string(), c.output(0).to_string());
+    let kernel = c
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| anyhow!("AveragePool without kernel_shape"))?;
+    let xd = c.dims(&x)?;
+    let win = Window::of(c, kernel, &xd[2..])?;
+    let k = win.rank();
+    let h = spatial_dims(c, &x)?;
+    let ho = spatial_dims(c, &y)?;
+    // The transposed convolution covers full = (Ho-1)*s + span from -pb; X needs H of it.
+    let mut end_pads = vec![0; k];
+    let mut output_padding = vec![0; k];
+    let mut clipped = false;
+    for i in 0..k {
+        let full = (ho[i] - 1) * win.strides[i] + win.span(i);
+        let t = full - h[i] - win.pads[i];
+        if t >= 0 {
+            end_pads[i] = t;
+        } else {
+            output_padding[i] = -t;
+        }
+        clipped |= full > h[i] + win.pads[i] + win.pads[k + i];
+    }
+    let padded = win.pads.iter().any(|&p| p != 0);
+    let include_pad = c.attr_i("count_include_pad", 0) != 0;
+    let uniform = !clipped && (!padded || include_pad);
+
+    let taps: i64 = win.kernel.iter().product();
+    let kshape: Vec<i64> = [1, 1]
+        .into_iter()
+        .chain(win.kernel.iter().copied())
+        .collect();
+    let kshape = c.ints(&kshape);
+    let kv = c.scalar(if uniform { 1.0 / taps as f64 } else { 1.0 }, &x)?;
+    let ones_k = c.op("Expand", &[&kv, &kshape], vec![]);
+    let g = if uniform {
+        g
+    } else {
+        let one = c.scalar(1.0, &x)?;
+        let s: Vec<i64> = [1, 1].into_iter().chain(h.iter().copied()).collect();
+        let s = c.ints(&s);
+        let ones = c.op("Expand", &[&one, &s], vec![]);
+        let ap = c.op("AveragePool", &[&ones], c.node.attribute.clone());
+        // End pads that give the Conv the windows running past the end, too.
+        let conv_pads: Vec<i64> = (0..k)
+            .map(|i| win.pads[i])
+            .chain((0..k).map(|i| win.pads[k + i].max(end_pads[i])))
+            .collect();
+        let valid = c.op(
+            "Conv",
+            &[&ones, &ones_k],
+            vec![
+                attr_ints("strides", &win.strides),
+                attr_ints("dilations", &win.dilations),
+                attr_ints("pads", &conv_pads),
+            ],
+        );
+        let valid = c.op("Max", &[&valid, &one], vec![]);
+        let wgt = c.op("Div", &[&ap, &valid], vec![]);
+        c.op("Mul", &[&g, &wgt], vec![])
+    };
+    let rs: Vec<i64> = [-1, 1].into_iter().chain(vec![0; k]).collect();
+    let rs = c.ints(&rs);
+    let gr = c.op("Reshape", &[&g, &rs], vec![]);
+    let pads: Vec<i64> = win.pads[..k].iter().copied().chain(end_pads).collect();
+    let gx = c.op(
+        "ConvTranspose",
+        &[&gr, &ones_k],
+        vec![
+            attr_ints("strides", &win.strides),
+            attr_ints("dilations", &win.dilations),
+            attr_ints("pads", &pads),
+            attr_ints("output_padding", &output_padding),
+        ],
+    );
+    let shape = c.shape_of(&x);
+    let gx = c.op("Reshape", &[&gx, &shape], vec![]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_int, attr_ints};
+    use crate::ops::testing::{check, Case};
+    fn pool(x: &[usize], k: &[i64]) -> Case {
+        Case::new("AveragePool")
+            .input(x)
+            .attr(attr_ints("kernel_shape", k))
+            .f32()
+    }
+    #[test]
+    fn average_pool_uniform() {
+        check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
+        // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
+        check(pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])));
+        check(
+            pool(&[1, 2, 6, 6], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 0]))
+                .attr(attr_int("count_include_pad", 1)),
+        );
+        check(
+            pool(&[2, 2, 9], &[3])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("dilations", &[2])),
+        );
+    }
+    #[test]
+    fn average_pool_border_counts() {
+        // Padding excluded from the count: smaller divisors at the borders.
+        check(
+            pool(&[1, 2, 6, 5], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+        );
+        // ceil_mode: a last window running past the end.
+        check(
+            pool(&[1, 2, 6, 6], &[3, 2])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_int("ceil_mode", 1)),
+        );
+        check(
+            pool(&[1, 2, 6, 7], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 1, 1]))
+                .attr(attr_int("ceil_mode", 1))
+                .attr(attr_int("count_include_pad", 1)),
+        );
+    }
+}

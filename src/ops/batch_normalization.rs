@@ -1,0 +1,166 @@
+//! BatchNormalization (opset 15; also 14, 9 in inference mode): per channel (axis 1),
+//! `Y = (X - mean) * invstd * scale + B` with `invstd = 1/sqrt(var + epsilon)`.
+//! https://onnx.ai/onnx/operators/onnx__BatchNormalization.html
+//!
+//! - `training_mode = 0`: mean, var are the inputs input_mean, input_var. With k = scale*invstd
+//!   and sums over every axis but 1:
+//!   dX = dY * k, dscale = sum(dY * xhat), dB = sum(dY), dmean = -k * sum(dY),
+//!   dvar = -k * invstd / 2 * sum(dY * xhat).
+//! - `training_mode = 1`: mean, var are the batch statistics over every axis but 1 (biased
+//!   variance), recomputed here; with M elements per channel,
+//!   dX = scale * invstd / M * (M dY - sum(dY) - xhat * sum(dY * xhat)),
+//!   dscale = sum(dY * xhat), dB = sum(dY); input_mean and input_var reach Y not at all (zero).
+//!   The running statistics outputs (1, 2) are buffers: a loss that depends on them is refused.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use anyhow::{bail, Result};
+
+pub static RULE: Rule = Rule {
+    op: "BatchNormalization",
+    kind: Kind::Structured,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let training = c.attr_i("training_mode", 0) != 0;
+    if training && (c.go(1).is_some() || c.go(2).is_some()) {
+        bail!("the running mean/var outputs of a training-mode BatchNormalization are buffers, not differentiated");
+    }
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let x = c.input(0).to_string();
+    let rank = c.rank(&x)? as i64;
+    let eps = c.attr_f("epsilon", 1e-5) as f64;
+    // Every axis but the channel axis.
+    let axes: Vec<i64> = std::iter::once(0).chain(2..rank).collect();
+    // Per-channel [C] -> [C, 1, ..., 1], to broadcast against X.
+    let chan = |c: &mut Ctx, v: &str| -> String {
+        if rank <= 2 {
+            return v.to_string();
+        }
+        let ax = c.ints(&(1..rank - 1).collect::<Vec<_>>());
+        c.op("Unsqueeze", &[v, &ax], vec![])
+    };
+    let scale = c.input(1).to_string();
+    let e = c.scalar(eps, &x)?;
+    if training {
+        let ax = c.ints(&axes);
+        let keep = || vec![attr_int("keepdims", 1)];
+        let mu = c.op("ReduceMean", &[&x, &ax], keep());
+        let d = c.op("Sub", &[&x, &mu], vec![]);
+        let d2 = c.op("Mul", &[&d, &d], vec![]);
+        let var = c.op("ReduceMean", &[&d2, &ax], keep());
+        let ve = c.op("Add", &[&var, &e], vec![]);
+        let sd = c.op("Sqrt", &[&ve], vec![]);
+        let inv = c.op("Reciprocal", &[&sd], vec![]);
+        let xhat = c.op("Mul", &[&d, &inv], vec![]);
+        let gxh = c.op("Mul", &[&g, &xhat], vec![]);
+        if c.needs(0) {
+            // scale*invstd * (dY - mean(dY) - xhat*mean(dY*xhat)); means, so M may follow the batch.
+            let mg = c.op("ReduceMean", &[&g, &ax], keep());
+            let mgx = c.op("ReduceMean", &[&gxh, &ax], keep());
+            let t = c.op("Mul", &[&xhat, &mgx], vec![]);
+            let u = c.op("Sub", &[&g, &mg], vec![]);
+            let u = c.op("Sub", &[&u, &t], vec![]);
+            let sc = chan(c, &scale);
+            let k = c.op("Mul", &[&sc, &inv], vec![]);
+            let gx = c.op("Mul", &[&u, &k], vec![]);
+            c.set(0, gx);
+        }
+        if c.needs(1) {
+            let gs = c.reduce_sum(&gxh, &axes, false);
+            c.set(1, gs);
+        }
+        if c.needs(2) {
+            let gb = c.reduce_sum(&g, &axes, false);
+            c.set(2, gb);
+        }
+        return Ok(());
+    }
+    let (mean, var) = (c.input(3).to_string(), c.input(4).to_string());
+    let ve = c.op("Add", &[&var, &e], vec![]);
+    let sd = c.op("Sqrt", &[&ve], vec![]);
+    let inv = c.op("Reciprocal", &[&sd], vec![]);
+    let k = c.op("Mul", &[&scale, &inv], vec![]);
+    if c.needs(0) {
+        let kb = chan(c, &k);
+        let gx = c.op("Mul", &[&g, &kb], vec![]);
+        c.set(0, gx);
+    }
+    let sum_g = if c.needs(2) || c.needs(3) {
+        Some(c.reduce_sum(&g, &axes, false))
+    } else {
+        None
+    };
+    let sum_gxh = if c.needs(1) || c.needs(4) {
+        let mb = chan(c, &mean);
+        let ib = chan(c, &inv);
+        let d = c.op("Sub", &[&x, &mb], vec![]);
+        let xhat = c.op("Mul", &[&d, &ib], vec![]);
+        let gxh = c.op("Mul", &[&g, &xhat], vec![]);
+        Some(c.reduce_sum(&gxh, &axes, false))
+    } else {
+        None
+    };
+    if let Some(s) = &sum_gxh {
+        c.set(1, s.clone());
+        if c.needs(4) {
+            let h = c.scalar(-0.5, &x)?;
+            let t = c.op("Mul", &[&k, &inv], vec![]);
+            let t = c.op("Mul", &[&t, &h], vec![]);
+            let gv = c.op("Mul", &[&t, s], vec![]);
+            c.set(4, gv);
+        }
+    }
+    if let Some(s) = &sum_g {
+        c.set(2, s.clone());
+        if c.needs(3) {
+            let t = c.op("Mul", &[&k, s], vec![]);
+            let gm = c.op("Neg", &[&t], vec![]);
+            c.set(3, gm);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_float, attr_int};
+    use crate::ops::testing::{check, Case};
+    fn bn(x: &[usize], c: usize) -> Case {
+        Case::new("BatchNormalization")
+            .input(x)
+            .input(&[c])
+            .input(&[c])
+            .input(&[c])
+            .input_in(&[c], 0.5, 1.5)
+    }
+    #[test]
+    fn batch_norm_inference() {
+        check(bn(&[2, 3, 4, 5], 3));
+        check(bn(&[4, 3], 3).attr(attr_float("epsilon", 0.1)));
+        check(bn(&[2, 2, 5], 2).attr(attr_int("training_mode", 0)));
+        // Running statistics as fixed buffers.
+        check(
+            Case::new("BatchNormalization")
+                .input(&[2, 3, 2, 2])
+                .input(&[3])
+                .input(&[3])
+                .fixed(&[3])
+                .values(&[3], &[0.5, 1.0, 2.0]),
+        );
+    }
+    #[test]
+    fn batch_norm_training() {
+        // Training mode must list its three outputs; the running statistics stay out of the loss.
+        let t = |case: Case| {
+            case.attr(attr_int("training_mode", 1))
+                .outputs(3)
+                .skip_output(1)
+                .skip_output(2)
+        };
+        check(t(bn(&[2, 3, 4, 5], 3)));
+        check(t(bn(&[5, 3], 3)).attr(attr_float("epsilon", 0.1)));
+        check(t(bn(&[2, 2, 3], 2)).attr(attr_float("momentum", 0.5)));
+    }
+}

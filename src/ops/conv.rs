@@ -1,0 +1,282 @@
+//! Conv (opset 11; also 1): N-d convolution (1-D, 2-D, 3-D) with `strides`, `pads`, `dilations`,
+//! `group`, `kernel_shape`, and `auto_pad` (NOTSET, VALID, and SAME_UPPER/SAME_LOWER when the
+//! spatial dims are static). https://onnx.ai/onnx/operators/onnx__Conv.html
+//!
+//! `Y[n,m,o] = sum_{c,i} Xpad[n, c, o*s + i*d] W[m, c, i] + B[m]` (per group), so
+//! - dX = ConvTranspose(dY, W) with the same strides, dilations, pads and group, and
+//!   `output_padding = (H + pb + pe - ((k-1)d + 1)) mod s` so that it gives back exactly X's size
+//!   (the rows the forward's last stride skipped get zero);
+//! - dW[m,c,i] = sum_{n,o} dY[n,m,o] Xpad[n,c,o*s + i*d]: a Conv of X^T ([C, N, ..]: C images of N
+//!   channels) with the kernel dY^T ([M, N, ..]) whose strides are the original dilations and
+//!   dilations the original strides, same pads; it yields [C, M, k'] with k' >= k, sliced to k and
+//!   transposed to [M, C, k]. Per group with Split/Concat when group > 1;
+//! - dB = sum over every axis but 1 of dY.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::{attr_int, attr_ints};
+use anyhow::{anyhow, bail, Result};
+
+pub static RULE: Rule = Rule {
+    op: "Conv",
+    kind: Kind::Structured,
+    vjp: Some(vjp),
+};
+
+/// The window geometry of a convolution or pooling node over its spatial axes.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub kernel: Vec<i64>,
+    pub strides: Vec<i64>,
+    pub dilations: Vec<i64>,
+    /// Begin pads, then end pads, as ONNX writes them.
+    pub pads: Vec<i64>,
+}
+
+impl Window {
+    /// Reads strides, dilations, pads and auto_pad; `spatial` are X's spatial dims (needed
+    /// static for SAME_*).
+    pub fn of(c: &Ctx, kernel: Vec<i64>, spatial: &[Option<usize>]) -> Result<Window> {
+        let k = kernel.len();
+        let strides = c.attr_ints("strides").unwrap_or(vec![1; k]);
+        let dilations = c.attr_ints("dilations").unwrap_or(vec![1; k]);
+        let auto_pad = c.attr_s("auto_pad").unwrap_or("NOTSET".into());
+        let pads = match auto_pad.as_str() {
+            "NOTSET" | "" => c.attr_ints("pads").unwrap_or(vec![0; 2 * k]),
+            "VALID" => vec![0; 2 * k],
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let mut p = vec![0; 2 * k];
+                for i in 0..k {
+                    let h = spatial[i]
+                        .ok_or_else(|| anyhow!("auto_pad {auto_pad} needs static spatial dims"))?
+                        as i64;
+                    let out = (h + strides[i] - 1) / strides[i];
+                    let need =
+                        ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - h).max(0);
+                    let small = need / 2;
+                    let (b, e) = if auto_pad == "SAME_UPPER" {
+                        (small, need - small)
+                    } else {
+                        (need - small, small)
+                    };
+                    p[i] = b;
+                    p[k + i] = e;
+                }
+                p
+            }
+            other => bail!("auto_pad {other} is not an ONNX value"),
+        };
+        if strides.len() != k || dilations.len() != k || pads.len() != 2 * k {
+            bail!(
+                "kernel of rank {k} with strides {strides:?}, dilations {dilations:?}, pads {pads:?}"
+            );
+        }
+        Ok(Window {
+            kernel,
+            strides,
+            dilations,
+            pads,
+        })
+    }
+    pub fn rank(&self) -> usize {
+        self.kernel.len()
+    }
+    /// The extent a dilated kernel covers on axis `i`.
+    pub fn span(&self, i: usize) -> i64 {
+        (self.kernel[i] - 1) * self.dilations[i] + 1
+    }
+    /// The padded input size on axis `i` minus the kernel span: the room the window moves in.
+    pub fn room(&self, i: usize, h: i64) -> i64 {
+        h + self.pads[i] + self.pads[self.rank() + i] - self.span(i)
+    }
+    /// Output size on axis `i` (floor mode).
+    pub fn out(&self, i: usize, h: i64) -> i64 {
+        self.room(i, h) / self.strides[i] + 1
+    }
+    /// The output_padding for a ConvTranspose of the output to give back exactly size `h`.
+    pub fn output_padding(&self, h: &[i64]) -> Vec<i64> {
+        (0..self.rank())
+            .map(|i| self.room(i, h[i]) % self.strides[i])
+            .collect()
+    }
+}
+
+/// Static spatial dims of `x` (axes 2..), or an error naming what is dynamic.
+pub fn spatial_dims(c: &Ctx, x: &str) -> Result<Vec<i64>> {
+    c.dims(x)?[2..]
+        .iter()
+        .map(|d| {
+            d.map(|d| d as i64)
+                .ok_or_else(|| anyhow!("the spatial dims of '{x}' must be static"))
+        })
+        .collect()
+}
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let (x, w) = (c.input(0).to_string(), c.input(1).to_string());
+    let wd = c.dims(&w)?;
+    let kernel: Vec<i64> = match c.attr_ints("kernel_shape") {
+        Some(k) => k,
+        None => wd[2..]
+            .iter()
+            .map(|d| d.map(|d| d as i64))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow!("the kernel shape of '{w}' must be static"))?,
+    };
+    let xd = c.dims(&x)?;
+    let win = Window::of(c, kernel, &xd[2..])?;
+    let k = win.rank();
+    let group = c.attr_i("group", 1);
+    let conv_attrs = |strides: &[i64], dilations: &[i64]| {
+        vec![
+            attr_ints("strides", strides),
+            attr_ints("dilations", dilations),
+            attr_ints("pads", &win.pads),
+        ]
+    };
+    if c.needs(0) {
+        let h = spatial_dims(c, &x)?;
+        let mut attrs = conv_attrs(&win.strides, &win.dilations);
+        attrs.push(attr_int("group", group));
+        attrs.push(attr_ints("output_padding", &win.output_padding(&h)));
+        let gx = c.op("ConvTranspose", &[&g, &w], attrs);
+        c.set(0, gx);
+    }
+    if c.needs(1) {
+        let h = spatial_dims(c, &x)?;
+        // The trick's kernel spans (Ho-1)*s + 1, so its output has k' >= k taps per axis.
+        let kp: Vec<i64> = (0..k)
+            .map(|i| {
+                let ho = win.out(i, h[i]);
+                (h[i] + win.pads[i] + win.pads[k + i] - (ho - 1) * win.strides[i] - 1)
+                    / win.dilations[i]
+                    + 1
+            })
+            .collect();
+        let perm: Vec<i64> = [1, 0].into_iter().chain(2..2 + k as i64).collect();
+        let (xs, gs) = if group == 1 {
+            (vec![x.clone()], vec![g.clone()])
+        } else {
+            let cin = xd[1].ok_or_else(|| anyhow!("the channels of '{x}' must be static"))?;
+            let m = wd[0].ok_or_else(|| anyhow!("the kernels of '{w}' must be static"))?;
+            let gr = group as usize;
+            let sx = c.ints(&vec![(cin / gr) as i64; gr]);
+            let sg = c.ints(&vec![(m / gr) as i64; gr]);
+            let xs = c.op_n("Split", &[&x, &sx], vec![attr_int("axis", 1)], gr);
+            let gs = c.op_n("Split", &[&g, &sg], vec![attr_int("axis", 1)], gr);
+            (xs, gs)
+        };
+        let mut parts = Vec::new();
+        for (xg, gg) in xs.iter().zip(&gs) {
+            let xt = c.transpose(xg, &perm);
+            let gt = c.transpose(gg, &perm);
+            let r = c.op(
+                "Conv",
+                &[&xt, &gt],
+                conv_attrs(&win.dilations, &win.strides),
+            );
+            let r = if kp != win.kernel {
+                let starts = c.ints(&vec![0; k]);
+                let ends = c.ints(&win.kernel);
+                let axes = c.ints(&(2..2 + k as i64).collect::<Vec<_>>());
+                c.op("Slice", &[&r, &starts, &ends, &axes], vec![])
+            } else {
+                r
+            };
+            parts.push(c.transpose(&r, &perm));
+        }
+        let gw = if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+            c.op("Concat", &refs, vec![attr_int("axis", 0)])
+        };
+        c.set(1, gw);
+    }
+    if c.has_input(2) && c.needs(2) {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..2 + k as i64).collect();
+        let gb = c.reduce_sum(&g, &axes, false);
+        c.set(2, gb);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_int, attr_ints, attr_string};
+    use crate::ops::testing::{check, Case};
+    // ONNX Runtime's CPU Conv and ConvTranspose are float only.
+    fn conv(x: &[usize], w: &[usize]) -> Case {
+        Case::new("Conv").input(x).input(w).f32()
+    }
+    #[test]
+    fn conv_plain_and_bias() {
+        check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
+        check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
+    }
+    #[test]
+    fn conv_stride_pad_output_padding() {
+        // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
+        check(
+            conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
+                .input(&[3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+        );
+        // Different strides per axis and asymmetric pads.
+        check(
+            conv(&[2, 1, 7, 6], &[2, 1, 3, 2])
+                .attr(attr_ints("strides", &[3, 2]))
+                .attr(attr_ints("pads", &[0, 1, 2, 0])),
+        );
+    }
+    #[test]
+    fn conv_dilation() {
+        check(
+            conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
+                .attr(attr_ints("dilations", &[2, 2]))
+                .attr(attr_ints("strides", &[2, 1]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+        );
+    }
+    #[test]
+    fn conv_groups() {
+        check(
+            conv(&[1, 4, 5, 5], &[6, 2, 3, 3])
+                .input(&[6])
+                .attr(attr_int("group", 2))
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 1, 2])),
+        );
+        // Depthwise, with dilation.
+        check(
+            conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
+                .attr(attr_int("group", 3))
+                .attr(attr_ints("dilations", &[2, 1])),
+        );
+    }
+    #[test]
+    fn conv_1d_and_auto_pad() {
+        check(
+            conv(&[2, 3, 8], &[4, 3, 3])
+                .input(&[4])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("pads", &[1, 1])),
+        );
+        check(
+            conv(&[1, 2, 6, 5], &[2, 2, 3, 2])
+                .attr(attr_string("auto_pad", "SAME_UPPER"))
+                .attr(attr_ints("strides", &[2, 2])),
+        );
+        check(
+            conv(&[1, 2, 5, 5], &[2, 2, 2, 2])
+                .attr(attr_string("auto_pad", "SAME_LOWER"))
+                .attr(attr_ints("kernel_shape", &[2, 2])),
+        );
+        check(
+            conv(&[1, 2, 5, 5], &[2, 2, 3, 3])
+                .attr(attr_string("auto_pad", "VALID"))
+                .attr(attr_ints("strides", &[2, 2])),
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Gemm (opset 13; also 11): `Y = alpha * A' B' + beta * C` with `A' = transA ? A^T : A` ([M, K]),
+//! `B' = transB ? B^T : B` ([K, N]), and `C` (optional) unidirectionally broadcast to [M, N].
+//! https://onnx.ai/onnx/operators/onnx__Gemm.html
+//!
+//! dA' = alpha * dY B'^T, dB' = alpha * A'^T dY, dC = beta * unbroadcast(dY); each product is one
+//! Gemm whose trans flags fold in both the forward transposes and the adjoint's:
+//! - dA = transA ? alpha * B' dY^T : alpha * dY B'^T
+//! - dB = transB ? alpha * dY^T A' : alpha * A'^T dY
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::{attr_float, attr_int};
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Gemm",
+    kind: Kind::Structured,
+    vjp: Some(vjp),
+};
+
+fn gemm(c: &mut Ctx, a: &str, b: &str, ta: bool, tb: bool, alpha: f32) -> String {
+    let mut attrs = vec![attr_int("transA", ta as i64), attr_int("transB", tb as i64)];
+    if alpha != 1.0 {
+        attrs.push(attr_float("alpha", alpha));
+    }
+    c.op("Gemm", &[a, b], attrs)
+}
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let alpha = c.attr_f("alpha", 1.0);
+    let beta = c.attr_f("beta", 1.0);
+    let ta = c.attr_i("transA", 0) != 0;
+    let tb = c.attr_i("transB", 0) != 0;
+    let (a, b, y) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.output(0).to_string(),
+    );
+    if c.needs(0) {
+        // B'^T is B (transB) or B^T; B' is B^T (transB) or B.
+        let ga = if ta {
+            gemm(c, &b, &g, tb, true, alpha)
+        } else {
+            gemm(c, &g, &b, false, !tb, alpha)
+        };
+        c.set(0, ga);
+    }
+    if c.needs(1) {
+        let gb = if tb {
+            gemm(c, &g, &a, true, ta, alpha)
+        } else {
+            gemm(c, &a, &g, !ta, false, alpha)
+        };
+        c.set(1, gb);
+    }
+    if c.has_input(2) && c.needs(2) {
+        let cc = c.input(2).to_string();
+        let gc = if beta != 1.0 {
+            let s = c.scalar(beta as f64, &y)?;
+            c.op("Mul", &[&g, &s], vec![])
+        } else {
+            g.clone()
+        };
+        let gc = c.unbroadcast(&gc, &y, &cc)?;
+        c.set(2, gc);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_float, attr_int};
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn gemm_plain_and_broadcast_c() {
+        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]));
+        check(
+            Case::new("Gemm")
+                .input(&[3, 4])
+                .input(&[4, 5])
+                .input(&[3, 1]),
+        );
+        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[1]));
+        check(
+            Case::new("Gemm")
+                .input(&[3, 4])
+                .input(&[4, 5])
+                .input(&[3, 5]),
+        );
+        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]));
+    }
+    #[test]
+    fn gemm_transposes_alpha_beta() {
+        for (ta, tb) in [(0, 1), (1, 0), (1, 1)] {
+            let a = if ta == 1 { [4, 3] } else { [3, 4] };
+            let b = if tb == 1 { [5, 4] } else { [4, 5] };
+            check(
+                Case::new("Gemm")
+                    .input(&a)
+                    .input(&b)
+                    .input(&[1, 5])
+                    .attr(attr_int("transA", ta))
+                    .attr(attr_int("transB", tb))
+                    .attr(attr_float("alpha", 0.75))
+                    .attr(attr_float("beta", -1.5)),
+            );
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! LayerNormalization (opset 17): normalizes over the axes `axis..rank` (default axis -1),
+//! `Y = xhat * Scale + B` with `xhat = (X - mean) * invstd`, `invstd = 1/sqrt(var + epsilon)`
+//! (biased variance); optional outputs Mean and InvStdDev (kept dims). `stash_type` only sets
+//! the forward's internal precision; the gradient is computed in X's type.
+//! https://onnx.ai/onnx/operators/onnx__LayerNormalization.html
+//!
+//! mean and invstd are recomputed from X (the optional outputs may be absent). With g = dY*Scale
+//! and means taken over the normalized axes:
+//! - dX = invstd * (g - mean(g) - xhat * mean(g * xhat))
+//!   + dMean / n - dInvStd * invstd^2 * xhat / n (when the statistics outputs are used),
+//! - dScale = unbroadcast(dY * xhat), dB = unbroadcast(dY).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "LayerNormalization",
+    kind: Kind::Structured,
+    vjp: Some(vjp),
+};
+
+fn mean(c: &mut Ctx, v: &str, axes: &[i64]) -> String {
+    let ax = c.ints(axes);
+    c.op("ReduceMean", &[v, &ax], vec![attr_int("keepdims", 1)])
+}
+
+/// 1/n for the n elements over `axes` of `x`: a constant when those dims are static.
+fn inv_count(c: &mut Ctx, x: &str, axes: &[i64]) -> Result<String> {
+    let dims = c.dims(x)?;
+    let n: Option<usize> = axes.iter().map(|&a| dims[a as usize]).product();
+    if let Some(n) = n {
+        return c.scalar(1.0 / n as f64, x);
+    }
+    let z = c.zeros_like(x)?;
+    let one = c.scalar(1.0, x)?;
+    let ones = c.op("Add", &[&z, &one], vec![]);
+    let s = c.reduce_sum(&ones, axes, true);
+    Ok(c.op("Reciprocal", &[&s], vec![]))
+}
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let (gy, gm, gs) = (c.go(0), c.go(1), c.go(2));
+    if gy.is_none() && gm.is_none() && gs.is_none() {
+        return Ok(());
+    }
+    let (x, scale, y) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.output(0).to_string(),
+    );
+    // The statistics are of type `stash_type` (float by default), not necessarily X's type.
+    let gm = match gm {
+        Some(g) if c.dtype(c.output(1))? != c.dtype(&x)? => Some(c.cast_like(&g, &x)),
+        g => g,
+    };
+    let gs = match gs {
+        Some(g) if c.dtype(c.output(2))? != c.dtype(&x)? => Some(c.cast_like(&g, &x)),
+        g => g,
+    };
+    let rank = c.rank(&x)? as i64;
+    let axis = c.attr_i("axis", -1);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let axes: Vec<i64> = (axis..rank).collect();
+    let eps = c.attr_f("epsilon", 1e-5) as f64;
+
+    let mu = mean(c, &x, &axes);
+    let d = c.op("Sub", &[&x, &mu], vec![]);
+    let d2 = c.op("Mul", &[&d, &d], vec![]);
+    let var = mean(c, &d2, &axes);
+    let e = c.scalar(eps, &x)?;
+    let ve = c.op("Add", &[&var, &e], vec![]);
+    let sd = c.op("Sqrt", &[&ve], vec![]);
+    let invstd = c.op("Reciprocal", &[&sd], vec![]);
+    let xhat = c.op("Mul", &[&d, &invstd], vec![]);
+
+    let mut parts = Vec::new();
+    if let Some(gy) = &gy {
+        if c.needs(0) {
+            let g = c.op("Mul", &[gy, &scale], vec![]);
+            let mg = mean(c, &g, &axes);
+            let gx = c.op("Mul", &[&g, &xhat], vec![]);
+            let mgx = mean(c, &gx, &axes);
+            let t = c.op("Mul", &[&xhat, &mgx], vec![]);
+            let u = c.op("Sub", &[&g, &mg], vec![]);
+            let u = c.op("Sub", &[&u, &t], vec![]);
+            parts.push(c.op("Mul", &[&invstd, &u], vec![]));
+        }
+        if c.needs(1) {
+            let t = c.op("Mul", &[gy, &xhat], vec![]);
+            let gsc = c.unbroadcast(&t, &y, &scale)?;
+            c.set(1, gsc);
+        }
+        if c.has_input(2) && c.needs(2) {
+            let bias = c.input(2).to_string();
+            let gb = c.unbroadcast(gy, &y, &bias)?;
+            c.set(2, gb);
+        }
+    }
+    if c.needs(0) && (gm.is_some() || gs.is_some()) {
+        // d mean/dx_i = 1/n; d invstd/dx_i = -invstd^3 (x_i - mean) / n = -invstd^2 xhat_i / n.
+        let inv_n = inv_count(c, &x, &axes)?;
+        let mut acc = Vec::new();
+        if let Some(gm) = &gm {
+            acc.push(gm.clone());
+        }
+        if let Some(gs) = &gs {
+            let i2 = c.op("Mul", &[&invstd, &invstd], vec![]);
+            let t = c.op("Mul", &[gs, &i2], vec![]);
+            let t = c.op("Mul", &[&t, &xhat], vec![]);
+            acc.push(c.op("Neg", &[&t], vec![]));
+        }
+        let s = if acc.len() == 1 {
+            acc.pop().unwrap()
+        } else {
+            c.op("Add", &[&acc[0], &acc[1]], vec![])
+        };
+        let shape = c.shape_of(&x);
+        let s = c.op("Mul", &[&s, &inv_n], vec![]);
+        parts.push(c.op("Expand", &[&s, &shape], vec![]));
+    }
+    if c.needs(0) && !parts.is_empty() {
+        let gx = if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            c.op("Add", &[&parts[0], &parts[1]], vec![])
+        };
+        c.set(0, gx);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_float, attr_int};
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn layer_norm_last_axis() {
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 5])
+                .input(&[5])
+                .input(&[5]),
+        );
+        check(Case::new("LayerNormalization").input(&[4, 6]).input(&[6]));
+    }
+    #[test]
+    fn layer_norm_axis_eps_broadcast_scale() {
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 4])
+                .input(&[3, 4])
+                .input(&[1, 4])
+                .attr(attr_int("axis", 1))
+                .attr(attr_float("epsilon", 0.1)),
+        );
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 4])
+                .input(&[3, 1])
+                .input(&[4])
+                .attr(attr_int("axis", -2)),
+        );
+    }
+    #[test]
+    fn layer_norm_statistics_outputs() {
+        // Mean and InvStdDev are float (stash_type 1) whatever X's type.
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 4])
+                .input(&[4])
+                .input(&[4])
+                .outputs(3)
+                .f32(),
+        );
+        // Only the statistics, normalized over two axes (ONNX Runtime has no double statistics,
+        // and a loss mixing f64 Y with float statistics does not type-check: f32 again).
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 4])
+                .input(&[3, 4])
+                .attr(attr_int("axis", 1))
+                .outputs(3)
+                .f32()
+                .skip_output(0),
+        );
+    }
+}
