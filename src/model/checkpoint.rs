@@ -136,6 +136,9 @@ impl Checkpoint {
                 !tensors.contains_key(*n) && !wrong.iter().any(|w| w.starts_with(&format!("'{n}'")))
             })
             .collect();
+        // safetensors lists tensors in hash order: sort, so the same file gives the same message.
+        extra.sort();
+        wrong.sort();
         if !missing.is_empty() || !extra.is_empty() || !wrong.is_empty() {
             let mut parts = Vec::new();
             if !missing.is_empty() {

@@ -294,6 +294,12 @@ impl Store {
                 let mut full = vec![1usize];
                 full.extend(&inner);
                 let sel = k..k + 1;
+                // A tensor row is the slab [k, :, ..]: the selection needs every axis.
+                let slab = || {
+                    let mut parts = vec![hdf5::SliceOrIndex::from(k..k + 1)];
+                    parts.extend(inner.iter().map(|_| hdf5::SliceOrIndex::from(..)));
+                    hdf5::Hyperslab::from(parts)
+                };
                 match cell {
                     Cell::F64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
                     Cell::I64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
@@ -304,12 +310,12 @@ impl Store {
                     Cell::F64s(_, v) => {
                         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
                             .unwrap();
-                        ds.write_slice(&a, sel)
+                        ds.write_slice(&a, slab())
                     }
                     Cell::F32s(_, v) => {
                         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
                             .unwrap();
-                        ds.write_slice(&a, sel)
+                        ds.write_slice(&a, slab())
                     }
                 }
             };

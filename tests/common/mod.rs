@@ -1,0 +1,338 @@
+//! Helpers shared by the integration tests: running the `probe` binary, the PyTorch reference
+//! (`models/reference.py` in the project's `.venv`), reading results back with h5py, and writing
+//! small data and checkpoint files from Rust.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// Held while this process has an HDF5 file open, and while it starts a child process.
+///
+/// Why: libhdf5 opens files without close-on-exec and locks them. A child started by another
+/// test thread while a file is open here inherits the descriptor, and with it the lock, for its
+/// whole life; a `probe` child then fails to open that file ("unable to lock file").
+static HDF5_IN_PROCESS: Mutex<()> = Mutex::new(());
+
+pub fn hdf5_guard() -> MutexGuard<'static, ()> {
+    HDF5_IN_PROCESS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model(name: &str) -> PathBuf {
+    root().join("models").join(name)
+}
+
+/// What a finished `probe` (or Python) process left.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn ok(self) -> Output {
+        assert_eq!(
+            self.code, 0,
+            "expected success, got exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+pub fn run(mut cmd: Command) -> Output {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = {
+        let _no_hdf5_file_open_here = hdf5_guard();
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
+    };
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the built `probe` binary with `args`, from `cwd`.
+pub fn probe_in<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_probe"));
+    cmd.current_dir(cwd).args(args);
+    run(cmd)
+}
+
+pub fn probe<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    probe_in(&root(), args)
+}
+
+/// The project's Python (`.venv/bin/python`, made by setup.sh). Missing: the test fails and says
+/// how to get it, rather than skipping silently.
+pub fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: this test compares against PyTorch in the project's venv; run ./setup.sh",
+        p.display()
+    );
+    p
+}
+
+/// Runs `.venv/bin/python ARGS` from the project root; fails the test on a non-zero exit.
+pub fn py<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let mut cmd = Command::new(python());
+    cmd.current_dir(root()).args(args);
+    let out = run(cmd);
+    assert_eq!(
+        out.code,
+        0,
+        "python {:?} failed (exit {})\nstdout:\n{}\nstderr:\n{}",
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>(),
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// `models/reference.py ARGS`.
+pub fn reference<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let mut all: Vec<std::ffi::OsString> = vec![model("reference.py").into_os_string()];
+    all.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    py(&all)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reference {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub n: i64,
+    pub targets: i64,
+}
+
+/// PyTorch's full-dataset mean cross-entropy and accuracy (`reference.py eval`).
+pub fn reference_eval(model: &str, ckpt: Option<&Path>, data: &Path, dir: &Path) -> Reference {
+    let out = dir.join(format!(
+        "ref-{}-{}.json",
+        Path::new(model).file_stem().unwrap().to_string_lossy(),
+        ckpt.map(|c| c.file_stem().unwrap().to_string_lossy().to_string())
+            .unwrap_or_else(|| "init".into())
+    ));
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "eval".into(),
+        "--model".into(),
+        model.into(),
+        "--data".into(),
+        data.into(),
+        "--out".into(),
+        out.clone().into(),
+    ];
+    if let Some(c) = ckpt {
+        args.push("--ckpt".into());
+        args.push(c.into());
+    }
+    reference(&args);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    Reference {
+        loss: v["loss"].as_f64().unwrap(),
+        accuracy: v["accuracy"].as_f64().unwrap(),
+        n: v["n"].as_i64().unwrap(),
+        targets: v["targets"].as_i64().unwrap(),
+    }
+}
+
+/// A results file as h5py sees it: `{"attrs": {...}, "datasets": {path: [values]}}`, strings
+/// decoded, NaN as null.
+pub fn h5_dump(path: &Path) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import json, math, sys
+import h5py, numpy as np
+def plain(v):
+    if isinstance(v, bytes): return v.decode()
+    if isinstance(v, np.generic): v = v.item()
+    if isinstance(v, float) and math.isnan(v): return None
+    return v
+out = {"attrs": {}, "datasets": {}}
+with h5py.File(sys.argv[1], "r") as f:
+    out["attrs"] = {k: plain(v) for k, v in f.attrs.items()}
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            out["datasets"][name] = [plain(v) for v in obj[()].tolist()]
+    f.visititems(visit)
+print(json.dumps(out))
+"#;
+    let text = py(&[OsStr::new("-c"), OsStr::new(SCRIPT), path.as_os_str()]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("h5 dump of {}: {e}", path.display()))
+}
+
+pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+pub fn i64s(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+pub fn assert_rel(got: f64, want: f64, rel: f64, what: &str) {
+    let err = (got - want).abs() / want.abs().max(1e-300);
+    assert!(
+        err <= rel,
+        "{what}: probe {got:.10} vs reference {want:.10}: relative error {err:.3e} > {rel:.0e}"
+    );
+}
+
+pub fn assert_abs(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: probe {got} vs reference {want}: differ by more than {tol}"
+    );
+}
+
+/// The first 2000 Fashion-MNIST training images as an HDF5 data file (reference.py make-data),
+/// made once per test binary under cargo's per-target scratch folder.
+pub fn fmnist_2000() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        // Written under a per-process name, then renamed: concurrent test binaries never see a
+        // half-written file, and reruns do not pile up copies.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("fmnist-2000.h5");
+        let part = dir.join(format!("fmnist-2000.h5.{}", std::process::id()));
+        reference(&[
+            OsStr::new("make-data"),
+            OsStr::new("--dataset"),
+            OsStr::new("fashion-mnist"),
+            OsStr::new("--n"),
+            OsStr::new("2000"),
+            OsStr::new("--out"),
+            part.as_os_str(),
+        ]);
+        std::fs::rename(&part, &path).unwrap();
+        path
+    })
+}
+
+/// Writes a data file with datasets `x` and `y` (any HDF5 element types, any shapes).
+pub fn write_data<X: hdf5::H5Type, Y: hdf5::H5Type>(
+    path: &Path,
+    x: &ndarray::ArrayD<X>,
+    y: &ndarray::ArrayD<Y>,
+) {
+    let _g = hdf5_guard();
+    let f = hdf5::File::create(path).unwrap();
+    f.new_dataset_builder().with_data(x).create("x").unwrap();
+    f.new_dataset_builder().with_data(y).create("y").unwrap();
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (a 64-bit LCG): test inputs that need no RNG crate.
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// One tensor of a checkpoint to write: safetensors dtype, shape, little-endian bytes.
+pub struct CkptTensor {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl CkptTensor {
+    pub fn f32(shape: Vec<usize>, v: &[f32]) -> CkptTensor {
+        CkptTensor {
+            dtype: safetensors::Dtype::F32,
+            shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    pub fn i64(shape: Vec<usize>, v: &[i64]) -> CkptTensor {
+        CkptTensor {
+            dtype: safetensors::Dtype::I64,
+            shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// A model's own state (its initializers) as checkpoint tensors, each float value mapped by `f`.
+pub fn own_state(model_path: &Path, f: impl Fn(f32) -> f32) -> Vec<(String, CkptTensor)> {
+    let m = probe::model::Model::load(model_path).unwrap();
+    m.own_state()
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let v: Vec<f32> = t
+                .as_f32()
+                .expect("float state")
+                .iter()
+                .map(|&x| f(x))
+                .collect();
+            (name, CkptTensor::f32(t.shape.clone(), &v))
+        })
+        .collect()
+}
+
+/// Writes a safetensors checkpoint, with optional metadata (e.g. `step`).
+pub fn write_ckpt(path: &Path, tensors: &[(String, CkptTensor)], metadata: &[(&str, &str)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        })
+        .collect();
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    safetensors::tensor::serialize_to_file(views, &meta, path).unwrap();
+}
+
+/// Reads a probe results file's integer attribute with the hdf5 crate (no Python needed).
+pub fn h5_i64_attr(path: &Path, name: &str) -> Option<i64> {
+    let _g = hdf5_guard();
+    let f = hdf5::File::open(path).ok()?;
+    f.attr(name).ok()?.read_scalar::<i64>().ok()
+}
