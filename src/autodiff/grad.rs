@@ -29,8 +29,30 @@ pub struct Diff {
     pub forward_outputs: Vec<(usize, usize, String)>,
 }
 
-/// Constant tensors of the graph by value name: Constant nodes and initializers.
-pub fn constants(graph: &GraphProto, exclude: &HashSet<&str>) -> HashMap<String, TensorProto> {
+/// Constant tensors of the graph by value name: Constant nodes, initializers that are not
+/// differentiated, and int64 values computed from constants alone (the exporter's shape
+/// arithmetic, e.g. `Reshape(Constant, Constant)` as a ReduceMean's axes), whose values the shape
+/// observation recorded.
+pub fn constants(graph: &GraphProto, exclude: &HashSet<&str>, shapes: &Shapes) -> HashMap<String, TensorProto> {
+    let mut m = direct_constants(graph, exclude);
+    for n in &graph.node {
+        if n.op_type == "Constant" || n.output.iter().all(|o| m.contains_key(o)) {
+            continue;
+        }
+        if !n.input.iter().all(|i| i.is_empty() || m.contains_key(i)) {
+            continue;
+        }
+        for o in &n.output {
+            if let (Some(v), Some(dims)) = (shapes.ints.get(o), shapes.static_dims(o)) {
+                let d: Vec<i64> = dims.iter().map(|&x| x as i64).collect();
+                m.insert(o.clone(), crate::model::graph::tensor_i64("", &d, v));
+            }
+        }
+    }
+    m
+}
+
+fn direct_constants(graph: &GraphProto, exclude: &HashSet<&str>) -> HashMap<String, TensorProto> {
     let mut m = HashMap::new();
     for t in &graph.initializer {
         if !exclude.contains(t.name.as_str()) {
@@ -85,7 +107,7 @@ pub fn differentiate(
     wrt: &[String],
 ) -> Result<Diff> {
     let wrt_set: HashSet<&str> = wrt.iter().map(|s| s.as_str()).collect();
-    let consts = constants(graph, &wrt_set);
+    let consts = constants(graph, &wrt_set, shapes);
     let is_seq = |n: &NodeProto| SEQUENCE_OPS.contains(&n.op_type.as_str());
     let floaty = |v: &str| shapes.dtype(v).is_some_and(|d| d.is_float());
 

@@ -128,7 +128,12 @@ pub fn grad_graph(
         {
             n.attribute.retain(|a| a.name != "training_mode");
             n.attribute.push(attr_int("training_mode", 1));
+            // Training mode must name all three outputs (y, running mean, running var); the
+            // updated statistics are not used.
             n.output.truncate(1);
+            let y = n.output[0].clone();
+            n.output.push(format!("{y}/running_mean"));
+            n.output.push(format!("{y}/running_var"));
         }
     }
     let mut b = Builder::new("probe/loss");

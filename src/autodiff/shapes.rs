@@ -20,7 +20,13 @@ pub struct Info {
 #[derive(Debug, Clone, Default)]
 pub struct Shapes {
     pub map: HashMap<String, Info>,
+    /// Values of small int64 tensors, as observed in the last run. Only those that depend on
+    /// constants alone are used as build-time constants (see `grad::constants`).
+    pub ints: HashMap<String, Vec<i64>>,
 }
+
+/// int64 tensors up to this many elements have their values recorded.
+const SMALL: usize = 64;
 
 /// Ops whose outputs are sequences, not tensors: not read back (their parts are, via SequenceAt).
 pub const SEQUENCE_OPS: &[&str] = &[
@@ -74,6 +80,7 @@ impl Shapes {
         let bytes = protobuf::Message::write_to_bytes(&p)?;
         let mut session = crate::runtime::session(&bytes, 1, "shape-probing")?;
         let mut runs: Vec<HashMap<String, Info>> = Vec::new();
+        let mut ints = HashMap::new();
         for feed in feeds {
             let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> =
                 Vec::new();
@@ -94,6 +101,11 @@ impl Shapes {
                     _ => continue,
                 };
                 let Some(dtype) = dtype_of(ty) else { continue };
+                if dtype == DType::I64 && shape.iter().product::<i64>() as usize <= SMALL {
+                    if let Ok((_, v)) = value.try_extract_tensor::<i64>() {
+                        ints.insert(name.to_string(), v.to_vec());
+                    }
+                }
                 m.insert(
                     name.to_string(),
                     Info {
@@ -125,7 +137,7 @@ impl Shapes {
                 }
             }
         }
-        Ok(Shapes { map: merged })
+        Ok(Shapes { map: merged, ints })
     }
 }
 

@@ -14,6 +14,21 @@
 //! | `/checkpoints/sha256` | [K] str | hash of the checkpoint file |
 //! | `/seconds` | [K] f64 | wall time spent on the row |
 //!
+//! `probe grad` adds (g = gradient of the mean loss over the whole data set, w = the trainable
+//! parameters, P of them, named in `/params/name` [P]):
+//!
+//! | path | shape, type | meaning |
+//! |---|---|---|
+//! | `/grad/l2`, `/grad/l1`, `/grad/linf` | [K] f64 | norms of g over all parameters |
+//! | `/grad/per_param_l2` | [K, P] f64 | |g| per parameter tensor |
+//! | `/weights/l2`, `/weights/per_param_l2` | [K], [K, P] f64 | |w| |
+//! | `/weights/dist_prev`, `/weights/dist_first` | [K] f64 | |w_k - w_{k-1}|, |w_k - w_0| in the order given |
+//! | `/grad_reg/l2`, `/grad_reg/per_param_l2` | [K], [K, P] f64 | with `--weight-decay L`: |g + L w| |
+//! | `/grad/full/<name>` | [K, ...shape] f64 | with `--save-grad`: g itself |
+//! | `/nonfinite_batches` | [K] i64 | batches with NaN/Inf (their row holds NaN) |
+//!
+//! and the attributes `bn` (eval or train), `engine`, `weight_decay`.
+//!
 //! File attributes: `schema_version`, `probe_version`, `command` (what was run: eval, grad),
 //! `command_line`, `model_path`, `model_sha256`, `data`, `data_samples`, `batch_size`, `loss`,
 //! `rows` (rows complete) and `complete` (1 once every requested checkpoint is in, else 0).
