@@ -251,21 +251,82 @@ pub fn check(case: Case) {
         v.name = format!("out{k}");
         g.output.push(v);
     }
+    let outputs: Vec<String> = (0..case.outputs)
+        .filter(|k| !case.skip_outputs.contains(k))
+        .map(|k| format!("out{k}"))
+        .collect();
+    verify(
+        &case.op, g, feed, &wrt, &outputs, &mut rng, case.f64, case.opset,
+    );
+}
+
+/// [`check`] for a prebuilt graph of several nodes (rules that only make sense in a pair, such as
+/// SplitToSequence -> SequenceAt with a sequence in the middle): `graph` holds the nodes and any
+/// integer initializers; each of `inputs` becomes a differentiated f64 graph input with random
+/// values in [-1, 1]; the loss is `sum_k <R_k, Y_k>` over `outputs`. Opset 20.
+pub fn check_graph(
+    label: &str,
+    graph: GraphProto,
+    inputs: &[(&str, &[usize])],
+    outputs: &[&str],
+    seed: u64,
+) {
+    let dt = DType::F64;
+    let mut rng = Rng(seed);
+    let mut g = graph;
+    let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
+    let mut wrt = Vec::new();
+    for (name, shape) in inputs {
+        let v: Vec<f64> = (0..shape.iter().product())
+            .map(|_| rng.uniform(-1.0, 1.0))
+            .collect();
+        g.input.push(value_info(
+            name,
+            dt,
+            &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
+            "N",
+        ));
+        feed.push((name.to_string(), dt, shape.to_vec(), v));
+        wrt.push(name.to_string());
+    }
+    g.output.clear();
+    for o in outputs {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = o.to_string();
+        g.output.push(v);
+    }
+    let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    verify(label, g, feed, &wrt, &outputs, &mut rng, true, 20);
+}
+
+/// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
+/// differentiates it with respect to `wrt`, and compares with central finite differences.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    label: &str,
+    mut g: GraphProto,
+    mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)>,
+    wrt: &[String],
+    outputs: &[String],
+    rng: &mut Rng,
+    f64: bool,
+    opset: i64,
+) {
     // Shapes of the op's outputs, from the runtime.
     let host_feed: Feed = feed
         .iter()
         .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
         .collect();
-    let shapes0 = Shapes::observe(&model_of(g.clone(), case.opset), &[host_feed.clone()])
+    let shapes0 = Shapes::observe(&model_of(g.clone(), opset), &[host_feed.clone()])
         .expect("forward graph runs");
     // Loss = sum_k <R_k, Y_k>.
     let mut terms = Vec::new();
-    for k in 0..case.outputs {
-        let y = format!("out{k}");
+    for (k, y) in outputs.iter().enumerate() {
+        let y = y.clone();
         let Some(info) = shapes0.get(&y) else {
             continue;
         };
-        if !info.dtype.is_float() || case.skip_outputs.contains(&k) {
+        if !info.dtype.is_float() {
             continue;
         }
         let dims: Vec<usize> = info.dims.iter().map(|d| d.unwrap()).collect();
@@ -304,10 +365,9 @@ pub fn check(case: Case) {
     let mut lo = onnx_protobuf::ValueInfoProto::new();
     lo.name = "loss".into();
     g.output.push(lo);
-    let fwd = model_of(g.clone(), case.opset);
+    let fwd = model_of(g.clone(), opset);
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
-    let diff =
-        differentiate(&g, &shapes, "loss", &wrt).unwrap_or_else(|e| panic!("{}: {e:#}", case.op));
+    let diff = differentiate(&g, &shapes, "loss", wrt).unwrap_or_else(|e| panic!("{label}: {e:#}"));
     let mut gg = g.clone();
     apply_forward_outputs(&mut gg, &diff.forward_outputs);
     gg.node.extend(diff.nodes.clone());
@@ -317,13 +377,19 @@ pub fn check(case: Case) {
         gg.output.push(v);
     }
     let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
-    let analytic = run(&model_of(gg, case.opset), &feed, &gnames);
+    let analytic = run(&model_of(gg, opset), &feed, &gnames);
 
-    let h = if case.f64 { 1e-6 } else { 1e-2 };
-    let tol = if case.f64 { 1e-6 } else { 2e-2 };
+    let h = if f64 { 1e-6 } else { 1e-2 };
+    let tol = if f64 { 1e-6 } else { 2e-2 };
     for (wi, w) in wrt.iter().enumerate() {
         let fi = feed.iter().position(|f| &f.0 == w).unwrap();
         let n = feed[fi].3.len();
+        assert_eq!(
+            analytic[wi].len(),
+            n,
+            "{label} input {w}: the gradient has {} elements, the input {n}",
+            analytic[wi].len()
+        );
         let mut worst = (0.0f64, 0usize, 0.0, 0.0);
         let scale = analytic[wi]
             .iter()
@@ -345,7 +411,7 @@ pub fn check(case: Case) {
         assert!(
             worst.0 <= tol,
             "{} input {w}: gradient differs from finite differences at element {}: numeric {} vs rule {} (relative error {:.2e} > {tol:.0e})",
-            case.op,
+            label,
             worst.1,
             worst.2,
             worst.3,

@@ -1,0 +1,117 @@
+//! Gather (opset 13+): `Y = take(X, indices, axis)`, indices of any rank, negative ones counting
+//! from the back. https://onnx.ai/onnx/operators/onnx__Gather.html
+//!
+//! With `axis` moved to the front (X' = Transpose(X, p) with p = [axis, others]), Y rows are rows
+//! of X': Y'[j..., :] = X'[idx[j...], :], so dX' = ScatterND(zeros, idx[..., None], dY',
+//! reduction = add) (a repeated index receives the sum of its rows), and dX = Transpose(dX', p^-1).
+//! Negative indices are first normalized (idx < 0 ? idx + dim : idx), as ScatterND requires.
+//! The indices are integers and get no gradient.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::{attr_int, attr_string};
+use crate::ops::slice::i64_scalar;
+use crate::ops::transpose::inverse;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Gather",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
+    let r = c.rank(&x)? as i64;
+    // The indices may be an initializer, whose shape is not observed: rank Y = r - 1 + q.
+    let q = c.rank(c.output(0))? as i64 - r + 1;
+    let axis = c.attr_i("axis", 0);
+    let a = if axis < 0 { axis + r } else { axis };
+
+    let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
+    let dim = match c.dims(&x)?[a as usize] {
+        Some(d) => i64_scalar(c, d as i64),
+        None => {
+            let s = c.op("Shape", &[&x], vec![]);
+            let k = i64_scalar(c, a);
+            c.op("Gather", &[&s, &k], vec![])
+        }
+    };
+    let zero = i64_scalar(c, 0);
+    let neg = c.op("Less", &[&idx, &zero], vec![]);
+    let wrapped = c.op("Add", &[&idx, &dim], vec![]);
+    let idx = c.op("Where", &[&neg, &wrapped, &idx], vec![]);
+    let last = c.ints(&[-1]);
+    let idx = c.op("Unsqueeze", &[&idx, &last], vec![]);
+
+    let zeros = c.zeros_like(&x)?;
+    let gx = if a == 0 {
+        scatter_add(c, &zeros, &idx, &g)
+    } else {
+        // X dims: pre = [0, a), post = (a, r); Y dims: pre, indices' q dims, post.
+        let p: Vec<i64> = std::iter::once(a)
+            .chain((0..r).filter(|&k| k != a))
+            .collect();
+        let py: Vec<i64> = (a..a + q).chain(0..a).chain(a + q..r - 1 + q).collect();
+        let zt = c.transpose(&zeros, &p);
+        let gt = c.transpose(&g, &py);
+        let s = scatter_add(c, &zt, &idx, &gt);
+        c.transpose(&s, &inverse(&p))
+    };
+    c.set(0, gx);
+    Ok(())
+}
+
+fn scatter_add(c: &mut Ctx, data: &str, idx: &str, upd: &str) -> String {
+    c.op(
+        "ScatterND",
+        &[data, idx, upd],
+        vec![attr_string("reduction", "add")],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::attr_int;
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn gather_embedding() {
+        // [V, D] table, [2, 3] token ids with repeats and negative ids (-1 is row 4, as is 4).
+        check(
+            Case::new("Gather")
+                .input(&[5, 4])
+                .ints(&[2, 3], &[1, 4, 1, -1, 0, -5]),
+        );
+        check(Case::new("Gather").input(&[5, 4]).ints(&[], &[-2]));
+    }
+    #[test]
+    fn gather_inner_axis() {
+        check(
+            Case::new("Gather")
+                .input(&[3, 5])
+                .ints(&[2, 3], &[0, 4, 4, -1, 2, 2])
+                .attr(attr_int("axis", 1)),
+        );
+        check(
+            Case::new("Gather")
+                .input(&[2, 4, 3])
+                .ints(&[3], &[3, -4, 3])
+                .attr(attr_int("axis", -2)),
+        );
+        check(
+            Case::new("Gather")
+                .input(&[2, 3, 4])
+                .ints(&[2, 2], &[0, -1, 3, 3])
+                .attr(attr_int("axis", 2)),
+        );
+        check(
+            Case::new("Gather")
+                .input(&[2, 3, 4])
+                .ints(&[], &[1])
+                .attr(attr_int("axis", 1)),
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! GatherElements (opset 13+): `Y[i] = X[i with i_axis replaced by idx[i]]`, idx shaped like Y,
+//! negative indices counting from the back. https://onnx.ai/onnx/operators/onnx__GatherElements.html
+//!
+//! dX = ScatterElements(zeros like X, idx, dY, axis, reduction = add): each dY element goes back
+//! where it was read from, summed where a position was read several times. The indices are
+//! integers and get no gradient.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::{attr_int, attr_string};
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "GatherElements",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
+    let zeros = c.zeros_like(&x)?;
+    let axis = c.attr_i("axis", 0);
+    let gx = c.op(
+        "ScatterElements",
+        &[&zeros, &idx, &g],
+        vec![attr_int("axis", axis), attr_string("reduction", "add")],
+    );
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::attr_int;
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn gather_elements() {
+        check(
+            Case::new("GatherElements")
+                .input(&[3, 4])
+                .ints(&[2, 4], &[0, 2, 2, 1, -1, 0, 2, -3]),
+        );
+        check(
+            Case::new("GatherElements")
+                .input(&[3, 4])
+                .ints(&[3, 3], &[0, 3, 3, -1, 1, 0, 2, 2, 2])
+                .attr(attr_int("axis", 1)),
+        );
+        check(
+            Case::new("GatherElements")
+                .input(&[2, 3, 2])
+                .ints(&[2, 2, 2], &[0, 1, 1, 1, 2, 0, -1, -3])
+                .attr(attr_int("axis", -2)),
+        );
+    }
+}

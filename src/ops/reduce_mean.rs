@@ -1,0 +1,94 @@
+//! ReduceMean (opset 18+: axes as an optional input; opset 13's `axes` attribute also read;
+//! keepdims, noop_with_empty_axes). https://onnx.ai/onnx/operators/onnx__ReduceMean.html
+//!
+//! Y = sum over the reduced axes / n with n the count of reduced elements, so
+//! dX = expand(dY with the reduced axes restored, shape X) / n (ReduceSum's rule, scaled).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use crate::ops::reduce_sum::{expand_back, reduced_axes};
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "ReduceMean",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let x = c.input(0).to_string();
+    let axes = reduced_axes(c)?;
+    let gx = expand_back(c, &g, &axes)?;
+    let gx = divide_by_count(c, &gx, &x, &axes)?;
+    c.set(0, gx);
+    Ok(())
+}
+
+/// `g / n` with n the number of elements of the forward value `x` along `axes` (normalized):
+/// a constant when those dimensions are static, else the product of the runtime dimensions.
+pub fn divide_by_count(c: &mut Ctx, g: &str, x: &str, axes: &[i64]) -> Result<String> {
+    let dims = c.dims(x)?;
+    let known: Option<Vec<usize>> = axes.iter().map(|&a| dims[a as usize]).collect();
+    if let Some(k) = known {
+        let n = k.iter().product::<usize>();
+        if n == 1 {
+            return Ok(g.to_string());
+        }
+        let inv = c.scalar(1.0 / n as f64, x)?;
+        return Ok(c.op("Mul", &[g, &inv], vec![]));
+    }
+    let shape = c.op("Shape", &[x], vec![]);
+    let ax = c.ints(axes);
+    let picked = c.op("Gather", &[&shape, &ax], vec![]);
+    let n = c.op("ReduceProd", &[&picked], vec![attr_int("keepdims", 0)]);
+    let n = c.cast_like(&n, x);
+    Ok(c.op("Div", &[g, &n], vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::attr_int;
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn reduce_mean() {
+        check(
+            Case::new("ReduceMean")
+                .input(&[2, 3, 4])
+                .ints(&[2], &[0, 2]),
+        );
+        check(
+            Case::new("ReduceMean")
+                .input(&[2, 3, 4])
+                .ints(&[1], &[-1])
+                .attr(attr_int("keepdims", 0)),
+        );
+        check(
+            Case::new("ReduceMean")
+                .input(&[2, 3])
+                .attr(attr_int("keepdims", 0)),
+        );
+        check(Case::new("ReduceMean").input(&[3, 4]));
+    }
+    #[test]
+    fn reduce_mean_noop_with_empty_axes() {
+        check(
+            Case::new("ReduceMean")
+                .input(&[2, 3])
+                .attr(attr_int("noop_with_empty_axes", 1)),
+        );
+    }
+    #[test]
+    fn reduce_mean_opset13_axes_attribute() {
+        check(
+            Case::new("ReduceMean")
+                .input(&[2, 3, 4])
+                .attr(crate::model::graph::attr_ints("axes", &[1]))
+                .attr(attr_int("keepdims", 0))
+                .opset(13),
+        );
+    }
+}

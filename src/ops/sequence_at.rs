@@ -1,0 +1,40 @@
+//! SequenceAt (opset 11+): `Y = S[position]`, a tensor read out of a sequence.
+//! https://onnx.ai/onnx/operators/onnx__SequenceAt.html
+//!
+//! Sequences carry gradients by position (see [`crate::autodiff::grad`]): dS[position] += dY,
+//! summed by the sweep when a position is read several times, and turned into a tensor gradient
+//! by the op that made the sequence (SplitToSequence). The position must be a constant and
+//! non-negative: a negative one counts from the back of a sequence whose length this rule cannot
+//! see. Tested together with SplitToSequence in [`super::split_to_sequence`].
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::{anyhow, bail, Result};
+
+pub static RULE: Rule = Rule {
+    op: "SequenceAt",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let pos = c
+        .const_ints(1)
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| {
+            anyhow!(
+                "the position '{}' is not a constant: the gradient cannot be routed to a sequence part",
+                c.input(1)
+            )
+        })?;
+    if pos < 0 {
+        bail!(
+            "negative position {pos}: the sequence's length is unknown here, use a non-negative position"
+        );
+    }
+    c.set_seq(pos as usize, g);
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Slice (opset 13+): starts, ends, axes, steps as inputs; any step sign, negative and clamped
+//! bounds. https://onnx.ai/onnx/operators/onnx__Slice.html
+//!
+//! Rather than re-deriving the clamping rules, the rule lets Slice itself say which elements it
+//! picked (the "index trick"): P = Reshape(Range(0, numel X), shape X) holds each element's flat
+//! position, idx = Slice(P, same starts/ends/axes/steps) the positions of Y's elements, and
+//! dX = Reshape(ScatterElements(zeros[numel X], flat idx, flat dY, axis 0), shape X).
+//! A slice picks every element at most once, so no reduction is needed.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::{attr_int, attr_string, attr_tensor, tensor_i64};
+use anyhow::Result;
+use onnx_protobuf::{NodeProto, TensorProto};
+
+pub static RULE: Rule = Rule {
+    op: "Slice",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let x = c.input(0).to_string();
+    let pos = flat_positions(c, &x);
+    let mut ins: Vec<String> = vec![pos];
+    ins.extend(c.node.input.iter().skip(1).cloned());
+    let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+    let idx = c.op("Slice", &refs, vec![]);
+    let gx = scatter_back(c, &x, &idx, &g, false)?;
+    c.set(0, gx);
+    Ok(())
+}
+
+/// A 0-d int64 constant.
+pub fn i64_scalar(c: &mut Ctx, v: i64) -> String {
+    let out = c.b.fresh("const");
+    let mut n = NodeProto::new();
+    n.op_type = "Constant".into();
+    n.name = out.clone();
+    n.output = vec![out.clone()];
+    n.attribute = vec![attr_tensor("value", tensor_i64("", &[], &[v]))];
+    c.b.nodes.push(n);
+    out
+}
+
+/// The element count of the forward value `x`, as a 0-d and as a 1-element int64 tensor.
+fn numel(c: &mut Ctx, x: &str) -> (String, String) {
+    match c.shapes.static_dims(x) {
+        Some(d) => {
+            let n = d.iter().product::<usize>() as i64;
+            (i64_scalar(c, n), c.ints(&[n]))
+        }
+        None => {
+            let n = c.op("Size", &[x], vec![]);
+            let one = c.ints(&[1]);
+            let n1 = c.op("Reshape", &[&n, &one], vec![]);
+            (n, n1)
+        }
+    }
+}
+
+/// An int64 tensor shaped like the forward value `x` whose elements are their own row-major
+/// positions: Reshape(Range(0, numel x), shape x).
+pub fn flat_positions(c: &mut Ctx, x: &str) -> String {
+    let (n, _) = numel(c, x);
+    let zero = i64_scalar(c, 0);
+    let one = i64_scalar(c, 1);
+    let r = c.op("Range", &[&zero, &n, &one], vec![]);
+    let shape = c.shape_of(x);
+    c.op("Reshape", &[&r, &shape], vec![])
+}
+
+/// Zeros of `like`'s element type with the runtime shape `shape` (a 1-D int64 tensor).
+pub fn zeros_shaped(c: &mut Ctx, shape: &str, like: &str) -> Result<String> {
+    let dt = c.dtype(like)?;
+    let mut t = TensorProto::new();
+    t.data_type = dt.onnx();
+    t.dims = vec![1];
+    t.raw_data = vec![0; dt.size()];
+    Ok(c.op("ConstantOfShape", &[shape], vec![attr_tensor("value", t)]))
+}
+
+/// The gradient of the forward value `x` from `g`, whose elements were read from the flat
+/// positions `idx` of x (see [`flat_positions`]): zeros, with each g element written (or, with
+/// `add`, added, for positions read several times) at its position.
+pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Result<String> {
+    let (_, n1) = numel(c, x);
+    let zeros = zeros_shaped(c, &n1, x)?;
+    let flat = c.ints(&[-1]);
+    let idx = c.op("Reshape", &[idx, &flat], vec![]);
+    let gf = c.op("Reshape", &[g, &flat], vec![]);
+    let mut attrs = vec![attr_int("axis", 0)];
+    if add {
+        attrs.push(attr_string("reduction", "add"));
+    }
+    let s = c.op("ScatterElements", &[&zeros, &idx, &gf], attrs);
+    let shape = c.shape_of(x);
+    Ok(c.op("Reshape", &[&s, &shape], vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn slice_unit_steps() {
+        check(
+            Case::new("Slice")
+                .input(&[4, 5])
+                .ints(&[2], &[1, 0])
+                .ints(&[2], &[3, 4]),
+        );
+        check(
+            Case::new("Slice")
+                .input(&[3, 6])
+                .ints(&[1], &[2])
+                .ints(&[1], &[5])
+                .ints(&[1], &[1]),
+        );
+    }
+    #[test]
+    fn slice_steps_and_negative_bounds() {
+        // every second column from the back: columns 5, 3, 1
+        check(
+            Case::new("Slice")
+                .input(&[3, 6])
+                .ints(&[1], &[-1])
+                .ints(&[1], &[-100])
+                .ints(&[1], &[-1])
+                .ints(&[1], &[-2]),
+        );
+        // clamped ends and a step of 3, two axes, axes given negatively
+        check(
+            Case::new("Slice")
+                .input(&[2, 5, 7])
+                .ints(&[2], &[1, -6])
+                .ints(&[2], &[i64::MAX, 100])
+                .ints(&[2], &[-1, 1])
+                .ints(&[2], &[3, 2]),
+        );
+        // reversal of a whole axis
+        check(
+            Case::new("Slice")
+                .input(&[4, 3])
+                .ints(&[1], &[i64::MAX])
+                .ints(&[1], &[i64::MIN])
+                .ints(&[1], &[0])
+                .ints(&[1], &[-1]),
+        );
+    }
+    #[test]
+    fn slice_absent_axes_with_steps() {
+        check(
+            Case::new("Slice")
+                .input(&[5, 4])
+                .ints(&[2], &[0, 3])
+                .ints(&[2], &[5, 0])
+                .absent()
+                .ints(&[2], &[2, -1]),
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Split (opset 18+: split sizes as an optional input, or `num_outputs` equal parts, the last
+//! smaller). https://onnx.ai/onnx/operators/onnx__Split.html
+//!
+//! The outputs tile X along `axis`, so dX = Concat(dY_1, ..., dY_n, axis), with zeros shaped like
+//! Y_k for an output nothing downstream needs.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Split",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    if !c.needs(0) {
+        return Ok(());
+    }
+    let x = c.input(0).to_string();
+    let rank = c.rank(&x)? as i64;
+    let axis = c.attr_i("axis", 0);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let mut parts = Vec::new();
+    for k in 0..c.node.output.len() {
+        let y = c.output(k).to_string();
+        parts.push(match c.go(k) {
+            Some(g) => g,
+            None if y.is_empty() => continue,
+            None => c.zeros_like(&y)?,
+        });
+    }
+    let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+    let gx = c.op("Concat", &refs, vec![attr_int("axis", axis)]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::attr_int;
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn split_sizes() {
+        check(
+            Case::new("Split")
+                .input(&[2, 6])
+                .ints(&[3], &[1, 2, 3])
+                .attr(attr_int("axis", 1))
+                .outputs(3),
+        );
+        check(
+            Case::new("Split")
+                .input(&[5, 2])
+                .ints(&[2], &[2, 3])
+                .outputs(2),
+        );
+    }
+    #[test]
+    fn split_num_outputs() {
+        // 7 = 3 + 3 + 1 along the last axis.
+        check(
+            Case::new("Split")
+                .input(&[2, 7])
+                .attr(attr_int("axis", -1))
+                .attr(attr_int("num_outputs", 3))
+                .outputs(3),
+        );
+    }
+    #[test]
+    fn split_unused_output() {
+        check(
+            Case::new("Split")
+                .input(&[2, 6])
+                .ints(&[3], &[1, 2, 3])
+                .attr(attr_int("axis", 1))
+                .outputs(3)
+                .skip_output(1),
+        );
+        check(
+            Case::new("Split")
+                .input(&[4, 3])
+                .attr(attr_int("num_outputs", 2))
+                .outputs(2)
+                .skip_output(0),
+        );
+    }
+}

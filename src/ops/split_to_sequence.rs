@@ -1,0 +1,191 @@
+//! SplitToSequence (opset 11+): X split along `axis` into a sequence of tensors.
+//! https://onnx.ai/onnx/operators/onnx__SplitToSequence.html
+//!
+//! The parts, per the spec:
+//! - no `split` input: parts of size 1, squeezed along `axis` when `keepdims` = 0;
+//! - a scalar `split` s: parts of size s, the last one smaller when s does not divide dim(axis);
+//! - a 1-D `split`: parts of the listed sizes (`keepdims` is ignored whenever `split` is given).
+//!
+//! The parts tile X, so dX = Concat(dS[0], ..., dS[n-1], axis), where dS[k] is the gradient the
+//! SequenceAt readers sent to position k (unsqueezed along `axis` if the parts were squeezed) and
+//! zeros shaped like part k for a position nobody read. Parts have no observed shape, so those
+//! zeros take theirs from the parts recomputed by Split(X, sizes, axis).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use crate::model::graph::attr_int;
+use crate::ops::slice::zeros_shaped;
+use anyhow::{anyhow, bail, Result};
+
+pub static RULE: Rule = Rule {
+    op: "SplitToSequence",
+    kind: Kind::Linear,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    if !c.needs(0) || c.go_seq().is_empty() {
+        return Ok(());
+    }
+    let x = c.input(0).to_string();
+    let rank = c.rank(&x)? as i64;
+    let axis = c.attr_i("axis", 0);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let dim = c.dims(&x)?[axis as usize];
+    let need_dim = |why: &str| {
+        dim.ok_or_else(|| {
+            anyhow!("{why}: the number of parts needs a static dimension {axis} of '{x}'")
+        })
+    };
+
+    // (number of parts, their sizes as a 1-D int64 tensor, whether the parts were squeezed)
+    let (n, sizes, squeezed) = if !c.has_input(1) {
+        let d = need_dim("no split sizes")?;
+        (d, c.ints(&vec![1; d]), c.attr_i("keepdims", 1) == 0)
+    } else if let Some(v) = c.const_ints(1) {
+        let split = c.consts.get(c.input(1)).unwrap();
+        if split.dims.is_empty() {
+            let s = v[0];
+            if s <= 0 {
+                bail!("split size {s} must be positive");
+            }
+            let d = need_dim("a scalar split size")? as i64;
+            let n = (d + s - 1) / s;
+            let sizes: Vec<i64> = (0..n).map(|k| s.min(d - k * s)).collect();
+            (n as usize, c.ints(&sizes), false)
+        } else {
+            (v.len(), c.ints(&v), false)
+        }
+    } else {
+        let split = c.input(1).to_string();
+        match c.dims(&split)?.as_slice() {
+            [Some(n)] => {
+                let s = c.op("Cast", &[&split], vec![attr_int("to", 7)]);
+                (*n, s, false)
+            }
+            _ => bail!(
+                "split sizes '{split}' are neither a constant nor a 1-D tensor of static length"
+            ),
+        }
+    };
+
+    let go = c.go_seq().clone();
+    if let Some((&p, _)) = go.range(n..).next() {
+        bail!("a gradient for position {p} of a sequence of {n} parts");
+    }
+    let parts = if go.len() < n {
+        c.op_n("Split", &[&x, &sizes], vec![attr_int("axis", axis)], n)
+    } else {
+        vec![]
+    };
+    let ax = c.ints(&[axis]);
+    let mut grads = Vec::new();
+    for k in 0..n {
+        grads.push(match go.get(&k) {
+            Some(g) if squeezed => c.op("Unsqueeze", &[g, &ax], vec![]),
+            Some(g) => g.clone(),
+            None => {
+                let shape = c.op("Shape", &[&parts[k]], vec![]);
+                zeros_shaped(c, &shape, &x)?
+            }
+        });
+    }
+    let refs: Vec<&str> = grads.iter().map(|s| s.as_str()).collect();
+    let gx = c.op("Concat", &refs, vec![attr_int("axis", axis)]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_int, tensor_i64};
+    use crate::ops::testing::check_graph;
+    use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};
+
+    /// x -> SplitToSequence(x, split?) -> seq; seq -> SequenceAt(seq, p) -> y{i} for each p.
+    fn graph(
+        split: Option<(&[i64], &[i64])>,
+        attrs: Vec<AttributeProto>,
+        reads: &[i64],
+    ) -> GraphProto {
+        let mut g = GraphProto::new();
+        let mut n = NodeProto::new();
+        n.op_type = "SplitToSequence".into();
+        n.name = "split".into();
+        n.input = vec!["x".into()];
+        if let Some((dims, v)) = split {
+            g.initializer.push(tensor_i64("sizes", dims, v));
+            n.input.push("sizes".into());
+        }
+        n.output = vec!["seq".into()];
+        n.attribute = attrs;
+        g.node.push(n);
+        for (i, &p) in reads.iter().enumerate() {
+            g.initializer.push(tensor_i64(&format!("p{i}"), &[], &[p]));
+            let mut a = NodeProto::new();
+            a.op_type = "SequenceAt".into();
+            a.name = format!("at{i}");
+            a.input = vec!["seq".into(), format!("p{i}")];
+            a.output = vec![format!("y{i}")];
+            g.node.push(a);
+        }
+        g
+    }
+
+    fn run(x: &[usize], g: GraphProto, reads: usize) {
+        let outs: Vec<String> = (0..reads).map(|i| format!("y{i}")).collect();
+        let outs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+        check_graph("SplitToSequence", g, &[("x", x)], &outs, 3);
+    }
+
+    #[test]
+    fn split_sizes_all_read() {
+        run(
+            &[2, 5],
+            graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[0, 1]),
+            2,
+        );
+    }
+    #[test]
+    fn split_sizes_one_part_unread() {
+        run(
+            &[2, 5],
+            graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[1]),
+            1,
+        );
+        run(&[6, 2], graph(Some((&[3], &[2, 3, 1])), vec![], &[2, 0]), 2);
+    }
+    #[test]
+    fn scalar_split_uneven() {
+        // 5 = 2 + 2 + 1 along axis -1; part 1 unread, part 2 read twice.
+        run(
+            &[3, 5],
+            graph(Some((&[], &[2])), vec![attr_int("axis", -1)], &[2, 0, 2]),
+            3,
+        );
+        // the short last part unread: its zeros must take its size
+        run(&[5, 2], graph(Some((&[], &[2])), vec![], &[1, 0]), 2);
+    }
+    #[test]
+    fn no_split_unit_parts() {
+        // keepdims = 0: parts [4] squeezed out of [3, 4]; part 1 unread.
+        run(
+            &[3, 4],
+            graph(None, vec![attr_int("keepdims", 0)], &[2, 0]),
+            2,
+        );
+        run(
+            &[2, 3],
+            graph(None, vec![attr_int("axis", 1)], &[1, 2, 0]),
+            3,
+        );
+    }
+    #[test]
+    #[should_panic(expected = "negative position")]
+    fn negative_position_refused() {
+        run(
+            &[2, 5],
+            graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[-1]),
+            1,
+        );
+    }
+}
