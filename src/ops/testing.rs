@@ -18,6 +18,8 @@ pub enum In {
     Values(Vec<usize>, Vec<f64>),
     /// An integer constant (indices, shapes, axes): an initializer, not differentiated.
     Ints(Vec<usize>, Vec<i64>),
+    /// A boolean constant (conditions, flags): an initializer, not differentiated.
+    Bools(Vec<usize>, Vec<bool>),
     /// A float input that is not differentiated.
     Fixed(Vec<usize>),
     /// An absent optional input.
@@ -67,6 +69,10 @@ impl Case {
     }
     pub fn ints(mut self, shape: &[usize], v: &[i64]) -> Case {
         self.inputs.push(In::Ints(shape.to_vec(), v.to_vec()));
+        self
+    }
+    pub fn bools(mut self, shape: &[usize], v: &[bool]) -> Case {
+        self.inputs.push(In::Bools(shape.to_vec(), v.to_vec()));
         self
     }
     pub fn absent(mut self) -> Case {
@@ -205,6 +211,14 @@ pub fn check(case: Case) {
             In::Ints(shape, v) => {
                 let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
                 g.initializer.push(tensor_i64(&name, &dims, v));
+            }
+            In::Bools(shape, v) => {
+                let mut t = TensorProto::new();
+                t.name = name.clone();
+                t.data_type = DType::Bool.onnx();
+                t.dims = shape.iter().map(|&d| d as i64).collect();
+                t.raw_data = v.iter().map(|&b| b as u8).collect();
+                g.initializer.push(t);
             }
             In::Float(shape, lo, hi) => {
                 let v: Vec<f64> = (0..shape.iter().product())

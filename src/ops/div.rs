@@ -1,0 +1,60 @@
+//! Div (opset 14): `Y = A / B` with multidirectional broadcasting.
+//! https://onnx.ai/onnx/operators/onnx__Div.html
+//!
+//! dA = unbroadcast(dY / B), dB = unbroadcast(-dY * A / B^2) = unbroadcast(-dY * Y / B).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Div",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let (a, b, y) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.output(0).to_string(),
+    );
+    // Integer division has no gradient; its output never needs one.
+    if !c.dtype(&y)?.is_float() {
+        return Ok(());
+    }
+    let gb_full = if c.needs(1) {
+        let t = c.op("Mul", &[&g, &y], vec![]);
+        let t = c.op("Div", &[&t, &b], vec![]);
+        Some(c.op("Neg", &[&t], vec![]))
+    } else {
+        None
+    };
+    if c.needs(0) {
+        let t = c.op("Div", &[&g, &b], vec![]);
+        let ga = c.unbroadcast(&t, &y, &a)?;
+        c.set(0, ga);
+    }
+    if let Some(t) = gb_full {
+        let gb = c.unbroadcast(&t, &y, &b)?;
+        c.set(1, gb);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn div_broadcasting() {
+        check(
+            Case::new("Div")
+                .input(&[2, 3, 4])
+                .input_in(&[3, 1], 0.5, 2.0),
+        );
+        check(Case::new("Div").input(&[1]).input_in(&[2, 3], -2.0, -0.5));
+        check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
+        check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
+        check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
+    }
+}

@@ -1,0 +1,29 @@
+//! Log (opset 13): `Y = ln X`. https://onnx.ai/onnx/operators/onnx__Log.html
+//!
+//! d ln x = 1 / x: dX = dY / X.
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Log",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let x = c.input(0).to_string();
+    let gx = c.op("Div", &[&g, &x], vec![]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn log() {
+        check(Case::new("Log").input_in(&[2, 3], 0.5, 2.0));
+    }
+}

@@ -1,0 +1,80 @@
+//! Pow (opset 15): `Y = X ^ E` with multidirectional broadcasting; E may be an integer tensor.
+//! https://onnx.ai/onnx/operators/onnx__Pow.html
+//!
+//! dX = unbroadcast(dY * E * X^(E - 1)), dE = unbroadcast(dY * Y * ln X) (float E only; NaN
+//! where X < 0, as in PyTorch).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Pow",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let (x, e, y) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.output(0).to_string(),
+    );
+    if c.needs(0) {
+        // The exponent in X's type (E may be an integer initializer, whose type the shapes
+        // do not record): Pow(X, float E - 1) is exact for integer-valued E.
+        let ef = c.cast_like(&e, &x);
+        let one = c.scalar(1.0, &x)?;
+        let em1 = c.op("Sub", &[&ef, &one], vec![]);
+        let p = c.op("Pow", &[&x, &em1], vec![]);
+        let d = c.op("Mul", &[&ef, &p], vec![]);
+        let t = c.op("Mul", &[&g, &d], vec![]);
+        let gx = c.unbroadcast(&t, &y, &x)?;
+        c.set(0, gx);
+    }
+    if c.needs(1) {
+        let ln = c.op("Log", &[&x], vec![]);
+        let d = c.op("Mul", &[&y, &ln], vec![]);
+        let t = c.op("Mul", &[&g, &d], vec![]);
+        let ge = c.unbroadcast(&t, &y, &e)?;
+        c.set(1, ge);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn pow_both_inputs() {
+        check(
+            Case::new("Pow")
+                .input_in(&[2, 3], 0.5, 2.0)
+                .input_in(&[2, 3], -2.0, 2.0),
+        );
+    }
+    #[test]
+    fn pow_broadcasting() {
+        check(
+            Case::new("Pow")
+                .input_in(&[2, 3, 4], 0.5, 2.0)
+                .input_in(&[3, 1], -2.0, 2.0),
+        );
+        check(
+            Case::new("Pow")
+                .input_in(&[4], 0.5, 2.0)
+                .input_in(&[2, 3, 4], -2.0, 2.0),
+        );
+        check(
+            Case::new("Pow")
+                .input_in(&[2, 3], 0.5, 2.0)
+                .input_in(&[1], 0.5, 3.0),
+        );
+    }
+    #[test]
+    fn pow_constant_exponent() {
+        // Integer exponent (int64 initializer), negative bases allowed.
+        check(Case::new("Pow").input(&[2, 3]).ints(&[], &[3]));
+        check(Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]));
+    }
+}

@@ -1,0 +1,32 @@
+//! Sigmoid (opset 13): `Y = 1 / (1 + e^-X)`. https://onnx.ai/onnx/operators/onnx__Sigmoid.html
+//!
+//! d sigmoid = y (1 - y): dX = dY * Y * (1 - Y).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Sigmoid",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let y = c.output(0).to_string();
+    let one = c.scalar(1.0, &y)?;
+    let omy = c.op("Sub", &[&one, &y], vec![]);
+    let d = c.op("Mul", &[&y, &omy], vec![]);
+    let gx = c.op("Mul", &[&g, &d], vec![]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn sigmoid() {
+        check(Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0));
+    }
+}

@@ -1,0 +1,31 @@
+//! Sqrt (opset 13): `Y = sqrt(X)`. https://onnx.ai/onnx/operators/onnx__Sqrt.html
+//!
+//! d sqrt(x) = 1 / (2 sqrt(x)): dX = dY * 0.5 / Y (infinite at X = 0, as in PyTorch).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Sqrt",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let y = c.output(0).to_string();
+    let half = c.scalar(0.5, &y)?;
+    let t = c.op("Div", &[&half, &y], vec![]);
+    let gx = c.op("Mul", &[&g, &t], vec![]);
+    c.set(0, gx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn sqrt() {
+        check(Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0));
+    }
+}

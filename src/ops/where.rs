@@ -1,0 +1,75 @@
+//! Where (opset 16): `Y = C ? A : B` with multidirectional broadcasting of all three.
+//! https://onnx.ai/onnx/operators/onnx__Where.html
+//!
+//! C is boolean, not differentiable. dA = unbroadcast(Where(C, dY, 0)),
+//! dB = unbroadcast(Where(C, 0, dY)).
+use super::{Kind, Rule};
+use crate::autodiff::ctx::Ctx;
+use anyhow::Result;
+
+pub static RULE: Rule = Rule {
+    op: "Where",
+    kind: Kind::Elementwise,
+    vjp: Some(vjp),
+};
+
+fn vjp(c: &mut Ctx) -> Result<()> {
+    let Some(g) = c.go(0) else { return Ok(()) };
+    let (cond, y) = (c.input(0).to_string(), c.output(0).to_string());
+    if !c.dtype(&y)?.is_float() {
+        return Ok(());
+    }
+    for i in [1, 2] {
+        if !c.needs(i) {
+            continue;
+        }
+        let v = c.input(i).to_string();
+        let zero = c.scalar(0.0, &y)?;
+        let t = if i == 1 {
+            c.op("Where", &[&cond, &g, &zero], vec![])
+        } else {
+            c.op("Where", &[&cond, &zero, &g], vec![])
+        };
+        // Where(C, dY, 0) has Y's shape: C broadcasts into Y, never beyond it.
+        let gv = c.unbroadcast(&t, &y, &v)?;
+        c.set(i, gv);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::{check, Case};
+    #[test]
+    fn where_same_shapes() {
+        check(
+            Case::new("Where")
+                .bools(&[2, 3], &[true, false, true, false, false, true])
+                .input(&[2, 3])
+                .input(&[2, 3]),
+        );
+    }
+    #[test]
+    fn where_broadcasting() {
+        // Condition broadcast over the leading axis, A over the last, B a scalar-like [1].
+        check(
+            Case::new("Where")
+                .bools(&[3, 1], &[true, false, true])
+                .input(&[2, 1, 4])
+                .input(&[1]),
+        );
+        // A and B smaller than the condition.
+        check(
+            Case::new("Where")
+                .bools(&[2, 3], &[false, true, true, false, true, false])
+                .input(&[3])
+                .input(&[2, 1]),
+        );
+        check(
+            Case::new("Where")
+                .bools(&[], &[true])
+                .input(&[2, 3])
+                .fixed(&[3]),
+        );
+    }
+}
