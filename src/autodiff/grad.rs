@@ -33,7 +33,11 @@ pub struct Diff {
 /// differentiated, and int64 values computed from constants alone (the exporter's shape
 /// arithmetic, e.g. `Reshape(Constant, Constant)` as a ReduceMean's axes), whose values the shape
 /// observation recorded.
-pub fn constants(graph: &GraphProto, exclude: &HashSet<&str>, shapes: &Shapes) -> HashMap<String, TensorProto> {
+pub fn constants(
+    graph: &GraphProto,
+    exclude: &HashSet<&str>,
+    shapes: &Shapes,
+) -> HashMap<String, TensorProto> {
     let mut m = direct_constants(graph, exclude);
     for n in &graph.node {
         if n.op_type == "Constant" || n.output.iter().all(|o| m.contains_key(o)) {
