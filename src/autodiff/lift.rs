@@ -41,6 +41,7 @@ pub fn lift_state(model: &Model) -> Result<(ModelProto, Vec<String>)> {
             bad.join(", ")
         )));
     }
+    normalize_constants(g);
     let is_state: std::collections::HashSet<&str> = state.iter().map(|s| s.as_str()).collect();
     g.initializer
         .retain(|t| !is_state.contains(t.name.as_str()));
@@ -89,4 +90,25 @@ pub fn eval_graph(model: &Model, kind: LossKind, target_rank: usize) -> Result<E
         loss: head.loss,
         correct: head.correct,
     })
+}
+
+/// Rewrites `Constant` nodes given by a scalar attribute (`value_float`, `value_int`, and their
+/// list forms) into the `value` tensor form. Why: the protobuf code writes proto3-style fields, so
+/// a zero scalar (`value_float: 0.0`, common in exported attention) would be written with no
+/// value at all, which onnx.checker rejects; a tensor keeps its bytes.
+pub fn normalize_constants(g: &mut onnx_protobuf::GraphProto) {
+    use crate::model::graph::{attr_tensor, tensor_f32, tensor_i64};
+    for n in g.node.iter_mut().filter(|n| n.op_type == "Constant") {
+        let Some(a) = n.attribute.first() else {
+            continue;
+        };
+        let t = match a.name.as_str() {
+            "value_float" => tensor_f32("", &[], &[a.f]),
+            "value_floats" => tensor_f32("", &[a.floats.len() as i64], &a.floats),
+            "value_int" => tensor_i64("", &[], &[a.i]),
+            "value_ints" => tensor_i64("", &[a.ints.len() as i64], &a.ints),
+            _ => continue,
+        };
+        n.attribute = vec![attr_tensor("value", t)];
+    }
 }

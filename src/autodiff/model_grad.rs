@@ -10,7 +10,7 @@ use super::shapes::{Feed, Shapes};
 use crate::model::graph::{attr_int, value_info, Builder};
 use crate::model::Model;
 use crate::tensor::{DType, HostTensor, Values};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use onnx_protobuf::ModelProto;
 
 #[derive(Debug, Clone)]
@@ -175,7 +175,7 @@ pub fn grad_graph(
     let shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
     let diff = differentiate(g, &shapes, LOSS_SUM, &wrt)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", model.path.display()))?;
+        .with_context(|| model.path.display().to_string())?;
     apply_forward_outputs(g, &diff.forward_outputs);
     g.node.extend(diff.nodes);
     let mut grads = Vec::new();

@@ -198,7 +198,8 @@ impl Store {
             datasets(&file, "", &mut all).map_err(|e| out_err(path, "reading", e))?;
             for (name, ds) in all {
                 let mut shape = ds.shape();
-                if !shape.is_empty() && shape[0] > rows {
+                // Only the per-row datasets (chunked, growing); `/params/name` and such are fixed.
+                if ds.chunk().is_some() && !shape.is_empty() && shape[0] > rows {
                     shape[0] = rows;
                     ds.resize(shape)
                         .map_err(|e| out_err(path, &format!("trimming {name}"), e))?;

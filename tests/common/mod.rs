@@ -168,12 +168,14 @@ def plain(v):
     if isinstance(v, np.generic): v = v.item()
     if isinstance(v, float) and math.isnan(v): return None
     return v
+def deep(v):
+    return [deep(x) for x in v] if isinstance(v, list) else plain(v)
 out = {"attrs": {}, "datasets": {}}
 with h5py.File(sys.argv[1], "r") as f:
     out["attrs"] = {k: plain(v) for k, v in f.attrs.items()}
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
-            out["datasets"][name] = [plain(v) for v in obj[()].tolist()]
+            out["datasets"][name] = deep(obj[()].tolist())
     f.visititems(visit)
 print(json.dumps(out))
 "#;

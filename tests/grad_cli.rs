@@ -1,0 +1,400 @@
+//! `probe grad` and `probe autodiff` as a user runs them: the gradient graph file, bad input,
+//! non-finite values, shards, reruns, killed runs, and the weight-decay column.
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn fm(n: usize, dir: &Path) -> std::path::PathBuf {
+    let p = dir.join(format!("fm{n}.h5"));
+    reference(&[
+        "make-data",
+        "--dataset",
+        "fashion-mnist",
+        "--n",
+        &n.to_string(),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    p
+}
+
+fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
+    assert_eq!(o.code, code, "exit code; stderr: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {}", o.stderr);
+    assert!(lines[0].starts_with("probe: error: "), "{}", lines[0]);
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error should mention {n:?}: {}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn autodiff_writes_a_checked_deterministic_standard_onnx_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    for m in ["mlp", "resnet", "gpt"] {
+        let a = dir.path().join(format!("{m}.a.onnx"));
+        let b = dir.path().join(format!("{m}.b.onnx"));
+        probe(&[
+            "autodiff",
+            model(&format!("{m}.onnx")).to_str().unwrap(),
+            "-o",
+            a.to_str().unwrap(),
+        ])
+        .ok();
+        probe(&[
+            "autodiff",
+            model(&format!("{m}.onnx")).to_str().unwrap(),
+            "-o",
+            b.to_str().unwrap(),
+        ])
+        .ok();
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{m}: two builds differ"
+        );
+        let out = py(&[
+            "-c",
+            "import sys, onnx\nm = onnx.load(sys.argv[1])\nonnx.checker.check_model(m, full_check=True)\n\
+             doms = {n.domain for n in m.graph.node}\nassert doms <= {'', 'ai.onnx'}, doms\n\
+             outs = [o.name for o in m.graph.output]\nassert outs[0] == 'probe/loss_sum', outs\n\
+             print(sum(o.startswith('grad/') for o in outs))",
+            a.to_str().unwrap(),
+        ]);
+        let n: usize = out.trim().parse().unwrap();
+        let expected = match m {
+            "mlp" => 6,
+            "resnet" => 29,
+            _ => 30,
+        };
+        assert_eq!(n, expected, "{m}: gradient outputs");
+    }
+}
+
+/// A small model written with onnx's helper: x [N,4] -> Gemm(W) -> ops -> logits [N,3].
+fn tiny_model(dir: &Path, name: &str, ops: &[&str], with_weight: bool) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.onnx"));
+    let script = r#"
+import sys, onnx, numpy as np
+from onnx import helper, TensorProto, numpy_helper
+path, ops, with_w = sys.argv[1], [o for o in sys.argv[2].split(',') if o], sys.argv[3] == '1'
+nodes, inits, prev = [], [], 'x'
+if with_w:
+    inits.append(numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), 'fc.weight'))
+    nodes.append(helper.make_node('Gemm', ['x', 'fc.weight'], ['h0'], name='fc', transB=1)); prev = 'h0'
+else:
+    nodes.append(helper.make_node('Slice', ['x', 'st', 'en', 'ax'], ['h0'], name='take3')); prev = 'h0'
+    for n, v in (('st', [0]), ('en', [3]), ('ax', [1])):
+        inits.append(numpy_helper.from_array(np.array(v, np.int64), n))
+for i, op in enumerate(ops):
+    nodes.append(helper.make_node(op, [prev], [f'h{i+1}'], name=f'{op.lower()}_{i}')); prev = f'h{i+1}'
+nodes.append(helper.make_node('Identity', [prev], ['logits'], name='out'))
+g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['N', 4])],
+                      [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['N', 3])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 20)], ir_version=10), path)
+"#;
+    py(&[
+        "-c",
+        script,
+        path.to_str().unwrap(),
+        &ops.join(","),
+        if with_weight { "1" } else { "0" },
+    ]);
+    path
+}
+
+fn tiny_data(dir: &Path, n: usize, poison: Option<usize>, label: i64) -> std::path::PathBuf {
+    let path = dir.join(format!("tiny-{n}-{poison:?}-{label}.h5"));
+    let mut x = noise(n * 4, 7);
+    if let Some(i) = poison {
+        x[i * 4 + 1] = f32::NAN;
+    }
+    let x = ndarray::ArrayD::from_shape_vec(vec![n, 4], x).unwrap();
+    let y = ndarray::ArrayD::from_shape_vec(
+        vec![n],
+        (0..n as i64)
+            .map(|i| if i == 3 { label } else { i % 3 })
+            .collect(),
+    )
+    .unwrap();
+    write_data(&path, &x, &y);
+    path
+}
+
+#[test]
+fn ops_without_rules_are_listed_at_once_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "cos", &["Cos", "Sin", "Cos"], true);
+    let data = tiny_data(dir.path(), 10, None, 0);
+    let out = dir.path().join("r.h5");
+    let o = probe(&[
+        "grad",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    one_line_error(
+        &o,
+        3,
+        &["cos.onnx", "Cos", "Sin", "cos_0", "sin_1", "cos_2"],
+    );
+    assert!(!out.exists(), "no results file after a refused model");
+    let o = probe(&[
+        "autodiff",
+        m.to_str().unwrap(),
+        "-o",
+        dir.path().join("g.onnx").to_str().unwrap(),
+    ]);
+    one_line_error(&o, 3, &["Cos", "Sin"]);
+}
+
+#[test]
+fn a_model_without_trainable_parameters_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "noparams", &["Relu"], false);
+    let data = tiny_data(dir.path(), 10, None, 0);
+    let out = dir.path().join("r.h5");
+    let o = probe(&[
+        "grad",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    one_line_error(&o, 3, &["noparams.onnx", "trainable"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn targets_out_of_range_and_nonfinite_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "tanh", &["Tanh"], true);
+    let bad = tiny_data(dir.path(), 10, None, 3);
+    let out = dir.path().join("r.h5");
+    let o = probe(&[
+        "grad",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    one_line_error(&o, 3, &["sample 3", "target 3", "3 classes"]);
+    assert!(!out.exists());
+
+    // NaN in sample 5: batch 1 of batches of 4.
+    let nan = tiny_data(dir.path(), 10, Some(5), 0);
+    let args = |policy: &str, out: &Path| -> Vec<String> {
+        [
+            "grad",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            nan.to_str().unwrap(),
+            "--batch",
+            "4",
+            "--on-nonfinite",
+            policy,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let stop = dir.path().join("stop.h5");
+    let o = probe(&args("stop", &stop));
+    one_line_error(&o, 4, &["batch 1", "samples 4..8", "non-finite"]);
+    assert!(!stop.exists(), "a stopped first checkpoint leaves no file");
+    let cont = dir.path().join("cont.h5");
+    let o = probe(&args("continue", &cont));
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    let d = h5_dump(&cont);
+    assert_eq!(
+        d["attrs"]["complete"], 0,
+        "a run with NaN rows is not complete"
+    );
+    assert_eq!(i64s(&d["datasets"]["nonfinite_batches"]), vec![1]);
+    assert!(d["datasets"]["grad/l2"][0].is_null(), "NaN recorded");
+}
+
+#[test]
+fn shards_reruns_weight_decay_and_distances() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = model("mlp.onnx");
+    let data = fm(100, dir.path());
+    let mut ckpts = Vec::new();
+    for (k, s) in [1.0f32, 1.1, 1.2].iter().enumerate() {
+        let p = dir.path().join(format!("step-{:08}.safetensors", 10 * k));
+        write_ckpt(&p, &own_state(&mlp, |x| x * s), &[]);
+        ckpts.push(p.to_str().unwrap().to_string());
+    }
+    let run = |shard: &str, out: &Path| {
+        let mut a: Vec<String> = [
+            "grad",
+            "--model",
+            mlp.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--weight-decay",
+            "0.01",
+            "--save-grad",
+            "--shard",
+            shard,
+            "--out",
+            out.to_str().unwrap(),
+            "--ckpt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(ckpts.iter().cloned());
+        probe(&a)
+    };
+    let a = dir.path().join("a.h5");
+    let b = dir.path().join("b.h5");
+    run("0/2", &a).ok();
+    run("1/2", &b).ok();
+    let da = h5_dump(&a);
+    let db = h5_dump(&b);
+    assert_eq!(i64s(&da["datasets"]["checkpoints/step"]), vec![0, 20]);
+    assert_eq!(i64s(&db["datasets"]["checkpoints/step"]), vec![10]);
+    assert_eq!(da["attrs"]["complete"], 1);
+    // Distances follow the full checkpoint list, not the shard: w_k = s_k w_0.
+    let w0 = f64s(&da["datasets"]["weights/l2"])[0];
+    assert_rel(
+        f64s(&da["datasets"]["weights/dist_prev"])[1],
+        0.1 * w0,
+        1e-5,
+        "dist_prev of step 20",
+    );
+    assert_rel(
+        f64s(&da["datasets"]["weights/dist_first"])[1],
+        0.2 * w0,
+        1e-5,
+        "dist_first of step 20",
+    );
+    assert_rel(
+        f64s(&db["datasets"]["weights/dist_prev"])[0],
+        0.1 * w0,
+        1e-5,
+        "dist_prev of step 10",
+    );
+    // |g + L w| from the stored full gradient and the checkpoint's weights, recomputed by numpy.
+    let expect: f64 = py(&[
+        "-c",
+        "import sys, h5py, numpy as np\nfrom safetensors.numpy import load_file\n\
+         f = h5py.File(sys.argv[1], 'r'); w = load_file(sys.argv[2])\n\
+         names = [n.decode() for n in f['params/name'][:]]\n\
+         print(np.sqrt(sum(((f['grad/full/' + n][0] + 0.01 * w[n].astype(np.float64)) ** 2).sum() for n in names)))",
+        a.to_str().unwrap(),
+        &ckpts[0],
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    assert_rel(
+        f64s(&da["datasets"]["grad_reg/l2"])[0],
+        expect,
+        1e-9,
+        "|g + wd w| at step 0",
+    );
+    // A rerun skips what is complete and adds nothing.
+    let o = run("0/2", &a).ok();
+    assert_eq!(o.stderr.matches("skip:").count(), 2, "{}", o.stderr);
+    assert_eq!(h5_i64_attr(&a, "rows"), Some(2));
+}
+
+#[test]
+fn a_killed_run_leaves_complete_rows_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let resnet = model("resnet.onnx");
+    let data = fm(1000, dir.path());
+    let mut ckpts = Vec::new();
+    for k in 0..6 {
+        let p = dir.path().join(format!("step-{k}.safetensors"));
+        write_ckpt(
+            &p,
+            &own_state(&resnet, |x| x * (1.0 + 0.01 * k as f32)),
+            &[],
+        );
+        ckpts.push(p);
+    }
+    let out = dir.path().join("r.h5");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_probe"));
+    cmd.args([
+        "--quiet",
+        "grad",
+        "--model",
+        resnet.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--ckpt",
+    ])
+    .args(&ckpts);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = {
+        let _g = hdf5_guard();
+        cmd.spawn().unwrap()
+    };
+    // Kill it (SIGKILL) as soon as the first row is printed, i.e. committed to the file (the
+    // file itself is locked by the writer while it runs).
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(header.contains("loss"), "{header}");
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("step-0"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rows = h5_i64_attr(&out, "rows").unwrap();
+    assert!((1..6).contains(&rows), "killed after {rows} rows");
+    assert_eq!(
+        h5_i64_attr(&out, "complete"),
+        Some(0),
+        "a killed run is not complete"
+    );
+    // Rerun: finishes the rest, skipping what was done.
+    let mut a: Vec<String> = [
+        "grad",
+        "--model",
+        resnet.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--ckpt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(ckpts.iter().map(|p| p.to_str().unwrap().to_string()));
+    let o = probe(&a).ok();
+    assert_eq!(
+        o.stderr.matches("skip:").count() as i64,
+        rows,
+        "{}",
+        o.stderr
+    );
+    let d = h5_dump(&out);
+    assert_eq!(d["attrs"]["complete"], 1);
+    assert_eq!(d["attrs"]["rows"], 6);
+    let paths = d["datasets"]["checkpoints/path"].as_array().unwrap().len();
+    assert_eq!(paths, 6, "every dataset has exactly the complete rows");
+    assert_eq!(f64s(&d["datasets"]["grad/l2"]).len(), 6);
+}
