@@ -26,3 +26,4 @@ pub mod progress;
 pub mod runtime;
 pub mod store;
 pub mod tensor;
+pub mod train;
