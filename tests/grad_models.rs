@@ -92,6 +92,18 @@ fn check_model(
     ckpt: Option<&Path>,
     extra: &[&str],
 ) {
+    check_model_tol(tag, model, ref_model, data, ckpt, extra, 1e-4)
+}
+
+fn check_model_tol(
+    tag: &str,
+    model: &str,
+    ref_model: &str,
+    data: &Path,
+    ckpt: Option<&Path>,
+    extra: &[&str],
+    tol: f64,
+) {
     let dir = tempfile::tempdir().unwrap();
     let h5 = dir.path().join(format!("{tag}.h5"));
     let st = dir.path().join(format!("{tag}.ref.safetensors"));
@@ -132,7 +144,7 @@ fn check_model(
     let (worst, name, gl2, rl2, loss, rloss) = compare(&st, &h5);
     eprintln!("{tag}: worst per-tensor relative L2 error {worst:.2e} ({name}); |g| {gl2:.6e} vs {rl2:.6e}; loss {loss} vs {rloss}");
     assert!(
-        worst <= 1e-4,
+        worst <= tol,
         "{tag}: gradient of '{name}' differs from PyTorch by {worst:.2e} relative L2"
     );
     assert!(
@@ -187,13 +199,17 @@ fn resnet_batchnorm_train_mode_matches_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let data = fashion(200, dir.path());
     let m = root().join("models/resnet.onnx");
-    check_model(
+    // Batch statistics make the backward pass cancel (M dY - sum dY - xhat sum(dY xhat)), so
+    // float32 itself is only good to ~1e-3 here: PyTorch float32 differs from PyTorch float64 by
+    // up to 8.7e-4 per tensor on this data (measured), probe by up to 8.3e-4.
+    check_model_tol(
         "resnet-bn-train",
         m.to_str().unwrap(),
         "resnet",
         &data,
         None,
         &["--bn", "train"],
+        2e-3,
     );
 }
 
