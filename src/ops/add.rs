@@ -2,6 +2,7 @@
 //! https://onnx.ai/onnx/operators/onnx__Add.html
 //!
 //! dA = unbroadcast(dY), dB = ±unbroadcast(dY).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -10,12 +11,22 @@ pub static ADD: Rule = Rule {
     op: "Add",
     kind: Kind::Linear,
     vjp: Some(|c| add_sub(c, false)),
+    torch: Some(torch_add),
 };
 pub static SUB: Rule = Rule {
     op: "Sub",
     kind: Kind::Linear,
     vjp: Some(|c| add_sub(c, true)),
+    torch: Some(torch_sub),
 };
+
+fn torch_add(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_add(input(&v, 1)?)?)
+}
+
+fn torch_sub(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_sub(input(&v, 1)?)?)
+}
 
 fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -42,15 +53,27 @@ fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn add_broadcasting() {
+        add_broadcasting_cases(check);
+    }
+    fn add_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Add").input(&[4]).input(&[2, 3, 4]));
         check(Case::new("Add").input(&[2, 3]).input(&[2, 3]));
     }
     #[test]
     fn sub_broadcasting() {
+        sub_broadcasting_cases(check);
+    }
+    fn sub_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]));
         check(Case::new("Sub").input(&[1]).input(&[2, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        add_broadcasting_cases(check_torch);
+        sub_broadcasting_cases(check_torch);
     }
 }

@@ -10,17 +10,107 @@
 //!   past the end: D = prod(kernel), folded into the kernel.
 //! - Otherwise D varies at the borders; rather than restate the runtime's rule, 1/D is measured:
 //!   AveragePool(ones) = valid/D and valid = Conv(ones, ones kernel), both on [1, 1, H, W].
-use super::conv::{spatial_dims, Window};
+use super::attrs::Attrs;
+use super::conv::{sizes, spatial_dims, Window};
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_ints;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 
 pub static RULE: Rule = Rule {
     op: "AveragePool",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's avg_pool{1,2,3}d (what PyTorch's AvgPool runs) when the pads are symmetric, at
+/// most half the kernel, and there is no dilation: its divisors are ONNX's (`count_include_pad`
+/// counts the pads, not the ceil-mode overhang). Otherwise by definition: window sums by a
+/// depthwise convolution with a ones kernel over X padded with zeros to the output's extent,
+/// divided by the counts, the same convolution over a mask of what counts (the input, and the
+/// explicit pads with `count_include_pad`).
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let kernel = c
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| anyhow!("AveragePool without kernel_shape"))?;
+    let win = Window::of(c, kernel, &sizes(x))?;
+    let ceil = c.attr_i("ceil_mode", 0) != 0;
+    let include = c.attr_i("count_include_pad", 0) != 0;
+    let plain = win.dilations.iter().all(|&d| d == 1);
+    let tw = win.torch(x, ceil, 0.0, |i, p| plain && 2 * p <= win.kernel[i])?;
+    let (k, s, p) = (
+        win.kernel.as_slice(),
+        win.strides.as_slice(),
+        tw.padding.as_slice(),
+    );
+    if tw.direct {
+        return one(match win.rank() {
+            1 => x.f_avg_pool1d(k, s, p, ceil, include)?,
+            2 => x.f_avg_pool2d(k, s, p, ceil, include, None::<i64>)?,
+            3 => x.f_avg_pool3d(k, s, p, ceil, include, None::<i64>)?,
+            r => bail!("AveragePool over {r} spatial axes (libtorch has 1 to 3)"),
+        });
+    }
+    let r = win.rank();
+    let ch = x.size()[1];
+    let zeros = vec![0; r];
+    let opts = (x.kind(), x.device());
+    let mut kshape = vec![ch, 1];
+    kshape.extend(k);
+    let sum = tw.x.f_convolution(
+        &tch::Tensor::f_ones(kshape.as_slice(), opts)?,
+        None::<&tch::Tensor>,
+        s,
+        zeros.as_slice(),
+        win.dilations.as_slice(),
+        false,
+        zeros.as_slice(),
+        ch,
+    )?;
+    // The mask: 1 on the input (and on the explicit pads with count_include_pad), 0 elsewhere
+    // in the extent the windows cover.
+    let h = &x.size()[2..];
+    let mut mshape = vec![1, 1];
+    mshape.extend(h);
+    let mut mask = tch::Tensor::f_ones(mshape.as_slice(), opts)?;
+    let torch_order = |pairs: Vec<(i64, i64)>| -> Vec<i64> {
+        pairs.into_iter().rev().flat_map(|(b, e)| [b, e]).collect()
+    };
+    if include {
+        let pads: Vec<(i64, i64)> = (0..r).map(|i| (win.pads[i], win.pads[r + i])).collect();
+        mask = mask.f_pad(torch_order(pads).as_slice(), "constant", 1.0)?;
+        let rest: Vec<(i64, i64)> = (0..r)
+            .map(|i| {
+                (
+                    tw.begin[i] - win.pads[i],
+                    tw.extent[i] - tw.begin[i] - h[i] - win.pads[r + i],
+                )
+            })
+            .collect();
+        mask = mask.f_pad(torch_order(rest).as_slice(), "constant", 0.0)?;
+    } else {
+        let pads: Vec<(i64, i64)> = (0..r)
+            .map(|i| (tw.begin[i], tw.extent[i] - tw.begin[i] - h[i]))
+            .collect();
+        mask = mask.f_pad(torch_order(pads).as_slice(), "constant", 0.0)?;
+    }
+    let mut ones = vec![1, 1];
+    ones.extend(k);
+    let count = mask.f_convolution(
+        &tch::Tensor::f_ones(ones.as_slice(), opts)?,
+        None::<&tch::Tensor>,
+        s,
+        zeros.as_slice(),
+        win.dilations.as_slice(),
+        false,
+        zeros.as_slice(),
+        1,
+    )?;
+    one(sum.f_div(&count)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -112,6 +202,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     fn pool(x: &[usize], k: &[i64]) -> Case {
         Case::new("AveragePool")
             .input(x)
@@ -120,6 +211,9 @@ mod tests {
     }
     #[test]
     fn average_pool_uniform() {
+        average_pool_uniform_cases(check);
+    }
+    fn average_pool_uniform_cases(check: fn(Case)) {
         check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
         // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
         check(pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])));
@@ -137,6 +231,9 @@ mod tests {
     }
     #[test]
     fn average_pool_border_counts() {
+        average_pool_border_counts_cases(check);
+    }
+    fn average_pool_border_counts_cases(check: fn(Case)) {
         // Padding excluded from the count: smaller divisors at the borders.
         check(
             pool(&[1, 2, 6, 5], &[3, 3])
@@ -156,5 +253,31 @@ mod tests {
                 .attr(attr_int("ceil_mode", 1))
                 .attr(attr_int("count_include_pad", 1)),
         );
+    }
+    /// Paths of the libtorch forward the cases above leave out: libtorch's own ceil mode with
+    /// symmetric pads, its last window dropped because it would start in the end padding.
+    fn torch_paths_cases(check: fn(Case)) {
+        for include in [0, 1] {
+            check(
+                pool(&[1, 2, 5, 5], &[2, 2])
+                    .attr(attr_ints("strides", &[2, 2]))
+                    .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                    .attr(attr_int("ceil_mode", 1))
+                    .attr(attr_int("count_include_pad", include)),
+            );
+            check(
+                pool(&[1, 1, 8, 7], &[3, 3])
+                    .attr(attr_ints("strides", &[2, 2]))
+                    .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                    .attr(attr_int("ceil_mode", 1))
+                    .attr(attr_int("count_include_pad", include)),
+            );
+        }
+    }
+    #[test]
+    fn torch_forward() {
+        torch_paths_cases(check_torch);
+        average_pool_uniform_cases(check_torch);
+        average_pool_border_counts_cases(check_torch);
     }
 }

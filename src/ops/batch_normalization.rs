@@ -11,6 +11,8 @@
 //!   dX = scale * invstd / M * (M dY - sum(dY) - xhat * sum(dY * xhat)),
 //!   dscale = sum(dY * xhat), dB = sum(dY); input_mean and input_var reach Y not at all (zero).
 //!   The running statistics outputs (1, 2) are buffers: a loss that depends on them is refused.
+use super::attrs::Attrs;
+use super::torch::{f32_as_written, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -20,7 +22,50 @@ pub static RULE: Rule = Rule {
     op: "BatchNormalization",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's `batch_norm`, what PyTorch's BatchNorm runs. With batch statistics (training),
+/// libtorch updates copies of the running statistics exactly as PyTorch does (biased variance
+/// to normalize, unbiased variance in the running update, `running = m running + (1 - m) batch`
+/// for ONNX momentum m, PyTorch momentum 1 - m); they are outputs 1 and 2, and written back into
+/// inputs 3 and 4 when the caller applies write-backs.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let (scale, b) = (input(&v, 1)?, input(&v, 2)?);
+    let (mean, var) = (input(&v, 3)?, input(&v, 4)?);
+    let eps = f32_as_written(c.attr_f("epsilon", 1e-5));
+    let m = f32_as_written(c.attr_f("momentum", 0.9));
+    let training = c.training.unwrap_or(c.attr_i("training_mode", 0) != 0);
+    if !training {
+        let y = x.f_batch_norm(
+            Some(scale),
+            Some(b),
+            Some(mean),
+            Some(var),
+            false,
+            1.0 - m,
+            eps,
+            true,
+        )?;
+        return one(y);
+    }
+    let rm = mean.f_detach()?.copy();
+    let rv = var.f_detach()?.copy();
+    let y = x.f_batch_norm(
+        Some(scale),
+        Some(b),
+        Some(&rm),
+        Some(&rv),
+        true,
+        1.0 - m,
+        eps,
+        true,
+    )?;
+    c.write_back(3, rm.shallow_clone());
+    c.write_back(4, rv.shallow_clone());
+    Ok(vec![Value::Tensor(y), Value::Tensor(rm), Value::Tensor(rv)])
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let training = c.attr_i("training_mode", 0) != 0;
@@ -127,6 +172,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::{check_torch, check_torch_except};
     fn bn(x: &[usize], c: usize) -> Case {
         Case::new("BatchNormalization")
             .input(x)
@@ -137,6 +183,9 @@ mod tests {
     }
     #[test]
     fn batch_norm_inference() {
+        batch_norm_inference_cases(check);
+    }
+    fn batch_norm_inference_cases(check: fn(Case)) {
         check(bn(&[2, 3, 4, 5], 3));
         check(bn(&[4, 3], 3).attr(attr_float("epsilon", 0.1)));
         check(bn(&[2, 2, 5], 2).attr(attr_int("training_mode", 0)));
@@ -152,6 +201,9 @@ mod tests {
     }
     #[test]
     fn batch_norm_training() {
+        batch_norm_training_cases(check);
+    }
+    fn batch_norm_training_cases(check: fn(Case)) {
         // Training mode must list its three outputs; the running statistics stay out of the loss.
         let t = |case: Case| {
             case.attr(attr_int("training_mode", 1))
@@ -162,5 +214,54 @@ mod tests {
         check(t(bn(&[2, 3, 4, 5], 3)));
         check(t(bn(&[5, 3], 3)).attr(attr_float("epsilon", 0.1)));
         check(t(bn(&[2, 2, 3], 2)).attr(attr_float("momentum", 0.5)));
+    }
+    #[test]
+    fn torch_forward() {
+        batch_norm_inference_cases(check_torch);
+        // Output 2, the running variance, is PyTorch's (unbiased batch variance), not ONNX's
+        // (biased): checked against PyTorch's formula below.
+        batch_norm_training_cases(|case| check_torch_except(case, &[2]));
+    }
+    #[test]
+    fn torch_running_statistics_as_pytorch() {
+        // running = m running + (1 - m) batch, the variance unbiased; and the forward asks for
+        // both to be written back into inputs 3 and 4.
+        use crate::ops::{rule, TorchCtx, Value};
+        use tch::{Device, Kind, Tensor};
+        let mut node = onnx_protobuf::NodeProto::new();
+        node.op_type = "BatchNormalization".into();
+        node.attribute = vec![attr_float("momentum", 0.75)];
+        let x = Tensor::randn([4, 3, 2, 5], (Kind::Float, Device::Cpu));
+        let (rm, rv) = (
+            Tensor::from_slice(&[0.1f32, -0.2, 0.3]),
+            Tensor::from_slice(&[1.0f32, 2.0, 0.5]),
+        );
+        let inputs = vec![
+            Value::Tensor(x.shallow_clone()),
+            Value::Tensor(Tensor::ones([3], (Kind::Float, Device::Cpu))),
+            Value::Tensor(Tensor::zeros([3], (Kind::Float, Device::Cpu))),
+            Value::Tensor(rm.copy()),
+            Value::Tensor(rv.copy()),
+        ];
+        let ctx = TorchCtx::new(&node, Some(true), Device::Cpu);
+        let out = (rule("BatchNormalization").unwrap().torch.unwrap())(&ctx, inputs).unwrap();
+        let mean = x.mean_dim([0i64, 2, 3].as_slice(), false, None::<Kind>);
+        let var = x.var_dim([0i64, 2, 3].as_slice(), true, false);
+        let want_m = &rm * 0.75 + mean * 0.25;
+        let want_v = &rv * 0.75 + var * 0.25;
+        let got_m = out[1].tensor().unwrap();
+        let got_v = out[2].tensor().unwrap();
+        let err = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(
+            err(got_m, &want_m) < 1e-6,
+            "running mean {got_m} vs {want_m}"
+        );
+        assert!(
+            err(got_v, &want_v) < 1e-6,
+            "running var {got_v} vs {want_v}"
+        );
+        let wb = ctx.take_write_backs();
+        assert_eq!(wb.iter().map(|w| w.0).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(err(&wb[1].1, &want_v) < 1e-6);
     }
 }

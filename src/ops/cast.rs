@@ -4,6 +4,8 @@
 //! Float to float: dX = CastLike(dY, X), the gradient cast back to X's type. To or from a
 //! non-float type there is no gradient (the output, or the input, is never differentiated);
 //! CastLike's second input only lends its type.
+use super::attrs::Attrs;
+use super::torch::{input, kind_of, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -12,12 +14,27 @@ pub static CAST: Rule = Rule {
     op: "Cast",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch_cast),
 };
 pub static CAST_LIKE: Rule = Rule {
     op: "CastLike",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch_cast_like),
 };
+
+/// Float to integer truncates toward zero, anything to bool is `!= 0`, as in ONNX Runtime.
+fn torch_cast(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let to = c
+        .attr("to")
+        .ok_or_else(|| anyhow::anyhow!("Cast without a 'to' attribute"))?
+        .i;
+    one(input(&v, 0)?.f_to_kind(kind_of(to as i32)?)?)
+}
+
+fn torch_cast_like(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_to_kind(input(&v, 1)?.kind())?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -38,9 +55,13 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     use crate::tensor::DType;
     #[test]
     fn cast_float_to_float() {
+        cast_float_to_float_cases(check);
+    }
+    fn cast_float_to_float_cases(check: fn(Case)) {
         // f32 input, f64 output: the gradient comes back as f32.
         check(
             Case::new("Cast")
@@ -56,8 +77,16 @@ mod tests {
     }
     #[test]
     fn cast_like() {
+        cast_like_cases(check);
+    }
+    fn cast_like_cases(check: fn(Case)) {
         // Both float inputs are differentiated; only the first one gets a gradient (the second's
         // is zero).
         check(Case::new("CastLike").input(&[2, 3]).input(&[1]));
+    }
+    #[test]
+    fn torch_forward() {
+        cast_float_to_float_cases(check_torch);
+        cast_like_cases(check_torch);
     }
 }

@@ -5,6 +5,7 @@
 //! dX = dY * [lo <= X <= hi] (the boundaries pass the gradient, as PyTorch's clamp does);
 //! dlo = sum(dY * [X < lo] * [lo <= hi]); dhi = sum(dY * [max(X, lo) > hi]) (when lo > hi the
 //! output is hi everywhere).
+use super::torch::{input, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -13,7 +14,19 @@ pub static RULE: Rule = Rule {
     op: "Clip",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's clamp: `min(max(x, lo), hi)`, hi everywhere when lo > hi, and the same
+/// subgradient at the bounds as PyTorch's.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let (lo, hi) = (opt_input(&v, 1), opt_input(&v, 2));
+    if lo.is_none() && hi.is_none() {
+        return one(x.shallow_clone());
+    }
+    one(x.f_clamp_tensor(lo, hi)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -66,8 +79,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn clip_inputs() {
+        clip_inputs_cases(check);
+    }
+    fn clip_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Clip")
                 .input(&[3, 4])
@@ -91,5 +108,9 @@ mod tests {
         );
         // No bounds at all: the identity.
         check(Case::new("Clip").input(&[2, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        clip_inputs_cases(check_torch);
     }
 }

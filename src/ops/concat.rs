@@ -2,6 +2,8 @@
 //! https://onnx.ai/onnx/operators/onnx__Concat.html
 //!
 //! dX_i is the slab of dY that X_i filled: Split(dY, sizes = [dim_axis(X_1), ...], axis).
+use super::attrs::Attrs;
+use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -11,7 +13,15 @@ pub static RULE: Rule = Rule {
     op: "Concat",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let parts: Vec<&tch::Tensor> = (0..v.len()).map(|i| input(&v, i)).collect::<Result<_>>()?;
+    let rank = parts.first().map(|t| t.dim() as i64).unwrap_or(0);
+    let a = axis(c.attr_i("axis", 0), rank)?;
+    one(tch::Tensor::f_cat(&parts, a)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -60,8 +70,12 @@ pub fn sizes_along(c: &mut Ctx, values: &[String], axis: i64) -> Result<String> 
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn concat() {
+        concat_cases(check);
+    }
+    fn concat_cases(check: fn(Case)) {
         check(
             Case::new("Concat")
                 .input(&[2, 3])
@@ -82,5 +96,9 @@ mod tests {
                 .input(&[2, 3, 3])
                 .attr(attr_int("axis", -1)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        concat_cases(check_torch);
     }
 }

@@ -11,6 +11,8 @@
 //!   dilations the original strides, same pads; it yields [C, M, k'] with k' >= k, sliced to k and
 //!   transposed to [M, C, k]. Per group with Split/Concat when group > 1;
 //! - dB = sum over every axis but 1 of dY.
+use super::attrs::Attrs;
+use super::torch::{input, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_ints};
@@ -20,7 +22,33 @@ pub static RULE: Rule = Rule {
     op: "Conv",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's convolution (what PyTorch's Conv layers run) with the window's strides,
+/// dilations and group; asymmetric pads are applied to X first.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let (x, w) = (input(&v, 0)?, input(&v, 1)?);
+    let kernel = w.size()[2..].to_vec();
+    let win = Window::of(c, kernel, &sizes(x))?;
+    let tw = win.torch(x, false, 0.0, |_, _| true)?;
+    let zeros = vec![0; win.rank()];
+    one(tw.x.f_convolution(
+        w,
+        opt_input(&v, 2),
+        win.strides.as_slice(),
+        tw.padding.as_slice(),
+        win.dilations.as_slice(),
+        false,
+        zeros.as_slice(),
+        c.attr_i("group", 1),
+    )?)
+}
+
+/// X's spatial sizes (axes 2..), as [`Window::of`] takes them.
+pub fn sizes(x: &tch::Tensor) -> Vec<Option<usize>> {
+    x.size()[2..].iter().map(|&d| Some(d as usize)).collect()
+}
 
 /// The window geometry of a convolution or pooling node over its spatial axes.
 #[derive(Debug, Clone)]
@@ -35,7 +63,11 @@ pub struct Window {
 impl Window {
     /// Reads strides, dilations, pads and auto_pad; `spatial` are X's spatial dims (needed
     /// static for SAME_*).
-    pub fn of(c: &Ctx, kernel: Vec<i64>, spatial: &[Option<usize>]) -> Result<Window> {
+    pub fn of<A: Attrs + ?Sized>(
+        c: &A,
+        kernel: Vec<i64>,
+        spatial: &[Option<usize>],
+    ) -> Result<Window> {
         let k = kernel.len();
         let strides = c.attr_ints("strides").unwrap_or(vec![1; k]);
         let dilations = c.attr_ints("dilations").unwrap_or(vec![1; k]);
@@ -92,12 +124,85 @@ impl Window {
     pub fn out(&self, i: usize, h: i64) -> i64 {
         self.room(i, h) / self.strides[i] + 1
     }
+    /// Output size on axis `i` for an input of size `h`; in ceil mode the last window must
+    /// start inside the input or its begin padding (ONNX's rule, and PyTorch's).
+    pub fn out_mode(&self, i: usize, h: i64, ceil: bool) -> i64 {
+        let (room, s) = (self.room(i, h), self.strides[i]);
+        if !ceil || room < 0 {
+            return room.div_euclid(s) + 1;
+        }
+        let o = (room + s - 1) / s + 1;
+        if (o - 1) * s >= h + self.pads[i] {
+            o - 1
+        } else {
+            o
+        }
+    }
+    /// How a libtorch window op (convolution, pooling) is called for this window on `x`:
+    /// directly, with libtorch's own symmetric padding and ceil mode, when the pads are
+    /// symmetric and `direct(axis, pad)` says libtorch takes them; otherwise on `x` padded
+    /// with `fill` to exactly the extent the ONNX output covers (padding 0, floor mode).
+    pub fn torch(
+        &self,
+        x: &tch::Tensor,
+        ceil: bool,
+        fill: f64,
+        direct: impl Fn(usize, i64) -> bool,
+    ) -> Result<TorchWindow> {
+        let k = self.rank();
+        let h = x.size()[2..].to_vec();
+        if h.len() != k {
+            bail!("a window of rank {k} over an input of shape {:?}", x.size());
+        }
+        let p = &self.pads;
+        if (0..k).all(|i| p[i] == p[k + i] && direct(i, p[i])) {
+            return Ok(TorchWindow {
+                x: x.shallow_clone(),
+                padding: p[..k].to_vec(),
+                ceil,
+                direct: true,
+                begin: vec![0; k],
+                extent: h,
+            });
+        }
+        let mut list = Vec::with_capacity(2 * k);
+        let mut extent = Vec::with_capacity(k);
+        for i in (0..k).rev() {
+            let need = (self.out_mode(i, h[i], ceil) - 1) * self.strides[i] + self.span(i);
+            list.extend([p[i], need - h[i] - p[i]]);
+            extent.push(need);
+        }
+        extent.reverse();
+        Ok(TorchWindow {
+            x: x.f_pad(list.as_slice(), "constant", fill)?,
+            padding: vec![0; k],
+            ceil: false,
+            direct: false,
+            begin: p[..k].to_vec(),
+            extent,
+        })
+    }
     /// The output_padding for a ConvTranspose of the output to give back exactly size `h`.
     pub fn output_padding(&self, h: &[i64]) -> Vec<i64> {
         (0..self.rank())
             .map(|i| self.room(i, h[i]) % self.strides[i])
             .collect()
     }
+}
+
+/// A libtorch window op's call for an ONNX window (see [`Window::torch`]).
+pub struct TorchWindow {
+    /// X, or X padded explicitly with the fill value.
+    pub x: tch::Tensor,
+    /// libtorch's symmetric padding per spatial axis.
+    pub padding: Vec<i64>,
+    /// libtorch's ceil_mode.
+    pub ceil: bool,
+    /// Whether libtorch runs on X as is.
+    pub direct: bool,
+    /// Begin pads applied to `x` and its spatial extent, per spatial axis.
+    pub begin: Vec<i64>,
+    pub extent: Vec<i64>,
 }
 
 /// Static spatial dims of `x` (axes 2..), or an error naming what is dynamic.
@@ -273,17 +378,24 @@ fn dw_im2col(
 mod tests {
     use crate::model::graph::{attr_int, attr_ints, attr_string};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     // ONNX Runtime's CPU Conv and ConvTranspose are float only.
     fn conv(x: &[usize], w: &[usize]) -> Case {
         Case::new("Conv").input(x).input(w).f32()
     }
     #[test]
     fn conv_plain_and_bias() {
+        conv_plain_and_bias_cases(check);
+    }
+    fn conv_plain_and_bias_cases(check: fn(Case)) {
         check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
         check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
     }
     #[test]
     fn conv_stride_pad_output_padding() {
+        conv_stride_pad_output_padding_cases(check);
+    }
+    fn conv_stride_pad_output_padding_cases(check: fn(Case)) {
         // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
         check(
             conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
@@ -300,6 +412,9 @@ mod tests {
     }
     #[test]
     fn conv_dilation() {
+        conv_dilation_cases(check);
+    }
+    fn conv_dilation_cases(check: fn(Case)) {
         check(
             conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
                 .attr(attr_ints("dilations", &[2, 2]))
@@ -309,6 +424,9 @@ mod tests {
     }
     #[test]
     fn conv_groups() {
+        conv_groups_cases(check);
+    }
+    fn conv_groups_cases(check: fn(Case)) {
         check(
             conv(&[1, 4, 5, 5], &[6, 2, 3, 3])
                 .input(&[6])
@@ -325,6 +443,9 @@ mod tests {
     }
     #[test]
     fn conv_1d_and_auto_pad() {
+        conv_1d_and_auto_pad_cases(check);
+    }
+    fn conv_1d_and_auto_pad_cases(check: fn(Case)) {
         check(
             conv(&[2, 3, 8], &[4, 3, 3])
                 .input(&[4])
@@ -346,5 +467,13 @@ mod tests {
                 .attr(attr_string("auto_pad", "VALID"))
                 .attr(attr_ints("strides", &[2, 2])),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        conv_plain_and_bias_cases(check_torch);
+        conv_stride_pad_output_padding_cases(check_torch);
+        conv_dilation_cases(check_torch);
+        conv_groups_cases(check_torch);
+        conv_1d_and_auto_pad_cases(check_torch);
     }
 }

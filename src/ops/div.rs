@@ -2,6 +2,7 @@
 //! https://onnx.ai/onnx/operators/onnx__Div.html
 //!
 //! dA = unbroadcast(dY / B), dB = unbroadcast(-dY * A / B^2) = unbroadcast(-dY * Y / B).
+use super::torch::{input, is_float, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -10,7 +11,18 @@ pub static RULE: Rule = Rule {
     op: "Div",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// Integer division truncates toward zero (as ONNX Runtime's C++ `/` does).
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let (a, b) = (input(&v, 0)?, input(&v, 1)?);
+    if is_float(a.kind()) {
+        one(a.f_div(b)?)
+    } else {
+        one(a.f_div_tensor_mode(b, "trunc")?)
+    }
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -45,8 +57,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn div_broadcasting() {
+        div_broadcasting_cases(check);
+    }
+    fn div_broadcasting_cases(check: fn(Case)) {
         check(
             Case::new("Div")
                 .input(&[2, 3, 4])
@@ -56,5 +72,9 @@ mod tests {
         check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
         check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
         check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
+    }
+    #[test]
+    fn torch_forward() {
+        div_broadcasting_cases(check_torch);
     }
 }

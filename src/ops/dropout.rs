@@ -4,6 +4,7 @@
 //! dData = dOutput. In training mode (`training_mode` true) the output is random and a gradient
 //! of the function is undefined; probe measures models in inference mode, so a `training_mode`
 //! input that is not a constant false is refused with an error.
+use super::torch::{input, ints, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
@@ -12,7 +13,23 @@ pub static RULE: Rule = Rule {
     op: "Dropout",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// Inference: the identity, and an all-true mask if asked for.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    if let Some(t) = super::torch::opt_input(&v, 2) {
+        if ints(t)?.first().is_some_and(|&m| m != 0) {
+            bail!("Dropout in training mode is random: export the model in eval mode");
+        }
+    }
+    let mut out = vec![Value::Tensor(x.shallow_clone())];
+    if c.wants(1) {
+        out.push(Value::Tensor(x.f_ones_like()?.f_to_kind(tch::Kind::Bool)?));
+    }
+    Ok(out)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -33,8 +50,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn dropout_inference() {
+        dropout_inference_cases(check);
+    }
+    fn dropout_inference_cases(check: fn(Case)) {
         check(Case::new("Dropout").input(&[2, 3]));
         // Both outputs present; the mask is boolean and left out of the loss by the harness.
         check(Case::new("Dropout").input(&[2, 3]).outputs(2));
@@ -45,5 +66,9 @@ mod tests {
                 .absent()
                 .bools(&[], &[false]),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        dropout_inference_cases(check_torch);
     }
 }

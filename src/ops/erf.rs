@@ -1,6 +1,7 @@
 //! Erf (opset 13): `Y = erf(X)`. https://onnx.ai/onnx/operators/onnx__Erf.html
 //!
 //! d erf(x) = 2 / sqrt(pi) * exp(-x^2).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Erf",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_erf()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -114,11 +120,18 @@ pub(crate) mod tests {
         }
     }
 
+    fn erf_cases(check: fn(Case)) {
+        check(Case::new("Erf").input_in(&[2, 3], -2.0, 2.0).f32());
+    }
+    #[test]
+    fn torch_forward() {
+        erf_cases(crate::ops::torch_testing::check_torch);
+    }
     #[test]
     fn erf() {
         // ONNX Runtime has no f64 Erf kernel: f32 finite differences, then a tighter comparison
         // with libtorch.
-        check(Case::new("Erf").input_in(&[2, 3], -2.0, 2.0).f32());
+        erf_cases(check);
         let xs = grid(-3.0, 3.0, 61);
         let ours = rule_derivative_f32("Erf", vec![], &xs);
         let reference = torch_derivative(&xs, |x| x.erf());

@@ -1,6 +1,7 @@
 //! Exp (opset 13): `Y = e^X`. https://onnx.ai/onnx/operators/onnx__Exp.html
 //!
 //! d exp = exp: dX = dY * Y.
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Exp",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_exp()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -22,8 +28,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn exp() {
+        exp_cases(check);
+    }
+    fn exp_cases(check: fn(Case)) {
         check(Case::new("Exp").input_in(&[2, 3], -2.0, 2.0));
+    }
+    #[test]
+    fn torch_forward() {
+        exp_cases(check_torch);
     }
 }

@@ -2,15 +2,42 @@
 //! https://onnx.ai/onnx/operators/onnx__Expand.html
 //!
 //! dX = unbroadcast(dY) back to X's shape; the shape input is integer, not differentiable.
+use super::torch::{input, ints, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 pub static RULE: Rule = Rule {
     op: "Expand",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// The shape input and X's shape broadcast against each other (either may have the 1s).
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let shape = ints(input(&v, 1)?)?;
+    let xs = x.size();
+    let r = xs.len().max(shape.len());
+    let at = |s: &[i64], i: usize| {
+        if i + s.len() >= r {
+            s[i + s.len() - r]
+        } else {
+            1
+        }
+    };
+    let mut out = Vec::with_capacity(r);
+    for i in 0..r {
+        let (a, b) = (at(&xs, i), at(&shape, i));
+        out.push(match (a, b) {
+            _ if a == b || b == 1 => a,
+            (1, _) => b,
+            _ => bail!("cannot expand shape {xs:?} to {shape:?}"),
+        });
+    }
+    one(x.f_expand(out.as_slice(), false)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -23,11 +50,19 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn expand() {
+        expand_cases(check);
+    }
+    fn expand_cases(check: fn(Case)) {
         check(Case::new("Expand").input(&[3, 1]).ints(&[3], &[2, 3, 4]));
         check(Case::new("Expand").input(&[1, 4]).ints(&[2], &[3, 1]));
         check(Case::new("Expand").input(&[2, 3]).ints(&[2], &[2, 3]));
         check(Case::new("Expand").input(&[]).ints(&[1], &[5]));
+    }
+    #[test]
+    fn torch_forward() {
+        expand_cases(check_torch);
     }
 }

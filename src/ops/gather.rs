@@ -6,6 +6,8 @@
 //! reduction = add) (a repeated index receives the sum of its rows), and dX = Transpose(dX', p^-1).
 //! Negative indices are first normalized (idx < 0 ? idx + dim : idx), as ScatterND requires.
 //! The indices are integers and get no gradient.
+use super::attrs::Attrs;
+use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string};
@@ -17,7 +19,29 @@ pub static RULE: Rule = Rule {
     op: "Gather",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// `index_select` along the axis on the flattened indices (negative ones wrapped), reshaped to
+/// `X.shape[:axis] + indices.shape + X.shape[axis+1:]`.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let (x, idx) = (input(&v, 0)?, input(&v, 1)?);
+    let xs = x.size();
+    let a = axis(c.attr_i("axis", 0), xs.len() as i64)?;
+    let idx = wrap_negative(idx, xs[a as usize])?;
+    let picked = x.f_index_select(a, &idx.f_reshape([-1])?)?;
+    let mut shape = xs[..a as usize].to_vec();
+    shape.extend(idx.size());
+    shape.extend(&xs[a as usize + 1..]);
+    one(picked.f_reshape(shape.as_slice())?)
+}
+
+/// Indices as int64 with the negative ones counted from the back of a dimension of size `d`.
+pub fn wrap_negative(idx: &tch::Tensor, d: i64) -> Result<tch::Tensor> {
+    let idx = idx.f_to_kind(tch::Kind::Int64)?;
+    let neg = idx.f_lt(0)?;
+    Ok(idx.f_add_scalar(d)?.f_where_self(&neg, &idx)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -77,8 +101,12 @@ fn scatter_add(c: &mut Ctx, data: &str, idx: &str, upd: &str) -> String {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn gather_embedding() {
+        gather_embedding_cases(check);
+    }
+    fn gather_embedding_cases(check: fn(Case)) {
         // [V, D] table, [2, 3] token ids with repeats and negative ids (-1 is row 4, as is 4).
         check(
             Case::new("Gather")
@@ -89,6 +117,9 @@ mod tests {
     }
     #[test]
     fn gather_inner_axis() {
+        gather_inner_axis_cases(check);
+    }
+    fn gather_inner_axis_cases(check: fn(Case)) {
         check(
             Case::new("Gather")
                 .input(&[3, 5])
@@ -113,5 +144,10 @@ mod tests {
                 .ints(&[], &[1])
                 .attr(attr_int("axis", 1)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        gather_embedding_cases(check_torch);
+        gather_inner_axis_cases(check_torch);
     }
 }

@@ -4,6 +4,8 @@
 //! dX = ScatterElements(zeros like X, idx, dY, axis, reduction = add): each dY element goes back
 //! where it was read from, summed where a position was read several times. The indices are
 //! integers and get no gradient.
+use super::attrs::Attrs;
+use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string};
@@ -13,7 +15,16 @@ pub static RULE: Rule = Rule {
     op: "GatherElements",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let (x, idx) = (input(&v, 0)?, input(&v, 1)?);
+    let xs = x.size();
+    let a = axis(c.attr_i("axis", 0), xs.len() as i64)?;
+    let idx = super::gather::wrap_negative(idx, xs[a as usize])?;
+    one(x.f_gather(a, &idx, false)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -36,8 +47,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn gather_elements() {
+        gather_elements_cases(check);
+    }
+    fn gather_elements_cases(check: fn(Case)) {
         check(
             Case::new("GatherElements")
                 .input(&[3, 4])
@@ -55,5 +70,9 @@ mod tests {
                 .ints(&[2, 2, 2], &[0, 1, 1, 1, 2, 0, -1, -3])
                 .attr(attr_int("axis", -2)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        gather_elements_cases(check_torch);
     }
 }

@@ -5,6 +5,8 @@
 //! phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 //! Tanh: Y = 0.5 x (1 + t), t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3), so
 //! dY/dX = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+use super::attrs::Attrs;
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
@@ -14,7 +16,16 @@ pub static RULE: Rule = Rule {
     op: "Gelu",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let approximate = c.attr_s("approximate").unwrap_or_else(|| "none".into());
+    if approximate != "none" && approximate != "tanh" {
+        bail!("Gelu: unknown approximate = \"{approximate}\"");
+    }
+    one(input(&v, 0)?.f_gelu(&approximate)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -81,12 +92,36 @@ mod tests {
     use crate::model::graph::attr_string;
     use crate::ops::erf::tests::{assert_close, grid, rule_derivative_f32, torch_derivative};
     use crate::ops::testing::{check, Case};
+    fn exact_cases(check: fn(Case)) {
+        check(Case::new("Gelu").input_in(&[2, 3, 4], -3.0, 3.0).f32());
+    }
+    fn tanh_cases(check: fn(Case)) {
+        check(
+            Case::new("Gelu")
+                .input_in(&[3, 4], -3.0, 3.0)
+                .attr(attr_string("approximate", "tanh")),
+        );
+    }
+    #[test]
+    fn torch_forward() {
+        exact_cases(crate::ops::torch_testing::check_torch);
+        tanh_cases(crate::ops::torch_testing::check_torch);
+        // On a grid, where the two forms differ by up to 8.7e-4.
+        let xs = grid(-4.0, 4.0, 81);
+        let xs: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+        crate::ops::torch_testing::check_torch(Case::new("Gelu").values(&[81], &xs));
+        crate::ops::torch_testing::check_torch(
+            Case::new("Gelu")
+                .values(&[81], &xs)
+                .attr(attr_string("approximate", "tanh")),
+        );
+    }
     #[test]
     fn gelu_exact() {
         // The exact form needs Erf, which ONNX Runtime runs only in f32: f32 finite differences,
         // then libtorch's derivative at a tolerance that separates the two forms (they differ by
         // up to 8.7e-4).
-        check(Case::new("Gelu").input_in(&[2, 3, 4], -3.0, 3.0).f32());
+        exact_cases(check);
         let xs = grid(-4.0, 4.0, 81);
         let reference = torch_derivative(&xs, |x| x.gelu("none"));
         let ours = rule_derivative_f32("Gelu", vec![], &xs);
@@ -96,11 +131,7 @@ mod tests {
     }
     #[test]
     fn gelu_tanh() {
-        check(
-            Case::new("Gelu")
-                .input_in(&[3, 4], -3.0, 3.0)
-                .attr(attr_string("approximate", "tanh")),
-        );
+        tanh_cases(check);
         let xs = grid(-4.0, 4.0, 81);
         let reference = torch_derivative(&xs, |x| x.gelu("tanh"));
         let ours = rule_derivative_f32("Gelu", vec![attr_string("approximate", "tanh")], &xs);

@@ -6,6 +6,8 @@
 //! Gemm whose trans flags fold in both the forward transposes and the adjoint's:
 //! - dA = transA ? alpha * B' dY^T : alpha * dY B'^T
 //! - dB = transB ? alpha * dY^T A' : alpha * A'^T dY
+use super::attrs::Attrs;
+use super::torch::{input, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_float, attr_int};
@@ -15,7 +17,32 @@ pub static RULE: Rule = Rule {
     op: "Gemm",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// With alpha = beta = 1 and a C, one `addmm(C, A', B')`: what PyTorch's Linear runs.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let alpha = c.attr_f("alpha", 1.0) as f64;
+    let beta = c.attr_f("beta", 1.0) as f64;
+    let t = |m: &tch::Tensor, flag: &str| -> Result<tch::Tensor> {
+        Ok(if c.attr_i(flag, 0) != 0 {
+            m.f_transpose(0, 1)?
+        } else {
+            m.shallow_clone()
+        })
+    };
+    let (a, b) = (t(input(&v, 0)?, "transA")?, t(input(&v, 1)?, "transB")?);
+    let y = match opt_input(&v, 2) {
+        Some(cc) if alpha == 1.0 && beta == 1.0 => cc.f_addmm(&a, &b)?,
+        Some(cc) => a
+            .f_matmul(&b)?
+            .f_mul_scalar(alpha)?
+            .f_add(&cc.f_mul_scalar(beta)?)?,
+        None if alpha == 1.0 => a.f_matmul(&b)?,
+        None => a.f_matmul(&b)?.f_mul_scalar(alpha)?,
+    };
+    one(y)
+}
 
 fn gemm(c: &mut Ctx, a: &str, b: &str, ta: bool, tb: bool, alpha: f32) -> String {
     let mut attrs = vec![attr_int("transA", ta as i64), attr_int("transB", tb as i64)];
@@ -71,8 +98,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn gemm_plain_and_broadcast_c() {
+        gemm_plain_and_broadcast_c_cases(check);
+    }
+    fn gemm_plain_and_broadcast_c_cases(check: fn(Case)) {
         check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]));
         check(
             Case::new("Gemm")
@@ -91,6 +122,9 @@ mod tests {
     }
     #[test]
     fn gemm_transposes_alpha_beta() {
+        gemm_transposes_alpha_beta_cases(check);
+    }
+    fn gemm_transposes_alpha_beta_cases(check: fn(Case)) {
         for (ta, tb) in [(0, 1), (1, 0), (1, 1)] {
             let a = if ta == 1 { [4, 3] } else { [3, 4] };
             let b = if tb == 1 { [5, 4] } else { [4, 5] };
@@ -105,5 +139,10 @@ mod tests {
                     .attr(attr_float("beta", -1.5)),
             );
         }
+    }
+    #[test]
+    fn torch_forward() {
+        gemm_plain_and_broadcast_c_cases(check_torch);
+        gemm_transposes_alpha_beta_cases(check_torch);
     }
 }

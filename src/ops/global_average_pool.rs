@@ -2,6 +2,7 @@
 //! https://onnx.ai/onnx/operators/onnx__GlobalAveragePool.html
 //!
 //! dX = Expand(dY, shape X) / (H * W * ...).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::ops::reduce_mean::divide_by_count;
@@ -11,7 +12,14 @@ pub static RULE: Rule = Rule {
     op: "GlobalAveragePool",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let spatial: Vec<i64> = (2..x.dim() as i64).collect();
+    one(x.f_mean_dim(spatial.as_slice(), true, None::<tch::Kind>)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -30,12 +38,20 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     // ONNX Runtime's CPU provider has no f64 GlobalAveragePool; the rule is linear, so f32 is
     // as exact as the check's tolerance.
     #[test]
     fn global_average_pool() {
+        global_average_pool_cases(check);
+    }
+    fn global_average_pool_cases(check: fn(Case)) {
         check(Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32());
         check(Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32());
         check(Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32());
+    }
+    #[test]
+    fn torch_forward() {
+        global_average_pool_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Identity (opset 19), tensors only: `Y = X`. https://onnx.ai/onnx/operators/onnx__Identity.html
 //!
 //! dX = dY.
+use super::torch::{TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,13 @@ pub static RULE: Rule = Rule {
     op: "Identity",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// A tensor or a sequence, passed on.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    Ok(vec![v.into_iter().next().unwrap_or(Value::None)])
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -20,8 +27,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn identity() {
+        identity_cases(check);
+    }
+    fn identity_cases(check: fn(Case)) {
         check(Case::new("Identity").input(&[2, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        identity_cases(check_torch);
     }
 }

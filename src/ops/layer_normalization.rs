@@ -9,6 +9,8 @@
 //! - dX = invstd * (g - mean(g) - xhat * mean(g * xhat))
 //!   + dMean / n - dInvStd * invstd^2 * xhat / n (when the statistics outputs are used),
 //! - dScale = unbroadcast(dY * xhat), dB = unbroadcast(dY).
+use super::attrs::Attrs;
+use super::torch::{axis, f32_as_written, input, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -18,7 +20,55 @@ pub static RULE: Rule = Rule {
     op: "LayerNormalization",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's `native_layer_norm` when Scale and B have the normalized shape (what PyTorch's
+/// LayerNorm runs), else normalization followed by broadcasting products. When the Mean or
+/// InvStdDev output is asked for, everything is composed of differentiable ops instead, so that
+/// a loss reading the statistics gets their gradient (native_layer_norm's backward ignores it).
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let (scale, bias) = (input(&v, 1)?, opt_input(&v, 2));
+    let xs = x.size();
+    let r = xs.len() as i64;
+    let a = axis(c.attr_i("axis", -1), r)?;
+    let eps = f32_as_written(c.attr_f("epsilon", 1e-5));
+    let norm = xs[a as usize..].to_vec();
+    let stats = c.wants(1) || c.wants(2);
+    let finish = |y: tch::Tensor, scaled: bool, biased: bool| -> Result<tch::Tensor> {
+        let y = if scaled { y } else { y.f_mul(scale)? };
+        Ok(match bias {
+            Some(b) if !biased => y.f_add(b)?,
+            _ => y,
+        })
+    };
+    if !stats {
+        let exact = |t: &tch::Tensor| t.size() == norm;
+        let w = exact(scale);
+        let b = w && bias.is_some_and(exact);
+        let (y, _, _) = x.f_native_layer_norm(
+            norm.as_slice(),
+            w.then_some(scale),
+            if b { bias } else { None },
+            eps,
+        )?;
+        return Ok(vec![Value::Tensor(finish(y, w, b)?)]);
+    }
+    let axes: Vec<i64> = (a..r).collect();
+    let mean = x.f_mean_dim(axes.as_slice(), true, None::<tch::Kind>)?;
+    let d = x.f_sub(&mean)?;
+    let var = d
+        .f_square()?
+        .f_mean_dim(axes.as_slice(), true, None::<tch::Kind>)?;
+    let inv = var.f_add_scalar(eps)?.f_rsqrt()?;
+    let y = finish(d.f_mul(&inv)?, false, false)?;
+    Ok(vec![
+        Value::Tensor(y),
+        Value::Tensor(mean),
+        Value::Tensor(inv),
+    ])
+}
 
 fn mean(c: &mut Ctx, v: &str, axes: &[i64]) -> String {
     let ax = c.ints(axes);
@@ -134,8 +184,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn layer_norm_last_axis() {
+        layer_norm_last_axis_cases(check);
+    }
+    fn layer_norm_last_axis_cases(check: fn(Case)) {
         check(
             Case::new("LayerNormalization")
                 .input(&[2, 3, 5])
@@ -146,6 +200,9 @@ mod tests {
     }
     #[test]
     fn layer_norm_axis_eps_broadcast_scale() {
+        layer_norm_axis_eps_broadcast_scale_cases(check);
+    }
+    fn layer_norm_axis_eps_broadcast_scale_cases(check: fn(Case)) {
         check(
             Case::new("LayerNormalization")
                 .input(&[2, 3, 4])
@@ -164,6 +221,9 @@ mod tests {
     }
     #[test]
     fn layer_norm_statistics_outputs() {
+        layer_norm_statistics_outputs_cases(check);
+    }
+    fn layer_norm_statistics_outputs_cases(check: fn(Case)) {
         // Mean and InvStdDev are float (stash_type 1) whatever X's type.
         check(
             Case::new("LayerNormalization")
@@ -184,5 +244,11 @@ mod tests {
                 .f32()
                 .skip_output(0),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        layer_norm_last_axis_cases(check_torch);
+        layer_norm_axis_eps_broadcast_scale_cases(check_torch);
+        layer_norm_statistics_outputs_cases(check_torch);
     }
 }

@@ -2,6 +2,8 @@
 //! https://onnx.ai/onnx/operators/onnx__LeakyRelu.html
 //!
 //! dX = dY where X > 0, alpha * dY elsewhere (slope alpha at X = 0, as PyTorch takes it).
+use super::attrs::Attrs;
+use super::torch::{input, one, scalar, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -10,7 +12,16 @@ pub static RULE: Rule = Rule {
     op: "LeakyRelu",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// `alpha * x` where x < 0 (x itself at 0).
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let alpha = c.attr_f("alpha", 0.01) as f64;
+    let neg = x.f_lt_tensor(&scalar(0.0, x)?)?;
+    one(x.f_mul_scalar(alpha)?.f_where_self(&neg, x)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -30,8 +41,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_float;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn leaky_relu() {
+        leaky_relu_cases(check);
+    }
+    fn leaky_relu_cases(check: fn(Case)) {
         // ONNX Runtime has no f64 LeakyRelu kernel.
         check(Case::new("LeakyRelu").input(&[3, 5]).f32());
         check(
@@ -40,5 +55,9 @@ mod tests {
                 .attr(attr_float("alpha", 0.2))
                 .f32(),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        leaky_relu_cases(check_torch);
     }
 }

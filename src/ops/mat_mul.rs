@@ -7,6 +7,7 @@
 //! unbroadcast sums the batch axes A (or B) lacks or has as 1; the final Reshape to A's (B's)
 //! shape also drops the promoted axis. When B is one matrix and A a batch (a Linear layer), dB
 //! is one [K, M*batch] x [M*batch, N] product instead.
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::{anyhow, Result};
@@ -15,7 +16,13 @@ pub static RULE: Rule = Rule {
     op: "MatMul",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's matmul has numpy's semantics, 1-D promotion included.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_matmul(input(&v, 1)?)?)
+}
 
 /// Transposes the last two axes of a value of rank `r` (>= 2).
 fn swap_last2(c: &mut Ctx, v: &str, r: usize) -> String {
@@ -135,8 +142,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn matmul_batched_broadcasting() {
+        matmul_batched_broadcasting_cases(check);
+    }
+    fn matmul_batched_broadcasting_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[3, 4]).input(&[4, 5]));
         check(Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]));
         check(Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]));
@@ -145,9 +156,17 @@ mod tests {
     }
     #[test]
     fn matmul_vectors() {
+        matmul_vectors_cases(check);
+    }
+    fn matmul_vectors_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[4]).input(&[4, 3]));
         check(Case::new("MatMul").input(&[2, 3, 4]).input(&[4]));
         check(Case::new("MatMul").input(&[4]).input(&[2, 4, 3]));
         check(Case::new("MatMul").input(&[4]).input(&[4]));
+    }
+    #[test]
+    fn torch_forward() {
+        matmul_batched_broadcasting_cases(check_torch);
+        matmul_vectors_cases(check_torch);
     }
 }

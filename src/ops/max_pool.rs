@@ -6,16 +6,83 @@
 //! runtime picks it). The forward node is made to emit its optional Indices output, the flat
 //! position of each window's maximum in all of X (N*C*H*W, row-major), and
 //! dX = Reshape(ScatterElements(zeros[numel X], Indices, dY, reduction = add), shape X).
+use super::attrs::Attrs;
+use super::conv::{sizes, Window};
+use super::torch::{input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 pub static RULE: Rule = Rule {
     op: "MaxPool",
     kind: Kind::Structured,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's max_pool{1,2,3}d_with_indices: directly when the pads are symmetric and within
+/// what libtorch allows (half the dilated kernel), else on X padded with -inf to exactly the
+/// extent ONNX's output needs. Indices (if asked for) are made flat over all of X.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    if c.attr_i("storage_order", 0) != 0 {
+        bail!("MaxPool with storage_order = 1 (column-major indices) is not supported");
+    }
+    let kernel = c
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| anyhow!("MaxPool without kernel_shape"))?;
+    let win = Window::of(c, kernel, &sizes(x))?;
+    let ceil = c.attr_i("ceil_mode", 0) != 0;
+    let tw = win.torch(x, ceil, f64::NEG_INFINITY, |i, p| 2 * p <= win.span(i))?;
+    let (k, s, d) = (&win.kernel, &win.strides, &win.dilations);
+    let p = tw.padding.as_slice();
+    let (y, idx) = match win.rank() {
+        1 => {
+            tw.x.f_max_pool1d_with_indices(k.as_slice(), s.as_slice(), p, d.as_slice(), tw.ceil)?
+        }
+        2 => {
+            tw.x.f_max_pool2d_with_indices(k.as_slice(), s.as_slice(), p, d.as_slice(), tw.ceil)?
+        }
+        3 => {
+            tw.x.f_max_pool3d_with_indices(k.as_slice(), s.as_slice(), p, d.as_slice(), tw.ceil)?
+        }
+        r => bail!("MaxPool over {r} spatial axes (libtorch has 1 to 3)"),
+    };
+    let mut out = vec![Value::Tensor(y)];
+    if c.wants(1) {
+        out.push(Value::Tensor(flat_indices(x, &idx, &tw.begin, &tw.extent)?));
+    }
+    Ok(out)
+}
+
+/// libtorch's indices count within one (N, C) plane of the tensor pooled (X padded by `begin`
+/// at the front, spatial `extent`); ONNX's count over all of X, row-major.
+fn flat_indices(
+    x: &tch::Tensor,
+    idx: &tch::Tensor,
+    begin: &[i64],
+    extent: &[i64],
+) -> Result<tch::Tensor> {
+    let xs = x.size();
+    let h = &xs[2..];
+    let mut rest = idx.shallow_clone();
+    let mut flat = idx.f_zeros_like()?;
+    let mut stride = 1i64;
+    for i in (0..h.len()).rev() {
+        let coord = rest.f_remainder(extent[i])?.f_sub_scalar(begin[i])?;
+        rest = rest.f_div_tensor_mode(&tch::Tensor::from(extent[i]), "floor")?;
+        flat = flat.f_add(&coord.f_mul_scalar(stride)?)?;
+        stride *= h[i];
+    }
+    let planes = xs[0] * xs[1];
+    let mut pshape = vec![xs[0], xs[1]];
+    pshape.extend(vec![1; h.len()]);
+    let offset = tch::Tensor::f_arange(planes, (tch::Kind::Int64, x.device()))?
+        .f_mul_scalar(stride)?
+        .f_reshape(pshape.as_slice())?;
+    Ok(flat.f_add(&offset)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -47,6 +114,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     fn pool(x: &[usize], k: &[i64]) -> Case {
         Case::new("MaxPool")
             .input(x)
@@ -54,12 +122,18 @@ mod tests {
     }
     #[test]
     fn max_pool_plain() {
+        max_pool_plain_cases(check);
+    }
+    fn max_pool_plain_cases(check: fn(Case)) {
         check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
         // Overlapping windows: an element can be the maximum of several.
         check(pool(&[1, 2, 5, 4], &[3, 2]));
     }
     #[test]
     fn max_pool_stride_pad_dilation_ceil() {
+        max_pool_stride_pad_dilation_ceil_cases(check);
+    }
+    fn max_pool_stride_pad_dilation_ceil_cases(check: fn(Case)) {
         check(
             pool(&[2, 2, 7, 6], &[3, 3])
                 .attr(attr_ints("strides", &[2, 2]))
@@ -79,6 +153,9 @@ mod tests {
     }
     #[test]
     fn max_pool_1d_and_given_indices() {
+        max_pool_1d_and_given_indices_cases(check);
+    }
+    fn max_pool_1d_and_given_indices_cases(check: fn(Case)) {
         check(
             pool(&[2, 3, 9], &[3])
                 .attr(attr_ints("strides", &[2]))
@@ -90,5 +167,43 @@ mod tests {
                 .attr(attr_ints("strides", &[2, 2]))
                 .outputs(2),
         );
+    }
+    /// Paths of the libtorch forward the cases above leave out: ceil mode's last window
+    /// dropped because it would start in the end padding, and Indices with explicit padding.
+    fn torch_paths_cases(check: fn(Case)) {
+        check(
+            pool(&[1, 2, 5, 5], &[2, 2])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                .attr(attr_int("ceil_mode", 1))
+                .outputs(2),
+        );
+        check(
+            pool(&[1, 2, 7, 6], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 2, 1]))
+                .outputs(2),
+        );
+        check(
+            pool(&[2, 2, 6, 7], &[3, 2])
+                .attr(attr_ints("strides", &[2, 3]))
+                .attr(attr_ints("pads", &[2, 0, 0, 1]))
+                .attr(attr_int("ceil_mode", 1))
+                .outputs(2),
+        );
+        check(
+            pool(&[2, 3, 9], &[3])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("pads", &[2, 0]))
+                .attr(attr_ints("dilations", &[2]))
+                .outputs(2),
+        );
+    }
+    #[test]
+    fn torch_forward() {
+        torch_paths_cases(check_torch);
+        max_pool_plain_cases(check_torch);
+        max_pool_stride_pad_dilation_ceil_cases(check_torch);
+        max_pool_1d_and_given_indices_cases(check_torch);
     }
 }

@@ -1,6 +1,6 @@
-//! ONNX operators: one file per op, each holding the op's attributes, its gradient rule and its
-//! tests (and, from the training issue on, its libtorch forward). Adding an op is that file plus
-//! one line in [`RULES`]; nothing else matches on op types.
+//! ONNX operators: one file per op, each holding the op's attributes, its libtorch forward, its
+//! gradient rule and its tests. Adding an op is that file plus one line in [`RULES`]; nothing
+//! else matches on op types.
 //!
 //! Every rule declares its kind, so "no gradient" is never implied by omission:
 //! - `Linear`: the gradient is the adjoint linear map (Reshape, Transpose, Concat, ...);
@@ -13,6 +13,7 @@ use anyhow::Result;
 
 pub mod abs;
 pub mod add;
+pub mod attrs;
 pub mod average_pool;
 pub mod batch_normalization;
 pub mod cast;
@@ -56,6 +57,7 @@ pub mod sqrt;
 pub mod sum;
 pub mod tanh;
 pub mod tile;
+pub mod torch;
 pub mod transpose;
 pub mod trilu;
 pub mod r#where;
@@ -72,12 +74,15 @@ pub enum Kind {
 }
 
 pub type Vjp = fn(&mut Ctx) -> Result<()>;
+pub use torch::{TorchCtx, TorchFwd, Value};
 
 pub struct Rule {
     pub op: &'static str,
     pub kind: Kind,
     /// Emits the gradients of the inputs that need them; `None` for kinds without one.
     pub vjp: Option<Vjp>,
+    /// The op's forward on libtorch tensors (see [`torch`]), for the interpreter of `crate::train`.
+    pub torch: Option<TorchFwd>,
 }
 
 /// Every op probe knows, one line each.
@@ -155,3 +160,5 @@ pub fn rule(op_type: &str) -> Option<&'static Rule> {
 
 #[cfg(test)]
 pub mod testing;
+#[cfg(test)]
+pub mod torch_testing;

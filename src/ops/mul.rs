@@ -2,6 +2,7 @@
 //! https://onnx.ai/onnx/operators/onnx__Mul.html
 //!
 //! dA = unbroadcast(dY * B), dB = unbroadcast(dY * A).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -10,7 +11,12 @@ pub static RULE: Rule = Rule {
     op: "Mul",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_mul(input(&v, 1)?)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -35,10 +41,18 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn mul_broadcasting() {
+        mul_broadcasting_cases(check);
+    }
+    fn mul_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Mul").input(&[1]).input(&[2, 3]));
         check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        mul_broadcasting_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Neg (opset 13): `Y = -X`. https://onnx.ai/onnx/operators/onnx__Neg.html
 //!
 //! dX = -dY.
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Neg",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_neg()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -21,8 +27,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn neg() {
+        neg_cases(check);
+    }
+    fn neg_cases(check: fn(Case)) {
         check(Case::new("Neg").input(&[2, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        neg_cases(check_torch);
     }
 }

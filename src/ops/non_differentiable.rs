@@ -7,28 +7,150 @@
 //! - Equal, Greater, Less, Not, And: https://onnx.ai/onnx/operators/onnx__Equal.html etc.
 //! - Shape (opset 19), Size (opset 19), NonZero (opset 13), ArgMax (opset 13).
 //! - Range (opset 11), ConstantOfShape (opset 20), Constant (opset 19).
+use super::attrs::Attrs;
+use super::torch::{
+    axis, floats, from_proto, input, ints, is_float, one, TorchCtx, TorchFwd, Value,
+};
 use super::{Kind, Rule};
+use anyhow::{anyhow, bail, Result};
+use tch::Tensor;
 
-const fn nd(op: &'static str) -> Rule {
+const fn nd(op: &'static str, torch: TorchFwd) -> Rule {
     Rule {
         op,
         kind: Kind::NonDifferentiable,
         vjp: None,
+        torch: Some(torch),
     }
 }
 
-pub static AND: Rule = nd("And");
-pub static ARG_MAX: Rule = nd("ArgMax");
-pub static CONSTANT: Rule = nd("Constant");
-pub static CONSTANT_OF_SHAPE: Rule = nd("ConstantOfShape");
-pub static EQUAL: Rule = nd("Equal");
-pub static GREATER: Rule = nd("Greater");
-pub static LESS: Rule = nd("Less");
-pub static NON_ZERO: Rule = nd("NonZero");
-pub static NOT: Rule = nd("Not");
-pub static RANGE: Rule = nd("Range");
-pub static SHAPE: Rule = nd("Shape");
-pub static SIZE: Rule = nd("Size");
+pub static AND: Rule = nd("And", |_, v| {
+    one(input(&v, 0)?.f_logical_and(input(&v, 1)?)?)
+});
+pub static ARG_MAX: Rule = nd("ArgMax", arg_max);
+pub static CONSTANT: Rule = nd("Constant", constant);
+pub static CONSTANT_OF_SHAPE: Rule = nd("ConstantOfShape", constant_of_shape);
+pub static EQUAL: Rule = nd("Equal", |_, v| {
+    one(input(&v, 0)?.f_eq_tensor(input(&v, 1)?)?)
+});
+pub static GREATER: Rule = nd("Greater", |_, v| {
+    one(input(&v, 0)?.f_gt_tensor(input(&v, 1)?)?)
+});
+pub static LESS: Rule = nd(
+    "Less",
+    |_, v| one(input(&v, 0)?.f_lt_tensor(input(&v, 1)?)?),
+);
+pub static NON_ZERO: Rule = nd("NonZero", non_zero);
+pub static NOT: Rule = nd("Not", |_, v| one(input(&v, 0)?.f_logical_not()?));
+pub static RANGE: Rule = nd("Range", range);
+pub static SHAPE: Rule = nd("Shape", shape);
+pub static SIZE: Rule = nd("Size", size);
+
+/// The first maximum (or the last, with `select_last_index`), as libtorch and ONNX Runtime take it.
+fn arg_max(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let a = axis(c.attr_i("axis", 0), x.dim() as i64)?;
+    let keep = c.attr_i("keepdims", 1) != 0;
+    if c.attr_i("select_last_index", 0) == 0 {
+        return one(x.f_argmax(a, keep)?);
+    }
+    let d = x.size()[a as usize];
+    let i = x.f_flip([a])?.f_argmax(a, keep)?;
+    one(i.f_neg()?.f_add_scalar(d - 1)?)
+}
+
+fn constant(c: &TorchCtx, _: Vec<Value>) -> Result<Vec<Value>> {
+    let a = c
+        .node
+        .attribute
+        .first()
+        .ok_or_else(|| anyhow!("Constant without a value"))?;
+    let t = match a.name.as_str() {
+        "value" => from_proto(
+            a.t.as_ref()
+                .ok_or_else(|| anyhow!("Constant value is not a tensor"))?,
+            c.device,
+        )?,
+        "value_float" => Tensor::f_from_slice(&[a.f])?.f_reshape([0i64; 0])?,
+        "value_floats" => Tensor::f_from_slice(&a.floats)?,
+        "value_int" => Tensor::f_from_slice(&[a.i])?.f_reshape([0i64; 0])?,
+        "value_ints" => Tensor::f_from_slice(&a.ints)?,
+        other => bail!("Constant with '{other}' is not supported"),
+    };
+    one(t.f_to_device(c.device)?)
+}
+
+/// The `value` attribute's type and value (float 0 by default) at every position of the shape.
+fn constant_of_shape(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let shape = ints(input(&v, 0)?)?;
+    let value = match c.attr("value").and_then(|a| a.t.as_ref()) {
+        Some(t) => from_proto(t, tch::Device::Cpu)?,
+        None => Tensor::f_from_slice(&[0f32])?,
+    };
+    let opts = (value.kind(), c.device);
+    let t = if is_float(value.kind()) {
+        Tensor::f_full(shape.as_slice(), floats(&value)?[0], opts)?
+    } else {
+        Tensor::f_full(shape.as_slice(), ints(&value)?[0], opts)?
+    };
+    one(t)
+}
+
+/// `[rank, count]`: the coordinates of the non-zero elements, one column each.
+fn non_zero(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_nonzero()?.f_transpose(0, 1)?)
+}
+
+/// `max(ceil((limit - start) / delta), 0)` elements `start + i * delta`, of start's type.
+fn range(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let (start, limit, delta) = (input(&v, 0)?, input(&v, 1)?, input(&v, 2)?);
+    let kind = start.kind();
+    let opts = (kind, c.device);
+    if is_float(kind) {
+        let (s, l, d) = (floats(start)?[0], floats(limit)?[0], floats(delta)?[0]);
+        let n = ((l - s) / d).ceil().max(0.0) as i64;
+        if n == 0 {
+            return one(Tensor::f_zeros([0], opts)?);
+        }
+        return one(Tensor::f_arange(n, (tch::Kind::Double, c.device))?
+            .f_mul_scalar(d)?
+            .f_add_scalar(s)?
+            .f_to_kind(kind)?);
+    }
+    let (s, l, d) = (ints(start)?[0], ints(limit)?[0], ints(delta)?[0]);
+    if d == 0 {
+        bail!("Range with delta 0");
+    }
+    let span = l - s;
+    let n = if (span > 0) == (d > 0) && span != 0 {
+        (span + d - d.signum()) / d
+    } else {
+        0
+    };
+    one(Tensor::f_arange(n.max(0), opts)?
+        .f_mul_scalar(d)?
+        .f_add_scalar(s)?)
+}
+
+/// The input's dimensions `start..end` (opset 15; negative counting from the back, clamped).
+fn shape(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let dims = match v.first() {
+        Some(Value::Tensor(t)) => t.size(),
+        _ => bail!("Shape of something that is not a tensor"),
+    };
+    let r = dims.len() as i64;
+    let at = |k: i64| (if k < 0 { k + r } else { k }).clamp(0, r) as usize;
+    let (s, e) = (at(c.attr_i("start", 0)), at(c.attr_i("end", r)));
+    let picked = if s < e { &dims[s..e] } else { &dims[..0] };
+    one(Tensor::f_from_slice(picked)?.f_to_device(c.device)?)
+}
+
+fn size(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let n = input(&v, 0)?.numel() as i64;
+    one(Tensor::f_from_slice(&[n])?
+        .f_reshape([0i64; 0])?
+        .f_to_device(c.device)?)
+}
 
 #[cfg(test)]
 mod tests {
@@ -53,5 +175,110 @@ mod tests {
             assert_eq!(r.kind, Kind::NonDifferentiable, "{op}");
             assert!(r.vjp.is_none(), "{op}");
         }
+    }
+
+    #[test]
+    fn torch_forward() {
+        use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_f32, tensor_i64};
+        use crate::ops::testing::Case;
+        use crate::ops::torch_testing::check_torch;
+        let tf = [true, false, true, true, false, false];
+        let ft = [false, false, true, false, true, false];
+        check_torch(Case::new("And").bools(&[2, 3], &tf).bools(&[2, 3], &ft));
+        check_torch(Case::new("And").bools(&[2, 3], &tf).bools(&[3], &ft[..3]));
+        check_torch(Case::new("Not").bools(&[2, 3], &tf));
+        let v = [0.5, -1.0, 0.5, 2.0, 0.0, -1.0];
+        check_torch(
+            Case::new("Equal")
+                .values(&[2, 3], &v)
+                .values(&[3], &[0.5, 0.0, -1.0]),
+        );
+        check_torch(
+            Case::new("Equal")
+                .ints(&[2, 2], &[1, 2, 3, 4])
+                .ints(&[2], &[1, 4]),
+        );
+        check_torch(Case::new("Greater").input(&[2, 3, 4]).input(&[3, 1]));
+        check_torch(Case::new("Less").input(&[4]).input(&[2, 3, 4]));
+        check_torch(Case::new("Less").ints(&[3], &[1, 5, 2]).ints(&[], &[2]));
+        check_torch(Case::new("ArgMax").input(&[3, 4]));
+        check_torch(
+            Case::new("ArgMax")
+                .input(&[2, 3, 4])
+                .attr(attr_int("axis", -1))
+                .attr(attr_int("keepdims", 0)),
+        );
+        // Ties: the first maximum, or the last with select_last_index.
+        let ties = [1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 1.0];
+        check_torch(
+            Case::new("ArgMax")
+                .values(&[2, 4], &ties)
+                .attr(attr_int("axis", 1)),
+        );
+        check_torch(
+            Case::new("ArgMax")
+                .values(&[2, 4], &ties)
+                .attr(attr_int("axis", 1))
+                .attr(attr_int("select_last_index", 1)),
+        );
+        let value = |t| attr_tensor("value", t);
+        check_torch(Case::new("Constant").attr(value(tensor_f32(
+            "",
+            &[2, 2],
+            &[1.0, -2.5, 3.0, 0.25],
+        ))));
+        check_torch(Case::new("Constant").attr(value(tensor_i64("", &[], &[7]))));
+        check_torch(Case::new("Constant").attr(attr_ints("value_ints", &[3, -1, 4])));
+        check_torch(Case::new("ConstantOfShape").ints(&[2], &[2, 3]));
+        check_torch(
+            Case::new("ConstantOfShape")
+                .ints(&[3], &[1, 2, 2])
+                .attr(value(tensor_i64("", &[1], &[5]))),
+        );
+        check_torch(
+            Case::new("ConstantOfShape")
+                .ints(&[1], &[4])
+                .attr(value(tensor_f32("", &[1], &[-1.5]))),
+        );
+        check_torch(Case::new("NonZero").values(&[2, 3], &v));
+        check_torch(Case::new("NonZero").ints(&[4], &[0, 3, 0, -1]));
+        check_torch(
+            Case::new("Range")
+                .ints(&[], &[2])
+                .ints(&[], &[11])
+                .ints(&[], &[3]),
+        );
+        check_torch(
+            Case::new("Range")
+                .ints(&[], &[5])
+                .ints(&[], &[-4])
+                .ints(&[], &[-2]),
+        );
+        check_torch(
+            Case::new("Range")
+                .ints(&[], &[5])
+                .ints(&[], &[1])
+                .ints(&[], &[2]),
+        );
+        check_torch(
+            Case::new("Range")
+                .values(&[], &[0.5])
+                .values(&[], &[2.25])
+                .values(&[], &[0.25]),
+        );
+        check_torch(Case::new("Shape").input(&[2, 3, 4]));
+        check_torch(
+            Case::new("Shape")
+                .input(&[2, 3, 4])
+                .attr(attr_int("start", 1)),
+        );
+        check_torch(
+            Case::new("Shape")
+                .input(&[2, 3, 4, 5])
+                .attr(attr_int("start", -3))
+                .attr(attr_int("end", -1)),
+        );
+        check_torch(Case::new("Shape").input(&[2, 3]).attr(attr_int("end", 10)));
+        check_torch(Case::new("Size").input(&[2, 3, 4]));
     }
 }

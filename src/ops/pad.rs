@@ -8,6 +8,8 @@
 //! - reflect, edge, wrap: border elements copy elements of X, possibly several times, so the rule
 //!   lets Pad itself say which (see [`super::slice`]): idx = Pad(positions of X, pads, mode) and
 //!   dX = ScatterElements(zeros, flat idx, flat dY, reduction = add).
+use super::attrs::Attrs;
+use super::torch::{axis, floats, input, ints, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_string;
@@ -19,7 +21,82 @@ pub static RULE: Rule = Rule {
     op: "Pad",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// constant: libtorch's constant pad (negative pads crop). The value is read as a number: a
+/// pad value that is itself trained gets no gradient here (exporters write constants).
+/// reflect, edge, wrap: per padded axis, one `index_select` of the source positions, which
+/// works for any axis and any pad size.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let r = xs.len() as i64;
+    let pads = ints(input(&v, 1)?)?;
+    let axes: Vec<i64> = match opt_input(&v, 3) {
+        Some(t) => ints(t)?
+            .iter()
+            .map(|&a| axis(a, r))
+            .collect::<Result<_>>()?,
+        None => (0..r).collect(),
+    };
+    let n = axes.len();
+    if pads.len() != 2 * n {
+        bail!("{} pads for {n} axes", pads.len());
+    }
+    let mut be = vec![(0i64, 0i64); r as usize];
+    for (k, &a) in axes.iter().enumerate() {
+        be[a as usize] = (pads[k], pads[n + k]);
+    }
+    let mode = c.attr_s("mode").unwrap_or_else(|| "constant".into());
+    match mode.as_str() {
+        "constant" => {
+            let value = match opt_input(&v, 2) {
+                Some(t) if t.numel() > 0 => floats(t)?[0],
+                _ => 0.0,
+            };
+            // libtorch lists pads from the last axis: (begin, end) per axis.
+            let list: Vec<i64> = be.iter().rev().flat_map(|&(b, e)| [b, e]).collect();
+            one(x.f_pad(list.as_slice(), "constant", value)?)
+        }
+        "reflect" | "edge" | "wrap" => {
+            let mut y = x.shallow_clone();
+            for (a, &(b, e)) in be.iter().enumerate() {
+                if b == 0 && e == 0 {
+                    continue;
+                }
+                let d = xs[a];
+                if d == 0 {
+                    bail!("cannot {mode}-pad axis {a} of extent 0");
+                }
+                let src: Vec<i64> = (-b..d + e).map(|p| source(p, d, &mode)).collect();
+                let idx = tch::Tensor::f_from_slice(&src)?.f_to_device(x.device())?;
+                y = y.f_index_select(a as i64, &idx)?;
+            }
+            one(y)
+        }
+        other => bail!("unknown Pad mode '{other}'"),
+    }
+}
+
+/// The position of X that position `p` (-begin <= p < d + end) of a padded axis copies.
+fn source(p: i64, d: i64, mode: &str) -> i64 {
+    match mode {
+        // Mirror without repeating the edge: period 2(d - 1).
+        "reflect" if d == 1 => 0,
+        "reflect" => {
+            let period = 2 * (d - 1);
+            let m = p.rem_euclid(period);
+            if m >= d {
+                period - m
+            } else {
+                m
+            }
+        }
+        "edge" => p.clamp(0, d - 1),
+        _ => p.rem_euclid(d),
+    }
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -70,8 +147,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_string;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn pad_constant() {
+        pad_constant_cases(check);
+    }
+    fn pad_constant_cases(check: fn(Case)) {
         check(Case::new("Pad").input(&[2, 3]).ints(&[4], &[1, 0, 2, 3]));
         // negative pads crop; a differentiated constant value
         check(
@@ -91,6 +172,9 @@ mod tests {
     }
     #[test]
     fn pad_copying_modes() {
+        pad_copying_modes_cases(check);
+    }
+    fn pad_copying_modes_cases(check: fn(Case)) {
         for mode in ["reflect", "edge", "wrap"] {
             check(
                 Case::new("Pad")
@@ -107,5 +191,10 @@ mod tests {
                     .attr(attr_string("mode", mode)),
             );
         }
+    }
+    #[test]
+    fn torch_forward() {
+        pad_constant_cases(check_torch);
+        pad_copying_modes_cases(check_torch);
     }
 }

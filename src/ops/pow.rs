@@ -3,6 +3,7 @@
 //!
 //! dX = unbroadcast(dY * E * X^(E - 1)), dE = unbroadcast(dY * Y * ln X) (float E only; NaN
 //! where X < 0, as in PyTorch).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -11,7 +12,14 @@ pub static RULE: Rule = Rule {
     op: "Pow",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// The output has X's type (an integer exponent does not promote it).
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    one(x.f_pow(input(&v, 1)?)?.f_to_kind(x.kind())?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -45,8 +53,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn pow_both_inputs() {
+        pow_both_inputs_cases(check);
+    }
+    fn pow_both_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Pow")
                 .input_in(&[2, 3], 0.5, 2.0)
@@ -55,6 +67,9 @@ mod tests {
     }
     #[test]
     fn pow_broadcasting() {
+        pow_broadcasting_cases(check);
+    }
+    fn pow_broadcasting_cases(check: fn(Case)) {
         check(
             Case::new("Pow")
                 .input_in(&[2, 3, 4], 0.5, 2.0)
@@ -73,8 +88,17 @@ mod tests {
     }
     #[test]
     fn pow_constant_exponent() {
+        pow_constant_exponent_cases(check);
+    }
+    fn pow_constant_exponent_cases(check: fn(Case)) {
         // Integer exponent (int64 initializer), negative bases allowed.
         check(Case::new("Pow").input(&[2, 3]).ints(&[], &[3]));
         check(Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]));
+    }
+    #[test]
+    fn torch_forward() {
+        pow_both_inputs_cases(check_torch);
+        pow_broadcasting_cases(check_torch);
+        pow_constant_exponent_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Reciprocal (opset 13): `Y = 1 / X`. https://onnx.ai/onnx/operators/onnx__Reciprocal.html
 //!
 //! d (1/x) = -1/x^2: dX = -dY * Y^2.
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Reciprocal",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_reciprocal()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -24,9 +30,17 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn reciprocal() {
+        reciprocal_cases(check);
+    }
+    fn reciprocal_cases(check: fn(Case)) {
         check(Case::new("Reciprocal").input_in(&[2, 3], 0.5, 2.0));
         check(Case::new("Reciprocal").input_in(&[4], -2.0, -0.5));
+    }
+    #[test]
+    fn torch_forward() {
+        reciprocal_cases(check_torch);
     }
 }

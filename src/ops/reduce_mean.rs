@@ -3,6 +3,8 @@
 //!
 //! Y = sum over the reduced axes / n with n the count of reduced elements, so
 //! dX = expand(dY with the reduced axes restored, shape X) / n (ReduceSum's rule, scaled).
+use super::attrs::Attrs;
+use super::torch::{input, is_float, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -13,7 +15,23 @@ pub static RULE: Rule = Rule {
     op: "ReduceMean",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// Integer inputs: the mean truncated toward zero, in their type.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let keep = c.attr_i("keepdims", 1) != 0;
+    let Some(axes) = super::reduce_sum::torch_axes(c, &v, x.dim() as i64)? else {
+        return one(x.shallow_clone());
+    };
+    if is_float(x.kind()) {
+        one(x.f_mean_dim(axes.as_slice(), keep, None::<tch::Kind>)?)
+    } else {
+        let m = x.f_mean_dim(axes.as_slice(), keep, tch::Kind::Double)?;
+        one(m.f_to_kind(x.kind())?)
+    }
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -53,8 +71,12 @@ pub fn divide_by_count(c: &mut Ctx, g: &str, x: &str, axes: &[i64]) -> Result<St
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn reduce_mean() {
+        reduce_mean_cases(check);
+    }
+    fn reduce_mean_cases(check: fn(Case)) {
         check(
             Case::new("ReduceMean")
                 .input(&[2, 3, 4])
@@ -75,6 +97,9 @@ mod tests {
     }
     #[test]
     fn reduce_mean_noop_with_empty_axes() {
+        reduce_mean_noop_with_empty_axes_cases(check);
+    }
+    fn reduce_mean_noop_with_empty_axes_cases(check: fn(Case)) {
         check(
             Case::new("ReduceMean")
                 .input(&[2, 3])
@@ -83,6 +108,9 @@ mod tests {
     }
     #[test]
     fn reduce_mean_opset13_axes_attribute() {
+        reduce_mean_opset13_axes_attribute_cases(check);
+    }
+    fn reduce_mean_opset13_axes_attribute_cases(check: fn(Case)) {
         check(
             Case::new("ReduceMean")
                 .input(&[2, 3, 4])
@@ -90,5 +118,11 @@ mod tests {
                 .attr(attr_int("keepdims", 0))
                 .opset(13),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        reduce_mean_cases(check_torch);
+        reduce_mean_noop_with_empty_axes_cases(check_torch);
+        reduce_mean_opset13_axes_attribute_cases(check_torch);
     }
 }

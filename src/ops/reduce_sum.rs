@@ -2,6 +2,8 @@
 //! https://onnx.ai/onnx/operators/onnx__ReduceSum.html
 //!
 //! dX = expand(dY with the reduced axes restored as extent 1, shape(X)).
+use super::attrs::Attrs;
+use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -11,7 +13,37 @@ pub static RULE: Rule = Rule {
     op: "ReduceSum",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// The normalized axes a Reduce* node reduces over at run time (axes input, else the opset-13
+/// attribute, else all), or `None` for the identity (`noop_with_empty_axes`). Shared by
+/// ReduceSum and ReduceMean.
+pub fn torch_axes(c: &TorchCtx, v: &[Value], rank: i64) -> Result<Option<Vec<i64>>> {
+    let axes = match opt_input(v, 1) {
+        Some(t) => ints(t)?,
+        None => c.attr_ints("axes").unwrap_or_default(),
+    };
+    if axes.is_empty() {
+        return Ok(if c.attr_i("noop_with_empty_axes", 0) == 1 {
+            None
+        } else {
+            Some((0..rank).collect())
+        });
+    }
+    Ok(Some(
+        axes.iter().map(|&a| axis(a, rank)).collect::<Result<_>>()?,
+    ))
+}
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let keep = c.attr_i("keepdims", 1) != 0;
+    match torch_axes(c, &v, x.dim() as i64)? {
+        None => one(x.shallow_clone()),
+        Some(axes) => one(x.f_sum_dim_intlist(axes.as_slice(), keep, x.kind())?),
+    }
+}
 
 /// The normalized axes a Reduce* node reduces over (all axes when none are given, unless
 /// `noop_with_empty_axes`). Shared by ReduceSum and ReduceMean.
@@ -67,8 +99,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn reduce_sum() {
+        reduce_sum_cases(check);
+    }
+    fn reduce_sum_cases(check: fn(Case)) {
         check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
         check(
             Case::new("ReduceSum")
@@ -81,5 +117,9 @@ mod tests {
                 .input(&[2, 3])
                 .attr(attr_int("keepdims", 0)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        reduce_sum_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Relu (opset 14): `Y = max(X, 0)`. https://onnx.ai/onnx/operators/onnx__Relu.html
 //!
 //! dX = dY * [X > 0] (the subgradient 0 at X = 0, as PyTorch takes it).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Relu",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_relu()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -24,8 +30,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn relu() {
+        relu_cases(check);
+    }
+    fn relu_cases(check: fn(Case)) {
         check(Case::new("Relu").input(&[3, 5]));
+    }
+    #[test]
+    fn torch_forward() {
+        relu_cases(check_torch);
     }
 }

@@ -7,31 +7,128 @@
 //!
 //! Y is X's buffer under another shape, so dX = Reshape(dY, shape(X)) (with `allowzero`, as the
 //! target is an exact shape, possibly with empty dimensions). The shape/axes inputs are integers.
+use super::attrs::Attrs;
+use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 
 pub static RESHAPE: Rule = Rule {
     op: "Reshape",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch_reshape),
 };
 pub static FLATTEN: Rule = Rule {
     op: "Flatten",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch_flatten),
 };
 pub static SQUEEZE: Rule = Rule {
     op: "Squeeze",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch_squeeze),
 };
 pub static UNSQUEEZE: Rule = Rule {
     op: "Unsqueeze",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch_unsqueeze),
 };
+
+/// A 0 in the shape copies X's dimension (unless `allowzero`); one -1 is inferred.
+fn torch_reshape(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let shape = ints(input(&v, 1)?)?;
+    let allowzero = c.attr_i("allowzero", 0) != 0;
+    let xs = x.size();
+    let target = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match s {
+            0 if !allowzero => xs
+                .get(i)
+                .copied()
+                .ok_or_else(|| anyhow!("shape {shape:?} copies dimension {i} of {xs:?}")),
+            s => Ok(s),
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    one(x.f_reshape(target.as_slice())?)
+}
+
+/// `[prod(dims before axis), prod(dims from axis)]`.
+fn torch_flatten(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let r = xs.len() as i64;
+    let a = c.attr_i("axis", 1);
+    let a = if a < 0 { a + r } else { a };
+    if !(0..=r).contains(&a) {
+        bail!("axis {} is out of range for rank {r}", c.attr_i("axis", 1));
+    }
+    let (outer, inner) = xs.split_at(a as usize);
+    one(x.f_reshape([outer.iter().product::<i64>(), inner.iter().product()])?)
+}
+
+/// The axes of a Squeeze/Unsqueeze: the input (opset 13+) or the attribute (older opsets).
+fn axes_of(c: &TorchCtx, v: &[Value]) -> Result<Option<Vec<i64>>> {
+    Ok(match opt_input(v, 1) {
+        Some(t) => Some(ints(t)?),
+        None => c.attr_ints("axes"),
+    })
+}
+
+fn torch_squeeze(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let r = xs.len() as i64;
+    let shape: Vec<i64> = match axes_of(c, &v)? {
+        None => xs.iter().copied().filter(|&d| d != 1).collect(),
+        Some(axes) => {
+            let axes: Vec<i64> = axes
+                .iter()
+                .map(|&a| super::torch::axis(a, r))
+                .collect::<Result<_>>()?;
+            if let Some(&a) = axes.iter().find(|&&a| xs[a as usize] != 1) {
+                bail!(
+                    "cannot squeeze axis {a} of extent {} (shape {xs:?})",
+                    xs[a as usize]
+                );
+            }
+            (0..r)
+                .filter(|i| !axes.contains(i))
+                .map(|i| xs[i as usize])
+                .collect()
+        }
+    };
+    one(x.f_reshape(shape.as_slice())?)
+}
+
+/// Axes are positions in the output (negative ones counted from its back).
+fn torch_unsqueeze(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let axes = axes_of(c, &v)?.ok_or_else(|| anyhow!("Unsqueeze without axes"))?;
+    let r = (xs.len() + axes.len()) as i64;
+    let axes: Vec<i64> = axes
+        .iter()
+        .map(|&a| super::torch::axis(a, r))
+        .collect::<Result<_>>()?;
+    let mut rest = xs.iter();
+    let shape: Vec<i64> = (0..r)
+        .map(|i| {
+            if axes.contains(&i) {
+                1
+            } else {
+                rest.next().copied().unwrap_or(1)
+            }
+        })
+        .collect();
+    one(x.f_reshape(shape.as_slice())?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -53,8 +150,12 @@ pub fn reshape_like(c: &mut Ctx, g: &str, like: &str) -> String {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn reshape() {
+        reshape_cases(check);
+    }
+    fn reshape_cases(check: fn(Case)) {
         check(Case::new("Reshape").input(&[2, 3, 4]).ints(&[2], &[6, -1]));
         check(
             Case::new("Reshape")
@@ -65,6 +166,9 @@ mod tests {
     }
     #[test]
     fn flatten() {
+        flatten_cases(check);
+    }
+    fn flatten_cases(check: fn(Case)) {
         check(Case::new("Flatten").input(&[2, 3, 4]));
         check(
             Case::new("Flatten")
@@ -84,6 +188,9 @@ mod tests {
     }
     #[test]
     fn squeeze() {
+        squeeze_cases(check);
+    }
+    fn squeeze_cases(check: fn(Case)) {
         check(Case::new("Squeeze").input(&[2, 1, 3, 1]).ints(&[1], &[1]));
         check(
             Case::new("Squeeze")
@@ -94,7 +201,17 @@ mod tests {
     }
     #[test]
     fn unsqueeze() {
+        unsqueeze_cases(check);
+    }
+    fn unsqueeze_cases(check: fn(Case)) {
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[2], &[0, 3]));
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[1], &[-1]));
+    }
+    #[test]
+    fn torch_forward() {
+        reshape_cases(check_torch);
+        flatten_cases(check_torch);
+        squeeze_cases(check_torch);
+        unsqueeze_cases(check_torch);
     }
 }

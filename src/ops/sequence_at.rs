@@ -6,6 +6,7 @@
 //! by the op that made the sequence (SplitToSequence). The position must be a constant and
 //! non-negative: a negative one counts from the back of a sequence whose length this rule cannot
 //! see. Tested together with SplitToSequence in [`super::split_to_sequence`].
+use super::torch::{input, ints, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::{anyhow, bail, Result};
@@ -14,7 +15,22 @@ pub static RULE: Rule = Rule {
     op: "SequenceAt",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// A negative position counts from the back.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let Some(Value::Seq(s)) = v.first() else {
+        bail!("input 0 is not a sequence");
+    };
+    let p = ints(input(&v, 1)?)?.first().copied().unwrap_or(0);
+    let n = s.len() as i64;
+    let i = if p < 0 { p + n } else { p };
+    if i < 0 || i >= n {
+        bail!("position {p} is out of range for a sequence of {n}");
+    }
+    one(s[i as usize].shallow_clone())
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };

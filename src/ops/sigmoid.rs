@@ -1,6 +1,7 @@
 //! Sigmoid (opset 13): `Y = 1 / (1 + e^-X)`. https://onnx.ai/onnx/operators/onnx__Sigmoid.html
 //!
 //! d sigmoid = y (1 - y): dX = dY * Y * (1 - Y).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Sigmoid",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_sigmoid()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -25,8 +31,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn sigmoid() {
+        sigmoid_cases(check);
+    }
+    fn sigmoid_cases(check: fn(Case)) {
         check(Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0));
+    }
+    #[test]
+    fn torch_forward() {
+        sigmoid_cases(check_torch);
     }
 }

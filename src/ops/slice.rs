@@ -6,17 +6,75 @@
 //! position, idx = Slice(P, same starts/ends/axes/steps) the positions of Y's elements, and
 //! dX = Reshape(ScatterElements(zeros[numel X], flat idx, flat dY, axis 0), shape X).
 //! A slice picks every element at most once, so no reduction is needed.
+use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string, attr_tensor, tensor_i64};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use onnx_protobuf::{NodeProto, TensorProto};
 
 pub static RULE: Rule = Rule {
     op: "Slice",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// Per axis, ONNX's clamping: a negative start or end counts from the back; then for a positive
+/// step start and end are clamped to [0, d], for a negative one start to [0, d-1] and end to
+/// [-1, d-1]. libtorch slices take positive steps only: a negative step slices the flipped axis.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let r = xs.len() as i64;
+    let starts = ints(input(&v, 1)?)?;
+    let ends = ints(input(&v, 2)?)?;
+    let n = starts.len();
+    let axes = match opt_input(&v, 3) {
+        Some(t) => ints(t)?,
+        None => (0..n as i64).collect(),
+    };
+    let steps = match opt_input(&v, 4) {
+        Some(t) => ints(t)?,
+        None => vec![1; n],
+    };
+    if ends.len() != n || axes.len() != n || steps.len() != n {
+        bail!(
+            "starts, ends, axes and steps have {n}, {}, {} and {} entries",
+            ends.len(),
+            axes.len(),
+            steps.len()
+        );
+    }
+    let mut y = x.shallow_clone();
+    for k in 0..n {
+        let a = axis(axes[k], r)?;
+        let d = xs[a as usize];
+        let step = steps[k];
+        let from_back = |i: i64| if i < 0 { i.saturating_add(d) } else { i };
+        let (s, e) = (from_back(starts[k]), from_back(ends[k]));
+        if step > 0 {
+            let s = s.clamp(0, d);
+            let e = e.clamp(0, d).max(s);
+            y = y.f_slice(a, s, e, step)?;
+        } else if step < 0 {
+            let s = s.clamp(0, (d - 1).max(0));
+            let e = e.clamp(-1, d - 1);
+            let m = -step;
+            let count = if s > e { (s - e + m - 1) / m } else { 0 };
+            y = if count == 0 {
+                y.f_narrow(a, 0, 0)?
+            } else {
+                // Element s - i*m of X is element (d-1-s) + i*m of the flipped axis.
+                let j = d - 1 - s;
+                y.f_flip([a])?.f_slice(a, j, j + (count - 1) * m + 1, m)?
+            };
+        } else {
+            bail!("step 0 on axis {a}");
+        }
+    }
+    one(y)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -104,8 +162,12 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn slice_unit_steps() {
+        slice_unit_steps_cases(check);
+    }
+    fn slice_unit_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
                 .input(&[4, 5])
@@ -122,6 +184,9 @@ mod tests {
     }
     #[test]
     fn slice_steps_and_negative_bounds() {
+        slice_steps_and_negative_bounds_cases(check);
+    }
+    fn slice_steps_and_negative_bounds_cases(check: fn(Case)) {
         // every second column from the back: columns 5, 3, 1
         check(
             Case::new("Slice")
@@ -152,6 +217,9 @@ mod tests {
     }
     #[test]
     fn slice_absent_axes_with_steps() {
+        slice_absent_axes_with_steps_cases(check);
+    }
+    fn slice_absent_axes_with_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
                 .input(&[5, 4])
@@ -160,5 +228,11 @@ mod tests {
                 .absent()
                 .ints(&[2], &[2, -1]),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        slice_unit_steps_cases(check_torch);
+        slice_steps_and_negative_bounds_cases(check_torch);
+        slice_absent_axes_with_steps_cases(check_torch);
     }
 }

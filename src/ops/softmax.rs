@@ -6,6 +6,8 @@
 //! Both rules use the output Y, not X:
 //! - Softmax: dX = Y * (dY - sum(dY * Y, axis))
 //! - LogSoftmax: dX = dY - exp(Y) * sum(dY, axis)
+use super::attrs::Attrs;
+use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -14,12 +16,26 @@ pub static SOFTMAX: Rule = Rule {
     op: "Softmax",
     kind: Kind::Structured,
     vjp: Some(|c| softmax(c, false)),
+    torch: Some(torch_softmax),
 };
 pub static LOG_SOFTMAX: Rule = Rule {
     op: "LogSoftmax",
     kind: Kind::Structured,
     vjp: Some(|c| softmax(c, true)),
+    torch: Some(torch_log_softmax),
 };
+
+fn torch_softmax(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let a = axis(c.attr_i("axis", -1), x.dim() as i64)?;
+    one(x.f_softmax(a, None::<tch::Kind>)?)
+}
+
+fn torch_log_softmax(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let a = axis(c.attr_i("axis", -1), x.dim() as i64)?;
+    one(x.f_log_softmax(a, None::<tch::Kind>)?)
+}
 
 fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -46,8 +62,12 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn softmax_axes() {
+        softmax_axes_cases(check);
+    }
+    fn softmax_axes_cases(check: fn(Case)) {
         check(Case::new("Softmax").input_in(&[2, 3, 4], -3.0, 3.0));
         check(
             Case::new("Softmax")
@@ -58,6 +78,9 @@ mod tests {
     }
     #[test]
     fn log_softmax_axes() {
+        log_softmax_axes_cases(check);
+    }
+    fn log_softmax_axes_cases(check: fn(Case)) {
         check(Case::new("LogSoftmax").input_in(&[2, 3, 4], -3.0, 3.0));
         check(
             Case::new("LogSoftmax")
@@ -69,5 +92,10 @@ mod tests {
                 .input(&[3, 5])
                 .attr(attr_int("axis", 0)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        softmax_axes_cases(check_torch);
+        log_softmax_axes_cases(check_torch);
     }
 }

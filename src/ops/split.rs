@@ -3,6 +3,8 @@
 //!
 //! The outputs tile X along `axis`, so dX = Concat(dY_1, ..., dY_n, axis), with zeros shaped like
 //! Y_k for an output nothing downstream needs.
+use super::attrs::Attrs;
+use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -12,7 +14,28 @@ pub static RULE: Rule = Rule {
     op: "Split",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// Sizes from the input, else the opset-13 attribute, else `num_outputs` (or as many as the
+/// node has outputs) parts of ceil(d / n), the last smaller.
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let a = axis(c.attr_i("axis", 0), xs.len() as i64)?;
+    let d = xs[a as usize];
+    let sizes = if let Some(t) = opt_input(&v, 1) {
+        ints(t)?
+    } else if let Some(s) = c.attr_ints("split") {
+        s
+    } else {
+        let n = c.attr_i("num_outputs", c.node.output.len() as i64).max(1);
+        let each = (d + n - 1) / n;
+        (0..n).map(|k| each.min(d - k * each).max(0)).collect()
+    };
+    let parts = x.f_split_with_sizes(sizes.as_slice(), a)?;
+    Ok(parts.into_iter().map(Value::Tensor).collect())
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     if !c.needs(0) {
@@ -41,8 +64,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn split_sizes() {
+        split_sizes_cases(check);
+    }
+    fn split_sizes_cases(check: fn(Case)) {
         check(
             Case::new("Split")
                 .input(&[2, 6])
@@ -59,6 +86,9 @@ mod tests {
     }
     #[test]
     fn split_num_outputs() {
+        split_num_outputs_cases(check);
+    }
+    fn split_num_outputs_cases(check: fn(Case)) {
         // 7 = 3 + 3 + 1 along the last axis.
         check(
             Case::new("Split")
@@ -70,6 +100,9 @@ mod tests {
     }
     #[test]
     fn split_unused_output() {
+        split_unused_output_cases(check);
+    }
+    fn split_unused_output_cases(check: fn(Case)) {
         check(
             Case::new("Split")
                 .input(&[2, 6])
@@ -85,5 +118,11 @@ mod tests {
                 .outputs(2)
                 .skip_output(0),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        split_sizes_cases(check_torch);
+        split_num_outputs_cases(check_torch);
+        split_unused_output_cases(check_torch);
     }
 }

@@ -10,6 +10,8 @@
 //! SequenceAt readers sent to position k (unsqueezed along `axis` if the parts were squeezed) and
 //! zeros shaped like part k for a position nobody read. Parts have no observed shape, so those
 //! zeros take theirs from the parts recomputed by Split(X, sizes, axis).
+use super::attrs::Attrs;
+use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
@@ -20,7 +22,38 @@ pub static RULE: Rule = Rule {
     op: "SplitToSequence",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let xs = x.size();
+    let a = axis(c.attr_i("axis", 0), xs.len() as i64)?;
+    let d = xs[a as usize];
+    let parts = match opt_input(&v, 1) {
+        None => {
+            let p = x.f_split_with_sizes(vec![1; d as usize].as_slice(), a)?;
+            if c.attr_i("keepdims", 1) == 0 {
+                p.iter()
+                    .map(|t| t.f_squeeze_dim(a))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                p
+            }
+        }
+        Some(t) if t.dim() == 0 => {
+            let s = ints(t)?[0];
+            if s <= 0 {
+                bail!("split size {s} must be positive");
+            }
+            let n = (d + s - 1) / s;
+            let sizes: Vec<i64> = (0..n).map(|k| s.min(d - k * s)).collect();
+            x.f_split_with_sizes(sizes.as_slice(), a)?
+        }
+        Some(t) => x.f_split_with_sizes(ints(t)?.as_slice(), a)?,
+    };
+    Ok(vec![Value::Seq(parts)])
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     if !c.needs(0) || c.go_seq().is_empty() {
@@ -99,6 +132,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::{attr_int, tensor_i64};
     use crate::ops::testing::check_graph;
+    use crate::ops::torch_testing::check_torch_graph;
     use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};
 
     /// x -> SplitToSequence(x, split?) -> seq; seq -> SequenceAt(seq, p) -> y{i} for each p.
@@ -137,8 +171,19 @@ mod tests {
         check_graph("SplitToSequence", g, &[("x", x)], &outs, 3);
     }
 
+    fn run_torch(x: &[usize], g: GraphProto, reads: usize) {
+        let outs: Vec<String> = (0..reads).map(|i| format!("y{i}")).collect();
+        let outs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+        check_torch_graph("SplitToSequence", g, &[("x", x)], &outs, 3);
+    }
+
+    type Run = fn(&[usize], GraphProto, usize);
+
     #[test]
     fn split_sizes_all_read() {
+        split_sizes_all_read_cases(run);
+    }
+    fn split_sizes_all_read_cases(run: Run) {
         run(
             &[2, 5],
             graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[0, 1]),
@@ -147,6 +192,9 @@ mod tests {
     }
     #[test]
     fn split_sizes_one_part_unread() {
+        split_sizes_one_part_unread_cases(run);
+    }
+    fn split_sizes_one_part_unread_cases(run: Run) {
         run(
             &[2, 5],
             graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[1]),
@@ -156,6 +204,9 @@ mod tests {
     }
     #[test]
     fn scalar_split_uneven() {
+        scalar_split_uneven_cases(run);
+    }
+    fn scalar_split_uneven_cases(run: Run) {
         // 5 = 2 + 2 + 1 along axis -1; part 1 unread, part 2 read twice.
         run(
             &[3, 5],
@@ -167,6 +218,9 @@ mod tests {
     }
     #[test]
     fn no_split_unit_parts() {
+        no_split_unit_parts_cases(run);
+    }
+    fn no_split_unit_parts_cases(run: Run) {
         // keepdims = 0: parts [4] squeezed out of [3, 4]; part 1 unread.
         run(
             &[3, 4],
@@ -186,6 +240,19 @@ mod tests {
             &[2, 5],
             graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[-1]),
             1,
+        );
+    }
+    #[test]
+    fn torch_forward() {
+        split_sizes_all_read_cases(run_torch);
+        split_sizes_one_part_unread_cases(run_torch);
+        scalar_split_uneven_cases(run_torch);
+        no_split_unit_parts_cases(run_torch);
+        // A negative position counts from the back (refused by the gradient rule only).
+        run_torch(
+            &[2, 5],
+            graph(Some((&[2], &[2, 3])), vec![attr_int("axis", 1)], &[-1, -2]),
+            2,
         );
     }
 }

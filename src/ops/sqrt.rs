@@ -1,6 +1,7 @@
 //! Sqrt (opset 13): `Y = sqrt(X)`. https://onnx.ai/onnx/operators/onnx__Sqrt.html
 //!
 //! d sqrt(x) = 1 / (2 sqrt(x)): dX = dY * 0.5 / Y (infinite at X = 0, as in PyTorch).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Sqrt",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_sqrt()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -24,8 +30,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn sqrt() {
+        sqrt_cases(check);
+    }
+    fn sqrt_cases(check: fn(Case)) {
         check(Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0));
+    }
+    #[test]
+    fn torch_forward() {
+        sqrt_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Sum (opset 13): `Y = X_1 + ... + X_n`, broadcasting. https://onnx.ai/onnx/operators/onnx__Sum.html
 //!
 //! dX_i = unbroadcast(dY).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,16 @@ pub static RULE: Rule = Rule {
     op: "Sum",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let mut y = input(&v, 0)?.shallow_clone();
+    for i in 1..v.len() {
+        y = y.f_add(input(&v, i)?)?;
+    }
+    one(y)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -27,8 +37,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn sum() {
+        sum_cases(check);
+    }
+    fn sum_cases(check: fn(Case)) {
         check(Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1]));
+    }
+    #[test]
+    fn torch_forward() {
+        sum_cases(check_torch);
     }
 }

@@ -1,6 +1,7 @@
 //! Tanh (opset 13): `Y = tanh(X)`. https://onnx.ai/onnx/operators/onnx__Tanh.html
 //!
 //! d tanh = 1 - y^2: dX = dY * (1 - Y^2).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -9,7 +10,12 @@ pub static RULE: Rule = Rule {
     op: "Tanh",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    one(input(&v, 0)?.f_tanh()?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -25,8 +31,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn tanh() {
+        tanh_cases(check);
+    }
+    fn tanh_cases(check: fn(Case)) {
         check(Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0));
+    }
+    #[test]
+    fn torch_forward() {
+        tanh_cases(check_torch);
     }
 }

@@ -11,6 +11,7 @@ use onnx_protobuf::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
 };
 
+#[derive(Clone)]
 pub enum In {
     /// A float input, differentiated, random values in [-1, 1] (or [lo, hi]).
     Float(Vec<usize>, f64, f64),
@@ -26,6 +27,7 @@ pub enum In {
     Absent,
 }
 
+#[derive(Clone)]
 pub struct Case {
     pub op: String,
     pub inputs: Vec<In>,

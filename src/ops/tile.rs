@@ -4,16 +4,28 @@
 //! Along each axis Y's index is (copy r, element j) in row-major order, so with dY viewed as
 //! [r_0, d_0, r_1, d_1, ...] (d = shape X), dX = ReduceSum over the copy axes 0, 2, 4, ...
 //! The repeats are integers and get no gradient.
+use super::torch::{input, ints, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 pub static RULE: Rule = Rule {
     op: "Tile",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+/// libtorch's `repeat` with one count per axis is ONNX's Tile.
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let repeats = ints(input(&v, 1)?)?;
+    if repeats.len() != x.dim() {
+        bail!("{} repeats for a rank-{} input", repeats.len(), x.dim());
+    }
+    one(x.f_repeat(repeats.as_slice())?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -40,10 +52,18 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn tile() {
+        tile_cases(check);
+    }
+    fn tile_cases(check: fn(Case)) {
         check(Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]));
         check(Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]));
         check(Case::new("Tile").input(&[4]).ints(&[1], &[3]));
+    }
+    #[test]
+    fn torch_forward() {
+        tile_cases(check_torch);
     }
 }

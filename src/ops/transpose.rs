@@ -2,6 +2,8 @@
 //! https://onnx.ai/onnx/operators/onnx__Transpose.html
 //!
 //! Y[i_perm] = X[i], so dX = Transpose(dY, perm^-1) with perm^-1[perm[k]] = k.
+use super::attrs::Attrs;
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
@@ -10,7 +12,17 @@ pub static RULE: Rule = Rule {
     op: "Transpose",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let rank = x.dim() as i64;
+    let perm = c
+        .attr_ints("perm")
+        .unwrap_or_else(|| (0..rank).rev().collect());
+    one(x.f_permute(perm.as_slice())?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -45,8 +57,12 @@ pub fn inverse(perm: &[i64]) -> Vec<i64> {
 mod tests {
     use crate::model::graph::attr_ints;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn transpose() {
+        transpose_cases(check);
+    }
+    fn transpose_cases(check: fn(Case)) {
         check(Case::new("Transpose").input(&[2, 3, 4]));
         check(
             Case::new("Transpose")
@@ -58,5 +74,9 @@ mod tests {
                 .input(&[2, 3, 4, 5])
                 .attr(attr_ints("perm", &[0, 3, 1, 2])),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        transpose_cases(check_torch);
     }
 }

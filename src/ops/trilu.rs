@@ -2,6 +2,8 @@
 //! offset by the optional integer input `k`. https://onnx.ai/onnx/operators/onnx__Trilu.html
 //!
 //! A mask, so self-adjoint: dX = Trilu(dY, k) with the same attributes.
+use super::attrs::Attrs;
+use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -10,7 +12,21 @@ pub static RULE: Rule = Rule {
     op: "Trilu",
     kind: Kind::Linear,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let k = match opt_input(&v, 1) {
+        Some(t) => ints(t)?.first().copied().unwrap_or(0),
+        None => 0,
+    };
+    if c.attr_i("upper", 1) != 0 {
+        one(x.f_triu(k)?)
+    } else {
+        one(x.f_tril(k)?)
+    }
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -26,13 +42,20 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn trilu_upper() {
+        trilu_upper_cases(check);
+    }
+    fn trilu_upper_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[3, 4]));
         check(Case::new("Trilu").input(&[2, 3, 4]).ints(&[], &[1]));
     }
     #[test]
     fn trilu_lower() {
+        trilu_lower_cases(check);
+    }
+    fn trilu_lower_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[4, 3]).attr(attr_int("upper", 0)));
         check(
             Case::new("Trilu")
@@ -40,5 +63,10 @@ mod tests {
                 .ints(&[], &[-1])
                 .attr(attr_int("upper", 0)),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        trilu_upper_cases(check_torch);
+        trilu_lower_cases(check_torch);
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! C is boolean, not differentiable. dA = unbroadcast(Where(C, dY, 0)),
 //! dB = unbroadcast(Where(C, 0, dY)).
+use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
@@ -11,7 +12,13 @@ pub static RULE: Rule = Rule {
     op: "Where",
     kind: Kind::Elementwise,
     vjp: Some(vjp),
+    torch: Some(torch),
 };
+
+fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let cond = input(&v, 0)?.f_to_kind(tch::Kind::Bool)?;
+    one(input(&v, 1)?.f_where_self(&cond, input(&v, 2)?)?)
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
@@ -40,8 +47,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
+    use crate::ops::torch_testing::check_torch;
     #[test]
     fn where_same_shapes() {
+        where_same_shapes_cases(check);
+    }
+    fn where_same_shapes_cases(check: fn(Case)) {
         check(
             Case::new("Where")
                 .bools(&[2, 3], &[true, false, true, false, false, true])
@@ -51,6 +62,9 @@ mod tests {
     }
     #[test]
     fn where_broadcasting() {
+        where_broadcasting_cases(check);
+    }
+    fn where_broadcasting_cases(check: fn(Case)) {
         // Condition broadcast over the leading axis, A over the last, B a scalar-like [1].
         check(
             Case::new("Where")
@@ -71,5 +85,10 @@ mod tests {
                 .input(&[2, 3])
                 .fixed(&[3]),
         );
+    }
+    #[test]
+    fn torch_forward() {
+        where_same_shapes_cases(check_torch);
+        where_broadcasting_cases(check_torch);
     }
 }

@@ -1,0 +1,303 @@
+//! The one check every libtorch forward is tested with (`check_torch`): the one-op graph of a
+//! [`Case`] (the same cases the gradient rule is checked on), run by ONNX Runtime and by the op's
+//! `torch` forward on the same random inputs, in f32. Every output the node names is compared:
+//! element type, shape, and values (floats to 1e-5 of the output's largest magnitude, integers
+//! and booleans exactly). `check_torch_graph` does the same for a graph of several nodes
+//! (sequence ops), walking its nodes in order with the ops' forwards.
+use super::testing::{Case, In, Rng};
+use super::torch::{from_proto, Value};
+use super::TorchCtx;
+use crate::model::graph::{tensor_i64, value_info};
+use crate::tensor::DType;
+use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Relative tolerance for float outputs (of the output's largest magnitude).
+const TOL: f64 = 1e-5;
+
+type Feed = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = 10;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    m.graph = protobuf::MessageField::some(graph);
+    m
+}
+
+/// An output as ONNX Runtime or libtorch produced it, for comparison.
+#[derive(Debug)]
+struct Out {
+    /// The ONNX element type.
+    dtype: DType,
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+fn ort_outputs(proto: &ModelProto, feed: &Feed, names: &[String]) -> Vec<Out> {
+    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
+    let mut s = crate::runtime::session(&bytes, 1, "test").unwrap();
+    let values: Vec<(String, ort::value::DynValue)> = feed
+        .iter()
+        .map(|(n, shape, v)| {
+            let shp: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let t = ort::value::Tensor::from_array((shp, v.clone())).unwrap();
+            (n.clone(), t.into_dyn())
+        })
+        .collect();
+    let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = values
+        .iter()
+        .map(|(n, v)| (n.as_str().into(), v.into()))
+        .collect();
+    let out = s.run(inputs).unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let v = &out[name.as_str()];
+            macro_rules! get {
+                ($t:ty, $dt:expr, $conv:expr) => {
+                    if let Ok(a) = v.try_extract_array::<$t>() {
+                        return Out {
+                            dtype: $dt,
+                            shape: a.shape().to_vec(),
+                            values: a.iter().map($conv).collect(),
+                        };
+                    }
+                };
+            }
+            get!(f32, DType::F32, |&x| x as f64);
+            get!(f64, DType::F64, |&x| x);
+            get!(i64, DType::I64, |&x| x as f64);
+            get!(i32, DType::I32, |&x| x as f64);
+            get!(bool, DType::Bool, |&x| x as u8 as f64);
+            get!(u8, DType::U8, |&x| x as f64);
+            panic!("output {name}: element type {:?} not handled", v.dtype())
+        })
+        .collect()
+}
+
+fn torch_out(t: &Tensor) -> Out {
+    let dtype = match t.kind() {
+        Kind::Float => DType::F32,
+        Kind::Double => DType::F64,
+        Kind::Int64 => DType::I64,
+        Kind::Int => DType::I32,
+        Kind::Bool => DType::Bool,
+        Kind::Uint8 => DType::U8,
+        k => panic!("libtorch output of kind {k:?} not handled"),
+    };
+    let flat = t.reshape([-1]).to_kind(Kind::Double);
+    Out {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        values: Vec::<f64>::try_from(&flat).unwrap(),
+    }
+}
+
+/// Runs `graph`'s nodes in order with their torch forwards; returns the named values.
+fn torch_run(graph: &GraphProto, feed: &Feed, names: &[String]) -> Vec<Value> {
+    let mut values: HashMap<String, Value> = HashMap::new();
+    for t in &graph.initializer {
+        values.insert(
+            t.name.clone(),
+            Value::Tensor(from_proto(t, Device::Cpu).unwrap()),
+        );
+    }
+    for (n, shape, v) in feed {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        values.insert(
+            n.clone(),
+            Value::Tensor(Tensor::from_slice(v).reshape(dims.as_slice())),
+        );
+    }
+    for node in &graph.node {
+        let rule = super::rule(&node.op_type)
+            .unwrap_or_else(|| panic!("{} is not registered", node.op_type));
+        let fwd = rule
+            .torch
+            .unwrap_or_else(|| panic!("{} has no torch forward", node.op_type));
+        let inputs: Vec<Value> = node
+            .input
+            .iter()
+            .map(|i| {
+                if i.is_empty() {
+                    Value::None
+                } else {
+                    values
+                        .get(i)
+                        .unwrap_or_else(|| panic!("no value '{i}'"))
+                        .shallow_clone()
+                }
+            })
+            .collect();
+        let ctx = TorchCtx::new(node, None, Device::Cpu);
+        let outs = fwd(&ctx, inputs)
+            .unwrap_or_else(|e| panic!("torch forward of {}: {e:#}", node.op_type));
+        for (name, v) in node.output.iter().zip(outs) {
+            if !name.is_empty() {
+                values.insert(name.clone(), v);
+            }
+        }
+    }
+    names
+        .iter()
+        .map(|n| {
+            values
+                .remove(n)
+                .unwrap_or_else(|| panic!("the torch forward gave no output '{n}'"))
+        })
+        .collect()
+}
+
+fn compare(label: &str, name: &str, ours: &Out, reference: &Out) {
+    assert_eq!(
+        ours.dtype, reference.dtype,
+        "{label} output {name}: element type {} from libtorch, {} from ONNX Runtime",
+        ours.dtype, reference.dtype
+    );
+    assert_eq!(
+        ours.shape, reference.shape,
+        "{label} output {name}: shape {:?} from libtorch, {:?} from ONNX Runtime",
+        ours.shape, reference.shape
+    );
+    let exact = !reference.dtype.is_float();
+    let scale = reference
+        .values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let mut worst = (0.0f64, 0usize);
+    for (j, (a, b)) in ours.values.iter().zip(&reference.values).enumerate() {
+        let same = a == b || (a.is_nan() && b.is_nan());
+        if exact || !b.is_finite() {
+            assert!(
+                same,
+                "{label} output {name}: element {j} is {a} from libtorch, {b} from ONNX Runtime"
+            );
+            continue;
+        }
+        let err = (a - b).abs() / scale.max(f64::MIN_POSITIVE);
+        if !same && !(err <= worst.0) {
+            worst = (err, j);
+        }
+    }
+    assert!(
+        worst.0 <= TOL,
+        "{label} output {name}: element {} is {} from libtorch, {} from ONNX Runtime (error {:.2e} of the largest magnitude {scale:.3e} > {TOL:.0e})",
+        worst.1,
+        ours.values[worst.1],
+        reference.values[worst.1],
+        worst.0
+    );
+}
+
+/// Runs `graph` by ONNX Runtime and by the torch forwards; compares the `outputs`.
+fn verify(label: &str, mut graph: GraphProto, feed: Feed, outputs: &[String], opset: i64) {
+    graph.output.clear();
+    for o in outputs {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = o.clone();
+        graph.output.push(v);
+    }
+    let reference = ort_outputs(&model_of(graph.clone(), opset), &feed, outputs);
+    let ours = torch_run(&graph, &feed, outputs);
+    for ((name, o), r) in outputs.iter().zip(&ours).zip(&reference) {
+        let t = o
+            .tensor()
+            .unwrap_or_else(|| panic!("{label} output {name} is not a tensor"));
+        compare(label, name, &torch_out(t), r);
+    }
+}
+
+/// The case's one-op graph by ONNX Runtime and by the op's torch forward, inputs in f32.
+pub fn check_torch(case: Case) {
+    check_torch_except(case, &[])
+}
+
+/// [`check_torch`] leaving out the outputs `skip`, where the forward differs from ONNX by
+/// design (say why at the call).
+pub fn check_torch_except(case: Case, skip: &[usize]) {
+    let mut rng = Rng(case.seed);
+    let mut g = GraphProto::new();
+    let mut node = NodeProto::new();
+    node.op_type = case.op.clone();
+    node.name = "op".into();
+    node.attribute = case.attrs.clone();
+    let mut feed: Feed = Vec::new();
+    for (i, inp) in case.inputs.iter().enumerate() {
+        let name = format!("in{i}");
+        let (shape, v): (&Vec<usize>, Vec<f32>) = match inp {
+            In::Absent => {
+                node.input.push(String::new());
+                continue;
+            }
+            In::Ints(shape, v) => {
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                g.initializer.push(tensor_i64(&name, &dims, v));
+                node.input.push(name);
+                continue;
+            }
+            In::Bools(shape, v) => {
+                let mut t = TensorProto::new();
+                t.name = name.clone();
+                t.data_type = DType::Bool.onnx();
+                t.dims = shape.iter().map(|&d| d as i64).collect();
+                t.raw_data = v.iter().map(|&b| b as u8).collect();
+                g.initializer.push(t);
+                node.input.push(name);
+                continue;
+            }
+            In::Float(shape, lo, hi) => (
+                shape,
+                (0..shape.iter().product())
+                    .map(|_| rng.uniform(*lo, *hi) as f32)
+                    .collect(),
+            ),
+            In::Values(shape, v) => (shape, v.iter().map(|&x| x as f32).collect()),
+            In::Fixed(shape) => (
+                shape,
+                (0..shape.iter().product())
+                    .map(|_| rng.uniform(-1.0, 1.0) as f32)
+                    .collect(),
+            ),
+        };
+        let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
+        g.input.push(value_info(&name, DType::F32, &dims, "N"));
+        feed.push((name.clone(), shape.clone(), v));
+        node.input.push(name);
+    }
+    node.output = (0..case.outputs).map(|k| format!("out{k}")).collect();
+    let outputs: Vec<String> = (0..case.outputs)
+        .filter(|k| !skip.contains(k))
+        .map(|k| format!("out{k}"))
+        .collect();
+    g.node.push(node);
+    verify(&case.op, g, feed, &outputs, case.opset);
+}
+
+/// [`check_torch`] for a graph of several nodes (as [`super::testing::check_graph`] takes it):
+/// each of `inputs` is an f32 graph input with random values in [-1, 1]; opset 20.
+pub fn check_torch_graph(
+    label: &str,
+    graph: GraphProto,
+    inputs: &[(&str, &[usize])],
+    outputs: &[&str],
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let mut g = graph;
+    let mut feed: Feed = Vec::new();
+    for (name, shape) in inputs {
+        let v: Vec<f32> = (0..shape.iter().product())
+            .map(|_| rng.uniform(-1.0, 1.0) as f32)
+            .collect();
+        let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
+        g.input.push(value_info(name, DType::F32, &dims, "N"));
+        feed.push((name.to_string(), shape.to_vec(), v));
+    }
+    let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    verify(label, g, feed, &outputs, 20);
+}
