@@ -239,7 +239,37 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             attr_ints("pads", &win.pads),
         ]
     };
-    if c.needs(0) {
+    // Stride 1, one group: dX[h] = sum_j dYpad[h + j d] W[k-1-j], a plain Conv of dY with the
+    // kernel flipped and its two channel axes swapped, padded by (k-1)d - p on each side. A Conv
+    // whose weight is a constant lets ONNX Runtime pre-pack it (and use its NCHWc kernels) when
+    // the checkpoint is baked into the session; ConvTranspose is the general form.
+    let flip_ok = group == 1
+        && win.strides.iter().all(|&s| s == 1)
+        && (0..k).all(|i| win.pads[i] <= win.span(i) - 1 && win.pads[k + i] <= win.span(i) - 1);
+    if c.needs(0) && flip_ok {
+        let axes: Vec<i64> = (2..2 + k as i64).collect();
+        let (st, en, ax, steps) = (
+            c.ints(&vec![-1; k]),
+            c.ints(&vec![i64::MIN; k]),
+            c.ints(&axes),
+            c.ints(&vec![-1; k]),
+        );
+        let flipped = c.op("Slice", &[&w, &st, &en, &ax, &steps], vec![]);
+        let perm: Vec<i64> = [1, 0].into_iter().chain(2..2 + k as i64).collect();
+        let wt = c.transpose(&flipped, &perm);
+        let pads: Vec<i64> = (0..2 * k)
+            .map(|j| win.span(j % k) - 1 - win.pads[j])
+            .collect();
+        let gx = c.op(
+            "Conv",
+            &[&g, &wt],
+            vec![
+                attr_ints("dilations", &win.dilations),
+                attr_ints("pads", &pads),
+            ],
+        );
+        c.set(0, gx);
+    } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
         let mut attrs = conv_attrs(&win.strides, &win.dilations);
         attrs.push(attr_int("group", group));
