@@ -94,6 +94,25 @@ pub struct GradArgs {
     /// On a non-finite loss or gradient: stop (exit 4), or record NaN for that checkpoint and go on.
     #[arg(long, value_enum, default_value_t = NonFinite::Stop)]
     pub on_nonfinite: NonFinite,
+    /// What computes each batch's gradient: probe's ONNX gradient graph run by ONNX Runtime, or
+    /// libtorch autograd on the model interpreted node by node (same quantities, same store).
+    #[arg(long, value_enum, default_value_t = EngineArg::Onnxruntime)]
+    pub engine: EngineArg,
+    /// Where --engine torch computes: cpu, or cuda (where libtorch sees a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineArg {
+    Onnxruntime,
+    Torch,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

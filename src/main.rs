@@ -4,7 +4,7 @@ mod cli;
 use clap::Parser;
 use cli::{Cli, Command};
 use probe::measure::eval::{EvalPlan, EvalRow};
-use probe::measure::grad::{GradPlan, GradRow, OnNonFinite};
+use probe::measure::grad::{Engine as GradEngine, GradPlan, GradRow, OnNonFinite};
 use std::process::ExitCode;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +49,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Grad(a) => {
+            let engine = match (a.engine, a.device) {
+                (cli::EngineArg::Onnxruntime, cli::DeviceArg::Cpu) => GradEngine::OnnxRuntime,
+                (cli::EngineArg::Onnxruntime, cli::DeviceArg::Cuda) => {
+                    use clap::CommandFactory;
+                    Cli::command()
+                        .error(
+                            clap::error::ErrorKind::ArgumentConflict,
+                            "--device cuda needs --engine torch (ONNX Runtime runs on the CPU here)",
+                        )
+                        .exit()
+                }
+                (cli::EngineArg::Torch, cli::DeviceArg::Cpu) => GradEngine::Torch(tch::Device::Cpu),
+                (cli::EngineArg::Torch, cli::DeviceArg::Cuda) => {
+                    GradEngine::Torch(tch::Device::Cuda(0))
+                }
+            };
             let c = a.common;
             let plan = GradPlan {
                 model: c.model,
@@ -60,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 weight_decay: a.weight_decay,
                 save_grad: a.save_grad,
                 bn_train: a.bn == cli::Bn::Train,
+                engine,
                 shard: a.shard.unwrap_or((0, 1)),
                 on_nonfinite: if a.on_nonfinite == cli::NonFinite::Stop {
                     OnNonFinite::Stop

@@ -1,9 +1,15 @@
 //! `probe grad`: the exact gradient of the full-dataset mean loss at each checkpoint.
 //!
-//! One deterministic pass over every sample, in order: each batch's gradient graph returns the
-//! gradient of the batch's *summed* loss (f32, within the batch); those are accumulated across
-//! batches in f64 and divided by the number of target elements, giving the gradient of the mean
-//! loss `L(w) = (1/M) sum_i l_i(w)` over the whole data set.
+//! One deterministic pass over every sample, in order: each batch gives the gradient of the
+//! batch's *summed* loss (f32, within the batch); those are accumulated across batches in f64
+//! and divided by the number of target elements, giving the gradient of the mean loss
+//! `L(w) = (1/M) sum_i l_i(w)` over the whole data set.
+//!
+//! Two engines compute a batch ([`BatchEngine`]): probe's ONNX gradient graph run by ONNX
+//! Runtime ([`OrtEngine`], the default), or libtorch autograd on the model interpreted node by
+//! node ([`TorchEngine`], `--engine torch`, CPU or `--device cuda`). Everything else, the pass,
+//! the f64 sums, non-finite batches, the metrics and the store, is one code path; the store's
+//! `engine` and `device` attributes record which computed the rows.
 //!
 //! Per checkpoint the store gets (see `docs/schema.md`): loss, accuracy, |g|_2, |g|_1, |g|_inf,
 //! per-parameter |g|_2, |w|_2 and per-parameter |w|_2, distances to the previous and the first
@@ -12,11 +18,12 @@
 use super::check::{data_fits_model, targets_in_range};
 use super::eval::{input_value, state_arrays};
 use crate::autodiff::model_grad::{grad_graph, GradGraph, GradOptions};
-use crate::data::{batches, Dataset};
+use crate::data::{batches, Batch, Dataset};
 use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
 use crate::store::{Cell, RunInfo, Store};
-use anyhow::{anyhow, Result};
+use crate::train::interp::{Interpreter, Mode, State};
+use anyhow::{anyhow, Context, Result};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
@@ -40,6 +47,7 @@ pub struct GradPlan {
     pub weight_decay: Option<f64>,
     pub save_grad: bool,
     pub bn_train: bool,
+    pub engine: Engine,
     pub shard: (usize, usize),
     pub on_nonfinite: OnNonFinite,
     pub threads: usize,
@@ -56,18 +64,244 @@ pub struct GradResult {
     pub accuracy: f64,
     pub samples: usize,
     pub elements: usize,
-    /// Gradient of the mean loss per parameter (graph order), f64.
+    /// Gradient of the mean loss per parameter (the engine's order), f64.
     pub grads: Vec<Vec<f64>>,
     /// Batches whose loss or gradient was not finite (their values are left out).
     pub nonfinite_batches: Vec<usize>,
     pub seconds: f64,
 }
 
-/// One pass over the data at one checkpoint.
+/// Which engine computes each batch's loss and gradient (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// probe's ONNX gradient graph, run by ONNX Runtime on CPU.
+    OnnxRuntime,
+    /// libtorch autograd on the model interpreted node by node ([`crate::train::interp`]).
+    Torch(tch::Device),
+}
+
+impl Engine {
+    /// As the store's `engine` attribute records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::OnnxRuntime => "onnxruntime",
+            Engine::Torch(_) => "torch",
+        }
+    }
+    pub fn device_name(self) -> &'static str {
+        match self {
+            Engine::Torch(tch::Device::Cuda(_)) => "cuda",
+            _ => "cpu",
+        }
+    }
+}
+
+/// One batch's share, as an engine computes it (in f32).
+pub struct BatchGrad {
+    /// The batch's summed loss.
+    pub loss: f64,
+    /// Its correct count (cross-entropy).
+    pub correct: Option<f64>,
+    /// The gradient of the summed loss per parameter, in [`BatchEngine::params`] order.
+    pub grads: Vec<Vec<f32>>,
+}
+
+/// What computes one batch at one checkpoint; everything around it (the pass over the data,
+/// f64 accumulation, non-finite handling, metrics, the store) is shared by the engines.
+pub trait BatchEngine {
+    /// The parameters whose gradients [`BatchEngine::batch`] returns, in order.
+    fn params(&self) -> &[String];
+    /// Takes `ckpt`'s state for the batches that follow.
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<()>;
+    fn batch(&mut self, b: &Batch) -> Result<BatchGrad>;
+}
+
+/// The ONNX gradient graph ([`grad_graph`]) in an ONNX Runtime session.
+pub struct OrtEngine {
+    session: Session,
+    graph: GradGraph,
+    params: Vec<String>,
+    state: Vec<ndarray::ArrayD<f32>>,
+}
+
+impl OrtEngine {
+    pub fn new(session: Session, graph: GradGraph) -> OrtEngine {
+        let params = graph.grads.iter().map(|(p, _)| p.clone()).collect();
+        OrtEngine {
+            session,
+            graph,
+            params,
+            state: vec![],
+        }
+    }
+}
+
+impl BatchEngine for OrtEngine {
+    fn params(&self) -> &[String] {
+        &self.params
+    }
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.state = state_arrays(&self.graph.state, ckpt)?;
+        Ok(())
+    }
+    fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
+        let graph = &self.graph;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
+            Vec::with_capacity(2 + self.state.len());
+        inputs.push((graph.input.as_str().into(), input_value(&b.x)?));
+        inputs.push((graph.target.as_str().into(), input_value(&b.y)?));
+        for (name, a) in graph.state.iter().zip(&self.state) {
+            inputs.push((
+                name.as_str().into(),
+                TensorRef::from_array_view(a.view())?.into(),
+            ));
+        }
+        let out = self
+            .session
+            .run(inputs)
+            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        let scalar = |name: &str| -> Result<f64> {
+            Ok(out[name]
+                .try_extract_array::<f32>()?
+                .iter()
+                .next()
+                .copied()
+                .unwrap_or(f32::NAN) as f64)
+        };
+        let mut grads = Vec::with_capacity(graph.grads.len());
+        for (_, gname) in &graph.grads {
+            let (_, v) = out[gname.as_str()].try_extract_tensor::<f32>()?;
+            grads.push(v.to_vec());
+        }
+        Ok(BatchGrad {
+            loss: scalar(&graph.loss_sum)?,
+            correct: match &graph.correct_sum {
+                Some(c) => Some(scalar(c)?),
+                None => None,
+            },
+            grads,
+        })
+    }
+}
+
+/// libtorch autograd on the interpreted model: the loss head of [`crate::autodiff::loss`]
+/// (cross-entropy as log_softmax and the target's entry, or squared error), summed in f32 as
+/// the ONNX graph sums it, then one backward pass.
+pub struct TorchEngine<'m> {
+    model: &'m Model,
+    interp: Interpreter,
+    mode: Mode,
+    loss: crate::autodiff::LossKind,
+    params: Vec<String>,
+    state: State,
+}
+
+impl<'m> TorchEngine<'m> {
+    pub fn new(
+        model: &'m Model,
+        device: tch::Device,
+        bn_train: bool,
+        loss: crate::autodiff::LossKind,
+    ) -> Result<TorchEngine<'m>> {
+        let interp = Interpreter::new(model, device)?;
+        let params = interp.trainable().to_vec();
+        if params.is_empty() {
+            return Err(crate::error::input(format!(
+                "{}: the model has no trainable (float parameter) initializers: nothing to differentiate",
+                model.path.display()
+            )));
+        }
+        Ok(TorchEngine {
+            model,
+            interp,
+            mode: if bn_train {
+                Mode::BatchStats
+            } else {
+                Mode::Eval
+            },
+            loss,
+            params,
+            state: State::default(),
+        })
+    }
+}
+
+/// A batch array as a libtorch tensor on `device`.
+pub fn to_tensor(a: &crate::data::Array, device: tch::Device) -> Result<tch::Tensor> {
+    use crate::data::Array;
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let t = match a {
+        Array::F32(x) => match x.as_slice() {
+            Some(s) => tch::Tensor::f_from_slice(s)?,
+            None => tch::Tensor::f_from_slice(&x.iter().copied().collect::<Vec<_>>())?,
+        },
+        Array::I64(x) => match x.as_slice() {
+            Some(s) => tch::Tensor::f_from_slice(s)?,
+            None => tch::Tensor::f_from_slice(&x.iter().copied().collect::<Vec<_>>())?,
+        },
+    };
+    Ok(t.f_reshape(shape.as_slice())?.f_to_device(device)?)
+}
+
+impl BatchEngine for TorchEngine<'_> {
+    fn params(&self) -> &[String] {
+        &self.params
+    }
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.state = State::from_checkpoint(self.model, ckpt, self.interp.device())?;
+        Ok(())
+    }
+    fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
+        use crate::autodiff::LossKind;
+        use tch::{Kind, Tensor};
+        let device = self.interp.device();
+        let x = to_tensor(&b.x, device)?;
+        let y = to_tensor(&b.y, device)?;
+        let z = self.interp.forward(&self.state, &x, self.mode)?;
+        let (loss, correct) = match self.loss {
+            LossKind::CrossEntropy => {
+                let c = *z.size().last().unwrap_or(&1);
+                let z = z.f_reshape([-1, c])?;
+                let t = y.f_reshape([-1])?;
+                let picked =
+                    z.f_log_softmax(1, None::<Kind>)?
+                        .f_gather(1, &t.f_unsqueeze(1)?, false)?;
+                let loss = picked.f_sum(Kind::Float)?.f_neg()?;
+                let correct = z.f_argmax(1, false)?.f_eq_tensor(&t)?.f_sum(Kind::Int64)?;
+                (loss, Some(i64::try_from(&correct)? as f64))
+            }
+            LossKind::Mse => {
+                let d = z.f_reshape([-1])?.f_sub(&y.f_reshape([-1])?)?;
+                (d.f_square()?.f_sum(Kind::Float)?, None)
+            }
+        };
+        let inputs: Vec<&Tensor> = self.params.iter().map(|p| &self.state[p]).collect();
+        let grads = Tensor::f_run_backward(&[&loss], &inputs, false, false)?;
+        let grads = grads
+            .iter()
+            .zip(&inputs)
+            .map(|(g, p)| {
+                // A parameter the loss does not reach has an undefined gradient: exactly zero.
+                if !g.defined() {
+                    return Ok(vec![0f32; p.numel()]);
+                }
+                let flat = g.f_reshape([-1])?;
+                Ok(Vec::<f32>::try_from(&flat)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BatchGrad {
+            loss: f32::try_from(&loss)? as f64,
+            correct,
+            grads,
+        })
+    }
+}
+
+/// One pass over the data at one checkpoint: each batch's summed loss and gradient from
+/// `engine`, accumulated in f64, divided by the number of target elements.
 #[allow(clippy::too_many_arguments)]
 pub fn full_gradient(
-    session: &mut Session,
-    graph: &GradGraph,
+    engine: &mut dyn BatchEngine,
     ckpt: &Checkpoint,
     data: &mut dyn Dataset,
     batch: usize,
@@ -76,49 +310,29 @@ pub fn full_gradient(
     progress: &mut Progress,
 ) -> Result<GradResult> {
     let t0 = std::time::Instant::now();
-    let state = state_arrays(&graph.state, ckpt)?;
+    engine.load(ckpt)?;
     let spec = data.spec().clone();
-    let mut acc: Vec<Vec<f64>> = graph
-        .grads
+    let mut acc: Vec<Vec<f64>> = engine
+        .params()
         .iter()
-        .map(|(p, _)| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
+        .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
         .collect();
     let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
+    let mut has_correct = false;
     let mut nonfinite = Vec::new();
     for (bi, (start, count)) in batches(spec.len, batch).enumerate() {
         let b = data.read(start, count)?;
         targets_in_range(&b, classes, &spec.identity)?;
         let per_sample: usize = b.y.shape()[1..].iter().product();
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
-        inputs.push((graph.input.as_str().into(), input_value(&b.x)?));
-        inputs.push((graph.target.as_str().into(), input_value(&b.y)?));
-        for (name, a) in graph.state.iter().zip(&state) {
-            inputs.push((
-                name.as_str().into(),
-                TensorRef::from_array_view(a.view())?.into(),
-            ));
-        }
-        let out = session.run(inputs).map_err(|e| {
-            anyhow!(
-                "{}: ONNX Runtime failed on samples {}..{}: {e}",
+        let r = engine.batch(&b).with_context(|| {
+            format!(
+                "{}: samples {}..{}",
                 ckpt.path.display(),
                 start,
                 start + count
             )
         })?;
-        let l = out[graph.loss_sum.as_str()]
-            .try_extract_array::<f32>()?
-            .iter()
-            .next()
-            .copied()
-            .unwrap_or(f32::NAN) as f64;
-        let mut finite = l.is_finite();
-        let mut gs = Vec::with_capacity(graph.grads.len());
-        for (_, gname) in &graph.grads {
-            let (_, v) = out[gname.as_str()].try_extract_tensor::<f32>()?;
-            finite &= v.iter().all(|x| x.is_finite());
-            gs.push(v);
-        }
+        let finite = r.loss.is_finite() && r.grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
         if !finite {
             let msg = format!(
                 "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
@@ -137,20 +351,16 @@ pub fn full_gradient(
             progress.inc(count as u64);
             continue;
         }
-        for (a, v) in acc.iter_mut().zip(&gs) {
+        for (a, v) in acc.iter_mut().zip(&r.grads) {
             for (s, &x) in a.iter_mut().zip(v.iter()) {
                 *s += x as f64;
             }
         }
-        loss_sum += l;
+        loss_sum += r.loss;
         elements += count * per_sample.max(1);
-        if let Some(c) = &graph.correct_sum {
-            correct_sum += out[c.as_str()]
-                .try_extract_array::<f32>()?
-                .iter()
-                .next()
-                .copied()
-                .unwrap_or(0.0) as f64;
+        if let Some(c) = r.correct {
+            correct_sum += c;
+            has_correct = true;
         }
         progress.inc(count as u64);
     }
@@ -163,7 +373,7 @@ pub fn full_gradient(
     }
     Ok(GradResult {
         loss: if nan { f64::NAN } else { loss_sum / m },
-        accuracy: if graph.correct_sum.is_some() && !nan {
+        accuracy: if has_correct && !nan {
             correct_sum / m
         } else {
             f64::NAN
@@ -180,12 +390,11 @@ fn l2(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-/// Trainable parameters of a checkpoint in the gradient graph's order, as f64.
-fn weights(graph: &GradGraph, c: &Checkpoint) -> Vec<Vec<f64>> {
-    graph
-        .grads
+/// The named parameters of a checkpoint, as f64.
+fn weights(names: &[String], c: &Checkpoint) -> Vec<Vec<f64>> {
+    names
         .iter()
-        .map(|(p, _)| {
+        .map(|p| {
             c.tensors
                 .get(p)
                 .and_then(|t| t.as_f32())
@@ -247,31 +456,47 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         ok
     };
     let (shard, shards) = plan.shard;
-    // Shapes are observed on the first samples of the data, at two batch sizes.
-    let probe_sizes: Vec<usize> = if spec.len >= 3 {
-        vec![2, 3]
-    } else {
-        vec![spec.len]
+    let mut engine: Box<dyn BatchEngine + '_> = match plan.engine {
+        Engine::OnnxRuntime => {
+            // Shapes are observed on the first samples of the data, at two batch sizes.
+            let probe_sizes: Vec<usize> = if spec.len >= 3 {
+                vec![2, 3]
+            } else {
+                vec![spec.len]
+            };
+            let mut samples = Vec::new();
+            for n in probe_sizes {
+                let b = data.read(0, n)?;
+                samples.push((b.x.to_host(), b.y.to_host()));
+            }
+            let opts = GradOptions {
+                loss: plan.loss,
+                bn_train: plan.bn_train,
+                wrt: None,
+            };
+            let graph = grad_graph(&model, &opts, &samples)?;
+            let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
+            let session = crate::runtime::session(&bytes, plan.threads, "gradient")?;
+            Box::new(OrtEngine::new(session, graph))
+        }
+        Engine::Torch(device) => {
+            if device.is_cuda() && !tch::Cuda::is_available() {
+                return Err(anyhow!(
+                    "--device cuda: libtorch sees no GPU (a CUDA build of libtorch, a driver, and a \
+                     probe built with PROBE_TORCH_CUDA=1 are needed)"
+                ));
+            }
+            tch::set_num_threads(plan.threads as i32);
+            Box::new(TorchEngine::new(&model, device, plan.bn_train, plan.loss)?)
+        }
     };
-    let mut samples = Vec::new();
-    for n in probe_sizes {
-        let b = data.read(0, n)?;
-        samples.push((b.x.to_host(), b.y.to_host()));
-    }
-    let opts = GradOptions {
-        loss: plan.loss,
-        bn_train: plan.bn_train,
-        wrt: None,
-    };
-    let graph = grad_graph(&model, &opts, &samples)?;
-    let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
-    let mut session = crate::runtime::session(&bytes, plan.threads, "gradient")?;
     let mut extra = std::collections::BTreeMap::new();
     extra.insert(
         "bn".to_string(),
         if plan.bn_train { "train" } else { "eval" }.to_string(),
     );
-    extra.insert("engine".to_string(), "onnxruntime".to_string());
+    extra.insert("engine".to_string(), plan.engine.name().to_string());
+    extra.insert("device".to_string(), plan.engine.device_name().to_string());
     extra.insert(
         "weight_decay".to_string(),
         plan.weight_decay.map(|l| l.to_string()).unwrap_or_default(),
@@ -288,10 +513,10 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         extra,
     };
     let mut store = Store::open(&plan.out, &info, plan.force)?;
-    let names: Vec<String> = graph.grads.iter().map(|(p, _)| p.clone()).collect();
+    let names: Vec<String> = engine.params().to_vec();
     store.put_strings("params/name", &names)?;
     let done = store.done();
-    let first_w = weights(&graph, &all[0]);
+    let first_w = weights(&names, &all[0]);
     let mut rows = Vec::new();
     let mut nonfinite_rows = 0;
     let result = (|| -> Result<()> {
@@ -313,8 +538,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 .unwrap_or_default();
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
             let r = full_gradient(
-                &mut session,
-                &graph,
+                engine.as_mut(),
                 c,
                 data.as_mut(),
                 plan.batch,
@@ -326,9 +550,9 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             if !r.nonfinite_batches.is_empty() {
                 nonfinite_rows += 1;
             }
-            let w = weights(&graph, c);
+            let w = weights(&names, c);
             let prev_w = if k > 0 {
-                weights(&graph, &all[k - 1])
+                weights(&names, &all[k - 1])
             } else {
                 w.clone()
             };
@@ -405,7 +629,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 ));
             }
             if plan.save_grad {
-                for ((p, _), g) in graph.grads.iter().zip(&r.grads) {
+                for (p, g) in names.iter().zip(&r.grads) {
                     let shape = c.tensors[p].shape.clone();
                     row.push((format!("grad/full/{p}"), Cell::F64s(shape, g.clone())));
                 }

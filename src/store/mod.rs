@@ -27,7 +27,8 @@
 //! | `/grad/full/<name>` | [K, ...shape] f64 | with `--save-grad`: g itself |
 //! | `/nonfinite_batches` | [K] i64 | batches with NaN/Inf (their row holds NaN) |
 //!
-//! and the attributes `bn` (eval or train), `engine`, `weight_decay`.
+//! and the attributes `bn` (eval or train), `engine` (onnxruntime or torch), `device` (cpu or
+//! cuda), `weight_decay`.
 //!
 //! File attributes: `schema_version`, `probe_version`, `command` (what was run: eval, grad),
 //! `command_line`, `model_path`, `model_sha256`, `data`, `data_samples`, `batch_size`, `loss`,
