@@ -26,7 +26,7 @@ import zoo  # noqa: E402
 
 def pytorch_grad(name, x, y, batch, threads):
     torch.set_num_threads(threads)
-    model = zoo.build(name).eval()
+    model = reference.load_model(name)
     params = dict(model.named_parameters())
     acc = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
     t0 = time.perf_counter()
@@ -46,31 +46,34 @@ def main():
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--onnx", help="with --model FILE.py: the ONNX export of that model")
     a = p.parse_args()
     exe = os.path.join(ROOT, "target", "release", "probe")
     if not os.path.exists(exe):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     names = ["mlp", "resnet", "gpt"] if a.model == "all" else [a.model]
+    onnx_of = lambda n: a.onnx if a.onnx else os.path.join(ROOT, "models", f"{n}.onnx")
     print(f"{'model':>8} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as d:
         for name in names:
-            if name == "gpt":
+            if name == "gpt" or (a.onnx and "lm" in name):
                 x, y = reference.shakespeare(a.n)
             else:
                 x, y = reference.fashion_mnist(a.n)
             import h5py
 
-            data = os.path.join(d, f"{name}.h5")
+            tag = os.path.basename(name).replace(".py", "")
+            data = os.path.join(d, f"{tag}.h5")
             with h5py.File(data, "w") as f:
                 f["x"], f["y"] = x, y
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
             t0 = time.perf_counter()
-            subprocess.run([exe, "--quiet", "grad", "--model", os.path.join(ROOT, "models", f"{name}.onnx"),
+            subprocess.run([exe, "--quiet", "grad", "--model", onnx_of(name),
                             "--data", data, "--batch", str(a.batch), "--threads", str(a.threads),
-                            "--out", os.path.join(d, f"{name}.out.h5")], check=True, stdout=subprocess.DEVNULL)
+                            "--out", os.path.join(d, f"{tag}.out.h5")], check=True, stdout=subprocess.DEVNULL)
             t_pr = time.perf_counter() - t0
-            print(f"{name:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x",
+            print(f"{tag:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x",
                   flush=True)
 
 
