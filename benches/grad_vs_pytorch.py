@@ -4,6 +4,9 @@ Both compute the gradient of the mean cross-entropy over the same N samples, wit
 size and thread count, at the model's initial weights. PyTorch's time covers only its gradient loop
 (data already in memory, f32 forward/backward, f64 accumulation as probe does); probe's time is
 its whole process (loading, building the gradient graph, reading the data, writing HDF5).
+probe runs twice: with its default engine (the ONNX gradient graph on ONNX Runtime) and with
+`--engine torch` (libtorch autograd on the interpreted graph, the "torch" columns); each ratio is
+PyTorch's time over that run's (above 1: faster than PyTorch).
 
     .venv/bin/python benches/grad_vs_pytorch.py [--model resnet|gpt|mlp|all] [--n N] [--batch B]
 """
@@ -53,7 +56,7 @@ def main():
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     names = ["mlp", "resnet", "gpt"] if a.model == "all" else [a.model]
     onnx_of = lambda n: a.onnx if a.onnx else os.path.join(ROOT, "models", f"{n}.onnx")
-    print(f"{'model':>8} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6}")
+    print(f"{'model':>8} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6} {'torch s/s':>10} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             if name == "gpt" or (a.onnx and "lm" in name):
@@ -68,12 +71,17 @@ def main():
                 f["x"], f["y"] = x, y
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
+            cmd = [exe, "--quiet", "grad", "--model", onnx_of(name),
+                   "--data", data, "--batch", str(a.batch), "--threads", str(a.threads),
+                   "--out", os.path.join(d, f"{tag}.out.h5")]
             t0 = time.perf_counter()
-            subprocess.run([exe, "--quiet", "grad", "--model", onnx_of(name),
-                            "--data", data, "--batch", str(a.batch), "--threads", str(a.threads),
-                            "--out", os.path.join(d, f"{tag}.out.h5")], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             t_pr = time.perf_counter() - t0
-            print(f"{tag:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x",
+            t0 = time.perf_counter()
+            subprocess.run(cmd[:-1] + [cmd[-1] + ".torch.h5", "--engine", "torch"], check=True,
+                           stdout=subprocess.DEVNULL)
+            t_to = time.perf_counter() - t0
+            print(f"{tag:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x {a.n / t_to:>10.0f} {t_pt / t_to:>6.2f}x",
                   flush=True)
 
 
