@@ -2,4 +2,6 @@
 //! ([`interp`]), trained with libtorch autograd and PyTorch's optimizers ([`optim`]), writing the
 //! checkpoints `probe grad` reads ([`run`]).
 
+pub mod files;
 pub mod interp;
+pub mod optim;
