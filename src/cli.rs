@@ -49,6 +49,24 @@ checkpoints already complete there; a killed run leaves only complete rows.",
         after_help = "Example:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5"
     )]
     Grad(GradArgs),
+    /// Trains an ONNX model with libtorch and writes checkpoints probe eval/grad read.
+    #[command(
+        long_about = "Trains the model of an ONNX file (its initializers are the initial weights) with \
+libtorch: the graph is interpreted node by node in training mode (BatchNorm with batch statistics), the \
+loss is the batch's mean cross-entropy from logits (or --loss mse), and the step is PyTorch's \
+torch.optim.SGD / Adam / AdamW. Writes DIR/step-<8-digit step>.safetensors (every parameter and buffer \
+by ONNX name, float32; metadata: step, epoch, lr, optimizer, seed, ...) at step 0, every --ckpt-every N \
+steps, at each epoch's end with --ckpt-every-epoch and at the last step; the optimizer state beside \
+each (step-<step>.optim.safetensors); and the training log DIR/train.h5 (per step: minibatch loss, lr).\n\n\
+Batches: an epoch is ceil(N/B) steps (the last batch smaller), in a seeded permutation per epoch \
+(--shuffle, default) or in file order (--no-shuffle). --resume continues from the newest checkpoint in \
+DIR with its optimizer state, bit for bit as if never stopped (same flags, same seed). The learning \
+rate of step s is the schedule's value after s-1 scheduler steps (PyTorch's scheduler stepped after \
+each optimizer step): constant; step:EVERY,GAMMA (StepLR); cosine (CosineAnnealingLR over the run's \
+total steps, eta_min 0).",
+        after_help = "Example:\n  probe train --model models/resnet.onnx --data fashion-mnist --epochs 3 --batch 128 \\\n      --opt sgd --lr 0.05 --momentum 0.9 --weight-decay 5e-4 --ckpt-every-epoch --out runs/demo"
+    )]
+    Train(TrainArgs),
     /// Writes the gradient graph of a model (ONNX -> ONNX) for inspection.
     #[command(
         long_about = "Writes the ONNX graph probe differentiates a model into: inputs are the data, the \
@@ -202,4 +220,132 @@ pub fn command_line() -> String {
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    /// torch.optim.SGD (momentum, dampening 0, weight decay added to the gradient).
+    Sgd,
+    /// torch.optim.Adam (betas 0.9, 0.999; eps 1e-8; weight decay added to the gradient).
+    Adam,
+    /// torch.optim.AdamW (decoupled weight decay, default 1e-2).
+    Adamw,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("length").required(true).args(["epochs", "steps"])))]
+pub struct TrainArgs {
+    /// The ONNX model; its initializers are the initial weights (step 0).
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Training data: `fashion-mnist`, `shakespeare[:T]`, or an HDF5 file with `x` and `y`
+    /// (held in memory while training).
+    #[arg(long, value_name = "D")]
+    pub data: String,
+    /// The run folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Train this many epochs (ceil(N / B) steps each).
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Train until this step (with --resume: the total, counting the steps already done).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+    /// Samples per step.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    #[arg(long, value_enum, default_value_t = Opt::Sgd)]
+    pub opt: Opt,
+    /// Base learning rate (default 1e-3, as torch.optim).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum (default 0).
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay (default 0 for sgd and adam, 1e-2 for adamw, as torch.optim).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule: constant, step:EVERY,GAMMA, or cosine.
+    #[arg(long, default_value = "constant", value_name = "S")]
+    pub schedule: String,
+    /// Seed of the shuffling, the augmentation and libtorch's generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A new seeded permutation of the samples every epoch (the default).
+    #[arg(long, overrides_with = "no_shuffle")]
+    pub shuffle: bool,
+    /// Batches in file order, every epoch.
+    #[arg(long, overrides_with = "shuffle")]
+    pub no_shuffle: bool,
+    /// Random crop (4-pixel zero padding) and horizontal flip of image inputs [N, C, H, W].
+    #[arg(long)]
+    pub augment: bool,
+    /// Write a checkpoint every N steps.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ckpt_every: Option<u64>,
+    /// Write a checkpoint at the end of every epoch.
+    #[arg(long)]
+    pub ckpt_every_epoch: bool,
+    /// Use only the first N samples.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Loss::Ce)]
+    pub loss: Loss,
+    /// Compute threads (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+    /// Where libtorch trains: cpu, or cuda (where libtorch sees a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Continue from the newest checkpoint in --out (with its optimizer state).
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace another run's files in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl TrainArgs {
+    /// The checked plan.
+    pub fn plan(self, quiet: bool) -> anyhow::Result<probe::train::run::TrainPlan> {
+        use probe::train::optim::{OptConfig, OptKind, Schedule};
+        use probe::train::run::{Length, TrainPlan};
+        let kind = match self.opt {
+            Opt::Sgd => OptKind::Sgd,
+            Opt::Adam => OptKind::Adam,
+            Opt::Adamw => OptKind::AdamW,
+        };
+        Ok(TrainPlan {
+            model: self.model,
+            data: self.data,
+            limit: self.limit.map(|l| l as usize),
+            out: self.out,
+            length: match (self.steps, self.epochs) {
+                (Some(s), _) => Length::Steps(s),
+                (None, Some(e)) => Length::Epochs(e),
+                (None, None) => unreachable!("clap requires --steps or --epochs"),
+            },
+            batch: self.batch as usize,
+            opt: OptConfig::new(kind, self.lr, self.momentum, self.weight_decay)?,
+            schedule: Schedule::parse(&self.schedule)?,
+            seed: self.seed,
+            shuffle: !self.no_shuffle || self.shuffle,
+            augment: self.augment,
+            ckpt_every: self.ckpt_every,
+            ckpt_every_epoch: self.ckpt_every_epoch,
+            loss: self.loss.into(),
+            threads: self
+                .threads
+                .map(|t| t as usize)
+                .unwrap_or_else(probe::runtime::default_threads),
+            device: match self.device {
+                DeviceArg::Cpu => tch::Device::Cpu,
+                DeviceArg::Cuda => tch::Device::Cuda(0),
+            },
+            resume: self.resume,
+            force: self.force,
+            quiet,
+            command_line: command_line(),
+        })
+    }
 }

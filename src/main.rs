@@ -128,6 +128,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train(a) => {
+            let plan = a.plan(cli.quiet)?;
+            println!(
+                "{:>8}  {:>8}  {:>10}  {:>10}  {:>7}  checkpoint",
+                "step", "epoch", "loss", "lr", "seconds"
+            );
+            let print = |r: &probe::train::run::CkptRow| {
+                let loss = if r.loss.is_nan() && r.step == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.6}", r.loss)
+                };
+                println!(
+                    "{:>8}  {:>8.3}  {:>10}  {:>10.4e}  {:>7.1}  {}",
+                    r.step,
+                    r.epoch,
+                    loss,
+                    r.lr,
+                    r.seconds,
+                    r.path.display()
+                )
+            };
+            let s = probe::train::run::run(&plan, print)?;
+            if !cli.quiet && s.steps() > 0 {
+                eprintln!(
+                    "trained steps {}..{} in {:.1} s ({:.2} steps/s); wrote {}",
+                    s.first_step + 1,
+                    s.last_step,
+                    s.seconds,
+                    s.steps() as f64 / s.seconds.max(1e-9),
+                    plan.out.display()
+                );
+            }
+            Ok(())
+        }
         Command::Autodiff(a) => {
             let model = probe::model::Model::load(&a.model)?;
             let loss: probe::autodiff::LossKind = a.loss.into();

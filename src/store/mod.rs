@@ -248,6 +248,31 @@ impl Store {
         self.rows
     }
 
+    /// Drops the rows from `rows` on (a resumed training run goes back to its last checkpoint
+    /// and redoes the steps after it), committed like [`Store::append`].
+    pub fn truncate(&mut self, rows: usize) -> Result<()> {
+        if rows >= self.rows {
+            return Ok(());
+        }
+        let mut all = Vec::new();
+        datasets(&self.file, "", &mut all).map_err(|e| out_err(&self.path, "reading", e))?;
+        // `rows` first: a reader never sees a count larger than the datasets.
+        self.rows = rows;
+        write_i64_attr(&self.file, "rows", rows as i64)
+            .map_err(|e| out_err(&self.path, "writing rows", e))?;
+        for (name, ds) in all {
+            let mut shape = ds.shape();
+            if ds.chunk().is_some() && !shape.is_empty() && shape[0] > rows {
+                shape[0] = rows;
+                ds.resize(shape)
+                    .map_err(|e| out_err(&self.path, &format!("truncating {name}"), e))?;
+            }
+        }
+        self.file
+            .flush()
+            .map_err(|e| out_err(&self.path, "flushing", e))
+    }
+
     /// Checkpoints already complete in the file, as (path, sha256).
     pub fn done(&self) -> HashSet<(String, String)> {
         let read = |name: &str| -> Vec<String> {

@@ -5,3 +5,5 @@
 pub mod files;
 pub mod interp;
 pub mod optim;
+pub mod run;
+pub mod sampler;

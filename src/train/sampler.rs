@@ -1,0 +1,337 @@
+//! Which samples each training step sees, and how they are augmented: a pure function of
+//! (seed, epoch, step), so a resumed run re-derives exactly what an uninterrupted one would use.
+//!
+//! - An epoch is `ceil(N / B)` steps; its last batch is smaller when B does not divide N (PyTorch's
+//!   `DataLoader(drop_last=False)`). Step `s` (1-based) is batch `(s - 1) % steps_per_epoch` of
+//!   epoch `(s - 1) / steps_per_epoch` (0-based).
+//! - `--no-shuffle`: every epoch visits the samples in file order. `--shuffle`: epoch `e` visits
+//!   them in the order of a Fisher-Yates permutation drawn from the stream `(seed, "shuffle", e)`.
+//! - `--augment` (images `[N, C, H, W]`): each sample of step `s` at batch position `j` draws from
+//!   the stream `(seed, "augment", s, j)` a crop offset `(dy, dx)` in `0..=8` and a flip bit: the
+//!   image is zero-padded by 4 pixels on each side (zero in the stored, normalized units), the
+//!   `H x W` window at `(dy, dx)` is kept, then mirrored left-right if the bit is set
+//!   (torchvision's `RandomCrop(size, padding=4)` then `RandomHorizontalFlip()`).
+//!
+//! The streams are SplitMix64 (Steele, Lea, Flood 2014) seeded by hashing their key; integers in
+//! `0..n` are `(u64 * n) >> 64` (bias below n / 2^64). No libtorch or OS randomness is involved,
+//! so the order is the same on every machine.
+use crate::data::{Array, Dataset, Kind, Spec};
+use anyhow::Result;
+
+const SHUFFLE: u64 = 0x5348_5546_464c_4531; // "SHUFFLE1"
+const AUGMENT: u64 = 0x4155_474d_454e_5431; // "AUGMENT1"
+/// Zero padding of the random crop, in pixels per side.
+pub const PAD: usize = 4;
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A SplitMix64 stream.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The stream for a key: the seed, a tag naming the use, and up to two counters.
+    pub fn keyed(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
+        Rng(mix(mix(mix(seed ^ tag) ^ a) ^ b))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// An integer in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// Epoch `epoch`'s order of the samples `0..n`.
+pub fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::keyed(seed, SHUFFLE, epoch, 0);
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// Crop offset (0..=2*PAD each) and flip for the sample at position `j` of step `step`.
+pub fn augmentation(seed: u64, step: u64, j: usize) -> (usize, usize, bool) {
+    let mut rng = Rng::keyed(seed, AUGMENT, step, j as u64);
+    let dy = rng.below(2 * PAD as u64 + 1) as usize;
+    let dx = rng.below(2 * PAD as u64 + 1) as usize;
+    let flip = rng.next_u64() >> 63 == 1;
+    (dy, dx, flip)
+}
+
+/// Random crop with zero padding, then the optional flip, of one `[C, H, W]` image in place.
+pub fn augment_image(
+    img: &mut [f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    dy: usize,
+    dx: usize,
+    flip: bool,
+) {
+    let src = img.to_vec();
+    for ch in 0..c {
+        let plane = &src[ch * h * w..(ch + 1) * h * w];
+        for i in 0..h {
+            // Row i of the crop is row i + dy - PAD of the image (zero outside it).
+            let si = (i + dy) as isize - PAD as isize;
+            for j in 0..w {
+                let jj = if flip { w - 1 - j } else { j };
+                let sj = (jj + dx) as isize - PAD as isize;
+                let v = if si >= 0 && (si as usize) < h && sj >= 0 && (sj as usize) < w {
+                    plane[si as usize * w + sj as usize]
+                } else {
+                    0.0
+                };
+                img[ch * h * w + i * w + j] = v;
+            }
+        }
+    }
+}
+
+/// How the steps of a run walk through the data.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    pub n: usize,
+    pub batch: usize,
+    pub shuffle: bool,
+    pub augment: bool,
+    pub seed: u64,
+    /// The permutation of the epoch last asked for (one epoch is asked for many times in a row).
+    cached: Option<(u64, Vec<usize>)>,
+}
+
+impl Sampler {
+    pub fn new(n: usize, batch: usize, shuffle: bool, augment: bool, seed: u64) -> Sampler {
+        Sampler {
+            n,
+            batch,
+            shuffle,
+            augment,
+            seed,
+            cached: None,
+        }
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.n.div_ceil(self.batch) as u64
+    }
+
+    /// Epoch (0-based) of step `step` (1-based).
+    pub fn epoch_of(&self, step: u64) -> u64 {
+        (step - 1) / self.steps_per_epoch()
+    }
+
+    /// Epochs of data seen after `step` steps (fractional within an epoch).
+    pub fn epochs_done(&self, step: u64) -> f64 {
+        let per = self.steps_per_epoch();
+        let full = step / per;
+        let rest = step % per;
+        let seen = (rest as usize * self.batch).min(self.n);
+        full as f64 + seen as f64 / self.n as f64
+    }
+
+    /// The sample indices of step `step` (1-based).
+    pub fn indices(&mut self, step: u64) -> Vec<usize> {
+        let per = self.steps_per_epoch();
+        let epoch = (step - 1) / per;
+        let b = ((step - 1) % per) as usize;
+        let range = b * self.batch..((b + 1) * self.batch).min(self.n);
+        if !self.shuffle {
+            return range.collect();
+        }
+        if self.cached.as_ref().map(|c| c.0) != Some(epoch) {
+            self.cached = Some((epoch, permutation(self.seed, epoch, self.n)));
+        }
+        self.cached.as_ref().unwrap().1[range].to_vec()
+    }
+}
+
+/// A data set held in memory, so that shuffled batches are gathers rather than file reads.
+pub struct InMemory {
+    pub spec: Spec,
+    x: Array,
+    y: Array,
+}
+
+/// A batch's host values and shapes, ready for tch.
+pub struct HostBatch {
+    pub x: Array,
+    pub y: Array,
+}
+
+fn gather(a: &Array, idx: &[usize]) -> Array {
+    let shape = a.shape();
+    let per: usize = shape[1..].iter().product();
+    let mut out_shape = shape.to_vec();
+    out_shape[0] = idx.len();
+    let dims = ndarray::IxDyn(&out_shape);
+    match a {
+        Array::F32(v) => {
+            let s = v.as_slice().expect("standard layout");
+            let mut o = Vec::with_capacity(idx.len() * per);
+            for &i in idx {
+                o.extend_from_slice(&s[i * per..(i + 1) * per]);
+            }
+            Array::F32(ndarray::ArrayD::from_shape_vec(dims, o).unwrap())
+        }
+        Array::I64(v) => {
+            let s = v.as_slice().expect("standard layout");
+            let mut o = Vec::with_capacity(idx.len() * per);
+            for &i in idx {
+                o.extend_from_slice(&s[i * per..(i + 1) * per]);
+            }
+            Array::I64(ndarray::ArrayD::from_shape_vec(dims, o).unwrap())
+        }
+    }
+}
+
+fn standard(a: Array) -> Array {
+    match a {
+        Array::F32(v) if !v.is_standard_layout() => Array::F32(v.as_standard_layout().into_owned()),
+        Array::I64(v) if !v.is_standard_layout() => Array::I64(v.as_standard_layout().into_owned()),
+        other => other,
+    }
+}
+
+impl InMemory {
+    /// Reads every sample of `data`.
+    pub fn load(data: &mut dyn Dataset) -> Result<InMemory> {
+        let spec = data.spec().clone();
+        let b = data.read(0, spec.len)?;
+        Ok(InMemory {
+            spec,
+            x: standard(b.x),
+            y: standard(b.y),
+        })
+    }
+
+    /// Every sample's target.
+    pub fn targets(&self) -> &Array {
+        &self.y
+    }
+
+    /// Whether `--augment` applies: float images `[N, C, H, W]`.
+    pub fn check_augment(&self) -> Result<()> {
+        if self.spec.x_kind != Kind::Float || self.spec.x_shape.len() != 3 {
+            return Err(crate::error::input(format!(
+                "--augment (random crop and flip) needs float images [N, C, H, W]; {} has {} x of shape [N, {}]",
+                self.spec.identity,
+                self.spec.x_kind,
+                self.spec
+                    .x_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The samples of step `step`, augmented if the sampler says so.
+    pub fn batch(&self, sampler: &mut Sampler, step: u64) -> HostBatch {
+        let idx = sampler.indices(step);
+        let mut x = gather(&self.x, &idx);
+        if sampler.augment {
+            if let Array::F32(v) = &mut x {
+                let (c, h, w) = (
+                    self.spec.x_shape[0],
+                    self.spec.x_shape[1],
+                    self.spec.x_shape[2],
+                );
+                let s = v.as_slice_mut().unwrap();
+                for (j, img) in s.chunks_mut(c * h * w).enumerate() {
+                    let (dy, dx, flip) = augmentation(sampler.seed, step, j);
+                    augment_image(img, c, h, w, dy, dx, flip);
+                }
+            }
+        }
+        HostBatch {
+            x,
+            y: gather(&self.y, &idx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_fixed_by_seed_and_epoch() {
+        let a = permutation(0, 0, 10);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        assert_eq!(a, permutation(0, 0, 10));
+        assert_ne!(a, permutation(0, 1, 10));
+        assert_ne!(a, permutation(1, 0, 10));
+        // Pinned: the order must not change between versions (resumed runs depend on it).
+        assert_eq!(permutation(0, 0, 8), PINNED);
+    }
+    const PINNED: [usize; 8] = [6, 1, 5, 4, 2, 7, 0, 3];
+
+    #[test]
+    fn steps_walk_epochs() {
+        let mut s = Sampler::new(10, 4, false, false, 0);
+        assert_eq!(s.steps_per_epoch(), 3);
+        assert_eq!(s.indices(1), [0, 1, 2, 3]);
+        assert_eq!(s.indices(3), [8, 9]);
+        assert_eq!(s.indices(4), [0, 1, 2, 3]);
+        assert_eq!(s.epoch_of(3), 0);
+        assert_eq!(s.epoch_of(4), 1);
+        assert_eq!(s.epochs_done(3), 1.0);
+        assert_eq!(s.epochs_done(4), 1.4);
+        let mut sh = Sampler::new(10, 4, true, false, 7);
+        let mut epoch: Vec<usize> = (1..=3).flat_map(|k| sh.indices(k)).collect();
+        assert_eq!(epoch, permutation(7, 0, 10));
+        epoch.sort();
+        assert_eq!(epoch, (0..10).collect::<Vec<_>>());
+        // Asking out of order (as a resumed run does) gives the same batches.
+        let mut fresh = Sampler::new(10, 4, true, false, 7);
+        assert_eq!(fresh.indices(5), sh.indices(5));
+        assert_eq!(
+            fresh.indices(2),
+            Sampler::new(10, 4, true, false, 7).indices(2)
+        );
+    }
+
+    #[test]
+    fn crop_and_flip() {
+        // One 1x3x3 image 1..9; offsets (PAD, PAD) are the identity.
+        let img: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut a = img.clone();
+        augment_image(&mut a, 1, 3, 3, PAD, PAD, false);
+        assert_eq!(a, img);
+        let mut f = img.clone();
+        augment_image(&mut f, 1, 3, 3, PAD, PAD, true);
+        assert_eq!(f, [3., 2., 1., 6., 5., 4., 9., 8., 7.]);
+        // Shift down by one (dy = PAD - 1): the first row comes from the zero padding.
+        let mut d = img.clone();
+        augment_image(&mut d, 1, 3, 3, PAD - 1, PAD, false);
+        assert_eq!(d, [0., 0., 0., 1., 2., 3., 4., 5., 6.]);
+        // Right by one (dx = PAD + 1): column j comes from j + 1.
+        let mut r = img.clone();
+        augment_image(&mut r, 1, 3, 3, PAD, PAD + 1, false);
+        assert_eq!(r, [2., 3., 0., 5., 6., 0., 8., 9., 0.]);
+        // Draws cover the range and differ between positions.
+        let draws: Vec<_> = (0..200).map(|j| augmentation(3, 1, j)).collect();
+        assert!(draws.iter().any(|d| d.0 == 0) && draws.iter().any(|d| d.0 == 2 * PAD));
+        assert!(draws.iter().any(|d| d.2) && draws.iter().any(|d| !d.2));
+        assert_eq!(augmentation(3, 1, 5), augmentation(3, 1, 5));
+    }
+}
