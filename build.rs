@@ -17,4 +17,13 @@ fn main() {
     println!("cargo:rustc-env=PROBE_SOURCE_ROOT={}", root.display());
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // CUDA, opt-in (PROBE_TORCH_CUDA=1, a separate CARGO_TARGET_DIR): Rust links as-needed,
+    // which drops libtorch_cuda (nothing calls it by name), so libtorch would never register
+    // its CUDA backend. Keep it; its own CUDA libraries are found where the binary runs (the
+    // CPU-only libtorch here lacks some, hence allow-shlib-undefined).
+    println!("cargo:rerun-if-env-changed=PROBE_TORCH_CUDA");
+    if std::env::var_os("PROBE_TORCH_CUDA").is_some_and(|v| v != "0") {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+    }
 }

@@ -480,6 +480,12 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             Box::new(OrtEngine::new(session, graph))
         }
         Engine::Torch(device) => {
+            if device.is_cuda() && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+                // Exact f32 arithmetic: libtorch lets cuDNN use TF32 (10-bit mantissas) for
+                // convolutions by default. Read by cuBLAS and cuDNN when they start, which is
+                // after this (the first CUDA call is below).
+                std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+            }
             if device.is_cuda() && !tch::Cuda::is_available() {
                 return Err(anyhow!(
                     "--device cuda: libtorch sees no GPU (a CUDA build of libtorch, a driver, and a \
