@@ -56,15 +56,16 @@ import reference  # noqa: E402
 import train_reference  # noqa: E402
 
 
-def pytorch_rate(model_spec, init, x, y, batch, steps, warmup, threads):
+def pytorch_rate(model_spec, init, x, y, batch, steps, warmup, threads, device):
     a = argparse.Namespace(model=model_spec, init=init, opt="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
-                           schedule="constant", steps=steps, threads=threads)
+                           schedule="constant", steps=steps, threads=threads, device=device)
     model, opt, sched = train_reference.build(a)
+    x, y = x.to(device), y.to(device)
     times = []
     for s in range(1, steps + 1):
         t0 = time.perf_counter()
         xb, yb = train_reference.batch_of(x, y, batch, s)
-        train_reference.train_step(model, opt, sched, xb, yb, "ce")
+        train_reference.train_step(model, opt, sched, xb, yb, "ce")  # float(loss) syncs the GPU
         times.append(time.perf_counter() - t0)
     return times[warmup:]
 
@@ -78,11 +79,14 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--probe", default=os.path.join(ROOT, "target", "release", "probe"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda (probe needs a PROBE_TORCH_CUDA=1 build)")
+    p.add_argument("--data", help="an HDF5 file with x, y to use instead of Fashion-MNIST/Shakespeare "
+                                  "(at least batch * steps samples of what the model takes)")
     a = p.parse_args()
     if not os.path.exists(a.probe):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     names = ["mlp", "cnn", "resnet", "gpt"] if a.model == "all" else [a.model]
-    print(f"threads {a.threads}, batch {a.batch}, steps {a.steps}: 1 / median step time over the last "
+    print(f"device {a.device}, threads {a.threads}, batch {a.batch}, steps {a.steps}: 1 / median step time over the last "
           f"{a.steps - a.warmup} steps, best of {a.rounds} alternating rounds")
     print(f"{'model':>8} {'PyTorch steps/s':>16} {'probe steps/s':>14} {'ratio':>6} {'probe process s':>16}")
     import h5py
@@ -90,7 +94,10 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             n = a.batch * a.steps
-            if name == "gpt":
+            if a.data:
+                with h5py.File(a.data, "r") as f:
+                    x, y = f["x"][:n], f["y"][:n]
+            elif name == "gpt":
                 x, y = reference.shakespeare(n)
             else:
                 x, y = reference.fashion_mnist(n)
@@ -111,12 +118,12 @@ def main():
                 subprocess.run([a.probe, "--quiet", "train", "--model", onnx, "--data", data, "--batch",
                                 str(a.batch), "--steps", str(a.steps), "--no-shuffle", "--opt", "sgd", "--lr",
                                 "0.05", "--momentum", "0.9", "--weight-decay", "5e-4", "--threads",
-                                str(a.threads), "--out", out], check=True, stdout=subprocess.DEVNULL)
+                                str(a.threads), "--device", a.device, "--out", out], check=True, stdout=subprocess.DEVNULL)
                 t_proc = time.perf_counter() - t0
                 with h5py.File(os.path.join(out, "train.h5"), "r") as f:
                     t_probe = list(f["seconds"][()])[a.warmup:]
                 t_torch = pytorch_rate(spec, os.path.join(out, "step-00000000.safetensors"), torch.from_numpy(x),
-                                       torch.from_numpy(y), a.batch, a.steps, a.warmup, a.threads)
+                                       torch.from_numpy(y), a.batch, a.steps, a.warmup, a.threads, a.device)
                 best_probe = min(best_probe, statistics.median(t_probe))
                 best_torch = min(best_torch, statistics.median(t_torch))
             print(f"{name:>8} {1 / best_torch:>16.2f} {1 / best_probe:>14.2f} {best_torch / best_probe:>5.2f}x"

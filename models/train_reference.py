@@ -16,7 +16,8 @@ Schedules as probe's --schedule: constant, step:EVERY,GAMMA (StepLR), cosine (Co
 T_max = --steps).
 
 Writes the state_dict after the steps (float32; BatchNorm's integer num_batches_tracked too) as
-safetensors, with metadata `losses` and `lrs` (JSON lists, one per step).
+safetensors, with metadata `losses` and `lrs` (JSON lists, one per step). --device cuda trains on
+the GPU with PyTorch's defaults (cuDNN may use TF32 for convolutions), as probe train --device cuda.
 """
 import argparse
 import json
@@ -88,7 +89,7 @@ def build(a):
     model = load_model(a.model)
     if a.init:
         load_init(model, a.init)
-    model.train()
+    model.to(getattr(a, "device", "cpu")).train()
     opt = make_optimizer(model.parameters(), a)
     return model, opt, make_scheduler(opt, a.schedule, a.steps)
 
@@ -118,19 +119,21 @@ def main():
     p.add_argument("--schedule", default="constant")
     p.add_argument("--loss", choices=["ce", "mse"], default="ce")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     from safetensors.torch import save_file
 
     model, opt, sched = build(a)
     x, y = load_data(a.data)
+    x, y = x.to(a.device), y.to(a.device)
     losses, lrs = [], []
     for s in range(1, a.steps + 1):
         xb, yb = batch_of(x, y, a.batch, s)
         loss, lr = train_step(model, opt, sched, xb, yb, a.loss)
         losses.append(loss)
         lrs.append(lr)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, a.out, metadata={"losses": json.dumps(losses), "lrs": json.dumps(lrs)})
     print(json.dumps({"steps": a.steps, "final_loss": losses[-1], "out": a.out}))
 
