@@ -5,6 +5,7 @@
 //! - the interpreter's eval-mode loss equals `probe eval`'s evaluation on the same samples;
 //! - `Mode::Train` updates the BatchNorm running statistics as PyTorch does, `BatchStats` not;
 //! - `probe grad --engine torch --save-grad` writes the default engine's file.
+//!
 //! Both engines compute in f32 with different kernels (and summation orders), so "equal" is to
 //! a relative L2 error per tensor whose bound each test states with what it measured.
 use probe::autodiff::model_grad::{grad_graph, GradOptions};

@@ -180,7 +180,8 @@ fn compare(label: &str, name: &str, ours: &Out, reference: &Out) {
             continue;
         }
         let err = (a - b).abs() / scale.max(f64::MIN_POSITIVE);
-        if !same && !(err <= worst.0) {
+        // NaN against a number counts as the worst.
+        if !same && (err > worst.0 || err.is_nan()) {
             worst = (err, j);
         }
     }
