@@ -36,8 +36,6 @@ use super::interp::{Interpreter, Mode, State};
 use super::optim::{OptConfig, Optimizer, Schedule};
 use super::sampler::{InMemory, Sampler};
 use crate::autodiff::LossKind;
-use crate::data::Array;
-use crate::measure::grad::to_tensor;
 use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
 use crate::store::{Cell, RunInfo, Store};
@@ -351,17 +349,13 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
     }
     let spec = data.spec().clone();
     let fit = crate::measure::check::data_fits_model(&model, &spec, plan.loss)?;
-    let mem = InMemory::load(data.as_mut())?;
+    let mem = InMemory::load(data.as_mut(), plan.device, |b| {
+        crate::measure::check::targets_in_range(b, fit.classes, &spec.identity)
+    })?;
     drop(data);
     if plan.augment {
         mem.check_augment()?;
     }
-    let all = crate::data::Batch {
-        start: 0,
-        x: Array::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[spec.len]))),
-        y: mem.targets().clone(),
-    };
-    crate::measure::check::targets_in_range(&all, fit.classes, &spec.identity)?;
     let mut sampler = Sampler::new(spec.len, plan.batch, plan.shuffle, plan.augment, plan.seed);
     let per_epoch = sampler.steps_per_epoch();
     let total = match plan.length {
@@ -483,10 +477,8 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
     let result = (|| -> Result<()> {
         for step in start + 1..=total {
             let t0 = Instant::now();
-            let hb = mem.batch(&mut sampler, step);
-            let count = hb.x.shape()[0];
-            let x = to_tensor(&hb.x, plan.device)?;
-            let y = to_tensor(&hb.y, plan.device)?;
+            let (x, y) = mem.batch(&mut sampler, step)?;
+            let count = x.size()[0] as usize;
             let lr = lr_at(step);
             tch::manual_seed(torch_seed(plan.seed, step));
             for (_, p) in &params {

@@ -17,6 +17,7 @@
 //! so the order is the same on every machine.
 use crate::data::{Array, Dataset, Kind, Spec};
 use anyhow::Result;
+use tch::{Device, Tensor};
 
 const SHUFFLE: u64 = 0x5348_5546_464c_4531; // "SHUFFLE1"
 const AUGMENT: u64 = 0x4155_474d_454e_5431; // "AUGMENT1"
@@ -160,43 +161,12 @@ impl Sampler {
     }
 }
 
-/// A data set held in memory, so that shuffled batches are gathers rather than file reads.
+/// A data set held in memory as libtorch tensors on the training device, so that a batch is a
+/// view (file order) or one gather (shuffled), as a PyTorch loop over tensors in memory has it.
 pub struct InMemory {
     pub spec: Spec,
-    x: Array,
-    y: Array,
-}
-
-/// A batch's host values and shapes, ready for tch.
-pub struct HostBatch {
-    pub x: Array,
-    pub y: Array,
-}
-
-fn gather(a: &Array, idx: &[usize]) -> Array {
-    let shape = a.shape();
-    let per: usize = shape[1..].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[0] = idx.len();
-    let dims = ndarray::IxDyn(&out_shape);
-    match a {
-        Array::F32(v) => {
-            let s = v.as_slice().expect("standard layout");
-            let mut o = Vec::with_capacity(idx.len() * per);
-            for &i in idx {
-                o.extend_from_slice(&s[i * per..(i + 1) * per]);
-            }
-            Array::F32(ndarray::ArrayD::from_shape_vec(dims, o).unwrap())
-        }
-        Array::I64(v) => {
-            let s = v.as_slice().expect("standard layout");
-            let mut o = Vec::with_capacity(idx.len() * per);
-            for &i in idx {
-                o.extend_from_slice(&s[i * per..(i + 1) * per]);
-            }
-            Array::I64(ndarray::ArrayD::from_shape_vec(dims, o).unwrap())
-        }
-    }
+    x: Tensor,
+    y: Tensor,
 }
 
 fn standard(a: Array) -> Array {
@@ -207,21 +177,33 @@ fn standard(a: Array) -> Array {
     }
 }
 
-impl InMemory {
-    /// Reads every sample of `data`.
-    pub fn load(data: &mut dyn Dataset) -> Result<InMemory> {
-        let spec = data.spec().clone();
-        let b = data.read(0, spec.len)?;
-        Ok(InMemory {
-            spec,
-            x: standard(b.x),
-            y: standard(b.y),
-        })
-    }
+fn to_tensor(a: &Array, device: Device) -> Result<Tensor> {
+    let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let t = match a {
+        Array::F32(v) => Tensor::f_from_slice(v.as_slice().expect("standard layout"))?,
+        Array::I64(v) => Tensor::f_from_slice(v.as_slice().expect("standard layout"))?,
+    };
+    Ok(t.f_reshape(dims.as_slice())?.f_to_device(device)?)
+}
 
-    /// Every sample's target.
-    pub fn targets(&self) -> &Array {
-        &self.y
+impl InMemory {
+    /// Reads every sample of `data` onto `device`; `check` sees the host batch first (target
+    /// ranges).
+    pub fn load(
+        data: &mut dyn Dataset,
+        device: Device,
+        check: impl FnOnce(&crate::data::Batch) -> Result<()>,
+    ) -> Result<InMemory> {
+        let spec = data.spec().clone();
+        let mut b = data.read(0, spec.len)?;
+        b.x = standard(b.x);
+        b.y = standard(b.y);
+        check(&b)?;
+        Ok(InMemory {
+            x: to_tensor(&b.x, device)?,
+            y: to_tensor(&b.y, device)?,
+            spec,
+        })
     }
 
     /// Whether `--augment` applies: float images `[N, C, H, W]`.
@@ -242,28 +224,35 @@ impl InMemory {
         Ok(())
     }
 
-    /// The samples of step `step`, augmented if the sampler says so.
-    pub fn batch(&self, sampler: &mut Sampler, step: u64) -> HostBatch {
+    /// The inputs and targets of step `step`, augmented if the sampler says so.
+    pub fn batch(&self, sampler: &mut Sampler, step: u64) -> Result<(Tensor, Tensor)> {
         let idx = sampler.indices(step);
-        let mut x = gather(&self.x, &idx);
-        if sampler.augment {
-            if let Array::F32(v) = &mut x {
-                let (c, h, w) = (
-                    self.spec.x_shape[0],
-                    self.spec.x_shape[1],
-                    self.spec.x_shape[2],
-                );
-                let s = v.as_slice_mut().unwrap();
-                for (j, img) in s.chunks_mut(c * h * w).enumerate() {
-                    let (dy, dx, flip) = augmentation(sampler.seed, step, j);
-                    augment_image(img, c, h, w, dy, dx, flip);
-                }
-            }
+        let (x, y) = if sampler.shuffle {
+            let i: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let i = Tensor::f_from_slice(&i)?.f_to_device(self.x.device())?;
+            (self.x.f_index_select(0, &i)?, self.y.f_index_select(0, &i)?)
+        } else {
+            let (start, n) = (idx[0] as i64, idx.len() as i64);
+            (self.x.f_narrow(0, start, n)?, self.y.f_narrow(0, start, n)?)
+        };
+        if !sampler.augment {
+            return Ok((x, y));
         }
-        HostBatch {
-            x,
-            y: gather(&self.y, &idx),
+        let (c, h, w) = (
+            self.spec.x_shape[0],
+            self.spec.x_shape[1],
+            self.spec.x_shape[2],
+        );
+        let mut v =
+            Vec::<f32>::try_from(&x.f_contiguous()?.f_view([-1])?.f_to_device(Device::Cpu)?)?;
+        for (j, img) in v.chunks_mut(c * h * w).enumerate() {
+            let (dy, dx, flip) = augmentation(sampler.seed, step, j);
+            augment_image(img, c, h, w, dy, dx, flip);
         }
+        let x = Tensor::f_from_slice(&v)?
+            .f_view(x.size().as_slice())?
+            .f_to_device(self.x.device())?;
+        Ok((x, y))
     }
 }
 
