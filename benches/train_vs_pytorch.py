@@ -38,6 +38,19 @@ backward 105 vs 100 ms, optimizer 0.6 vs 0.9 ms (probe vs PyTorch), and for the 
 vs 30 ms, backward 41 vs 55 ms, all within the round-to-round noise. Both do the arithmetic in the
 same libtorch kernels; probe adds the batch gather (0.3 ms for resnet) and the interpreter's walk.
 A quiet machine is needed to resolve 10%; --threads 2 here measured OpenMP waiting, not compute.
+
+On a quiet machine (the GPU machine's 16 idle CPU cores, scripts/train_gpu_check.sh, 2 rounds,
+after probe's batches became views of tensors in memory), probe / PyTorch steps/s:
+
+    threads  mlp     resnet  gpt        (PyTorch steps/s: mlp, resnet, gpt)
+    4        1.44x   1.23x   1.32x      772, 13.4, 27.9
+    16       1.53x   1.13x   1.12x      831, 28.7, 60.7
+
+On the H200 itself (--device cuda, batch 128) probe is launch-bound: 0.63x (resnet, PyTorch 218
+steps/s) and 0.58x (gpt, 200 steps/s); an earlier run on another H200 host gave 0.86x and 0.76x.
+PyTorch's optimizers use multi-tensor (foreach) kernels on CUDA where probe's launch a few kernels
+per parameter (tch exposes no foreach ops), and the interpreter does host work per node; at 5 ms
+a step that shows. Not addressed yet.
 """
 import argparse
 import os
