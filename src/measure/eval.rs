@@ -141,50 +141,20 @@ pub struct EvalRow {
 /// is committed.
 pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
     use crate::store::{Cell, RunInfo, Store};
-    let model = crate::model::Model::load(&plan.model)?;
-    let input = model.data_input()?;
-    let hint = crate::data::Hint {
-        x_shape: input.sample_shape(),
-    };
-    let mut data = crate::data::open(&plan.data, &hint)?;
-    if let Some(l) = plan.limit {
-        data = Box::new(crate::data::Limited::new(data, l));
-    }
-    let spec = data.spec().clone();
-    let fit = super::check::data_fits_model(&model, &spec, plan.loss)?;
-    // Every checkpoint is read and matched before the first batch runs: a bad one fails fast.
-    let mut ckpts = Vec::new();
-    if plan.checkpoints.is_empty() {
-        ckpts.push(Checkpoint::from_model(&model)?);
-    } else {
-        let mut errors = Vec::new();
-        for p in &plan.checkpoints {
-            match Checkpoint::load(p, &model) {
-                Ok(c) => ckpts.push(c),
-                Err(e) => errors.push(e),
-            }
-        }
-        if errors.len() == 1 {
-            return Err(errors.pop().unwrap());
-        } else if !errors.is_empty() {
-            let msg = errors
-                .iter()
-                .map(|e| format!("{e:#}"))
-                .collect::<Vec<_>>()
-                .join(" | ");
-            return Err(crate::error::input(format!(
-                "{} checkpoints do not fit: {msg}",
-                errors.len()
-            )));
-        }
-    }
-    for c in &ckpts {
-        for n in &c.notes {
-            if !plan.quiet {
-                eprintln!("note: {}: {n}", c.path.display());
-            }
-        }
-    }
+    let super::Setup {
+        model,
+        mut data,
+        spec,
+        fit,
+        checkpoints: ckpts,
+    } = super::setup(
+        &plan.model,
+        &plan.checkpoints,
+        &plan.data,
+        plan.limit,
+        plan.loss,
+        plan.quiet,
+    )?;
     let graph = crate::autodiff::eval_graph(&model, plan.loss, fit.target_rank)?;
     let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
     let mut session = crate::runtime::session(&bytes, plan.threads, "evaluation")?;
@@ -204,18 +174,10 @@ pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<Eval
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
         for c in &ckpts {
-            let path = c.path.display().to_string();
-            if done.contains(&(path.clone(), c.sha256.clone())) {
-                if !plan.quiet {
-                    eprintln!("skip: {path} is already complete in {}", plan.out.display());
-                }
+            if !super::pending(c, &done, &plan.out, plan.quiet) {
                 continue;
             }
-            let label = c
-                .path
-                .file_name()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let (path, label) = (c.path.display().to_string(), super::label(c));
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
             let r = evaluate(
                 &mut session,

@@ -15,7 +15,7 @@
 //! per-parameter |g|_2, |w|_2 and per-parameter |w|_2, distances to the previous and the first
 //! checkpoint, and with `--weight-decay L` the norm of the gradient of the regularized objective
 //! `L(w) + (L/2)|w|^2`, i.e. |g + L w|: what SGD with weight decay drives to zero.
-use super::check::{data_fits_model, targets_in_range};
+use super::check::targets_in_range;
 use super::eval::{input_value, state_arrays};
 use crate::autodiff::model_grad::{grad_graph, GradGraph, GradOptions};
 use crate::data::{batches, Batch, Dataset};
@@ -427,34 +427,20 @@ pub struct GradRow {
 
 /// Runs `probe grad` over the plan's checkpoints (this shard's share), one HDF5 row each.
 pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<GradRow>> {
-    let model = Model::load(&plan.model)?;
-    let input = model.data_input()?;
-    let hint = crate::data::Hint {
-        x_shape: input.sample_shape(),
-    };
-    let mut data = crate::data::open(&plan.data, &hint)?;
-    if let Some(l) = plan.limit {
-        data = Box::new(crate::data::Limited::new(data, l));
-    }
-    let spec = data.spec().clone();
-    let fit = data_fits_model(&model, &spec, plan.loss)?;
-    // Checkpoints: every one is matched first (a bad one fails before any work).
-    let all: Vec<Checkpoint> = if plan.checkpoints.is_empty() {
-        vec![Checkpoint::from_model(&model)?]
-    } else {
-        let mut ok = Vec::new();
-        let mut errors = Vec::new();
-        for p in &plan.checkpoints {
-            match Checkpoint::load(p, &model) {
-                Ok(c) => ok.push(c),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(crate::error::input(errors.join(" | ")));
-        }
-        ok
-    };
+    let super::Setup {
+        model,
+        mut data,
+        spec,
+        fit,
+        checkpoints: all,
+    } = super::setup(
+        &plan.model,
+        &plan.checkpoints,
+        &plan.data,
+        plan.limit,
+        plan.loss,
+        plan.quiet,
+    )?;
     let (shard, shards) = plan.shard;
     let mut engine: Box<dyn BatchEngine + '_> = match plan.engine {
         Engine::OnnxRuntime => {
@@ -530,18 +516,10 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             if k % shards != shard {
                 continue;
             }
-            let path = c.path.display().to_string();
-            if done.contains(&(path.clone(), c.sha256.clone())) {
-                if !plan.quiet {
-                    eprintln!("skip: {path} is already complete in {}", plan.out.display());
-                }
+            if !super::pending(c, &done, &plan.out, plan.quiet) {
                 continue;
             }
-            let label = c
-                .path
-                .file_name()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let (path, label) = (c.path.display().to_string(), super::label(c));
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
             let r = full_gradient(
                 engine.as_mut(),

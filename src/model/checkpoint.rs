@@ -66,6 +66,33 @@ impl Checkpoint {
         })
     }
 
+    /// Reads and matches every checkpoint before any work: one that does not fit fails the run
+    /// at once, and when several do not, every one is named in the error.
+    pub fn load_all(paths: &[std::path::PathBuf], model: &Model) -> Result<Vec<Checkpoint>> {
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for p in paths {
+            match Checkpoint::load(p, model) {
+                Ok(c) => ok.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        match errors.len() {
+            0 => Ok(ok),
+            1 => Err(errors.pop().unwrap()),
+            n => {
+                let msg = errors
+                    .iter()
+                    .map(|e| format!("{e:#}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                Err(crate::error::input(format!(
+                    "{n} checkpoints do not fit: {msg}"
+                )))
+            }
+        }
+    }
+
     /// Reads `path` and checks it against `model`; every mismatch is listed in one error.
     pub fn load(path: &Path, model: &Model) -> Result<Checkpoint> {
         let bytes = std::fs::read(path)
