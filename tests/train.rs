@@ -376,39 +376,6 @@ fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
     }
 }
 
-/// A model `x [N, 4] -> logits [N, 3]`: a Gemm with weight `fc.weight` (or, without it, a Slice
-/// with no parameter at all), then `ops`.
-fn tiny_model(dir: &Path, name: &str, ops: &[&str], with_weight: bool) -> PathBuf {
-    let path = dir.join(format!("{name}.onnx"));
-    let script = r#"
-import sys, onnx, numpy as np
-from onnx import helper, TensorProto, numpy_helper
-path, ops, with_w = sys.argv[1], [o for o in sys.argv[2].split(',') if o], sys.argv[3] == '1'
-nodes, inits, prev = [], [], 'x'
-if with_w:
-    inits.append(numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), 'fc.weight'))
-    nodes.append(helper.make_node('Gemm', ['x', 'fc.weight'], ['h0'], name='fc', transB=1)); prev = 'h0'
-else:
-    nodes.append(helper.make_node('Slice', ['x', 'st', 'en', 'ax'], ['h0'], name='take3')); prev = 'h0'
-    for n, v in (('st', [0]), ('en', [3]), ('ax', [1])):
-        inits.append(numpy_helper.from_array(np.array(v, np.int64), n))
-for i, op in enumerate(ops):
-    nodes.append(helper.make_node(op, [prev], [f'h{i+1}'], name=f'{op.lower()}_{i}')); prev = f'h{i+1}'
-nodes.append(helper.make_node('Identity', [prev], ['logits'], name='out'))
-g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['N', 4])],
-                      [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['N', 3])], inits)
-onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 20)], ir_version=10), path)
-"#;
-    py(&[
-        "-c",
-        script,
-        s(&path),
-        &ops.join(","),
-        if with_weight { "1" } else { "0" },
-    ]);
-    path
-}
-
 /// `n` samples of noise with labels `i % 3`; sample `poison` holds a NaN.
 fn tiny_data(dir: &Path, n: usize, poison: Option<usize>) -> PathBuf {
     let path = dir.join(format!("tiny-{n}-{poison:?}.h5"));
