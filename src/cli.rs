@@ -13,8 +13,14 @@ and sums in f64. Models are ONNX files exported from PyTorch (parameters as name
 checkpoints are safetensors files keyed by the same names (what safetensors.torch.save_file(model.state_dict()) writes).\n\n\
 Exit codes: 0 success, 1 failure, 2 bad flags, 3 bad input (file, model, checkpoint, data), \
 4 non-finite loss or gradient, 5 could not write results.",
-    after_help = "Examples:\n  probe eval --model models/resnet.onnx --data fashion-mnist --out run.h5\n  \
-probe eval --model m.onnx --ckpt ckpts/*.safetensors --data d.h5 --batch 500 --out run.h5"
+    after_help = "Examples:\n  \
+probe train --model models/resnet.onnx --data fashion-mnist --epochs 5 --opt sgd --lr 0.05 \
+--momentum 0.9 --weight-decay 5e-4 --ckpt-every-epoch --out runs/r\n  \
+probe grad --model models/resnet.onnx --ckpt runs/r/step-*.safetensors --data fashion-mnist \
+--weight-decay 5e-4 --out runs/r/grad.h5\n  \
+probe eval --model m.onnx --ckpt ckpts/*.safetensors --data d.h5 --batch 500 --out run.h5\n  \
+probe autodiff m.onnx -o m.grad.onnx\n\n\
+scripts/demo.sh runs the first two on the shipped ResNet."
 )]
 pub struct Cli {
     #[command(subcommand)]
