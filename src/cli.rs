@@ -96,6 +96,10 @@ pub struct AutodiffArgs {
     /// BatchNormalization with batch statistics (training mode).
     #[arg(long, value_enum, default_value_t = Bn::Eval)]
     pub bn: Bn,
+    /// Write the Hessian-vector-product graph instead: the gradient graph differentiated again,
+    /// with an input `v/<p>` per parameter and outputs `hvp/<p>` = (H v)_p.
+    #[arg(long)]
+    pub hvp: bool,
 }
 
 #[derive(Args, Debug)]

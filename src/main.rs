@@ -172,16 +172,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bn_train: a.bn == cli::Bn::Train,
                 wrt: None,
             };
-            let g = probe::autodiff::model_grad::grad_graph(&model, &opts, &samples)?;
-            let bytes = protobuf::Message::write_to_bytes(&g.proto)?;
+            let (proto, what, n) = if a.hvp {
+                let h = probe::autodiff::hvp::hvp_graph(&model, &opts, &samples)?;
+                let n = h.products.len();
+                (h.grad.proto, "Hessian-vector products", n)
+            } else {
+                let g = probe::autodiff::model_grad::grad_graph(&model, &opts, &samples)?;
+                let n = g.grads.len();
+                (g.proto, "gradients", n)
+            };
+            let bytes = protobuf::Message::write_to_bytes(&proto)?;
             std::fs::write(&a.out, bytes)
                 .map_err(|e| probe::error::output(format!("{}: {e}", a.out.display())))?;
             eprintln!(
-                "wrote {}: {} nodes ({} forward), gradients of {} parameters",
+                "wrote {}: {} nodes ({} forward), {what} of {n} parameters",
                 a.out.display(),
-                g.proto.graph.node.len(),
+                proto.graph.node.len(),
                 model.graph().node.len(),
-                g.grads.len()
             );
             Ok(())
         }

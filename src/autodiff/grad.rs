@@ -110,6 +110,19 @@ pub fn differentiate(
     loss: &str,
     wrt: &[String],
 ) -> Result<Diff> {
+    differentiate_as(graph, shapes, loss, wrt, "grad")
+}
+
+/// [`differentiate`] with the new values named `{prefix}/...`: differentiating a graph that
+/// already holds a gradient sweep (Hessian-vector products, [`super::hvp`]) needs a second
+/// prefix so the two sweeps' names cannot collide.
+pub fn differentiate_as(
+    graph: &GraphProto,
+    shapes: &Shapes,
+    loss: &str,
+    wrt: &[String],
+    prefix: &str,
+) -> Result<Diff> {
     let wrt_set: HashSet<&str> = wrt.iter().map(|s| s.as_str()).collect();
     let consts = constants(graph, &wrt_set, shapes);
     let is_seq = |n: &NodeProto| SEQUENCE_OPS.contains(&n.op_type.as_str());
@@ -176,7 +189,7 @@ pub fn differentiate(
     }
 
     // 4. reverse sweep.
-    let mut b = Builder::new("grad");
+    let mut b = Builder::new(prefix);
     let mut contrib: HashMap<String, Vec<String>> = HashMap::new();
     let mut seq_contrib: HashMap<String, BTreeMap<usize, Vec<String>>> = HashMap::new();
     let one = {

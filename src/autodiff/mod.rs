@@ -7,6 +7,7 @@
 
 pub mod ctx;
 pub mod grad;
+pub mod hvp;
 pub mod lift;
 pub mod loss;
 pub mod model_grad;

@@ -347,7 +347,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 /// `dW^T[(c,t), m] = sum_n cols[n] . dY[n]^T` is one batched MatMul [N, C*T, P] x [N, P, M]
 /// summed over n. ONNX Runtime's Conv on the transposed problem (the "conv trick") builds a
 /// kernel as large as the output map and ran 5-20x slower on the shipped ResNet.
-fn dw_im2col(
+pub fn dw_im2col(
     c: &mut Ctx,
     x: &str,
     g: &str,

@@ -20,6 +20,7 @@ pub mod cast;
 pub mod clip;
 pub mod concat;
 pub mod conv;
+pub mod conv_transpose;
 pub mod div;
 pub mod dropout;
 pub mod erf;
@@ -46,6 +47,7 @@ pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod scatter_elements;
 pub mod sequence_at;
 pub mod sigmoid;
 pub mod slice;
@@ -97,6 +99,7 @@ pub static RULES: &[&Rule] = &[
     &clip::RULE,
     &concat::RULE,
     &conv::RULE,
+    &conv_transpose::RULE,
     &div::RULE,
     &dropout::RULE,
     &erf::RULE,
@@ -137,6 +140,7 @@ pub static RULES: &[&Rule] = &[
     &reshape::RESHAPE,
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
+    &scatter_elements::RULE,
     &sequence_at::RULE,
     &sigmoid::RULE,
     &slice::RULE,
