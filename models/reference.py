@@ -224,6 +224,105 @@ def cmd_hidden_cnn(a):
     print(f"{a.out}: m.onnx (+.data), c.safetensors, m.py")
 
 
+def cmd_curvature(a):
+    """Noise and curvature by brute force in float64, the references for `probe grad --noise
+    --hessian`: per-sample gradients one by one, minibatch gradients of the same partition, the
+    dense Hessian of a parameter block (eigendecomposed), and the whole model's top eigenvalue by
+    an independent Lanczos (numpy, 80 steps, full reorthogonalization) on double-backward
+    Hessian-vector products."""
+    import numpy as np
+    from torch.func import functional_call
+
+    torch.set_num_threads(a.threads)
+    model = load_model(a.model, a.ckpt).double()
+    names = [k for k, _ in model.named_parameters()]
+    base = {k: p.detach().clone() for k, p in model.named_parameters()}
+    buffers = {k: b for k, b in model.named_buffers()}
+    xs, ys = [], []
+    for x, y in batches(a.data, 10**9):
+        xs.append(x), ys.append(y)
+    X, Y = torch.cat(xs), torch.cat(ys)
+    if X.is_floating_point():
+        X = X.double()
+
+    def summed(params, x, y):
+        logits = functional_call(model, (params, buffers), (x,))
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat, y.reshape(-1), reduction="sum"), y.numel()
+
+    def grad_of(params, x, y):
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        s, m = summed(ps, x, y)
+        gs = torch.autograd.grad(s, [ps[k] for k in names], allow_unused=True)
+        return torch.cat([(torch.zeros_like(ps[k]) if g is None else g).reshape(-1) for k, g in zip(names, gs)]) / m
+
+    N = X.shape[0]
+    g = grad_of(base, X, Y)
+    out = {"grad_l2": float(g.norm())}
+    # Per sample: tr Sigma = mean_i |g_i - g|^2.
+    dev = [float(((grad_of(base, X[i:i + 1], Y[i:i + 1]) - g) ** 2).sum()) for i in range(N)]
+    out["sample_var_trace"] = float(np.mean(dev))
+    # Minibatches of the fixed partition.
+    gb = [grad_of(base, X[i:i + a.batch], Y[i:i + a.batch]) for i in range(0, N, a.batch)]
+    out["batch_sq_mean"] = float(np.mean([float((v ** 2).sum()) for v in gb]))
+    out["batch_var"] = float(np.mean([float(((v - g) ** 2).sum()) for v in gb]))
+
+    sizes = {k: base[k].numel() for k in names}
+
+    def hvp(v):
+        ps = {k: t.clone().requires_grad_(True) for k, t in base.items()}
+        s, m = summed(ps, X, Y)
+        gs = torch.autograd.grad(s / m, [ps[k] for k in names], create_graph=True)
+        flat = torch.cat([t.reshape(-1) for t in gs])
+        hv = torch.autograd.grad(flat @ torch.from_numpy(v), [ps[k] for k in names])
+        return torch.cat([t.reshape(-1) for t in hv]).numpy()
+
+    # Whole model: Lanczos with full reorthogonalization.
+    dim = sum(sizes.values())
+    rng = np.random.default_rng(1234)
+    q = rng.standard_normal(dim); q /= np.linalg.norm(q)
+    Q, al, be = [q], [], []
+    for k in range(a.lanczos):
+        w = hvp(Q[-1]); al.append(float(w @ Q[-1]))
+        for _ in range(2):
+            for b in Q:
+                w -= (w @ b) * b
+        bk = float(np.linalg.norm(w))
+        if k + 1 == a.lanczos or bk < 1e-14:
+            break
+        be.append(bk); Q.append(w / bk)
+    T = np.diag(al) + np.diag(be[:len(al) - 1], 1) + np.diag(be[:len(al) - 1], -1)
+    ev = np.linalg.eigvalsh(T)
+    out["top"], out["lanczos_steps"] = float(ev[-1]), len(al)
+    gn = g.numpy() / np.linalg.norm(g.numpy())
+    out["sharpness"] = float(gn @ hvp(gn))
+
+    # A block, densely: the Hessian of the loss in the block's parameters, the rest fixed.
+    if a.block:
+        block = a.block.split(",")
+        shapes = [base[k].shape for k in block]
+        counts = [base[k].numel() for k in block]
+
+        def loss_of(flat):
+            ps = dict(base)
+            at = 0
+            for k, sh, c in zip(block, shapes, counts):
+                ps[k] = flat[at:at + c].reshape(sh)
+                at += c
+            s, m = summed(ps, X, Y)
+            return s / m
+
+        w0 = torch.cat([base[k].reshape(-1) for k in block])
+        H = torch.autograd.functional.hessian(loss_of, w0, vectorize=True).numpy()
+        H = (H + H.T) / 2
+        ev = np.linalg.eigvalsh(H)
+        out["block"] = {"params": block, "dim": int(H.shape[0]), "top": float(ev[-1]),
+                        "bottom": float(ev[0]), "trace": float(np.trace(H))}
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -238,6 +337,16 @@ def main():
         s.add_argument("--bn-train", action="store_true", help="BatchNorm with batch statistics")
         s.add_argument("--out", required=True)
         s.set_defaults(fn=fn)
+    s = sub.add_parser("curvature")
+    s.add_argument("--model", required=True)
+    s.add_argument("--ckpt")
+    s.add_argument("--data", required=True, help="HDF5 file with datasets x and y (all of it is used)")
+    s.add_argument("--batch", type=int, required=True, help="the minibatch partition for the batch noise")
+    s.add_argument("--block", help="comma-separated parameters whose Hessian block is built densely")
+    s.add_argument("--lanczos", type=int, default=80)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_curvature)
     s = sub.add_parser("make-data")
     s.add_argument("--dataset", required=True, choices=["fashion-mnist", "shakespeare"])
     s.add_argument("--n", type=int, help="number of examples/windows (default: all)")

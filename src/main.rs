@@ -83,6 +83,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     OnNonFinite::Continue
                 },
+                noise: a.noise.then(|| probe::measure::noise::NoiseOptions {
+                    samples: a.noise_samples.map(|n| n as usize),
+                }),
+                hessian: a.hessian.then(|| probe::measure::hessian::HessianOptions {
+                    samples: a.hessian_samples.map(|n| n as usize),
+                    iters: a.hessian_iters,
+                    tol: a.hessian_tol,
+                    probes: a.hutchinson,
+                    params: a.hessian_params.clone(),
+                    seed: a.hessian_seed,
+                }),
                 threads: c
                     .threads
                     .map(|t| t as usize)

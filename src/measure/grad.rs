@@ -23,6 +23,8 @@ use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
 use crate::store::{Cell, RunInfo, Store};
 use crate::train::interp::{Interpreter, Mode, State};
+use super::hessian::{HvpEngine, OrtHvp};
+use super::weights::Distribution;
 use anyhow::{anyhow, Context, Result};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -50,6 +52,10 @@ pub struct GradPlan {
     pub engine: Engine,
     pub shard: (usize, usize),
     pub on_nonfinite: OnNonFinite,
+    /// `--noise`: minibatch and per-sample gradient noise ([`super::noise`]).
+    pub noise: Option<super::noise::NoiseOptions>,
+    /// `--hessian`: curvature from Hessian-vector products ([`super::hessian`]).
+    pub hessian: Option<super::hessian::HessianOptions>,
     pub threads: usize,
     pub out: PathBuf,
     pub force: bool,
@@ -68,6 +74,8 @@ pub struct GradResult {
     pub grads: Vec<Vec<f64>>,
     /// Batches whose loss or gradient was not finite (their values are left out).
     pub nonfinite_batches: Vec<usize>,
+    /// With `noise`: the minibatch sums the noise identities need.
+    pub batch_noise: Option<super::noise::BatchSums>,
     pub seconds: f64,
 }
 
@@ -226,6 +234,86 @@ impl<'m> TorchEngine<'m> {
     }
 }
 
+impl TorchEngine<'_> {
+    /// The batch's summed loss (and correct count), with the autograd graph kept.
+    fn summed_loss(&mut self, b: &Batch) -> Result<(tch::Tensor, Option<f64>)> {
+        use crate::autodiff::LossKind;
+        use tch::Kind;
+        let device = self.interp.device();
+        let x = to_tensor(&b.x, device)?;
+        let y = to_tensor(&b.y, device)?;
+        let z = self.interp.forward(&self.state, &x, self.mode)?;
+        Ok(match self.loss {
+            LossKind::CrossEntropy => {
+                let c = *z.size().last().unwrap_or(&1);
+                let z = z.f_reshape([-1, c])?;
+                let t = y.f_reshape([-1])?;
+                let picked =
+                    z.f_log_softmax(1, None::<Kind>)?
+                        .f_gather(1, &t.f_unsqueeze(1)?, false)?;
+                let loss = picked.f_sum(Kind::Float)?.f_neg()?;
+                let correct = z.f_argmax(1, false)?.f_eq_tensor(&t)?.f_sum(Kind::Int64)?;
+                (loss, Some(i64::try_from(&correct)? as f64))
+            }
+            LossKind::Mse => {
+                let d = z.f_reshape([-1])?.f_sub(&y.f_reshape([-1])?)?;
+                (d.f_square()?.f_sum(Kind::Float)?, None)
+            }
+        })
+    }
+}
+
+/// libtorch's double backward: G = dl/dw with the graph of G kept (`create_graph`), then
+/// d<G, v>/dw = H v. The independent reference for the ONNX Hessian-vector-product graph, and
+/// `--engine torch`'s way to `--hessian`.
+pub struct TorchHvp<'m> {
+    pub engine: TorchEngine<'m>,
+    pub params: Vec<String>,
+}
+
+impl super::hessian::HvpEngine for TorchHvp<'_> {
+    fn hvp_params(&self) -> &[String] {
+        &self.params
+    }
+    fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.engine.load(ckpt)
+    }
+    fn hvp(&mut self, b: &Batch, v: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        use tch::{Kind, Tensor};
+        let (loss, _) = self.engine.summed_loss(b)?;
+        let device = self.engine.interp.device();
+        let inputs: Vec<&Tensor> = self.params.iter().map(|p| &self.engine.state[p]).collect();
+        let grads = Tensor::f_run_backward(&[&loss], &inputs, true, true)?;
+        let mut dot: Option<Tensor> = None;
+        for ((g, p), v) in grads.iter().zip(&inputs).zip(v) {
+            if !g.defined() {
+                continue;
+            }
+            let vt = Tensor::f_from_slice(v)?
+                .f_reshape(p.size().as_slice())?
+                .f_to_device(device)?;
+            let term = g.f_mul(&vt)?.f_sum(Kind::Float)?;
+            dot = Some(match dot {
+                None => term,
+                Some(d) => d.f_add(&term)?,
+            });
+        }
+        let Some(dot) = dot else {
+            return Ok(inputs.iter().map(|p| vec![0f32; p.numel()]).collect());
+        };
+        let hv = Tensor::f_run_backward(&[&dot], &inputs, false, false)?;
+        hv.iter()
+            .zip(&inputs)
+            .map(|(h, p)| {
+                if !h.defined() {
+                    return Ok(vec![0f32; p.numel()]);
+                }
+                Ok(Vec::<f32>::try_from(&h.f_reshape([-1])?.f_to_device(tch::Device::Cpu)?)?)
+            })
+            .collect()
+    }
+}
+
 /// A batch array as a libtorch tensor on `device`.
 pub fn to_tensor(a: &crate::data::Array, device: tch::Device) -> Result<tch::Tensor> {
     use crate::data::Array;
@@ -252,29 +340,8 @@ impl BatchEngine for TorchEngine<'_> {
         Ok(())
     }
     fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
-        use crate::autodiff::LossKind;
-        use tch::{Kind, Tensor};
-        let device = self.interp.device();
-        let x = to_tensor(&b.x, device)?;
-        let y = to_tensor(&b.y, device)?;
-        let z = self.interp.forward(&self.state, &x, self.mode)?;
-        let (loss, correct) = match self.loss {
-            LossKind::CrossEntropy => {
-                let c = *z.size().last().unwrap_or(&1);
-                let z = z.f_reshape([-1, c])?;
-                let t = y.f_reshape([-1])?;
-                let picked =
-                    z.f_log_softmax(1, None::<Kind>)?
-                        .f_gather(1, &t.f_unsqueeze(1)?, false)?;
-                let loss = picked.f_sum(Kind::Float)?.f_neg()?;
-                let correct = z.f_argmax(1, false)?.f_eq_tensor(&t)?.f_sum(Kind::Int64)?;
-                (loss, Some(i64::try_from(&correct)? as f64))
-            }
-            LossKind::Mse => {
-                let d = z.f_reshape([-1])?.f_sub(&y.f_reshape([-1])?)?;
-                (d.f_square()?.f_sum(Kind::Float)?, None)
-            }
-        };
+        use tch::Tensor;
+        let (loss, correct) = self.summed_loss(b)?;
         let inputs: Vec<&Tensor> = self.params.iter().map(|p| &self.state[p]).collect();
         let grads = Tensor::f_run_backward(&[&loss], &inputs, false, false)?;
         let grads = grads
@@ -307,6 +374,7 @@ pub fn full_gradient(
     batch: usize,
     classes: Option<usize>,
     on_nonfinite: OnNonFinite,
+    noise: bool,
     progress: &mut Progress,
 ) -> Result<GradResult> {
     let t0 = std::time::Instant::now();
@@ -317,6 +385,7 @@ pub fn full_gradient(
         .iter()
         .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
         .collect();
+    let mut sums = noise.then(|| super::noise::BatchSums::new(&acc));
     let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
     let mut has_correct = false;
     let mut nonfinite = Vec::new();
@@ -356,6 +425,9 @@ pub fn full_gradient(
                 *s += x as f64;
             }
         }
+        if let Some(n) = sums.as_mut() {
+            n.add(&r.grads, (count * per_sample.max(1)) as f64);
+        }
         loss_sum += r.loss;
         elements += count * per_sample.max(1);
         if let Some(c) = r.correct {
@@ -382,6 +454,7 @@ pub fn full_gradient(
         elements,
         grads: acc,
         nonfinite_batches: nonfinite,
+        batch_noise: sums,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -442,6 +515,8 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         plan.quiet,
     )?;
     let (shard, shards) = plan.shard;
+    check_options(plan, &model, &spec)?;
+    let mut hvp_engine: Option<Box<dyn HvpEngine + '_>> = None;
     let mut engine: Box<dyn BatchEngine + '_> = match plan.engine {
         Engine::OnnxRuntime => {
             // Shapes are observed on the first samples of the data, at two batch sizes.
@@ -463,6 +538,17 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             let graph = grad_graph(&model, &opts, &samples)?;
             let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
             let session = crate::runtime::session(&bytes, plan.threads, "gradient")?;
+            if let Some(h) = &plan.hessian {
+                let hopts = GradOptions {
+                    wrt: h.params.clone(),
+                    ..opts.clone()
+                };
+                let hg = crate::autodiff::hvp::hvp_graph(&model, &hopts, &samples)?;
+                let shapes = param_shapes(&model, &hg.dirs)?;
+                let bytes = protobuf::Message::write_to_bytes(&hg.grad.proto)?;
+                let hs = crate::runtime::session(&bytes, plan.threads, "Hessian-vector product")?;
+                hvp_engine = Some(Box::new(OrtHvp::new(hs, hg, shapes)));
+            }
             Box::new(OrtEngine::new(session, graph))
         }
         Engine::Torch(device) => {
@@ -479,7 +565,18 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 ));
             }
             tch::set_num_threads(plan.threads as i32);
-            Box::new(TorchEngine::new(&model, device, plan.bn_train, plan.loss)?)
+            let engine = TorchEngine::new(&model, device, plan.bn_train, plan.loss)?;
+            if let Some(h) = &plan.hessian {
+                let params = match &h.params {
+                    Some(p) => p.clone(),
+                    None => engine.params.clone(),
+                };
+                hvp_engine = Some(Box::new(TorchHvp {
+                    engine: TorchEngine::new(&model, device, plan.bn_train, plan.loss)?,
+                    params,
+                }));
+            }
+            Box::new(engine)
         }
     };
     let mut extra = std::collections::BTreeMap::new();
@@ -492,6 +589,34 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     extra.insert(
         "weight_decay".to_string(),
         plan.weight_decay.map(|l| l.to_string()).unwrap_or_default(),
+    );
+    // What --noise and --hessian measured; the rows of one file must agree on it.
+    extra.insert(
+        "noise".to_string(),
+        plan.noise
+            .as_ref()
+            .map(|n| match n.samples {
+                None => "samples=all".to_string(),
+                Some(k) => format!("samples={k}"),
+            })
+            .unwrap_or_default(),
+    );
+    extra.insert(
+        "hessian".to_string(),
+        plan.hessian
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "samples={} iters={} tol={} probes={} seed={} params={}",
+                    h.samples.map(|k| k.to_string()).unwrap_or("all".into()),
+                    h.iters,
+                    h.tol,
+                    h.probes,
+                    h.seed,
+                    h.params.as_ref().map(|p| p.join(",")).unwrap_or("all".into())
+                )
+            })
+            .unwrap_or_default(),
     );
     let info = RunInfo {
         command: "grad".into(),
@@ -509,6 +634,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     store.put_strings("params/name", &names)?;
     let done = store.done();
     let first_w = weights(&names, &all[0]);
+    let first_dist = Distribution::of(&first_w);
     let mut rows = Vec::new();
     let mut nonfinite_rows = 0;
     let result = (|| -> Result<()> {
@@ -528,9 +654,11 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 plan.batch,
                 fit.classes,
                 plan.on_nonfinite,
+                plan.noise.is_some(),
                 &mut progress,
             )?;
             progress.finish();
+            let finite = r.nonfinite_batches.is_empty();
             if !r.nonfinite_batches.is_empty() {
                 nonfinite_rows += 1;
             }
@@ -589,6 +717,134 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 ("checkpoints/step".into(), Cell::I64(c.step)),
                 ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
             ];
+            // The weights' distribution, per tensor (see `super::weights`).
+            let dist = Distribution::of(&w);
+            let p = names.len();
+            let prev_dist = if k > 0 {
+                Distribution::of(&prev_w)
+            } else {
+                Distribution::of(&w)
+            };
+            let per_dist_prev: Vec<f64> = w.iter().zip(&prev_w).map(|(a, b)| distance(&[a.clone()], &[b.clone()])).collect();
+            let per_move: Vec<f64> = w
+                .iter()
+                .zip(&prev_w)
+                .map(|(a, b)| super::weights::mean_abs_move(a, b))
+                .collect();
+            row.extend([
+                ("checkpoints/lr".into(), Cell::F64(checkpoint_lr(c))),
+                ("weights/w1_prev".into(), Cell::F64s(vec![p], dist.w1(&prev_dist))),
+                ("weights/w1_first".into(), Cell::F64s(vec![p], dist.w1(&first_dist))),
+                ("weights/per_param_mean_abs_move".into(), Cell::F64s(vec![p], per_move)),
+                ("weights/per_param_dist_prev".into(), Cell::F64s(vec![p], per_dist_prev)),
+                (
+                    "weights/quantiles".into(),
+                    Cell::F64s(vec![p, super::weights::QUANTILE_LEVELS], dist.quantiles.clone()),
+                ),
+                (
+                    "weights/hist/counts".into(),
+                    Cell::I64s(vec![p, super::weights::HIST_BINS], dist.hist_counts.clone()),
+                ),
+                (
+                    "weights/hist/edges".into(),
+                    Cell::F64s(vec![p, super::weights::HIST_BINS + 1], dist.hist_edges.clone()),
+                ),
+            ]);
+            if let Some(nopts) = &plan.noise {
+                let nan = vec![f64::NAN; p];
+                let (sq, var) = match (&r.batch_noise, finite) {
+                    (Some(b), true) => b.finish(&r.grads),
+                    _ => (nan.clone(), nan.clone()),
+                };
+                let want = nopts.samples.unwrap_or(spec.len).min(spec.len);
+                let sample = if finite && want > 0 {
+                    Some(super::noise::per_sample(
+                        engine.as_mut(),
+                        data.as_mut(),
+                        want,
+                        &r.grads,
+                        &label,
+                        plan.quiet,
+                    )?)
+                } else {
+                    None
+                };
+                let (tr, per_tr, used) = match &sample {
+                    Some(s) => (s.trace(), s.per_param.clone(), s.samples as i64),
+                    None => (f64::NAN, nan.clone(), 0),
+                };
+                row.extend([
+                    ("noise/batch_sq_mean".into(), Cell::F64(sq.iter().sum())),
+                    ("noise/batch_var".into(), Cell::F64(var.iter().sum())),
+                    ("noise/per_param_batch_var".into(), Cell::F64s(vec![p], var)),
+                    ("noise/sample_var_trace".into(), Cell::F64(tr)),
+                    ("noise/per_param_sample_var".into(), Cell::F64s(vec![p], per_tr)),
+                    ("noise/b_noise".into(), Cell::F64(tr / (g_l2 * g_l2))),
+                    ("noise/samples".into(), Cell::I64(used)),
+                ]);
+            }
+            if let (Some(hopts), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
+                let hp: Vec<String> = he.hvp_params().to_vec();
+                let sizes: Vec<usize> = hp.iter().map(|q| c.tensors[q].numel()).collect();
+                let gblock: Vec<f64> = hp
+                    .iter()
+                    .flat_map(|q| {
+                        let i = names.iter().position(|n| n == q).unwrap();
+                        r.grads[i].iter().copied()
+                    })
+                    .collect();
+                let cv = if finite {
+                    Some(super::hessian::curvature(
+                        he.as_mut(),
+                        c,
+                        data.as_mut(),
+                        plan.batch,
+                        hopts,
+                        &sizes,
+                        &gblock,
+                        &label,
+                        plan.quiet,
+                    )?)
+                } else {
+                    None
+                };
+                // Per-parameter columns follow /params/name; parameters outside the block get NaN.
+                let mut per_tr = vec![f64::NAN; p];
+                let mut per_se = vec![f64::NAN; p];
+                let mut per_mass = vec![f64::NAN; p];
+                if let Some(cv) = &cv {
+                    for (j, q) in hp.iter().enumerate() {
+                        let i = names.iter().position(|n| n == q).unwrap();
+                        per_tr[i] = cv.trace.per_block[j];
+                        per_se[i] = cv.trace.per_block_se[j];
+                        per_mass[i] = cv.top_mass[j];
+                    }
+                    if !cv.lanczos.converged {
+                        eprintln!(
+                            "warning: {label}: the top Hessian eigenvalue did not converge in {} Lanczos iterations: {} with relative residual {:.2e} (tolerance {:.1e}; raise --hessian-iters)",
+                            cv.lanczos.iterations, cv.lanczos.top, cv.lanczos.top_residual, hopts.tol
+                        );
+                    }
+                }
+                let f = |x: Option<f64>| Cell::F64(x.unwrap_or(f64::NAN));
+                let lz = cv.as_ref().map(|c| &c.lanczos);
+                row.extend([
+                    ("hessian/top".into(), f(lz.map(|l| l.top))),
+                    ("hessian/top_residual".into(), f(lz.map(|l| l.top_residual))),
+                    ("hessian/bottom".into(), f(lz.map(|l| l.bottom))),
+                    ("hessian/bottom_residual".into(), f(lz.map(|l| l.bottom_residual))),
+                    ("hessian/iterations".into(), Cell::I64(lz.map(|l| l.iterations as i64).unwrap_or(0))),
+                    ("hessian/converged".into(), Cell::I64(lz.map(|l| l.converged as i64).unwrap_or(0))),
+                    ("hessian/sharpness".into(), f(cv.as_ref().map(|c| c.sharpness))),
+                    ("hessian/trace".into(), f(cv.as_ref().map(|c| c.trace.trace))),
+                    ("hessian/trace_se".into(), f(cv.as_ref().map(|c| c.trace.trace_se))),
+                    ("hessian/per_param_trace".into(), Cell::F64s(vec![p], per_tr)),
+                    ("hessian/per_param_trace_se".into(), Cell::F64s(vec![p], per_se)),
+                    ("hessian/per_param_top_mass".into(), Cell::F64s(vec![p], per_mass)),
+                    ("hessian/samples".into(), Cell::I64(cv.as_ref().map(|c| c.samples as i64).unwrap_or(0))),
+                    ("hessian/products".into(), Cell::I64(cv.as_ref().map(|c| c.products as i64).unwrap_or(0))),
+                ]);
+            }
             let mut reg = None;
             if let Some(lambda) = plan.weight_decay {
                 // Gradient of L(w) + (lambda/2)|w|^2 is g + lambda w.
@@ -644,4 +900,80 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         )));
     }
     Ok(rows)
+}
+
+/// The learning rate a checkpoint was written at (`probe train` records it in the safetensors
+/// metadata as `lr`); NaN when unknown.
+fn checkpoint_lr(c: &Checkpoint) -> f64 {
+    c.metadata
+        .get("lr")
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn param_shapes(model: &Model, dirs: &[(String, String)]) -> Result<Vec<Vec<usize>>> {
+    dirs.iter()
+        .map(|(p, _)| {
+            model
+                .param(p)
+                .map(|i| i.shape.clone())
+                .ok_or_else(|| anyhow!("no parameter '{p}'"))
+        })
+        .collect()
+}
+
+/// Options checked against the model and data before any work: every problem at once.
+fn check_options(plan: &GradPlan, model: &Model, spec: &crate::data::Spec) -> Result<()> {
+    let mut problems = Vec::new();
+    if let Some(n) = &plan.noise {
+        if plan.bn_train && n.samples != Some(0) {
+            problems.push(
+                "--noise with --bn train: per-sample gradients are not defined under batch statistics \
+                 (add --noise-samples 0 for the minibatch part only)"
+                    .to_string(),
+            );
+        }
+    }
+    if let Some(h) = &plan.hessian {
+        let trainable: Vec<String> = model.trainable().map(|p| p.name.clone()).collect();
+        if let Some(ps) = &h.params {
+            for q in ps {
+                if !trainable.contains(q) {
+                    problems.push(format!(
+                        "--hessian-params: '{q}' is not a trainable parameter of {}",
+                        model.path.display()
+                    ));
+                }
+            }
+        }
+        if h.iters == 0 {
+            problems.push("--hessian-iters must be at least 1".into());
+        }
+        if h.samples == Some(0) {
+            problems.push("--hessian-samples must be at least 1".into());
+        }
+        let dim: usize = match &h.params {
+            Some(ps) => ps
+                .iter()
+                .filter_map(|q| model.param(q))
+                .map(|i| i.shape.iter().product::<usize>())
+                .sum(),
+            None => model.trainable().map(|i| i.shape.iter().product::<usize>()).sum(),
+        };
+        let bytes = (h.iters + 2) as f64 * dim as f64 * 8.0;
+        if bytes > 8.0 * (1u64 << 30) as f64 {
+            problems.push(format!(
+                "--hessian-iters {} keeps {} Lanczos vectors of {dim} parameters in f64 ({:.1} GiB); lower it or restrict --hessian-params",
+                h.iters,
+                h.iters + 2,
+                bytes / (1u64 << 30) as f64
+            ));
+        }
+    }
+    let _ = spec;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::input(problems.join("; ")))
+    }
 }

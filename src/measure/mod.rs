@@ -4,6 +4,9 @@
 pub mod check;
 pub mod eval;
 pub mod grad;
+pub mod hessian;
+pub mod noise;
+pub mod weights;
 
 pub use eval::{evaluate, EvalResult};
 

@@ -42,7 +42,7 @@ use hdf5::types::VarLenUnicode;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// What a results file is about; two runs may share a file only if these agree.
 #[derive(Debug, Clone)]
@@ -68,6 +68,7 @@ pub enum Cell {
     /// A tensor per row (per-parameter norms, full gradients): shape and values.
     F64s(Vec<usize>, Vec<f64>),
     F32s(Vec<usize>, Vec<f32>),
+    I64s(Vec<usize>, Vec<i64>),
 }
 
 pub type Row = Vec<(String, Cell)>;
@@ -305,7 +306,9 @@ impl Store {
             }
         }
         let (inner, tail): (Vec<usize>, usize) = match cell {
-            Cell::F64s(s, _) | Cell::F32s(s, _) => (s.clone(), s.iter().product::<usize>().max(1)),
+            Cell::F64s(s, _) | Cell::F32s(s, _) | Cell::I64s(s, _) => {
+                (s.clone(), s.iter().product::<usize>().max(1))
+            }
             _ => (vec![], 1),
         };
         // Chunks of about 64 KiB: many rows of scalars, one row of a large tensor.
@@ -317,7 +320,7 @@ impl Store {
         let b = match cell {
             Cell::F64(_) | Cell::F64s(..) => self.file.new_dataset::<f64>(),
             Cell::F32s(..) => self.file.new_dataset::<f32>(),
-            Cell::I64(_) => self.file.new_dataset::<i64>(),
+            Cell::I64(_) | Cell::I64s(..) => self.file.new_dataset::<i64>(),
             Cell::Str(_) => self.file.new_dataset::<VarLenUnicode>(),
         };
         b.chunk(chunk).shape(shape).create(name)
@@ -355,6 +358,11 @@ impl Store {
                         ds.write_slice(&a, slab())
                     }
                     Cell::F32s(_, v) => {
+                        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
+                            .unwrap();
+                        ds.write_slice(&a, slab())
+                    }
+                    Cell::I64s(_, v) => {
                         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
                             .unwrap();
                         ds.write_slice(&a, slab())

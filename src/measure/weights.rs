@@ -1,0 +1,159 @@
+//! The distribution of each weight tensor's entries at a checkpoint, and how it moves.
+//!
+//! The invariant-measure view (Zhang et al., ICML 2022) says the weights keep moving while their
+//! *distribution* settles. Per parameter tensor p with n entries we store, at every checkpoint:
+//! - quantiles at the levels j/256, j = 0..256 (linear interpolation between order statistics,
+//!   numpy's default), from which `probe analyze` rebuilds CDFs of windows of checkpoints;
+//! - a 64-bin histogram between the tensor's min and max, for plots;
+//! - the exact 1-Wasserstein distance to the previous and to the first checkpoint. For two
+//!   empirical distributions of n atoms each, the optimal coupling pairs order statistics:
+//!   W1 = (1/n) sum_i |a_(i) - b_(i)|;
+//! - the mean absolute move (1/n) sum_i |a_i - b_i| of the entries themselves. Pairing entry i
+//!   with entry i is one coupling, so W1 <= mean |Δw|: the ratio W1 / mean|Δw| in [0, 1] says
+//!   how much of the motion changes the distribution (1: all of it; near 0: the entries trade
+//!   places, the distribution stays).
+
+pub const QUANTILE_LEVELS: usize = 257;
+pub const HIST_BINS: usize = 64;
+
+/// One tensor's entries, sorted (NaNs last).
+pub fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s
+}
+
+/// Quantiles of sorted values at levels j/(Q-1), j = 0..Q-1: position h = (n-1) u, linear
+/// between the order statistics around it.
+pub fn quantiles(sorted: &[f64]) -> Vec<f64> {
+    let n = sorted.len();
+    if n == 0 {
+        return vec![f64::NAN; QUANTILE_LEVELS];
+    }
+    (0..QUANTILE_LEVELS)
+        .map(|j| {
+            let h = (n - 1) as f64 * j as f64 / (QUANTILE_LEVELS - 1) as f64;
+            let lo = h.floor() as usize;
+            let hi = (lo + 1).min(n - 1);
+            let t = h - lo as f64;
+            sorted[lo] + t * (sorted[hi] - sorted[lo])
+        })
+        .collect()
+}
+
+/// Counts in [`HIST_BINS`] equal bins between min and max (the max falls in the last bin), and
+/// the bins' edges. A constant tensor gets edges around its value, all counts in the middle.
+pub fn histogram(sorted: &[f64]) -> (Vec<i64>, Vec<f64>) {
+    let mut counts = vec![0i64; HIST_BINS];
+    let finite: Vec<f64> = sorted.iter().copied().filter(|x| x.is_finite()).collect();
+    let (lo, hi) = match (finite.first(), finite.last()) {
+        (Some(&a), Some(&b)) if b > a => (a, b),
+        (Some(&a), Some(_)) => (a - 0.5, a + 0.5),
+        _ => return (counts, vec![f64::NAN; HIST_BINS + 1]),
+    };
+    let w = (hi - lo) / HIST_BINS as f64;
+    for x in finite {
+        let k = (((x - lo) / w) as usize).min(HIST_BINS - 1);
+        counts[k] += 1;
+    }
+    let edges = (0..=HIST_BINS).map(|k| lo + w * k as f64).collect();
+    (counts, edges)
+}
+
+/// Exact W1 between the empirical distributions of two equally long sorted vectors.
+pub fn w1_sorted(a: &[f64], b: &[f64]) -> f64 {
+    if a.is_empty() || a.len() != b.len() {
+        return f64::NAN;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+}
+
+/// (1/n) sum |a_i - b_i|, entry by entry.
+pub fn mean_abs_move(a: &[f64], b: &[f64]) -> f64 {
+    if a.is_empty() || a.len() != b.len() {
+        return f64::NAN;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+}
+
+/// Everything above for one checkpoint, per tensor, in order.
+pub struct Distribution {
+    pub sorted: Vec<Vec<f64>>,
+    pub quantiles: Vec<f64>,
+    pub hist_counts: Vec<i64>,
+    pub hist_edges: Vec<f64>,
+}
+
+impl Distribution {
+    pub fn of(weights: &[Vec<f64>]) -> Distribution {
+        let sorted: Vec<Vec<f64>> = weights.iter().map(|w| self::sorted(w)).collect();
+        let mut q = Vec::with_capacity(sorted.len() * QUANTILE_LEVELS);
+        let mut hc = Vec::with_capacity(sorted.len() * HIST_BINS);
+        let mut he = Vec::with_capacity(sorted.len() * (HIST_BINS + 1));
+        for s in &sorted {
+            q.extend(quantiles(s));
+            let (c, e) = histogram(s);
+            hc.extend(c);
+            he.extend(e);
+        }
+        Distribution {
+            sorted,
+            quantiles: q,
+            hist_counts: hc,
+            hist_edges: he,
+        }
+    }
+    /// Per-tensor W1 to another checkpoint's distribution.
+    pub fn w1(&self, other: &Distribution) -> Vec<f64> {
+        self.sorted
+            .iter()
+            .zip(&other.sorted)
+            .map(|(a, b)| w1_sorted(a, b))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_match_numpy_linear() {
+        // numpy.quantile([3, 1, 2, 10], [0, 1/256, 0.5, 1]) = 1, 1.01171875, 2.5, 10.
+        let s = sorted(&[3.0, 1.0, 2.0, 10.0]);
+        let q = quantiles(&s);
+        assert_eq!(q[0], 1.0);
+        assert!((q[1] - 1.01171875).abs() < 1e-15);
+        assert_eq!(q[128], 2.5);
+        assert_eq!(q[256], 10.0);
+    }
+
+    #[test]
+    fn w1_is_the_sorted_pairing_and_below_the_move() {
+        // A permutation moves every entry but leaves the distribution: W1 = 0.
+        let a = [0.0, 1.0, 2.0, 3.0];
+        let b = [3.0, 2.0, 1.0, 0.0];
+        let (sa, sb) = (sorted(&a), sorted(&b));
+        assert_eq!(w1_sorted(&sa, &sb), 0.0);
+        assert_eq!(mean_abs_move(&a, &b), 2.0);
+        // A shift by c moves the distribution by exactly c.
+        let c: Vec<f64> = a.iter().map(|x| x + 0.25).collect();
+        assert!((w1_sorted(&sa, &sorted(&c)) - 0.25).abs() < 1e-15);
+        // W1 <= mean |Δ| on arbitrary data.
+        let x: Vec<f64> = (0..100).map(|i| ((i * 37 % 101) as f64).sin()).collect();
+        let y: Vec<f64> = (0..100).map(|i| ((i * 53 % 97) as f64).cos()).collect();
+        assert!(w1_sorted(&sorted(&x), &sorted(&y)) <= mean_abs_move(&x, &y) + 1e-15);
+    }
+
+    #[test]
+    fn histogram_counts_everything() {
+        let v: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin()).collect();
+        let (c, e) = histogram(&sorted(&v));
+        assert_eq!(c.iter().sum::<i64>(), 1000);
+        assert_eq!(e.len(), HIST_BINS + 1);
+        assert!(e.windows(2).all(|w| w[1] > w[0]));
+        let (c, e) = histogram(&[2.0, 2.0]);
+        assert_eq!(c.iter().sum::<i64>(), 2);
+        assert_eq!(e[0], 1.5);
+    }
+}
