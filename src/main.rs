@@ -104,8 +104,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 command_line: cli::command_line(),
             };
             let wd = plan.weight_decay.is_some();
+            let (noise, hess) = (plan.noise.is_some(), plan.hessian.is_some());
             println!(
-                "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {:>7}  checkpoint",
+                "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
                 "step",
                 "loss",
                 "accuracy",
@@ -113,22 +114,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if wd { "|grad+wd*w|  " } else { "" },
                 "|w|",
                 "moved",
+                if noise { "   B_noise  " } else { "" },
+                if hess { "  lambda_max  " } else { "" },
                 "seconds"
             );
             let print = |r: &GradRow| {
-                let reg = r
-                    .grad_reg_l2
-                    .map(|v| format!("{v:>11.4e}  "))
-                    .unwrap_or_default();
+                let opt = |v: Option<f64>, w: usize| {
+                    v.map(|v| format!("{v:>w$.4e}  ")).unwrap_or_default()
+                };
                 println!(
-                    "{:>8}  {:>10.6}  {:>8.4}  {:>11.4e}  {}{:>10.4}  {:>10.4}  {:>7.1}  {}",
+                    "{:>8}  {:>10.6}  {:>8.4}  {:>11.4e}  {}{:>10.4}  {:>10.4}  {}{}{:>7.1}  {}",
                     r.step,
                     r.loss,
                     r.accuracy,
                     r.grad_l2,
-                    reg,
+                    opt(r.grad_reg_l2, 11),
                     r.weights_l2,
                     r.dist_prev,
+                    opt(r.b_noise, 10),
+                    opt(r.hessian_top, 12),
                     r.seconds,
                     r.path
                 )

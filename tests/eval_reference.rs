@@ -14,7 +14,7 @@ fn args(v: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 /// bookkeeping that every such file shares.
 fn one_row(d: &serde_json::Value, samples: i64, elements: i64) -> (f64, f64) {
     let a = &d["attrs"];
-    assert_eq!(a["schema_version"], 1, "{a}");
+    assert_eq!(a["schema_version"], probe::store::SCHEMA_VERSION, "{a}");
     assert_eq!(a["command"], "eval");
     assert_eq!(a["rows"], 1);
     assert_eq!(a["complete"], 1);

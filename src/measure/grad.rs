@@ -495,6 +495,10 @@ pub struct GradRow {
     pub grad_reg_l2: Option<f64>,
     pub weights_l2: f64,
     pub dist_prev: f64,
+    /// With --noise: tr(Sigma)/|g|^2.
+    pub b_noise: Option<f64>,
+    /// With --hessian: the top eigenvalue.
+    pub hessian_top: Option<f64>,
     pub seconds: f64,
 }
 
@@ -647,6 +651,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             }
             let (path, label) = (c.path.display().to_string(), super::label(c));
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            let row_start = std::time::Instant::now();
             let r = full_gradient(
                 engine.as_mut(),
                 c,
@@ -845,6 +850,13 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     ("hessian/products".into(), Cell::I64(cv.as_ref().map(|c| c.products as i64).unwrap_or(0))),
                 ]);
             }
+            let cell = |name: &str| {
+                row.iter().find(|(n, _)| n == name).and_then(|(_, c)| match c {
+                    Cell::F64(v) => Some(*v),
+                    _ => None,
+                })
+            };
+            let (b_noise, hessian_top) = (cell("noise/b_noise"), cell("hessian/top"));
             let mut reg = None;
             if let Some(lambda) = plan.weight_decay {
                 // Gradient of L(w) + (lambda/2)|w|^2 is g + lambda w.
@@ -874,6 +886,13 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     row.push((format!("grad/full/{p}"), Cell::F64s(shape, g.clone())));
                 }
             }
+            // /seconds is the whole row: the gradient pass and any noise and curvature passes.
+            let seconds = row_start.elapsed().as_secs_f64();
+            for (name, cell) in row.iter_mut() {
+                if name == "seconds" {
+                    *cell = Cell::F64(seconds);
+                }
+            }
             store.append(&row)?;
             let out = GradRow {
                 path,
@@ -884,7 +903,9 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 grad_reg_l2: reg,
                 weights_l2: w_l2,
                 dist_prev,
-                seconds: r.seconds,
+                b_noise,
+                hessian_top,
+                seconds,
             };
             on_row(&out);
             rows.push(out);

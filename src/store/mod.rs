@@ -1,4 +1,5 @@
-//! The HDF5 results store. Schema version 1 (also documented in `docs/schema.md`):
+//! The HDF5 results store. Schema version 2 (documented in full in `docs/schema.md`, which also
+//! lists the `--noise`, `--hessian` and weight-distribution columns of `probe grad`):
 //!
 //! One row per checkpoint along the first axis of every dataset, appended as each checkpoint
 //! completes:
@@ -175,8 +176,10 @@ impl Store {
             ] {
                 let have = read_i64_attr(&file, k).unwrap_or(-1);
                 // The batch size changes results only through batch statistics (--bn train).
-                let matters =
-                    k != "batch_size" || info.extra.get("bn").is_some_and(|b| b == "train");
+                // and through the minibatch partition --noise measures.
+                let matters = k != "batch_size"
+                    || info.extra.get("bn").is_some_and(|b| b == "train")
+                    || info.extra.get("noise").is_some_and(|n| !n.is_empty());
                 if have != v && matters {
                     diffs.push(format!("{k} is {have}, this run {v}"));
                 }
