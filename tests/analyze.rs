@@ -525,7 +525,7 @@ print("ok")
             s(&grad),
             s(&panel),
         ]);
-        run(cmd)
+        common::run(cmd)
     };
     assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
     assert!(std::fs::read(&panel).unwrap().starts_with(b"\x89PNG"));

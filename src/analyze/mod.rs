@@ -56,6 +56,10 @@ pub const SERIES: &[(&str, &str, &str)] = &[
 /// whatever the series does): the verdict says so.
 pub const KPSS_FEW: usize = 10;
 
+/// The loss counts as stable when its 95% slope interval, carried across the last half, keeps
+/// the change within this fraction of its level.
+pub const STABLE_WITHIN: f64 = 0.05;
+
 /// One series over the last half of the checkpoints.
 #[derive(Debug, Clone)]
 pub struct SeriesStats {
@@ -77,6 +81,15 @@ pub struct SeriesStats {
     /// mean_abs_change / |half_mean|.
     pub mean_abs_change_rel: f64,
     pub kpss: Kpss,
+}
+
+impl SeriesStats {
+    /// The change across the last half relative to its mean level, as the fitted line gives
+    /// it and at the two ends of the slope's 95% interval: slope * (step span) / |half mean|.
+    pub fn ci_change(&self) -> (f64, f64, f64) {
+        let k = (self.half_steps.1 - self.half_steps.0) as f64 / self.half_mean.abs();
+        (self.trend.slope * k, self.trend.slope_lo * k, self.trend.slope_hi * k)
+    }
 }
 
 /// A comparison of two windows of checkpoints (positions in step order, half-open).
@@ -453,13 +466,19 @@ pub fn g(v: f64) -> String {
     }
 }
 
+/// A fraction as a percentage: whole percent from 10%, one decimal from 1%, else 2 digits.
 fn pct(v: f64) -> String {
+    let p = 100.0 * v;
     if v.is_nan() {
         "-".into()
-    } else if v.abs() >= 0.1 {
-        format!("{:.0}%", 100.0 * v)
+    } else if p.abs() >= 10.0 {
+        format!("{p:.0}%")
+    } else if p.abs() >= 1.0 {
+        format!("{p:.1}%")
+    } else if p == 0.0 {
+        "0%".into()
     } else {
-        format!("{}%", g(100.0 * v))
+        format!("{:.*}%", (1 - p.abs().log10().floor() as i32).max(0) as usize, p)
     }
 }
 
@@ -600,6 +619,8 @@ impl Analysis {
             g(t.slope_lo),
             g(t.slope_hi),
         );
+        // Changes across the half, relative to its mean level: fitted, and the 95% CI's ends.
+        let (fit, lo, hi) = s.ci_change();
         let answer = if t.slope.is_nan() {
             format!(
                 ". Too few checkpoints in the last half ({}) for a trend: {}",
@@ -611,34 +632,42 @@ impl Analysis {
                 }
             )
         } else if t.sign() < 0 {
-            // Still falling: a straight line at the fitted rate would reach zero after
-            // last / |slope| more steps.
+            // Still falling: a straight line from the half's mean level at the fitted rate
+            // (at the CI's slowest) would reach zero after level / |slope| more steps.
             format!(
-                ". Not converged yet: still falling ({} across the half); at the fitted rate it would reach 0 after ~{} more steps ({}x the half's length)",
-                pct(s.rel_change),
-                g(s.last / -t.slope),
-                g(s.last / -t.slope / span.max(1.0))
+                ". Not converged yet: still falling (fitted change across the half {}, CI [{}, {}]); at the fitted rate it would reach 0 in ~{} more steps ({}x the half's length), at the CI's slowest in ~{}",
+                pct(fit),
+                pct(lo),
+                pct(hi),
+                g(s.half_mean / -t.slope),
+                g(s.half_mean / -t.slope / span.max(1.0)),
+                g(s.half_mean / -t.slope_hi),
             )
         } else if t.sign() > 0 {
             format!(
-                ". No: it is rising ({} across the half; the CI excludes a decline)",
-                pct(s.rel_change)
+                ". No: it is rising (fitted change across the half {}, CI [{}, {}]: the CI excludes a decline)",
+                pct(fit),
+                pct(lo),
+                pct(hi)
             )
         } else if rel < 0.01 {
             ". Yes: flat (the CI includes 0) at under 1% of its start".to_string()
         } else {
             let horizon = if t.slope_lo < 0.0 {
                 format!(
-                    "; even the steepest decline the CI allows would need ~{} more steps ({}x the half) to reach 0",
-                    g(s.last / -t.slope_lo),
-                    g(s.last / -t.slope_lo / span.max(1.0))
+                    "; even the steepest decline the CI allows would take ~{} more steps ({}x the half) to reach 0",
+                    g(s.half_mean / -t.slope_lo),
+                    g(s.half_mean / -t.slope_lo / span.max(1.0))
                 )
             } else {
                 String::new()
             };
             format!(
-                ". No: it levels off at {} of its start (the CI includes 0){horizon}",
-                pct(rel)
+                ". No: over the last half it stays at {} of its start with no significant trend (fitted change across the half {}, CI [{}, {}]){horizon}",
+                pct(rel),
+                pct(fit),
+                pct(lo),
+                pct(hi)
             )
         };
         v.push_str(&answer);
@@ -672,26 +701,38 @@ impl Analysis {
 
     fn loss_verdict(&self, s: &SeriesStats) -> String {
         let t = &s.trend;
+        let (fit, lo, hi) = s.ci_change();
+        // Stable: no significant trend AND the CI bounds the change across the half to within
+        // STABLE_WITHIN of the level (a flat fit through scattered points proves nothing).
+        let bounded = lo.abs().max(hi.abs()) <= STABLE_WITHIN;
         let answer = if t.slope.is_nan() {
-            "too few checkpoints in the last half for a trend"
-        } else if t.sign() == 0 || s.rel_change.abs() < 0.01 {
-            if s.kpss.stat.is_finite() && s.kpss.rejects_at_5pct() {
-                "mostly: no significant trend, but KPSS rejects a constant level (it wanders)"
-            } else {
-                "yes: no significant trend over the last half"
-            }
+            "too few checkpoints in the last half for a trend".to_string()
         } else if t.sign() < 0 {
-            "no: still decreasing"
+            "no: still decreasing".to_string()
+        } else if t.sign() > 0 {
+            "no: increasing".to_string()
+        } else if !bounded {
+            format!(
+                "not established: no significant trend, but the checkpoints scatter too much to rule out a change of more than {} across the half",
+                pct(STABLE_WITHIN)
+            )
+        } else if s.kpss.stat.is_finite() && s.kpss.rejects_at_5pct() {
+            format!(
+                "mostly: no trend beyond {} across the half, but KPSS rejects a constant level (it wanders)",
+                pct(STABLE_WITHIN)
+            )
         } else {
-            "no: increasing"
+            format!("yes: no trend beyond {} across the half", pct(STABLE_WITHIN))
         };
         let mut v = format!(
-            "Loss stabilized? {answer}. {} at step {}, {} over the last half, {} at the end; change across the half {}; slope {} per step, 95% CI [{}, {}]; checkpoint-to-checkpoint change {} of its level",
+            "Loss stabilized? {answer}. {} at step {}, {} over the last half, {} at the end; fitted change across the half {}, 95% CI [{}, {}] (slope {} per step, CI [{}, {}]); checkpoint-to-checkpoint change {} of its level",
             g(s.first),
             s.first_step,
             g(s.half_mean),
             g(s.last),
-            pct(s.rel_change),
+            pct(fit),
+            pct(lo),
+            pct(hi),
             g(t.slope),
             g(t.slope_lo),
             g(t.slope_hi),
@@ -838,6 +879,9 @@ pub fn write(res: &Results, a: &Analysis, command_line: &str) -> Result<()> {
         col("slope_hi", &|x| x.trend.slope_hi)?;
         col("intercept", &|x| x.trend.intercept)?;
         col("rel_change", &|x| x.rel_change)?;
+        col("fit_change", &|x| x.ci_change().0)?;
+        col("fit_change_lo", &|x| x.ci_change().1)?;
+        col("fit_change_hi", &|x| x.ci_change().2)?;
         col("mean_abs_change", &|x| x.mean_abs_change)?;
         col("mean_abs_change_rel", &|x| x.mean_abs_change_rel)?;
         col("kpss_stat", &|x| x.kpss.stat)?;
