@@ -174,6 +174,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for m in &r.missing {
                     eprintln!("note: {} has no {m}", plan.path.display());
                 }
+                if !r.complete {
+                    eprintln!(
+                        "note: {} is not complete (probe grad still running, or stopped): analysed its {} complete rows",
+                        plan.path.display(),
+                        r.rows
+                    );
+                }
             }
             for line in r.table() {
                 println!("{line}");

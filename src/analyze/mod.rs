@@ -88,16 +88,23 @@ impl SeriesStats {
     /// it and at the two ends of the slope's 95% interval: slope * (step span) / |half mean|.
     pub fn ci_change(&self) -> (f64, f64, f64) {
         let k = (self.half_steps.1 - self.half_steps.0) as f64 / self.half_mean.abs();
-        (self.trend.slope * k, self.trend.slope_lo * k, self.trend.slope_hi * k)
+        (
+            self.trend.slope * k,
+            self.trend.slope_lo * k,
+            self.trend.slope_hi * k,
+        )
     }
 }
+
+/// Positions [from, to) in step order.
+pub type Span = (usize, usize);
 
 /// A comparison of two windows of checkpoints (positions in step order, half-open).
 #[derive(Debug, Clone)]
 pub struct Window {
     pub name: String,
-    pub a: (usize, usize),
-    pub b: (usize, usize),
+    pub a: Span,
+    pub b: Span,
     /// Entry-weighted mean over tensors of W1(tensor's distribution in A, in B).
     pub w1: f64,
     /// The weights' RMS over the two windows (entry-weighted over tensors), the scale for `w1`.
@@ -145,6 +152,9 @@ pub struct Analysis {
     pub series: Vec<SeriesStats>,
     /// Columns absent from the file, with how to get them.
     pub missing: Vec<String>,
+    /// Whether `probe grad` finished the file (`complete` = 1); if not, its complete rows
+    /// were analysed.
+    pub complete: bool,
     pub distribution: Option<Distribution>,
     /// Why the distributional part is missing, when it is.
     pub distribution_skipped: Option<String>,
@@ -201,6 +211,7 @@ pub fn analyze(res: &Results, lr: Option<f64>) -> Analysis {
         order: res.order.clone(),
         series,
         missing,
+        complete: res.complete,
         distribution,
         distribution_skipped,
         eos,
@@ -361,7 +372,7 @@ fn rms_of_quantiles(q: &[f64]) -> f64 {
 
 /// The windows compared: first half vs second half, and consecutive quarters (with 4 or more
 /// checkpoints), as positions in step order.
-pub fn window_bounds(k: usize) -> Vec<(String, (usize, usize), (usize, usize))> {
+pub fn window_bounds(k: usize) -> Vec<(String, Span, Span)> {
     let mut out = vec![(
         "first half vs second half".to_string(),
         (0, k / 2),
@@ -478,7 +489,11 @@ fn pct(v: f64) -> String {
     } else if p == 0.0 {
         "0%".into()
     } else {
-        format!("{:.*}%", (1 - p.abs().log10().floor() as i32).max(0) as usize, p)
+        format!(
+            "{:.*}%",
+            (1 - p.abs().log10().floor() as i32).max(0) as usize,
+            p
+        )
     }
 }
 
@@ -722,7 +737,10 @@ impl Analysis {
                 pct(STABLE_WITHIN)
             )
         } else {
-            format!("yes: no trend beyond {} across the half", pct(STABLE_WITHIN))
+            format!(
+                "yes: no trend beyond {} across the half",
+                pct(STABLE_WITHIN)
+            )
         };
         let mut v = format!(
             "Loss stabilized? {answer}. {} at step {}, {} over the last half, {} at the end; fitted change across the half {}, 95% CI [{}, {}] (slope {} per step, CI [{}, {}]); checkpoint-to-checkpoint change {} of its level",

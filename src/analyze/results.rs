@@ -24,6 +24,8 @@ pub struct Results {
     pub params: Vec<String>,
     /// The `weight_decay` attribute ("" without --weight-decay).
     pub weight_decay: String,
+    /// The `complete` attribute: 0 while `probe grad` is still writing, or after it failed.
+    pub complete: bool,
 }
 
 impl Results {
@@ -77,7 +79,9 @@ impl Results {
             .map(|v| v.iter().map(|s| s.as_str().to_string()).collect())
             .unwrap_or_default();
         let weight_decay = read_str_attr(&file, "weight_decay").unwrap_or_default();
+        let complete = read_i64_attr(&file, "complete") == Some(1);
         Ok(Results {
+            complete,
             path: path.to_path_buf(),
             file,
             schema_version,

@@ -162,7 +162,7 @@ pub fn student_t_cdf(t: f64, df: f64) -> f64 {
 /// The p-quantile of Student's t (p in (0, 1)), by bisection on the CDF (60 halvings of a
 /// bracket that grows until it holds the quantile: ~1e-12 absolute).
 pub fn student_t_quantile(p: f64, df: f64) -> f64 {
-    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+    if p.is_nan() || p <= 0.0 || p >= 1.0 || df.is_nan() || df <= 0.0 {
         return f64::NAN;
     }
     if p < 0.5 {

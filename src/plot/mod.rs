@@ -386,7 +386,9 @@ fn draw<DB: DrawingBackend>(
             };
             (y0 - pad, y1 + pad)
         };
-        let (to_n, from_n): (fn(f64) -> f64, fn(f64) -> f64) = if p.log {
+        // To and from the axis's own scale (ln y on a log axis).
+        type Map = fn(f64) -> f64;
+        let (to_n, from_n): (Map, Map) = if p.log {
             (f64::ln, f64::exp)
         } else {
             (|v| v, |v| v)
