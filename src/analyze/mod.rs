@@ -298,7 +298,8 @@ fn distribution(res: &Results, half: usize) -> (Option<Distribution>, Option<Str
     }
     let w1 = res.matrix("weights/w1_prev");
     let mv = res.matrix("weights/per_param_mean_abs_move");
-    let q = res.cube("weights/quantiles");
+    const Q: &str = "weights/quantiles";
+    let q = res.cube_shape(Q);
     if w1.is_none() && q.is_none() {
         return (
             None,
@@ -308,7 +309,7 @@ fn distribution(res: &Results, half: usize) -> (Option<Distribution>, Option<Str
     let p = w1
         .as_ref()
         .map(|m| m.ncols())
-        .or(q.as_ref().map(|c| c.shape()[1]))
+        .or(q.map(|(p, _)| p))
         .unwrap_or(0);
     let mut d = Distribution::default();
     let entries = res.entries().filter(|e| e.len() == p);
@@ -334,10 +335,10 @@ fn distribution(res: &Results, half: usize) -> (Option<Distribution>, Option<Str
             let sm: f64 = rows.iter().map(|&r| d.move_prev[r]).filter(|v| v.is_finite()).sum();
             d.half_ratio = ratio(sw, sm);
             d.half_path_rel = f64::NAN;
-            if let Some(q) = &q {
-                let last = *res.order.last().unwrap();
-                let rms = weighted((0..p).map(|j| rms_of_quantiles(q.slice(ndarray::s![last, j, ..]).as_slice().unwrap_or(&[]))).map(|r| r * r), &ew).sqrt();
-                d.half_path_rel = sm / rms;
+            let last = *res.order.last().unwrap();
+            if let Some(q) = res.cube_row(Q, last).filter(|q| q.nrows() == p) {
+                let ms = q.rows().into_iter().map(|r| rms_of_quantiles(&r.to_vec()).powi(2));
+                d.half_path_rel = sm / weighted(ms, &ew).sqrt();
             }
             if !res.has("weights/per_param_mean_abs_move") {
                 d.notes.push("no /weights/per_param_mean_abs_move".into());
@@ -348,8 +349,11 @@ fn distribution(res: &Results, half: usize) -> (Option<Distribution>, Option<Str
                 .into(),
         ),
     }
-    match &q {
-        Some(q) => d.windows = windows(res, q, &ew),
+    match q {
+        Some((qp, _)) if qp == p => d.windows = windows(res, p, &ew),
+        Some((qp, _)) => d.notes.push(format!(
+            "/weights/quantiles holds {qp} tensors, /weights/w1_prev {p}: the window distances are skipped"
+        )),
         None => d
             .notes
             .push("no /weights/quantiles: the window distances are skipped".into()),
@@ -391,36 +395,39 @@ pub fn window_bounds(k: usize) -> Vec<(String, Span, Span)> {
     out
 }
 
-fn windows(res: &Results, q: &ndarray::Array3<f64>, ew: &[f64]) -> Vec<Window> {
-    let p = q.shape()[1];
-    let member =
-        |pos: usize, j: usize| -> Vec<f64> { q.slice(ndarray::s![res.order[pos], j, ..]).to_vec() };
-    window_bounds(res.rows)
+fn windows(res: &Results, p: usize, ew: &[f64]) -> Vec<Window> {
+    let bounds = window_bounds(res.rows);
+    // per[w][j]: W1 of tensor j between the windows of comparison w; ms: mean square.
+    let mut per = vec![vec![f64::NAN; p]; bounds.len()];
+    let mut ms = vec![vec![f64::NAN; p]; bounds.len()];
+    for j in 0..p {
+        let Some(q) = res.cube_param("weights/quantiles", j) else {
+            continue;
+        };
+        // The tensor's quantile function at each position in step order.
+        let at: Vec<Vec<f64>> = res.order.iter().map(|&r| q.row(r).to_vec()).collect();
+        for (w, (_, a, b)) in bounds.iter().enumerate() {
+            let ra: Vec<&[f64]> = at[a.0..a.1].iter().map(|v| v.as_slice()).collect();
+            let rb: Vec<&[f64]> = at[b.0..b.1].iter().map(|v| v.as_slice()).collect();
+            per[w][j] = wasserstein::w1_windows(&ra, &rb);
+            let sq: Vec<f64> = ra
+                .iter()
+                .chain(&rb)
+                .map(|v| rms_of_quantiles(v).powi(2))
+                .collect();
+            ms[w][j] = stats::mean(&sq);
+        }
+    }
+    bounds
         .into_iter()
-        .map(|(name, a, b)| {
-            let mut per = Vec::with_capacity(p);
-            let mut ms = Vec::with_capacity(p);
-            for j in 0..p {
-                let qa: Vec<Vec<f64>> = (a.0..a.1).map(|r| member(r, j)).collect();
-                let qb: Vec<Vec<f64>> = (b.0..b.1).map(|r| member(r, j)).collect();
-                let ra: Vec<&[f64]> = qa.iter().map(|v| v.as_slice()).collect();
-                let rb: Vec<&[f64]> = qb.iter().map(|v| v.as_slice()).collect();
-                per.push(wasserstein::w1_windows(&ra, &rb));
-                let sq: Vec<f64> = qa
-                    .iter()
-                    .chain(&qb)
-                    .map(|v| rms_of_quantiles(v).powi(2))
-                    .collect();
-                ms.push(stats::mean(&sq));
-            }
-            Window {
-                name,
-                a,
-                b,
-                w1: weighted(per.iter().copied(), ew),
-                rms: weighted(ms.iter().copied(), ew).sqrt(),
-                w1_per_param: per,
-            }
+        .zip(per.into_iter().zip(ms))
+        .map(|((name, a, b), (per, ms))| Window {
+            name,
+            a,
+            b,
+            w1: weighted(per.iter().copied(), ew),
+            rms: weighted(ms.iter().copied(), ew).sqrt(),
+            w1_per_param: per,
         })
         .collect()
 }

@@ -5,7 +5,7 @@ use crate::error::input;
 use crate::store::{read_i64_attr, read_str_attr};
 use anyhow::Result;
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array2, Array3};
+use ndarray::{s, Array2};
 use std::path::{Path, PathBuf};
 
 pub struct Results {
@@ -36,12 +36,24 @@ impl Results {
         if !path.is_file() {
             return Err(input(format!("{name}: no such file")));
         }
-        let file = if write {
-            hdf5::File::open_rw(path)
-        } else {
+        let read_only = || {
             hdf5::File::open(path)
-        }
-        .map_err(|e| input(format!("{name}: not an HDF5 file, or not readable ({e})")))?;
+                .map_err(|e| input(format!("{name}: not an HDF5 file, or not readable ({e})")))
+        };
+        let file = if write {
+            match hdf5::File::open_rw(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Readable but not writable: read-only, or held by a running probe grad.
+                    drop(read_only()?);
+                    return Err(crate::error::output(format!(
+                        "{name}: cannot open it for writing /analysis ({e})"
+                    )));
+                }
+            }
+        } else {
+            read_only()?
+        };
         let command = read_str_attr(&file, "command");
         if command.as_deref() != Some("grad") {
             return Err(input(match command {
@@ -131,18 +143,29 @@ impl Results {
             .map(|v| v.mapv(|x| x as f64))
     }
 
-    /// A per-row, per-tensor vector column [rows, P, L].
-    pub fn cube(&self, name: &str) -> Option<Array3<f64>> {
-        let ds = self.file.dataset(name).ok()?;
-        if ds.ndim() != 3 || ds.shape()[0] < self.rows {
-            return None;
-        }
-        if let Ok(v) = ds.read_slice::<f64, _, ndarray::Ix3>(s![..self.rows, .., ..]) {
-            return Some(v);
-        }
-        ds.read_slice::<i64, _, ndarray::Ix3>(s![..self.rows, .., ..])
+    /// (P, L) of a per-row, per-tensor vector column [rows, P, L] holding every row.
+    pub fn cube_shape(&self, name: &str) -> Option<(usize, usize)> {
+        let sh = self.file.dataset(name).ok()?.shape();
+        (sh.len() == 3 && sh[0] >= self.rows).then(|| (sh[1], sh[2]))
+    }
+
+    /// Tensor `p`'s slice [rows, L] of a per-row, per-tensor vector column (read one tensor at
+    /// a time: the whole column can be large, e.g. quantiles of 300 tensors at 1000 rows).
+    pub fn cube_param(&self, name: &str, p: usize) -> Option<Array2<f64>> {
+        self.file
+            .dataset(name)
+            .ok()?
+            .read_slice_2d::<f64, _>(s![..self.rows, p, ..])
             .ok()
-            .map(|v| v.mapv(|x| x as f64))
+    }
+
+    /// Row `r`'s slice [P, L] of a per-row, per-tensor vector column.
+    pub fn cube_row(&self, name: &str, r: usize) -> Option<Array2<f64>> {
+        self.file
+            .dataset(name)
+            .ok()?
+            .read_slice_2d::<f64, _>(s![r, .., ..])
+            .ok()
     }
 
     /// Entries per parameter tensor: the sum of `/weights/hist/counts` over bins at the first
