@@ -291,15 +291,26 @@ fn synthetic_schema_2_file_gives_the_closed_form_distances() {
             .create("hessian/top")
             .unwrap();
     }
-    for _ in 0..2 {
-        // The second run replaces /analysis.
-        let o = probe(&["analyze", s(&path)]).ok();
-        assert!(
-            o.stdout.contains("Edge of stability: lambda_max * lr / 2"),
-            "{}",
-            o.stdout
-        );
+    // --lr overrides /checkpoints/lr; the second run (without it) replaces all of /analysis.
+    let o = probe(&["analyze", s(&path), "--lr", "0.05"]).ok();
+    assert!(o.stdout.contains("lr from --lr 0.05"), "{}", o.stdout);
+    {
+        let _g = hdf5_guard();
+        let f = hdf5::File::open(&path).unwrap();
+        let eos = f
+            .dataset("analysis/edge_of_stability/ratio")
+            .unwrap()
+            .read_raw::<f64>()
+            .unwrap();
+        assert!((eos[7] - 0.5).abs() < 1e-12, "{eos:?}");
     }
+    let o = probe(&["analyze", s(&path)]).ok();
+    assert!(
+        o.stdout.contains("Edge of stability: lambda_max * lr / 2")
+            && o.stdout.contains("lr from /checkpoints/lr"),
+        "{}",
+        o.stdout
+    );
     let _g = hdf5_guard();
     let f = hdf5::File::open(&path).unwrap();
     let read = |n: &str| f.dataset(n).unwrap().read_raw::<f64>().unwrap();

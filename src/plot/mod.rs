@@ -448,7 +448,9 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
         bold = within(&[1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
     }
     if bold.len() > 8 {
-        bold = within(&[1.0, 3.0]);
+        // Powers of ten over many decades: every n-th of them.
+        let n = bold.len().div_ceil(8);
+        bold = bold.into_iter().step_by(n).collect();
     }
     (bold, within(&all))
 }
@@ -598,4 +600,42 @@ where
             .draw()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        for (v, want) in [
+            (400.0, "400"),
+            (0.8, "0.8"),
+            (0.0005, "5e-4"),
+            (1.0, "1"),
+            (12345.0, "12345"),
+            (2.5e6, "2.5e6"),
+            (0.123456, "0.1235"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(tick(v), want);
+        }
+    }
+
+    #[test]
+    fn log_ticks_label_a_few_round_values() {
+        assert_eq!(log_ticks(0.15, 2.5).0, vec![0.2, 0.5, 1.0, 2.0]);
+        // Narrow ranges fall back to finer multiples, wide ones to powers of ten.
+        assert_eq!(log_ticks(1.1, 3.3).0, vec![1.2, 1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(log_ticks(1e-6, 1e3).0.len(), 5);
+    }
+
+    #[test]
+    fn legend_goes_where_the_data_is_not() {
+        // Data along the top: a lower corner is free.
+        let top: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64 / 10.0, 0.95)).collect();
+        let (pos, hidden) = legend_corner(&top, 0.2);
+        assert_eq!(hidden, 0);
+        assert!(matches!(pos, SeriesLabelPosition::LowerRight));
+    }
 }
