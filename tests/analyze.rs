@@ -351,6 +351,15 @@ fn synthetic_schema_2_file_gives_the_closed_form_distances() {
         .collect();
     assert_eq!(names[0], "first half vs second half");
     assert_eq!(names[3], "quarter 3 vs quarter 4");
+    // The quantile model reproduces the stored W1 to the previous row exactly here.
+    let calib: f64 = f
+        .group("analysis/distribution")
+        .unwrap()
+        .attr("quantile_w1_error")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert!(calib.abs() < 1e-9, "{calib}");
     // Edge of stability: top * lr / 2 = r / (k - 1).
     let eos = read("analysis/edge_of_stability/ratio");
     assert!((eos[7] - 1.0).abs() < 1e-12);
@@ -522,6 +531,7 @@ with h5py.File(sys.argv[1], "r") as f:
     assert np.isnan(r[0]) and np.all((r[1:] >= 0) & (r[1:] <= 1 + 1e-12)), r
     w = f["analysis/distribution/windows/w1"][:]
     assert len(w) == 4 and np.all(w > 0), w
+    assert abs(f["analysis/distribution"].attrs["quantile_w1_error"]) < 0.3
 print("ok")
 "#;
     let out = py(&["-c", CHECK, s(&grad)]);
