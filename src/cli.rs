@@ -81,6 +81,52 @@ summed loss ('probe/loss_sum'), its correct count ('probe/correct_sum') and 'gra
 trainable parameter. Standard ONNX ops only; the file passes onnx.checker."
     )]
     Autodiff(AutodiffArgs),
+    /// Trends, stationarity and the weight distribution's motion in a `probe grad` results file.
+    #[command(
+        long_about = "Reads a results file of `probe grad` and, over the last half of its checkpoints \
+(in step order), fits each series (loss, accuracy, |g|, |g + wd w|, |w|, gradient noise, sharpness; \
+whichever the file holds) against step: OLS slope with a 95% Student-t interval, relative change, mean \
+absolute change between checkpoints, and the KPSS level-stationarity test. From the weight-distribution \
+columns (schema 2): W1 between consecutive checkpoints' per-tensor distributions against the mean \
+distance the weights moved, and W1 between windows of checkpoints (halves, quarters). Compares the top \
+Hessian eigenvalue with 2/lr when both are known. Writes everything into the same file under \
+/analysis (replaced on rerun; see docs/schema.md) and prints a verdict: did |g| go to zero, did the \
+loss settle, did the weight distribution settle while the weights kept moving.",
+        after_help = "Example:\n  probe analyze runs/demo/grad.h5"
+    )]
+    Analyze(AnalyzeArgs),
+    /// Figure of a `probe grad` results file: loss, |g|, accuracy, weights, noise, sharpness.
+    #[command(
+        long_about = "Draws one panel per quantity the results file holds, against step: full-dataset \
+loss, gradient norm (with |g + wd w|), accuracy, weight norm, distance moved against the Wasserstein \
+distance of the weight distributions, gradient noise, and sharpness with the 2/lr line. Panels whose \
+columns are missing are left out with a note on stderr. PNG or SVG, by the file name's extension.",
+        after_help = "Example:\n  probe plot runs/demo/grad.h5 -o runs/demo/grad.png"
+    )]
+    Plot(PlotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// The results file of `probe grad` (the analysis is written into it, under /analysis).
+    #[arg(value_name = "R.h5")]
+    pub results: PathBuf,
+    /// Learning rate for the edge-of-stability comparison (default: /checkpoints/lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The results file of `probe grad`.
+    #[arg(value_name = "R.h5")]
+    pub results: PathBuf,
+    /// The figure: .png or .svg.
+    #[arg(short, long, value_name = "FIG.png|FIG.svg")]
+    pub out: PathBuf,
+    /// Learning rate for the 2/lr line (default: /checkpoints/lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
 }
 
 #[derive(Args, Debug)]

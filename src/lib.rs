@@ -12,16 +12,20 @@
 //!   -> runtime          ONNX Runtime sessions over those graphs
 //!   -> measure          the measurements (full-dataset loss and accuracy, ...), sums in f64
 //!   -> store            the HDF5 schema the results are written in
+//!   -> analyze / plot   reading a results file back: trends, stationarity and the weight
+//!             distribution's motion across checkpoints (`/analysis`), and figures
 //! ```
 //!
 //! The `probe` binary (`src/main.rs`, `src/cli.rs`) is a thin, checked layer over this library.
 
+pub mod analyze;
 pub mod autodiff;
 pub mod data;
 pub mod error;
 pub mod measure;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod progress;
 pub mod runtime;
 pub mod store;

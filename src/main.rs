@@ -178,6 +178,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Analyze(a) => {
+            let plan = probe::analyze::AnalyzePlan {
+                path: a.results,
+                lr: a.lr,
+                command_line: cli::command_line(),
+            };
+            let r = probe::analyze::run(&plan)?;
+            if !cli.quiet {
+                for m in &r.missing {
+                    eprintln!("note: {} has no {m}", plan.path.display());
+                }
+                if !r.complete {
+                    eprintln!(
+                        "note: {} is not complete (probe grad still running, or stopped): analysed its {} complete rows",
+                        plan.path.display(),
+                        r.rows
+                    );
+                }
+            }
+            for line in r.table() {
+                println!("{line}");
+            }
+            println!();
+            for line in r.verdict() {
+                println!("{line}");
+            }
+            if !cli.quiet {
+                eprintln!("wrote /analysis into {}", plan.path.display());
+            }
+            Ok(())
+        }
+        Command::Plot(a) => {
+            let plan = probe::plot::PlotPlan {
+                path: a.results,
+                out: a.out,
+                lr: a.lr,
+            };
+            let notes = probe::plot::run(&plan)?;
+            if !cli.quiet {
+                for n in notes {
+                    eprintln!("note: {n}");
+                }
+                eprintln!("wrote {}", plan.out.display());
+            }
+            Ok(())
+        }
         Command::Autodiff(a) => {
             let model = probe::model::Model::load(&a.model)?;
             let loss: probe::autodiff::LossKind = a.loss.into();
