@@ -182,7 +182,12 @@ pub struct GradArgs {
     #[arg(long, help_heading = "Noise and curvature")]
     pub noise: bool,
     /// Per-sample part of --noise over the first N samples only (0: skip it). Default: all.
-    #[arg(long, value_name = "N", help_heading = "Noise and curvature", requires = "noise")]
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Noise and curvature",
+        requires = "noise"
+    )]
     pub noise_samples: Option<u64>,
     /// Curvature from exact Hessian-vector products (the gradient graph differentiated again):
     /// top and bottom eigenvalue by Lanczos, directional sharpness g'Hg/|g|^2, Hutchinson trace
@@ -191,20 +196,46 @@ pub struct GradArgs {
     #[arg(long, help_heading = "Noise and curvature")]
     pub hessian: bool,
     /// Hessian of the mean loss over the first N samples (default: all).
-    #[arg(long, value_name = "N", help_heading = "Noise and curvature", requires = "hessian")]
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Noise and curvature",
+        requires = "hessian"
+    )]
     pub hessian_samples: Option<u64>,
     /// Lanczos iteration budget (one Hessian-vector product pass each).
-    #[arg(long, value_name = "K", default_value_t = 30, help_heading = "Noise and curvature")]
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 30,
+        help_heading = "Noise and curvature"
+    )]
     pub hessian_iters: usize,
     /// Stop Lanczos when the top eigenpair's relative residual |Hu - lu|/|l| is below this.
-    #[arg(long, value_name = "TOL", default_value_t = 1e-4, help_heading = "Noise and curvature")]
+    #[arg(
+        long,
+        value_name = "TOL",
+        default_value_t = 1e-4,
+        help_heading = "Noise and curvature"
+    )]
     pub hessian_tol: f64,
     /// Rademacher probes for the Hutchinson trace estimate.
-    #[arg(long, value_name = "M", default_value_t = 10, help_heading = "Noise and curvature")]
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 10,
+        help_heading = "Noise and curvature"
+    )]
     pub hutchinson: usize,
     /// Restrict the Hessian to these parameters (comma-separated initializer names): the block
     /// H_BB, e.g. one layer's curvature. Default: all trainable parameters.
-    #[arg(long, value_name = "P,..", value_delimiter = ',', help_heading = "Noise and curvature", requires = "hessian")]
+    #[arg(
+        long,
+        value_name = "P,..",
+        value_delimiter = ',',
+        help_heading = "Noise and curvature",
+        requires = "hessian"
+    )]
     pub hessian_params: Option<Vec<String>>,
     /// Seed of the Lanczos start and the Hutchinson probes (the same at every checkpoint).
     #[arg(long, default_value_t = 0, help_heading = "Noise and curvature")]

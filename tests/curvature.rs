@@ -81,14 +81,24 @@ fn mlp_noise_and_curvature_match_brute_force() {
     let full = run(&[], &dir.path().join("full.h5"));
     assert_eq!(full["attrs"]["schema_version"], 2);
     assert_eq!(row0(&full, "hessian/converged"), 1.0);
-    assert_rel(row0(&full, "hessian/top"), want["top"].as_f64().unwrap(), 1e-4, "top eigenvalue");
+    assert_rel(
+        row0(&full, "hessian/top"),
+        want["top"].as_f64().unwrap(),
+        1e-4,
+        "top eigenvalue",
+    );
     assert_rel(
         row0(&full, "hessian/sharpness"),
         want["sharpness"].as_f64().unwrap(),
         1e-5,
         "g'Hg/|g|^2",
     );
-    assert_rel(row0(&full, "grad/l2"), want["grad_l2"].as_f64().unwrap(), 1e-6, "|g|");
+    assert_rel(
+        row0(&full, "grad/l2"),
+        want["grad_l2"].as_f64().unwrap(),
+        1e-6,
+        "|g|",
+    );
     assert_rel(
         row0(&full, "noise/sample_var_trace"),
         want["sample_var_trace"].as_f64().unwrap(),
@@ -119,12 +129,20 @@ fn mlp_noise_and_curvature_match_brute_force() {
     let blk = run(&["--hessian-params", block], &dir.path().join("block.h5"));
     let wb = &want["block"];
     assert_eq!(row0(&blk, "hessian/converged"), 1.0);
-    assert_rel(row0(&blk, "hessian/top"), wb["top"].as_f64().unwrap(), 1e-4, "block top eigenvalue");
+    assert_rel(
+        row0(&blk, "hessian/top"),
+        wb["top"].as_f64().unwrap(),
+        1e-4,
+        "block top eigenvalue",
+    );
     // Hutchinson's estimate is random (fixed seed): it must cover the exact trace within 4
     // standard errors, and its per-block parts must add up to it.
     let (t, se) = (row0(&blk, "hessian/trace"), row0(&blk, "hessian/trace_se"));
     let exact = wb["trace"].as_f64().unwrap();
-    assert!(se > 0.0 && (t - exact).abs() < 4.0 * se, "trace {t} ± {se} vs exact {exact}");
+    assert!(
+        se > 0.0 && (t - exact).abs() < 4.0 * se,
+        "trace {t} ± {se} vs exact {exact}"
+    );
     let per = f64s(&blk["datasets"]["hessian/per_param_trace"][0]);
     let names: Vec<String> = blk["datasets"]["params/name"]
         .as_array()
@@ -184,7 +202,12 @@ fn onnx_hvp_graph_matches_libtorch_double_backward() {
             rows.push(h5_dump(&out));
         }
         for col in ["hessian/sharpness", "hessian/trace", "hessian/top"] {
-            assert_rel(row0(&rows[0], col), row0(&rows[1], col), 1e-4, &format!("{name} {col}"));
+            assert_rel(
+                row0(&rows[0], col),
+                row0(&rows[1], col),
+                1e-4,
+                &format!("{name} {col}"),
+            );
         }
     }
 }
@@ -214,7 +237,10 @@ fn curvature_options_are_checked_first() {
     assert_eq!(r.code, 3, "{}", r.stderr);
     // Every problem in one line.
     let line = r.stderr.lines().find(|l| l.contains("error")).unwrap();
-    assert!(line.contains("'nope.weight'") && line.contains("'bn1.running_mean'"), "{line}");
+    assert!(
+        line.contains("'nope.weight'") && line.contains("'bn1.running_mean'"),
+        "{line}"
+    );
     assert!(line.contains("--bn train"), "{line}");
     assert!(!out.exists());
 }

@@ -650,12 +650,13 @@ impl Analysis {
                     "below the edge of stability"
                 };
                 out.push(format!(
-                    "Edge of stability: lambda_max * lr / 2 = {} on average over the last half (max {}; lambda_max {} vs 2/lr {}, lr from {}): {at}.",
+                    "Edge of stability: lambda_max * lr / 2 = {} on average over the last half (max {}; lambda_max {} vs 2/lr {}, lr from {}): {at}. With heavy-ball momentum b the threshold is 2(1+b)/lr instead (e.g. {} for b = 0.9).",
                     g(e.half_mean),
                     g(e.half_max),
                     g(top),
                     g(2.0 / e.lr[*self.order.last().unwrap()]),
-                    e.lr_source
+                    e.lr_source,
+                    g(3.8 / e.lr[*self.order.last().unwrap()])
                 ));
             }
             (None, Some(why)) if self.get("hessian/top").is_some() => {

@@ -17,14 +17,14 @@
 //! `L(w) + (L/2)|w|^2`, i.e. |g + L w|: what SGD with weight decay drives to zero.
 use super::check::targets_in_range;
 use super::eval::{input_value, state_arrays};
+use super::hessian::{HvpEngine, OrtHvp};
+use super::weights::Distribution;
 use crate::autodiff::model_grad::{grad_graph, GradGraph, GradOptions};
 use crate::data::{batches, Batch, Dataset};
 use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
 use crate::store::{Cell, RunInfo, Store};
 use crate::train::interp::{Interpreter, Mode, State};
-use super::hessian::{HvpEngine, OrtHvp};
-use super::weights::Distribution;
 use anyhow::{anyhow, Context, Result};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -308,7 +308,9 @@ impl super::hessian::HvpEngine for TorchHvp<'_> {
                 if !h.defined() {
                     return Ok(vec![0f32; p.numel()]);
                 }
-                Ok(Vec::<f32>::try_from(&h.f_reshape([-1])?.f_to_device(tch::Device::Cpu)?)?)
+                Ok(Vec::<f32>::try_from(
+                    &h.f_reshape([-1])?.f_to_device(tch::Device::Cpu)?,
+                )?)
             })
             .collect()
     }
@@ -617,7 +619,10 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     h.tol,
                     h.probes,
                     h.seed,
-                    h.params.as_ref().map(|p| p.join(",")).unwrap_or("all".into())
+                    h.params
+                        .as_ref()
+                        .map(|p| p.join(","))
+                        .unwrap_or("all".into())
                 )
             })
             .unwrap_or_default(),
@@ -730,7 +735,11 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             } else {
                 Distribution::of(&w)
             };
-            let per_dist_prev: Vec<f64> = w.iter().zip(&prev_w).map(|(a, b)| distance(&[a.clone()], &[b.clone()])).collect();
+            let per_dist_prev: Vec<f64> = w
+                .iter()
+                .zip(&prev_w)
+                .map(|(a, b)| distance(&[a.clone()], &[b.clone()]))
+                .collect();
             let per_move: Vec<f64> = w
                 .iter()
                 .zip(&prev_w)
@@ -738,13 +747,28 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 .collect();
             row.extend([
                 ("checkpoints/lr".into(), Cell::F64(checkpoint_lr(c))),
-                ("weights/w1_prev".into(), Cell::F64s(vec![p], dist.w1(&prev_dist))),
-                ("weights/w1_first".into(), Cell::F64s(vec![p], dist.w1(&first_dist))),
-                ("weights/per_param_mean_abs_move".into(), Cell::F64s(vec![p], per_move)),
-                ("weights/per_param_dist_prev".into(), Cell::F64s(vec![p], per_dist_prev)),
+                (
+                    "weights/w1_prev".into(),
+                    Cell::F64s(vec![p], dist.w1(&prev_dist)),
+                ),
+                (
+                    "weights/w1_first".into(),
+                    Cell::F64s(vec![p], dist.w1(&first_dist)),
+                ),
+                (
+                    "weights/per_param_mean_abs_move".into(),
+                    Cell::F64s(vec![p], per_move),
+                ),
+                (
+                    "weights/per_param_dist_prev".into(),
+                    Cell::F64s(vec![p], per_dist_prev),
+                ),
                 (
                     "weights/quantiles".into(),
-                    Cell::F64s(vec![p, super::weights::QUANTILE_LEVELS], dist.quantiles.clone()),
+                    Cell::F64s(
+                        vec![p, super::weights::QUANTILE_LEVELS],
+                        dist.quantiles.clone(),
+                    ),
                 ),
                 (
                     "weights/hist/counts".into(),
@@ -752,7 +776,10 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 ),
                 (
                     "weights/hist/edges".into(),
-                    Cell::F64s(vec![p, super::weights::HIST_BINS + 1], dist.hist_edges.clone()),
+                    Cell::F64s(
+                        vec![p, super::weights::HIST_BINS + 1],
+                        dist.hist_edges.clone(),
+                    ),
                 ),
             ]);
             if let Some(nopts) = &plan.noise {
@@ -783,7 +810,10 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     ("noise/batch_var".into(), Cell::F64(var.iter().sum())),
                     ("noise/per_param_batch_var".into(), Cell::F64s(vec![p], var)),
                     ("noise/sample_var_trace".into(), Cell::F64(tr)),
-                    ("noise/per_param_sample_var".into(), Cell::F64s(vec![p], per_tr)),
+                    (
+                        "noise/per_param_sample_var".into(),
+                        Cell::F64s(vec![p], per_tr),
+                    ),
                     ("noise/b_noise".into(), Cell::F64(tr / (g_l2 * g_l2))),
                     ("noise/samples".into(), Cell::I64(used)),
                 ]);
@@ -837,24 +867,59 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     ("hessian/top".into(), f(lz.map(|l| l.top))),
                     ("hessian/top_residual".into(), f(lz.map(|l| l.top_residual))),
                     ("hessian/bottom".into(), f(lz.map(|l| l.bottom))),
-                    ("hessian/bottom_residual".into(), f(lz.map(|l| l.bottom_residual))),
-                    ("hessian/iterations".into(), Cell::I64(lz.map(|l| l.iterations as i64).unwrap_or(0))),
-                    ("hessian/converged".into(), Cell::I64(lz.map(|l| l.converged as i64).unwrap_or(0))),
-                    ("hessian/sharpness".into(), f(cv.as_ref().map(|c| c.sharpness))),
-                    ("hessian/trace".into(), f(cv.as_ref().map(|c| c.trace.trace))),
-                    ("hessian/trace_se".into(), f(cv.as_ref().map(|c| c.trace.trace_se))),
-                    ("hessian/per_param_trace".into(), Cell::F64s(vec![p], per_tr)),
-                    ("hessian/per_param_trace_se".into(), Cell::F64s(vec![p], per_se)),
-                    ("hessian/per_param_top_mass".into(), Cell::F64s(vec![p], per_mass)),
-                    ("hessian/samples".into(), Cell::I64(cv.as_ref().map(|c| c.samples as i64).unwrap_or(0))),
-                    ("hessian/products".into(), Cell::I64(cv.as_ref().map(|c| c.products as i64).unwrap_or(0))),
+                    (
+                        "hessian/bottom_residual".into(),
+                        f(lz.map(|l| l.bottom_residual)),
+                    ),
+                    (
+                        "hessian/iterations".into(),
+                        Cell::I64(lz.map(|l| l.iterations as i64).unwrap_or(0)),
+                    ),
+                    (
+                        "hessian/converged".into(),
+                        Cell::I64(lz.map(|l| l.converged as i64).unwrap_or(0)),
+                    ),
+                    (
+                        "hessian/sharpness".into(),
+                        f(cv.as_ref().map(|c| c.sharpness)),
+                    ),
+                    (
+                        "hessian/trace".into(),
+                        f(cv.as_ref().map(|c| c.trace.trace)),
+                    ),
+                    (
+                        "hessian/trace_se".into(),
+                        f(cv.as_ref().map(|c| c.trace.trace_se)),
+                    ),
+                    (
+                        "hessian/per_param_trace".into(),
+                        Cell::F64s(vec![p], per_tr),
+                    ),
+                    (
+                        "hessian/per_param_trace_se".into(),
+                        Cell::F64s(vec![p], per_se),
+                    ),
+                    (
+                        "hessian/per_param_top_mass".into(),
+                        Cell::F64s(vec![p], per_mass),
+                    ),
+                    (
+                        "hessian/samples".into(),
+                        Cell::I64(cv.as_ref().map(|c| c.samples as i64).unwrap_or(0)),
+                    ),
+                    (
+                        "hessian/products".into(),
+                        Cell::I64(cv.as_ref().map(|c| c.products as i64).unwrap_or(0)),
+                    ),
                 ]);
             }
             let cell = |name: &str| {
-                row.iter().find(|(n, _)| n == name).and_then(|(_, c)| match c {
-                    Cell::F64(v) => Some(*v),
-                    _ => None,
-                })
+                row.iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, c)| match c {
+                        Cell::F64(v) => Some(*v),
+                        _ => None,
+                    })
             };
             let (b_noise, hessian_top) = (cell("noise/b_noise"), cell("hessian/top"));
             let mut reg = None;
@@ -979,7 +1044,10 @@ fn check_options(plan: &GradPlan, model: &Model, spec: &crate::data::Spec) -> Re
                 .filter_map(|q| model.param(q))
                 .map(|i| i.shape.iter().product::<usize>())
                 .sum(),
-            None => model.trainable().map(|i| i.shape.iter().product::<usize>()).sum(),
+            None => model
+                .trainable()
+                .map(|i| i.shape.iter().product::<usize>())
+                .sum(),
         };
         let bytes = (h.iters + 2) as f64 * dim as f64 * 8.0;
         if bytes > 8.0 * (1u64 << 30) as f64 {

@@ -121,7 +121,12 @@ impl HvpPass<'_> {
         let mut parts = Vec::with_capacity(sizes.len());
         let mut at = 0;
         for &n in sizes {
-            parts.push(v[at..at + n].iter().map(|&x| x as f32).collect::<Vec<f32>>());
+            parts.push(
+                v[at..at + n]
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect::<Vec<f32>>(),
+            );
             at += n;
         }
         let mut acc = vec![0f64; v.len()];
@@ -306,7 +311,13 @@ pub fn lanczos(
         let (top, bottom) = (vals[kk - 1], vals[0]);
         let rel = |theta: f64, j: usize| (bk * vecs[kk - 1][j]).abs() / theta.abs().max(1e-300);
         let (rt, rb) = (rel(top, kk - 1), rel(bottom, 0));
-        let exhausted = bk <= 1e-12 * alpha.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-300);
+        let exhausted = bk
+            <= 1e-12
+                * alpha
+                    .iter()
+                    .map(|x| x.abs())
+                    .fold(0.0, f64::max)
+                    .max(1e-300);
         let done = rt <= tol || exhausted || k + 1 == max_iter;
         if done {
             let mut u = vec![0.0; dim];
@@ -434,15 +445,17 @@ pub fn curvature(
         samples: n,
         batch,
         per_sample,
-        progress: Progress::new(
-            &format!("{label} hessian"),
-            (n * passes) as u64,
-            quiet,
-        ),
+        progress: Progress::new(&format!("{label} hessian"), (n * passes) as u64, quiet),
         products: 0,
     };
     let dim: usize = sizes.iter().sum();
-    let lz = lanczos(dim, &mut |v| pass.apply(v, sizes), opts.iters, opts.tol, opts.seed)?;
+    let lz = lanczos(
+        dim,
+        &mut |v| pass.apply(v, sizes),
+        opts.iters,
+        opts.tol,
+        opts.seed,
+    )?;
     let gn = norm(grad);
     let sharpness = if gn > 0.0 {
         let u: Vec<f64> = grad.iter().map(|x| x / gn).collect();
@@ -527,7 +540,12 @@ mod tests {
         assert!((r.bottom + 2.0).abs() < 1e-6, "{}", r.bottom);
         // The reported residual is the true one.
         let hu = apply(&a, &r.top_vector);
-        let res = norm(&hu.iter().zip(&r.top_vector).map(|(x, y)| x - r.top * y).collect::<Vec<_>>());
+        let res = norm(
+            &hu.iter()
+                .zip(&r.top_vector)
+                .map(|(x, y)| x - r.top * y)
+                .collect::<Vec<_>>(),
+        );
         assert!(res / 4.0 <= r.top_residual.max(1e-12) * 10.0 + 1e-12);
         // A budget too small to converge says so.
         let r = lanczos(60, &mut |v| Ok(apply(&a, v)), 3, 1e-12, 9).unwrap();
@@ -541,7 +559,12 @@ mod tests {
         let t = hutchinson(&[5, 7], &mut |v| Ok(apply(&a, v)), 4000, 4).unwrap();
         let exact: f64 = d.iter().sum();
         let b0: f64 = (0..5).map(|i| a[i][i]).sum();
-        assert!((t.trace - exact).abs() < 4.0 * t.trace_se, "{} vs {exact} ({})", t.trace, t.trace_se);
+        assert!(
+            (t.trace - exact).abs() < 4.0 * t.trace_se,
+            "{} vs {exact} ({})",
+            t.trace,
+            t.trace_se
+        );
         assert!((t.per_block[0] - b0).abs() < 4.0 * t.per_block_se[0]);
         assert!(t.trace_se > 0.0);
     }
