@@ -23,6 +23,7 @@ use crate::autodiff::hvp::HvpGraph;
 use crate::data::{batches, Batch, Dataset};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
+use crate::train::sampler::Rng;
 use anyhow::{anyhow, Result};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -156,39 +157,10 @@ impl HvpPass<'_> {
     }
 }
 
-/// A small deterministic generator (splitmix64): the probes must be the same on every machine
-/// and at every checkpoint.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn rademacher(&mut self) -> f64 {
-        if self.next_u64() >> 63 == 0 {
-            1.0
-        } else {
-            -1.0
-        }
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
+/// Tags of the probes' random streams (the training sampler's SplitMix64, keyed by the seed and
+/// the tag: the same on every machine and at every checkpoint).
+const LANCZOS_START: u64 = 0x4C41_4E43;
+const HUTCHINSON: u64 = 0x4855_5443;
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -276,7 +248,7 @@ pub fn lanczos(
     tol: f64,
     seed: u64,
 ) -> Result<Lanczos> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::keyed(seed, LANCZOS_START, 0, 0);
     let mut q: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
     let n0 = norm(&q);
     q.iter_mut().for_each(|x| *x /= n0);
@@ -361,7 +333,7 @@ pub fn hutchinson(
     seed: u64,
 ) -> Result<Trace> {
     let dim: usize = sizes.iter().sum();
-    let mut rng = Rng::new(seed ^ 0x5EED_0F_7ACE);
+    let mut rng = Rng::keyed(seed, HUTCHINSON, 0, 0);
     let mut totals = Vec::with_capacity(probes);
     let mut blocks: Vec<Vec<f64>> = vec![Vec::with_capacity(probes); sizes.len()];
     for _ in 0..probes {
@@ -490,7 +462,7 @@ mod tests {
     /// A symmetric matrix with known spectrum: Q diag(d) Q^T with Q from Gram-Schmidt.
     fn known(d: &[f64], seed: u64) -> Vec<Vec<f64>> {
         let n = d.len();
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::keyed(seed, 0, 0, 0);
         let mut q: Vec<Vec<f64>> = Vec::new();
         for _ in 0..n {
             let mut v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
