@@ -125,6 +125,11 @@ pub struct GradArgs {
     /// Where --engine torch computes: cpu, or cuda (where libtorch sees a GPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
+    /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
+    /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
+    #[arg(long)]
+    pub standard_ops: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,6 +19,18 @@ use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// Which ops the gradient rules may emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Standard ONNX only: any runtime and `onnx.checker` take the graph (`probe autodiff`,
+    /// `probe grad --standard-ops`).
+    #[default]
+    Standard,
+    /// Rules may also emit the `probe.cpu` custom ops ([`crate::runtime::cpu_ops`]), which only
+    /// probe's ONNX Runtime CPU sessions can run: the fast path of `probe grad`.
+    ProbeCpu,
+}
+
 pub struct Diff {
     /// Gradient nodes, to append after the forward nodes.
     pub nodes: Vec<NodeProto>,
@@ -104,11 +116,23 @@ fn describe(n: &NodeProto) -> String {
     }
 }
 
+/// The reverse sweep in standard ONNX ops ([`differentiate_with`] [`Kernels::Standard`]).
 pub fn differentiate(
     graph: &GraphProto,
     shapes: &Shapes,
     loss: &str,
     wrt: &[String],
+) -> Result<Diff> {
+    differentiate_with(graph, shapes, loss, wrt, Kernels::Standard)
+}
+
+/// The gradient nodes of `loss` with respect to `wrt`, the rules emitting `kernels`' ops.
+pub fn differentiate_with(
+    graph: &GraphProto,
+    shapes: &Shapes,
+    loss: &str,
+    wrt: &[String],
+    kernels: Kernels,
 ) -> Result<Diff> {
     let wrt_set: HashSet<&str> = wrt.iter().map(|s| s.as_str()).collect();
     let consts = constants(graph, &wrt_set, shapes);
@@ -241,6 +265,7 @@ pub fn differentiate(
             b: &mut b,
             shapes,
             consts: &consts,
+            kernels,
             gout,
             gout_seq,
             need: need.clone(),
@@ -292,6 +317,16 @@ pub fn differentiate(
         grads,
         forward_outputs,
     })
+}
+
+/// With [`Kernels::ProbeCpu`]: forward nodes that a `probe.cpu` kernel runs faster, replaced
+/// by it (same inputs, outputs and name; so far Conv, see `ops/conv.rs`).
+pub fn probe_cpu_forward(graph: &mut GraphProto, shapes: &Shapes) {
+    for n in graph.node.iter_mut() {
+        if let Some(m) = crate::ops::conv::probe_cpu_forward(n, shapes) {
+            *n = m;
+        }
+    }
 }
 
 /// Adds the optional forward outputs rules asked for to the graph's nodes.
