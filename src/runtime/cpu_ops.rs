@@ -18,6 +18,14 @@
 //! - `ConvGrad(dY, X, W) -> (dX?, dW?, dB?)`: the gradients of `Y = Conv(X, W, B)` for the
 //!   outputs the node names (an empty name: not computed).
 //!
+//! and, in plain Rust, one pass each where the standard form takes several over the same large
+//! tensors (each pass of a [250, 8, 28, 28] f32 tensor moves 6 MB):
+//! - `ReluGrad(dY, X) -> dX`: `dX = dY * (X > 0)` (standard: Greater, Cast, Mul);
+//! - `BatchNormalizationGrad(dY, X, k, mean) -> (dX?, sum_dY?, sum_dY_xc?)`, inference mode,
+//!   per channel c (axis 1): `dX = dY k[c]`, `sum_dY[c] = sum dY`, `sum_dY_xc[c] =
+//!   sum dY (X - mean[c])`, the sums over every axis but 1 (standard: Mul, ReduceSum, Sub, Mul,
+//!   Mul, ReduceSum). The rule turns the sums into the scale, bias, mean and var gradients.
+//!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
 //! on ONNX Runtime's own pool (`KernelContext_ParallelFor`). Two pools, each with as many
@@ -77,7 +85,9 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
     let parts = threads.max(1);
     Ok(OperatorDomain::new(DOMAIN)?
         .add(Conv { parts })?
-        .add(ConvGrad { parts })?)
+        .add(ConvGrad { parts })?
+        .add(ReluGrad { parts })?
+        .add(BatchNormalizationGrad { parts })?)
 }
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
@@ -439,5 +449,200 @@ impl Kernel for ConvGradKernel {
             }
         }
         Ok(())
+    }
+}
+
+/// `probe.cpu:ReluGrad`: `dX = dY * (X > 0)` in one pass.
+pub struct ReluGrad {
+    parts: usize,
+}
+
+impl Operator for ReluGrad {
+    type Kernel<'attr> = ReluGradKernel;
+    fn name(&self) -> &str {
+        "ReluGrad"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 2, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<ReluGradKernel> {
+        Ok(ReluGradKernel {
+            node: k.node_name().unwrap_or_default(),
+            parts: self.parts,
+        })
+    }
+}
+
+pub struct ReluGradKernel {
+    node: String,
+    parts: usize,
+}
+
+impl Kernel for ReluGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!("{DOMAIN}:ReluGrad node '{}': {what}", self.node))
+        };
+        let dy = ctx
+            .input(0)?
+            .ok_or_else(|| fail("input dY missing".into()))?;
+        let x = ctx
+            .input(1)?
+            .ok_or_else(|| fail("input X missing".into()))?;
+        let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        if dys[..] != xs[..] {
+            return Err(fail(format!(
+                "dY {:?} and X {:?} differ",
+                &dys[..],
+                &xs[..]
+            )));
+        }
+        let mut dx = ctx
+            .output(0, xs.to_vec())?
+            .ok_or_else(|| fail("output dX missing".into()))?;
+        let dxp = Ptr(dx.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
+        let n = xv.len();
+        // Small tensors are not worth a trip to the pool.
+        let parts = if n < 1 << 16 { 1 } else { self.parts };
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(n as i64, parts, i);
+            let (lo, hi) = (lo as usize, hi as usize);
+            // SAFETY: dX has n elements; part i alone writes lo..hi.
+            let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(lo), hi - lo) };
+            for ((o, &g), &v) in out.iter_mut().zip(&dyv[lo..hi]).zip(&xv[lo..hi]) {
+                *o = if v > 0.0 { g } else { 0.0 };
+            }
+            Ok(())
+        })
+        .map_err(fail)
+    }
+}
+
+/// `probe.cpu:BatchNormalizationGrad` (inference mode): dX and the two per-channel sums the
+/// parameter gradients are made of, in one pass over dY and X.
+pub struct BatchNormalizationGrad {
+    parts: usize,
+}
+
+impl Operator for BatchNormalizationGrad {
+    type Kernel<'attr> = BatchNormalizationGradKernel;
+    fn name(&self) -> &str {
+        "BatchNormalizationGrad"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 4, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        std::array::from_fn::<_, 3, _>(|_| OperatorOutput::optional(TensorElementType::Float32))
+    }
+    fn create_kernel<'attr>(
+        &self,
+        k: &KernelContext<'attr>,
+    ) -> ort::Result<BatchNormalizationGradKernel> {
+        Ok(BatchNormalizationGradKernel {
+            node: k.node_name().unwrap_or_default(),
+            parts: self.parts,
+        })
+    }
+}
+
+pub struct BatchNormalizationGradKernel {
+    node: String,
+    parts: usize,
+}
+
+impl Kernel for BatchNormalizationGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!(
+                "{DOMAIN}:BatchNormalizationGrad node '{}': {what}",
+                self.node
+            ))
+        };
+        let input = |i: usize| -> ort::Result<ort::value::ValueRef<'_>> {
+            ctx.input(i)?
+                .ok_or_else(|| fail(format!("input {i} missing")))
+        };
+        let (dy, x, k, mean) = (input(0)?, input(1)?, input(2)?, input(3)?);
+        let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        let (_, kv) = k.try_extract_tensor::<f32>()?;
+        let (_, mv) = mean.try_extract_tensor::<f32>()?;
+        if dys[..] != xs[..] || xs.len() < 2 || kv.len() != xs[1] as usize || mv.len() != kv.len() {
+            return Err(fail(format!(
+                "dY {:?}, X {:?}, k [{}], mean [{}]",
+                &dys[..],
+                &xs[..],
+                kv.len(),
+                mv.len()
+            )));
+        }
+        let (n, c) = (xs[0] as usize, xs[1] as usize);
+        let plane: usize = xs[2..].iter().product::<i64>() as usize;
+        let mut dx = ctx.output(0, xs.to_vec())?;
+        let mut s1 = ctx.output(1, vec![c as i64])?;
+        let mut s2 = ctx.output(2, vec![c as i64])?;
+        let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
+            Ok(Ptr(match v {
+                Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
+                None => std::ptr::null_mut(),
+            }))
+        };
+        let (pdx, ps1, ps2) = (ptr(&mut dx)?, ptr(&mut s1)?, ptr(&mut s2)?);
+        // Parts take whole channels, so each sum has one writer.
+        let parts = if xv.len() < 1 << 16 {
+            1
+        } else {
+            self.parts.min(c)
+        };
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(c as i64, parts, i);
+            for ch in lo as usize..hi as usize {
+                let (kc, mc) = (kv[ch], mv[ch]);
+                let (mut t1, mut t2) = (0f64, 0f64);
+                for s in 0..n {
+                    let at = (s * c + ch) * plane;
+                    let (g, xp) = (&dyv[at..at + plane], &xv[at..at + plane]);
+                    if !pdx.get().is_null() {
+                        // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
+                        let o = unsafe { std::slice::from_raw_parts_mut(pdx.get().add(at), plane) };
+                        for (o, &g) in o.iter_mut().zip(g) {
+                            *o = g * kc;
+                        }
+                    }
+                    // Eight f32 lanes per plane (so the loop vectorizes), then f64 across planes.
+                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+                    let (gc, xc) = (g.chunks_exact(8), xp.chunks_exact(8));
+                    let (gr, xr) = (gc.remainder(), xc.remainder());
+                    for (g8, x8) in gc.zip(xc) {
+                        for j in 0..8 {
+                            a1[j] += g8[j];
+                            a2[j] += g8[j] * (x8[j] - mc);
+                        }
+                    }
+                    for (&g, &v) in gr.iter().zip(xr) {
+                        a1[0] += g;
+                        a2[0] += g * (v - mc);
+                    }
+                    t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
+                    t2 += a2.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                // SAFETY: the sums have c elements; channel ch belongs to this part.
+                unsafe {
+                    if !ps1.get().is_null() {
+                        *ps1.get().add(ch) = t1 as f32;
+                    }
+                    if !ps2.get().is_null() {
+                        *ps2.get().add(ch) = t2 as f32;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(fail)
     }
 }
