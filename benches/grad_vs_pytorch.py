@@ -55,6 +55,7 @@ def main():
     p.add_argument("--data", help="an HDF5 file with x and y to use (its first N samples) instead of "
                    "writing one")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no-torch-engine", action="store_true", help="skip the --engine torch run")
     a = p.parse_args()
     exe = os.path.join(ROOT, "target", "release", "probe")
     if not os.path.exists(exe):
@@ -91,7 +92,7 @@ def main():
                 t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
                 t_pr = timed([])
                 t_st = timed(["--standard-ops"])
-                t_to = timed(["--engine", "torch"])
+                t_to = float("nan") if a.no_torch_engine else timed(["--engine", "torch"])
                 print(f"{tag:>10} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x "
                       f"{a.n / t_st:>8.0f} {t_pt / t_st:>6.2f}x {a.n / t_to:>10.0f} {t_pt / t_to:>6.2f}x",
                       flush=True)

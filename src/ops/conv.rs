@@ -415,14 +415,14 @@ fn torch_conv_pays(cin: Option<usize>, kernel: &[i64]) -> bool {
 /// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])
 /// are left unnamed, so libtorch does not compute them.
 fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i64) -> Result<()> {
-    let needs = [false, c.needs(1), c.has_input(2) && c.needs(2)];
+    let needs = [c.needs(1), c.has_input(2) && c.needs(2)];
     let attrs = vec![
         attr_ints("strides", &win.strides),
         attr_ints("pads", &win.pads),
         attr_ints("dilations", &win.dilations),
         attr_int("group", group),
     ];
-    let mut outs = c.probe_cpu_op("ConvGrad", &[g, x, w], attrs, 3);
+    let mut outs = c.probe_cpu_op("ConvGrad", &[g, x, w], attrs, 2);
     for (i, o) in outs.iter_mut().enumerate() {
         if !needs[i] {
             o.clear();
@@ -431,7 +431,7 @@ fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i6
     c.b.nodes.last_mut().unwrap().output = outs.clone();
     for (i, o) in outs.into_iter().enumerate() {
         if needs[i] {
-            c.set(i, o);
+            c.set(i + 1, o);
         }
     }
     Ok(())

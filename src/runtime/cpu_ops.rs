@@ -1,6 +1,7 @@
 //! The `probe.cpu` custom-operator domain: CPU kernels for gradient ops that standard ONNX ops
-//! run too slowly on ONNX Runtime's CPU provider, implemented by libtorch (what PyTorch eager
-//! runs, oneDNN on x86) and registered on every session [`super::session`] opens.
+//! run too slowly on ONNX Runtime's CPU provider (convolutions by libtorch, what PyTorch eager
+//! runs, oneDNN on x86; elementwise gradients in plain Rust), registered on every session
+//! [`super::session`] opens.
 //!
 //! Why: a convolution's weight gradient `dW[m,c,t] = sum_{n,o} dY[n,m,o] Xpad[n,c,o*s + t*d]`
 //! has no standard ONNX op; built from standard ops (im2col as a Conv, then a batched MatMul;
@@ -15,8 +16,10 @@
 //! begins then ends), `dilations`, `group`, all required:
 //! - `Conv(X, W, B?) -> Y`: ONNX's Conv (libtorch's forward convolution); for small channel
 //!   counts ONNX Runtime's im2col + GEMM Conv ran ~3x slower than oneDNN's.
-//! - `ConvGrad(dY, X, W) -> (dX?, dW?, dB?)`: the gradients of `Y = Conv(X, W, B)` for the
-//!   outputs the node names (an empty name: not computed).
+//! - `ConvGrad(dY, X, W) -> (dW?, dB?)`: the parameter gradients of `Y = Conv(X, W, B)` for
+//!   the outputs the node names (an empty name: not computed). Not dX: libtorch's backward-data
+//!   ran 3-6x slower here than a forward convolution of dY with the flipped kernel, which is
+//!   how the rule builds dX.
 //!
 //! and, in plain Rust, one pass each where the standard form takes several over the same large
 //! tensors (each pass of a [250, 8, 28, 28] f32 tensor moves 6 MB):
@@ -303,7 +306,8 @@ impl Kernel for ConvKernel {
     }
 }
 
-/// `probe.cpu:ConvGrad`: libtorch's `convolution_backward` (PyTorch's own Conv backward).
+/// `probe.cpu:ConvGrad`: libtorch's `convolution_backward` (PyTorch's own Conv backward) for
+/// dW and dB.
 pub struct ConvGrad {
     parts: usize,
 }
@@ -322,7 +326,7 @@ impl Operator for ConvGrad {
         std::array::from_fn::<_, 3, _>(|_| OperatorInput::required(TensorElementType::Float32))
     }
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        std::array::from_fn::<_, 3, _>(|_| OperatorOutput::optional(TensorElementType::Float32))
+        std::array::from_fn::<_, 2, _>(|_| OperatorOutput::optional(TensorElementType::Float32))
     }
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<ConvGradKernel> {
         Ok(ConvGradKernel {
@@ -357,16 +361,15 @@ impl Kernel for ConvGradKernel {
             )));
         }
         // Outputs the node does not name come back as None: libtorch skips them (output_mask).
-        let mut dx = ctx.output(0, xs.to_vec())?;
-        let mut dw = ctx.output(1, ws.to_vec())?;
-        let mut db = ctx.output(2, vec![ws[0]])?;
+        let mut dw = ctx.output(0, ws.to_vec())?;
+        let mut db = ctx.output(1, vec![ws[0]])?;
         let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
             Ok(Ptr(match v {
                 Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
                 None => std::ptr::null_mut(),
             }))
         };
-        let (pdx, pdw, pdb) = (ptr(&mut dx)?, ptr(&mut dw)?, ptr(&mut db)?);
+        let (pdw, pdb) = (ptr(&mut dw)?, ptr(&mut db)?);
         let n = xs[0];
         let parts = self.parts.min(n.max(1) as usize);
         let (wn, m) = (ws.iter().product::<i64>() as usize, ws[0] as usize);
@@ -408,7 +411,7 @@ impl Kernel for ConvGradKernel {
             };
             let mut err = [0u8; 1024];
             // SAFETY: dY, X, W are live dense f32 tensors of the shapes passed; part i reads
-            // rows lo..hi, writes rows lo..hi of dX (disjoint across parts) and its own dW, dB.
+            // rows lo..hi and writes its own dW, dB (no dX: null).
             let rc = unsafe {
                 probe_conv_grad(
                     rows(dyp, y_row),
@@ -422,7 +425,7 @@ impl Kernel for ConvGradKernel {
                     a.padding.as_ptr(),
                     a.dilations.as_ptr(),
                     a.group,
-                    rows(pdx, x_row),
+                    std::ptr::null_mut(),
                     own(pdw, dwq, wn),
                     own(pdb, dbq, m),
                     err.as_mut_ptr() as *mut c_char,
