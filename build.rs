@@ -5,12 +5,16 @@
 //!   .cargo/config.toml would not reach test binaries).
 //! - ONNX Runtime is loaded at run time (ort's `load-dynamic`): the default path of the library
 //!   that setup.sh installs is compiled in as `PROBE_ORT_DYLIB_DEFAULT`; `ORT_DYLIB_PATH` overrides.
+//! - src/runtime/torch_kernels.cpp, the C ABI over libtorch calls tch does not expose (the
+//!   convolution backward behind the `probe.cpu` custom operators), is compiled against the
+//!   same libtorch's headers (`<lib>/../include`); libtorch itself is linked by torch-sys.
 use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        torch_kernels(&PathBuf::from(lib));
     }
     let ort = root.join(".onnxruntime").join("libonnxruntime.so.1");
     println!("cargo:rustc-env=PROBE_ORT_DYLIB_DEFAULT={}", ort.display());
@@ -26,4 +30,23 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
+}
+
+/// Compiles the libtorch shim with the flags torch-sys uses for its own (C++17, the new C++11
+/// ABI that PyTorch wheels since 2.6 use).
+fn torch_kernels(lib: &std::path::Path) {
+    let src = "src/runtime/torch_kernels.cpp";
+    println!("cargo:rerun-if-changed={src}");
+    let include = lib.parent().unwrap().join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(src)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("probe_torch_kernels");
 }

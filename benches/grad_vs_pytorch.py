@@ -4,9 +4,11 @@ Both compute the gradient of the mean cross-entropy over the same N samples, wit
 size and thread count, at the model's initial weights. PyTorch's time covers only its gradient loop
 (data already in memory, f32 forward/backward, f64 accumulation as probe does); probe's time is
 its whole process (loading, building the gradient graph, reading the data, writing HDF5).
-probe runs twice: with its default engine (the ONNX gradient graph on ONNX Runtime) and with
-`--engine torch` (libtorch autograd on the interpreted graph, the "torch" columns); each ratio is
-PyTorch's time over that run's (above 1: faster than PyTorch).
+probe runs three times: with its default engine (the ONNX gradient graph on ONNX Runtime, with
+probe's libtorch kernels for convolution gradients), with `--standard-ops` (the same graph in
+standard ONNX ops only, the "std" columns) and with `--engine torch` (libtorch autograd on the
+interpreted graph, the "torch" columns); each ratio is PyTorch's time over that run's (above 1:
+faster than PyTorch). `--repeat R` runs the whole row R times (timings on a shared machine vary).
 
     .venv/bin/python benches/grad_vs_pytorch.py [--model resnet|gpt|mlp|all] [--n N] [--batch B]
 """
@@ -50,13 +52,18 @@ def main():
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--onnx", help="with --model FILE.py: the ONNX export of that model")
+    p.add_argument("--data", help="an HDF5 file with x and y to use (its first N samples) instead of "
+                   "writing one")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no-torch-engine", action="store_true", help="skip the --engine torch run")
     a = p.parse_args()
     exe = os.path.join(ROOT, "target", "release", "probe")
     if not os.path.exists(exe):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     names = ["mlp", "resnet", "gpt"] if a.model == "all" else [a.model]
     onnx_of = lambda n: a.onnx if a.onnx else os.path.join(ROOT, "models", f"{n}.onnx")
-    print(f"{'model':>8} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6} {'torch s/s':>10} {'ratio':>6}")
+    print(f"{'model':>10} {'N':>7} {'batch':>6} {'PyTorch s/s':>12} {'probe s/s':>10} {'ratio':>6} "
+          f"{'std s/s':>8} {'ratio':>6} {'torch s/s':>10} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             if name == "gpt" or (a.onnx and "lm" in name):
@@ -66,24 +73,29 @@ def main():
             import h5py
 
             tag = os.path.basename(name).replace(".py", "")
-            data = os.path.join(d, f"{tag}.h5")
-            with h5py.File(data, "w") as f:
-                f["x"], f["y"] = x, y
+            data = a.data or os.path.join(d, f"{tag}.h5")
+            if not a.data:
+                with h5py.File(data, "w") as f:
+                    f["x"], f["y"] = x, y
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-            t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
+            limit = ["--limit", str(a.n)] if a.data else []
             cmd = [exe, "--quiet", "grad", "--model", onnx_of(name),
-                   "--data", data, "--batch", str(a.batch), "--threads", str(a.threads),
-                   "--out", os.path.join(d, f"{tag}.out.h5")]
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            t_pr = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            subprocess.run(cmd[:-1] + [cmd[-1] + ".torch.h5", "--engine", "torch"], check=True,
-                           stdout=subprocess.DEVNULL)
-            t_to = time.perf_counter() - t0
-            print(f"{tag:>8} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x {a.n / t_to:>10.0f} {t_pt / t_to:>6.2f}x",
-                  flush=True)
+                   "--data", data, "--batch", str(a.batch), "--threads", str(a.threads)] + limit + [
+                   "--force", "--out", os.path.join(d, f"{tag}.out.h5")]
 
+            def timed(extra):
+                t0 = time.perf_counter()
+                subprocess.run(cmd + extra, check=True, stdout=subprocess.DEVNULL)
+                return time.perf_counter() - t0
+
+            for _ in range(a.repeat):
+                t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
+                t_pr = timed([])
+                t_st = timed(["--standard-ops"])
+                t_to = float("nan") if a.no_torch_engine else timed(["--engine", "torch"])
+                print(f"{tag:>10} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x "
+                      f"{a.n / t_st:>8.0f} {t_pt / t_st:>6.2f}x {a.n / t_to:>10.0f} {t_pt / t_to:>6.2f}x",
+                      flush=True)
 
 if __name__ == "__main__":
     main()

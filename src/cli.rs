@@ -240,6 +240,11 @@ pub struct GradArgs {
     /// Seed of the Lanczos start and the Hutchinson probes (the same at every checkpoint).
     #[arg(long, default_value_t = 0, help_heading = "Noise and curvature")]
     pub hessian_seed: u64,
+    /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
+    /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
+    /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
+    #[arg(long)]
+    pub standard_ops: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -77,6 +77,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 save_grad: a.save_grad,
                 bn_train: a.bn == cli::Bn::Train,
                 engine,
+                kernels: if a.standard_ops {
+                    probe::autodiff::grad::Kernels::Standard
+                } else {
+                    probe::autodiff::grad::Kernels::ProbeCpu
+                },
                 shard: a.shard.unwrap_or((0, 1)),
                 on_nonfinite: if a.on_nonfinite == cli::NonFinite::Stop {
                     OnNonFinite::Stop
@@ -232,6 +237,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 loss,
                 bn_train: a.bn == cli::Bn::Train,
                 wrt: None,
+                // Its output must pass onnx.checker and run anywhere: standard ops only.
+                kernels: probe::autodiff::grad::Kernels::Standard,
             };
             let (proto, what, n) = if a.hvp {
                 let h = probe::autodiff::hvp::hvp_graph(&model, &opts, &samples)?;

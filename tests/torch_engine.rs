@@ -61,6 +61,7 @@ fn onnx_side(model: &Model, data: &mut dyn Dataset, b: &Batch, bn_train: bool) -
         loss: LossKind::CrossEntropy,
         bn_train,
         wrt: None,
+        kernels: probe::autodiff::grad::Kernels::Standard,
     };
     let mut g = grad_graph(model, &opts, &samples).unwrap();
     let out = model.outputs[0].name.clone();

@@ -15,6 +15,8 @@ pub struct Ctx<'a> {
     /// Values known at build time (Constant outputs, constant initializers), for rules whose
     /// attributes arrive as inputs (axes, split sizes, sequence positions).
     pub consts: &'a HashMap<String, TensorProto>,
+    /// Whether the rule may emit `probe.cpu` custom ops besides standard ONNX.
+    pub kernels: super::grad::Kernels,
     pub(crate) gout: Vec<Option<String>>,
     /// Gradients of a sequence-valued output, by position (SplitToSequence).
     pub(crate) gout_seq: BTreeMap<usize, String>,
@@ -123,6 +125,20 @@ impl<'a> Ctx<'a> {
     // ---- emitting nodes -------------------------------------------------------------------
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.b.op(op, inputs, attrs)
+    }
+    /// A node of the `probe.cpu` custom domain with `n` outputs; only when
+    /// [`Ctx::kernels`] allows it.
+    pub fn probe_cpu_op(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        n: usize,
+    ) -> Vec<String> {
+        debug_assert_eq!(self.kernels, super::grad::Kernels::ProbeCpu);
+        let outs = self.b.op_n(op, inputs, attrs, n);
+        self.b.nodes.last_mut().unwrap().domain = crate::runtime::cpu_ops::DOMAIN.into();
+        outs
     }
     pub fn op_n(
         &mut self,

@@ -19,6 +19,18 @@ use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// Which ops the gradient rules may emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Standard ONNX only: any runtime and `onnx.checker` take the graph (`probe autodiff`,
+    /// `probe grad --standard-ops`).
+    #[default]
+    Standard,
+    /// Rules may also emit the `probe.cpu` custom ops ([`crate::runtime::cpu_ops`]), which only
+    /// probe's ONNX Runtime CPU sessions can run: the fast path of `probe grad`.
+    ProbeCpu,
+}
+
 pub struct Diff {
     /// Gradient nodes, to append after the forward nodes.
     pub nodes: Vec<NodeProto>,
@@ -104,16 +116,28 @@ fn describe(n: &NodeProto) -> String {
     }
 }
 
+/// The reverse sweep in standard ONNX ops ([`differentiate_with`] [`Kernels::Standard`]).
 pub fn differentiate(
     graph: &GraphProto,
     shapes: &Shapes,
     loss: &str,
     wrt: &[String],
 ) -> Result<Diff> {
-    differentiate_as(graph, shapes, loss, wrt, "grad")
+    differentiate_with(graph, shapes, loss, wrt, Kernels::Standard)
 }
 
-/// [`differentiate`] with the new values named `{prefix}/...`: differentiating a graph that
+/// The gradient nodes of `loss` with respect to `wrt`, the rules emitting `kernels`' ops.
+pub fn differentiate_with(
+    graph: &GraphProto,
+    shapes: &Shapes,
+    loss: &str,
+    wrt: &[String],
+    kernels: Kernels,
+) -> Result<Diff> {
+    differentiate_as(graph, shapes, loss, wrt, kernels, "grad")
+}
+
+/// [`differentiate_with`] with the new values named `{prefix}/...`: differentiating a graph that
 /// already holds a gradient sweep (Hessian-vector products, [`super::hvp`]) needs a second
 /// prefix so the two sweeps' names cannot collide.
 pub fn differentiate_as(
@@ -121,6 +145,7 @@ pub fn differentiate_as(
     shapes: &Shapes,
     loss: &str,
     wrt: &[String],
+    kernels: Kernels,
     prefix: &str,
 ) -> Result<Diff> {
     let wrt_set: HashSet<&str> = wrt.iter().map(|s| s.as_str()).collect();
@@ -254,6 +279,7 @@ pub fn differentiate_as(
             b: &mut b,
             shapes,
             consts: &consts,
+            kernels,
             gout,
             gout_seq,
             need: need.clone(),
@@ -305,6 +331,16 @@ pub fn differentiate_as(
         grads,
         forward_outputs,
     })
+}
+
+/// With [`Kernels::ProbeCpu`]: forward nodes that a `probe.cpu` kernel runs faster, replaced
+/// by it (same inputs, outputs and name; so far Conv, see `ops/conv.rs`).
+pub fn probe_cpu_forward(graph: &mut GraphProto, shapes: &Shapes) {
+    for n in graph.node.iter_mut() {
+        if let Some(m) = crate::ops::conv::probe_cpu_forward(n, shapes) {
+            *n = m;
+        }
+    }
 }
 
 /// Adds the optional forward outputs rules asked for to the graph's nodes.

@@ -16,7 +16,7 @@
 //! Outputs: the gradient graph's (`probe/loss_sum`, `probe/correct_sum`, `grad/<p>`) plus
 //! `hvp/<p>` = (H v)_p for the summed loss of the batch. With `wrt` a subset of the parameters
 //! (a block B), v lives on B and the products are H_BB v: the Hessian of that block alone.
-use super::grad::{apply_forward_outputs, differentiate_as};
+use super::grad::{apply_forward_outputs, differentiate_as, Kernels};
 use super::model_grad::{grad_graph, GradGraph, GradOptions};
 use super::shapes::{Feed, Shapes};
 use crate::model::graph::{attr_int, value_info, Builder};
@@ -41,7 +41,13 @@ pub fn hvp_graph(
     opts: &GradOptions,
     samples: &[(HostTensor, HostTensor)],
 ) -> Result<HvpGraph> {
-    let mut gg = grad_graph(model, opts, samples)?;
+    // Both sweeps in standard ops: the second needs a rule for every op of the first, and
+    // probe's CPU kernels (probe.cpu) have none.
+    let opts = GradOptions {
+        kernels: Kernels::Standard,
+        ..opts.clone()
+    };
+    let mut gg = grad_graph(model, &opts, samples)?;
     let g = gg.proto.graph.as_mut().unwrap();
     let mut b = Builder::new("probe/hvp_dot");
     let mut dirs = Vec::new();
@@ -97,7 +103,7 @@ pub fn hvp_graph(
     let shapes = Shapes::observe(&gg.proto, &feeds)?;
     let wrt: Vec<String> = gg.grads.iter().map(|(p, _)| p.clone()).collect();
     let g = gg.proto.graph.as_mut().unwrap();
-    let diff = differentiate_as(g, &shapes, DOT, &wrt, "hvp")
+    let diff = differentiate_as(g, &shapes, DOT, &wrt, Kernels::Standard, "hvp")
         .with_context(|| format!("{}: Hessian-vector products", model.path.display()))?;
     apply_forward_outputs(g, &diff.forward_outputs);
     g.node.extend(diff.nodes);

@@ -1,9 +1,11 @@
 //! The gradient graph of a model: forward graph (state lifted to inputs) + loss head + reverse
 //! sweep. Inputs: the data, the targets, every state tensor. Outputs: the batch's summed loss,
 //! its correct count (cross-entropy) and, for each trainable parameter, the gradient of the
-//! summed loss (`grad/<parameter>`). Standard ONNX ops only, so stock ONNX Runtime runs it and
-//! `probe autodiff` can write it out for inspection.
-use super::grad::{apply_forward_outputs, differentiate};
+//! summed loss (`grad/<parameter>`). Standard ONNX ops only by default, so stock ONNX Runtime
+//! runs it and `probe autodiff` can write it out for inspection; with
+//! [`Kernels::ProbeCpu`] some rules emit probe's own CPU ops instead (`probe grad`'s fast path,
+//! which only probe's sessions run).
+use super::grad::{apply_forward_outputs, differentiate_with, probe_cpu_forward, Kernels};
 use super::lift::{lift_state, TARGET};
 use super::loss::{self, LossKind};
 use super::shapes::{Feed, Shapes};
@@ -20,6 +22,8 @@ pub struct GradOptions {
     pub bn_train: bool,
     /// Parameters to differentiate; `None`: every trainable parameter of the model.
     pub wrt: Option<Vec<String>>,
+    /// Standard ONNX ops only, or probe's CPU custom ops where they are faster.
+    pub kernels: Kernels,
 }
 
 pub struct GradGraph {
@@ -174,9 +178,20 @@ pub fn grad_graph(
         .collect();
     let shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
-    let diff = differentiate(g, &shapes, LOSS_SUM, &wrt)
+    let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
     apply_forward_outputs(g, &diff.forward_outputs);
+    if opts.kernels == Kernels::ProbeCpu {
+        probe_cpu_forward(g, &shapes);
+    }
+    let custom = crate::runtime::cpu_ops::DOMAIN;
+    if g.node.iter().chain(&diff.nodes).any(|n| n.domain == custom) {
+        let mut o = onnx_protobuf::OperatorSetIdProto::new();
+        o.domain = custom.into();
+        o.version = 1;
+        proto.opset_import.push(o);
+    }
+    let g = proto.graph.as_mut().unwrap();
     g.node.extend(diff.nodes);
     let mut grads = Vec::new();
     for (p, gname) in diff.grads {

@@ -19,6 +19,7 @@ use super::check::targets_in_range;
 use super::eval::{input_value, state_arrays};
 use super::hessian::{HvpEngine, OrtHvp};
 use super::weights::Distribution;
+use crate::autodiff::grad::Kernels;
 use crate::autodiff::model_grad::{grad_graph, GradGraph, GradOptions};
 use crate::data::{batches, Batch, Dataset};
 use crate::model::{Checkpoint, Model};
@@ -50,6 +51,8 @@ pub struct GradPlan {
     pub save_grad: bool,
     pub bn_train: bool,
     pub engine: Engine,
+    /// With [`Engine::OnnxRuntime`]: standard ONNX ops only, or probe's CPU kernels where faster.
+    pub kernels: Kernels,
     pub shard: (usize, usize),
     pub on_nonfinite: OnNonFinite,
     /// `--noise`: minibatch and per-sample gradient noise ([`super::noise`]).
@@ -540,13 +543,16 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 loss: plan.loss,
                 bn_train: plan.bn_train,
                 wrt: None,
+                kernels: plan.kernels,
             };
             let graph = grad_graph(&model, &opts, &samples)?;
             let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
             let session = crate::runtime::session(&bytes, plan.threads, "gradient")?;
             if let Some(h) = &plan.hessian {
+                // The second sweep needs a rule for every op of the first: standard ops only.
                 let hopts = GradOptions {
                     wrt: h.params.clone(),
+                    kernels: Kernels::Standard,
                     ..opts.clone()
                 };
                 let hg = crate::autodiff::hvp::hvp_graph(&model, &hopts, &samples)?;
@@ -555,6 +561,9 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 let hs = crate::runtime::session(&bytes, plan.threads, "Hessian-vector product")?;
                 hvp_engine = Some(Box::new(OrtHvp::new(hs, hg, shapes)));
             }
+            // The probe.cpu kernels split their work over ONNX Runtime's threads and call
+            // libtorch single-threaded on each (see runtime::cpu_ops).
+            tch::set_num_threads(1);
             Box::new(OrtEngine::new(session, graph))
         }
         Engine::Torch(device) => {
@@ -591,6 +600,15 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         if plan.bn_train { "train" } else { "eval" }.to_string(),
     );
     extra.insert("engine".to_string(), plan.engine.name().to_string());
+    extra.insert(
+        "ops".to_string(),
+        match (plan.engine, plan.kernels) {
+            (Engine::OnnxRuntime, Kernels::ProbeCpu) => "probe.cpu",
+            (Engine::OnnxRuntime, Kernels::Standard) => "standard",
+            (Engine::Torch(_), _) => "",
+        }
+        .to_string(),
+    );
     extra.insert("device".to_string(), plan.engine.device_name().to_string());
     extra.insert(
         "weight_decay".to_string(),

@@ -5,7 +5,8 @@
 //! - `training_mode = 0`: mean, var are the inputs input_mean, input_var. With k = scale*invstd
 //!   and sums over every axis but 1:
 //!   dX = dY * k, dscale = sum(dY * xhat), dB = sum(dY), dmean = -k * sum(dY),
-//!   dvar = -k * invstd / 2 * sum(dY * xhat).
+//!   dvar = -k * invstd / 2 * sum(dY * xhat). With probe's CPU kernels (`probe grad`'s
+//!   default, f32) dX and the two sums are one `probe.cpu:BatchNormalizationGrad` pass.
 //! - `training_mode = 1`: mean, var are the batch statistics over every axis but 1 (biased
 //!   variance), recomputed here; with M elements per channel,
 //!   dX = scale * invstd / M * (M dY - sum(dY) - xhat * sum(dY * xhat)),
@@ -15,7 +16,9 @@ use super::attrs::Attrs;
 use super::torch::{f32_as_written, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
 use crate::model::graph::attr_int;
+use crate::tensor::DType;
 use anyhow::{bail, Result};
 
 pub static RULE: Rule = Rule {
@@ -127,25 +130,40 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let sd = c.op("Sqrt", &[&ve], vec![]);
     let inv = c.op("Reciprocal", &[&sd], vec![]);
     let k = c.op("Mul", &[&scale, &inv], vec![]);
-    if c.needs(0) {
-        let kb = chan(c, &k);
-        let gx = c.op("Mul", &[&g, &kb], vec![]);
-        c.set(0, gx);
-    }
-    let sum_g = if c.needs(2) || c.needs(3) {
-        Some(c.reduce_sum(&g, &axes, false))
+    let (need_g, need_gxh) = (c.needs(2) || c.needs(3), c.needs(1) || c.needs(4));
+    let (sum_g, sum_gxh) = if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // One pass over dY and X for dX and both sums (runtime/cpu_ops.rs); it gives
+        // sum dY (X - mean), times invstd that is sum dY xhat.
+        let mut outs = c.probe_cpu_op("BatchNormalizationGrad", &[&g, &x, &k, &mean], vec![], 3);
+        for (o, need) in outs.iter_mut().zip([c.needs(0), need_g, need_gxh]) {
+            if !need {
+                o.clear();
+            }
+        }
+        c.b.nodes.last_mut().unwrap().output = outs.clone();
+        if c.needs(0) {
+            c.set(0, outs[0].clone());
+        }
+        let sum_gxh = need_gxh.then(|| c.op("Mul", &[&outs[2], &inv], vec![]));
+        (need_g.then(|| outs[1].clone()), sum_gxh)
     } else {
-        None
-    };
-    let sum_gxh = if c.needs(1) || c.needs(4) {
-        let mb = chan(c, &mean);
-        let ib = chan(c, &inv);
-        let d = c.op("Sub", &[&x, &mb], vec![]);
-        let xhat = c.op("Mul", &[&d, &ib], vec![]);
-        let gxh = c.op("Mul", &[&g, &xhat], vec![]);
-        Some(c.reduce_sum(&gxh, &axes, false))
-    } else {
-        None
+        if c.needs(0) {
+            let kb = chan(c, &k);
+            let gx = c.op("Mul", &[&g, &kb], vec![]);
+            c.set(0, gx);
+        }
+        let sum_g = need_g.then(|| c.reduce_sum(&g, &axes, false));
+        let sum_gxh = if need_gxh {
+            let mb = chan(c, &mean);
+            let ib = chan(c, &inv);
+            let d = c.op("Sub", &[&x, &mb], vec![]);
+            let xhat = c.op("Mul", &[&d, &ib], vec![]);
+            let gxh = c.op("Mul", &[&g, &xhat], vec![]);
+            Some(c.reduce_sum(&gxh, &axes, false))
+        } else {
+            None
+        };
+        (sum_g, sum_gxh)
     };
     if let Some(s) = &sum_gxh {
         c.set(1, s.clone());
@@ -184,6 +202,27 @@ mod tests {
     #[test]
     fn batch_norm_inference() {
         batch_norm_inference_cases(check);
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        check(bn(&[2, 3, 4, 5], 3).f32().probe_cpu());
+        check(
+            bn(&[4, 3], 3)
+                .attr(attr_float("epsilon", 0.1))
+                .f32()
+                .probe_cpu(),
+        );
+        // The mean as a fixed buffer.
+        check(
+            Case::new("BatchNormalization")
+                .input(&[2, 3, 2, 2])
+                .input(&[3])
+                .input(&[3])
+                .fixed(&[3])
+                .values(&[3], &[0.5, 1.0, 2.0])
+                .f32()
+                .probe_cpu(),
+        );
     }
     fn batch_norm_inference_cases(check: fn(Case)) {
         check(bn(&[2, 3, 4, 5], 3));

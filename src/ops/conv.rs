@@ -11,12 +11,24 @@
 //!   dilations the original strides, same pads; it yields [C, M, k'] with k' >= k, sliced to k and
 //!   transposed to [M, C, k]. Per group with Split/Concat when group > 1;
 //! - dB = sum over every axis but 1 of dY.
+//!
+//! With [`Kernels::ProbeCpu`] (`probe grad`'s default), f32 and symmetric pads, libtorch's
+//! kernels take over where they were measured faster (`runtime/cpu_ops.rs`,
+//! `examples/conv_kernels.rs`): dW and dB are one `probe.cpu:ConvGrad` node (oneDNN's
+//! backward-weights, as PyTorch runs it: 2-3x faster than im2col + MatMul in ONNX Runtime); the
+//! forward Conv and the stride-1 dX Conv become `probe.cpu:Conv` where [`torch_conv_pays`];
+//! a strided dX stays ConvTranspose. The standard-op form stays for `probe autodiff`, for
+//! `--standard-ops` and for asymmetric pads, which libtorch does not take.
 use super::attrs::Attrs;
 use super::torch::{input, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
+use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{attr_int, attr_ints};
+use crate::tensor::DType;
 use anyhow::{anyhow, bail, Result};
+use onnx_protobuf::NodeProto;
 
 pub static RULE: Rule = Rule {
     op: "Conv",
@@ -232,6 +244,14 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let win = Window::of(c, kernel, &xd[2..])?;
     let k = win.rank();
     let group = c.attr_i("group", 1);
+    // probe.cpu (see the module doc): dW and dB by libtorch, dX stays a convolution (libtorch's
+    // own backward-data ran 3-6x slower than a forward convolution on the flipped kernel).
+    let fast = c.kernels == Kernels::ProbeCpu
+        && win.pads[..k] == win.pads[k..]
+        && c.dtype(&x)? == DType::F32;
+    if fast && (c.needs(1) || c.has_input(2) && c.needs(2)) {
+        vjp_probe_cpu(c, &g, &x, &w, &win, group)?;
+    }
     let conv_attrs = |strides: &[i64], dilations: &[i64]| {
         vec![
             attr_ints("strides", strides),
@@ -260,14 +280,24 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let pads: Vec<i64> = (0..2 * k)
             .map(|j| win.span(j % k) - 1 - win.pads[j])
             .collect();
-        let gx = c.op(
-            "Conv",
-            &[&g, &wt],
-            vec![
-                attr_ints("dilations", &win.dilations),
+        let gx = if fast && torch_conv_pays(wd[0], &win.kernel) {
+            let attrs = vec![
+                attr_ints("strides", &vec![1; k]),
                 attr_ints("pads", &pads),
-            ],
-        );
+                attr_ints("dilations", &win.dilations),
+                attr_int("group", 1),
+            ];
+            c.probe_cpu_op("Conv", &[&g, &wt], attrs, 1).pop().unwrap()
+        } else {
+            c.op(
+                "Conv",
+                &[&g, &wt],
+                vec![
+                    attr_ints("dilations", &win.dilations),
+                    attr_ints("pads", &pads),
+                ],
+            )
+        };
         c.set(0, gx);
     } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
@@ -277,7 +307,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let gx = c.op("ConvTranspose", &[&g, &w], attrs);
         c.set(0, gx);
     }
-    if c.needs(1) && group == 1 && std::env::var_os("PROBE_CONV_DW_TRICK").is_none() {
+    if fast {
+        // Done above.
+    } else if c.needs(1) && group == 1 && std::env::var_os("PROBE_CONV_DW_TRICK").is_none() {
         let h = spatial_dims(c, &x)?;
         let gw = dw_im2col(c, &x, &g, &win, &h, &wd)?;
         c.set(1, gw);
@@ -332,10 +364,75 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         c.set(1, gw);
     }
-    if c.has_input(2) && c.needs(2) {
+    if c.has_input(2) && c.needs(2) && !fast {
         let axes: Vec<i64> = std::iter::once(0).chain(2..2 + k as i64).collect();
         let gb = c.reduce_sum(&g, &axes, false);
         c.set(2, gb);
+    }
+    Ok(())
+}
+
+/// The forward node as `probe.cpu:Conv` (libtorch's convolution), when libtorch takes it: f32,
+/// symmetric pads, static spatial dims; `None` leaves the standard Conv.
+pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
+    let (x, w) = (n.input.first()?, n.input.get(1)?);
+    if n.op_type != "Conv" || !n.domain.is_empty() || shapes.dtype(x)? != DType::F32 {
+        return None;
+    }
+    let kernel: Vec<i64> = match n.attr_ints("kernel_shape") {
+        Some(k) => k,
+        None => shapes.get(w)?.dims[2..]
+            .iter()
+            .map(|d| d.map(|d| d as i64))
+            .collect::<Option<_>>()?,
+    };
+    let xd = &shapes.get(x)?.dims;
+    let win = Window::of(n, kernel, &xd[2..]).ok()?;
+    let k = win.rank();
+    if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
+        return None;
+    }
+    let mut m = n.clone();
+    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
+    m.attribute = vec![
+        attr_ints("strides", &win.strides),
+        attr_ints("pads", &win.pads),
+        attr_ints("dilations", &win.dilations),
+        attr_int("group", n.attr_i("group", 1)),
+    ];
+    Some(m)
+}
+
+/// Whether libtorch's forward convolution (oneDNN) beats ONNX Runtime's (MLAS im2col + GEMM)
+/// for `cin` input channels per group and this kernel. Measured at batch 250, 1 thread
+/// (`examples/conv_kernels.rs`; ms ORT vs libtorch): 3x3 with 3..64 channels in 4.4 vs 3.9,
+/// 15.5 vs 7.0 (8 -> 8, 28x28), 19.5 vs 8.4 (32 -> 32, 14x14), 24.6 vs 11.7 (64 -> 64, 7x7); but
+/// one input channel 1.0 vs 3.3 and a strided 1x1 1.5 vs 4.4, where ONNX Runtime stays.
+fn torch_conv_pays(cin: Option<usize>, kernel: &[i64]) -> bool {
+    cin.is_some_and(|c| c >= 2) && kernel.iter().product::<i64>() > 1
+}
+
+/// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])
+/// are left unnamed, so libtorch does not compute them.
+fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i64) -> Result<()> {
+    let needs = [c.needs(1), c.has_input(2) && c.needs(2)];
+    let attrs = vec![
+        attr_ints("strides", &win.strides),
+        attr_ints("pads", &win.pads),
+        attr_ints("dilations", &win.dilations),
+        attr_int("group", group),
+    ];
+    let mut outs = c.probe_cpu_op("ConvGrad", &[g, x, w], attrs, 2);
+    for (i, o) in outs.iter_mut().enumerate() {
+        if !needs[i] {
+            o.clear();
+        }
+    }
+    c.b.nodes.last_mut().unwrap().output = outs.clone();
+    for (i, o) in outs.into_iter().enumerate() {
+        if needs[i] {
+            c.set(i + 1, o);
+        }
     }
     Ok(())
 }
@@ -496,6 +593,42 @@ mod tests {
             conv(&[1, 2, 5, 5], &[2, 2, 3, 3])
                 .attr(attr_string("auto_pad", "VALID"))
                 .attr(attr_ints("strides", &[2, 2])),
+        );
+    }
+    /// Every case again with probe's libtorch kernels (`probe.cpu:Conv`, `ConvGrad`) where the
+    /// rule emits them, against the standard-op gradient and finite differences; cases with
+    /// asymmetric pads fall back to standard ops (the check then finds no probe.cpu op, so
+    /// those are left out here).
+    fn check_probe_cpu(c: Case) {
+        check(c.probe_cpu())
+    }
+    #[test]
+    fn probe_cpu_kernels() {
+        conv_plain_and_bias_cases(check_probe_cpu);
+        check_probe_cpu(
+            conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
+                .input(&[3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+        );
+        conv_dilation_cases(check_probe_cpu);
+        check_probe_cpu(
+            conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
+                .attr(attr_int("group", 3))
+                .attr(attr_ints("dilations", &[2, 1])),
+        );
+        check_probe_cpu(
+            conv(&[2, 3, 8], &[4, 3, 3])
+                .input(&[4])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("pads", &[1, 1])),
+        );
+        // Three samples over two threads: the kernels split the batch 2 + 1, and the forward
+        // and stride-1 dX convolutions (3 channels in, 3x3) run in libtorch too.
+        check_probe_cpu(
+            conv(&[3, 3, 5, 5], &[4, 3, 3, 3])
+                .input(&[4])
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
         );
     }
     #[test]

@@ -2,8 +2,14 @@
 //! loss `L = sum_k <R_k, Y_k>` over its float outputs with fixed random `R_k`, the gradient graph
 //! built by [`crate::autodiff::grad::differentiate`] and run by ONNX Runtime, against central
 //! finite differences of the same forward graph, all in f64 (f32 where ONNX Runtime has no f64
-//! kernel for the op, with the tolerance that precision allows).
-use crate::autodiff::grad::{apply_forward_outputs, differentiate};
+//! kernel for the op, with the tolerance that precision allows). A case marked
+//! [`Case::probe_cpu`] is also differentiated with probe's CPU kernels
+//! ([`Kernels::ProbeCpu`], run on 2 threads so the kernels split the batch), which must use at
+//! least one of them, agree with the standard-op gradient to 1e-5 and pass the same
+//! finite-difference check.
+use crate::autodiff::grad::{
+    apply_forward_outputs, differentiate_with, probe_cpu_forward, Kernels,
+};
 use crate::autodiff::shapes::{Feed, Shapes};
 use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::{DType, HostTensor, Values};
@@ -38,6 +44,8 @@ pub struct Case {
     pub seed: u64,
     /// Outputs left out of the loss (indices), e.g. statistics outputs.
     pub skip_outputs: Vec<usize>,
+    /// Also check the gradient graph built with probe's CPU kernels against the standard one.
+    pub probe_cpu: bool,
 }
 
 impl Case {
@@ -51,6 +59,7 @@ impl Case {
             opset: 20,
             seed: 1,
             skip_outputs: vec![],
+            probe_cpu: false,
         }
     }
     pub fn input(mut self, shape: &[usize]) -> Case {
@@ -93,6 +102,11 @@ impl Case {
         self.skip_outputs.push(k);
         self
     }
+    /// Also check the graph with probe's `probe.cpu` kernels (f32 only, as they are).
+    pub fn probe_cpu(mut self) -> Case {
+        self.probe_cpu = true;
+        self
+    }
     /// The op has no f64 kernel in ONNX Runtime's CPU provider: check in f32.
     pub fn f32(mut self) -> Case {
         self.f64 = false;
@@ -130,6 +144,13 @@ fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
     let mut o = OperatorSetIdProto::new();
     o.version = opset;
     m.opset_import.push(o);
+    let custom = crate::runtime::cpu_ops::DOMAIN;
+    if graph.node.iter().any(|n| n.domain == custom) {
+        let mut o = OperatorSetIdProto::new();
+        o.domain = custom.into();
+        o.version = 1;
+        m.opset_import.push(o);
+    }
     m.graph = protobuf::MessageField::some(graph);
     m
 }
@@ -148,8 +169,17 @@ fn run(
     feed: &[(String, DType, Vec<usize>, Vec<f64>)],
     outputs: &[String],
 ) -> Vec<Vec<f64>> {
+    run_threads(proto, feed, outputs, 1)
+}
+
+fn run_threads(
+    proto: &ModelProto,
+    feed: &[(String, DType, Vec<usize>, Vec<f64>)],
+    outputs: &[String],
+    threads: usize,
+) -> Vec<Vec<f64>> {
     let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
-    let mut s = crate::runtime::session(&bytes, 1, "test").unwrap();
+    let mut s = crate::runtime::session(&bytes, threads, "test").unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, dt, shape, v)| {
@@ -271,8 +301,18 @@ pub fn check(case: Case) {
         .filter(|k| !case.skip_outputs.contains(k))
         .map(|k| format!("out{k}"))
         .collect();
+    let kernels = if case.probe_cpu {
+        assert!(
+            !case.f64,
+            "{}: probe.cpu kernels are f32 only: mark the case .f32()",
+            case.op
+        );
+        Kernels::ProbeCpu
+    } else {
+        Kernels::Standard
+    };
     verify(
-        &case.op, g, feed, &wrt, &outputs, &mut rng, case.f64, case.opset,
+        &case.op, g, feed, &wrt, &outputs, &mut rng, case.f64, case.opset, kernels,
     );
 }
 
@@ -312,7 +352,17 @@ pub fn check_graph(
         g.output.push(v);
     }
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    verify(label, g, feed, &wrt, &outputs, &mut rng, true, 20);
+    verify(
+        label,
+        g,
+        feed,
+        &wrt,
+        &outputs,
+        &mut rng,
+        true,
+        20,
+        Kernels::Standard,
+    );
 }
 
 /// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
@@ -327,6 +377,7 @@ fn verify(
     rng: &mut Rng,
     f64: bool,
     opset: i64,
+    kernels: Kernels,
 ) {
     // Shapes of the op's outputs, from the runtime.
     let host_feed: Feed = feed
@@ -383,17 +434,56 @@ fn verify(
     g.output.push(lo);
     let fwd = model_of(g.clone(), opset);
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
-    let diff = differentiate(&g, &shapes, "loss", wrt).unwrap_or_else(|e| panic!("{label}: {e:#}"));
-    let mut gg = g.clone();
-    apply_forward_outputs(&mut gg, &diff.forward_outputs);
-    gg.node.extend(diff.nodes.clone());
-    for (_, gname) in &diff.grads {
-        let mut v = onnx_protobuf::ValueInfoProto::new();
-        v.name = gname.clone();
-        gg.output.push(v);
-    }
-    let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
-    let analytic = run(&model_of(gg, opset), &feed, &gnames);
+    // The gradient graph with `kernels`' ops, its gradients.
+    let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, usize) {
+        let diff = differentiate_with(&g, &shapes, "loss", wrt, kernels)
+            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        let mut gg = g.clone();
+        apply_forward_outputs(&mut gg, &diff.forward_outputs);
+        if kernels == Kernels::ProbeCpu {
+            probe_cpu_forward(&mut gg, &shapes);
+        }
+        gg.node.extend(diff.nodes.clone());
+        let custom = gg
+            .node
+            .iter()
+            .filter(|n| n.domain == crate::runtime::cpu_ops::DOMAIN)
+            .count();
+        for (_, gname) in &diff.grads {
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = gname.clone();
+            gg.output.push(v);
+        }
+        let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
+        let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };
+        (
+            run_threads(&model_of(gg, opset), &feed, &gnames, threads),
+            custom,
+        )
+    };
+    let (standard, _) = gradients(Kernels::Standard);
+    let analytic = if kernels == Kernels::ProbeCpu {
+        let (fast, custom) = gradients(Kernels::ProbeCpu);
+        assert!(
+            custom > 0,
+            "{label}: the probe.cpu graph uses no probe.cpu op"
+        );
+        for (wi, w) in wrt.iter().enumerate() {
+            let scale = standard[wi]
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+                .max(1.0);
+            for (j, (a, b)) in fast[wi].iter().zip(&standard[wi]).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale,
+                    "{label} input {w}: probe.cpu gradient {a} vs standard ops {b} at element {j}"
+                );
+            }
+        }
+        fast
+    } else {
+        standard
+    };
 
     let h = if f64 { 1e-6 } else { 1e-2 };
     let tol = if f64 { 1e-6 } else { 2e-2 };

@@ -2,6 +2,8 @@
 //!
 //! ONNX Runtime is loaded at run time (ort's `load-dynamic`): from `ORT_DYLIB_PATH` if set, else
 //! from the library `setup.sh` installed beside the sources (compiled in by build.rs).
+pub mod cpu_ops;
+
 use anyhow::{anyhow, Result};
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::PathBuf;
@@ -44,7 +46,9 @@ pub fn default_threads() -> usize {
 }
 
 /// A CPU session over an in-memory ONNX model, with all graph optimizations and `threads`
-/// intra-op threads.
+/// intra-op threads. The `probe.cpu` custom ops ([`cpu_ops`]) are registered, so gradient
+/// graphs built with them run too (their libtorch kernels use libtorch's process-wide thread
+/// count: whoever runs such a graph sets it, see `measure::grad`).
 pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session> {
     let env = environment()?;
     let ctx = |e: ort::Error| anyhow!("ONNX Runtime could not load the {what} graph: {e}");
@@ -55,6 +59,17 @@ pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session
         .with_intra_threads(threads)
         .map_err(|e| ctx(ort::Error::from(e)))?
         .with_inter_threads(1)
+        .map_err(|e| ctx(ort::Error::from(e)))?
+        .with_operators(cpu_ops::domain(threads)?)
         .map_err(|e| ctx(ort::Error::from(e)))?;
+    // A developer's knob: ONNX Runtime's per-node profile (JSON, written when the session
+    // ends) of every session, as `$PROBE_ORT_PROFILE-<what>_<date>.json`.
+    if let Some(prefix) = std::env::var_os("PROBE_ORT_PROFILE") {
+        let mut path = prefix;
+        path.push(format!("-{what}"));
+        b = b
+            .with_profiling(path)
+            .map_err(|e| ctx(ort::Error::from(e)))?;
+    }
     b.commit_from_memory(model_bytes).map_err(ctx)
 }

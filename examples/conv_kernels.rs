@@ -1,0 +1,187 @@
+//! Times one convolution's forward, dX and dW/dB as ONNX Runtime runs them: the standard ONNX
+//! form probe's gradient rule emits and the `probe.cpu` kernels (libtorch), on the same inputs.
+//! A developer's tool for choosing which form the rule emits (see src/ops/conv.rs; libtorch's
+//! own dX, backward-data, was measured with an earlier ConvGrad that had a dX output: 3-6x
+//! slower than the flipped-kernel forward conv, so ConvGrad lost that output):
+//!
+//!     cargo run --release --example conv_kernels -- THREADS N,C,H,W M,K,STRIDE,PAD [...]
+use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use probe::model::graph::{attr_int, attr_ints, value_info};
+use probe::tensor::DType;
+use std::time::Instant;
+
+fn node(
+    op: &str,
+    domain: &str,
+    ins: &[&str],
+    outs: &[&str],
+    attrs: Vec<onnx_protobuf::AttributeProto>,
+) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.domain = domain.into();
+    n.name = format!("{op}_{}", outs.join("_"));
+    n.input = ins.iter().map(|s| s.to_string()).collect();
+    n.output = outs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    n
+}
+
+fn model(nodes: Vec<NodeProto>, ins: &[(&str, Vec<i64>)], outs: &[&str]) -> Vec<u8> {
+    let mut g = GraphProto::new();
+    g.name = "bench".into();
+    g.node = nodes;
+    for (n, s) in ins {
+        let d: Vec<Option<i64>> = s.iter().map(|&x| Some(x)).collect();
+        g.input.push(value_info(n, DType::F32, &d, "N"));
+    }
+    for o in outs {
+        let mut vi = onnx_protobuf::ValueInfoProto::new();
+        vi.name = o.to_string();
+        g.output.push(vi);
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = 10;
+    let mut o = OperatorSetIdProto::new();
+    o.version = 17;
+    m.opset_import.push(o);
+    let mut o = OperatorSetIdProto::new();
+    o.domain = "probe.cpu".into();
+    o.version = 1;
+    m.opset_import.push(o);
+    m.graph = protobuf::MessageField::some(g);
+    protobuf::Message::write_to_bytes(&m).unwrap()
+}
+
+fn time(bytes: &[u8], threads: usize, feeds: &[(&str, Vec<i64>)]) -> f64 {
+    let mut s = probe::runtime::session(bytes, threads, "bench").unwrap();
+    let vals: Vec<(String, ort::value::DynValue)> = feeds
+        .iter()
+        .enumerate()
+        .map(|(k, (n, shape))| {
+            let len: i64 = shape.iter().product();
+            let v: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 + k as i64) % 13) as f32 / 13.0 - 0.5)
+                .collect();
+            (
+                n.to_string(),
+                ort::value::Tensor::from_array((shape.clone(), v))
+                    .unwrap()
+                    .into_dyn(),
+            )
+        })
+        .collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..12 {
+        let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vals
+            .iter()
+            .map(|(n, v)| (n.as_str().into(), v.into()))
+            .collect();
+        let t = Instant::now();
+        let _ = s.run(inputs).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best * 1e3
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads: usize = args[1].parse().unwrap();
+    tch::set_num_threads(1);
+    for spec in args[2..].chunks(2) {
+        let x: Vec<i64> = spec[0].split(',').map(|s| s.parse().unwrap()).collect();
+        let p: Vec<i64> = spec[1].split(',').map(|s| s.parse().unwrap()).collect();
+        let (m, k, s, pad) = (p[0], p[1], p[2], p[3]);
+        let w = vec![m, x[1], k, k];
+        let o = |h: i64| (h + 2 * pad - k) / s + 1;
+        let y = vec![x[0], m, o(x[2]), o(x[3])];
+        let attrs = || {
+            vec![
+                attr_ints("strides", &[s, s]),
+                attr_ints("pads", &[pad, pad, pad, pad]),
+                attr_ints("dilations", &[1, 1]),
+                attr_int("group", 1),
+            ]
+        };
+        let fwd_std = model(
+            vec![node("Conv", "", &["x", "w"], &["y"], attrs())],
+            &[("x", x.clone()), ("w", w.clone())],
+            &["y"],
+        );
+        let fwd_cpu = model(
+            vec![node("Conv", "probe.cpu", &["x", "w"], &["y"], attrs())],
+            &[("x", x.clone()), ("w", w.clone())],
+            &["y"],
+        );
+        let feeds_f = [("x", x.clone()), ("w", w.clone())];
+        // dX, stride 1: Conv(dY, flipped W^T) with pads k-1-p.
+        let wt = vec![x[1], m, k, k];
+        let q = k - 1 - pad;
+        let dx_attrs = || {
+            vec![
+                attr_ints("strides", &[1, 1]),
+                attr_ints("pads", &[q, q, q, q]),
+                attr_ints("dilations", &[1, 1]),
+                attr_int("group", 1),
+            ]
+        };
+        let bwd_w = model(
+            vec![node(
+                "ConvGrad",
+                "probe.cpu",
+                &["dy", "x", "w"],
+                &["dw", "db"],
+                attrs(),
+            )],
+            &[("dy", y.clone()), ("x", x.clone()), ("w", w.clone())],
+            &["dw", "db"],
+        );
+        let feeds_b = [("dy", y.clone()), ("x", x.clone()), ("w", w.clone())];
+        let ct = model(
+            vec![node("ConvTranspose", "", &["dy", "w"], &["dx"], {
+                let mut a = attrs();
+                a.pop();
+                a.push(attr_ints(
+                    "output_padding",
+                    &[(x[2] + 2 * pad - k) % s, (x[3] + 2 * pad - k) % s],
+                ));
+                a
+            })],
+            &[("dy", y.clone()), ("w", w.clone())],
+            &["dx"],
+        );
+        let feeds_ct = [("dy", y.clone()), ("w", w.clone())];
+        print!(
+            "x {x:?} w {w:?} s{s} p{pad} threads {threads}: fwd ort {:.2} cpu {:.2} | dW+dB cpu {:.2} | dX ConvTranspose {:.2}",
+            time(&fwd_std, threads, &feeds_f),
+            time(&fwd_cpu, threads, &feeds_f),
+            time(&bwd_w, threads, &feeds_b),
+            time(&ct, threads, &feeds_ct),
+        );
+        if s == 1 {
+            let dx_std = model(
+                vec![node("Conv", "", &["dy", "wt"], &["dx"], dx_attrs())],
+                &[("dy", y.clone()), ("wt", wt.clone())],
+                &["dx"],
+            );
+            let dx_cpu = model(
+                vec![node(
+                    "Conv",
+                    "probe.cpu",
+                    &["dy", "wt"],
+                    &["dx"],
+                    dx_attrs(),
+                )],
+                &[("dy", y.clone()), ("wt", wt.clone())],
+                &["dx"],
+            );
+            let feeds_dx = [("dy", y.clone()), ("wt", wt.clone())];
+            print!(
+                " | dX flip ort {:.2} cpu {:.2}",
+                time(&dx_std, threads, &feeds_dx),
+                time(&dx_cpu, threads, &feeds_dx)
+            );
+        }
+        println!(" ms");
+    }
+}
