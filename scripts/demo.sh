@@ -11,7 +11,7 @@
 # Hessian-vector product pass). Then `probe analyze` answers the paper's questions with numbers
 # and `probe plot` draws them to $out/fig.png.
 #
-#   scripts/demo.sh                 # 12,000 images, 8 epochs: about 15 minutes on 2 cores
+#   scripts/demo.sh                 # 12,000 images, 8 epochs: about 5 minutes on 2 cores
 #   scripts/demo.sh --full          # all 60,000 images, 30 epochs (hours on 2 cores)
 #   DEMO_OUT=dir scripts/demo.sh    # where the run goes (default runs/demo)
 set -euo pipefail

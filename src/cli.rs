@@ -19,8 +19,10 @@ probe train --model models/resnet.onnx --data fashion-mnist --epochs 5 --opt sgd
 probe grad --model models/resnet.onnx --ckpt runs/r/step-*.safetensors --data fashion-mnist \
 --weight-decay 5e-4 --out runs/r/grad.h5\n  \
 probe eval --model m.onnx --ckpt ckpts/*.safetensors --data d.h5 --batch 500 --out run.h5\n  \
-probe autodiff m.onnx -o m.grad.onnx\n\n\
-scripts/demo.sh runs the first two on the shipped ResNet."
+probe autodiff m.onnx -o m.grad.onnx\n  \
+probe analyze runs/r/grad.h5\n  \
+probe plot runs/r/grad.h5 -o fig.png\n\n\
+scripts/demo.sh runs train, grad (with --noise --hessian), analyze and plot on the shipped ResNet."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -52,7 +54,9 @@ elements: the gradient of the mean loss over the whole data set. Stored per chec
 (at its stationary points this, not |g|, is zero). --save-grad also stores the full gradient.\n\n\
 Batch use: --shard i/n takes every n-th checkpoint starting at i; rerunning with the same --out skips \
 checkpoints already complete there; a killed run leaves only complete rows.",
-        after_help = "Example:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5"
+        after_help = "Examples:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5\n  \
+probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --batch 128 --noise --noise-samples 1000 \\\n      --hessian --hessian-samples 512 --out runs/demo/curv.h5\n  \
+probe grad --model models/mlp.onnx --data fashion-mnist --limit 64 --hessian \\\n      --hessian-params fc3.weight,fc3.bias --out block.h5     # one layer's Hessian block"
     )]
     Grad(GradArgs),
     /// Trains an ONNX model with libtorch and writes checkpoints probe eval/grad read.
@@ -192,7 +196,8 @@ pub struct GradArgs {
     /// Curvature from exact Hessian-vector products (the gradient graph differentiated again):
     /// top and bottom eigenvalue by Lanczos, directional sharpness g'Hg/|g|^2, Hutchinson trace
     /// with its standard error, per parameter block. Costs about
-    /// (--hessian-iters + --hutchinson + 1) passes of 2-3x a gradient pass each, per checkpoint.
+    /// (--hessian-iters + --hutchinson + 1) passes over --hessian-samples, each about 4-5x a
+    /// gradient pass (measured on the shipped ResNet), per checkpoint.
     #[arg(long, help_heading = "Noise and curvature")]
     pub hessian: bool,
     /// Hessian of the mean loss over the first N samples (default: all).

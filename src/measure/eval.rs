@@ -38,6 +38,27 @@ pub fn state_arrays(
         .collect()
 }
 
+/// The inputs of one ONNX Runtime run of a graph probe built: the batch's data and targets under
+/// the graph's input names, then every state tensor (the checkpoint, fed, not baked in).
+pub fn feed<'a>(
+    input: &'a str,
+    target: &'a str,
+    b: &'a crate::data::Batch,
+    state_names: &'a [String],
+    state: &'a [ndarray::ArrayD<f32>],
+) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
+    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
+    inputs.push((input.into(), input_value(&b.x)?));
+    inputs.push((target.into(), input_value(&b.y)?));
+    for (name, a) in state_names.iter().zip(state) {
+        inputs.push((
+            name.as_str().into(),
+            TensorRef::from_array_view(a.view())?.into(),
+        ));
+    }
+    Ok(inputs)
+}
+
 pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
     Ok(match a {
         Array::F32(x) => TensorRef::from_array_view(x.view())?.into(),
@@ -61,15 +82,7 @@ pub fn evaluate(
     for (start, count) in batches(spec.len, batch) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
-        inputs.push((graph.input.as_str().into(), input_value(&b.x)?));
-        inputs.push((graph.target.as_str().into(), input_value(&b.y)?));
-        for (name, a) in graph.state.iter().zip(&state) {
-            inputs.push((
-                name.as_str().into(),
-                TensorRef::from_array_view(a.view())?.into(),
-            ));
-        }
+        let inputs = feed(&graph.input, &graph.target, &b, &graph.state, &state)?;
         let out = session.run(inputs).map_err(|e| {
             anyhow!(
                 "{}: ONNX Runtime failed on samples {}..{}: {e}",

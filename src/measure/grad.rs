@@ -16,7 +16,7 @@
 //! checkpoint, and with `--weight-decay L` the norm of the gradient of the regularized objective
 //! `L(w) + (L/2)|w|^2`, i.e. |g + L w|: what SGD with weight decay drives to zero.
 use super::check::targets_in_range;
-use super::eval::{input_value, state_arrays};
+use super::eval::{feed, state_arrays};
 use super::hessian::{HvpEngine, OrtHvp};
 use super::weights::Distribution;
 use crate::autodiff::grad::Kernels;
@@ -27,9 +27,7 @@ use crate::progress::Progress;
 use crate::store::{Cell, RunInfo, Store};
 use crate::train::interp::{Interpreter, Mode, State};
 use anyhow::{anyhow, Context, Result};
-use ort::session::{Session, SessionInputValue};
-use ort::value::TensorRef;
-use std::borrow::Cow;
+use ort::session::Session;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,16 +155,7 @@ impl BatchEngine for OrtEngine {
     }
     fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
         let graph = &self.graph;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
-            Vec::with_capacity(2 + self.state.len());
-        inputs.push((graph.input.as_str().into(), input_value(&b.x)?));
-        inputs.push((graph.target.as_str().into(), input_value(&b.y)?));
-        for (name, a) in graph.state.iter().zip(&self.state) {
-            inputs.push((
-                name.as_str().into(),
-                TensorRef::from_array_view(a.view())?.into(),
-            ));
-        }
+        let inputs = feed(&graph.input, &graph.target, b, &graph.state, &self.state)?;
         let out = self
             .session
             .run(inputs)

@@ -18,16 +18,15 @@
 //!   per-block traces come from the same products.
 //! The random vectors come from a fixed seed, the same at every checkpoint (common random
 //! numbers: differences between checkpoints are not sampling noise of the probes).
-use super::eval::{input_value, state_arrays};
+use super::eval::{feed, state_arrays};
 use crate::autodiff::hvp::HvpGraph;
 use crate::data::{batches, Batch, Dataset};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use crate::train::sampler::Rng;
 use anyhow::{anyhow, Result};
-use ort::session::{Session, SessionInputValue};
+use ort::session::Session;
 use ort::value::TensorRef;
-use std::borrow::Cow;
 
 /// Computes one batch's Hessian-vector product.
 pub trait HvpEngine {
@@ -78,15 +77,7 @@ impl HvpEngine for OrtHvp {
                     .map_err(|e| anyhow!("direction shape: {e}"))
             })
             .collect::<Result<_>>()?;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::new();
-        inputs.push((g.grad.input.as_str().into(), input_value(&b.x)?));
-        inputs.push((g.grad.target.as_str().into(), input_value(&b.y)?));
-        for (name, a) in g.grad.state.iter().zip(&self.state) {
-            inputs.push((
-                name.as_str().into(),
-                TensorRef::from_array_view(a.view())?.into(),
-            ));
-        }
+        let mut inputs = feed(&g.grad.input, &g.grad.target, b, &g.grad.state, &self.state)?;
         for ((_, name), a) in g.dirs.iter().zip(&dirs) {
             inputs.push((
                 name.as_str().into(),
