@@ -804,7 +804,8 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                         &r.grads,
                         &label,
                         plan.quiet,
-                    )?)
+                    )
+                    .with_context(|| format!("{}: --noise", c.path.display()))?)
                 } else {
                     None
                 };
@@ -846,7 +847,8 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                         &gblock,
                         &label,
                         plan.quiet,
-                    )?)
+                    )
+                    .with_context(|| format!("{}: --hessian", c.path.display()))?)
                 } else {
                     None
                 };
