@@ -277,3 +277,56 @@ fn unconverged_hessian_reports_its_residual() {
     assert!(row0(&d, "hessian/top_residual") > 1e-4);
     assert_eq!(row0(&d, "hessian/iterations"), 2.0);
 }
+
+/// Token data (x, y int64 [N, 32]): a sample's gradient is that of its mean over 32 tokens; the
+/// per-sample variance trace and the minibatch noise of the GPT against the float64 loop.
+#[test]
+fn gpt_token_noise_matches_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset("shakespeare", 12, dir.path());
+    let ref_json = dir.path().join("ref.json");
+    reference(&[
+        OsStr::new("curvature"),
+        OsStr::new("--model"),
+        OsStr::new("gpt"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--batch"),
+        OsStr::new("5"),
+        OsStr::new("--lanczos"),
+        OsStr::new("0"),
+        OsStr::new("--out"),
+        ref_json.as_os_str(),
+    ]);
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ref_json).unwrap()).unwrap();
+    let out = dir.path().join("gpt.h5");
+    let model = common::model("gpt.onnx");
+    probe(&[
+        OsStr::new("grad"),
+        OsStr::new("--model"),
+        model.as_os_str(),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--batch"),
+        OsStr::new("5"),
+        OsStr::new("--noise"),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ])
+    .ok();
+    let d = h5_dump(&out);
+    for (col, key) in [
+        ("noise/sample_var_trace", "sample_var_trace"),
+        ("noise/batch_var", "batch_var"),
+        ("noise/batch_sq_mean", "batch_sq_mean"),
+        ("grad/l2", "grad_l2"),
+    ] {
+        assert_rel(
+            row0(&d, col),
+            want[key].as_f64().unwrap(),
+            1e-6,
+            &format!("gpt {col}"),
+        );
+    }
+}
