@@ -797,15 +797,17 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 };
                 let want = nopts.samples.unwrap_or(spec.len).min(spec.len);
                 let sample = if finite && want > 0 {
-                    Some(super::noise::per_sample(
-                        engine.as_mut(),
-                        data.as_mut(),
-                        want,
-                        &r.grads,
-                        &label,
-                        plan.quiet,
+                    Some(
+                        super::noise::per_sample(
+                            engine.as_mut(),
+                            data.as_mut(),
+                            want,
+                            &r.grads,
+                            &label,
+                            plan.quiet,
+                        )
+                        .with_context(|| format!("{}: --noise", c.path.display()))?,
                     )
-                    .with_context(|| format!("{}: --noise", c.path.display()))?)
                 } else {
                     None
                 };
@@ -837,18 +839,20 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     })
                     .collect();
                 let cv = if finite {
-                    Some(super::hessian::curvature(
-                        he.as_mut(),
-                        c,
-                        data.as_mut(),
-                        plan.batch,
-                        hopts,
-                        &sizes,
-                        &gblock,
-                        &label,
-                        plan.quiet,
+                    Some(
+                        super::hessian::curvature(
+                            he.as_mut(),
+                            c,
+                            data.as_mut(),
+                            plan.batch,
+                            hopts,
+                            &sizes,
+                            &gblock,
+                            &label,
+                            plan.quiet,
+                        )
+                        .with_context(|| format!("{}: --hessian", c.path.display()))?,
                     )
-                    .with_context(|| format!("{}: --hessian", c.path.display()))?)
                 } else {
                     None
                 };
