@@ -17,7 +17,7 @@
 //! `hvp/<p>` = (H v)_p for the summed loss of the batch. With `wrt` a subset of the parameters
 //! (a block B), v lives on B and the products are H_BB v: the Hessian of that block alone.
 use super::grad::{apply_forward_outputs, differentiate_as, Kernels};
-use super::model_grad::{grad_graph, GradGraph, GradOptions};
+use super::model_grad::{grad_graph, identity, param_dims, GradGraph, GradOptions};
 use super::shapes::{Feed, Shapes};
 use crate::model::graph::{attr_int, value_info, Builder};
 use crate::model::Model;
@@ -54,23 +54,15 @@ pub fn hvp_graph(
     let mut parts = Vec::new();
     for (p, gout) in &gg.grads {
         let v = format!("v/{p}");
-        let dims: Vec<Option<i64>> = model
-            .param(p)
-            .map(|i| i.shape.iter().map(|&d| Some(d as i64)).collect())
-            .unwrap_or_default();
-        g.input.push(value_info(&v, DType::F32, &dims, "N"));
+        g.input
+            .push(value_info(&v, DType::F32, &param_dims(model, p), "N"));
         let m = b.op("Mul", &[gout, &v], vec![]);
         parts.push(b.op("ReduceSum", &[&m], vec![attr_int("keepdims", 0)]));
         dirs.push((p.clone(), v));
     }
     let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
     let s = b.op("Sum", &refs, vec![]);
-    let mut id = onnx_protobuf::NodeProto::new();
-    id.op_type = "Identity".into();
-    id.name = DOT.into();
-    id.input = vec![s];
-    id.output = vec![DOT.into()];
-    b.nodes.push(id);
+    b.nodes.push(identity(&s, DOT));
     g.node.extend(b.nodes);
 
     // Shapes of the gradient graph's values, observed as for the forward graph; the directions
@@ -110,17 +102,9 @@ pub fn hvp_graph(
     let mut products = Vec::new();
     for (p, name) in diff.grads {
         let out = format!("hvp/{p}");
-        let mut id = onnx_protobuf::NodeProto::new();
-        id.op_type = "Identity".into();
-        id.name = out.clone();
-        id.input = vec![name];
-        id.output = vec![out.clone()];
-        g.node.push(id);
-        let dims: Vec<Option<i64>> = model
-            .param(&p)
-            .map(|i| i.shape.iter().map(|&d| Some(d as i64)).collect())
-            .unwrap_or_default();
-        g.output.push(value_info(&out, DType::F32, &dims, "N"));
+        g.node.push(identity(&name, &out));
+        g.output
+            .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
         products.push((p, out));
     }
     Ok(HvpGraph {

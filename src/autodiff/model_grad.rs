@@ -197,11 +197,8 @@ pub fn grad_graph(
     for (p, gname) in diff.grads {
         let out = format!("grad/{p}");
         g.node.push(identity(&gname, &out));
-        let dims: Vec<Option<i64>> = model
-            .param(&p)
-            .map(|i| i.shape.iter().map(|&d| Some(d as i64)).collect())
-            .unwrap_or_default();
-        g.output.push(value_info(&out, DType::F32, &dims, "N"));
+        g.output
+            .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
         grads.push((p, out));
     }
     Ok(GradGraph {
@@ -215,7 +212,16 @@ pub fn grad_graph(
     })
 }
 
-fn identity(from: &str, to: &str) -> onnx_protobuf::NodeProto {
+/// A parameter's dims as a graph input or output declares them (static).
+pub(super) fn param_dims(model: &Model, p: &str) -> Vec<Option<i64>> {
+    model
+        .param(p)
+        .map(|i| i.shape.iter().map(|&d| Some(d as i64)).collect())
+        .unwrap_or_default()
+}
+
+/// `to = Identity(from)`, the node named after its output.
+pub(super) fn identity(from: &str, to: &str) -> onnx_protobuf::NodeProto {
     let mut n = onnx_protobuf::NodeProto::new();
     n.op_type = "Identity".into();
     n.name = to.to_string();

@@ -261,6 +261,8 @@ impl TorchEngine<'_> {
 pub struct TorchHvp<'m> {
     pub engine: TorchEngine<'m>,
     pub params: Vec<String>,
+    /// The direction, a tensor per parameter on the engine's device (set once per pass).
+    pub dirs: Vec<tch::Tensor>,
 }
 
 impl super::hessian::HvpEngine for TorchHvp<'_> {
@@ -270,21 +272,31 @@ impl super::hessian::HvpEngine for TorchHvp<'_> {
     fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()> {
         self.engine.load(ckpt)
     }
-    fn hvp(&mut self, b: &Batch, v: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()> {
+        let device = self.engine.interp.device();
+        self.dirs = self
+            .params
+            .iter()
+            .zip(&v)
+            .map(|(p, v)| {
+                Ok(tch::Tensor::f_from_slice(v)?
+                    .f_reshape(self.engine.state[p].size().as_slice())?
+                    .f_to_device(device)?)
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
         use tch::{Kind, Tensor};
         let (loss, _) = self.engine.summed_loss(b)?;
-        let device = self.engine.interp.device();
         let inputs: Vec<&Tensor> = self.params.iter().map(|p| &self.engine.state[p]).collect();
         let grads = Tensor::f_run_backward(&[&loss], &inputs, true, true)?;
         let mut dot: Option<Tensor> = None;
-        for ((g, p), v) in grads.iter().zip(&inputs).zip(v) {
+        for (g, vt) in grads.iter().zip(&self.dirs) {
             if !g.defined() {
                 continue;
             }
-            let vt = Tensor::f_from_slice(v)?
-                .f_reshape(p.size().as_slice())?
-                .f_to_device(device)?;
-            let term = g.f_mul(&vt)?.f_sum(Kind::Float)?;
+            let term = g.f_mul(vt)?.f_sum(Kind::Float)?;
             dot = Some(match dot {
                 None => term,
                 Some(d) => d.f_add(&term)?,
@@ -513,7 +525,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         plan.quiet,
     )?;
     let (shard, shards) = plan.shard;
-    check_options(plan, &model, &spec)?;
+    check_options(plan, &model)?;
     let mut hvp_engine: Option<Box<dyn HvpEngine + '_>> = None;
     let mut engine: Box<dyn BatchEngine + '_> = match plan.engine {
         Engine::OnnxRuntime => {
@@ -578,6 +590,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 hvp_engine = Some(Box::new(TorchHvp {
                     engine: TorchEngine::new(&model, device, plan.bn_train, plan.loss)?,
                     params,
+                    dirs: vec![],
                 }));
             }
             Box::new(engine)
@@ -651,6 +664,9 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let done = store.done();
     let first_w = weights(&names, &all[0]);
     let first_dist = Distribution::of(&first_w);
+    // The last row's weights and their distribution: the next row's "previous checkpoint"
+    // (sorting every tensor is the costly part; a row not in this shard is read afresh).
+    let mut last: Option<(usize, Vec<Vec<f64>>, Distribution)> = None;
     let mut rows = Vec::new();
     let mut nonfinite_rows = 0;
     let result = (|| -> Result<()> {
@@ -680,10 +696,19 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 nonfinite_rows += 1;
             }
             let w = weights(&names, c);
-            let prev_w = if k > 0 {
-                weights(&names, &all[k - 1])
+            let dist = if k == 0 {
+                first_dist.clone()
             } else {
-                w.clone()
+                Distribution::of(&w)
+            };
+            let (prev_w, prev_dist) = match last.take() {
+                Some((j, pw, pd)) if j + 1 == k => (pw, pd),
+                _ if k > 0 => {
+                    let pw = weights(&names, &all[k - 1]);
+                    let pd = Distribution::of(&pw);
+                    (pw, pd)
+                }
+                _ => (w.clone(), dist.clone()),
             };
             let flat_g: Vec<f64> = r.grads.iter().flatten().copied().collect();
             let per_g: Vec<f64> = r.grads.iter().map(|g| l2(g)).collect();
@@ -735,17 +760,17 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
             ];
             // The weights' distribution, per tensor (see `super::weights`).
-            let dist = Distribution::of(&w);
             let p = names.len();
-            let prev_dist = if k > 0 {
-                Distribution::of(&prev_w)
-            } else {
-                Distribution::of(&w)
-            };
             let per_dist_prev: Vec<f64> = w
                 .iter()
                 .zip(&prev_w)
-                .map(|(a, b)| distance(&[a.clone()], &[b.clone()]))
+                .map(|(a, b)| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum::<f64>()
+                        .sqrt()
+                })
                 .collect();
             let per_move: Vec<f64> = w
                 .iter()
@@ -789,6 +814,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     ),
                 ),
             ]);
+            let (mut b_noise, mut hessian_top) = (None, None);
             if let Some(nopts) = &plan.noise {
                 let nan = vec![f64::NAN; p];
                 let (sq, var) = match (&r.batch_noise, finite) {
@@ -815,6 +841,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     Some(s) => (s.trace(), s.per_param.clone(), s.samples as i64),
                     None => (f64::NAN, nan.clone(), 0),
                 };
+                b_noise = Some(tr / (g_l2 * g_l2));
                 row.extend([
                     ("noise/batch_sq_mean".into(), Cell::F64(sq.iter().sum())),
                     ("noise/batch_var".into(), Cell::F64(var.iter().sum())),
@@ -824,7 +851,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                         "noise/per_param_sample_var".into(),
                         Cell::F64s(vec![p], per_tr),
                     ),
-                    ("noise/b_noise".into(), Cell::F64(tr / (g_l2 * g_l2))),
+                    ("noise/b_noise".into(), Cell::F64(b_noise.unwrap())),
                     ("noise/samples".into(), Cell::I64(used)),
                 ]);
             }
@@ -876,6 +903,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 }
                 let f = |x: Option<f64>| Cell::F64(x.unwrap_or(f64::NAN));
                 let lz = cv.as_ref().map(|c| &c.lanczos);
+                hessian_top = Some(lz.map(|l| l.top).unwrap_or(f64::NAN));
                 row.extend([
                     ("hessian/top".into(), f(lz.map(|l| l.top))),
                     ("hessian/top_residual".into(), f(lz.map(|l| l.top_residual))),
@@ -926,15 +954,6 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     ),
                 ]);
             }
-            let cell = |name: &str| {
-                row.iter()
-                    .find(|(n, _)| n == name)
-                    .and_then(|(_, c)| match c {
-                        Cell::F64(v) => Some(*v),
-                        _ => None,
-                    })
-            };
-            let (b_noise, hessian_top) = (cell("noise/b_noise"), cell("hessian/top"));
             let mut reg = None;
             if let Some(lambda) = plan.weight_decay {
                 // Gradient of L(w) + (lambda/2)|w|^2 is g + lambda w.
@@ -972,6 +991,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 }
             }
             store.append(&row)?;
+            last = Some((k, w, dist));
             let out = GradRow {
                 path,
                 step: c.step,
@@ -1022,7 +1042,7 @@ fn param_shapes(model: &Model, dirs: &[(String, String)]) -> Result<Vec<Vec<usiz
 }
 
 /// Options checked against the model and data before any work: every problem at once.
-fn check_options(plan: &GradPlan, model: &Model, spec: &crate::data::Spec) -> Result<()> {
+fn check_options(plan: &GradPlan, model: &Model) -> Result<()> {
     let mut problems = Vec::new();
     if let Some(n) = &plan.noise {
         if plan.bn_train && n.samples != Some(0) {
@@ -1072,7 +1092,6 @@ fn check_options(plan: &GradPlan, model: &Model, spec: &crate::data::Spec) -> Re
             ));
         }
     }
-    let _ = spec;
     if problems.is_empty() {
         Ok(())
     } else {

@@ -33,8 +33,11 @@ pub trait HvpEngine {
     /// The parameters v and H v are over, in order.
     fn hvp_params(&self) -> &[String];
     fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()>;
-    /// H_b v for the batch's summed loss; `v` per parameter, flattened.
-    fn hvp(&mut self, b: &Batch, v: &[Vec<f32>]) -> Result<Vec<Vec<f32>>>;
+    /// Takes the direction v (per parameter, flattened) for the batches that follow: set once
+    /// per pass over the data, not per batch.
+    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()>;
+    /// H_b v for the batch's summed loss.
+    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>>;
 }
 
 /// The Hessian-vector-product graph in an ONNX Runtime session.
@@ -44,6 +47,7 @@ pub struct OrtHvp {
     params: Vec<String>,
     shapes: Vec<Vec<usize>>,
     state: Vec<ndarray::ArrayD<f32>>,
+    dirs: Vec<ndarray::ArrayD<f32>>,
 }
 
 impl OrtHvp {
@@ -55,6 +59,7 @@ impl OrtHvp {
             params,
             shapes,
             state: vec![],
+            dirs: vec![],
         }
     }
 }
@@ -67,18 +72,21 @@ impl HvpEngine for OrtHvp {
         self.state = state_arrays(&self.graph.grad.state, ckpt)?;
         Ok(())
     }
-    fn hvp(&mut self, b: &Batch, v: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        let g = &self.graph;
-        let dirs: Vec<ndarray::ArrayD<f32>> = v
-            .iter()
+    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()> {
+        self.dirs = v
+            .into_iter()
             .zip(&self.shapes)
             .map(|(v, s)| {
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(s), v.clone())
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(s), v)
                     .map_err(|e| anyhow!("direction shape: {e}"))
             })
             .collect::<Result<_>>()?;
+        Ok(())
+    }
+    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
+        let g = &self.graph;
         let mut inputs = feed(&g.grad.input, &g.grad.target, b, &g.grad.state, &self.state)?;
-        for ((_, name), a) in g.dirs.iter().zip(&dirs) {
+        for ((_, name), a) in g.dirs.iter().zip(&self.dirs) {
             inputs.push((
                 name.as_str().into(),
                 TensorRef::from_array_view(a.view())?.into(),
@@ -121,10 +129,11 @@ impl HvpPass<'_> {
             );
             at += n;
         }
+        self.engine.set_direction(parts)?;
         let mut acc = vec![0f64; v.len()];
         for (start, count) in batches(self.samples, self.batch) {
             let b = self.data.read(start, count)?;
-            let hv = self.engine.hvp(&b, &parts)?;
+            let hv = self.engine.hvp(&b)?;
             let mut at = 0;
             for h in &hv {
                 for (s, &x) in acc[at..at + h.len()].iter_mut().zip(h) {

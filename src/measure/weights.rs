@@ -77,6 +77,7 @@ pub fn mean_abs_move(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Everything above for one checkpoint, per tensor, in order.
+#[derive(Debug, Clone)]
 pub struct Distribution {
     pub sorted: Vec<Vec<f64>>,
     pub quantiles: Vec<f64>,
