@@ -208,18 +208,30 @@ fn mlp_and_resnet_match_pytorch() {
 /// `probe grad` with probe's CPU kernels (the default) and with `--standard-ops`: the same
 /// full-dataset gradient up to f32 summation order, per tensor, on the ResNet (convolutions
 /// with and without stride, 1x1 shortcuts, BatchNorm, ReLU) and the unseen CNN (conv bias,
-/// max-pool), at batch 100 over 300 samples so the kernels split batches over 2 threads.
+/// max-pool) and the GPT (LayerNorm, GELU, softmax, attention transposes, embeddings), at
+/// batch 100 over 300 samples so the kernels split batches over 2 threads.
 #[test]
 fn probe_cpu_kernels_and_standard_ops_agree() {
     let dir = tempfile::tempdir().unwrap();
     let data = fashion(300, dir.path());
+    let tokens = dir.path().join("sh.h5");
+    reference(&[
+        "make-data",
+        "--dataset",
+        "shakespeare",
+        "--n",
+        "300",
+        "--out",
+        tokens.to_str().unwrap(),
+    ]);
     let cnn = dir.path().join("cnn");
     reference(&["hidden-cnn", "--out", cnn.to_str().unwrap()]);
     let models = [
-        ("resnet", root().join("models/resnet.onnx")),
-        ("cnn", cnn.join("m.onnx")),
+        ("resnet", root().join("models/resnet.onnx"), &data),
+        ("cnn", cnn.join("m.onnx"), &data),
+        ("gpt", root().join("models/gpt.onnx"), &tokens),
     ];
-    for (tag, model) in models {
+    for (tag, model, data) in models {
         let run = |name: &str, extra: &[&str]| {
             let h5 = dir.path().join(format!("{tag}-{name}.h5"));
             let mut args = vec![

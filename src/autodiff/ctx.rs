@@ -140,6 +140,27 @@ impl<'a> Ctx<'a> {
         self.b.nodes.last_mut().unwrap().domain = crate::runtime::cpu_ops::DOMAIN.into();
         outs
     }
+    /// A `probe.cpu` node with one output per entry of `needs`, the ones not needed left
+    /// unnamed (so the kernel skips them); the names of those needed.
+    pub fn probe_cpu_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        needs: &[bool],
+    ) -> Vec<Option<String>> {
+        let mut outs = self.probe_cpu_op(op, inputs, attrs, needs.len());
+        for (o, &need) in outs.iter_mut().zip(needs) {
+            if !need {
+                o.clear();
+            }
+        }
+        self.b.nodes.last_mut().unwrap().output = outs.clone();
+        outs.into_iter()
+            .zip(needs)
+            .map(|(o, &need)| need.then_some(o))
+            .collect()
+    }
     pub fn op_n(
         &mut self,
         op: &str,
@@ -231,7 +252,25 @@ impl<'a> Ctx<'a> {
     pub fn cast_like(&mut self, v: &str, like: &str) -> String {
         self.op("CastLike", &[v, like], vec![])
     }
+    /// `Transpose(v, perm)`; with probe's CPU kernels, where they pay
+    /// ([`crate::ops::transpose::probe_cpu_pays`]), `probe.cpu:Transpose`.
     pub fn transpose(&mut self, v: &str, perm: &[i64]) -> String {
+        // A gradient value is not among the observed shapes; it has the type of the forward
+        // value it is the gradient of, the node's output.
+        let dtype = self
+            .shapes
+            .dtype(v)
+            .or_else(|| self.shapes.dtype(self.output(0)));
+        if self.kernels == super::grad::Kernels::ProbeCpu
+            && dtype == Some(DType::F32)
+            && crate::ops::transpose::probe_cpu_pays(perm)
+        {
+            let attrs = vec![attr_ints("perm", perm)];
+            return self
+                .probe_cpu_op("Transpose", &[v], attrs, 1)
+                .pop()
+                .unwrap();
+        }
         self.op("Transpose", &[v], vec![attr_ints("perm", perm)])
     }
 }

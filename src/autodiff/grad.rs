@@ -334,10 +334,13 @@ pub fn differentiate_as(
 }
 
 /// With [`Kernels::ProbeCpu`]: forward nodes that a `probe.cpu` kernel runs faster, replaced
-/// by it (same inputs, outputs and name; so far Conv, see `ops/conv.rs`).
+/// by it (same inputs, outputs and name: Conv, Softmax, Transpose; see their op files).
 pub fn probe_cpu_forward(graph: &mut GraphProto, shapes: &Shapes) {
     for n in graph.node.iter_mut() {
-        if let Some(m) = crate::ops::conv::probe_cpu_forward(n, shapes) {
+        let m = crate::ops::conv::probe_cpu_forward(n, shapes)
+            .or_else(|| crate::ops::softmax::probe_cpu_forward(n, shapes))
+            .or_else(|| crate::ops::transpose::probe_cpu_forward(n, shapes));
+        if let Some(m) = m {
             *n = m;
         }
     }

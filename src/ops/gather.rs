@@ -5,14 +5,17 @@
 //! of X': Y'[j..., :] = X'[idx[j...], :], so dX' = ScatterND(zeros, idx[..., None], dY',
 //! reduction = add) (a repeated index receives the sum of its rows), and dX = Transpose(dX', p^-1).
 //! Negative indices are first normalized (idx < 0 ? idx + dim : idx), as ScatterND requires.
-//! The indices are integers and get no gradient.
+//! The indices are integers and get no gradient. With probe's CPU kernels (f32, axis 0, an
+//! embedding table's case) one `probe.cpu:GatherGrad` node adds the rows in place.
 use super::attrs::Attrs;
 use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
 use crate::model::graph::{attr_int, attr_string};
 use crate::ops::slice::i64_scalar;
 use crate::ops::transpose::inverse;
+use crate::tensor::DType;
 use anyhow::Result;
 
 pub static RULE: Rule = Rule {
@@ -56,6 +59,17 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let a = if axis < 0 { axis + r } else { axis };
 
     let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
+    if a == 0 && c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // Rows added in place (runtime/cpu_ops.rs), where the standard form writes a zero
+        // table and runs ScatterElements over [indices, row] copies of the indices.
+        let shape = c.shape_of(&x);
+        let gx = c
+            .probe_cpu_op("GatherGrad", &[&g, &idx, &shape], vec![], 1)
+            .pop()
+            .unwrap();
+        c.set(0, gx);
+        return Ok(());
+    }
     let dim = match c.dims(&x)?[a as usize] {
         Some(d) => i64_scalar(c, d as i64),
         None => {
@@ -134,6 +148,10 @@ mod tests {
                 .ints(&[2, 3], &[1, 4, 1, -1, 0, -5]),
         );
         check(Case::new("Gather").input(&[5, 4]).ints(&[], &[-2]));
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        gather_embedding_cases(|c| check(c.f32().probe_cpu()));
     }
     #[test]
     fn gather_inner_axis() {

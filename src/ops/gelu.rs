@@ -5,10 +5,14 @@
 //! phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 //! Tanh: Y = 0.5 x (1 + t), t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3), so
 //! dY/dX = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+//! With probe's CPU kernels (f32) one `probe.cpu:GeluGrad` node (libtorch's gelu_backward).
 use super::attrs::Attrs;
 use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
+use crate::model::graph::attr_string;
+use crate::tensor::DType;
 use anyhow::{bail, Result};
 use std::f64::consts::{FRAC_1_SQRT_2, PI};
 
@@ -30,10 +34,24 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
     let x = c.input(0).to_string();
-    let d = match c.attr_s("approximate").as_deref().unwrap_or("none") {
-        "none" => exact(c, &x)?,
-        "tanh" => tanh(c, &x)?,
-        other => bail!("Gelu: unknown approximate = \"{other}\""),
+    let approximate = c.attr_s("approximate").unwrap_or_else(|| "none".into());
+    if approximate != "none" && approximate != "tanh" {
+        bail!("Gelu: unknown approximate = \"{approximate}\"");
+    }
+    if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // One pass (libtorch's gelu_backward) instead of eleven; runtime/cpu_ops.rs.
+        let attrs = vec![attr_string("approximate", &approximate)];
+        let gx = c
+            .probe_cpu_op("GeluGrad", &[&g, &x], attrs, 1)
+            .pop()
+            .unwrap();
+        c.set(0, gx);
+        return Ok(());
+    }
+    let d = if approximate == "tanh" {
+        tanh(c, &x)?
+    } else {
+        exact(c, &x)?
     };
     let gx = c.op("Mul", &[&g, &d], vec![]);
     c.set(0, gx);
@@ -100,6 +118,22 @@ mod tests {
             Case::new("Gelu")
                 .input_in(&[3, 4], -3.0, 3.0)
                 .attr(attr_string("approximate", "tanh")),
+        );
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        check(
+            Case::new("Gelu")
+                .input_in(&[2, 3, 4], -3.0, 3.0)
+                .f32()
+                .probe_cpu(),
+        );
+        check(
+            Case::new("Gelu")
+                .input_in(&[3, 4], -3.0, 3.0)
+                .attr(attr_string("approximate", "tanh"))
+                .f32()
+                .probe_cpu(),
         );
     }
     #[test]

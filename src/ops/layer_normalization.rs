@@ -9,11 +9,16 @@
 //! - dX = invstd * (g - mean(g) - xhat * mean(g * xhat))
 //!   + dMean / n - dInvStd * invstd^2 * xhat / n (when the statistics outputs are used),
 //! - dScale = unbroadcast(dY * xhat), dB = unbroadcast(dY).
+//!
+//! With probe's CPU kernels (f32, Scale and B of the normalized shape, statistics outputs
+//! unused) one `probe.cpu:LayerNormalizationGrad` node computes the three in one pass per row.
 use super::attrs::Attrs;
 use super::torch::{axis, f32_as_written, input, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
-use crate::model::graph::attr_int;
+use crate::autodiff::grad::Kernels;
+use crate::model::graph::{attr_float, attr_int};
+use crate::tensor::DType;
 use anyhow::Result;
 
 pub static RULE: Rule = Rule {
@@ -70,6 +75,25 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     ])
 }
 
+/// Whether `probe.cpu:LayerNormalizationGrad` takes this node: f32, and Scale (and B) with
+/// exactly the normalized shape, known statically (the kernel sums their gradients per
+/// element of that shape).
+fn probe_cpu_fits(c: &Ctx, x: &str, axis: i64) -> Result<bool> {
+    if c.dtype(x)? != DType::F32 {
+        return Ok(false);
+    }
+    let norm = c.dims(x)?[axis as usize..].to_vec();
+    if norm.iter().any(|d| d.is_none()) {
+        return Ok(false);
+    }
+    for i in 1..3 {
+        if c.has_input(i) && c.dims(c.input(i))? != norm {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn mean(c: &mut Ctx, v: &str, axes: &[i64]) -> String {
     let ax = c.ints(axes);
     c.op("ReduceMean", &[v, &ax], vec![attr_int("keepdims", 1)])
@@ -113,6 +137,22 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let axis = if axis < 0 { axis + rank } else { axis };
     let axes: Vec<i64> = (axis..rank).collect();
     let eps = c.attr_f("epsilon", 1e-5) as f64;
+    if let (Some(gy), None, None) = (&gy, &gm, &gs) {
+        if c.kernels == Kernels::ProbeCpu && probe_cpu_fits(c, &x, axis)? {
+            // One pass per row for dX, dScale and dB (runtime/cpu_ops.rs), instead of ~20
+            // standard ops over the whole tensor.
+            let needs = [c.needs(0), c.needs(1), c.has_input(2) && c.needs(2)];
+            let attrs = vec![attr_int("axis", axis), attr_float("epsilon", eps as f32)];
+            let outs =
+                c.probe_cpu_outputs("LayerNormalizationGrad", &[gy, &x, &scale], attrs, &needs);
+            for (i, o) in outs.into_iter().enumerate() {
+                if let Some(o) = o {
+                    c.set(i, o);
+                }
+            }
+            return Ok(());
+        }
+    }
 
     let mu = mean(c, &x, &axes);
     let d = c.op("Sub", &[&x, &mu], vec![]);
@@ -243,6 +283,27 @@ mod tests {
                 .outputs(3)
                 .f32()
                 .skip_output(0),
+        );
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        // Scale and B of the normalized shape, normalized over one axis and over two.
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 5])
+                .input(&[5])
+                .input(&[5])
+                .f32()
+                .probe_cpu(),
+        );
+        check(
+            Case::new("LayerNormalization")
+                .input(&[2, 3, 4])
+                .input(&[3, 4])
+                .attr(attr_int("axis", 1))
+                .attr(attr_float("epsilon", 0.1))
+                .f32()
+                .probe_cpu(),
         );
     }
     #[test]

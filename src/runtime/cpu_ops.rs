@@ -86,11 +86,15 @@ extern "C" {
 /// session's intra-op thread count (the kernels split their batch that many ways).
 pub fn domain(threads: usize) -> Result<OperatorDomain> {
     let parts = threads.max(1);
-    Ok(OperatorDomain::new(DOMAIN)?
+    let mut d = OperatorDomain::new(DOMAIN)?
         .add(Conv { parts })?
         .add(ConvGrad { parts })?
         .add(ReluGrad { parts })?
-        .add(BatchNormalizationGrad { parts })?)
+        .add(BatchNormalizationGrad { parts })?;
+    for op in simple_ops(parts) {
+        d = d.add(op)?;
+    }
+    Ok(d)
 }
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
@@ -648,4 +652,535 @@ impl Kernel for BatchNormalizationGradKernel {
         })
         .map_err(fail)
     }
+}
+
+// ---- Transformer kernels ---------------------------------------------------------------------
+// What a GPT-style model's gradient graph spends its time on besides MatMul: each of these is a
+// chain of 5-12 standard ops over the same [batch, T, d] tensor (GELU's derivative alone is
+// Mul, Erf, Add, Mul, Mul, Mul, Exp, Mul, Mul, Add, Mul), or an ONNX Runtime kernel that is slow
+// on small rows (Softmax and Transpose on [250, 4, 32, 32]). The ops below share one operator
+// type, [`Simple`], which reads the few attributes they take.
+
+extern "C" {
+    fn probe_gelu_grad(
+        dy: *const f32,
+        x: *const f32,
+        n: i64,
+        tanh: i32,
+        dx: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn probe_softmax(
+        x: *const f32,
+        shape: *const i64,
+        rank: i64,
+        axis: i64,
+        y: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn probe_transpose(
+        x: *const f32,
+        shape: *const i64,
+        rank: i64,
+        perm: *const i64,
+        lo: i64,
+        hi: i64,
+        y: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+}
+
+/// An input or output slot of a [`Simple`] op.
+#[derive(Clone, Copy)]
+enum Io {
+    F32,
+    OptF32,
+    I64,
+}
+
+/// The node as a [`Simple`] kernel sees it: its name for errors, the part count, and the
+/// attributes these ops take (each reads the ones it has).
+pub struct Node {
+    op: &'static str,
+    name: String,
+    parts: usize,
+    axis: Option<i64>,
+    perm: Option<Vec<i64>>,
+    epsilon: Option<f32>,
+    approximate: Option<String>,
+}
+
+impl Node {
+    fn fail(&self, what: impl std::fmt::Display) -> ort::Error {
+        ort::Error::new(format!("{DOMAIN}:{} node '{}': {what}", self.op, self.name))
+    }
+    fn input<'c>(
+        &self,
+        ctx: &'c ComputeContext,
+        i: usize,
+    ) -> ort::Result<ort::value::ValueRef<'c>> {
+        ctx.input(i)?
+            .ok_or_else(|| self.fail(format!("input {i} missing")))
+    }
+    /// Output `i` of `shape` as a raw pointer; null when the node leaves it unnamed. ONNX
+    /// Runtime owns the buffer for the whole compute call.
+    fn output(&self, ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<Ptr<f32>> {
+        Ok(Ptr(match ctx.output(i, shape)? {
+            Some(mut v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
+            None => std::ptr::null_mut(),
+        }))
+    }
+    fn required(&self, p: Ptr<f32>, what: &str) -> ort::Result<Ptr<f32>> {
+        if p.0.is_null() {
+            return Err(self.fail(format!("output {what} missing")));
+        }
+        Ok(p)
+    }
+    /// The `axis` attribute for a rank-`rank` tensor, made non-negative.
+    fn axis(&self, rank: usize) -> ort::Result<usize> {
+        let a = self
+            .axis
+            .ok_or_else(|| self.fail("attribute 'axis' missing"))?;
+        let r = rank as i64;
+        if a < -r || a >= r.max(1) {
+            return Err(self.fail(format!("axis {a} out of range for rank {rank}")));
+        }
+        Ok(if a < 0 { a + r } else { a } as usize)
+    }
+    /// How many parts to split `units` independent units of `work` elements in all into
+    /// (small work is not worth a trip to the pool).
+    fn parts_for(&self, units: usize, work: usize) -> usize {
+        if work < 1 << 15 {
+            1
+        } else {
+            self.parts.min(units).max(1)
+        }
+    }
+}
+
+type Run = fn(&Node, &ComputeContext) -> ort::Result<()>;
+
+/// A `probe.cpu` op whose kernel is a function of the node and the compute context.
+struct Simple {
+    op: &'static str,
+    inputs: &'static [Io],
+    outputs: &'static [Io],
+    parts: usize,
+    run: Run,
+}
+
+pub struct SimpleKernel {
+    node: Node,
+    run: Run,
+}
+
+fn slot(io: Io) -> (bool, TensorElementType) {
+    match io {
+        Io::F32 => (true, TensorElementType::Float32),
+        Io::OptF32 => (false, TensorElementType::Float32),
+        Io::I64 => (true, TensorElementType::Int64),
+    }
+}
+
+impl Operator for Simple {
+    type Kernel<'attr> = SimpleKernel;
+    fn name(&self) -> &str {
+        self.op
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        self.inputs.iter().map(|&io| match slot(io) {
+            (true, t) => OperatorInput::required(t),
+            (false, t) => OperatorInput::optional(t),
+        })
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        self.outputs.iter().map(|&io| match slot(io) {
+            (true, t) => OperatorOutput::required(t),
+            (false, t) => OperatorOutput::optional(t),
+        })
+    }
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<SimpleKernel> {
+        Ok(SimpleKernel {
+            node: Node {
+                op: self.op,
+                name: k.node_name().unwrap_or_default(),
+                parts: self.parts,
+                axis: k.get::<i64>("axis"),
+                perm: k.get::<Vec<i64>>("perm"),
+                epsilon: k.get::<f32>("epsilon"),
+                approximate: k.get::<String>("approximate"),
+            },
+            run: self.run,
+        })
+    }
+}
+
+impl Kernel for SimpleKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        (self.run)(&self.node, ctx)
+    }
+}
+
+/// The ops built on [`Simple`].
+fn simple_ops(parts: usize) -> [Simple; 6] {
+    use Io::*;
+    let op = |op, inputs, outputs, run| Simple {
+        op,
+        inputs,
+        outputs,
+        parts,
+        run,
+    };
+    [
+        op("GeluGrad", &[F32, F32], &[F32], gelu_grad),
+        op("Softmax", &[F32], &[F32], softmax),
+        op("SoftmaxGrad", &[F32, F32], &[F32], softmax_grad),
+        op("Transpose", &[F32], &[F32], transpose),
+        op(
+            "LayerNormalizationGrad",
+            &[F32, F32, F32],
+            &[OptF32, OptF32, OptF32],
+            layer_norm_grad,
+        ),
+        op("GatherGrad", &[F32, I64, I64], &[F32], gather_grad),
+    ]
+}
+
+/// Calls a C++ kernel with an error buffer; its message on failure.
+fn c_call(f: impl FnOnce(*mut c_char, usize) -> i32) -> std::result::Result<(), String> {
+    let mut err = [0u8; 1024];
+    if f(err.as_mut_ptr() as *mut c_char, err.len()) != 0 {
+        return Err(c_error(&err));
+    }
+    Ok(())
+}
+
+/// `GeluGrad(dY, X) -> dX`, attribute `approximate` ("none" or "tanh"): libtorch's
+/// gelu_backward, `dX = dY (Phi(X) + X phi(X))` (or the tanh form's derivative).
+fn gelu_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, x) = (n.input(ctx, 0)?, n.input(ctx, 1)?);
+    let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    if dys[..] != xs[..] {
+        return Err(n.fail(format!("dY {:?} and X {:?} differ", &dys[..], &xs[..])));
+    }
+    let tanh = match n.approximate.as_deref().unwrap_or("none") {
+        "none" => 0,
+        "tanh" => 1,
+        other => return Err(n.fail(format!("approximate = \"{other}\""))),
+    };
+    let dx = n.required(n.output(ctx, 0, xs.to_vec())?, "dX")?;
+    let len = xv.len();
+    let parts = n.parts_for(len, len);
+    let (dyp, xp) = (Ptr(dyv.as_ptr() as *mut f32), Ptr(xv.as_ptr() as *mut f32));
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(len as i64, parts, i);
+        // SAFETY: the three buffers hold len elements; part i alone writes lo..hi of dX.
+        c_call(|e, el| unsafe {
+            probe_gelu_grad(
+                dyp.get().add(lo as usize),
+                xp.get().add(lo as usize),
+                hi - lo,
+                tanh,
+                dx.get().add(lo as usize),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
+}
+
+/// `Softmax(X) -> Y` along `axis` (ONNX's opset-13 Softmax), by libtorch; parts split the
+/// first axis when the softmax runs along another.
+fn softmax(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let x = n.input(ctx, 0)?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    let axis = n.axis(xs.len())?;
+    let y = n.required(n.output(ctx, 0, xs.to_vec())?, "Y")?;
+    let rows = if axis == 0 || xs.is_empty() { 1 } else { xs[0] };
+    let row: i64 = if rows == 1 {
+        xv.len() as i64
+    } else {
+        xs[1..].iter().product()
+    };
+    let parts = n.parts_for(rows as usize, xv.len());
+    let xp = Ptr(xv.as_ptr() as *mut f32);
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(rows, parts, i);
+        if hi == lo {
+            return Ok(());
+        }
+        let mut shape = xs.to_vec();
+        if rows > 1 {
+            shape[0] = hi - lo;
+        }
+        // SAFETY: X and Y hold rows * row elements; part i alone writes rows lo..hi of Y.
+        c_call(|e, el| unsafe {
+            probe_softmax(
+                xp.get().add((lo * row) as usize),
+                shape.as_ptr(),
+                shape.len() as i64,
+                axis as i64,
+                y.get().add((lo * row) as usize),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
+}
+
+/// `SoftmaxGrad(dY, Y) -> dX` along `axis`: `dX = Y (dY - sum_axis(dY Y))`, one pass over
+/// each [outer, A, inner] slab.
+fn softmax_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, y) = (n.input(ctx, 0)?, n.input(ctx, 1)?);
+    let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (ys, yv) = y.try_extract_tensor::<f32>()?;
+    if dys[..] != ys[..] {
+        return Err(n.fail(format!("dY {:?} and Y {:?} differ", &dys[..], &ys[..])));
+    }
+    let axis = n.axis(ys.len())?;
+    let dx = n.required(n.output(ctx, 0, ys.to_vec())?, "dX")?;
+    let dim = |r: std::ops::Range<usize>| ys[r].iter().product::<i64>() as usize;
+    let (outer, a, inner) = (dim(0..axis), dim(axis..axis + 1), dim(axis + 1..ys.len()));
+    let slab = a * inner;
+    let parts = n.parts_for(outer, yv.len());
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(outer as i64, parts, i);
+        let mut s = vec![0f32; inner];
+        for o in lo as usize..hi as usize {
+            let (g, p) = (&dyv[o * slab..][..slab], &yv[o * slab..][..slab]);
+            // SAFETY: dX has outer * slab elements; slab o belongs to this part.
+            let out = unsafe { std::slice::from_raw_parts_mut(dx.get().add(o * slab), slab) };
+            if inner == 1 {
+                // The usual last-axis softmax: a dot product per row.
+                let s = dot8(g, p);
+                for ((o, &g), &p) in out.iter_mut().zip(g).zip(p) {
+                    *o = p * (g - s);
+                }
+                continue;
+            }
+            s.fill(0.0);
+            for (gr, pr) in g.chunks_exact(inner).zip(p.chunks_exact(inner)) {
+                for ((s, &g), &p) in s.iter_mut().zip(gr).zip(pr) {
+                    *s += g * p;
+                }
+            }
+            for ((or, gr), pr) in out
+                .chunks_exact_mut(inner)
+                .zip(g.chunks_exact(inner))
+                .zip(p.chunks_exact(inner))
+            {
+                for (((o, &g), &p), &s) in or.iter_mut().zip(gr).zip(pr).zip(&s) {
+                    *o = p * (g - s);
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| n.fail(e))
+}
+
+/// `sum a b` in eight f32 lanes (so the loop vectorizes), the lanes added at the end.
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a8, b8) in ac.zip(bc) {
+        for j in 0..8 {
+            acc[j] += a8[j] * b8[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum a` in eight f32 lanes.
+fn sum8(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for a8 in c {
+        for j in 0..8 {
+            acc[j] += a8[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Transpose(X) -> Y` with a `perm` attribute: libtorch's strided copy of the permuted view,
+/// parts split Y's first axis.
+fn transpose(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let x = n.input(ctx, 0)?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    let perm = n
+        .perm
+        .clone()
+        .ok_or_else(|| n.fail("attribute 'perm' missing"))?;
+    let mut seen = vec![false; xs.len()];
+    if perm.len() != xs.len()
+        || perm.iter().any(|&p| {
+            p < 0 || p as usize >= xs.len() || std::mem::replace(&mut seen[p as usize], true)
+        })
+    {
+        return Err(n.fail(format!("perm {perm:?} for X {:?}", &xs[..])));
+    }
+    let ys: Vec<i64> = perm.iter().map(|&p| xs[p as usize]).collect();
+    let y = n.required(n.output(ctx, 0, ys.clone())?, "Y")?;
+    if xv.is_empty() {
+        return Ok(());
+    }
+    let rows = ys[0];
+    let row: i64 = ys[1..].iter().product();
+    let parts = n.parts_for(rows as usize, xv.len());
+    let xp = Ptr(xv.as_ptr() as *mut f32);
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(rows, parts, i);
+        if hi == lo {
+            return Ok(());
+        }
+        // SAFETY: X is dense of shape xs; part i alone writes rows lo..hi of Y.
+        c_call(|e, el| unsafe {
+            probe_transpose(
+                xp.get(),
+                xs.as_ptr(),
+                xs.len() as i64,
+                perm.as_ptr(),
+                lo,
+                hi,
+                y.get().add((lo * row) as usize),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
+}
+
+/// `LayerNormalizationGrad(dY, X, Scale) -> (dX?, dScale?, dB?)`, attributes `axis` and
+/// `epsilon`, for Scale (and B) of the normalized shape. Per row (the D elements over the
+/// normalized axes), with mean and invstd recomputed from X (two passes over a row that is
+/// in cache), xhat = (X - mean) invstd and g = dY Scale:
+/// `dX = invstd (g - mean(g) - xhat mean(g xhat))`, and `dScale = sum_rows dY xhat`,
+/// `dB = sum_rows dY`.
+fn layer_norm_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, x, scale) = (n.input(ctx, 0)?, n.input(ctx, 1)?, n.input(ctx, 2)?);
+    let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    let (_, sv) = scale.try_extract_tensor::<f32>()?;
+    let axis = n.axis(xs.len())?;
+    let d = xs[axis..].iter().product::<i64>() as usize;
+    if dys[..] != xs[..] || sv.len() != d || d == 0 {
+        return Err(n.fail(format!(
+            "dY {:?}, X {:?}, Scale of {} elements (the normalized shape has {d})",
+            &dys[..],
+            &xs[..],
+            sv.len()
+        )));
+    }
+    let eps = n.epsilon.unwrap_or(1e-5);
+    let norm = xs[axis..].to_vec();
+    let dx = n.output(ctx, 0, xs.to_vec())?;
+    let ds = n.output(ctx, 1, norm.clone())?;
+    let db = n.output(ctx, 2, norm)?;
+    let rows = xv.len() / d;
+    let parts = n.parts_for(rows, xv.len());
+    // Per part: dScale then dB sums (2d values) in f32 over the part's rows, added across
+    // parts in f64.
+    let sums = std::sync::Mutex::new(vec![0f64; 2 * d]);
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(rows as i64, parts, i);
+        let mut acc = vec![0f32; 2 * d];
+        let (mut xc, mut g) = (vec![0f32; d], vec![0f32; d]);
+        let inv_d = 1.0 / d as f32;
+        for r in lo as usize..hi as usize {
+            let (xr, gr) = (&xv[r * d..][..d], &dyv[r * d..][..d]);
+            // Two-pass variance: the mean first, then the centred squares.
+            let mean = sum8(xr) * inv_d;
+            for (c, &v) in xc.iter_mut().zip(xr) {
+                *c = v - mean;
+            }
+            let inv = 1.0 / (dot8(&xc, &xc) * inv_d + eps).sqrt();
+            for ((g, &dy), &s) in g.iter_mut().zip(gr).zip(sv) {
+                *g = dy * s;
+            }
+            // xhat = xc * inv, kept unscaled: mean(g xhat) = inv mean(g xc).
+            let mg = sum8(&g) * inv_d;
+            let mgx = dot8(&g, &xc) * inv_d * inv;
+            let (ds, db) = acc.split_at_mut(d);
+            for k in 0..d {
+                ds[k] += gr[k] * xc[k] * inv;
+                db[k] += gr[k];
+            }
+            if !dx.get().is_null() {
+                // SAFETY: dX has the shape of X; row r belongs to this part.
+                let out = unsafe { std::slice::from_raw_parts_mut(dx.get().add(r * d), d) };
+                for k in 0..d {
+                    out[k] = inv * (g[k] - mg - xc[k] * inv * mgx);
+                }
+            }
+        }
+        let mut s = sums.lock().unwrap();
+        for (s, &a) in s.iter_mut().zip(&acc) {
+            *s += a as f64;
+        }
+        Ok(())
+    })
+    .map_err(|e| n.fail(e))?;
+    let s = sums.into_inner().unwrap();
+    for (p, part) in [(ds, &s[..d]), (db, &s[d..])] {
+        if !p.get().is_null() {
+            // SAFETY: the output has d elements.
+            let out = unsafe { std::slice::from_raw_parts_mut(p.get(), d) };
+            for (o, &v) in out.iter_mut().zip(part) {
+                *o = v as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GatherGrad(dY, Indices, Shape) -> dX`: the gradient of `Gather(X, Indices, axis = 0)`, X of
+/// shape `Shape`: `dX[Indices[i]] += dY[i]` row by row (an embedding table's gradient; negative
+/// indices count from the end). In index order on one thread, so the sums are deterministic.
+fn gather_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, idx, shape) = (n.input(ctx, 0)?, n.input(ctx, 1)?, n.input(ctx, 2)?);
+    let (_, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (_, iv) = idx.try_extract_tensor::<i64>()?;
+    let (_, sv) = shape.try_extract_tensor::<i64>()?;
+    let xs = sv.to_vec();
+    if xs.is_empty() || xs.iter().any(|&v| v < 0) {
+        return Err(n.fail(format!("Shape {xs:?}")));
+    }
+    let (rows, row) = (xs[0], xs[1..].iter().product::<i64>() as usize);
+    if dyv.len() != iv.len() * row {
+        return Err(n.fail(format!(
+            "dY has {} elements for {} indices of rows of {row}",
+            dyv.len(),
+            iv.len()
+        )));
+    }
+    let dx = n.required(n.output(ctx, 0, xs.clone())?, "dX")?;
+    // SAFETY: dX has rows * row elements.
+    let out = unsafe { std::slice::from_raw_parts_mut(dx.get(), rows as usize * row) };
+    out.fill(0.0);
+    for (i, &k) in iv.iter().enumerate() {
+        let k = if k < 0 { k + rows } else { k };
+        if k < 0 || k >= rows {
+            return Err(n.fail(format!("index {} out of range for {rows} rows", iv[i])));
+        }
+        let dst = &mut out[k as usize * row..][..row];
+        for (o, &g) in dst.iter_mut().zip(&dyv[i * row..][..row]) {
+            *o += g;
+        }
+    }
+    Ok(())
 }
