@@ -232,8 +232,20 @@ impl<'a> Ctx<'a> {
         if axes.is_empty() {
             return Ok(g.to_string());
         }
-        let ax = self.ints(&axes);
-        let s = self.op("ReduceSum", &[g, &ax], vec![attr_int("keepdims", 1)]);
+        let leading = axes.iter().enumerate().all(|(i, &a)| a == i as i64);
+        let s = if leading
+            && self.kernels == super::grad::Kernels::ProbeCpu
+            && self.dtype(like)? == DType::F32
+        {
+            // A bias gradient: rows added in one pass (runtime/cpu_ops.rs).
+            let attrs = vec![attr_int("axis", axes.len() as i64)];
+            self.probe_cpu_op("ReduceSumLeading", &[g], attrs, 1)
+                .pop()
+                .unwrap()
+        } else {
+            let ax = self.ints(&axes);
+            self.op("ReduceSum", &[g, &ax], vec![attr_int("keepdims", 1)])
+        };
         if lead == 0 {
             return Ok(s);
         }

@@ -333,9 +333,14 @@ pub fn differentiate_as(
     })
 }
 
-/// With [`Kernels::ProbeCpu`]: forward nodes that a `probe.cpu` kernel runs faster, replaced
-/// by it (same inputs, outputs and name: Conv, Softmax, Transpose; see their op files).
-pub fn probe_cpu_forward(graph: &mut GraphProto, shapes: &Shapes) {
+/// With [`Kernels::ProbeCpu`], on the whole gradient graph (forward and gradient nodes): nodes
+/// that a `probe.cpu` kernel runs faster replaced by it (same inputs, outputs and name: Conv,
+/// Softmax, Transpose; see their op files), a MatMul whose only reader adds a bias fused with
+/// that Add (`ops/mat_mul.rs`), and SplitToSequence read only by SequenceAt as one Split. Only
+/// values with observed types qualify, that is forward values.
+pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
+    crate::ops::split_to_sequence::as_split(graph, shapes);
+    crate::ops::mat_mul::fuse_bias(graph, shapes);
     for n in graph.node.iter_mut() {
         let m = crate::ops::conv::probe_cpu_forward(n, shapes)
             .or_else(|| crate::ops::softmax::probe_cpu_forward(n, shapes))

@@ -5,7 +5,7 @@
 //! runs it and `probe autodiff` can write it out for inspection; with
 //! [`Kernels::ProbeCpu`] some rules emit probe's own CPU ops instead (`probe grad`'s fast path,
 //! which only probe's sessions run).
-use super::grad::{apply_forward_outputs, differentiate_with, probe_cpu_forward, Kernels};
+use super::grad::{apply_forward_outputs, differentiate_with, probe_cpu_rewrite, Kernels};
 use super::lift::{lift_state, TARGET};
 use super::loss::{self, LossKind};
 use super::shapes::{Feed, Shapes};
@@ -181,18 +181,18 @@ pub fn grad_graph(
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
     apply_forward_outputs(g, &diff.forward_outputs);
+    g.node.extend(diff.nodes);
     if opts.kernels == Kernels::ProbeCpu {
-        probe_cpu_forward(g, &shapes);
+        probe_cpu_rewrite(g, &shapes);
     }
     let custom = crate::runtime::cpu_ops::DOMAIN;
-    if g.node.iter().chain(&diff.nodes).any(|n| n.domain == custom) {
+    if g.node.iter().any(|n| n.domain == custom) {
         let mut o = onnx_protobuf::OperatorSetIdProto::new();
         o.domain = custom.into();
         o.version = 1;
         proto.opset_import.push(o);
     }
     let g = proto.graph.as_mut().unwrap();
-    g.node.extend(diff.nodes);
     let mut grads = Vec::new();
     for (p, gname) in diff.grads {
         let out = format!("grad/{p}");

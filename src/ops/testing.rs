@@ -8,7 +8,7 @@
 //! least one of them, agree with the standard-op gradient to 1e-5 and pass the same
 //! finite-difference check.
 use crate::autodiff::grad::{
-    apply_forward_outputs, differentiate_with, probe_cpu_forward, Kernels,
+    apply_forward_outputs, differentiate_with, probe_cpu_rewrite, Kernels,
 };
 use crate::autodiff::shapes::{Feed, Shapes};
 use crate::model::graph::{tensor_i64, value_info};
@@ -327,7 +327,21 @@ pub fn check_graph(
     outputs: &[&str],
     seed: u64,
 ) {
-    let dt = DType::F64;
+    check_graph_with(label, graph, inputs, outputs, seed, Kernels::Standard)
+}
+
+/// [`check_graph`] with `kernels`' ops; with [`Kernels::ProbeCpu`] the inputs are f32 and the
+/// graph is also held to its standard-op gradient, as [`Case::probe_cpu`] is.
+pub fn check_graph_with(
+    label: &str,
+    graph: GraphProto,
+    inputs: &[(&str, &[usize])],
+    outputs: &[&str],
+    seed: u64,
+    kernels: Kernels,
+) {
+    let f64 = kernels == Kernels::Standard;
+    let dt = if f64 { DType::F64 } else { DType::F32 };
     let mut rng = Rng(seed);
     let mut g = graph;
     let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
@@ -352,17 +366,7 @@ pub fn check_graph(
         g.output.push(v);
     }
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    verify(
-        label,
-        g,
-        feed,
-        &wrt,
-        &outputs,
-        &mut rng,
-        true,
-        20,
-        Kernels::Standard,
-    );
+    verify(label, g, feed, &wrt, &outputs, &mut rng, f64, 20, kernels);
 }
 
 /// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
@@ -435,20 +439,21 @@ fn verify(
     let fwd = model_of(g.clone(), opset);
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
     // The gradient graph with `kernels`' ops, its gradients.
-    let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, usize) {
+    let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<(String, String)>) {
         let diff = differentiate_with(&g, &shapes, "loss", wrt, kernels)
             .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         let mut gg = g.clone();
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
-        if kernels == Kernels::ProbeCpu {
-            probe_cpu_forward(&mut gg, &shapes);
-        }
         gg.node.extend(diff.nodes.clone());
-        let custom = gg
+        if kernels == Kernels::ProbeCpu {
+            probe_cpu_rewrite(&mut gg, &shapes);
+        }
+        // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
+        let custom: Vec<(String, String)> = gg
             .node
             .iter()
-            .filter(|n| n.domain == crate::runtime::cpu_ops::DOMAIN)
-            .count();
+            .map(|n| (n.domain.clone(), n.op_type.clone()))
+            .collect();
         for (_, gname) in &diff.grads {
             let mut v = onnx_protobuf::ValueInfoProto::new();
             v.name = gname.clone();
@@ -461,12 +466,12 @@ fn verify(
             custom,
         )
     };
-    let (standard, _) = gradients(Kernels::Standard);
+    let (standard, standard_nodes) = gradients(Kernels::Standard);
     let analytic = if kernels == Kernels::ProbeCpu {
-        let (fast, custom) = gradients(Kernels::ProbeCpu);
+        let (fast, fast_nodes) = gradients(Kernels::ProbeCpu);
         assert!(
-            custom > 0,
-            "{label}: the probe.cpu graph uses no probe.cpu op"
+            fast_nodes != standard_nodes,
+            "{label}: the probe.cpu graph is the standard one (no probe.cpu op, no rewrite)"
         );
         for (wi, w) in wrt.iter().enumerate() {
             let scale = standard[wi]

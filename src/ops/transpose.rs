@@ -115,6 +115,19 @@ mod tests {
     fn probe_cpu_kernel() {
         // Rank 3 and 4 (rank 2 stays standard ONNX, see probe_cpu_pays).
         transpose_cases(|c| check(c.f32().probe_cpu()));
+        // The last axis kept (runs copied): an attention head split and a 3-D swap.
+        for (shape, perm) in [
+            (&[2, 3, 4, 5][..], &[0, 2, 1, 3][..]),
+            (&[3, 2, 4], &[1, 0, 2]),
+        ] {
+            check(
+                Case::new("Transpose")
+                    .input(shape)
+                    .attr(attr_ints("perm", perm))
+                    .f32()
+                    .probe_cpu(),
+            );
+        }
     }
     #[test]
     fn torch_forward() {

@@ -680,6 +680,17 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn probe_matmul_add(
+        a: *const f32,
+        m: i64,
+        k: i64,
+        b: *const f32,
+        n: i64,
+        bias: *const f32,
+        y: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn probe_transpose(
         x: *const f32,
         shape: *const i64,
@@ -825,7 +836,7 @@ impl Kernel for SimpleKernel {
 }
 
 /// The ops built on [`Simple`].
-fn simple_ops(parts: usize) -> [Simple; 6] {
+fn simple_ops(parts: usize) -> [Simple; 8] {
     use Io::*;
     let op = |op, inputs, outputs, run| Simple {
         op,
@@ -846,6 +857,8 @@ fn simple_ops(parts: usize) -> [Simple; 6] {
             layer_norm_grad,
         ),
         op("GatherGrad", &[F32, I64, I64], &[F32], gather_grad),
+        op("MatMulAdd", &[F32, F32, F32], &[F32], matmul_add),
+        op("ReduceSumLeading", &[F32], &[F32], reduce_sum_leading),
     ]
 }
 
@@ -1016,8 +1029,9 @@ fn sum8(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `Transpose(X) -> Y` with a `perm` attribute: libtorch's strided copy of the permuted view,
-/// parts split Y's first axis.
+/// `Transpose(X) -> Y` with a `perm` attribute, parts split Y's first axis: runs of X's last
+/// axis copied in Rust when the last axis stays last, else libtorch's strided copy of the
+/// permuted view.
 fn transpose(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     let x = n.input(ctx, 0)?;
     let (xs, xv) = x.try_extract_tensor::<f32>()?;
@@ -1042,6 +1056,48 @@ fn transpose(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     let row: i64 = ys[1..].iter().product();
     let parts = n.parts_for(rows as usize, xv.len());
     let xp = Ptr(xv.as_ptr() as *mut f32);
+    let r = xs.len();
+    if perm[r - 1] as usize == r - 1 && r >= 2 {
+        // The last axis stays: Y is runs of X's rows (an attention head split or merge, runs
+        // of the head size), copied run by run; libtorch's strided copy took 0.7 ms for a
+        // [250, 32, 4, 16] -> [250, 4, 32, 16] head split here.
+        let run = xs[r - 1] as usize;
+        let mut xstride = vec![1usize; r];
+        for k in (0..r - 1).rev() {
+            xstride[k] = xstride[k + 1] * xs[k + 1] as usize;
+        }
+        // Y's outer axes (all but the last), the X stride each steps.
+        let (ydims, ystep): (Vec<usize>, Vec<usize>) = perm[..r - 1]
+            .iter()
+            .map(|&p| (xs[p as usize] as usize, xstride[p as usize]))
+            .unzip();
+        return parallel(ctx, parts, |i| {
+            let (lo, hi) = part(rows, parts, i);
+            let mut idx = vec![0usize; r - 1];
+            idx[0] = lo as usize;
+            let runs = (hi - lo) as usize * ydims[1..].iter().product::<usize>();
+            let mut at: usize = ystep[0] * lo as usize;
+            // SAFETY: Y has rows * row elements; part i alone writes rows lo..hi.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(y.get().add((lo * row) as usize), runs * run)
+            };
+            for dst in out.chunks_exact_mut(run) {
+                dst.copy_from_slice(&xv[at..at + run]);
+                // Odometer over Y's outer axes, innermost first.
+                for k in (0..r - 1).rev() {
+                    idx[k] += 1;
+                    at += ystep[k];
+                    if idx[k] < ydims[k] || k == 0 {
+                        break;
+                    }
+                    at -= ystep[k] * ydims[k];
+                    idx[k] = 0;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| n.fail(e));
+    }
     parallel(ctx, parts, |i| {
         let (lo, hi) = part(rows, parts, i);
         if hi == lo {
@@ -1181,6 +1237,99 @@ fn gather_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
         for (o, &g) in dst.iter_mut().zip(&dyv[i * row..][..row]) {
             *o += g;
         }
+    }
+    Ok(())
+}
+
+/// `MatMulAdd(A, B, bias) -> Y = A B + bias`, A [..., K], B [K, N], bias [N] (a Linear layer;
+/// `ops/mat_mul.rs` fuses it): libtorch's addmm over A's rows as one [M, K] matrix, parts
+/// taking rows.
+fn matmul_add(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (a, b, bias) = (n.input(ctx, 0)?, n.input(ctx, 1)?, n.input(ctx, 2)?);
+    let (as_, av) = a.try_extract_tensor::<f32>()?;
+    let (bs, bv) = b.try_extract_tensor::<f32>()?;
+    let (cs, cv) = bias.try_extract_tensor::<f32>()?;
+    let k = *as_.last().unwrap_or(&0);
+    if as_.len() < 2 || bs.len() != 2 || bs[0] != k || cs[..] != [bs[1]] {
+        return Err(n.fail(format!(
+            "A {:?}, B {:?}, bias {:?}",
+            &as_[..],
+            &bs[..],
+            &cs[..]
+        )));
+    }
+    let nn = bs[1];
+    let mut ys = as_.to_vec();
+    *ys.last_mut().unwrap() = nn;
+    let y = n.required(n.output(ctx, 0, ys)?, "Y")?;
+    let m = if k == 0 { 0 } else { av.len() as i64 / k };
+    let parts = n.parts_for(m as usize, (m * nn) as usize);
+    let (ap, bp, cp) = (
+        Ptr(av.as_ptr() as *mut f32),
+        Ptr(bv.as_ptr() as *mut f32),
+        Ptr(cv.as_ptr() as *mut f32),
+    );
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(m, parts, i);
+        if hi == lo {
+            return Ok(());
+        }
+        // SAFETY: A has m rows of k, Y m rows of nn; part i alone writes rows lo..hi of Y.
+        c_call(|e, el| unsafe {
+            probe_matmul_add(
+                ap.get().add((lo * k) as usize),
+                hi - lo,
+                k,
+                bp.get(),
+                nn,
+                cp.get(),
+                y.get().add((lo * nn) as usize),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
+}
+
+/// `ReduceSumLeading(X) -> Y`: the sum over X's first `axis` axes, kept as 1s (ReduceSum with
+/// those axes and keepdims = 1; a bias gradient's sum over batch and positions). X viewed as
+/// [M, R]: each part adds its rows into an f32 row of its own (eight rows at a time, so the
+/// inner loop vectorizes along R), and the parts' rows are added in f64.
+fn reduce_sum_leading(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let x = n.input(ctx, 0)?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    let j = n.axis.ok_or_else(|| n.fail("attribute 'axis' missing"))?;
+    if j < 0 || j as usize > xs.len() {
+        return Err(n.fail(format!("axis {j} for X {:?}", &xs[..])));
+    }
+    let j = j as usize;
+    let r = xs[j..].iter().product::<i64>() as usize;
+    let mut ys = vec![1i64; j];
+    ys.extend(&xs[j..]);
+    let y = n.required(n.output(ctx, 0, ys)?, "Y")?;
+    let m = if r == 0 { 0 } else { xv.len() / r };
+    let parts = n.parts_for(m, xv.len());
+    let sums = std::sync::Mutex::new(vec![0f64; r]);
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(m as i64, parts, i);
+        let mut acc = vec![0f32; r];
+        for row in xv[lo as usize * r..hi as usize * r].chunks_exact(r) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        let mut s = sums.lock().unwrap();
+        for (s, &a) in s.iter_mut().zip(&acc) {
+            *s += a as f64;
+        }
+        Ok(())
+    })
+    .map_err(|e| n.fail(e))?;
+    // SAFETY: Y has r elements.
+    let out = unsafe { std::slice::from_raw_parts_mut(y.get(), r) };
+    for (o, &s) in out.iter_mut().zip(sums.into_inner().unwrap().iter()) {
+        *o = s as f32;
     }
     Ok(())
 }

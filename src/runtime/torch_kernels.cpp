@@ -10,6 +10,7 @@
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/_softmax.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu_backward.h>
 
@@ -143,6 +144,19 @@ extern "C" int probe_transpose(const float* x, const int64_t* shape, int64_t ran
         at::Tensor src = view(x, shape, rank).permute(at::IntArrayRef(perm, rank)).narrow(0, lo, hi - lo);
         at::Tensor out = view(y, src.sizes().data(), rank);
         out.copy_(src);
+      },
+      err, err_len);
+}
+
+// Y = A B + bias for A [m, k], B [k, n], bias [n] (libtorch's addmm: the GEMM accumulates onto
+// the broadcast bias, as PyTorch's Linear runs).
+extern "C" int probe_matmul_add(const float* a, int64_t m, int64_t k, const float* b, int64_t n,
+                                const float* bias, float* y, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        int64_t ys[2] = {m, n}, as[2] = {m, k}, bs[2] = {k, n};
+        at::Tensor out = view(y, ys, 2);
+        at::addmm_out(out, view(bias, &n, 1), view(a, as, 2), view(b, bs, 2));
       },
       err, err_len);
 }
