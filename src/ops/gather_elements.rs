@@ -3,12 +3,15 @@
 //!
 //! dX = ScatterElements(zeros like X, idx, dY, axis, reduction = add): each dY element goes back
 //! where it was read from, summed where a position was read several times. The indices are
-//! integers and get no gradient.
+//! integers and get no gradient. With probe's CPU kernels (f32) one
+//! `probe.cpu:GatherElementsGrad` node adds each dY element in place.
 use super::attrs::Attrs;
 use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
 use crate::model::graph::{attr_int, attr_string};
+use crate::tensor::DType;
 use anyhow::Result;
 
 pub static RULE: Rule = Rule {
@@ -32,8 +35,20 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         return Ok(());
     }
     let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
-    let zeros = c.zeros_like(&x)?;
     let axis = c.attr_i("axis", 0);
+    if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // No zero tensor written first and no scatter (runtime/cpu_ops.rs).
+        let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
+        let shape = c.shape_of(&x);
+        let attrs = vec![attr_int("axis", axis)];
+        let gx = c
+            .probe_cpu_op("GatherElementsGrad", &[&g, &idx, &shape], attrs, 1)
+            .pop()
+            .unwrap();
+        c.set(0, gx);
+        return Ok(());
+    }
+    let zeros = c.zeros_like(&x)?;
     let gx = c.op(
         "ScatterElements",
         &[&zeros, &idx, &g],
@@ -70,6 +85,10 @@ mod tests {
                 .ints(&[2, 2, 2], &[0, 1, 1, 1, 2, 0, -1, -3])
                 .attr(attr_int("axis", -2)),
         );
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        gather_elements_cases(|c| check(c.f32().probe_cpu()));
     }
     #[test]
     fn torch_forward() {

@@ -7,8 +7,9 @@
 //! - Softmax: dX = Y * (dY - sum(dY * Y, axis))
 //! - LogSoftmax: dX = dY - exp(Y) * sum(dY, axis)
 //!
-//! With probe's CPU kernels (f32), Softmax's rule is one `probe.cpu:SoftmaxGrad` node and the
-//! forward Softmax runs as `probe.cpu:Softmax` (libtorch's kernel).
+//! With probe's CPU kernels (f32), each rule is one node (`probe.cpu:SoftmaxGrad`,
+//! `probe.cpu:LogSoftmaxGrad`) and the forward Softmax runs as `probe.cpu:Softmax` (libtorch's
+//! kernel).
 use super::attrs::Attrs;
 use super::torch::{axis, input, one, TorchCtx, Value};
 use super::{Kind, Rule};
@@ -51,12 +52,19 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
     let rank = c.rank(&y)? as i64;
     let axis = c.attr_i("axis", -1);
     let axis = if axis < 0 { axis + rank } else { axis };
-    let gx = if log {
+    let fast = c.kernels == Kernels::ProbeCpu && c.dtype(&y)? == DType::F32;
+    let gx = if log && fast {
+        // libtorch's kernel, one pass (runtime/cpu_ops.rs).
+        let attrs = vec![attr_int("axis", axis)];
+        c.probe_cpu_op("LogSoftmaxGrad", &[&g, &y], attrs, 1)
+            .pop()
+            .unwrap()
+    } else if log {
         let s = c.reduce_sum(&g, &[axis], true);
         let p = c.op("Exp", &[&y], vec![]);
         let ps = c.op("Mul", &[&p, &s], vec![]);
         c.op("Sub", &[&g, &ps], vec![])
-    } else if c.kernels == Kernels::ProbeCpu && c.dtype(&y)? == DType::F32 {
+    } else if fast {
         // One pass instead of four (runtime/cpu_ops.rs).
         let attrs = vec![attr_int("axis", axis)];
         c.probe_cpu_op("SoftmaxGrad", &[&g, &y], attrs, 1)
@@ -127,6 +135,10 @@ mod tests {
                 .input(&[3, 5])
                 .attr(attr_int("axis", 0)),
         );
+    }
+    #[test]
+    fn probe_cpu_log_softmax() {
+        log_softmax_axes_cases(|c| check(c.f32().probe_cpu()));
     }
     #[test]
     fn torch_forward() {

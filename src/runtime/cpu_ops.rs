@@ -680,6 +680,16 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn probe_log_softmax_grad(
+        dy: *const f32,
+        y: *const f32,
+        shape: *const i64,
+        rank: i64,
+        axis: i64,
+        dx: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn probe_matmul_add(
         a: *const f32,
         m: i64,
@@ -836,7 +846,7 @@ impl Kernel for SimpleKernel {
 }
 
 /// The ops built on [`Simple`].
-fn simple_ops(parts: usize) -> [Simple; 8] {
+fn simple_ops(parts: usize) -> [Simple; 10] {
     use Io::*;
     let op = |op, inputs, outputs, run| Simple {
         op,
@@ -859,6 +869,13 @@ fn simple_ops(parts: usize) -> [Simple; 8] {
         op("GatherGrad", &[F32, I64, I64], &[F32], gather_grad),
         op("MatMulAdd", &[F32, F32, F32], &[F32], matmul_add),
         op("ReduceSumLeading", &[F32], &[F32], reduce_sum_leading),
+        op("LogSoftmaxGrad", &[F32, F32], &[F32], log_softmax_grad),
+        op(
+            "GatherElementsGrad",
+            &[F32, I64, I64],
+            &[F32],
+            gather_elements_grad,
+        ),
     ]
 }
 
@@ -1330,6 +1347,113 @@ fn reduce_sum_leading(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     let out = unsafe { std::slice::from_raw_parts_mut(y.get(), r) };
     for (o, &s) in out.iter_mut().zip(sums.into_inner().unwrap().iter()) {
         *o = s as f32;
+    }
+    Ok(())
+}
+
+/// `LogSoftmaxGrad(dY, Y) -> dX` along `axis`: `dX = dY - exp(Y) sum_axis(dY)` (libtorch's
+/// kernel); parts split the first axis when the softmax runs along another.
+fn log_softmax_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, y) = (n.input(ctx, 0)?, n.input(ctx, 1)?);
+    let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (ys, yv) = y.try_extract_tensor::<f32>()?;
+    if dys[..] != ys[..] {
+        return Err(n.fail(format!("dY {:?} and Y {:?} differ", &dys[..], &ys[..])));
+    }
+    let axis = n.axis(ys.len())?;
+    let dx = n.required(n.output(ctx, 0, ys.to_vec())?, "dX")?;
+    let rows = if axis == 0 || ys.is_empty() { 1 } else { ys[0] };
+    let row: i64 = if rows == 1 {
+        yv.len() as i64
+    } else {
+        ys[1..].iter().product()
+    };
+    let parts = n.parts_for(rows as usize, yv.len());
+    let (gp, yp) = (Ptr(dyv.as_ptr() as *mut f32), Ptr(yv.as_ptr() as *mut f32));
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(rows, parts, i);
+        if hi == lo {
+            return Ok(());
+        }
+        let mut shape = ys.to_vec();
+        if rows > 1 {
+            shape[0] = hi - lo;
+        }
+        let at = (lo * row) as usize;
+        // SAFETY: the three buffers hold rows * row elements; part i alone writes its rows.
+        c_call(|e, el| unsafe {
+            probe_log_softmax_grad(
+                gp.get().add(at),
+                yp.get().add(at),
+                shape.as_ptr(),
+                shape.len() as i64,
+                axis as i64,
+                dx.get().add(at),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
+}
+
+/// `GatherElementsGrad(dY, Indices, Shape) -> dX` along `axis`: the gradient of
+/// `GatherElements(X, Indices, axis)` for X of shape `Shape`: zeros, then
+/// `dX[i with i_axis = Indices[i]] += dY[i]` for every position i of Indices (negative indices
+/// count from the end), in order on one thread (deterministic sums). The loss head's pick of
+/// each target's log-probability is this op's usual case.
+fn gather_elements_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (dy, idx, shape) = (n.input(ctx, 0)?, n.input(ctx, 1)?, n.input(ctx, 2)?);
+    let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+    let (is, iv) = idx.try_extract_tensor::<i64>()?;
+    let (_, sv) = shape.try_extract_tensor::<i64>()?;
+    let xs = sv.to_vec();
+    let axis = n.axis(xs.len())?;
+    if dys[..] != is[..] || is.len() != xs.len() || xs.iter().any(|&v| v < 0) {
+        return Err(n.fail(format!(
+            "dY {:?}, Indices {:?}, Shape {xs:?}",
+            &dys[..],
+            &is[..]
+        )));
+    }
+    let dx = n.required(n.output(ctx, 0, xs.clone())?, "dX")?;
+    let total = xs.iter().product::<i64>() as usize;
+    // SAFETY: dX has the total elements of Shape.
+    let out = unsafe { std::slice::from_raw_parts_mut(dx.get(), total) };
+    out.fill(0.0);
+    if iv.is_empty() {
+        return Ok(());
+    }
+    // Indices may be smaller than X in every axis: each position's coordinates, with the
+    // index along `axis`, go through X's strides.
+    let r = xs.len();
+    let x_along = xs[axis];
+    let mut xstride = vec![1usize; r];
+    for k in (0..r - 1).rev() {
+        xstride[k] = xstride[k + 1] * xs[k + 1] as usize;
+    }
+    let mut coord = vec![0usize; r];
+    for (p, (&k, &g)) in iv.iter().zip(dyv.iter()).enumerate() {
+        let k = if k < 0 { k + x_along } else { k };
+        if k < 0 || k >= x_along {
+            return Err(n.fail(format!(
+                "index {} out of range for axis {axis} of {x_along} at position {p}",
+                iv[p]
+            )));
+        }
+        let mut at = 0usize;
+        for d in 0..r {
+            at += if d == axis { k as usize } else { coord[d] } * xstride[d];
+        }
+        out[at] += g;
+        // Next position of Indices (row-major odometer).
+        for d in (0..r).rev() {
+            coord[d] += 1;
+            if coord[d] < is[d] as usize || d == 0 {
+                break;
+            }
+            coord[d] = 0;
+        }
     }
     Ok(())
 }

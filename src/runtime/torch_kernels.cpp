@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/_log_softmax_backward_data.h>
 #include <ATen/ops/_softmax.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
@@ -157,6 +158,20 @@ extern "C" int probe_matmul_add(const float* a, int64_t m, int64_t k, const floa
         int64_t ys[2] = {m, n}, as[2] = {m, k}, bs[2] = {k, n};
         at::Tensor out = view(y, ys, 2);
         at::addmm_out(out, view(bias, &n, 1), view(a, as, 2), view(b, bs, 2));
+      },
+      err, err_len);
+}
+
+// dX = dY - exp(Y) sum_axis(dY) for Y = log_softmax(X, axis) of shape `shape` (libtorch's
+// vectorized kernel).
+extern "C" int probe_log_softmax_grad(const float* dy, const float* y, const int64_t* shape,
+                                      int64_t rank, int64_t axis, float* dx, char* err,
+                                      size_t err_len) {
+  return guarded(
+      [&] {
+        at::Tensor out = view(dx, shape, rank);
+        at::_log_softmax_backward_data_out(out, view(dy, shape, rank), view(y, shape, rank), axis,
+                                           at::kFloat);
       },
       err, err_len);
 }
