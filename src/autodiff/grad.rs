@@ -161,7 +161,10 @@ pub fn differentiate_as(
     let mut requires: HashSet<String> = wrt.iter().cloned().collect();
     for n in &graph.node {
         let reads = n.input.iter().enumerate();
-        if reads.filter(|&(i, _)| carries(n, i)).any(|(_, v)| requires.contains(v)) {
+        if reads
+            .filter(|&(i, _)| carries(n, i))
+            .any(|(_, v)| requires.contains(v))
+        {
             for o in &n.output {
                 if !o.is_empty() && (floaty(o) || is_seq(n)) {
                     requires.insert(o.clone());
@@ -341,7 +344,7 @@ pub fn differentiate_as(
 
 /// With [`Kernels::ProbeCpu`], on the whole gradient graph (forward and gradient nodes): nodes
 /// that a `probe.cpu` kernel runs faster replaced by it (same inputs, outputs and name: Conv,
-/// Softmax, Transpose; see their op files), a MatMul whose only reader adds a bias fused with
+/// Softmax, Transpose, LayerNormalization; see their op files), a MatMul whose only reader adds a bias fused with
 /// that Add (`ops/mat_mul.rs`), and SplitToSequence read only by SequenceAt as one Split. Only
 /// values with observed types qualify, that is forward values.
 pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
@@ -350,7 +353,8 @@ pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
     for n in graph.node.iter_mut() {
         let m = crate::ops::conv::probe_cpu_forward(n, shapes)
             .or_else(|| crate::ops::softmax::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::transpose::probe_cpu_forward(n, shapes));
+            .or_else(|| crate::ops::transpose::probe_cpu_forward(n, shapes))
+            .or_else(|| crate::ops::layer_normalization::probe_cpu_forward(n, shapes));
         if let Some(m) = m {
             *n = m;
         }

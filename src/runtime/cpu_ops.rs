@@ -846,7 +846,7 @@ impl Kernel for SimpleKernel {
 }
 
 /// The ops built on [`Simple`].
-fn simple_ops(parts: usize) -> [Simple; 10] {
+fn simple_ops(parts: usize) -> [Simple; 11] {
     use Io::*;
     let op = |op, inputs, outputs, run| Simple {
         op,
@@ -875,6 +875,12 @@ fn simple_ops(parts: usize) -> [Simple; 10] {
             &[F32, I64, I64],
             &[F32],
             gather_elements_grad,
+        ),
+        op(
+            "LayerNormalization",
+            &[F32, F32, OptF32],
+            &[F32],
+            layer_norm,
         ),
     ]
 }
@@ -1456,4 +1462,61 @@ fn gather_elements_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `LayerNormalization(X, Scale, B?) -> Y` (ONNX's, without the statistics outputs), Scale and
+/// B of the normalized shape: per row of D elements, `Y = (X - mean) invstd Scale + B` with the
+/// two-pass variance, as [`layer_norm_grad`] recomputes it. Parts take rows.
+fn layer_norm(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (x, scale) = (n.input(ctx, 0)?, n.input(ctx, 1)?);
+    let bias = ctx.input(2)?;
+    let (xs, xv) = x.try_extract_tensor::<f32>()?;
+    let (_, sv) = scale.try_extract_tensor::<f32>()?;
+    let bv = match &bias {
+        Some(b) => Some(b.try_extract_tensor::<f32>()?.1),
+        None => None,
+    };
+    let axis = n.axis(xs.len())?;
+    let d = xs[axis..].iter().product::<i64>() as usize;
+    if sv.len() != d || bv.is_some_and(|b| b.len() != d) || d == 0 {
+        return Err(n.fail(format!(
+            "X {:?}, Scale of {} elements, B of {:?} (the normalized shape has {d})",
+            &xs[..],
+            sv.len(),
+            bv.map(|b| b.len())
+        )));
+    }
+    let eps = n.epsilon.unwrap_or(1e-5);
+    let y = n.required(n.output(ctx, 0, xs.to_vec())?, "Y")?;
+    let rows = xv.len() / d;
+    let parts = n.parts_for(rows, xv.len());
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(rows as i64, parts, i);
+        let inv_d = 1.0 / d as f32;
+        let mut xc = vec![0f32; d];
+        for r in lo as usize..hi as usize {
+            let xr = &xv[r * d..][..d];
+            let mean = sum8(xr) * inv_d;
+            for (c, &v) in xc.iter_mut().zip(xr) {
+                *c = v - mean;
+            }
+            let inv = 1.0 / (dot8(&xc, &xc) * inv_d + eps).sqrt();
+            // SAFETY: Y has the shape of X; row r belongs to this part.
+            let out = unsafe { std::slice::from_raw_parts_mut(y.get().add(r * d), d) };
+            match bv {
+                Some(b) => {
+                    for k in 0..d {
+                        out[k] = xc[k] * inv * sv[k] + b[k];
+                    }
+                }
+                None => {
+                    for k in 0..d {
+                        out[k] = xc[k] * inv * sv[k];
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| n.fail(e))
 }
