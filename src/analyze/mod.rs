@@ -674,16 +674,24 @@ impl Analysis {
     }
 
     fn gradient_verdict(&self, s: &SeriesStats) -> String {
+        // A start at initialization can be tiny: "65x the start" reads, "6499% of" does not.
+        let of_start = |rel: f64| {
+            if rel >= 2.0 {
+                format!("{}x", g(rel))
+            } else {
+                format!("{} of", pct(rel))
+            }
+        };
         let rel = s.half_mean / s.first;
         let t = &s.trend;
         let span = (s.half_steps.1 - s.half_steps.0) as f64;
         let mut v = format!(
-            "{} -> 0? {} at step {}, {} over the last half ({} of the start), {} at the end; slope {} per step, 95% CI [{}, {}]",
+            "{} -> 0? {} at step {}, {} over the last half ({} the start), {} at the end; slope {} per step, 95% CI [{}, {}]",
             s.label,
             g(s.first),
             s.first_step,
             g(s.half_mean),
-            pct(rel),
+            of_start(rel),
             g(s.last),
             g(t.slope),
             g(t.slope_lo),
@@ -733,8 +741,8 @@ impl Analysis {
                 String::new()
             };
             format!(
-                ". No: over the last half it stays at {} of its start with no significant trend (fitted change across the half {}, CI [{}, {}]){horizon}",
-                pct(rel),
+                ". No: over the last half it stays at {} its start with no significant trend (fitted change across the half {}, CI [{}, {}]){horizon}",
+                of_start(rel),
                 pct(fit),
                 pct(lo),
                 pct(hi)
