@@ -334,10 +334,13 @@ pub fn differentiate_as(
 }
 
 /// With [`Kernels::ProbeCpu`]: forward nodes that a `probe.cpu` kernel runs faster, replaced
-/// by it (same inputs, outputs and name; so far Conv, see `ops/conv.rs`).
+/// by it (same inputs, outputs and name; Conv, see `ops/conv.rs`, and inference-mode
+/// BatchNormalization, `ops/batch_normalization.rs`).
 pub fn probe_cpu_forward(graph: &mut GraphProto, shapes: &Shapes) {
     for n in graph.node.iter_mut() {
         if let Some(m) = crate::ops::conv::probe_cpu_forward(n, shapes) {
+            *n = m;
+        } else if let Some(m) = crate::ops::batch_normalization::probe_cpu_forward(n, shapes) {
             *n = m;
         }
     }

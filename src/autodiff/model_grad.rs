@@ -201,6 +201,9 @@ pub fn grad_graph(
             .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
         grads.push((p, out));
     }
+    if opts.kernels == Kernels::ProbeCpu {
+        super::fuse::probe_cpu_fuse(g, &shapes);
+    }
     Ok(GradGraph {
         proto,
         input,

@@ -327,7 +327,31 @@ pub fn check_graph(
     outputs: &[&str],
     seed: u64,
 ) {
-    let dt = DType::F64;
+    check_graph_with(label, graph, inputs, outputs, seed, Kernels::Standard)
+}
+
+/// [`check_graph`] in f32 with probe's CPU kernels as well (as [`Case::probe_cpu`]), for the
+/// fusions of several nodes into one `probe.cpu` op (`autodiff/fuse.rs`).
+pub fn check_graph_probe_cpu(
+    label: &str,
+    graph: GraphProto,
+    inputs: &[(&str, &[usize])],
+    outputs: &[&str],
+    seed: u64,
+) {
+    check_graph_with(label, graph, inputs, outputs, seed, Kernels::ProbeCpu)
+}
+
+fn check_graph_with(
+    label: &str,
+    graph: GraphProto,
+    inputs: &[(&str, &[usize])],
+    outputs: &[&str],
+    seed: u64,
+    kernels: Kernels,
+) {
+    let f64 = kernels == Kernels::Standard;
+    let dt = if f64 { DType::F64 } else { DType::F32 };
     let mut rng = Rng(seed);
     let mut g = graph;
     let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
@@ -352,17 +376,7 @@ pub fn check_graph(
         g.output.push(v);
     }
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    verify(
-        label,
-        g,
-        feed,
-        &wrt,
-        &outputs,
-        &mut rng,
-        true,
-        20,
-        Kernels::Standard,
-    );
+    verify(label, g, feed, &wrt, &outputs, &mut rng, f64, 20, kernels);
 }
 
 /// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
@@ -453,6 +467,9 @@ fn verify(
             let mut v = onnx_protobuf::ValueInfoProto::new();
             v.name = gname.clone();
             gg.output.push(v);
+        }
+        if kernels == Kernels::ProbeCpu {
+            crate::autodiff::fuse::probe_cpu_fuse(&mut gg, &shapes);
         }
         let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
         let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };

@@ -27,7 +27,13 @@
 //! - `BatchNormalizationGrad(dY, X, k, mean) -> (dX?, sum_dY?, sum_dY_xc?)`, inference mode,
 //!   per channel c (axis 1): `dX = dY k[c]`, `sum_dY[c] = sum dY`, `sum_dY_xc[c] =
 //!   sum dY (X - mean[c])`, the sums over every axis but 1 (standard: Mul, ReduceSum, Sub, Mul,
-//!   Mul, ReduceSum). The rule turns the sums into the scale, bias, mean and var gradients.
+//!   Mul, ReduceSum). The rule turns the sums into the scale, bias, mean and var gradients;
+//! - `BatchNormalization(X, scale, B, mean, var) -> Y`, inference mode, attributes `epsilon`
+//!   and `relu`: `Y = X k[c] + (B[c] - mean[c] k[c])` with `k = scale / sqrt(var + epsilon)`,
+//!   then `max(Y, 0)` when `relu` is 1 (a Relu fused in, `autodiff/fuse.rs`);
+//! - `AddRelu(A, B) -> Y = max(A + B, 0)`, one shape (a residual Add and its Relu);
+//! - `SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)` (a gradient Sum and the ReluGrad
+//!   it feeds).
 //!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
@@ -90,7 +96,10 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(Conv { parts })?
         .add(ConvGrad { parts })?
         .add(ReluGrad { parts })?
-        .add(BatchNormalizationGrad { parts })?)
+        .add(BatchNormalizationGrad { parts })?
+        .add(BatchNormalization { parts })?
+        .add(AddRelu { parts })?
+        .add(SumReluGrad { parts })?)
 }
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
@@ -643,6 +652,281 @@ impl Kernel for BatchNormalizationGradKernel {
                         *ps2.get().add(ch) = t2 as f32;
                     }
                 }
+            }
+            Ok(())
+        })
+        .map_err(fail)
+    }
+}
+
+/// The `[begin, end)` element ranges of `parts` parts over `n` elements, or one part when the
+/// tensor is too small to be worth a trip to the pool (what ReluGrad does inline).
+fn elementwise_parts(n: usize, parts: usize) -> usize {
+    if n < 1 << 16 {
+        1
+    } else {
+        parts
+    }
+}
+
+/// `probe.cpu:BatchNormalization` (inference mode), attributes `epsilon` (float) and `relu`
+/// (int, 0 or 1), both required: per channel c (axis 1), `k[c] = scale[c] / sqrt(var[c] + eps)`
+/// and `Y = X k[c] + (B[c] - mean[c] k[c])`, then `max(Y, 0)` when `relu` is 1: one pass over X
+/// where ONNX Runtime's BatchNormalization, then Relu, took two (each a full read and write).
+pub struct BatchNormalization {
+    parts: usize,
+}
+
+pub struct BatchNormalizationKernel {
+    node: String,
+    epsilon: f32,
+    relu: bool,
+    parts: usize,
+}
+
+impl Operator for BatchNormalization {
+    type Kernel<'attr> = BatchNormalizationKernel;
+    fn name(&self) -> &str {
+        "BatchNormalization"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 5, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+    fn create_kernel<'attr>(
+        &self,
+        k: &KernelContext<'attr>,
+    ) -> ort::Result<BatchNormalizationKernel> {
+        let node = k.node_name().unwrap_or_default();
+        let missing = |name: &str| {
+            ort::Error::new(format!(
+                "{DOMAIN}:BatchNormalization node '{node}': attribute '{name}' missing"
+            ))
+        };
+        let epsilon = k.get::<f32>("epsilon").ok_or_else(|| missing("epsilon"))?;
+        let relu = k.get::<i64>("relu").ok_or_else(|| missing("relu"))? != 0;
+        Ok(BatchNormalizationKernel {
+            node,
+            epsilon,
+            relu,
+            parts: self.parts,
+        })
+    }
+}
+
+impl Kernel for BatchNormalizationKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!(
+                "{DOMAIN}:BatchNormalization node '{}': {what}",
+                self.node
+            ))
+        };
+        let input = |i: usize| -> ort::Result<ort::value::ValueRef<'_>> {
+            ctx.input(i)?
+                .ok_or_else(|| fail(format!("input {i} missing")))
+        };
+        let x = input(0)?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        let params: Vec<ort::value::ValueRef<'_>> =
+            (1..5).map(input).collect::<ort::Result<_>>()?;
+        let mut pv = Vec::with_capacity(4);
+        for p in &params {
+            pv.push(p.try_extract_tensor::<f32>()?.1);
+        }
+        let (scale, bias, mean, var) = (pv[0], pv[1], pv[2], pv[3]);
+        if xs.len() < 2 || pv.iter().any(|p| p.len() != xs[1] as usize) {
+            return Err(fail(format!(
+                "X {:?} with scale [{}], B [{}], mean [{}], var [{}]: one value per channel \
+                 (axis 1) expected",
+                &xs[..],
+                scale.len(),
+                bias.len(),
+                mean.len(),
+                var.len()
+            )));
+        }
+        // ONNX Runtime's own arithmetic (batch_norm.h): inv_std = 1/sqrt(var + eps), then
+        // new_scale = scale inv_std, new_bias = B - mean new_scale, all in f32.
+        let c = xs[1] as usize;
+        let k: Vec<f32> = (0..c)
+            .map(|i| scale[i] * (1.0 / (var[i] + self.epsilon).sqrt()))
+            .collect();
+        let b: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * k[i]).collect();
+        let plane: usize = xs[2..].iter().product::<i64>() as usize;
+        let planes = xv.len() / plane.max(1);
+        let mut y = ctx
+            .output(0, xs.to_vec())?
+            .ok_or_else(|| fail("output Y missing".into()))?;
+        let yp = Ptr(y.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
+        let parts = elementwise_parts(xv.len(), self.parts).min(planes.max(1));
+        let relu = self.relu;
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(planes as i64, parts, i);
+            for p in lo as usize..hi as usize {
+                let (kc, bc) = (k[p % c], b[p % c]);
+                let at = p * plane;
+                // SAFETY: Y has the shape of X; plane p belongs to this part alone.
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(at), plane) };
+                let src = &xv[at..at + plane];
+                if relu {
+                    // `v < 0 ? 0 : v` keeps a NaN a NaN, as a Relu after the BatchNormalization.
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        let t = v * kc + bc;
+                        *o = if t < 0.0 { 0.0 } else { t };
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = v * kc + bc;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(fail)
+    }
+}
+
+/// `probe.cpu:AddRelu(A, B) -> Y = max(A + B, 0)`, A and B of one shape (no broadcasting): a
+/// residual connection's Add and the Relu after it in one pass instead of two.
+pub struct AddRelu {
+    parts: usize,
+}
+
+pub struct AddReluKernel {
+    node: String,
+    parts: usize,
+}
+
+impl Operator for AddRelu {
+    type Kernel<'attr> = AddReluKernel;
+    fn name(&self) -> &str {
+        "AddRelu"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 2, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<AddReluKernel> {
+        Ok(AddReluKernel {
+            node: k.node_name().unwrap_or_default(),
+            parts: self.parts,
+        })
+    }
+}
+
+impl Kernel for AddReluKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!("{DOMAIN}:AddRelu node '{}': {what}", self.node))
+        };
+        let a = ctx
+            .input(0)?
+            .ok_or_else(|| fail("input A missing".into()))?;
+        let b = ctx
+            .input(1)?
+            .ok_or_else(|| fail("input B missing".into()))?;
+        let (as_, av) = a.try_extract_tensor::<f32>()?;
+        let (bs, bv) = b.try_extract_tensor::<f32>()?;
+        if as_[..] != bs[..] {
+            return Err(fail(format!(
+                "A {:?} and B {:?} differ (no broadcasting here)",
+                &as_[..],
+                &bs[..]
+            )));
+        }
+        let mut y = ctx
+            .output(0, as_.to_vec())?
+            .ok_or_else(|| fail("output Y missing".into()))?;
+        let yp = Ptr(y.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
+        let n = av.len();
+        let parts = elementwise_parts(n, self.parts);
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(n as i64, parts, i);
+            let (lo, hi) = (lo as usize, hi as usize);
+            // SAFETY: Y has n elements; part i alone writes lo..hi.
+            let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(lo), hi - lo) };
+            for ((o, &u), &v) in out.iter_mut().zip(&av[lo..hi]).zip(&bv[lo..hi]) {
+                let t = u + v;
+                *o = if t < 0.0 { 0.0 } else { t };
+            }
+            Ok(())
+        })
+        .map_err(fail)
+    }
+}
+
+/// `probe.cpu:SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`: a Relu whose output has
+/// two consumers (a residual block's input feeds the block and its shortcut) gets the sum of
+/// their gradients; this is that Sum and the ReluGrad in one pass (ReluGrad's X may be the
+/// Relu's output, see `ops/relu.rs`).
+pub struct SumReluGrad {
+    parts: usize,
+}
+
+pub struct SumReluGradKernel {
+    node: String,
+    parts: usize,
+}
+
+impl Operator for SumReluGrad {
+    type Kernel<'attr> = SumReluGradKernel;
+    fn name(&self) -> &str {
+        "SumReluGrad"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 3, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<SumReluGradKernel> {
+        Ok(SumReluGradKernel {
+            node: k.node_name().unwrap_or_default(),
+            parts: self.parts,
+        })
+    }
+}
+
+impl Kernel for SumReluGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!("{DOMAIN}:SumReluGrad node '{}': {what}", self.node))
+        };
+        let input = |i: usize| -> ort::Result<ort::value::ValueRef<'_>> {
+            ctx.input(i)?
+                .ok_or_else(|| fail(format!("input {i} missing")))
+        };
+        let (g1, g2, x) = (input(0)?, input(1)?, input(2)?);
+        let (g1s, g1v) = g1.try_extract_tensor::<f32>()?;
+        let (g2s, g2v) = g2.try_extract_tensor::<f32>()?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        if g1s[..] != xs[..] || g2s[..] != xs[..] {
+            return Err(fail(format!(
+                "dY1 {:?}, dY2 {:?} and X {:?} differ",
+                &g1s[..],
+                &g2s[..],
+                &xs[..]
+            )));
+        }
+        let mut dx = ctx
+            .output(0, xs.to_vec())?
+            .ok_or_else(|| fail("output dX missing".into()))?;
+        let dxp = Ptr(dx.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
+        let n = xv.len();
+        let parts = elementwise_parts(n, self.parts);
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(n as i64, parts, i);
+            let (lo, hi) = (lo as usize, hi as usize);
+            // SAFETY: dX has n elements; part i alone writes lo..hi.
+            let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(lo), hi - lo) };
+            let ins = g1v[lo..hi].iter().zip(&g2v[lo..hi]).zip(&xv[lo..hi]);
+            for (o, ((&a, &b), &v)) in out.iter_mut().zip(ins) {
+                *o = if v > 0.0 { a + b } else { 0.0 };
             }
             Ok(())
         })
