@@ -6,7 +6,9 @@
 //! - `probe.cpu:BatchNormalization` (relu 0) -> Relu: the BatchNormalization with relu 1;
 //! - Add -> Relu, f32 inputs of one shape (a residual connection): `probe.cpu:AddRelu`;
 //! - Sum(dA, dB) -> `probe.cpu:ReluGrad(., X)`: `probe.cpu:SumReluGrad(dA, dB, X)` (a value
-//!   with two consumers, a residual block's input, sums its gradients before the ReluGrad).
+//!   with two consumers, a residual block's input, sums its gradients before the ReluGrad);
+//! - `probe.cpu:ReluGrad` or `SumReluGrad` -> `probe.cpu:BatchNormalizationGrad`:
+//!   `probe.cpu:ReluBatchNormalizationGrad` (the BatchNormalization before a Relu).
 //!
 //! A forward fusion keeps the first node's name and place (its inputs are computed before it)
 //! and takes the second's output; the gradient fusion takes the ReluGrad's place. The
@@ -51,7 +53,8 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
         let n = &graph.node[j];
         let std_relu = n.op_type == "Relu" && n.domain.is_empty();
         let relu_grad = n.op_type == "ReluGrad" && n.domain == DOMAIN && n.input.len() == 2;
-        if !std_relu && !relu_grad {
+        let bn_grad = n.op_type == "BatchNormalizationGrad" && n.domain == DOMAIN;
+        if !std_relu && !relu_grad && !bn_grad {
             continue;
         }
         let Some(i) = sole(j, 0, &graph.node) else {
@@ -84,6 +87,25 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
             let n = &mut graph.node[j];
             n.op_type = "SumReluGrad".into();
             n.input = vec![da, db, n.input[1].clone()];
+            removed[i] = true;
+        } else if bn_grad
+            && p.domain == DOMAIN
+            && matches!(p.op_type.as_str(), "ReluGrad" | "SumReluGrad")
+        {
+            // BatchNormalizationGrad of (dY [+ dY2]) [Y > 0], the masked gradient formed per
+            // plane inside it. ReluGrad(dY, Y), SumReluGrad(dY, dY2, Y).
+            let (dy, y, dy2) = match p.input.as_slice() {
+                [dy, y] => (dy.clone(), y.clone(), String::new()),
+                [dy, dy2, y] => (dy.clone(), y.clone(), dy2.clone()),
+                _ => continue,
+            };
+            let n = &mut graph.node[j];
+            let (x, k, mean) = (n.input[1].clone(), n.input[2].clone(), n.input[3].clone());
+            n.op_type = "ReluBatchNormalizationGrad".into();
+            n.input = vec![dy, y, x, k, mean];
+            if !dy2.is_empty() {
+                n.input.push(dy2);
+            }
             removed[i] = true;
         }
     }
@@ -164,8 +186,30 @@ mod tests {
         );
     }
 
+    /// Just BN -> Relu: the ReluGrad (no Sum) fused into the BatchNormalizationGrad.
+    #[test]
+    fn bn_relu_gradients() {
+        let mut g = GraphProto::new();
+        g.initializer.push(tensor_f32("mean", &[2], &[-0.25, 0.5]));
+        g.initializer.push(tensor_f32("var", &[2], &[1.5, 0.25]));
+        g.node.push(node(
+            "BatchNormalization",
+            &["x", "scale", "b", "mean", "var"],
+            "bn",
+        ));
+        g.node.push(node("Relu", &["bn"], "r"));
+        check_graph_probe_cpu(
+            "fused BN -> Relu",
+            g,
+            &[("x", X), ("scale", &[2]), ("b", &[2])],
+            &["r"],
+            7,
+        );
+    }
+
     /// Which nodes the block's probe.cpu gradient graph ends with: BN and Relu as one node,
-    /// Add and Relu as one, and r's two gradient contributions summed inside its ReluGrad.
+    /// Add and Relu as one, and r's two gradient contributions summed and masked inside its
+    /// BatchNormalizationGrad.
     #[test]
     fn residual_block_fuses() {
         let mut g = block();
@@ -205,7 +249,16 @@ mod tests {
         let count = |op: &str| ops.iter().filter(|o| *o == op).count();
         assert_eq!(count("Relu"), 0, "{ops:?}");
         assert_eq!(count("AddRelu"), 1, "{ops:?}");
-        assert_eq!(count("SumReluGrad"), 1, "{ops:?}");
+        assert_eq!(count("SumReluGrad"), 0, "{ops:?}");
+        // y's ReluGrad feeds both of the Add's inputs: it stays.
+        assert_eq!(count("ReluGrad"), 1, "{ops:?}");
+        assert_eq!(count("BatchNormalizationGrad"), 0, "{ops:?}");
+        let rbg = g
+            .node
+            .iter()
+            .find(|n| n.op_type == "ReluBatchNormalizationGrad")
+            .unwrap();
+        assert_eq!(rbg.input.len(), 6, "r's two contributions: {:?}", rbg.input);
         assert_eq!(count("Sum"), 0, "{ops:?}");
         let bn = g
             .node

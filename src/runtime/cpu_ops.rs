@@ -33,7 +33,10 @@
 //!   then `max(Y, 0)` when `relu` is 1 (a Relu fused in, `autodiff/fuse.rs`);
 //! - `AddRelu(A, B) -> Y = max(A + B, 0)`, one shape (a residual Add and its Relu);
 //! - `SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)` (a gradient Sum and the ReluGrad
-//!   it feeds).
+//!   it feeds);
+//! - `ReluBatchNormalizationGrad(dY, Y, X, k, mean, dY2?) -> (dX?, sum_G?, sum_G_xc?)`:
+//!   BatchNormalizationGrad of `G = (dY + dY2) (Y > 0)` (a ReluGrad or SumReluGrad and the
+//!   BatchNormalizationGrad it feeds).
 //!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
@@ -99,7 +102,8 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(BatchNormalizationGrad { parts })?
         .add(BatchNormalization { parts })?
         .add(AddRelu { parts })?
-        .add(SumReluGrad { parts })?)
+        .add(SumReluGrad { parts })?
+        .add(ReluBatchNormalizationGrad { parts })?)
 }
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
@@ -924,12 +928,196 @@ impl Kernel for SumReluGradKernel {
             let (lo, hi) = (lo as usize, hi as usize);
             // SAFETY: dX has n elements; part i alone writes lo..hi.
             let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(lo), hi - lo) };
-            let ins = g1v[lo..hi].iter().zip(&g2v[lo..hi]).zip(&xv[lo..hi]);
-            for (o, ((&a, &b), &v)) in out.iter_mut().zip(ins) {
-                *o = if v > 0.0 { a + b } else { 0.0 };
+            sum_relu_mask(out, &g1v[lo..hi], &g2v[lo..hi], &xv[lo..hi]);
+            Ok(())
+        })
+        .map_err(fail)
+    }
+}
+
+/// `probe.cpu:ReluBatchNormalizationGrad(dY, Y, X, k, mean, dY2?) -> (dX?, sum_G?, sum_G_xc?)`:
+/// `BatchNormalizationGrad` of `G = (dY + dY2) (Y > 0)` (dY2 absent: 0), the gradient a Relu
+/// after the BatchNormalization passes back (`ReluGrad` or `SumReluGrad`, whose result had the
+/// BatchNormalizationGrad as its only consumer): `dX = G k[c]`, `sum_G[c] = sum G`,
+/// `sum_G_xc[c] = sum G (X - mean[c])`. G is formed one plane at a time in a buffer that
+/// stays in L1, so the full-size G is never written and read back.
+pub struct ReluBatchNormalizationGrad {
+    parts: usize,
+}
+
+pub struct ReluBatchNormalizationGradKernel {
+    node: String,
+    parts: usize,
+}
+
+impl Operator for ReluBatchNormalizationGrad {
+    type Kernel<'attr> = ReluBatchNormalizationGradKernel;
+    fn name(&self) -> &str {
+        "ReluBatchNormalizationGrad"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let mut v: Vec<OperatorInput> = (0..5)
+            .map(|_| OperatorInput::required(TensorElementType::Float32))
+            .collect();
+        v.push(OperatorInput::optional(TensorElementType::Float32));
+        v
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        std::array::from_fn::<_, 3, _>(|_| OperatorOutput::optional(TensorElementType::Float32))
+    }
+    fn create_kernel<'attr>(
+        &self,
+        k: &KernelContext<'attr>,
+    ) -> ort::Result<ReluBatchNormalizationGradKernel> {
+        Ok(ReluBatchNormalizationGradKernel {
+            node: k.node_name().unwrap_or_default(),
+            parts: self.parts,
+        })
+    }
+}
+
+impl Kernel for ReluBatchNormalizationGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| {
+            ort::Error::new(format!(
+                "{DOMAIN}:ReluBatchNormalizationGrad node '{}': {what}",
+                self.node
+            ))
+        };
+        let input = |i: usize| -> ort::Result<ort::value::ValueRef<'_>> {
+            ctx.input(i)?
+                .ok_or_else(|| fail(format!("input {i} missing")))
+        };
+        let (dy, y, x, k, mean) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
+        let dy2 = ctx.input(5)?;
+        let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+        let (ys, yv) = y.try_extract_tensor::<f32>()?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        let (_, kv) = k.try_extract_tensor::<f32>()?;
+        let (_, mv) = mean.try_extract_tensor::<f32>()?;
+        let dy2v = match &dy2 {
+            Some(t) => {
+                let (s, v) = t.try_extract_tensor::<f32>()?;
+                if s[..] != xs[..] {
+                    return Err(fail(format!("dY2 {:?} and X {:?} differ", &s[..], &xs[..])));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        if dys[..] != xs[..]
+            || ys[..] != xs[..]
+            || xs.len() < 2
+            || kv.len() != xs[1] as usize
+            || mv.len() != kv.len()
+        {
+            return Err(fail(format!(
+                "dY {:?}, Y {:?}, X {:?}, k [{}], mean [{}]",
+                &dys[..],
+                &ys[..],
+                &xs[..],
+                kv.len(),
+                mv.len()
+            )));
+        }
+        let (n, c) = (xs[0] as usize, xs[1] as usize);
+        let plane: usize = xs[2..].iter().product::<i64>() as usize;
+        let mut dx = ctx.output(0, xs.to_vec())?;
+        let mut s1 = ctx.output(1, vec![c as i64])?;
+        let mut s2 = ctx.output(2, vec![c as i64])?;
+        let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
+            Ok(Ptr(match v {
+                Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
+                None => std::ptr::null_mut(),
+            }))
+        };
+        let (pdx, ps1, ps2) = (ptr(&mut dx)?, ptr(&mut s1)?, ptr(&mut s2)?);
+        // Parts take whole channels, so each sum has one writer (as BatchNormalizationGrad).
+        let parts = if xv.len() < 1 << 16 {
+            1
+        } else {
+            self.parts.min(c)
+        };
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(c as i64, parts, i);
+            let mut gbuf = vec![0f32; plane];
+            for ch in lo as usize..hi as usize {
+                let (kc, mc) = (kv[ch], mv[ch]);
+                let (mut t1, mut t2) = (0f64, 0f64);
+                for s in 0..n {
+                    let at = (s * c + ch) * plane;
+                    let (g1, yp) = (&dyv[at..at + plane], &yv[at..at + plane]);
+                    // G = (dY + dY2) [Y > 0], the ReluGrad (or SumReluGrad) it replaces.
+                    match dy2v {
+                        Some(d2) => sum_relu_mask(&mut gbuf, g1, &d2[at..at + plane], yp),
+                        None => relu_mask(&mut gbuf, g1, yp),
+                    }
+                    let (g, xp) = (&gbuf[..], &xv[at..at + plane]);
+                    if !pdx.get().is_null() {
+                        // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
+                        let o = unsafe { std::slice::from_raw_parts_mut(pdx.get().add(at), plane) };
+                        for (o, &g) in o.iter_mut().zip(g) {
+                            *o = g * kc;
+                        }
+                    }
+                    // The sums as BatchNormalizationGrad forms them: eight f32 lanes per plane,
+                    // then f64 across planes.
+                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+                    let (gc, xc) = (g.chunks_exact(8), xp.chunks_exact(8));
+                    let (gr, xr) = (gc.remainder(), xc.remainder());
+                    for (g8, x8) in gc.zip(xc) {
+                        for j in 0..8 {
+                            a1[j] += g8[j];
+                            a2[j] += g8[j] * (x8[j] - mc);
+                        }
+                    }
+                    for (&g, &v) in gr.iter().zip(xr) {
+                        a1[0] += g;
+                        a2[0] += g * (v - mc);
+                    }
+                    t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
+                    t2 += a2.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                // SAFETY: the sums have c elements; channel ch belongs to this part.
+                unsafe {
+                    if !ps1.get().is_null() {
+                        *ps1.get().add(ch) = t1 as f32;
+                    }
+                    if !ps2.get().is_null() {
+                        *ps2.get().add(ch) = t2 as f32;
+                    }
+                }
             }
             Ok(())
         })
         .map_err(fail)
     }
+}
+
+/// `out = (a + b) [x > 0]`. The mask is applied as bits (all ones or zero, and-ed with the sum:
+/// the same values as a branch, NaN included) so that the loop compiles to vector compares and
+/// ands; written as `if x > 0 { a + b } else { 0 }` LLVM kept a branch per element (the loads
+/// of a and b sank into it) and ran the loop scalar, ~2x slower than ReluGrad per byte.
+fn sum_relu_mask(out: &mut [f32], a: &[f32], b: &[f32], x: &[f32]) {
+    let n = out.len();
+    let (a, b, x) = (&a[..n], &b[..n], &x[..n]);
+    for j in 0..n {
+        out[j] = masked(a[j] + b[j], x[j]);
+    }
+}
+
+/// `out = a [x > 0]` (as [`sum_relu_mask`]).
+fn relu_mask(out: &mut [f32], a: &[f32], x: &[f32]) {
+    let n = out.len();
+    let (a, x) = (&a[..n], &x[..n]);
+    for j in 0..n {
+        out[j] = masked(a[j], x[j]);
+    }
+}
+
+/// `g` where `x > 0`, else +0.0, without a branch.
+#[inline(always)]
+fn masked(g: f32, x: f32) -> f32 {
+    let m = if x > 0.0 { u32::MAX } else { 0 };
+    f32::from_bits(g.to_bits() & m)
 }
