@@ -36,7 +36,9 @@
 //!   it feeds);
 //! - `ReluBatchNormalizationGrad(dY, Y, X, k, mean, dY2?) -> (dX?, sum_G?, sum_G_xc?)`:
 //!   BatchNormalizationGrad of `G = (dY + dY2) (Y > 0)` (a ReluGrad or SumReluGrad and the
-//!   BatchNormalizationGrad it feeds).
+//!   BatchNormalizationGrad it feeds);
+//! - `ConvGradX(dY, X, W) -> dX` (attributes as Conv): libtorch's backward-data, for the
+//!   strided convolutions where it beat ONNX Runtime's ConvTranspose (see `ops/conv.rs`).
 //!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
@@ -111,7 +113,8 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(BatchNormalization { parts })?
         .add(AddRelu { parts })?
         .add(SumReluGrad { parts })?
-        .add(ReluBatchNormalizationGrad { parts })?)
+        .add(ReluBatchNormalizationGrad { parts })?
+        .add(ConvGradX { parts })?)
 }
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
@@ -1158,5 +1161,118 @@ fn keep_freed_memory() {
                 mallopt(M_TRIM_THRESHOLD, 1 << 30);
             }
         });
+    }
+}
+
+/// `probe.cpu:ConvGradX(dY, X, W) -> dX`, attributes as `Conv`: the input gradient of
+/// `Y = Conv(X, W)` by libtorch's `convolution_backward` (backward-data; X is read for its
+/// shape only), for the strided convolutions where it beat ONNX Runtime's ConvTranspose (see
+/// `torch_dx_pays` in `ops/conv.rs`).
+pub struct ConvGradX {
+    parts: usize,
+}
+
+pub struct ConvGradXKernel {
+    attrs: ConvAttrs,
+    parts: usize,
+}
+
+impl Operator for ConvGradX {
+    type Kernel<'attr> = ConvGradXKernel;
+    fn name(&self) -> &str {
+        "ConvGradX"
+    }
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::array::from_fn::<_, 3, _>(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<ConvGradXKernel> {
+        Ok(ConvGradXKernel {
+            attrs: ConvAttrs::read(k, "ConvGradX")?,
+            parts: self.parts,
+        })
+    }
+}
+
+impl Kernel for ConvGradXKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let a = &self.attrs;
+        let fail =
+            |what: String| ort::Error::new(format!("{DOMAIN}:ConvGradX node '{}': {what}", a.node));
+        let missing = |i: usize| fail(format!("input {i} missing"));
+        let (dy, x, w) = (
+            ctx.input(0)?.ok_or_else(|| missing(0))?,
+            ctx.input(1)?.ok_or_else(|| missing(1))?,
+            ctx.input(2)?.ok_or_else(|| missing(2))?,
+        );
+        let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
+        let (xs, xv) = x.try_extract_tensor::<f32>()?;
+        let (ws, wv) = w.try_extract_tensor::<f32>()?;
+        let rank = xs.len();
+        if rank < 3
+            || dys.len() != rank
+            || ws.len() != rank
+            || a.strides.len() != rank - 2
+            || dys[0] != xs[0]
+        {
+            return Err(fail(format!(
+                "dY {:?}, X {:?}, W {:?} with {} spatial axes",
+                &dys[..],
+                &xs[..],
+                &ws[..],
+                a.strides.len()
+            )));
+        }
+        let mut dx = ctx
+            .output(0, xs.to_vec())?
+            .ok_or_else(|| fail("output dX missing".into()))?;
+        let dxp = Ptr(dx.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
+        let n = xs[0];
+        let parts = self.parts.min(n.max(1) as usize);
+        let (x_row, y_row): (i64, i64) = (xs[1..].iter().product(), dys[1..].iter().product());
+        let (dyp, xp, wp) = (
+            Ptr(dyv.as_ptr() as *mut f32),
+            Ptr(xv.as_ptr() as *mut f32),
+            Ptr(wv.as_ptr() as *mut f32),
+        );
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(n, parts, i);
+            if hi == lo {
+                return Ok(());
+            }
+            let (mut xs_p, mut dys_p) = (xs.to_vec(), dys.to_vec());
+            xs_p[0] = hi - lo;
+            dys_p[0] = hi - lo;
+            let mut err = [0u8; 1024];
+            // SAFETY: dY, X, W are live dense f32 tensors of the shapes passed; part i reads
+            // rows lo..hi of dY and X and writes rows lo..hi of dX, which no other part touches.
+            let rc = unsafe {
+                probe_conv_grad(
+                    dyp.get().add((lo * y_row) as usize),
+                    dys_p.as_ptr(),
+                    xp.get().add((lo * x_row) as usize),
+                    xs_p.as_ptr(),
+                    wp.get(),
+                    ws.as_ptr(),
+                    rank as i64,
+                    a.strides.as_ptr(),
+                    a.padding.as_ptr(),
+                    a.dilations.as_ptr(),
+                    a.group,
+                    dxp.get().add((lo * x_row) as usize),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    err.as_mut_ptr() as *mut c_char,
+                    err.len(),
+                )
+            };
+            if rc != 0 {
+                return Err(c_error(&err));
+            }
+            Ok(())
+        })
+        .map_err(|e| fail(format!("libtorch: {e}")))
     }
 }
