@@ -3,9 +3,11 @@
 //!   session serves every checkpoint without rewriting the model;
 //! - [`loss`]: a loss head on the model's output (per-element loss and correctness);
 //! - [`grad`]: reverse-mode differentiation into standard ONNX ops, with the per-op rules of
-//!   [`crate::ops`] and the shapes of [`shapes`].
+//!   [`crate::ops`] and the shapes of [`shapes`];
+//! - [`fuse`]: pairs of nodes of a `probe.cpu` gradient graph run as one custom op.
 
 pub mod ctx;
+pub mod fuse;
 pub mod grad;
 pub mod hvp;
 pub mod lift;

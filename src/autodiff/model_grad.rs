@@ -182,17 +182,6 @@ pub fn grad_graph(
         .with_context(|| model.path.display().to_string())?;
     apply_forward_outputs(g, &diff.forward_outputs);
     g.node.extend(diff.nodes);
-    if opts.kernels == Kernels::ProbeCpu {
-        probe_cpu_rewrite(g, &shapes);
-    }
-    let custom = crate::runtime::cpu_ops::DOMAIN;
-    if g.node.iter().any(|n| n.domain == custom) {
-        let mut o = onnx_protobuf::OperatorSetIdProto::new();
-        o.domain = custom.into();
-        o.version = 1;
-        proto.opset_import.push(o);
-    }
-    let g = proto.graph.as_mut().unwrap();
     let mut grads = Vec::new();
     for (p, gname) in diff.grads {
         let out = format!("grad/{p}");
@@ -200,6 +189,17 @@ pub fn grad_graph(
         g.output
             .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
         grads.push((p, out));
+    }
+    if opts.kernels == Kernels::ProbeCpu {
+        probe_cpu_rewrite(g, &shapes);
+        super::fuse::probe_cpu_fuse(g, &shapes);
+    }
+    let custom = crate::runtime::cpu_ops::DOMAIN;
+    if g.node.iter().any(|n| n.domain == custom) {
+        let mut o = onnx_protobuf::OperatorSetIdProto::new();
+        o.domain = custom.into();
+        o.version = 1;
+        proto.opset_import.push(o);
     }
     Ok(GradGraph {
         proto,

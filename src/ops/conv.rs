@@ -17,7 +17,8 @@
 //! `examples/conv_kernels.rs`): dW and dB are one `probe.cpu:ConvGrad` node (oneDNN's
 //! backward-weights, as PyTorch runs it: 2-3x faster than im2col + MatMul in ONNX Runtime); the
 //! forward Conv and the stride-1 dX Conv become `probe.cpu:Conv` where [`torch_conv_pays`];
-//! a strided dX stays ConvTranspose. The standard-op form stays for `probe autodiff`, for
+//! a strided dX becomes `probe.cpu:ConvGradX` (libtorch's backward-data) where
+//! [`torch_dx_pays`], else stays ConvTranspose. The standard-op form stays for `probe autodiff`, for
 //! `--standard-ops` and for asymmetric pads, which libtorch does not take.
 use super::attrs::Attrs;
 use super::torch::{input, one, opt_input, TorchCtx, Value};
@@ -299,6 +300,18 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             )
         };
         c.set(0, gx);
+    } else if c.needs(0) && fast && torch_dx_pays(wd[1], &win) {
+        let attrs = vec![
+            attr_ints("strides", &win.strides),
+            attr_ints("pads", &win.pads),
+            attr_ints("dilations", &win.dilations),
+            attr_int("group", group),
+        ];
+        let gx = c
+            .probe_cpu_op("ConvGradX", &[&g, &x, &w], attrs, 1)
+            .pop()
+            .unwrap();
+        c.set(0, gx);
     } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
         let mut attrs = conv_attrs(&win.strides, &win.dilations);
@@ -410,6 +423,20 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
 /// one input channel 1.0 vs 3.3 and a strided 1x1 1.5 vs 4.4, where ONNX Runtime stays.
 fn torch_conv_pays(cin: Option<usize>, kernel: &[i64]) -> bool {
     cin.is_some_and(|c| c >= 2) && kernel.iter().product::<i64>() > 1
+}
+
+/// Whether libtorch's backward-data (`probe.cpu:ConvGradX`) beats ONNX Runtime's ConvTranspose
+/// for a strided convolution's dX, with `cin` input channels per group (dX's channels).
+/// Measured on the shipped ResNet, batch 250, 2 threads, per-node minimum over 40 batches (ms,
+/// ConvTranspose vs libtorch): 64 -> 32 channels, 3x3, stride 2 onto 14x14, 7.5 vs 4.4 (9.6
+/// vs 6.3 in a busier run); the 1x1 stride-2 shortcut onto 14x14, 2.3 vs 2.5; in Python,
+/// libtorch alone on 32 -> 16 channels onto 28x28 (oneDNN's backward-data with 16 output
+/// channels in NCHW) took 14 ms a half batch for the 3x3 and 10.5 for the 1x1, against
+/// ConvTranspose's 10-11 and 3.3 for the whole batch. So: 3x3-like kernels, 32+ channels.
+fn torch_dx_pays(cin: Option<usize>, win: &Window) -> bool {
+    cin.is_some_and(|c| c >= 32)
+        && win.strides.iter().any(|&s| s > 1)
+        && win.kernel.iter().product::<i64>() > 1
 }
 
 /// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])
@@ -622,6 +649,14 @@ mod tests {
                 .input(&[4])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
+        );
+        // A strided dX by libtorch's backward-data (ConvGradX: 32 input channels, 3x3), three
+        // samples split 2 + 1; the 1x1 one stays ConvTranspose.
+        check_probe_cpu(
+            conv(&[3, 32, 5, 5], &[4, 32, 3, 3])
+                .input(&[4])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
         );
         // Three samples over two threads: the kernels split the batch 2 + 1, and the forward
         // and stride-1 dX convolutions (3 channels in, 3x3) run in libtorch too.

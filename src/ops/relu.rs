@@ -1,7 +1,8 @@
 //! Relu (opset 14): `Y = max(X, 0)`. https://onnx.ai/onnx/operators/onnx__Relu.html
 //!
 //! dX = dY * [X > 0] (the subgradient 0 at X = 0, as PyTorch takes it); with probe's CPU
-//! kernels (`probe grad`'s default, f32) one `probe.cpu:ReluGrad` node.
+//! kernels (`probe grad`'s default, f32) one `probe.cpu:ReluGrad` node, which reads Y for the
+//! mask (Y > 0 iff X > 0).
 use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
@@ -24,9 +25,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
     let x = c.input(0).to_string();
     if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // One pass instead of three (runtime/cpu_ops.rs).
+        // One pass instead of three (runtime/cpu_ops.rs), masked by the output: Y > 0 exactly
+        // where X > 0, and reading Y leaves X free to be fused away (a BatchNormalization or an
+        // Add before the Relu computes Y directly, autodiff/fuse.rs).
+        let y = c.output(0).to_string();
         let gx = c
-            .probe_cpu_op("ReluGrad", &[&g, &x], vec![], 1)
+            .probe_cpu_op("ReluGrad", &[&g, &y], vec![], 1)
             .pop()
             .unwrap();
         c.set(0, gx);

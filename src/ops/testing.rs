@@ -445,8 +445,14 @@ fn verify(
         let mut gg = g.clone();
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
         gg.node.extend(diff.nodes.clone());
+        for (_, gname) in &diff.grads {
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = gname.clone();
+            gg.output.push(v);
+        }
         if kernels == Kernels::ProbeCpu {
             probe_cpu_rewrite(&mut gg, &shapes);
+            crate::autodiff::fuse::probe_cpu_fuse(&mut gg, &shapes);
         }
         // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
         let custom: Vec<(String, String)> = gg
@@ -454,11 +460,6 @@ fn verify(
             .iter()
             .map(|n| (n.domain.clone(), n.op_type.clone()))
             .collect();
-        for (_, gname) in &diff.grads {
-            let mut v = onnx_protobuf::ValueInfoProto::new();
-            v.name = gname.clone();
-            gg.output.push(v);
-        }
         let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
         let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };
         (
