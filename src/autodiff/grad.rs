@@ -344,7 +344,8 @@ pub fn differentiate_as(
 
 /// With [`Kernels::ProbeCpu`], on the whole gradient graph (forward and gradient nodes): nodes
 /// that a `probe.cpu` kernel runs faster replaced by it (same inputs, outputs and name: Conv,
-/// Softmax, Transpose, LayerNormalization, inference-mode BatchNormalization; see their op files), a MatMul whose only reader adds a bias fused with
+/// Softmax, Transpose, LayerNormalization, inference-mode BatchNormalization, MatMul; see their
+/// op files), a MatMul whose only reader adds a bias fused with
 /// that Add (`ops/mat_mul.rs`), and SplitToSequence read only by SequenceAt as one Split. Only
 /// values with observed types qualify, that is forward values.
 pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
@@ -355,7 +356,8 @@ pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
             .or_else(|| crate::ops::softmax::probe_cpu_forward(n, shapes))
             .or_else(|| crate::ops::transpose::probe_cpu_forward(n, shapes))
             .or_else(|| crate::ops::layer_normalization::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::batch_normalization::probe_cpu_forward(n, shapes));
+            .or_else(|| crate::ops::batch_normalization::probe_cpu_forward(n, shapes))
+            .or_else(|| crate::ops::mat_mul::probe_cpu_forward(n, shapes));
         if let Some(m) = m {
             *n = m;
         }

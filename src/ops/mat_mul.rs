@@ -8,12 +8,15 @@
 //! shape also drops the promoted axis. When B is one matrix and A a batch (a Linear layer), dB
 //! is one [K, M*batch] x [M*batch, N] product instead.
 //!
-//! With probe's CPU kernels, a Linear layer's `Add(MatMul(A, B), bias)` runs as one
-//! `probe.cpu:MatMulAdd` (libtorch's addmm, what PyTorch's Linear runs): see [`fuse_bias`].
+//! With probe's CPU kernels (f32), the products run as `probe.cpu:MatMul` (MKL's GEMM by
+//! libtorch, the transposes read in place), and a Linear layer's `Add(MatMul(A, B), bias)` as
+//! one `probe.cpu:MatMulAdd` (libtorch's addmm, what PyTorch's Linear runs): see [`fuse_bias`].
 use super::torch::{input, one, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
+use crate::autodiff::grad::Kernels;
 use crate::autodiff::shapes::Shapes;
+use crate::model::graph::attr_int;
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
@@ -103,6 +106,59 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
     });
 }
 
+/// Whether `probe.cpu:MatMul` takes operands of these dims (rank 2+, each): equal batch axes,
+/// or one of them a matrix (no broadcasting of 1s).
+fn probe_cpu_takes(ad: &[Option<usize>], bd: &[Option<usize>]) -> bool {
+    let (ra, rb) = (ad.len(), bd.len());
+    ra >= 2 && rb >= 2 && (ra == 2 || rb == 2 || ad[..ra - 2] == bd[..rb - 2])
+}
+
+/// `op(A) op(B)` (op: the last two axes swapped where `ta` / `tb`), operands with their dims:
+/// with `fast` (probe's CPU kernels, f32) and operands [`probe_cpu_takes`], one
+/// `probe.cpu:MatMul` with transA / transB (MKL reads the transposed operand in place); else
+/// Transposes and a MatMul.
+fn product(
+    c: &mut Ctx,
+    fast: bool,
+    (a, ad): (&str, &[Option<usize>]),
+    ta: bool,
+    (b, bd): (&str, &[Option<usize>]),
+    tb: bool,
+) -> String {
+    if fast && probe_cpu_takes(ad, bd) {
+        let attrs = vec![attr_int("transA", ta as i64), attr_int("transB", tb as i64)];
+        return c.probe_cpu_op("MatMul", &[a, b], attrs, 1).pop().unwrap();
+    }
+    let a = if ta {
+        swap_last2(c, a, ad.len())
+    } else {
+        a.to_string()
+    };
+    let b = if tb {
+        swap_last2(c, b, bd.len())
+    } else {
+        b.to_string()
+    };
+    c.op("MatMul", &[&a, &b], vec![])
+}
+
+/// The forward MatMul as `probe.cpu:MatMul` (MKL's GEMM, see `runtime/cpu_ops.rs`): f32
+/// operands [`probe_cpu_takes`]; `None` leaves it.
+pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
+    let (a, b) = (n.input.first()?, n.input.get(1)?);
+    if n.op_type != "MatMul" || !n.domain.is_empty() {
+        return None;
+    }
+    let f32s = shapes.dtype(a)? == DType::F32 && shapes.dtype(b)? == DType::F32;
+    if !f32s || !probe_cpu_takes(&shapes.get(a)?.dims, &shapes.get(b)?.dims) {
+        return None;
+    }
+    let mut m = n.clone();
+    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
+    m.attribute = vec![attr_int("transA", 0), attr_int("transB", 0)];
+    Some(m)
+}
+
 /// Transposes the last two axes of a value of rank `r` (>= 2).
 fn swap_last2(c: &mut Ctx, v: &str, r: usize) -> String {
     let mut perm: Vec<i64> = (0..r as i64).collect();
@@ -182,9 +238,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         g.clone()
     };
     let batch = &y2[..r - 2];
+    let fast =
+        c.kernels == Kernels::ProbeCpu && c.dtype(&a)? == DType::F32 && c.dtype(&b)? == DType::F32;
     if c.needs(0) {
-        let bt = swap_last2(c, &b2, bd.len());
-        let ga = c.op("MatMul", &[&g2, &bt], vec![]);
+        let ga = product(c, fast, (&g2, &y2), false, (&b2, &bd), true);
         let mut gd = batch.to_vec();
         gd.extend_from_slice(&ad[ad.len() - 2..]);
         let ga = sum_to(c, &ga, &gd, &ad, &a, pa);
@@ -198,8 +255,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let sg = c.ints(&[-1, n]);
         let a2r = c.op("Reshape", &[&a2, &sa], vec![]);
         let g2r = c.op("Reshape", &[&g2, &sg], vec![]);
-        let at = c.transpose(&a2r, &[1, 0]);
-        let gb = c.op("MatMul", &[&at, &g2r], vec![]);
+        let (d2a, d2g) = (vec![None, Some(k as usize)], vec![None, Some(n as usize)]);
+        let gb = product(c, fast, (&a2r, &d2a), true, (&g2r, &d2g), false);
         let gb = if pb {
             let shape = c.shape_of(&b);
             c.op("Reshape", &[&gb, &shape], vec![])
@@ -208,8 +265,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         c.set(1, gb);
     } else if c.needs(1) {
-        let at = swap_last2(c, &a2, ad.len());
-        let gb = c.op("MatMul", &[&at, &g2], vec![]);
+        let gb = product(c, fast, (&a2, &ad), true, (&g2, &y2), false);
         let mut gd = batch.to_vec();
         gd.extend_from_slice(&bd[bd.len() - 2..]);
         let gb = sum_to(c, &gb, &gd, &bd, &b, pb);
@@ -270,6 +326,22 @@ mod tests {
         check(Case::new("MatMul").input(&[2, 3, 4]).input(&[4]));
         check(Case::new("MatMul").input(&[4]).input(&[2, 4, 3]));
         check(Case::new("MatMul").input(&[4]).input(&[4]));
+    }
+    #[test]
+    fn probe_cpu_kernel() {
+        // Matrices, a batch against one matrix (the Linear fold), a matrix against a batch,
+        // equal batches (attention), and promoted vectors.
+        for (a, b) in [
+            (&[3, 4][..], &[4, 5][..]),
+            (&[2, 3, 4, 5], &[5, 6]),
+            (&[3, 4], &[2, 4, 5]),
+            (&[2, 3, 4, 5], &[2, 3, 5, 2]),
+            (&[4], &[4, 3]),
+            (&[2, 3, 4], &[4]),
+            (&[4], &[2, 4, 3]),
+        ] {
+            check(Case::new("MatMul").input(a).input(b).f32().probe_cpu());
+        }
     }
     #[test]
     fn torch_forward() {

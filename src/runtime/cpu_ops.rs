@@ -1317,6 +1317,21 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn probe_matmul(
+        a: *const f32,
+        a_shape: *const i64,
+        a_rank: i64,
+        ta: i32,
+        b: *const f32,
+        b_shape: *const i64,
+        b_rank: i64,
+        tb: i32,
+        y: *mut f32,
+        y_shape: *const i64,
+        y_rank: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn probe_matmul_add(
         a: *const f32,
         m: i64,
@@ -1359,6 +1374,7 @@ pub struct Node {
     perm: Option<Vec<i64>>,
     epsilon: Option<f32>,
     approximate: Option<String>,
+    trans: [bool; 2],
 }
 
 impl Node {
@@ -1460,6 +1476,7 @@ impl Operator for Simple {
                 perm: k.get::<Vec<i64>>("perm"),
                 epsilon: k.get::<f32>("epsilon"),
                 approximate: k.get::<String>("approximate"),
+                trans: ["transA", "transB"].map(|a| k.get::<i64>(a).unwrap_or(0) != 0),
             },
             run: self.run,
         })
@@ -1473,7 +1490,7 @@ impl Kernel for SimpleKernel {
 }
 
 /// The ops built on [`Simple`].
-fn simple_ops(parts: usize) -> [Simple; 11] {
+fn simple_ops(parts: usize) -> [Simple; 12] {
     use Io::*;
     let op = |op, inputs, outputs, run| Simple {
         op,
@@ -1509,6 +1526,7 @@ fn simple_ops(parts: usize) -> [Simple; 11] {
             &[F32],
             layer_norm,
         ),
+        op("MatMul", &[F32, F32], &[F32], matmul),
     ]
 }
 
@@ -2146,4 +2164,168 @@ fn layer_norm(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
         Ok(())
     })
     .map_err(|e| n.fail(e))
+}
+
+/// `MatMul(A, B) -> Y = op(A) op(B)`, attributes `transA`, `transB` (op swaps the last two
+/// axes; default 0), A and B of rank 2 or more with equal leading (batch) axes or one of them
+/// a matrix: libtorch's matmul, MKL's GEMM, which ran 1.4 ms where ONNX Runtime's MLAS took
+/// 2.4 ms for a [8000, 64]^T x [8000, 256] weight gradient here, and 0.3 against 0.8 ms for
+/// the [1000, 32, 16] x [1000, 16, 32] attention products. Parts: the rows of op(A) against
+/// one matrix B, the batch when both are batched, and for a weight gradient A^T B (both
+/// matrices, reducing over their common rows) the reduction, each part into its own buffer,
+/// added at the end.
+fn matmul(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    let (a, b) = (n.input(ctx, 0)?, n.input(ctx, 1)?);
+    let (as_, av) = a.try_extract_tensor::<f32>()?;
+    let (bs, bv) = b.try_extract_tensor::<f32>()?;
+    let [ta, tb] = n.trans;
+    let (ar, br) = (as_.len(), bs.len());
+    let bad = || {
+        n.fail(format!(
+            "A {:?} (transA {ta}), B {:?} (transB {tb})",
+            &as_[..],
+            &bs[..]
+        ))
+    };
+    if ar < 2 || br < 2 {
+        return Err(bad());
+    }
+    // op(A) is [.., m, k], op(B) [.., k2, nn].
+    let (m, k) = if ta {
+        (as_[ar - 1], as_[ar - 2])
+    } else {
+        (as_[ar - 2], as_[ar - 1])
+    };
+    let (k2, nn) = if tb {
+        (bs[br - 1], bs[br - 2])
+    } else {
+        (bs[br - 2], bs[br - 1])
+    };
+    let batch: Vec<i64> = if br == 2 {
+        as_[..ar - 2].to_vec()
+    } else if ar == 2 || as_[..ar - 2] == bs[..br - 2] {
+        bs[..br - 2].to_vec()
+    } else {
+        return Err(bad());
+    };
+    if k != k2 {
+        return Err(bad());
+    }
+    let mut ys = batch.clone();
+    ys.extend([m, nn]);
+    let y = n.required(n.output(ctx, 0, ys.clone())?, "Y")?;
+    let nb: i64 = batch.iter().product();
+    let work = (nb * m * nn * k.max(1)) as usize;
+    let (ap, bp) = (Ptr(av.as_ptr() as *mut f32), Ptr(bv.as_ptr() as *mut f32));
+    let call =
+        |a: *const f32, a_sh: &[i64], b: *const f32, b_sh: &[i64], y: *mut f32, y_sh: &[i64]| {
+            // SAFETY: each pointer addresses a live dense f32 block of the shape passed with it.
+            c_call(|e, el| unsafe {
+                probe_matmul(
+                    a,
+                    a_sh.as_ptr(),
+                    a_sh.len() as i64,
+                    ta as i32,
+                    b,
+                    b_sh.as_ptr(),
+                    b_sh.len() as i64,
+                    tb as i32,
+                    y,
+                    y_sh.as_ptr(),
+                    y_sh.len() as i64,
+                    e,
+                    el,
+                )
+            })
+        };
+    let fail = |e: String| n.fail(format!("libtorch: {e}"));
+    if br == 2 && !ta {
+        // Rows of A (all its leading axes with m) against one matrix.
+        let rows = nb * m;
+        let parts = n.parts_for(rows as usize, work >> 6);
+        return parallel(ctx, parts, |i| {
+            let (lo, hi) = part(rows, parts, i);
+            if hi == lo {
+                return Ok(());
+            }
+            // SAFETY: A has rows x k elements, Y rows x nn; part i alone writes its rows.
+            let (a0, y0) = unsafe {
+                (
+                    ap.get().add((lo * k) as usize),
+                    y.get().add((lo * nn) as usize),
+                )
+            };
+            call(a0, &[hi - lo, k], bp.get(), &bs, y0, &[hi - lo, nn])
+        })
+        .map_err(fail);
+    }
+    if ar > 2 && br > 2 {
+        // Both batched alike: parts take whole products.
+        let parts = n.parts_for(nb as usize, work >> 6);
+        let (a_mat, b_mat, y_mat) = (as_[ar - 2] * as_[ar - 1], bs[br - 2] * bs[br - 1], m * nn);
+        return parallel(ctx, parts, |i| {
+            let (lo, hi) = part(nb, parts, i);
+            if hi == lo {
+                return Ok(());
+            }
+            let c = hi - lo;
+            // SAFETY: A, B, Y hold nb matrices each; part i alone writes matrices lo..hi.
+            let (a0, b0, y0) = unsafe {
+                (
+                    ap.get().add((lo * a_mat) as usize),
+                    bp.get().add((lo * b_mat) as usize),
+                    y.get().add((lo * y_mat) as usize),
+                )
+            };
+            call(
+                a0,
+                &[c, as_[ar - 2], as_[ar - 1]],
+                b0,
+                &[c, bs[br - 2], bs[br - 1]],
+                y0,
+                &[c, m, nn],
+            )
+        })
+        .map_err(fail);
+    }
+    if ar == 2 && br == 2 && ta && !tb {
+        // A weight gradient A^T B, A [r, m], B [r, nn]: the r rows split, partial products
+        // summed (part 0 into Y).
+        let r = as_[0];
+        let parts = n.parts_for(r as usize, work >> 6);
+        let len = (m * nn) as usize;
+        let mut bufs = vec![0f32; len * parts.saturating_sub(1)];
+        let bufp = Ptr(bufs.as_mut_ptr());
+        parallel(ctx, parts, |i| {
+            let (lo, hi) = part(r, parts, i);
+            // SAFETY: A has r x m elements, B r x nn; part i writes Y (i = 0) or its own buffer.
+            let (a0, b0, out) = unsafe {
+                (
+                    ap.get().add((lo * m) as usize),
+                    bp.get().add((lo * nn) as usize),
+                    if i == 0 {
+                        y.get()
+                    } else {
+                        bufp.get().add((i - 1) * len)
+                    },
+                )
+            };
+            if hi == lo {
+                // SAFETY: out has len elements.
+                unsafe { std::slice::from_raw_parts_mut(out, len) }.fill(0.0);
+                return Ok(());
+            }
+            call(a0, &[hi - lo, m], b0, &[hi - lo, nn], out, &[m, nn])
+        })
+        .map_err(fail)?;
+        // SAFETY: Y has len elements, written by part 0.
+        let out = unsafe { std::slice::from_raw_parts_mut(y.get(), len) };
+        for chunk in bufs.chunks(len) {
+            for (o, v) in out.iter_mut().zip(chunk) {
+                *o += v;
+            }
+        }
+        return Ok(());
+    }
+    call(ap.get(), &as_, bp.get(), &bs, y.get(), &ys).map_err(fail)
 }

@@ -12,6 +12,7 @@
 #include <ATen/ops/_log_softmax_backward_data.h>
 #include <ATen/ops/_softmax.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu_backward.h>
 
@@ -172,6 +173,24 @@ extern "C" int probe_log_softmax_grad(const float* dy, const float* y, const int
         at::Tensor out = view(dx, shape, rank);
         at::_log_softmax_backward_data_out(out, view(dy, shape, rank), view(y, shape, rank), axis,
                                            at::kFloat);
+      },
+      err, err_len);
+}
+
+// Y = op(A) op(B), op transposing the last two axes where `ta` / `tb` say (libtorch's matmul:
+// MKL's GEMM, batched over equal leading axes or against one matrix). Shapes are A's and B's
+// as stored; `y_shape` is the result's.
+extern "C" int probe_matmul(const float* a, const int64_t* a_shape, int64_t a_rank, int32_t ta,
+                            const float* b, const int64_t* b_shape, int64_t b_rank, int32_t tb,
+                            float* y, const int64_t* y_shape, int64_t y_rank, char* err,
+                            size_t err_len) {
+  return guarded(
+      [&] {
+        at::Tensor ta_ = view(a, a_shape, a_rank), tb_ = view(b, b_shape, b_rank);
+        if (ta) ta_ = ta_.transpose(-1, -2);
+        if (tb) tb_ = tb_.transpose(-1, -2);
+        at::Tensor out = view(y, y_shape, y_rank);
+        at::matmul_out(out, ta_, tb_);
       },
       err, err_len);
 }
