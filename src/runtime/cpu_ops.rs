@@ -40,6 +40,14 @@
 //! - `ConvGradX(dY, X, W) -> dX` (attributes as Conv): libtorch's backward-data, for the
 //!   strided convolutions where it beat ONNX Runtime's ConvTranspose (see `ops/conv.rs`).
 //!
+//! For transformers (the "Transformer kernels" section below; one operator type, `Simple`):
+//! `MatMul` (transA/transB) and `MatMulAdd` by libtorch (MKL's GEMM), `Softmax`,
+//! `LogSoftmaxGrad` and `GeluGrad` by libtorch's vectorized kernels, `Transpose` (runs copied,
+//! or libtorch's strided copy), and in Rust `SoftmaxGrad`, `LayerNormalization` and
+//! `LayerNormalizationGrad` (one pass per row), `ReduceSumLeading` (bias gradients),
+//! `GatherGrad` and `GatherElementsGrad` (rows or elements added in place, in order). Each op's
+//! maths is at its kernel; the rules that emit them say when (`ops/*.rs`).
+//!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
 //! on ONNX Runtime's own pool (`KernelContext_ParallelFor`). Two pools, each with as many
