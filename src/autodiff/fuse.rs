@@ -109,11 +109,7 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
             removed[i] = true;
         }
     }
-    let mut k = 0;
-    graph.node.retain(|_| {
-        k += 1;
-        !removed[k - 1]
-    });
+    crate::model::graph::remove_nodes(&mut graph.node, |k| removed[k]);
 }
 
 fn is_bn_without_relu(n: &NodeProto) -> bool {

@@ -6,6 +6,16 @@ use onnx_protobuf::{
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
+/// Removes the nodes whose index `drop` names, keeping the others in order (graph rewrites
+/// that fuse a node into another).
+pub fn remove_nodes(nodes: &mut Vec<NodeProto>, drop: impl Fn(usize) -> bool) {
+    let mut k = 0;
+    nodes.retain(|_| {
+        k += 1;
+        !drop(k - 1)
+    });
+}
+
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();

@@ -140,18 +140,19 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let (sum_g, sum_gxh) = if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
         // One pass over dY and X for dX and both sums (runtime/cpu_ops.rs); it gives
         // sum dY (X - mean), times invstd that is sum dY xhat.
-        let mut outs = c.probe_cpu_op("BatchNormalizationGrad", &[&g, &x, &k, &mean], vec![], 3);
-        for (o, need) in outs.iter_mut().zip([c.needs(0), need_g, need_gxh]) {
-            if !need {
-                o.clear();
-            }
+        let needs = [c.needs(0), need_g, need_gxh];
+        let [gx, sum_g, sum_dy_xc] = <[Option<String>; 3]>::try_from(c.probe_cpu_outputs(
+            "BatchNormalizationGrad",
+            &[&g, &x, &k, &mean],
+            vec![],
+            &needs,
+        ))
+        .unwrap();
+        if let Some(gx) = gx {
+            c.set(0, gx);
         }
-        c.b.nodes.last_mut().unwrap().output = outs.clone();
-        if c.needs(0) {
-            c.set(0, outs[0].clone());
-        }
-        let sum_gxh = need_gxh.then(|| c.op("Mul", &[&outs[2], &inv], vec![]));
-        (need_g.then(|| outs[1].clone()), sum_gxh)
+        let sum_gxh = sum_dy_xc.map(|s| c.op("Mul", &[&s, &inv], vec![]));
+        (sum_g, sum_gxh)
     } else {
         if c.needs(0) {
             let kb = chan(c, &k);

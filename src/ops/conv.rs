@@ -449,15 +449,9 @@ fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i6
         attr_ints("dilations", &win.dilations),
         attr_int("group", group),
     ];
-    let mut outs = c.probe_cpu_op("ConvGrad", &[g, x, w], attrs, 2);
-    for (i, o) in outs.iter_mut().enumerate() {
-        if !needs[i] {
-            o.clear();
-        }
-    }
-    c.b.nodes.last_mut().unwrap().output = outs.clone();
+    let outs = c.probe_cpu_outputs("ConvGrad", &[g, x, w], attrs, &needs);
     for (i, o) in outs.into_iter().enumerate() {
-        if needs[i] {
+        if let Some(o) = o {
             c.set(i + 1, o);
         }
     }

@@ -99,11 +99,7 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
         graph.node[k] = f;
         drop.insert(p);
     }
-    let mut k = 0;
-    graph.node.retain(|_| {
-        k += 1;
-        !drop.contains(&(k - 1))
-    });
+    crate::model::graph::remove_nodes(&mut graph.node, |k| drop.contains(&k));
 }
 
 /// Whether `probe.cpu:MatMul` takes operands of these dims (rank 2+, each): equal batch axes,

@@ -228,11 +228,7 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
         }
         graph.node[k] = split;
     }
-    let mut k = 0;
-    graph.node.retain(|_| {
-        k += 1;
-        !drop.contains(&(k - 1))
-    });
+    crate::model::graph::remove_nodes(&mut graph.node, |k| drop.contains(&k));
 }
 
 #[cfg(test)]

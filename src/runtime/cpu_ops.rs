@@ -312,10 +312,9 @@ impl Kernel for ConvKernel {
             let (mut xs_p, mut ys_p) = (xs.to_vec(), ys.clone());
             xs_p[0] = hi - lo;
             ys_p[0] = hi - lo;
-            let mut err = [0u8; 1024];
             // SAFETY: X, W, B are live dense f32 tensors of the shapes passed; part i reads
             // rows lo..hi of X and writes rows lo..hi of Y, which no other part touches.
-            let rc = unsafe {
+            c_call(|e, el| unsafe {
                 probe_conv(
                     xp.get().add((lo * x_row) as usize),
                     xs_p.as_ptr(),
@@ -329,14 +328,10 @@ impl Kernel for ConvKernel {
                     a.dilations.as_ptr(),
                     a.group,
                     yp.get().add((lo * y_row) as usize),
-                    err.as_mut_ptr() as *mut c_char,
-                    err.len(),
+                    e,
+                    el,
                 )
-            };
-            if rc != 0 {
-                return Err(c_error(&err));
-            }
-            Ok(())
+            })
         })
         .map_err(|e| fail(format!("libtorch: {e}")))
     }
@@ -445,10 +440,9 @@ impl Kernel for ConvGradKernel {
                     unsafe { buf.0.add((i - 1) * len) }
                 }
             };
-            let mut err = [0u8; 1024];
             // SAFETY: dY, X, W are live dense f32 tensors of the shapes passed; part i reads
             // rows lo..hi and writes its own dW, dB (no dX: null).
-            let rc = unsafe {
+            c_call(|e, el| unsafe {
                 probe_conv_grad(
                     rows(dyp, y_row),
                     dys_p.as_ptr(),
@@ -464,14 +458,10 @@ impl Kernel for ConvGradKernel {
                     std::ptr::null_mut(),
                     own(pdw, dwq, wn),
                     own(pdb, dbq, m),
-                    err.as_mut_ptr() as *mut c_char,
-                    err.len(),
+                    e,
+                    el,
                 )
-            };
-            if rc != 0 {
-                return Err(c_error(&err));
-            }
-            Ok(())
+            })
         })
         .map_err(|e| fail(format!("libtorch: {e}")))?;
         // dW = sum over parts (the sum over samples, split), likewise dB.
@@ -561,6 +551,40 @@ impl Kernel for ReluGradKernel {
     }
 }
 
+/// One (sample, channel) plane of the inference-mode BatchNorm backward (per channel k and
+/// mean): `dX = G k` into `dx` when asked, and the plane's `sum G` and `sum G (X - mean)`, in
+/// eight f32 lanes (so the loop vectorizes), returned in f64 for the sum across planes.
+fn bn_grad_plane(g: &[f32], x: &[f32], k: f32, mean: f32, dx: Option<&mut [f32]>) -> (f64, f64) {
+    if let Some(dx) = dx {
+        for (o, &g) in dx.iter_mut().zip(g) {
+            *o = g * k;
+        }
+    }
+    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+    let (gc, xc) = (g.chunks_exact(8), x.chunks_exact(8));
+    let (gr, xr) = (gc.remainder(), xc.remainder());
+    for (g8, x8) in gc.zip(xc) {
+        for j in 0..8 {
+            a1[j] += g8[j];
+            a2[j] += g8[j] * (x8[j] - mean);
+        }
+    }
+    for (&g, &v) in gr.iter().zip(xr) {
+        a1[0] += g;
+        a2[0] += g * (v - mean);
+    }
+    let f64sum = |a: [f32; 8]| a.iter().map(|&v| v as f64).sum::<f64>();
+    (f64sum(a1), f64sum(a2))
+}
+
+/// The `len` elements of an optional output at offset `at`; `None` for an unnamed output.
+///
+/// # Safety
+/// A non-null `p` addresses at least `at + len` elements, and no one else touches these.
+unsafe fn plane_of<'a>(p: Ptr<f32>, at: usize, len: usize) -> Option<&'a mut [f32]> {
+    (!p.get().is_null()).then(|| std::slice::from_raw_parts_mut(p.get().add(at), len))
+}
+
 /// `probe.cpu:BatchNormalizationGrad` (inference mode): dX and the two per-channel sums the
 /// parameter gradients are made of, in one pass over dY and X.
 pub struct BatchNormalizationGrad {
@@ -646,29 +670,11 @@ impl Kernel for BatchNormalizationGradKernel {
                 for s in 0..n {
                     let at = (s * c + ch) * plane;
                     let (g, xp) = (&dyv[at..at + plane], &xv[at..at + plane]);
-                    if !pdx.get().is_null() {
-                        // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
-                        let o = unsafe { std::slice::from_raw_parts_mut(pdx.get().add(at), plane) };
-                        for (o, &g) in o.iter_mut().zip(g) {
-                            *o = g * kc;
-                        }
-                    }
-                    // Eight f32 lanes per plane (so the loop vectorizes), then f64 across planes.
-                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
-                    let (gc, xc) = (g.chunks_exact(8), xp.chunks_exact(8));
-                    let (gr, xr) = (gc.remainder(), xc.remainder());
-                    for (g8, x8) in gc.zip(xc) {
-                        for j in 0..8 {
-                            a1[j] += g8[j];
-                            a2[j] += g8[j] * (x8[j] - mc);
-                        }
-                    }
-                    for (&g, &v) in gr.iter().zip(xr) {
-                        a1[0] += g;
-                        a2[0] += g * (v - mc);
-                    }
-                    t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
-                    t2 += a2.iter().map(|&v| v as f64).sum::<f64>();
+                    // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
+                    let dx = unsafe { plane_of(pdx, at, plane) };
+                    let (s1, s2) = bn_grad_plane(g, xp, kc, mc, dx);
+                    t1 += s1;
+                    t2 += s2;
                 }
                 // SAFETY: the sums have c elements; channel ch belongs to this part.
                 unsafe {
@@ -1075,31 +1081,11 @@ impl Kernel for ReluBatchNormalizationGradKernel {
                         Some(d2) => sum_relu_mask(&mut gbuf, g1, &d2[at..at + plane], yp),
                         None => relu_mask(&mut gbuf, g1, yp),
                     }
-                    let (g, xp) = (&gbuf[..], &xv[at..at + plane]);
-                    if !pdx.get().is_null() {
-                        // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
-                        let o = unsafe { std::slice::from_raw_parts_mut(pdx.get().add(at), plane) };
-                        for (o, &g) in o.iter_mut().zip(g) {
-                            *o = g * kc;
-                        }
-                    }
-                    // The sums as BatchNormalizationGrad forms them: eight f32 lanes per plane,
-                    // then f64 across planes.
-                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
-                    let (gc, xc) = (g.chunks_exact(8), xp.chunks_exact(8));
-                    let (gr, xr) = (gc.remainder(), xc.remainder());
-                    for (g8, x8) in gc.zip(xc) {
-                        for j in 0..8 {
-                            a1[j] += g8[j];
-                            a2[j] += g8[j] * (x8[j] - mc);
-                        }
-                    }
-                    for (&g, &v) in gr.iter().zip(xr) {
-                        a1[0] += g;
-                        a2[0] += g * (v - mc);
-                    }
-                    t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
-                    t2 += a2.iter().map(|&v| v as f64).sum::<f64>();
+                    // SAFETY: dX has the shape of X; plane (s, ch) belongs to this part.
+                    let dx = unsafe { plane_of(pdx, at, plane) };
+                    let (s1, s2) = bn_grad_plane(&gbuf, &xv[at..at + plane], kc, mc, dx);
+                    t1 += s1;
+                    t2 += s2;
                 }
                 // SAFETY: the sums have c elements; channel ch belongs to this part.
                 unsafe {
@@ -1257,10 +1243,9 @@ impl Kernel for ConvGradXKernel {
             let (mut xs_p, mut dys_p) = (xs.to_vec(), dys.to_vec());
             xs_p[0] = hi - lo;
             dys_p[0] = hi - lo;
-            let mut err = [0u8; 1024];
             // SAFETY: dY, X, W are live dense f32 tensors of the shapes passed; part i reads
             // rows lo..hi of dY and X and writes rows lo..hi of dX, which no other part touches.
-            let rc = unsafe {
+            c_call(|e, el| unsafe {
                 probe_conv_grad(
                     dyp.get().add((lo * y_row) as usize),
                     dys_p.as_ptr(),
@@ -1276,14 +1261,10 @@ impl Kernel for ConvGradXKernel {
                     dxp.get().add((lo * x_row) as usize),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
-                    err.as_mut_ptr() as *mut c_char,
-                    err.len(),
+                    e,
+                    el,
                 )
-            };
-            if rc != 0 {
-                return Err(c_error(&err));
-            }
-            Ok(())
+            })
         })
         .map_err(|e| fail(format!("libtorch: {e}")))
     }

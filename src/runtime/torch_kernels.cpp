@@ -35,70 +35,8 @@ at::Tensor view(const float* p, const int64_t* shape, int64_t rank) {
                        at::TensorOptions().dtype(at::kFloat));
 }
 
-}  // namespace
-
-// dX, dW, dB of Y = conv(X, W) (+ B) given dY; a null output pointer leaves that gradient
-// uncomputed (libtorch's output_mask). `rank` is the tensors' rank (spatial rank + 2);
-// stride, padding (symmetric), dilation have rank - 2 entries.
-extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const float* x,
-                               const int64_t* x_shape, const float* w, const int64_t* w_shape,
-                               int64_t rank, const int64_t* stride, const int64_t* padding,
-                               const int64_t* dilation, int64_t groups, float* dx, float* dw,
-                               float* db, char* err, size_t err_len) {
-  try {
-    int64_t k = rank - 2;
-    at::Tensor tdy = view(dy, dy_shape, rank);
-    at::Tensor tx = view(x, x_shape, rank);
-    at::Tensor tw = view(w, w_shape, rank);
-    std::array<bool, 3> mask = {dx != nullptr, dw != nullptr, db != nullptr};
-    std::array<int64_t, 3> zeros = {0, 0, 0};
-    int64_t m = w_shape[0];
-    std::optional<at::IntArrayRef> bias_sizes;
-    if (db != nullptr) bias_sizes = at::IntArrayRef(&m, 1);
-    auto r = at::convolution_backward(tdy, tx, tw, bias_sizes, at::IntArrayRef(stride, k),
-                                      at::IntArrayRef(padding, k), at::IntArrayRef(dilation, k),
-                                      false, at::IntArrayRef(zeros.data(), k), groups, mask);
-    if (dx != nullptr) view(dx, x_shape, rank).copy_(std::get<0>(r));
-    if (dw != nullptr) view(dw, w_shape, rank).copy_(std::get<1>(r));
-    if (db != nullptr) view(db, &m, 1).copy_(std::get<2>(r));
-    return 0;
-  } catch (const std::exception& e) {
-    put_error(e.what(), err, err_len);
-    return 1;
-  } catch (...) {
-    put_error("unknown C++ exception", err, err_len);
-    return 1;
-  }
-}
-
-// Y = conv(X, W) + B (B may be null) into `y` (shape y_shape), as PyTorch's Conv layers run it.
-extern "C" int probe_conv(const float* x, const int64_t* x_shape, const float* w,
-                          const int64_t* w_shape, const float* b, const int64_t* y_shape,
-                          int64_t rank, const int64_t* stride, const int64_t* padding,
-                          const int64_t* dilation, int64_t groups, float* y, char* err,
-                          size_t err_len) {
-  try {
-    int64_t k = rank - 2;
-    int64_t m = w_shape[0];
-    std::array<int64_t, 3> zeros = {0, 0, 0};
-    std::optional<at::Tensor> tb;
-    if (b != nullptr) tb = view(b, &m, 1);
-    at::Tensor r = at::convolution(view(x, x_shape, rank), view(w, w_shape, rank), tb,
-                                   at::IntArrayRef(stride, k), at::IntArrayRef(padding, k),
-                                   at::IntArrayRef(dilation, k), false,
-                                   at::IntArrayRef(zeros.data(), k), groups);
-    view(y, y_shape, rank).copy_(r);
-    return 0;
-  } catch (const std::exception& e) {
-    put_error(e.what(), err, err_len);
-    return 1;
-  } catch (...) {
-    put_error("unknown C++ exception", err, err_len);
-    return 1;
-  }
-}
-
-// The runs of exceptions into error strings, for the small kernels below.
+// Runs a kernel body; an exception becomes an error string and a return of 1 (exceptions never
+// cross the ABI).
 template <class F>
 int guarded(F f, char* err, size_t err_len) {
   try {
@@ -111,6 +49,59 @@ int guarded(F f, char* err, size_t err_len) {
     put_error("unknown C++ exception", err, err_len);
     return 1;
   }
+}
+
+}  // namespace
+
+// dX, dW, dB of Y = conv(X, W) (+ B) given dY; a null output pointer leaves that gradient
+// uncomputed (libtorch's output_mask). `rank` is the tensors' rank (spatial rank + 2);
+// stride, padding (symmetric), dilation have rank - 2 entries.
+extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const float* x,
+                               const int64_t* x_shape, const float* w, const int64_t* w_shape,
+                               int64_t rank, const int64_t* stride, const int64_t* padding,
+                               const int64_t* dilation, int64_t groups, float* dx, float* dw,
+                               float* db, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        int64_t k = rank - 2;
+        at::Tensor tdy = view(dy, dy_shape, rank);
+        at::Tensor tx = view(x, x_shape, rank);
+        at::Tensor tw = view(w, w_shape, rank);
+        std::array<bool, 3> mask = {dx != nullptr, dw != nullptr, db != nullptr};
+        std::array<int64_t, 3> zeros = {0, 0, 0};
+        int64_t m = w_shape[0];
+        std::optional<at::IntArrayRef> bias_sizes;
+        if (db != nullptr) bias_sizes = at::IntArrayRef(&m, 1);
+        auto r = at::convolution_backward(tdy, tx, tw, bias_sizes, at::IntArrayRef(stride, k),
+                                          at::IntArrayRef(padding, k), at::IntArrayRef(dilation, k),
+                                          false, at::IntArrayRef(zeros.data(), k), groups, mask);
+        if (dx != nullptr) view(dx, x_shape, rank).copy_(std::get<0>(r));
+        if (dw != nullptr) view(dw, w_shape, rank).copy_(std::get<1>(r));
+        if (db != nullptr) view(db, &m, 1).copy_(std::get<2>(r));
+      },
+      err, err_len);
+}
+
+// Y = conv(X, W) + B (B may be null) into `y` (shape y_shape), as PyTorch's Conv layers run it.
+extern "C" int probe_conv(const float* x, const int64_t* x_shape, const float* w,
+                          const int64_t* w_shape, const float* b, const int64_t* y_shape,
+                          int64_t rank, const int64_t* stride, const int64_t* padding,
+                          const int64_t* dilation, int64_t groups, float* y, char* err,
+                          size_t err_len) {
+  return guarded(
+      [&] {
+        int64_t k = rank - 2;
+        int64_t m = w_shape[0];
+        std::array<int64_t, 3> zeros = {0, 0, 0};
+        std::optional<at::Tensor> tb;
+        if (b != nullptr) tb = view(b, &m, 1);
+        at::Tensor r = at::convolution(view(x, x_shape, rank), view(w, w_shape, rank), tb,
+                                       at::IntArrayRef(stride, k), at::IntArrayRef(padding, k),
+                                       at::IntArrayRef(dilation, k), false,
+                                       at::IntArrayRef(zeros.data(), k), groups);
+        view(y, y_shape, rank).copy_(r);
+      },
+      err, err_len);
 }
 
 // dX = dY * GELU'(X) over n elements, `tanh` selecting the tanh approximation (libtorch's
