@@ -323,6 +323,65 @@ mod tests {
         check(Case::new("MatMul").input(&[4]).input(&[2, 4, 3]));
         check(Case::new("MatMul").input(&[4]).input(&[4]));
     }
+    /// The rewrite itself: the MatMul feeding a bias Add is gone and one probe.cpu:MatMulAdd
+    /// writes the Add's output; a MatMul with a second reader is left alone.
+    #[test]
+    fn fuse_bias_fuses_only_a_sole_reader() {
+        use crate::autodiff::shapes::Shapes;
+        use crate::model::graph::value_info;
+        use crate::tensor::{DType, HostTensor};
+        use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+        let node = |op: &str, ins: &[&str], out: &str| {
+            let mut n = NodeProto::new();
+            n.op_type = op.into();
+            n.name = out.into();
+            n.input = ins.iter().map(|s| s.to_string()).collect();
+            n.output = vec![out.into()];
+            n
+        };
+        for shared in [false, true] {
+            let mut g = GraphProto::new();
+            g.node = vec![
+                node("MatMul", &["a", "b"], "m"),
+                node("Add", &["m", "c"], "y"),
+            ];
+            g.output.push(value_info("y", DType::F32, &[], "N"));
+            if shared {
+                g.node.push(node("Neg", &["m"], "z"));
+                g.output.push(value_info("z", DType::F32, &[], "N"));
+            }
+            let dims: [(&str, Vec<usize>); 3] =
+                [("a", vec![2, 3, 4]), ("b", vec![4, 5]), ("c", vec![5])];
+            for (name, d) in &dims {
+                let d: Vec<Option<i64>> = d.iter().map(|&v| Some(v as i64)).collect();
+                g.input.push(value_info(name, DType::F32, &d, "N"));
+            }
+            let mut m = ModelProto::new();
+            m.ir_version = 10;
+            let mut o = OperatorSetIdProto::new();
+            o.version = 20;
+            m.opset_import.push(o);
+            m.graph = protobuf::MessageField::some(g.clone());
+            let feed = dims
+                .iter()
+                .map(|(n, d)| {
+                    let len = d.iter().product();
+                    (n.to_string(), HostTensor::f32(d.clone(), vec![0.5; len]))
+                })
+                .collect();
+            let shapes = Shapes::observe(&m, &[feed]).unwrap();
+            super::fuse_bias(&mut g, &shapes);
+            let ops: Vec<(&str, &str)> = (g.node.iter())
+                .map(|n| (n.op_type.as_str(), n.output[0].as_str()))
+                .collect();
+            if shared {
+                assert_eq!(ops[..2], [("MatMul", "m"), ("Add", "y")], "{ops:?}");
+            } else {
+                assert_eq!(ops, [("MatMulAdd", "y")], "{ops:?}");
+                assert_eq!(g.node[0].input, ["a", "b", "c"]);
+            }
+        }
+    }
     #[test]
     fn probe_cpu_kernel() {
         // Matrices, a batch against one matrix (the Linear fold), a matrix against a batch,
