@@ -144,14 +144,7 @@ mod tests {
 
     const X: &[usize] = &[3, 2, 3, 4];
 
-    fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = out.into();
-        n.input = ins.iter().map(|s| s.to_string()).collect();
-        n.output = vec![out.into()];
-        n
-    }
+    use crate::ops::testing::node;
 
     /// A residual block in miniature: r = Relu(BN(x)), y = Relu(r * w + r). The BN's mean and
     /// var are initializers (var > 0); x, scale, B, w are differentiated.

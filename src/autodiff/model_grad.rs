@@ -178,6 +178,12 @@ pub fn grad_graph(
         .collect();
     let shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
+    crate::ops::scaled_dot_product_attention::before_differentiation(
+        g,
+        &shapes,
+        &wrt,
+        opts.kernels,
+    );
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
     apply_forward_outputs(g, &diff.forward_outputs);

@@ -329,16 +329,9 @@ mod tests {
     fn fuse_bias_fuses_only_a_sole_reader() {
         use crate::autodiff::shapes::Shapes;
         use crate::model::graph::value_info;
+        use crate::ops::testing::node;
         use crate::tensor::{DType, HostTensor};
         use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
-        let node = |op: &str, ins: &[&str], out: &str| {
-            let mut n = NodeProto::new();
-            n.op_type = op.into();
-            n.name = out.into();
-            n.input = ins.iter().map(|s| s.to_string()).collect();
-            n.output = vec![out.into()];
-            n
-        };
         for shared in [false, true] {
             let mut g = GraphProto::new();
             g.node = vec![

@@ -47,6 +47,7 @@ pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
 pub mod sequence_at;
 pub mod sigmoid;
@@ -140,6 +141,7 @@ pub static RULES: &[&Rule] = &[
     &reshape::RESHAPE,
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
+    &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,
     &sequence_at::RULE,
     &sigmoid::RULE,

@@ -221,6 +221,16 @@ fn run_threads(
         .collect()
 }
 
+/// A node `out = op(ins)` named after its output, for graphs built by hand in tests.
+pub fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = out.into();
+    n.input = ins.iter().map(|s| s.to_string()).collect();
+    n.output = vec![out.into()];
+    n
+}
+
 /// Builds the case's graph, differentiates it, and compares with central finite differences.
 /// Panics with the worst element on mismatch.
 pub fn check(case: Case) {
@@ -440,9 +450,12 @@ fn verify(
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
     // The gradient graph with `kernels`' ops, its gradients.
     let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<(String, String)>) {
-        let diff = differentiate_with(&g, &shapes, "loss", wrt, kernels)
-            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         let mut gg = g.clone();
+        crate::ops::scaled_dot_product_attention::before_differentiation(
+            &mut gg, &shapes, wrt, kernels,
+        );
+        let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
+            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
         gg.node.extend(diff.nodes.clone());
         for (_, gname) in &diff.grads {

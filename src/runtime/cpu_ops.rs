@@ -45,8 +45,11 @@
 //! `LogSoftmaxGrad` and `GeluGrad` by libtorch's vectorized kernels, `Transpose` (runs copied,
 //! or libtorch's strided copy), and in Rust `SoftmaxGrad`, `LayerNormalization` and
 //! `LayerNormalizationGrad` (one pass per row), `ReduceSumLeading` (bias gradients),
-//! `GatherGrad` and `GatherElementsGrad` (rows or elements added in place, in order). Each op's
-//! maths is at its kernel; the rules that emit them say when (`ops/*.rs`).
+//! `GatherGrad` and `GatherElementsGrad` (rows or elements added in place, in order), and
+//! `ScaledDotProductAttention` / `ScaledDotProductAttentionGrad` (libtorch's flash attention
+//! for CPU, one node each way for what the exporter writes as ~10 forward ops; fused before
+//! differentiation by `ops/scaled_dot_product_attention.rs`). Each op's maths is at its
+//! kernel; the rules that emit them say when (`ops/*.rs`).
 //!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
@@ -1321,6 +1324,29 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn probe_sdpa(
+        dout: *const f32,
+        q: *const f32,
+        q_shape: *const i64,
+        k: *const f32,
+        v: *const f32,
+        kv_shape: *const i64,
+        blhe_in: i32,
+        blhe_out: i32,
+        mask: *const f32,
+        mask_shape: *const i64,
+        mask_rank: i64,
+        scale: f64,
+        lo: i64,
+        hi: i64,
+        o: *mut f32,
+        lse: *mut f32,
+        dq: *mut f32,
+        dk: *mut f32,
+        dv: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn probe_matmul_add(
         a: *const f32,
         m: i64,
@@ -1364,6 +1390,9 @@ pub struct Node {
     epsilon: Option<f32>,
     approximate: Option<String>,
     trans: [bool; 2],
+    /// ScaledDotProductAttention: Q, K, V (`blhe_in`) and O (`blhe_out`) stored as
+    /// [B, L, H, E] rather than [B, H, L, E].
+    blhe: [bool; 2],
 }
 
 impl Node {
@@ -1466,6 +1495,7 @@ impl Operator for Simple {
                 epsilon: k.get::<f32>("epsilon"),
                 approximate: k.get::<String>("approximate"),
                 trans: ["transA", "transB"].map(|a| k.get::<i64>(a).unwrap_or(0) != 0),
+                blhe: ["blhe_in", "blhe_out"].map(|a| k.get::<i64>(a).unwrap_or(0) != 0),
             },
             run: self.run,
         })
@@ -1479,7 +1509,7 @@ impl Kernel for SimpleKernel {
 }
 
 /// The ops built on [`Simple`].
-fn simple_ops(parts: usize) -> [Simple; 12] {
+fn simple_ops(parts: usize) -> [Simple; 14] {
     use Io::*;
     let op = |op, inputs, outputs, run| Simple {
         op,
@@ -1516,6 +1546,18 @@ fn simple_ops(parts: usize) -> [Simple; 12] {
             layer_norm,
         ),
         op("MatMul", &[F32, F32], &[F32], matmul),
+        op(
+            "ScaledDotProductAttention",
+            &[F32, F32, F32, OptF32, OptF32, OptF32],
+            &[F32, F32],
+            sdpa,
+        ),
+        op(
+            "ScaledDotProductAttentionGrad",
+            &[F32, F32, F32, F32, F32, F32, OptF32, OptF32, OptF32],
+            &[OptF32, OptF32, OptF32],
+            sdpa_grad,
+        ),
     ]
 }
 
@@ -2317,4 +2359,169 @@ fn matmul(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
         return Ok(());
     }
     call(ap.get(), &as_, bp.get(), &bs, y.get(), &ys).map_err(fail)
+}
+
+/// `ScaledDotProductAttention(Q, K, V, a?, b?, mask?) -> (O, LSE)`, attributes `blhe_in`,
+/// `blhe_out`: `O = softmax(a b Q K^T + mask) V` over the last axis, and `LSE [B, H, L]`,
+/// each row's log-sum-exp of the scaled, masked scores (what the backward needs instead of
+/// the probabilities). Q [B, H, L, E], K and V [B, H, S, E], or all three stored as
+/// [B, L, H, E] with `blhe_in` (the layout a Linear's output reshaped to heads has; read in
+/// place with strides, no transpose); O likewise with `blhe_out`. PyTorch's exporter writes scaled_dot_product_attention as
+/// `MatMul(Mul(Q, sqrt(s)), Mul(K^T, sqrt(s)))`, a mask Add, Softmax and MatMul with V:
+/// `ops/scaled_dot_product_attention.rs` fuses that into this node. libtorch's flash
+/// attention for CPU (PyTorch's own CPU path for F.scaled_dot_product_attention), parts
+/// taking batch rows.
+fn sdpa(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    run_sdpa(n, ctx, false)
+}
+
+/// `ScaledDotProductAttentionGrad(dO, Q, K, V, O, LSE, a?, b?, mask?) -> (dQ?, dK?, dV?)`:
+/// the gradient of [`sdpa`]'s O (libtorch's flash attention backward for CPU: P recomputed
+/// from Q, K and LSE, `dV = P^T dO`, `dS = P (dO V^T - rowsum(dO o O))`, `dQ = a b dS K`,
+/// `dK = a b dS^T Q`).
+fn sdpa_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
+    run_sdpa(n, ctx, true)
+}
+
+fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
+    // Forward inputs: Q K V [a] [b] [mask]; backward: dO Q K V O LSE [a] [b] [mask].
+    let first = if grad { 1 } else { 0 };
+    let opt = if grad { 6 } else { 3 };
+    let mut values = Vec::new();
+    for i in first..first + 3 {
+        values.push(n.input(ctx, i)?);
+    }
+    let mut scale_values = Vec::new();
+    for i in opt..opt + 2 {
+        if let Some(x) = ctx.input(i)? {
+            scale_values.push(x);
+        }
+    }
+    let mask_value = ctx.input(opt + 2)?;
+    let (qs0, qv) = values[0].try_extract_tensor::<f32>()?;
+    let (ks0, kv) = values[1].try_extract_tensor::<f32>()?;
+    let (vs0, vv) = values[2].try_extract_tensor::<f32>()?;
+    let [blhe_in, blhe_out] = n.blhe;
+    // [B, H, L, E] from an input's stored shape, and back for an output.
+    let swap = |d: &[i64], blhe: bool| -> Vec<i64> {
+        if blhe && d.len() == 4 {
+            vec![d[0], d[2], d[1], d[3]]
+        } else {
+            d.to_vec()
+        }
+    };
+    let (qs, ks, vs) = (
+        swap(&qs0, blhe_in),
+        swap(&ks0, blhe_in),
+        swap(&vs0, blhe_in),
+    );
+    if qs.len() != 4 || ks.len() != 4 || ks != vs || ks[..2] != qs[..2] || ks[3] != qs[3] {
+        return Err(n.fail(format!(
+            "Q {:?}, K {:?}, V {:?}: expected [B, H, L, E], [B, H, S, E] and [B, H, S, E] \
+             (as [B, L, H, E] with blhe_in)",
+            &qs0[..],
+            &ks0[..],
+            &vs0[..]
+        )));
+    }
+    let mut scale = 1f64;
+    for v in &scale_values {
+        let (s, x) = v.try_extract_tensor::<f32>()?;
+        if x.len() != 1 {
+            return Err(n.fail(format!(
+                "a scale factor of shape {:?}, not a scalar",
+                &s[..]
+            )));
+        }
+        scale *= x[0] as f64;
+    }
+    let (b, full) = (qs[0], [qs[0], qs[1], qs[2], ks[2]]);
+    let (mask_shape, mask_ptr) = match &mask_value {
+        Some(m) => {
+            let (ms, mv) = m.try_extract_tensor::<f32>()?;
+            let r = ms.len();
+            let fits = r <= 4 && (ms.iter().zip(&full[4 - r..])).all(|(&d, &f)| d == f || d == 1);
+            if !fits {
+                return Err(n.fail(format!("mask {:?} does not broadcast to {full:?}", &ms[..])));
+            }
+            (ms.to_vec(), Ptr(mv.as_ptr() as *mut f32))
+        }
+        None => (vec![], Ptr(std::ptr::null_mut())),
+    };
+    let (qp, kp, vp) = (
+        Ptr(qv.as_ptr() as *mut f32),
+        Ptr(kv.as_ptr() as *mut f32),
+        Ptr(vv.as_ptr() as *mut f32),
+    );
+    let work = (b * qs[1] * qs[2] * ks[2] * qs[3]) as usize;
+    let parts = n.parts_for(b as usize, work);
+    let out_shape = swap(&qs, blhe_out);
+    let null = || Ptr(std::ptr::null_mut());
+    // Forward: O and LSE written; backward: dO, O, LSE read (held until the end), dQ, dK, dV
+    // written.
+    let read = match grad {
+        true => Some([n.input(ctx, 0)?, n.input(ctx, 4)?, n.input(ctx, 5)?]),
+        false => None,
+    };
+    let (dout, o, lse, dq, dk, dv) = if let Some([dout, o, lse]) = &read {
+        let (dos, dov) = dout.try_extract_tensor::<f32>()?;
+        let (os, ov) = o.try_extract_tensor::<f32>()?;
+        let (ls, lv) = lse.try_extract_tensor::<f32>()?;
+        if dos[..] != out_shape[..] || os[..] != out_shape[..] || ls[..] != qs[..3] {
+            return Err(n.fail(format!(
+                "dO {:?}, O {:?}, LSE {:?} for Q {:?}",
+                &dos[..],
+                &os[..],
+                &ls[..],
+                &qs[..]
+            )));
+        }
+        let ptr = |v: &[f32]| Ptr(v.as_ptr() as *mut f32);
+        (
+            ptr(dov),
+            ptr(ov),
+            ptr(lv),
+            n.output(ctx, 0, qs0.to_vec())?,
+            n.output(ctx, 1, ks0.to_vec())?,
+            n.output(ctx, 2, vs0.to_vec())?,
+        )
+    } else {
+        let o = n.required(n.output(ctx, 0, out_shape)?, "O")?;
+        let lse = n.required(n.output(ctx, 1, qs[..3].to_vec())?, "LSE")?;
+        (null(), o, lse, null(), null(), null())
+    };
+    parallel(ctx, parts, |i| {
+        let (lo, hi) = part(b, parts, i);
+        if hi == lo {
+            return Ok(());
+        }
+        // SAFETY: every pointer is null or addresses a live dense tensor of the shape passed
+        // (or implied) with it; part i alone writes batch rows lo..hi of the outputs.
+        c_call(|e, el| unsafe {
+            probe_sdpa(
+                dout.get(),
+                qp.get(),
+                qs.as_ptr(),
+                kp.get(),
+                vp.get(),
+                ks.as_ptr(),
+                blhe_in as i32,
+                blhe_out as i32,
+                mask_ptr.get(),
+                mask_shape.as_ptr(),
+                mask_shape.len() as i64,
+                scale,
+                lo,
+                hi,
+                o.get(),
+                lse.get(),
+                dq.get(),
+                dk.get(),
+                dv.get(),
+                e,
+                el,
+            )
+        })
+    })
+    .map_err(|e| n.fail(format!("libtorch: {e}")))
 }
