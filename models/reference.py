@@ -10,6 +10,7 @@ against what plain PyTorch says for the same weights and data. Subcommands:
              plus a 0-d float64 tensor "loss"; metadata holds loss/accuracy/n/targets as text
   make-data  --dataset fashion-mnist|shakespeare [--n N] --out d.h5
   hidden-cnn --out DIR   DIR/m.onnx, DIR/c.safetensors (after 3 SGD steps), DIR/m.py
+  hidden-lm  --out DIR   the same for the unseen LM (models/hidden_lm.py)
 
 M is mlp, resnet, gpt (models/zoo.py) or a path to a .py file defining `build()` (or `Model`).
 Loss definitions: the mean over all target elements (N for classifiers, N*T for the GPT) of
@@ -194,33 +195,48 @@ def cmd_make_data(a):
 
 def cmd_hidden_cnn(a):
     """Export the unseen CNN and a checkpoint whose BN running stats moved away from init."""
+    import hidden_cnn
+
+    hidden(a, hidden_cnn, fashion_mnist(3 * 64))
+
+
+def cmd_hidden_lm(a):
+    """Export the unseen LM and a checkpoint 3 SGD steps away from init."""
+    import hidden_lm
+
+    hidden(a, hidden_lm, shakespeare(3 * 64))
+
+
+def hidden(a, module, data):
+    """Export `module.build()` to DIR/m.onnx, train it 3 SGD steps on `data` into
+    DIR/c.safetensors, copy the module to DIR/m.py."""
     from safetensors.torch import save_file
 
     import export
-    import hidden_cnn
 
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    model = hidden_cnn.build()
+    model = module.build()
     path = os.path.join(a.out, "m.onnx")
     if a.export_init:
-        export.export_onnx(model, hidden_cnn.example_input(), path)
-    x, y = fashion_mnist(3 * 64)
+        export.export_onnx(model, module.example_input(), path)
+    x, y = data
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     for i in range(3):
         xb, yb = torch.from_numpy(x[i * 64:(i + 1) * 64]), torch.from_numpy(y[i * 64:(i + 1) * 64])
         opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
+        logits = model(xb)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
         loss.backward()
         opt.step()
         print(f"step {i}: train loss {loss.item():.4f}")
     model.eval()
     if not a.export_init:
-        export.export_onnx(model, hidden_cnn.example_input(), path)
+        export.export_onnx(model, module.example_input(), path)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(a.out, "c.safetensors"))
-    shutil.copyfile(hidden_cnn.__file__, os.path.join(a.out, "m.py"))
-    export.check(path, model.state_dict() if not a.export_init else hidden_cnn.build().state_dict())
+    shutil.copyfile(module.__file__, os.path.join(a.out, "m.py"))
+    export.check(path, model.state_dict() if not a.export_init else module.build().state_dict())
     print(f"{a.out}: m.onnx (+.data), c.safetensors, m.py")
 
 
@@ -355,13 +371,14 @@ def main():
     s.add_argument("--split", default="train", choices=["train", "t10k"], help="fashion-mnist only")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_make_data)
-    s = sub.add_parser("hidden-cnn")
-    s.add_argument("--out", required=True)
-    s.add_argument("--export-init", action="store_true",
-                   help="export the graph with the INITIAL weights (checkpoint still trained), so "
-                        "only the checkpoint carries the trained values")
-    s.add_argument("--threads", type=int, default=2)
-    s.set_defaults(fn=cmd_hidden_cnn)
+    for name, fn in (("hidden-cnn", cmd_hidden_cnn), ("hidden-lm", cmd_hidden_lm)):
+        s = sub.add_parser(name)
+        s.add_argument("--out", required=True)
+        s.add_argument("--export-init", action="store_true",
+                       help="export the graph with the INITIAL weights (checkpoint still trained), so "
+                            "only the checkpoint carries the trained values")
+        s.add_argument("--threads", type=int, default=2)
+        s.set_defaults(fn=fn)
     a = p.parse_args()
     a.fn(a)
 

@@ -349,3 +349,34 @@ fn unseen_cnn_with_checkpoint_matches_pytorch() {
         &[],
     );
 }
+
+/// A transformer built unlike the zoo's GPT (models/hidden_lm.py: separate q, k, v
+/// projections, F.scaled_dot_product_attention with is_causal=True, 3 heads, tied output
+/// layer, bias-free LayerNorm, tanh GELU), from a trained checkpoint: the fast path fuses its
+/// attention (probe.cpu:ScaledDotProductAttention, heads read in place), and the gradient must
+/// still match PyTorch's float64 one.
+#[test]
+fn unseen_lm_with_checkpoint_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = dir.path().join("lm");
+    reference(&["hidden-lm", "--export-init", "--out", lm.to_str().unwrap()]);
+    let data = dir.path().join("sh.h5");
+    reference(&[
+        "make-data",
+        "--dataset",
+        "shakespeare",
+        "--n",
+        "150",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let ckpt = lm.join("c.safetensors");
+    check_model(
+        "lm",
+        lm.join("m.onnx").to_str().unwrap(),
+        lm.join("m.py").to_str().unwrap(),
+        &data,
+        Some(&ckpt),
+        &[],
+    );
+}
