@@ -2,7 +2,8 @@
 //! form probe's gradient rule emits and the `probe.cpu` kernels (libtorch), on the same inputs.
 //! A developer's tool for choosing which form the rule emits (see src/ops/conv.rs; libtorch's
 //! own dX, backward-data, was measured with an earlier ConvGrad that had a dX output: 3-6x
-//! slower than the flipped-kernel forward conv, so ConvGrad lost that output):
+//! slower than the flipped-kernel forward conv, so ConvGrad lost that output; a strided dX
+//! is also timed in the phase form and by libtorch's backward-data, `ConvGradX`):
 //!
 //!     cargo run --release --example conv_kernels -- THREADS N,C,H,W M,K,STRIDE,PAD [...]
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
@@ -158,6 +159,34 @@ fn main() {
             time(&bwd_w, threads, &feeds_b),
             time(&ct, threads, &feeds_ct),
         );
+        if s > 1 {
+            // The strided dX as the rule emits it on the fast path (ops/conv.rs): the phase
+            // form (one stride-1 Conv and probe.cpu:Interleave), and libtorch's backward-data.
+            let win = probe::ops::conv::Window {
+                kernel: vec![k, k],
+                strides: vec![s, s],
+                dilations: vec![1, 1],
+                pads: vec![pad; 4],
+            };
+            if let Some(ph) = probe::ops::conv::Phases::of(&win, &x[2..]) {
+                let mut b = probe::model::graph::Builder::new("phase");
+                let dx = probe::ops::conv::phase_dx(&mut b, "dy", "w", m, x[1], &ph);
+                let g = model(b.nodes, &[("dy", y.clone()), ("w", w.clone())], &[&dx]);
+                print!(" | dX phase {:.2}", time(&g, threads, &feeds_ct));
+            }
+            let gx = model(
+                vec![node(
+                    "ConvGradX",
+                    "probe.cpu",
+                    &["dy", "x", "w"],
+                    &["dx"],
+                    attrs(),
+                )],
+                &[("dy", y.clone()), ("x", x.clone()), ("w", w.clone())],
+                &["dx"],
+            );
+            print!(" ConvGradX {:.2}", time(&gx, threads, &feeds_b));
+        }
         if s == 1 {
             let dx_std = model(
                 vec![node("Conv", "", &["dy", "wt"], &["dx"], dx_attrs())],

@@ -18,15 +18,17 @@
 //! backward-weights, as PyTorch runs it: 2-3x faster than im2col + MatMul in ONNX Runtime); the
 //! forward Conv and the stride-1 dX Conv become `probe.cpu:Conv` where [`torch_conv_pays`];
 //! a strided dX becomes `probe.cpu:ConvGradX` (libtorch's backward-data) where
-//! [`torch_dx_pays`], else stays ConvTranspose. The standard-op form stays for `probe autodiff`, for
-//! `--standard-ops` and for asymmetric pads, which libtorch does not take.
+//! [`torch_dx_pays`], else (one group, dilation 1, any pads) the phase form [`Phases`]: one
+//! stride-1 Conv of dY with W's sub-kernels and `probe.cpu:Interleave`, 2-3x faster than
+//! ConvTranspose there. The standard-op form stays for `probe autodiff`, for `--standard-ops`
+//! and, but for the phase form, for asymmetric pads, which libtorch does not take.
 use super::attrs::Attrs;
 use super::torch::{input, one, opt_input, TorchCtx, Value};
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
 use crate::autodiff::grad::Kernels;
 use crate::autodiff::shapes::Shapes;
-use crate::model::graph::{attr_int, attr_ints};
+use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_i64, Builder};
 use crate::tensor::DType;
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::NodeProto;
@@ -267,6 +269,21 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let flip_ok = group == 1
         && win.strides.iter().all(|&s| s == 1)
         && (0..k).all(|i| win.pads[i] <= win.span(i) - 1 && win.pads[k + i] <= win.span(i) - 1);
+    // A strided dX with probe's CPU kernels, f32 and one group, any pads: the phase form
+    // ([`Phases`]) where libtorch's backward-data does not take it.
+    let phases = match (wd[0], wd[1]) {
+        (Some(m), Some(cin))
+            if c.needs(0)
+                && c.kernels == Kernels::ProbeCpu
+                && c.dtype(&x)? == DType::F32
+                && group == 1
+                && !flip_ok
+                && !(fast && torch_dx_pays(wd[1], &win)) =>
+        {
+            Phases::of(&win, &spatial_dims(c, &x)?).map(|ph| (ph, m as i64, cin as i64))
+        }
+        _ => None,
+    };
     if c.needs(0) && flip_ok {
         let axes: Vec<i64> = (2..2 + k as i64).collect();
         let (st, en, ax, steps) = (
@@ -311,6 +328,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             .probe_cpu_op("ConvGradX", &[&g, &x, &w], attrs, 1)
             .pop()
             .unwrap();
+        c.set(0, gx);
+    } else if let Some((ph, m, cin)) = phases {
+        let gx = phase_dx(c.b, &g, &w, m, cin, &ph);
         c.set(0, gx);
     } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
@@ -437,6 +457,185 @@ fn torch_dx_pays(cin: Option<usize>, win: &Window) -> bool {
     cin.is_some_and(|c| c >= 32)
         && win.strides.iter().any(|&s| s > 1)
         && win.kernel.iter().product::<i64>() > 1
+}
+
+/// The phase (sub-pixel) form of a strided convolution's dX, for probe's CPU kernels: one
+/// stride-1 Conv of dY and an interleave, where ConvTranspose ran slowly.
+///
+/// Why: ONNX Runtime's ConvTranspose runs, image by image, a small GEMM `W^T dY` (split over
+/// the threads) and a col2im scatter (on one thread); on the shipped ResNet's 32 -> 16
+/// channel 3x3 stride-2 dX onto 28x28 that took 14 ms a batch of 250 at 2 threads (~30
+/// GFLOP/s; 8 ms on 1 thread), where a stride-1 Conv splits the batch over the threads.
+///
+/// The maths, per spatial axis (dilation 1, stride s, kernel k, begin pad p):
+/// `Y[o] = sum_i X[o s + i - p] W[i]`, so `dX[h] = sum_{o, i : o s + i - p = h} dY[o] W[i]`.
+/// With h = s t + r (the phase r = h mod s) and o = t + m, the tap is i = r + p - s m:
+///
+/// ```text
+/// dX[s t + r] = sum_m dY[t + m] W[r + p - s m]      (over m with 0 <= r + p - s m < k)
+/// ```
+///
+/// per phase a stride-1 correlation of dY with every s-th tap of W, reversed. All phases
+/// share one window m = m_lo .. m_hi with m_lo = min(0, ceil((p - k + 1) / s)) (capped at 0:
+/// the Conv's begin pad -m_lo cannot be negative, and a begin pad p >= k only adds zero taps)
+/// and m_hi = floor((s - 1 + p) / s), A = m_hi - m_lo + 1 taps (a phase's taps outside W are
+/// 0), so they are one Conv of dY with pads (-m_lo, end) and the sub-kernels
+/// `K_r[e] = W[r + p - s (m_lo + e)]` stacked along its output channels, W's two channel axes
+/// swapped (W is [M, C, k], the Conv's weight [B C, M, A]): `Z[t] = sum_e dYpad[t + e] K[e]
+/// = sum_m dY[t + m] K[m - m_lo]`. The end pad gives T = ceil(H / s) outputs, so that s T >= H;
+/// rows past the forward's last window (ConvTranspose's output_padding) read only padding and
+/// come out 0, as they must. In n-d the phases are the tuples of the axes' phases, prod(s) of
+/// them; with k < s some have no tap at all (a 1x1 stride-2 kernel reaches only phase
+/// (0, 0)) and are not computed. `probe.cpu:Interleave` (`runtime/cpu_ops.rs`) then writes
+/// `dX[c, s t + r] = Z[block(r) C + c, t]` (0 for a phase without taps), cropped to H, in
+/// one pass. The sub-kernels come from W per batch (W is fed per checkpoint): one Gather over
+/// W's flattened taps with a zero tap appended ([`Phases::taps`]), a Transpose, Reshapes.
+///
+/// The price is the shared window: prod(A) taps per phase where the phases have prod(k) in
+/// all, 16 for 9 with k = 3, s = 2 (none with a 1x1). Measured, batch 250, 2 threads, alone
+/// (`examples/conv_kernels.rs`, and a scratch variant of it for the forms that lost; ms,
+/// ConvTranspose vs this form, the range over runs on this shared 2-core machine): 32 -> 16
+/// channels, 3x3 stride 2 onto 28x28, 9.5-14 vs 5.6-8.7 (its Conv 4.6-7.5, the interleave
+/// 0.7-1.1); 1x1 stride 2 onto 28x28 2.6-2.8 vs 0.9-1.3, onto 14x14 2.0-2.4 vs 0.7-1.1. In the
+/// ResNet's gradient graph (ONNX Runtime's profile, median per batch, three runs): 14.0-16.6
+/// vs 8.8-11.0, 3.9-4.3 vs 1.8-2.2 and 2.7-3.3 vs 1.2-1.4. On 1 thread ConvTranspose is the
+/// faster for the 3x3 (8 vs ~11 ms); the rule does not know the thread count, and `probe grad`
+/// runs on every core unless told otherwise. What lost:
+/// DepthToSpace (DCR) in place of the interleave, 21 and 16 ms for those two (ONNX Runtime's
+/// 6-d transpose, and the 1x1's zero phases computed); one Conv per phase on its own taps
+/// (no redundancy, but 16-channel outputs) 7.6-8.5 against the stacked 4.6-7.5; the stacked
+/// Conv by libtorch (symmetric pads only: a 15x15 output for 14x14) 6.0-6.5, or a few samples
+/// at a time with the interleave in the same op 6.8; and for 64 -> 32 channels, 3x3 onto
+/// 14x14, this form's 9.3 against libtorch's backward-data 5.1 ([`torch_dx_pays`] keeps it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phases {
+    /// The strides s per spatial axis.
+    pub strides: Vec<i64>,
+    /// The shared window A per spatial axis.
+    pub window: Vec<i64>,
+    /// The Conv's pads, begins then ends.
+    pub pads: Vec<i64>,
+    /// X's spatial sizes H.
+    pub sizes: Vec<i64>,
+    /// The Conv's output sizes T per axis.
+    pub grid: Vec<i64>,
+    /// Per phase (row-major over the axes' phases): its channel block in the Conv's output,
+    /// or -1 when no tap reaches it.
+    pub phases: Vec<i64>,
+    /// Per block, the window's taps (row-major over the window) as indices into W's flattened
+    /// kernel, `prod(k)` for a zero tap.
+    pub taps: Vec<Vec<i64>>,
+}
+
+impl Phases {
+    /// The phase form for `win` over X's spatial sizes `h`; `None` where it does not apply:
+    /// a dilation, a negative pad, stride 1 on every axis, or more than 3 spatial axes (the
+    /// interleave's limit).
+    pub fn of(win: &Window, h: &[i64]) -> Option<Phases> {
+        let k = win.rank();
+        if win.dilations.iter().any(|&d| d != 1)
+            || win.pads.iter().any(|&p| p < 0)
+            || win.strides.iter().all(|&s| s == 1)
+            || !(1..=3).contains(&k)
+            || h.len() != k
+        {
+            return None;
+        }
+        let (mut window, mut pads, mut grid) = (vec![], vec![0; 2 * k], vec![]);
+        // Per axis, per phase r, per window position e: the tap r + p - s (m_lo + e) if in W.
+        let mut axis_taps: Vec<Vec<Vec<Option<i64>>>> = vec![];
+        for a in 0..k {
+            let (s, kk, p) = (win.strides[a], win.kernel[a], win.pads[a]);
+            let m_lo = (-(kk - 1 - p).div_euclid(s)).min(0);
+            let m_hi = (s - 1 + p).div_euclid(s);
+            let aw = m_hi - m_lo + 1;
+            let (ho, t) = (win.out(a, h[a]), (h[a] + s - 1) / s);
+            // Z's length is ho + pads - aw + 1; T = ceil(H / s) of it needed, more is cropped.
+            let (pb, pe) = (-m_lo, (t - ho + m_lo + aw - 1).max(0));
+            pads[a] = pb;
+            pads[k + a] = pe;
+            grid.push(ho + pb + pe - aw + 1);
+            window.push(aw);
+            axis_taps.push(
+                (0..s)
+                    .map(|r| {
+                        (0..aw)
+                            .map(|e| Some(r + p - s * (m_lo + e)).filter(|i| (0..kk).contains(i)))
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
+        let zero: i64 = win.kernel.iter().product();
+        let (mut phases, mut taps) = (vec![], vec![]);
+        for r in odometer(&win.strides) {
+            let block: Vec<Option<i64>> = odometer(&window)
+                .map(|e| {
+                    (0..k).try_fold(0, |flat, a| {
+                        axis_taps[a][r[a] as usize][e[a] as usize].map(|i| flat * win.kernel[a] + i)
+                    })
+                })
+                .collect();
+            if block.iter().any(|t| t.is_some()) {
+                phases.push(taps.len() as i64);
+                taps.push(block.into_iter().map(|t| t.unwrap_or(zero)).collect());
+            } else {
+                phases.push(-1);
+            }
+        }
+        Some(Phases {
+            strides: win.strides.clone(),
+            window,
+            pads,
+            sizes: h.to_vec(),
+            grid,
+            phases,
+            taps,
+        })
+    }
+}
+
+/// Every index tuple below `ext`, row-major.
+fn odometer(ext: &[i64]) -> impl Iterator<Item = Vec<i64>> + '_ {
+    let total: i64 = ext.iter().product();
+    (0..total).map(move |mut flat| {
+        let mut idx = vec![0; ext.len()];
+        for a in (0..ext.len()).rev() {
+            idx[a] = flat % ext[a];
+            flat /= ext[a];
+        }
+        idx
+    })
+}
+
+/// dX of `Y = Conv(X, W)` from `dy` and the weight `w` [M, C, k...] in the phase form
+/// ([`Phases`]): the sub-kernels gathered from W, one stride-1 Conv, `probe.cpu:Interleave`.
+pub fn phase_dx(b: &mut Builder, dy: &str, w: &str, m: i64, c: i64, ph: &Phases) -> String {
+    let blocks = ph.taps.len() as i64;
+    let per: i64 = ph.window.iter().product();
+    // W [M, C, K] with a zero tap appended, the taps gathered: [M, C, B, A] -> [B, C, M, A]
+    // -> the Conv's weight [B C, M, A...], channel b C + c for phase block b.
+    let shape = b.ints(&[m, c, -1]);
+    let wr = b.op("Reshape", &[w, &shape], vec![]);
+    let pads = b.ints(&[0, 0, 0, 0, 0, 1]);
+    let wz = b.op("Pad", &[&wr, &pads], vec![]);
+    let table = tensor_i64("", &[blocks, per], &ph.taps.concat());
+    let table = b.op("Constant", &[], vec![attr_tensor("value", table)]);
+    let g = b.op("Gather", &[&wz, &table], vec![attr_int("axis", 2)]);
+    let gt = b.op("Transpose", &[&g], vec![attr_ints("perm", &[2, 1, 0, 3])]);
+    let mut shape = vec![blocks * c, m];
+    shape.extend(&ph.window);
+    let shape = b.ints(&shape);
+    let ws = b.op("Reshape", &[&gt, &shape], vec![]);
+    let z = b.op("Conv", &[dy, &ws], vec![attr_ints("pads", &ph.pads)]);
+    let attrs = vec![
+        attr_ints("blocks", &ph.strides),
+        attr_ints("phases", &ph.phases),
+        attr_ints("sizes", &ph.sizes),
+    ];
+    let y = b.op("Interleave", &[&z], attrs);
+    b.nodes.last_mut().unwrap().domain = crate::runtime::cpu_ops::DOMAIN.into();
+    y
 }
 
 /// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])
@@ -645,7 +844,7 @@ mod tests {
                 .attr(attr_ints("pads", &[1, 1])),
         );
         // A strided dX by libtorch's backward-data (ConvGradX: 32 input channels, 3x3), three
-        // samples split 2 + 1; the 1x1 one stays ConvTranspose.
+        // samples split 2 + 1.
         check_probe_cpu(
             conv(&[3, 32, 5, 5], &[4, 32, 3, 3])
                 .input(&[4])
@@ -659,6 +858,92 @@ mod tests {
                 .input(&[4])
                 .attr(attr_ints("pads", &[1, 1, 1, 1])),
         );
+    }
+    /// The phase form of a strided dX ([`super::Phases`]): each case must emit
+    /// `probe.cpu:Interleave` (so it fails if the form stops firing) and match the standard
+    /// ConvTranspose gradient to 1e-5 and finite differences.
+    #[test]
+    fn probe_cpu_phase_dx() {
+        let phase = |c: Case| check(c.probe_cpu().expect_op("probe.cpu:Interleave"));
+        let s2p1 = |c: Case| {
+            c.attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+        };
+        // 3x3, stride 2, pad 1 on an even input (ResNet's downsampling conv: the grid fills X)
+        // and an odd one (X is one row and column short of the grid: the crop).
+        phase(s2p1(conv(&[3, 3, 6, 6], &[4, 3, 3, 3]).input(&[4])));
+        phase(s2p1(conv(&[3, 3, 7, 5], &[4, 3, 3, 3])));
+        // 1x1, stride 2, no pad (the shortcut): only phase (0, 0) has a tap, the rest are 0;
+        // even and odd.
+        let s2 = |c: Case| c.attr(attr_ints("strides", &[2, 2]));
+        phase(s2(conv(&[3, 4, 6, 6], &[5, 4, 1, 1])));
+        phase(s2(conv(&[2, 4, 7, 5], &[5, 4, 1, 1])));
+        // Stride 3: three phases per axis of one tap each; a 2x2 kernel leaves a phase with none.
+        phase(
+            conv(&[2, 3, 8, 7], &[4, 3, 3, 3])
+                .attr(attr_ints("strides", &[3, 3]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+        );
+        phase(conv(&[2, 3, 8, 9], &[4, 3, 2, 2]).attr(attr_ints("strides", &[3, 3])));
+        // Asymmetric pads and strides that differ per axis (with the bias case before it);
+        // pads as large as the kernel (a begin pad of k: windows wholly in the padding, m_lo
+        // capped at 0 and zero taps).
+        conv_stride_pad_output_padding_cases(phase);
+        phase(
+            conv(&[2, 2, 5, 6], &[3, 2, 3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[3, 2, 2, 3])),
+        );
+        // 1-D and 3-D.
+        phase(
+            conv(&[2, 3, 9], &[4, 3, 3])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("pads", &[1, 1])),
+        );
+        phase(
+            conv(&[2, 2, 5, 4, 5], &[3, 2, 3, 2, 3])
+                .attr(attr_ints("strides", &[2, 2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 1, 1, 0, 1])),
+        );
+    }
+    /// The phase form's geometry on the shipped ResNet's downsampling convolutions.
+    #[test]
+    fn phases_of_resnet_convs() {
+        use super::{Phases, Window};
+        let win = |k: i64, p: i64| Window {
+            kernel: vec![k, k],
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![p; 4],
+        };
+        // 3x3, pad 1 onto 28x28 (dY 14x14): dX[2t] = dY[t] W[1], dX[2t+1] = dY[t] W[2] +
+        // dY[t+1] W[0]: a 2-tap window per axis from m = 0, pads (0, 1).
+        let ph = Phases::of(&win(3, 1), &[28, 28]).unwrap();
+        assert_eq!(ph.window, [2, 2]);
+        assert_eq!(ph.pads, [0, 0, 1, 1]);
+        assert_eq!(ph.grid, [14, 14]);
+        assert_eq!(ph.phases, [0, 1, 2, 3]);
+        // Taps row-major over the 3x3 kernel, 9 = the zero tap: phase (0, 0) only W[1, 1];
+        // (0, 1) W[1, 2] and W[1, 0]; (1, 1) all four corners.
+        assert_eq!(ph.taps[0], [4, 9, 9, 9]);
+        assert_eq!(ph.taps[1], [5, 3, 9, 9]);
+        assert_eq!(ph.taps[3], [8, 6, 2, 0]);
+        // Onto 27x27 (dY 14x14): the same Conv, its 28th row and column cropped.
+        let ph = Phases::of(&win(3, 1), &[27, 27]).unwrap();
+        assert_eq!((ph.pads, ph.grid), (vec![0, 0, 1, 1], vec![14, 14]));
+        // 1x1: one block, the other three phases 0.
+        let ph = Phases::of(&win(1, 0), &[14, 14]).unwrap();
+        assert_eq!(
+            (ph.window, ph.pads, ph.phases, ph.taps),
+            (vec![1, 1], vec![0; 4], vec![0, -1, -1, -1], vec![vec![0]])
+        );
+        // Stride 1 and dilation are not the phase form's.
+        let mut w = win(3, 1);
+        w.strides = vec![1, 1];
+        assert_eq!(Phases::of(&w, &[28, 28]), None);
+        let mut w = win(3, 1);
+        w.dilations = vec![2, 1];
+        assert_eq!(Phases::of(&w, &[28, 28]), None);
     }
     #[test]
     fn torch_forward() {

@@ -46,6 +46,9 @@ pub struct Case {
     pub skip_outputs: Vec<usize>,
     /// Also check the gradient graph built with probe's CPU kernels against the standard one.
     pub probe_cpu: bool,
+    /// Ops the probe.cpu gradient graph must contain (`domain:op`, or `op` for standard ONNX),
+    /// so that a case meant for one of the rule's fast forms fails when that form stops firing.
+    pub expect_ops: Vec<String>,
 }
 
 impl Case {
@@ -60,6 +63,7 @@ impl Case {
             seed: 1,
             skip_outputs: vec![],
             probe_cpu: false,
+            expect_ops: vec![],
         }
     }
     pub fn input(mut self, shape: &[usize]) -> Case {
@@ -105,6 +109,11 @@ impl Case {
     /// Also check the graph with probe's `probe.cpu` kernels (f32 only, as they are).
     pub fn probe_cpu(mut self) -> Case {
         self.probe_cpu = true;
+        self
+    }
+    /// The probe.cpu gradient graph must contain `op` (`domain:op` for a custom domain).
+    pub fn expect_op(mut self, op: &str) -> Case {
+        self.expect_ops.push(op.into());
         self
     }
     /// The op has no f64 kernel in ONNX Runtime's CPU provider: check in f32.
@@ -322,7 +331,16 @@ pub fn check(case: Case) {
         Kernels::Standard
     };
     verify(
-        &case.op, g, feed, &wrt, &outputs, &mut rng, case.f64, case.opset, kernels,
+        &case.op,
+        g,
+        feed,
+        &wrt,
+        &outputs,
+        &mut rng,
+        case.f64,
+        case.opset,
+        kernels,
+        &case.expect_ops,
     );
 }
 
@@ -376,7 +394,18 @@ pub fn check_graph_with(
         g.output.push(v);
     }
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    verify(label, g, feed, &wrt, &outputs, &mut rng, f64, 20, kernels);
+    verify(
+        label,
+        g,
+        feed,
+        &wrt,
+        &outputs,
+        &mut rng,
+        f64,
+        20,
+        kernels,
+        &[],
+    );
 }
 
 /// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
@@ -392,6 +421,7 @@ fn verify(
     f64: bool,
     opset: i64,
     kernels: Kernels,
+    expect_ops: &[String],
 ) {
     // Shapes of the op's outputs, from the runtime.
     let host_feed: Feed = feed
@@ -487,6 +517,22 @@ fn verify(
             fast_nodes != standard_nodes,
             "{label}: the probe.cpu graph is the standard one (no probe.cpu op, no rewrite)"
         );
+        let ops: Vec<String> = fast_nodes
+            .iter()
+            .map(|(d, o)| {
+                if d.is_empty() {
+                    o.clone()
+                } else {
+                    format!("{d}:{o}")
+                }
+            })
+            .collect();
+        for e in expect_ops {
+            assert!(
+                ops.contains(e),
+                "{label}: the probe.cpu gradient graph has no {e}; its ops: {ops:?}"
+            );
+        }
         for (wi, w) in wrt.iter().enumerate() {
             let scale = standard[wi]
                 .iter()
