@@ -12,7 +12,9 @@ session) is paid once per process, however many checkpoints it measures. probe r
 probe's libtorch kernels for convolution gradients), with `--standard-ops` (the same graph in
 standard ONNX ops only, the "std" columns) and with `--engine torch` (libtorch autograd on the
 interpreted graph, the "torch" columns); each ratio is PyTorch's time over that run's (above 1:
-faster than PyTorch). `--repeat R` runs the whole row R times (timings on a shared machine vary).
+faster than PyTorch). PyTorch runs right before and right after each probe run and its two
+times are averaged (this machine's speed drifts over minutes). `--repeat R` runs the whole row R
+times and prints the median ratios (timings on a shared machine vary).
 
     .venv/bin/python benches/grad_vs_pytorch.py [--model resnet|gpt|mlp|all] [--n N] [--batch B]
 """
@@ -60,6 +62,7 @@ def main():
                    "writing one")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--no-torch-engine", action="store_true", help="skip the --engine torch run")
+    p.add_argument("--no-standard-ops", action="store_true", help="skip the --standard-ops run")
     a = p.parse_args()
     exe = os.path.join(ROOT, "target", "release", "probe")
     if not os.path.exists(exe):
@@ -96,15 +99,24 @@ def main():
                 with h5py.File(os.path.join(d, f"{tag}.out.h5"), "r") as f:
                     return float(f["seconds"][0])
 
+            ratios = []
             for _ in range(a.repeat):
-                t_pt = pytorch_grad(name, xt, yt, a.batch, a.threads)
+                # PyTorch before and after probe, averaged: this machine's speed drifts over
+                # minutes, and bracketing keeps a drift from favouring either side.
+                t_pt1 = pytorch_grad(name, xt, yt, a.batch, a.threads)
                 t_pr = timed([])
                 t_pass = pass_seconds()
-                t_st = timed(["--standard-ops"])
+                t_pt = (t_pt1 + pytorch_grad(name, xt, yt, a.batch, a.threads)) / 2
+                ratios.append((t_pt / t_pr, t_pt / t_pass))
+                t_st = float("nan") if a.no_standard_ops else timed(["--standard-ops"])
                 t_to = float("nan") if a.no_torch_engine else timed(["--engine", "torch"])
                 print(f"{tag:>10} {a.n:>7} {a.batch:>6} {a.n / t_pt:>12.0f} {a.n / t_pr:>10.0f} {t_pt / t_pr:>6.2f}x "
                       f"{a.n / t_pass:>9.0f} {t_pt / t_pass:>6.2f}x {a.n / t_st:>8.0f} {t_pt / t_st:>6.2f}x {a.n / t_to:>10.0f} {t_pt / t_to:>6.2f}x",
                       flush=True)
+            if a.repeat > 1:
+                med = lambda v: sorted(v)[len(v) // 2]
+                print(f"{tag:>10} median of {a.repeat}: {med([r[0] for r in ratios]):.2f}x whole process, "
+                      f"{med([r[1] for r in ratios]):.2f}x pass", flush=True)
 
 if __name__ == "__main__":
     main()
