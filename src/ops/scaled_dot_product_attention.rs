@@ -105,9 +105,9 @@ struct Found {
     mask: String,
 }
 
-/// The float values that depend on any of `wrt`, as the reverse sweep's requires-grad pass
-/// sees them: integer values (shapes) carry no dependence, and CastLike's second input lends
-/// only its type.
+/// The float (and sequence) values that depend on any of `wrt`, as the reverse sweep's
+/// requires-grad pass sees them: integer values (shapes) carry no dependence, and CastLike's
+/// second input lends only its type.
 pub fn dependents(graph: &GraphProto, shapes: &Shapes, wrt: &[String]) -> HashSet<String> {
     let mut dep: HashSet<String> = wrt.iter().cloned().collect();
     for n in &graph.node {
@@ -116,8 +116,10 @@ pub fn dependents(graph: &GraphProto, shapes: &Shapes, wrt: &[String]) -> HashSe
             .filter(|&(i, _)| !(n.op_type == "CastLike" && i == 1))
             .any(|(_, v)| dep.contains(v))
         {
-            let float = |o: &&String| shapes.dtype(o).is_some_and(|d| d.is_float());
-            dep.extend(n.output.iter().filter(float).cloned());
+            // Sequences (SplitToSequence) carry their elements' dependence, as in the sweep.
+            let seq = crate::autodiff::shapes::SEQUENCE_OPS.contains(&n.op_type.as_str());
+            let carries = |o: &&String| seq || shapes.dtype(o).is_some_and(|d| d.is_float());
+            dep.extend(n.output.iter().filter(|o| !o.is_empty()).filter(carries).cloned());
         }
     }
     dep
