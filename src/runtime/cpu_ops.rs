@@ -2373,11 +2373,11 @@ fn matmul(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
 /// each row's log-sum-exp of the scaled, masked scores (what the backward needs instead of
 /// the probabilities). Q [B, H, L, E], K and V [B, H, S, E], or all three stored as
 /// [B, L, H, E] with `blhe_in` (the layout a Linear's output reshaped to heads has; read in
-/// place with strides, no transpose); O likewise with `blhe_out`. PyTorch's exporter writes scaled_dot_product_attention as
-/// `MatMul(Mul(Q, sqrt(s)), Mul(K^T, sqrt(s)))`, a mask Add, Softmax and MatMul with V:
-/// `ops/scaled_dot_product_attention.rs` fuses that into this node. libtorch's flash
-/// attention for CPU (PyTorch's own CPU path for F.scaled_dot_product_attention), parts
-/// taking batch rows.
+/// place with strides, no transpose); O likewise with `blhe_out`. PyTorch's exporter writes
+/// scaled_dot_product_attention as `MatMul(Mul(Q, sqrt(s)), Mul(K^T, sqrt(s)))`, a mask Add,
+/// Softmax and MatMul with V: `ops/scaled_dot_product_attention.rs` fuses that into this
+/// node. libtorch's flash attention for CPU (PyTorch's own CPU path for
+/// F.scaled_dot_product_attention), parts taking batch rows.
 fn sdpa(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     run_sdpa(n, ctx, false)
 }
