@@ -140,7 +140,7 @@ mod tests {
     use crate::model::graph::{tensor_f32, value_info};
     use crate::ops::testing::check_graph_with;
     use crate::tensor::{DType, HostTensor};
-    use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use onnx_protobuf::{GraphProto, ModelProto, OperatorSetIdProto};
 
     const X: &[usize] = &[3, 2, 3, 4];
 

@@ -331,7 +331,7 @@ mod tests {
         use crate::model::graph::value_info;
         use crate::ops::testing::node;
         use crate::tensor::{DType, HostTensor};
-        use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+        use onnx_protobuf::{GraphProto, ModelProto, OperatorSetIdProto};
         for shared in [false, true] {
             let mut g = GraphProto::new();
             g.node = vec![
