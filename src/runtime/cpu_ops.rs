@@ -2418,9 +2418,9 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
         }
     };
     let (qs, ks, vs) = (
-        swap(&qs0, blhe_in),
-        swap(&ks0, blhe_in),
-        swap(&vs0, blhe_in),
+        swap(qs0, blhe_in),
+        swap(ks0, blhe_in),
+        swap(vs0, blhe_in),
     );
     if qs.len() != 4 || ks.len() != 4 || ks != vs || ks[..2] != qs[..2] || ks[3] != qs[3] {
         return Err(n.fail(format!(
