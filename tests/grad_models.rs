@@ -160,18 +160,40 @@ fn check_model_tol(
     );
 }
 
-fn fashion(n: usize, dir: &Path) -> PathBuf {
-    let p = dir.join(format!("fm{n}.h5"));
+/// The first `n` examples of `dataset` (fashion-mnist or shakespeare) as an HDF5 file in `dir`.
+fn data_file(dataset: &str, n: usize, dir: &Path) -> PathBuf {
+    let p = dir.join(format!("{dataset}{n}.h5"));
     reference(&[
         "make-data",
         "--dataset",
-        "fashion-mnist",
+        dataset,
         "--n",
         &n.to_string(),
         "--out",
         p.to_str().unwrap(),
     ]);
     p
+}
+
+fn fashion(n: usize, dir: &Path) -> PathBuf {
+    data_file("fashion-mnist", n, dir)
+}
+
+/// An unseen model: `reference.py <command>` exports it with its initial weights and trains a
+/// checkpoint (`DIR/m.onnx`, `DIR/c.safetensors`, `DIR/m.py`); probe's gradient from the
+/// checkpoint on `data` must match PyTorch's.
+fn check_unseen(tag: &str, command: &str, data: &Path, dir: &Path) {
+    let out = dir.join(tag);
+    reference(&[command, "--export-init", "--out", out.to_str().unwrap()]);
+    let ckpt = out.join("c.safetensors");
+    check_model(
+        tag,
+        out.join("m.onnx").to_str().unwrap(),
+        out.join("m.py").to_str().unwrap(),
+        data,
+        Some(&ckpt),
+        &[],
+    );
 }
 
 #[test]
@@ -214,16 +236,7 @@ fn mlp_and_resnet_match_pytorch() {
 fn probe_cpu_kernels_and_standard_ops_agree() {
     let dir = tempfile::tempdir().unwrap();
     let data = fashion(300, dir.path());
-    let tokens = dir.path().join("sh.h5");
-    reference(&[
-        "make-data",
-        "--dataset",
-        "shakespeare",
-        "--n",
-        "300",
-        "--out",
-        tokens.to_str().unwrap(),
-    ]);
+    let tokens = data_file("shakespeare", 300, dir.path());
     let cnn = dir.path().join("cnn");
     reference(&["hidden-cnn", "--out", cnn.to_str().unwrap()]);
     let models = [
@@ -312,18 +325,9 @@ fn resnet_batchnorm_train_mode_matches_pytorch() {
 #[test]
 fn gpt_matches_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("sh.h5");
-    reference(&[
-        "make-data",
-        "--dataset",
-        "shakespeare",
-        // Two equal batches of 64: ONNX Runtime's ScatterND-with-add went wrong only when a
-        // session ran the same shapes again (buffers reused), so one batch would not catch it.
-        "--n",
-        "128",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    // Two equal batches of 64: ONNX Runtime's ScatterND-with-add went wrong only when a
+    // session ran the same shapes again (buffers reused), so one batch would not catch it.
+    let data = data_file("shakespeare", 128, dir.path());
     let m = root().join("models/gpt.onnx");
     check_model("gpt", m.to_str().unwrap(), "gpt", &data, None, &[]);
 }
@@ -331,23 +335,8 @@ fn gpt_matches_pytorch() {
 #[test]
 fn unseen_cnn_with_checkpoint_matches_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    let cnn = dir.path().join("cnn");
-    reference(&[
-        "hidden-cnn",
-        "--export-init",
-        "--out",
-        cnn.to_str().unwrap(),
-    ]);
     let data = fashion(300, dir.path());
-    let ckpt = cnn.join("c.safetensors");
-    check_model(
-        "cnn",
-        cnn.join("m.onnx").to_str().unwrap(),
-        cnn.join("m.py").to_str().unwrap(),
-        &data,
-        Some(&ckpt),
-        &[],
-    );
+    check_unseen("cnn", "hidden-cnn", &data, dir.path());
 }
 
 /// A transformer built unlike the zoo's GPT (models/hidden_lm.py: separate q, k, v
@@ -358,25 +347,6 @@ fn unseen_cnn_with_checkpoint_matches_pytorch() {
 #[test]
 fn unseen_lm_with_checkpoint_matches_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = dir.path().join("lm");
-    reference(&["hidden-lm", "--export-init", "--out", lm.to_str().unwrap()]);
-    let data = dir.path().join("sh.h5");
-    reference(&[
-        "make-data",
-        "--dataset",
-        "shakespeare",
-        "--n",
-        "150",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    let ckpt = lm.join("c.safetensors");
-    check_model(
-        "lm",
-        lm.join("m.onnx").to_str().unwrap(),
-        lm.join("m.py").to_str().unwrap(),
-        &data,
-        Some(&ckpt),
-        &[],
-    );
+    let data = data_file("shakespeare", 150, dir.path());
+    check_unseen("lm", "hidden-lm", &data, dir.path());
 }

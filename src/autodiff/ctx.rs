@@ -136,9 +136,8 @@ impl<'a> Ctx<'a> {
         n: usize,
     ) -> Vec<String> {
         debug_assert_eq!(self.kernels, super::grad::Kernels::ProbeCpu);
-        let outs = self.b.op_n(op, inputs, attrs, n);
-        self.b.nodes.last_mut().unwrap().domain = crate::runtime::cpu_ops::DOMAIN.into();
-        outs
+        self.b
+            .op_n_in(crate::runtime::cpu_ops::DOMAIN, op, inputs, attrs, n)
     }
     /// A `probe.cpu` node with one output per entry of `needs`, the ones not needed left
     /// unnamed (so the kernel skips them); the names of those needed.

@@ -140,24 +140,31 @@ mod tests {
     use crate::model::graph::{tensor_f32, value_info};
     use crate::ops::testing::check_graph_with;
     use crate::tensor::{DType, HostTensor};
-    use onnx_protobuf::{GraphProto, ModelProto, OperatorSetIdProto};
+    use onnx_protobuf::GraphProto;
 
     const X: &[usize] = &[3, 2, 3, 4];
 
     use crate::ops::testing::node;
 
-    /// A residual block in miniature: r = Relu(BN(x)), y = Relu(r * w + r). The BN's mean and
-    /// var are initializers (var > 0); x, scale, B, w are differentiated.
-    fn block() -> GraphProto {
+    /// r = Relu(BN(x)) over 2 channels, the BN's mean and var initializers (var > 0); x,
+    /// scale and B are inputs.
+    fn bn_relu(mean: [f32; 2], var: [f32; 2]) -> GraphProto {
         let mut g = GraphProto::new();
-        g.initializer.push(tensor_f32("mean", &[2], &[0.25, -0.5]));
-        g.initializer.push(tensor_f32("var", &[2], &[0.5, 2.0]));
+        g.initializer.push(tensor_f32("mean", &[2], &mean));
+        g.initializer.push(tensor_f32("var", &[2], &var));
         g.node.push(node(
             "BatchNormalization",
             &["x", "scale", "b", "mean", "var"],
             "bn",
         ));
         g.node.push(node("Relu", &["bn"], "r"));
+        g
+    }
+
+    /// A residual block in miniature: r = Relu(BN(x)), y = Relu(r * w + r); x, scale, B, w are
+    /// differentiated.
+    fn block() -> GraphProto {
+        let mut g = bn_relu([0.25, -0.5], [0.5, 2.0]);
         g.node.push(node("Mul", &["r", "w"], "m"));
         g.node.push(node("Add", &["m", "r"], "s"));
         g.node.push(node("Relu", &["s"], "y"));
@@ -180,18 +187,9 @@ mod tests {
     /// Just BN -> Relu: the ReluGrad (no Sum) fused into the BatchNormalizationGrad.
     #[test]
     fn bn_relu_gradients() {
-        let mut g = GraphProto::new();
-        g.initializer.push(tensor_f32("mean", &[2], &[-0.25, 0.5]));
-        g.initializer.push(tensor_f32("var", &[2], &[1.5, 0.25]));
-        g.node.push(node(
-            "BatchNormalization",
-            &["x", "scale", "b", "mean", "var"],
-            "bn",
-        ));
-        g.node.push(node("Relu", &["bn"], "r"));
         check_graph_with(
             "fused BN -> Relu",
-            g,
+            bn_relu([-0.25, 0.5], [1.5, 0.25]),
             &[("x", X), ("scale", &[2]), ("b", &[2])],
             &["r"],
             7,
@@ -213,12 +211,7 @@ mod tests {
         loss.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
         g.node.push(loss);
         g.output.push(value_info("loss", DType::F32, &[], "N"));
-        let mut m = ModelProto::new();
-        m.ir_version = 10;
-        let mut o = OperatorSetIdProto::new();
-        o.version = 20;
-        m.opset_import.push(o);
-        m.graph = protobuf::MessageField::some(g.clone());
+        let m = crate::ops::testing::model_of(g.clone(), 20);
         let feed = ["x", "scale", "b", "w"]
             .iter()
             .map(|&n| {

@@ -16,8 +16,8 @@
 //! Outputs: the gradient graph's (`probe/loss_sum`, `probe/correct_sum`, `grad/<p>`) plus
 //! `hvp/<p>` = (H v)_p for the summed loss of the batch. With `wrt` a subset of the parameters
 //! (a block B), v lives on B and the products are H_BB v: the Hessian of that block alone.
-use super::grad::{apply_forward_outputs, differentiate_as, Kernels};
-use super::model_grad::{grad_graph, identity, param_dims, GradGraph, GradOptions};
+use super::grad::{differentiate_as, Kernels};
+use super::model_grad::{attach, grad_graph, identity, param_dims, GradGraph, GradOptions};
 use super::shapes::{Feed, Shapes};
 use crate::model::graph::{attr_int, value_info, Builder};
 use crate::model::Model;
@@ -97,16 +97,7 @@ pub fn hvp_graph(
     let g = gg.proto.graph.as_mut().unwrap();
     let diff = differentiate_as(g, &shapes, DOT, &wrt, Kernels::Standard, "hvp")
         .with_context(|| format!("{}: Hessian-vector products", model.path.display()))?;
-    apply_forward_outputs(g, &diff.forward_outputs);
-    g.node.extend(diff.nodes);
-    let mut products = Vec::new();
-    for (p, name) in diff.grads {
-        let out = format!("hvp/{p}");
-        g.node.push(identity(&name, &out));
-        g.output
-            .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
-        products.push((p, out));
-    }
+    let products = attach(g, diff, model, "hvp");
     Ok(HvpGraph {
         grad: gg,
         dirs,

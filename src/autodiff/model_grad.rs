@@ -186,16 +186,7 @@ pub fn grad_graph(
     );
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
-    apply_forward_outputs(g, &diff.forward_outputs);
-    g.node.extend(diff.nodes);
-    let mut grads = Vec::new();
-    for (p, gname) in diff.grads {
-        let out = format!("grad/{p}");
-        g.node.push(identity(&gname, &out));
-        g.output
-            .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
-        grads.push((p, out));
-    }
+    let grads = attach(g, diff, model, "grad");
     if opts.kernels == Kernels::ProbeCpu {
         probe_cpu_rewrite(g, &shapes);
         super::fuse::probe_cpu_fuse(g, &shapes);
@@ -216,6 +207,28 @@ pub fn grad_graph(
         correct_sum,
         grads,
     })
+}
+
+/// Appends a reverse sweep to `g`: the forward outputs its rules asked for, its nodes, and one
+/// graph output `{prefix}/<p>` per differentiated parameter (an Identity of its result);
+/// returns (parameter, output name) in the sweep's order.
+pub(super) fn attach(
+    g: &mut onnx_protobuf::GraphProto,
+    diff: super::grad::Diff,
+    model: &Model,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    apply_forward_outputs(g, &diff.forward_outputs);
+    g.node.extend(diff.nodes);
+    let mut outs = Vec::new();
+    for (p, name) in diff.grads {
+        let out = format!("{prefix}/{p}");
+        g.node.push(identity(&name, &out));
+        g.output
+            .push(value_info(&out, DType::F32, &param_dims(model, &p), "N"));
+        outs.push((p, out));
+    }
+    outs
 }
 
 /// A parameter's dims as a graph input or output declares them (static).

@@ -134,6 +134,18 @@ impl Builder {
         attrs: Vec<AttributeProto>,
         outputs: usize,
     ) -> Vec<String> {
+        self.op_n_in("", op, inputs, attrs, outputs)
+    }
+
+    /// [`Builder::op_n`] for an op of `domain` ("" is ONNX's own).
+    pub fn op_n_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
         let base = self.fresh(op);
         let outs: Vec<String> = (0..outputs)
             .map(|i| {
@@ -146,6 +158,7 @@ impl Builder {
             .collect();
         let mut n = NodeProto::new();
         n.op_type = op.into();
+        n.domain = domain.into();
         n.name = base;
         n.input = inputs.iter().map(|s| s.to_string()).collect();
         n.output = outs.clone();

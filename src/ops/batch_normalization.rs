@@ -207,13 +207,14 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     {
         return None;
     }
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
+    let mut m = crate::runtime::cpu_ops::as_probe_cpu(
+        n,
+        vec![
+            attr_float("epsilon", n.attr_f("epsilon", 1e-5)),
+            attr_int("relu", 0),
+        ],
+    );
     m.output.truncate(1);
-    m.attribute = vec![
-        attr_float("epsilon", n.attr_f("epsilon", 1e-5)),
-        attr_int("relu", 0),
-    ];
     Some(m)
 }
 

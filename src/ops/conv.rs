@@ -425,14 +425,15 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
         return None;
     }
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
-    m.attribute = vec![
-        attr_ints("strides", &win.strides),
-        attr_ints("pads", &win.pads),
-        attr_ints("dilations", &win.dilations),
-        attr_int("group", n.attr_i("group", 1)),
-    ];
+    let m = crate::runtime::cpu_ops::as_probe_cpu(
+        n,
+        vec![
+            attr_ints("strides", &win.strides),
+            attr_ints("pads", &win.pads),
+            attr_ints("dilations", &win.dilations),
+            attr_int("group", n.attr_i("group", 1)),
+        ],
+    );
     Some(m)
 }
 
@@ -633,9 +634,10 @@ pub fn phase_dx(b: &mut Builder, dy: &str, w: &str, m: i64, c: i64, ph: &Phases)
         attr_ints("phases", &ph.phases),
         attr_ints("sizes", &ph.sizes),
     ];
-    let y = b.op("Interleave", &[&z], attrs);
-    b.nodes.last_mut().unwrap().domain = crate::runtime::cpu_ops::DOMAIN.into();
-    y
+    let domain = crate::runtime::cpu_ops::DOMAIN;
+    b.op_n_in(domain, "Interleave", &[&z], attrs, 1)
+        .pop()
+        .unwrap()
 }
 
 /// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])

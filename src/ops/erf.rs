@@ -37,7 +37,7 @@ pub(crate) mod tests {
     use crate::model::graph::{attr_int, value_info};
     use crate::ops::testing::{check, Case};
     use crate::tensor::{DType, HostTensor};
-    use onnx_protobuf::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};
 
     /// d op(x)/dx at each of `xs` from our rule, for a unary op ONNX Runtime runs only in f32:
     /// the gradient graph of `sum(op(x))`, run by ONNX Runtime. `check`'s f32 tolerance (2e-2)
@@ -67,15 +67,7 @@ pub(crate) mod tests {
         let mut lo = onnx_protobuf::ValueInfoProto::new();
         lo.name = "loss".into();
         g.output.push(lo);
-        let model = |g: GraphProto| {
-            let mut m = ModelProto::new();
-            m.ir_version = 10;
-            let mut o = OperatorSetIdProto::new();
-            o.version = 20;
-            m.opset_import.push(o);
-            m.graph = protobuf::MessageField::some(g);
-            m
-        };
+        let model = |g: GraphProto| crate::ops::testing::model_of(g, 20);
         let feed = vec![("x".to_string(), HostTensor::f32(vec![n], xs.to_vec()))];
         let shapes = Shapes::observe(&model(g.clone()), &[feed]).unwrap();
         let diff = differentiate(&g, &shapes, "loss", &["x".to_string()]).unwrap();

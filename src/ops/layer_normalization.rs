@@ -100,13 +100,14 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if !fits || n.attr_i("stash_type", 1) != 1 {
         return None;
     }
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
+    let mut m = crate::runtime::cpu_ops::as_probe_cpu(
+        n,
+        vec![
+            attr_int("axis", axis),
+            attr_float("epsilon", n.attr_f("epsilon", 1e-5)),
+        ],
+    );
     m.output.truncate(1);
-    m.attribute = vec![
-        attr_int("axis", axis),
-        attr_float("epsilon", n.attr_f("epsilon", 1e-5)),
-    ];
     Some(m)
 }
 

@@ -149,9 +149,10 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if !f32s || !probe_cpu_takes(&shapes.get(a)?.dims, &shapes.get(b)?.dims) {
         return None;
     }
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
-    m.attribute = vec![attr_int("transA", 0), attr_int("transB", 0)];
+    let m = crate::runtime::cpu_ops::as_probe_cpu(
+        n,
+        vec![attr_int("transA", 0), attr_int("transB", 0)],
+    );
     Some(m)
 }
 
@@ -331,7 +332,7 @@ mod tests {
         use crate::model::graph::value_info;
         use crate::ops::testing::node;
         use crate::tensor::{DType, HostTensor};
-        use onnx_protobuf::{GraphProto, ModelProto, OperatorSetIdProto};
+        use onnx_protobuf::GraphProto;
         for shared in [false, true] {
             let mut g = GraphProto::new();
             g.node = vec![
@@ -349,12 +350,7 @@ mod tests {
                 let d: Vec<Option<i64>> = d.iter().map(|&v| Some(v as i64)).collect();
                 g.input.push(value_info(name, DType::F32, &d, "N"));
             }
-            let mut m = ModelProto::new();
-            m.ir_version = 10;
-            let mut o = OperatorSetIdProto::new();
-            o.version = 20;
-            m.opset_import.push(o);
-            m.graph = protobuf::MessageField::some(g.clone());
+            let m = crate::ops::testing::model_of(g.clone(), 20);
             let feed = dims
                 .iter()
                 .map(|(n, d)| {

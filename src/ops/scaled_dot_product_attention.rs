@@ -119,7 +119,13 @@ pub fn dependents(graph: &GraphProto, shapes: &Shapes, wrt: &[String]) -> HashSe
             // Sequences (SplitToSequence) carry their elements' dependence, as in the sweep.
             let seq = crate::autodiff::shapes::SEQUENCE_OPS.contains(&n.op_type.as_str());
             let carries = |o: &&String| seq || shapes.dtype(o).is_some_and(|d| d.is_float());
-            dep.extend(n.output.iter().filter(|o| !o.is_empty()).filter(carries).cloned());
+            dep.extend(
+                n.output
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .filter(carries)
+                    .cloned(),
+            );
         }
     }
     dep
@@ -546,7 +552,6 @@ mod tests {
         use crate::autodiff::shapes::Shapes;
         use crate::model::graph::value_info;
         use crate::tensor::{DType, HostTensor};
-        use onnx_protobuf::{ModelProto, OperatorSetIdProto};
         let (b, h, l, e) = (2usize, 2usize, 3usize, 4usize);
         for (chain, masked, blhe, learned_mask) in [
             (true, true, false, false),
@@ -593,12 +598,7 @@ mod tests {
                 feeds.push((name.to_string(), HostTensor::f32(shape, v)));
             }
             g.output.push(value_info("o", DType::F32, &[None; 4], "N"));
-            let mut m = ModelProto::new();
-            m.ir_version = 9;
-            let mut o = OperatorSetIdProto::new();
-            o.version = 20;
-            m.opset_import.push(o);
-            m.graph = Some(g).into();
+            let m = crate::ops::testing::model_of(g, 20);
             let shapes = Shapes::observe(&m, &[feeds]).unwrap();
             let mut g = m.graph.unwrap();
             let wrt: Vec<String> = names.iter().map(|s| s.to_string()).collect();

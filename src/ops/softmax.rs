@@ -90,9 +90,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     let rank = shapes.rank(x)? as i64;
     let axis = n.attr_i("axis", -1);
     let axis = if axis < 0 { axis + rank } else { axis };
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
-    m.attribute = vec![attr_int("axis", axis)];
+    let m = crate::runtime::cpu_ops::as_probe_cpu(n, vec![attr_int("axis", axis)]);
     Some(m)
 }
 

@@ -147,7 +147,8 @@ impl Rng {
     }
 }
 
-fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
+/// `graph` as a model of `opset` (and the `probe.cpu` domain where the graph uses it).
+pub fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
     let mut m = ModelProto::new();
     m.ir_version = 10;
     let mut o = OperatorSetIdProto::new();

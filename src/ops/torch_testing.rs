@@ -9,7 +9,7 @@ use super::torch::{from_proto, Value};
 use super::TorchCtx;
 use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::DType;
-use onnx_protobuf::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -18,15 +18,7 @@ const TOL: f64 = 1e-5;
 
 type Feed = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
-    let mut m = ModelProto::new();
-    m.ir_version = 10;
-    let mut o = OperatorSetIdProto::new();
-    o.version = opset;
-    m.opset_import.push(o);
-    m.graph = protobuf::MessageField::some(graph);
-    m
-}
+use super::testing::model_of;
 
 /// An output as ONNX Runtime or libtorch produced it, for comparison.
 #[derive(Debug)]

@@ -74,9 +74,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if perm.len() as i64 != rank || !probe_cpu_pays(&perm) {
         return None;
     }
-    let mut m = n.clone();
-    m.domain = crate::runtime::cpu_ops::DOMAIN.into();
-    m.attribute = vec![attr_ints("perm", &perm)];
+    let m = crate::runtime::cpu_ops::as_probe_cpu(n, vec![attr_ints("perm", &perm)]);
     Some(m)
 }
 

@@ -77,6 +77,18 @@ use std::os::raw::c_char;
 /// The domain name the gradient rules write on the nodes.
 pub const DOMAIN: &str = "probe.cpu";
 
+/// `n` as the `probe.cpu` op of the same type, name, inputs and outputs, with `attribute`: the
+/// graph rewrites' forward replacements (`probe_cpu_forward` in `ops/*.rs`).
+pub fn as_probe_cpu(
+    n: &onnx_protobuf::NodeProto,
+    attribute: Vec<onnx_protobuf::AttributeProto>,
+) -> onnx_protobuf::NodeProto {
+    let mut m = n.clone();
+    m.domain = DOMAIN.into();
+    m.attribute = attribute;
+    m
+}
+
 extern "C" {
     fn probe_conv(
         x: *const f32,
@@ -185,6 +197,15 @@ fn part(n: i64, parts: usize, i: usize) -> (i64, i64) {
     let (q, r) = (n / p, n % p);
     let begin = i * q + i.min(r);
     (begin, begin + q + i64::from(i < r))
+}
+
+/// Output `i` of `shape` as a raw pointer; null when the node leaves it unnamed (the kernel
+/// then skips computing it). ONNX Runtime owns the buffer for the whole compute call.
+fn output_ptr(ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<Ptr<f32>> {
+    Ok(Ptr(match ctx.output(i, shape)? {
+        Some(mut v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
+        None => std::ptr::null_mut(),
+    }))
 }
 
 /// Runs `f(part)` for each of `parts` parts on ONNX Runtime's intra-op pool; the first error
@@ -397,16 +418,11 @@ impl Kernel for ConvGradKernel {
                 a.strides.len()
             )));
         }
-        // Outputs the node does not name come back as None: libtorch skips them (output_mask).
-        let mut dw = ctx.output(0, ws.to_vec())?;
-        let mut db = ctx.output(1, vec![ws[0]])?;
-        let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
-            Ok(Ptr(match v {
-                Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
-                None => std::ptr::null_mut(),
-            }))
-        };
-        let (pdw, pdb) = (ptr(&mut dw)?, ptr(&mut db)?);
+        // Outputs the node does not name come back as null pointers: libtorch skips them (output_mask).
+        let (pdw, pdb) = (
+            output_ptr(ctx, 0, ws.to_vec())?,
+            output_ptr(ctx, 1, vec![ws[0]])?,
+        );
         let n = xs[0];
         let parts = self.parts.min(n.max(1) as usize);
         let (wn, m) = (ws.iter().product::<i64>() as usize, ws[0] as usize);
@@ -652,16 +668,11 @@ impl Kernel for BatchNormalizationGradKernel {
         }
         let (n, c) = (xs[0] as usize, xs[1] as usize);
         let plane: usize = xs[2..].iter().product::<i64>() as usize;
-        let mut dx = ctx.output(0, xs.to_vec())?;
-        let mut s1 = ctx.output(1, vec![c as i64])?;
-        let mut s2 = ctx.output(2, vec![c as i64])?;
-        let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
-            Ok(Ptr(match v {
-                Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
-                None => std::ptr::null_mut(),
-            }))
-        };
-        let (pdx, ps1, ps2) = (ptr(&mut dx)?, ptr(&mut s1)?, ptr(&mut s2)?);
+        let (pdx, ps1, ps2) = (
+            output_ptr(ctx, 0, xs.to_vec())?,
+            output_ptr(ctx, 1, vec![c as i64])?,
+            output_ptr(ctx, 2, vec![c as i64])?,
+        );
         // Parts take whole channels, so each sum has one writer.
         let parts = if xv.len() < 1 << 16 {
             1
@@ -1057,16 +1068,11 @@ impl Kernel for ReluBatchNormalizationGradKernel {
         }
         let (n, c) = (xs[0] as usize, xs[1] as usize);
         let plane: usize = xs[2..].iter().product::<i64>() as usize;
-        let mut dx = ctx.output(0, xs.to_vec())?;
-        let mut s1 = ctx.output(1, vec![c as i64])?;
-        let mut s2 = ctx.output(2, vec![c as i64])?;
-        let ptr = |v: &mut Option<ort::value::ValueRefMut<'_>>| -> ort::Result<Ptr<f32>> {
-            Ok(Ptr(match v {
-                Some(v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
-                None => std::ptr::null_mut(),
-            }))
-        };
-        let (pdx, ps1, ps2) = (ptr(&mut dx)?, ptr(&mut s1)?, ptr(&mut s2)?);
+        let (pdx, ps1, ps2) = (
+            output_ptr(ctx, 0, xs.to_vec())?,
+            output_ptr(ctx, 1, vec![c as i64])?,
+            output_ptr(ctx, 2, vec![c as i64])?,
+        );
         // Parts take whole channels, so each sum has one writer (as BatchNormalizationGrad).
         let parts = if xv.len() < 1 << 16 {
             1
@@ -1412,13 +1418,9 @@ impl Node {
         ctx.input(i)?
             .ok_or_else(|| self.fail(format!("input {i} missing")))
     }
-    /// Output `i` of `shape` as a raw pointer; null when the node leaves it unnamed. ONNX
-    /// Runtime owns the buffer for the whole compute call.
+    /// Output `i` of `shape` ([`output_ptr`]).
     fn output(&self, ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<Ptr<f32>> {
-        Ok(Ptr(match ctx.output(i, shape)? {
-            Some(mut v) => v.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr(),
-            None => std::ptr::null_mut(),
-        }))
+        output_ptr(ctx, i, shape)
     }
     fn required(&self, p: Ptr<f32>, what: &str) -> ort::Result<Ptr<f32>> {
         if p.0.is_null() {
@@ -2417,11 +2419,7 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
             d.to_vec()
         }
     };
-    let (qs, ks, vs) = (
-        swap(qs0, blhe_in),
-        swap(ks0, blhe_in),
-        swap(vs0, blhe_in),
-    );
+    let (qs, ks, vs) = (swap(qs0, blhe_in), swap(ks0, blhe_in), swap(vs0, blhe_in));
     if qs.len() != 4 || ks.len() != 4 || ks != vs || ks[..2] != qs[..2] || ks[3] != qs[3] {
         return Err(n.fail(format!(
             "Q {:?}, K {:?}, V {:?}: expected [B, H, L, E], [B, H, S, E] and [B, H, S, E] \
