@@ -19,7 +19,6 @@ use super::shapes::Shapes;
 use crate::model::graph::attr_int;
 use crate::runtime::cpu_ops::DOMAIN;
 use onnx_protobuf::{GraphProto, NodeProto};
-use std::collections::{HashMap, HashSet};
 
 pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
     if graph.node.iter().any(|n| {
@@ -29,24 +28,14 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
     }) {
         return;
     }
-    let keep: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut producer: HashMap<String, usize> = HashMap::new();
-    for (j, n) in graph.node.iter().enumerate() {
-        for i in n.input.iter().filter(|i| !i.is_empty()) {
-            consumers.entry(i.clone()).or_default().push(j);
-        }
-        for o in n.output.iter().filter(|o| !o.is_empty()) {
-            producer.insert(o.clone(), j);
-        }
-    }
+    let uses = crate::model::graph::Uses::of(graph);
     // The producer of node j's input `slot` when j is its only consumer.
     let sole = |j: usize, slot: usize, nodes: &[NodeProto]| -> Option<usize> {
         let v = nodes[j].input.get(slot)?;
-        if keep.contains(v) || consumers.get(v).map(|c| c.as_slice()) != Some(&[j]) {
+        if !uses.sole_reader(v, j) {
             return None;
         }
-        producer.get(v).copied()
+        uses.producer.get(v).copied()
     };
     let mut removed = vec![false; graph.node.len()];
     for j in 0..graph.node.len() {

@@ -6,6 +6,42 @@ use onnx_protobuf::{
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
+/// Who produces and who reads each value of a graph, and which values are its outputs: what
+/// a graph rewrite asks before it changes or removes a node. Indices are into `graph.node` as
+/// it was when this was built.
+pub struct Uses {
+    pub producer: std::collections::HashMap<String, usize>,
+    readers: std::collections::HashMap<String, Vec<usize>>,
+    pub outputs: std::collections::HashSet<String>,
+}
+
+impl Uses {
+    pub fn of(graph: &onnx_protobuf::GraphProto) -> Uses {
+        let mut u = Uses {
+            producer: Default::default(),
+            readers: Default::default(),
+            outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        };
+        for (k, n) in graph.node.iter().enumerate() {
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                u.readers.entry(i.clone()).or_default().push(k);
+            }
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                u.producer.insert(o.clone(), k);
+            }
+        }
+        u
+    }
+    /// The nodes reading `v`, once per read.
+    pub fn readers(&self, v: &str) -> &[usize] {
+        self.readers.get(v).map(|r| r.as_slice()).unwrap_or(&[])
+    }
+    /// Whether node `k` reads `v` once and nothing else does, `v` being no graph output.
+    pub fn sole_reader(&self, v: &str, k: usize) -> bool {
+        self.readers(v) == [k] && !self.outputs.contains(v)
+    }
+}
+
 /// Removes the nodes whose index `drop` names, keeping the others in order (graph rewrites
 /// that fuse a node into another).
 pub fn remove_nodes(nodes: &mut Vec<NodeProto>, drop: impl Fn(usize) -> bool) {

@@ -20,7 +20,7 @@ use crate::model::graph::attr_int;
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 pub static RULE: Rule = Rule {
     op: "MatMul",
@@ -42,17 +42,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 /// the unfused graph and read neither the MatMul's output nor anything this removes (checked:
 /// a reader anywhere keeps the pair as it is).
 pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (k, n) in graph.node.iter().enumerate() {
-        for i in &n.input {
-            *readers.entry(i.as_str()).or_default() += 1;
-        }
-        for o in &n.output {
-            producer.insert(o.as_str(), k);
-        }
-    }
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let uses = crate::model::graph::Uses::of(graph);
     let dims = |v: &str| shapes.static_dims(v);
     let mut fused: Vec<(usize, usize, NodeProto)> = Vec::new();
     for (k, n) in graph.node.iter().enumerate() {
@@ -61,7 +51,7 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
         }
         for (mi, bi) in [(0, 1), (1, 0)] {
             let (m, bias) = (&n.input[mi], &n.input[bi]);
-            let Some(&p) = producer.get(m.as_str()) else {
+            let Some(&p) = uses.producer.get(m.as_str()) else {
                 continue;
             };
             let mm = &graph.node[p];
@@ -81,8 +71,7 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
                 && bd.len() == 2
                 && k_a == Some(bd[0])
                 && cd == [bd[1]]
-                && readers.get(m.as_str()) == Some(&1)
-                && !outputs.contains(m.as_str());
+                && uses.sole_reader(m, k);
             if fits {
                 let mut f = n.clone();
                 f.op_type = "MatMulAdd".into();

@@ -135,18 +135,9 @@ pub fn dependents(graph: &GraphProto, shapes: &Shapes, wrt: &[String]) -> HashSe
 /// `dep` are the values that depend on a differentiated value ([`dependents`]). Returns how
 /// many were fused.
 pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> usize {
-    let producer: HashMap<&str, usize> = (graph.node.iter().enumerate())
-        .flat_map(|(k, n)| n.output.iter().map(move |o| (o.as_str(), k)))
-        .collect();
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (k, n) in graph.node.iter().enumerate() {
-        for i in &n.input {
-            readers.entry(i.as_str()).or_default().push(k);
-        }
-    }
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let uses = crate::model::graph::Uses::of(graph);
     let node = |v: &str, op: &str| -> Option<&NodeProto> {
-        let n = &graph.node[*producer.get(v)?];
+        let n = &graph.node[*uses.producer.get(v)?];
         (n.op_type == op && n.domain.is_empty()).then_some(n)
     };
     let dims = |v: &str| shapes.get(v).map(|i| i.dims.clone());
@@ -253,8 +244,8 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
                 _ => (q, kk, v.clone(), false),
             };
             let o = pv.output[0].as_str();
-            let out_transpose = match readers.get(o).map(|r| &r[..]) {
-                Some(&[t]) if !outputs.contains(o) => {
+            let out_transpose = match uses.readers(o) {
+                &[t] if uses.sole_reader(o, t) => {
                     let t_node = &graph.node[t];
                     (t_node.op_type == "Transpose"
                         && t_node.domain.is_empty()

@@ -19,7 +19,7 @@ use crate::model::graph::{attr_int, tensor_i64};
 use crate::ops::slice::zeros_shaped;
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 pub static RULE: Rule = Rule {
     op: "SplitToSequence",
@@ -143,13 +143,7 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
         let v = crate::model::decode_tensor(t).ok()?;
         Some((t.dims.is_empty(), v.as_i64()?.to_vec()))
     };
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (k, n) in graph.node.iter().enumerate() {
-        for i in &n.input {
-            readers.entry(i.as_str()).or_default().push(k);
-        }
-    }
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let uses = crate::model::graph::Uses::of(graph);
     // (node index, the Split, the SequenceAt nodes it replaces and their part)
     let mut plans: Vec<(usize, NodeProto, Vec<(usize, usize)>, Vec<i64>)> = Vec::new();
     for (k, n) in graph.node.iter().enumerate() {
@@ -176,7 +170,7 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
         };
         let parts = sizes.len() as i64;
         let mut reads = Vec::new();
-        let users = readers.get(seq.as_str()).cloned().unwrap_or_default();
+        let users = uses.readers(seq);
         let all_at = users.iter().all(|&u| {
             let r = &graph.node[u];
             let pos = (r.op_type == "SequenceAt" && r.input[0] == *seq)
@@ -191,7 +185,7 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
                 _ => false,
             }
         });
-        if !all_at || users.is_empty() || outputs.contains(seq.as_str()) {
+        if !all_at || users.is_empty() || uses.outputs.contains(seq.as_str()) {
             continue;
         }
         let mut split = NodeProto::new();
