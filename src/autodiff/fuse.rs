@@ -15,10 +15,33 @@
 //! intermediate value disappears, which is why the Relu
 //! rule masks by its output, not its input (`ops/relu.rs`). Graphs with subgraphs (If, Loop)
 //! are left as they are: their consumers are not counted here.
+use super::grad::Kernels;
 use super::shapes::Shapes;
 use crate::model::graph::attr_int;
 use crate::runtime::cpu_ops::DOMAIN;
 use onnx_protobuf::{GraphProto, NodeProto};
+
+/// The `probe.cpu` rewrites of the forward graph, which must come before differentiation
+/// (the rest run on the finished gradient graph: `probe_cpu_rewrite`, [`probe_cpu_fuse`]), for
+/// [`Kernels::ProbeCpu`] only; `shapes` gains the values they add.
+/// - an inference-mode BatchNormalization after a Conv folds into the Conv's weight and bias
+///   (`ops::batch_normalization::fold_into_conv`);
+/// - the exporter's decomposed attention becomes one fused attention node
+///   (`ops::scaled_dot_product_attention::fuse`).
+pub fn before_differentiation(
+    graph: &mut GraphProto,
+    shapes: &mut Shapes,
+    wrt: &[String],
+    kernels: Kernels,
+) {
+    if kernels != Kernels::ProbeCpu {
+        return;
+    }
+    crate::ops::batch_normalization::fold_into_conv(graph, shapes);
+    use crate::ops::scaled_dot_product_attention as sdpa;
+    let dep = sdpa::dependents(graph, shapes, wrt);
+    sdpa::fuse(graph, shapes, &dep);
+}
 
 pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
     if graph.node.iter().any(|n| {

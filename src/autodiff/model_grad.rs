@@ -176,14 +176,9 @@ pub fn grad_graph(
             f
         })
         .collect();
-    let shapes = Shapes::observe(&proto, &feeds)?;
+    let mut shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
-    crate::ops::scaled_dot_product_attention::before_differentiation(
-        g,
-        &shapes,
-        &wrt,
-        opts.kernels,
-    );
+    super::fuse::before_differentiation(g, &mut shapes, &wrt, opts.kernels);
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
     let grads = attach(g, diff, model, "grad");

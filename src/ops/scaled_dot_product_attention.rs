@@ -32,7 +32,6 @@
 use super::attrs::Attrs;
 use super::{Kind, Rule};
 use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
 use crate::autodiff::shapes::Shapes;
 use crate::model::graph::attr_int;
 use crate::tensor::DType;
@@ -376,20 +375,6 @@ fn remove_dead(graph: &mut GraphProto) {
             return;
         }
         crate::model::graph::remove_nodes(&mut graph.node, |k| dead[k]);
-    }
-}
-
-/// [`fuse`] where `kernels` is [`Kernels::ProbeCpu`]: the graph-level rewrites that must come
-/// before differentiation (the rest run on the finished graph, `probe_cpu_rewrite`).
-pub fn before_differentiation(
-    graph: &mut GraphProto,
-    shapes: &Shapes,
-    wrt: &[String],
-    kernels: Kernels,
-) {
-    if kernels == Kernels::ProbeCpu {
-        let dep = dependents(graph, shapes, wrt);
-        fuse(graph, shapes, &dep);
     }
 }
 

@@ -482,9 +482,8 @@ fn verify(
     // The gradient graph with `kernels`' ops, its gradients.
     let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<(String, String)>) {
         let mut gg = g.clone();
-        crate::ops::scaled_dot_product_attention::before_differentiation(
-            &mut gg, &shapes, wrt, kernels,
-        );
+        let mut shapes = shapes.clone();
+        crate::autodiff::fuse::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
         let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
             .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
