@@ -15,8 +15,12 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
-#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
+// The flash attention kernels' per-CPU entries (see cpu_kernel below).
+#define HAVE_AVX512_CPU_DEFINITION
+#define HAVE_AVX2_CPU_DEFINITION
+#include <ATen/Version.h>
+#include <ATen/native/transformers/attention.h>
+#include <ATen/ops/empty.h>
 
 #include <array>
 #include <cstdint>
@@ -30,6 +34,17 @@ void put_error(const char* what, char* err, size_t err_len) {
   if (err_len == 0) return;
   std::strncpy(err, what, err_len - 1);
   err[err_len - 1] = '\0';
+}
+
+// The CPU kernel a libtorch dispatch stub runs, chosen as its dispatcher chooses (the best
+// variant the CPU and ATEN_CPU_CAPABILITY allow that has one): the stub's own call goes through
+// a function libtorch does not export, its per-variant entries are exported.
+template <typename Stub>
+typename Stub::FnPtr cpu_kernel() {
+  static const std::string cap = at::get_cpu_capability();
+  if (cap == "AVX512" && Stub::AVX512 != nullptr) return Stub::AVX512;
+  if ((cap == "AVX512" || cap == "AVX2") && Stub::AVX2 != nullptr) return Stub::AVX2;
+  return Stub::DEFAULT;
 }
 
 at::Tensor view(const float* p, const int64_t* shape, int64_t rank) {
@@ -226,12 +241,18 @@ Sdpa sdpa_part(const float* q, const int64_t* q_shape, const float* k, const flo
 
 }  // namespace
 
-// Batch rows [lo, hi) of one attention (libtorch's flash attention for CPU, what PyTorch runs
-// for F.scaled_dot_product_attention on CPU). Forward when `dout` is null: O = softmax(scale
+// Batch rows [lo, hi) of one attention, by libtorch's flash attention for CPU (what PyTorch
+// runs for F.scaled_dot_product_attention on CPU). Forward when `dout` is null: O = softmax(scale
 // Q K^T + mask) V into `o` and each row's log-sum-exp LSE [B, H, L] into `lse`. Backward
-// otherwise: dQ, dK, dV from dO and the forward's O and LSE (a null gradient pointer skips
-// that gradient). O and dO are stored as `blhe_out` says, Q, K, V and their gradients as
-// `blhe_in` says; every pointer addresses the whole tensor.
+// otherwise: dQ, dK, dV from dO and the forward's O and LSE (a null gradient pointer: that
+// gradient goes to scratch). O and dO are stored as `blhe_out` says, Q, K, V and their
+// gradients as `blhe_in` says; every pointer addresses the whole tensor.
+//
+// The kernels are called through their dispatch stubs (ATen/native/transformers/attention.h),
+// not the aten ops: the stubs take the output tensors, any strides with a unit last axis, so
+// they write into ONNX Runtime's buffers in place. The ops allocate, zero and return fresh
+// tensors that were then copied over: that copy and fill took about as long as the attention
+// itself on the shipped GPT.
 extern "C" int probe_sdpa(const float* dout, const float* q, const int64_t* q_shape,
                           const float* k, const float* v, const int64_t* kv_shape,
                           int32_t blhe_in, int32_t blhe_out, const float* mask,
@@ -241,28 +262,31 @@ extern "C" int probe_sdpa(const float* dout, const float* q, const int64_t* q_sh
   return guarded(
       [&] {
         int64_t n = hi - lo;
-        at::Tensor to = heads(o, q_shape, blhe_out).narrow(0, lo, n);
-        at::Tensor tl = view(lse, q_shape, 3).narrow(0, lo, n);
+        // [B, L, H, E] (and LSE [B, L, H]) views, as the stubs take them.
+        auto blhe = [](const at::Tensor& t) { return t.transpose(1, 2); };
+        at::Tensor to = blhe(heads(o, q_shape, blhe_out).narrow(0, lo, n));
+        at::Tensor tl = blhe(view(lse, q_shape, 3).narrow(0, lo, n));
+        Sdpa s = sdpa_part(q, q_shape, k, v, kv_shape, blhe_in, mask, mask_shape, mask_rank,
+                           lo, hi);
+        at::Tensor tq = blhe(s.q), tk = blhe(s.k), tv = blhe(s.v);
         if (dout == nullptr) {
-          // [B, L, H, E] heads are read in place: the flash kernel works on [B, L, H, E]
-          // internally and ran alike on both layouts (forward 1.31 against 1.28 ms, backward
-          // 2.23 against 2.32 ms for 125 x 4 heads x 32 x 16, one thread).
-          Sdpa s = sdpa_part(q, q_shape, k, v, kv_shape, blhe_in, mask, mask_shape, mask_rank,
-                             lo, hi);
-          auto r = at::_scaled_dot_product_flash_attention_for_cpu(s.q, s.k, s.v, 0.0, false,
-                                                                   s.mask, scale);
-          to.copy_(std::get<0>(r));
-          tl.copy_(std::get<1>(r));
+          // The forward stub takes Q, K, V as [B, H, L, E], O and LSE as [B, L, H, ...].
+          cpu_kernel<at::native::flash_attention_kernel_DECLARE_DISPATCH_type>()(
+              to, tl, s.q, s.k, s.v, 0.0, false, s.mask, scale);
           return;
         }
-        Sdpa s = sdpa_part(q, q_shape, k, v, kv_shape, blhe_in, mask, mask_shape, mask_rank, lo,
-                           hi);
-        at::Tensor tdo = heads(dout, q_shape, blhe_out).narrow(0, lo, n);
-        auto r = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-            tdo, s.q, s.k, s.v, to, tl, 0.0, false, s.mask, scale);
-        if (dq != nullptr) heads(dq, q_shape, blhe_in).narrow(0, lo, n).copy_(std::get<0>(r));
-        if (dk != nullptr) heads(dk, kv_shape, blhe_in).narrow(0, lo, n).copy_(std::get<1>(r));
-        if (dv != nullptr) heads(dv, kv_shape, blhe_in).narrow(0, lo, n).copy_(std::get<2>(r));
+        at::Tensor tdo = blhe(heads(dout, q_shape, blhe_out).narrow(0, lo, n));
+        // The backward kernel accumulates into the gradients: zeroed first.
+        auto grad = [&](float* p, const int64_t* shape, const at::Tensor& like) {
+          at::Tensor g = p != nullptr ? blhe(heads(p, shape, blhe_in).narrow(0, lo, n))
+                                      : at::empty(like.sizes(), like.options());
+          g.zero_();
+          return g;
+        };
+        at::Tensor gq = grad(dq, q_shape, tq), gk = grad(dk, kv_shape, tk),
+                   gv = grad(dv, kv_shape, tv);
+        cpu_kernel<at::native::flash_attention_backward_kernel_DECLARE_DISPATCH_type>()(
+            gq, gk, gv, tdo, tq, tk, tv, to, tl, 0.0, false, s.mask, scale);
       },
       err, err_len);
 }
