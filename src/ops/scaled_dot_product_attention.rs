@@ -102,6 +102,8 @@ struct Found {
     a: String,
     b: String,
     mask: String,
+    /// Q, K, V read in place from the projection X [B, L, 3 H E] they were split from (X, H).
+    packed: Option<(String, i64)>,
 }
 
 /// The float (and sequence) values that depend on any of `wrt`, as the reverse sweep's
@@ -185,6 +187,57 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
         let t = node(x, "Transpose").filter(|t| heads_perm(t))?;
         f32_of(&t.input[0]).then(|| t.input[0].clone())
     };
+    // Position i of a split of X along its last axis into three: (X, i), from
+    // SequenceAt(SplitToSequence(X), i) (the exporter's form) or output i of Split(X).
+    let consts = crate::autodiff::grad::constants(graph, &HashSet::new(), shapes);
+    let position = |v: &str| -> Option<i64> {
+        let t = consts.get(v)?;
+        let x = crate::model::decode_tensor(t).ok()?;
+        x.as_i64().filter(|x| x.len() == 1).map(|x| x[0])
+    };
+    let last_axis = |n: &NodeProto, x: &str| {
+        let (a, r) = (n.attr_i("axis", 0), shapes.rank(x).unwrap_or(0) as i64);
+        a == -1 || a == r - 1
+    };
+    let third = |part: &str| -> Option<(String, i64)> {
+        let n = &graph.node[*uses.producer.get(part)?];
+        if !n.domain.is_empty() {
+            return None;
+        }
+        if n.op_type == "Split" && n.output.len() == 3 && last_axis(n, &n.input[0]) {
+            let i = n.output.iter().position(|o| o == part)?;
+            return Some((n.input[0].clone(), i as i64));
+        }
+        if n.op_type != "SequenceAt" {
+            return None;
+        }
+        let seq = node(&n.input[0], "SplitToSequence")?;
+        let i = position(&n.input[1])?;
+        (last_axis(seq, &seq.input[0]) && (0..3).contains(&i)).then(|| (seq.input[0].clone(), i))
+    };
+    // Q, K, V [B, L, H, E], each a Reshape of its third of one X [B, L, 3 H E] in order: X.
+    let packed = |q: &str, k: &str, v: &str| -> Option<(String, i64)> {
+        let qd = dims(q)?;
+        let mut x = None;
+        for (i, t) in [q, k, v].into_iter().enumerate() {
+            let r = node(t, "Reshape")?;
+            let (xi, at) = third(&r.input[0])?;
+            let pd = dims(&r.input[0])?;
+            let fits = dims(t).as_ref() == Some(&qd)
+                && at == i as i64
+                && pd.len() == 3
+                && pd[..2] == qd[..2]
+                && x.as_ref().is_none_or(|x| *x == xi);
+            if !fits {
+                return None;
+            }
+            x = Some(xi);
+        }
+        let x = x?;
+        let (xd, he) = (dims(&x)?, qd[2]? * qd[3]?);
+        let fits = f32_of(&x) && xd.len() == 3 && xd[..2] == qd[..2] && xd[2] == Some(3 * he);
+        fits.then(|| (x, qd[2].unwrap() as i64))
+    };
     let mut found = Vec::new();
     let mut bypassed = HashSet::new();
     for (k, pv) in graph.node.iter().enumerate() {
@@ -242,6 +295,7 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
                 }
                 _ => (q, kk, v.clone(), false),
             };
+            let packed = if blhe_in { packed(&q, &kk, &v) } else { None };
             let o = pv.output[0].as_str();
             let out_transpose = match uses.readers(o) {
                 &[t] if uses.sole_reader(o, t) => {
@@ -263,11 +317,14 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
                 a,
                 b,
                 mask,
+                packed,
             });
         }
     }
     let fused = found.len();
     let mut drop = HashSet::new();
+    // Packed heads: (Q, K or V as the graph has it, the projection it was split from).
+    let mut views: Vec<(String, String)> = Vec::new();
     for f in found {
         let o = match f.out_transpose {
             Some(t) => {
@@ -279,7 +336,13 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
         let n = &mut graph.node[f.at];
         n.op_type = OP.into();
         n.domain = crate::runtime::cpu_ops::DOMAIN.into();
-        n.input = vec![f.q, f.k, f.v, f.a, f.b, f.mask];
+        n.input = match &f.packed {
+            Some((x, _)) => {
+                views.extend([f.q, f.k, f.v].map(|v| (v, x.clone())));
+                vec![x.clone(), String::new(), String::new(), f.a, f.b, f.mask]
+            }
+            None => vec![f.q, f.k, f.v, f.a, f.b, f.mask],
+        };
         while n.input.last().is_some_and(|i| i.is_empty()) {
             n.input.pop();
         }
@@ -288,10 +351,14 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
             attr_int("blhe_in", f.blhe_in as i64),
             attr_int("blhe_out", f.out_transpose.is_some() as i64),
         ];
+        if let Some((_, h)) = f.packed {
+            n.attribute.push(attr_int("packed_heads", h));
+        }
     }
     if fused > 0 {
         crate::model::graph::remove_nodes(&mut graph.node, |k| drop.contains(&k));
         read_shapes_through_transposes(graph, &bypassed);
+        read_shapes_through_reshapes(graph, shapes, &views);
         remove_dead(graph);
     }
     fused
@@ -355,6 +422,53 @@ fn read_shapes_through_transposes(graph: &mut GraphProto, bypassed: &HashSet<Str
         nodes.push(n);
     }
     graph.node = nodes;
+}
+
+/// With Q, K and V read in place from their projection X, the split and the Reshapes to heads
+/// are left for their other readers, the exporter's Shape and CastLike reads: rewired, so that
+/// they go. `Shape(Reshape(P, s))` (whole shape) is `s` itself when `s` holds no -1 or 0 (as
+/// observed: its values are the batch size and constants); `CastLike(v, Q)` is `CastLike(v, X)`.
+fn read_shapes_through_reshapes(
+    graph: &mut GraphProto,
+    shapes: &Shapes,
+    views: &[(String, String)],
+) {
+    let uses = crate::model::graph::Uses::of(graph);
+    let mut to_shape = HashMap::new();
+    for (v, _) in views {
+        let Some(r) = uses.producer.get(v).map(|&k| &graph.node[k]) else {
+            continue;
+        };
+        let whole = |s: &str| shapes.ints.get(s).is_some_and(|d| d.iter().all(|&d| d > 0));
+        if r.op_type == "Reshape" && r.input.len() == 2 && whole(&r.input[1]) {
+            to_shape.insert(v.clone(), r.input[1].clone());
+        }
+    }
+    let of: HashMap<&str, &str> = views
+        .iter()
+        .map(|(v, x)| (v.as_str(), x.as_str()))
+        .collect();
+    for n in graph.node.iter_mut().filter(|n| n.domain.is_empty()) {
+        let whole = n
+            .attribute
+            .iter()
+            .all(|a| a.name != "start" && a.name != "end");
+        match (n.op_type.as_str(), n.input.first()) {
+            ("Shape", Some(v)) if whole => {
+                if let Some(s) = to_shape.get(v) {
+                    n.op_type = "Identity".into();
+                    n.input = vec![s.clone()];
+                    n.attribute.clear();
+                }
+            }
+            ("CastLike", _) => {
+                if let Some(x) = n.input.get(1).and_then(|v| of.get(v.as_str())) {
+                    n.input[1] = x.to_string();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Removes the nodes nothing reads (no graph output, no other node), repeatedly.
@@ -492,6 +606,63 @@ mod tests {
         g
     }
 
+    /// Self-attention whose Q, K, V [b, l, h, e] are thirds of one projection x [b, l, 3 h e],
+    /// split as the exporter writes it (SplitToSequence, SequenceAt) or by one Split, each
+    /// reshaped to heads with a shape built from x's batch size, then the blhe form.
+    fn packed_graph(
+        b: usize,
+        h: usize,
+        l: usize,
+        e: usize,
+        split: bool,
+        masked: bool,
+    ) -> GraphProto {
+        let mut g = GraphProto::new();
+        let he = (h * e) as i64;
+        g.node
+            .push(constant("sizes", tensor_i64("", &[3], &[he, he, he])));
+        if split {
+            let mut sp = node("Split", &["x", "sizes"], "");
+            sp.output = vec!["p0".into(), "p1".into(), "p2".into()];
+            sp.attribute = vec![attr_int("axis", -1)];
+            g.node.push(sp);
+        } else {
+            let mut sp = node("SplitToSequence", &["x", "sizes"], "seq");
+            sp.attribute = vec![attr_int("axis", -1)];
+            g.node.push(sp);
+            for i in 0..3 {
+                g.node
+                    .push(constant(&format!("at{i}"), tensor_i64("", &[], &[i])));
+                g.node.push(node(
+                    "SequenceAt",
+                    &["seq", &format!("at{i}")],
+                    &format!("p{i}"),
+                ));
+            }
+        }
+        g.node.push(node("Shape", &["x"], "xs"));
+        g.node.push(constant("zero", tensor_i64("", &[1], &[0])));
+        g.node.push(node("Gather", &["xs", "zero"], "batch"));
+        g.node.push(constant(
+            "lhe",
+            tensor_i64("", &[3], &[l as i64, h as i64, e as i64]),
+        ));
+        let mut cat = node("Concat", &["batch", "lhe"], "to_heads");
+        cat.attribute = vec![attr_int("axis", 0)];
+        g.node.push(cat);
+        for (i, x) in ["q", "k", "v"].into_iter().enumerate() {
+            g.node
+                .push(node("Reshape", &[&format!("p{i}"), "to_heads"], x));
+        }
+        let form = Form {
+            chain: true,
+            masked,
+            blhe: true,
+        };
+        g.node.extend(sdpa_graph(b, h, l, l, e, form).node);
+        g
+    }
+
     /// Fused attention against the op-by-op standard form and finite differences (f32):
     /// the exporter's K^T chain and a plain Transpose, causal mask or none, self- and
     /// cross-attention (L != S), one batch row and several (the kernel's parts split rows),
@@ -517,6 +688,59 @@ mod tests {
             };
             let inputs: [(&str, &[usize]); 3] = [("q", &qd), ("k", &kd), ("v", &kd)];
             check_graph_with("attention", g, &inputs, &["o"], 7, Kernels::ProbeCpu);
+        }
+        // Q, K, V read in place from their projection, its gradient written as one.
+        for (b, h, l, e, split, masked) in [(3, 2, 5, 4, false, true), (2, 3, 4, 2, true, false)] {
+            let g = packed_graph(b, h, l, e, split, masked);
+            let x = [b, l, 3 * h * e];
+            check_graph_with(
+                "packed attention",
+                g,
+                &[("x", &x)],
+                &["o"],
+                7,
+                Kernels::ProbeCpu,
+            );
+        }
+    }
+
+    /// The packed rewrite: the attention reads the projection itself, and the split, the
+    /// Reshapes to heads and the exporter's Shape reads of them are gone.
+    #[test]
+    fn reads_a_split_projection_in_place() {
+        use crate::autodiff::shapes::Shapes;
+        use crate::model::graph::value_info;
+        use crate::tensor::{DType, HostTensor};
+        let (b, h, l, e) = (2usize, 2usize, 3usize, 4usize);
+        for split in [false, true] {
+            let mut g = packed_graph(b, h, l, e, split, true);
+            let xd = [b, l, 3 * h * e];
+            let dims: Vec<Option<i64>> = xd.iter().map(|&d| Some(d as i64)).collect();
+            g.input.push(value_info("x", DType::F32, &dims, "N"));
+            let n: usize = xd.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let feeds = vec![("x".to_string(), HostTensor::f32(xd.to_vec(), v))];
+            g.output.push(value_info("o", DType::F32, &[None; 4], "N"));
+            let m = crate::ops::testing::model_of(g, 20);
+            let shapes = Shapes::observe(&m, &[feeds]).unwrap();
+            let mut g = m.graph.unwrap();
+            let wrt = vec!["x".to_string()];
+            let dep = super::dependents(&g, &shapes, &wrt);
+            assert_eq!(super::fuse(&mut g, &shapes, &dep), 1);
+            let at = g.node.iter().find(|n| n.op_type == super::OP).unwrap();
+            assert_eq!(at.input, ["x", "", "", "fa", "fb", "mask"]);
+            let heads = at.attribute.iter().find(|a| a.name == "packed_heads");
+            assert_eq!(heads.map(|a| a.i), Some(h as i64));
+            let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+            for gone in [
+                "Split",
+                "SplitToSequence",
+                "SequenceAt",
+                "Reshape",
+                "Transpose",
+            ] {
+                assert!(!ops.contains(&gone), "{gone} left in {ops:?}");
+            }
         }
     }
 

@@ -1342,6 +1342,7 @@ extern "C" {
         kv_shape: *const i64,
         blhe_in: i32,
         blhe_out: i32,
+        in_row: i64,
         mask: *const f32,
         mask_shape: *const i64,
         mask_rank: i64,
@@ -1402,6 +1403,8 @@ pub struct Node {
     /// ScaledDotProductAttention: Q, K, V (`blhe_in`) and O (`blhe_out`) stored as
     /// [B, L, H, E] rather than [B, H, L, E].
     blhe: [bool; 2],
+    /// ScaledDotProductAttention: Q, K, V packed in one input of H heads (`packed_heads`).
+    packed_heads: Option<i64>,
     /// `Interleave`'s attributes: `blocks`, `phases`, `sizes`.
     interleave: [Option<Vec<i64>>; 3],
 }
@@ -1503,6 +1506,7 @@ impl Operator for Simple {
                 approximate: k.get::<String>("approximate"),
                 trans: ["transA", "transB"].map(|a| k.get::<i64>(a).unwrap_or(0) != 0),
                 blhe: ["blhe_in", "blhe_out"].map(|a| k.get::<i64>(a).unwrap_or(0) != 0),
+                packed_heads: k.get::<i64>("packed_heads"),
                 interleave: ["blocks", "phases", "sizes"].map(|a| k.get::<Vec<i64>>(a)),
             },
             run: self.run,
@@ -1556,13 +1560,14 @@ fn simple_ops(parts: usize) -> [Simple; 15] {
         op("MatMul", &[F32, F32], &[F32], matmul),
         op(
             "ScaledDotProductAttention",
-            &[F32, F32, F32, OptF32, OptF32, OptF32],
+            // K and V absent when packed with Q in input 0.
+            &[F32, OptF32, OptF32, OptF32, OptF32, OptF32],
             &[F32, F32],
             sdpa,
         ),
         op(
             "ScaledDotProductAttentionGrad",
-            &[F32, F32, F32, F32, F32, F32, OptF32, OptF32, OptF32],
+            &[F32, F32, OptF32, OptF32, F32, F32, OptF32, OptF32, OptF32],
             &[OptF32, OptF32, OptF32],
             sdpa_grad,
         ),
@@ -2396,8 +2401,11 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
     // Forward inputs: Q K V [a] [b] [mask]; backward: dO Q K V O LSE [a] [b] [mask].
     let first = if grad { 1 } else { 0 };
     let opt = if grad { 6 } else { 3 };
+    // Packed (`packed_heads` H): one [B, L, 3 H E] input holds Q, K and V side by side (a qkv
+    // projection, read in place) and one output of its shape their gradients.
+    let packed = n.packed_heads;
     let mut values = Vec::new();
-    for i in first..first + 3 {
+    for i in first..first + if packed.is_some() { 1 } else { 3 } {
         values.push(n.input(ctx, i)?);
     }
     let mut scale_values = Vec::new();
@@ -2407,10 +2415,35 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
         }
     }
     let mask_value = ctx.input(opt + 2)?;
-    let (qs0, qv) = values[0].try_extract_tensor::<f32>()?;
-    let (ks0, kv) = values[1].try_extract_tensor::<f32>()?;
-    let (vs0, vv) = values[2].try_extract_tensor::<f32>()?;
     let [blhe_in, blhe_out] = n.blhe;
+    let (xs, qv) = values[0].try_extract_tensor::<f32>()?;
+    // (Q, K, V stored shapes; their first elements; the row stride of a packed input)
+    let (qs0, ks0, vs0, [qp, kp, vp], in_row) = match packed {
+        Some(h) => {
+            let he = xs.last().copied().unwrap_or(0) / 3;
+            if !blhe_in || xs.len() != 3 || h < 1 || he % h != 0 || xs[2] != 3 * he {
+                return Err(n.fail(format!(
+                    "packed Q, K, V {:?} with {h} heads: expected [B, L, 3 H E], blhe_in",
+                    &xs[..]
+                )));
+            }
+            let d = vec![xs[0], xs[1], h, he / h];
+            let at = |k: i64| Ptr(qv.as_ptr().wrapping_add((k * he) as usize) as *mut f32);
+            (d.clone(), d.clone(), d, [at(0), at(1), at(2)], 3 * he)
+        }
+        None => {
+            let (ks0, kv) = values[1].try_extract_tensor::<f32>()?;
+            let (vs0, vv) = values[2].try_extract_tensor::<f32>()?;
+            let ptr = |v: &[f32]| Ptr(v.as_ptr() as *mut f32);
+            (
+                xs.to_vec(),
+                ks0.to_vec(),
+                vs0.to_vec(),
+                [ptr(qv), ptr(kv), ptr(vv)],
+                0,
+            )
+        }
+    };
     // [B, H, L, E] from an input's stored shape, and back for an output.
     let swap = |d: &[i64], blhe: bool| -> Vec<i64> {
         if blhe && d.len() == 4 {
@@ -2419,7 +2452,11 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
             d.to_vec()
         }
     };
-    let (qs, ks, vs) = (swap(qs0, blhe_in), swap(ks0, blhe_in), swap(vs0, blhe_in));
+    let (qs, ks, vs) = (
+        swap(&qs0, blhe_in),
+        swap(&ks0, blhe_in),
+        swap(&vs0, blhe_in),
+    );
     if qs.len() != 4 || ks.len() != 4 || ks != vs || ks[..2] != qs[..2] || ks[3] != qs[3] {
         return Err(n.fail(format!(
             "Q {:?}, K {:?}, V {:?}: expected [B, H, L, E], [B, H, S, E] and [B, H, S, E] \
@@ -2453,11 +2490,6 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
         }
         None => (vec![], Ptr(std::ptr::null_mut())),
     };
-    let (qp, kp, vp) = (
-        Ptr(qv.as_ptr() as *mut f32),
-        Ptr(kv.as_ptr() as *mut f32),
-        Ptr(vv.as_ptr() as *mut f32),
-    );
     let work = (b * qs[1] * qs[2] * ks[2] * qs[3]) as usize;
     let parts = n.parts_for(b as usize, work);
     let out_shape = swap(&qs, blhe_out);
@@ -2482,14 +2514,23 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
             )));
         }
         let ptr = |v: &[f32]| Ptr(v.as_ptr() as *mut f32);
-        (
-            ptr(dov),
-            ptr(ov),
-            ptr(lv),
-            n.output(ctx, 0, qs0.to_vec())?,
-            n.output(ctx, 1, ks0.to_vec())?,
-            n.output(ctx, 2, vs0.to_vec())?,
-        )
+        let [dq, dk, dv] = match packed {
+            Some(_) => {
+                let dx = n.output(ctx, 0, xs.to_vec())?;
+                let he = xs[2] / 3;
+                let at = |k: i64| match dx.0.is_null() {
+                    true => dx,
+                    false => Ptr(dx.0.wrapping_add((k * he) as usize)),
+                };
+                [at(0), at(1), at(2)]
+            }
+            None => [
+                n.output(ctx, 0, qs0.clone())?,
+                n.output(ctx, 1, ks0.clone())?,
+                n.output(ctx, 2, vs0.clone())?,
+            ],
+        };
+        (ptr(dov), ptr(ov), ptr(lv), dq, dk, dv)
     } else {
         let o = n.required(n.output(ctx, 0, out_shape)?, "O")?;
         let lse = n.required(n.output(ctx, 1, qs[..3].to_vec())?, "LSE")?;
@@ -2512,6 +2553,7 @@ fn run_sdpa(n: &Node, ctx: &ComputeContext, grad: bool) -> ort::Result<()> {
                 ks.as_ptr(),
                 blhe_in as i32,
                 blhe_out as i32,
+                in_row,
                 mask_ptr.get(),
                 mask_shape.as_ptr(),
                 mask_shape.len() as i64,

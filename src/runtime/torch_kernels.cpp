@@ -215,20 +215,26 @@ struct Sdpa {
 };
 
 // A [B, H, L, E] tensor (shape `bhle`) stored as such, or as [B, L, H, E] when `blhe` (then a
-// strided view, no copy).
-at::Tensor heads(const float* p, const int64_t* bhle, bool blhe) {
+// strided view, no copy); `row` > 0: [B, L, H, E] rows `row` elements apart (Q, K and V read
+// in place from one [B, L, 3 H E] projection, `p` at the part's first column).
+at::Tensor heads(const float* p, const int64_t* bhle, bool blhe, int64_t row = 0) {
   if (!blhe) return view(p, bhle, 4);
   std::array<int64_t, 4> s = {bhle[0], bhle[2], bhle[1], bhle[3]};
+  if (row > 0) {
+    std::array<int64_t, 4> st = {s[1] * row, row, s[3], 1};
+    return at::from_blob(const_cast<float*>(p), s, st, at::TensorOptions().dtype(at::kFloat))
+        .permute({0, 2, 1, 3});
+  }
   return view(p, s.data(), 4).permute({0, 2, 1, 3});
 }
 
 Sdpa sdpa_part(const float* q, const int64_t* q_shape, const float* k, const float* v,
-               const int64_t* kv_shape, bool blhe, const float* mask,
+               const int64_t* kv_shape, bool blhe, int64_t row, const float* mask,
                const int64_t* mask_shape, int64_t mask_rank, int64_t lo, int64_t hi) {
   Sdpa s;
-  s.q = heads(q, q_shape, blhe).narrow(0, lo, hi - lo);
-  s.k = heads(k, kv_shape, blhe).narrow(0, lo, hi - lo);
-  s.v = heads(v, kv_shape, blhe).narrow(0, lo, hi - lo);
+  s.q = heads(q, q_shape, blhe, row).narrow(0, lo, hi - lo);
+  s.k = heads(k, kv_shape, blhe, row).narrow(0, lo, hi - lo);
+  s.v = heads(v, kv_shape, blhe, row).narrow(0, lo, hi - lo);
   if (mask != nullptr) {
     std::array<int64_t, 4> ms = {1, 1, 1, 1};
     for (int64_t i = 0; i < mask_rank; ++i) ms[4 - mask_rank + i] = mask_shape[i];
@@ -246,7 +252,9 @@ Sdpa sdpa_part(const float* q, const int64_t* q_shape, const float* k, const flo
 // Q K^T + mask) V into `o` and each row's log-sum-exp LSE [B, H, L] into `lse`. Backward
 // otherwise: dQ, dK, dV from dO and the forward's O and LSE (a null gradient pointer: that
 // gradient goes to scratch). O and dO are stored as `blhe_out` says, Q, K, V and their
-// gradients as `blhe_in` says; every pointer addresses the whole tensor.
+// gradients as `blhe_in` says, their rows `in_row` elements apart when `in_row` > 0 (one
+// projection holding Q, K and V side by side, and its gradient likewise: each pointer is its
+// part's first column); every pointer addresses the whole tensor.
 //
 // The kernels are called through their dispatch stubs (ATen/native/transformers/attention.h),
 // not the aten ops: the stubs take the output tensors, any strides with a unit last axis, so
@@ -255,7 +263,8 @@ Sdpa sdpa_part(const float* q, const int64_t* q_shape, const float* k, const flo
 // itself on the shipped GPT.
 extern "C" int probe_sdpa(const float* dout, const float* q, const int64_t* q_shape,
                           const float* k, const float* v, const int64_t* kv_shape,
-                          int32_t blhe_in, int32_t blhe_out, const float* mask,
+                          int32_t blhe_in, int32_t blhe_out, int64_t in_row,
+                          const float* mask,
                           const int64_t* mask_shape, int64_t mask_rank, double scale, int64_t lo,
                           int64_t hi, float* o, float* lse, float* dq, float* dk, float* dv,
                           char* err, size_t err_len) {
@@ -266,8 +275,8 @@ extern "C" int probe_sdpa(const float* dout, const float* q, const int64_t* q_sh
         auto blhe = [](const at::Tensor& t) { return t.transpose(1, 2); };
         at::Tensor to = blhe(heads(o, q_shape, blhe_out).narrow(0, lo, n));
         at::Tensor tl = blhe(view(lse, q_shape, 3).narrow(0, lo, n));
-        Sdpa s = sdpa_part(q, q_shape, k, v, kv_shape, blhe_in, mask, mask_shape, mask_rank,
-                           lo, hi);
+        Sdpa s = sdpa_part(q, q_shape, k, v, kv_shape, blhe_in, in_row, mask, mask_shape,
+                           mask_rank, lo, hi);
         at::Tensor tq = blhe(s.q), tk = blhe(s.k), tv = blhe(s.v);
         if (dout == nullptr) {
           // The forward stub takes Q, K, V as [B, H, L, E], O and LSE as [B, L, H, ...].
@@ -278,7 +287,7 @@ extern "C" int probe_sdpa(const float* dout, const float* q, const int64_t* q_sh
         at::Tensor tdo = blhe(heads(dout, q_shape, blhe_out).narrow(0, lo, n));
         // The backward kernel accumulates into the gradients: zeroed first.
         auto grad = [&](float* p, const int64_t* shape, const at::Tensor& like) {
-          at::Tensor g = p != nullptr ? blhe(heads(p, shape, blhe_in).narrow(0, lo, n))
+          at::Tensor g = p != nullptr ? blhe(heads(p, shape, blhe_in, in_row).narrow(0, lo, n))
                                       : at::empty(like.sizes(), like.options());
           g.zero_();
           return g;
