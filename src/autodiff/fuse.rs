@@ -4,6 +4,8 @@
 //! (`runtime/cpu_ops.rs`). Each fusion saves writing the intermediate tensor and reading it
 //! back: on the shipped ResNet one [250, 16, 28, 28] f32 tensor is 12.5 MB each way.
 //! - `probe.cpu:BatchNormalization` (relu 0) -> Relu: the BatchNormalization with relu 1;
+//! - `probe.cpu:Conv` -> Relu: the Conv with relu 1 (the max taken as libtorch's result is
+//!   copied into ONNX Runtime's buffer);
 //! - Add -> Relu, f32 inputs of one shape (a residual connection): `probe.cpu:AddRelu`;
 //! - Sum(dA, dB) -> `probe.cpu:ReluGrad(., X)`: `probe.cpu:SumReluGrad(dA, dB, X)` (a value
 //!   with two consumers, a residual block's input, sums its gradients before the ReluGrad);
@@ -85,6 +87,14 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
                 *a = attr_int("relu", 1);
             }
             removed[j] = true;
+        } else if std_relu && is_conv_without_relu(p) {
+            // max(Conv(X), 0) as libtorch's result is copied out.
+            let y = graph.node[j].output[0].clone();
+            let p = &mut graph.node[i];
+            p.output = vec![y];
+            p.attribute.retain(|a| a.name != "relu");
+            p.attribute.push(attr_int("relu", 1));
+            removed[j] = true;
         } else if std_relu && p.op_type == "Add" && p.domain.is_empty() && same_f32(p, shapes) {
             let y = graph.node[j].output[0].clone();
             let p = &mut graph.node[i];
@@ -128,6 +138,13 @@ fn is_bn_without_relu(n: &NodeProto) -> bool {
     n.op_type == "BatchNormalization"
         && n.domain == DOMAIN
         && n.attribute.iter().any(|a| a.name == "relu" && a.i == 0)
+}
+
+fn is_conv_without_relu(n: &NodeProto) -> bool {
+    n.op_type == "Conv"
+        && n.domain == DOMAIN
+        && n.output.len() == 1
+        && !n.attribute.iter().any(|a| a.name == "relu" && a.i != 0)
 }
 
 /// Whether an Add's two inputs are f32 of one shape (no broadcasting), as far as the observed
@@ -207,6 +224,74 @@ mod tests {
             7,
             Kernels::ProbeCpu,
         );
+    }
+
+    /// Conv -> Relu (libtorch's convolution, 2 input channels, 3x3): the Relu taken in the
+    /// Conv's copy-out, against the standard-op gradient and finite differences; and the
+    /// rewrite itself (one probe.cpu:Conv with relu 1 writing r, no Relu left).
+    #[test]
+    fn conv_relu_gradients_and_fusion() {
+        let mut g = GraphProto::new();
+        let mut conv = node("Conv", &["x", "w", "cb"], "z");
+        conv.attribute = vec![crate::model::graph::attr_ints("pads", &[1, 1, 1, 1])];
+        g.node.push(conv);
+        g.node.push(node("Relu", &["z"], "r"));
+        let inputs: [(&str, &[usize]); 3] = [("x", X), ("w", &[3, 2, 3, 3]), ("cb", &[3])];
+        check_graph_with(
+            "fused Conv -> Relu",
+            g.clone(),
+            &inputs,
+            &["r"],
+            3,
+            Kernels::ProbeCpu,
+        );
+        let (mut feed, mut raw) = (Vec::new(), Vec::new());
+        for (name, dims) in inputs {
+            let d: Vec<Option<i64>> = dims.iter().map(|&v| Some(v as i64)).collect();
+            g.input.push(value_info(name, DType::F32, &d, "N"));
+            let len = dims.iter().product();
+            let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin()).collect();
+            raw.push((
+                name.to_string(),
+                DType::F32,
+                dims.to_vec(),
+                v.iter().map(|&x| x as f64).collect(),
+            ));
+            feed.push((name.to_string(), HostTensor::f32(dims.to_vec(), v)));
+        }
+        let mut loss = node("ReduceSum", &["r"], "loss");
+        loss.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
+        g.node.push(loss);
+        g.output.push(value_info("loss", DType::F32, &[], "N"));
+        let m = crate::ops::testing::model_of(g.clone(), 20);
+        let shapes = Shapes::observe(&m, &[feed]).unwrap();
+        let unfused = g.clone();
+        let wrt: Vec<String> = ["x", "w", "cb"].map(String::from).to_vec();
+        let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::ProbeCpu).unwrap();
+        g.node.extend(diff.nodes);
+        probe_cpu_rewrite(&mut g, &shapes);
+        probe_cpu_fuse(&mut g, &shapes);
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(!ops.contains(&"Relu"), "{ops:?}");
+        // The fused forward value: max(Conv, 0), as the unfused graph computes it (the
+        // gradients alone cannot tell: ReluGrad masks by r > 0 either way).
+        let run = |mut g: GraphProto| {
+            g.output.push(value_info("r", DType::F32, &[None; 4], "N"));
+            let m = crate::ops::testing::model_of(g, 20);
+            crate::ops::testing::run_threads(&m, &raw, &["r".to_string()], 2).remove(0)
+        };
+        let (fused, plain) = (run(g.clone()), run(unfused));
+        assert!(plain.iter().any(|&v| v == 0.0) && plain.iter().any(|&v| v > 0.0));
+        for (a, b) in fused.iter().zip(&plain) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "fused r {a} vs {b}"
+            );
+        }
+        let conv = g.node.iter().find(|n| n.op_type == "Conv").unwrap();
+        assert_eq!(conv.domain, crate::runtime::cpu_ops::DOMAIN);
+        assert_eq!(conv.output, vec!["r".to_string()]);
+        assert!(conv.attribute.iter().any(|a| a.name == "relu" && a.i == 1));
     }
 
     /// Which nodes the block's probe.cpu gradient graph ends with: BN and Relu as one node,

@@ -182,7 +182,7 @@ fn run(
     run_threads(proto, feed, outputs, 1)
 }
 
-fn run_threads(
+pub(crate) fn run_threads(
     proto: &ModelProto,
     feed: &[(String, DType, Vec<usize>, Vec<f64>)],
     outputs: &[String],
@@ -480,7 +480,13 @@ fn verify(
     let fwd = model_of(g.clone(), opset);
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
     // The gradient graph with `kernels`' ops, its gradients.
-    let gradients = |kernels: Kernels| -> (Vec<Vec<f64>>, Vec<(String, String)>) {
+    let float_outputs: Vec<String> = (outputs.iter())
+        .filter(|o| shapes0.dtype(o).is_some_and(|d| d.is_float()))
+        .cloned()
+        .collect();
+    // (gradients, the graph's (domain, op) list, float forward outputs)
+    type Run = (Vec<Vec<f64>>, Vec<(String, String)>, Vec<Vec<f64>>);
+    let gradients = |kernels: Kernels| -> Run {
         let mut gg = g.clone();
         let mut shapes = shapes.clone();
         crate::autodiff::fuse::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
@@ -503,16 +509,35 @@ fn verify(
             .iter()
             .map(|n| (n.domain.clone(), n.op_type.clone()))
             .collect();
-        let gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
+        let mut gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
+        // The forward outputs too: a fused forward value the gradients cannot reveal (a Relu
+        // mask reads the same either way) is held to the standard one as well.
+        for o in &float_outputs {
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = o.clone();
+            gg.output.push(v);
+            gnames.push(o.clone());
+        }
         let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };
-        (
-            run_threads(&model_of(gg, opset), &feed, &gnames, threads),
-            custom,
-        )
+        let mut values = run_threads(&model_of(gg, opset), &feed, &gnames, threads);
+        let forward = values.split_off(diff.grads.len());
+        (values, custom, forward)
     };
-    let (standard, standard_nodes) = gradients(Kernels::Standard);
+    let (standard, standard_nodes, standard_forward) = gradients(Kernels::Standard);
     let analytic = if kernels == Kernels::ProbeCpu {
-        let (fast, fast_nodes) = gradients(Kernels::ProbeCpu);
+        let (fast, fast_nodes, fast_forward) = gradients(Kernels::ProbeCpu);
+        for (o, (a, b)) in float_outputs
+            .iter()
+            .zip(fast_forward.iter().zip(&standard_forward))
+        {
+            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1.0);
+            for (j, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale,
+                    "{label} output {o}: probe.cpu forward {x} vs standard ops {y} at element {j}"
+                );
+            }
+        }
         assert!(
             fast_nodes != standard_nodes,
             "{label}: the probe.cpu graph is the standard one (no probe.cpu op, no rewrite)"

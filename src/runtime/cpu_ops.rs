@@ -102,6 +102,7 @@ extern "C" {
         padding: *const i64,
         dilation: *const i64,
         groups: i64,
+        relu: i32,
         y: *mut f32,
         err: *mut c_char,
         err_len: usize,
@@ -258,6 +259,8 @@ pub struct Conv {
 pub struct ConvKernel {
     attrs: ConvAttrs,
     parts: usize,
+    /// Y = max(Conv(X), 0): a Relu after the Conv fused in (`autodiff/fuse.rs`).
+    relu: bool,
 }
 
 impl Operator for Conv {
@@ -279,6 +282,7 @@ impl Operator for Conv {
         Ok(ConvKernel {
             attrs: ConvAttrs::read(k, "Conv")?,
             parts: self.parts,
+            relu: k.get::<i64>("relu").unwrap_or(0) != 0,
         })
     }
 }
@@ -354,6 +358,7 @@ impl Kernel for ConvKernel {
                     a.padding.as_ptr(),
                     a.dilations.as_ptr(),
                     a.group,
+                    self.relu as i32,
                     yp.get().add((lo * y_row) as usize),
                     e,
                     el,
