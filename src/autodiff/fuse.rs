@@ -4,6 +4,8 @@
 //! (`runtime/cpu_ops.rs`). Each fusion saves writing the intermediate tensor and reading it
 //! back: on the shipped ResNet one [250, 16, 28, 28] f32 tensor is 12.5 MB each way.
 //! - `probe.cpu:BatchNormalization` (relu 0) -> Relu: the BatchNormalization with relu 1;
+//! - Sum(dA, `probe.cpu:LayerNormalizationGrad` dX): dA as the LayerNormalizationGrad's
+//!   fourth input, added as dX is written;
 //! - `probe.cpu:Conv` -> Relu: the Conv with relu 1 (the max taken as libtorch's result is
 //!   copied into ONNX Runtime's buffer);
 //! - Add -> Relu, f32 inputs of one shape (a residual connection): `probe.cpu:AddRelu`;
@@ -132,6 +134,63 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
         }
     }
     crate::model::graph::remove_nodes(&mut graph.node, |k| removed[k]);
+    sum_into_layer_norm_grad(graph, shapes);
+}
+
+/// `Sum(dA, LayerNormalizationGrad(...)[0])`, the two gradients of a residual stream at a
+/// pre-norm block's input, as the LayerNormalizationGrad with dA as its fourth input (added
+/// as each row of dX is written: one pass over dX where the Sum took another). The node stays
+/// in its place when dA is computed before it, else takes the Sum's place if nothing reads
+/// its other outputs in between.
+fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
+    let uses = crate::model::graph::Uses::of(graph);
+    let mut removed = vec![false; graph.node.len()];
+    for j in 0..graph.node.len() {
+        let n = &graph.node[j];
+        if n.op_type != "Sum" || !n.domain.is_empty() || n.input.len() != 2 {
+            continue;
+        }
+        for k in 0..2 {
+            let (g, other) = (&graph.node[j].input[k], &graph.node[j].input[1 - k]);
+            let Some(&i) = uses.producer.get(g) else {
+                continue;
+            };
+            let p = &graph.node[i];
+            if p.op_type != "LayerNormalizationGrad" || p.domain != DOMAIN || p.input.len() != 3 {
+                continue;
+            }
+            // dX has X's shape; so has dA where it is known (a forward value's). A gradient
+            // value's is not recorded, but the sweep sums only contributions to one value's
+            // gradient, each of that value's shape (and the kernel checks).
+            let x_dims = shapes.get(&p.input[1]).map(|i| (i.dtype, i.dims.clone()));
+            let other_fits = shapes
+                .get(other)
+                .is_none_or(|o| Some((o.dtype, o.dims.clone())) == x_dims);
+            let fits =
+                p.output.first() == Some(g) && uses.sole_reader(g, j) && other_fits && !removed[i];
+            if !fits {
+                continue;
+            }
+            let in_place = uses.producer.get(other).is_none_or(|&q| q < i);
+            let later = |o: &String| uses.readers(o).iter().all(|&r| r > j);
+            let movable = p.output[1..].iter().all(|o| o.is_empty() || later(o));
+            if !in_place && !movable {
+                continue;
+            }
+            let mut f = p.clone();
+            f.input.push(other.clone());
+            f.output[0] = graph.node[j].output[0].clone();
+            if in_place {
+                graph.node[i] = f;
+                removed[j] = true;
+            } else {
+                graph.node[j] = f;
+                removed[i] = true;
+            }
+            break;
+        }
+    }
+    crate::model::graph::remove_nodes(&mut graph.node, |k| removed[k]);
 }
 
 fn is_bn_without_relu(n: &NodeProto) -> bool {
@@ -226,6 +285,44 @@ mod tests {
         );
     }
 
+    /// `g` (a forward graph over f32 `inputs`, ending in `out`) with the loss sum(out),
+    /// differentiated with respect to every input, rewritten and fused as `probe grad`'s
+    /// fast path does; returns the fused graph, the graph before differentiation and the
+    /// inputs' values (a smooth pattern) as `run_threads` takes them.
+    fn fused(
+        mut g: GraphProto,
+        inputs: &[(&str, &[usize])],
+        out: &str,
+    ) -> (
+        GraphProto,
+        GraphProto,
+        Vec<(String, DType, Vec<usize>, Vec<f64>)>,
+    ) {
+        let (mut feed, mut raw) = (Vec::new(), Vec::new());
+        for &(name, dims) in inputs {
+            let d: Vec<Option<i64>> = dims.iter().map(|&v| Some(v as i64)).collect();
+            g.input.push(value_info(name, DType::F32, &d, "N"));
+            let len = dims.iter().product();
+            let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin()).collect();
+            let wide = v.iter().map(|&x| x as f64).collect();
+            raw.push((name.to_string(), DType::F32, dims.to_vec(), wide));
+            feed.push((name.to_string(), HostTensor::f32(dims.to_vec(), v)));
+        }
+        let mut loss = node("ReduceSum", &[out], "loss");
+        loss.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
+        g.node.push(loss);
+        g.output.push(value_info("loss", DType::F32, &[], "N"));
+        let m = crate::ops::testing::model_of(g.clone(), 20);
+        let shapes = Shapes::observe(&m, &[feed]).unwrap();
+        let unfused = g.clone();
+        let wrt: Vec<String> = inputs.iter().map(|i| i.0.to_string()).collect();
+        let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::ProbeCpu).unwrap();
+        g.node.extend(diff.nodes);
+        probe_cpu_rewrite(&mut g, &shapes);
+        probe_cpu_fuse(&mut g, &shapes);
+        (g, unfused, raw)
+    }
+
     /// Conv -> Relu (libtorch's convolution, 2 input channels, 3x3): the Relu taken in the
     /// Conv's copy-out, against the standard-op gradient and finite differences; and the
     /// rewrite itself (one probe.cpu:Conv with relu 1 writing r, no Relu left).
@@ -245,32 +342,7 @@ mod tests {
             3,
             Kernels::ProbeCpu,
         );
-        let (mut feed, mut raw) = (Vec::new(), Vec::new());
-        for (name, dims) in inputs {
-            let d: Vec<Option<i64>> = dims.iter().map(|&v| Some(v as i64)).collect();
-            g.input.push(value_info(name, DType::F32, &d, "N"));
-            let len = dims.iter().product();
-            let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin()).collect();
-            raw.push((
-                name.to_string(),
-                DType::F32,
-                dims.to_vec(),
-                v.iter().map(|&x| x as f64).collect(),
-            ));
-            feed.push((name.to_string(), HostTensor::f32(dims.to_vec(), v)));
-        }
-        let mut loss = node("ReduceSum", &["r"], "loss");
-        loss.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
-        g.node.push(loss);
-        g.output.push(value_info("loss", DType::F32, &[], "N"));
-        let m = crate::ops::testing::model_of(g.clone(), 20);
-        let shapes = Shapes::observe(&m, &[feed]).unwrap();
-        let unfused = g.clone();
-        let wrt: Vec<String> = ["x", "w", "cb"].map(String::from).to_vec();
-        let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::ProbeCpu).unwrap();
-        g.node.extend(diff.nodes);
-        probe_cpu_rewrite(&mut g, &shapes);
-        probe_cpu_fuse(&mut g, &shapes);
+        let (g, unfused, raw) = fused(g, &inputs, "r");
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
         assert!(!ops.contains(&"Relu"), "{ops:?}");
         // The fused forward value: max(Conv, 0), as the unfused graph computes it (the
@@ -292,6 +364,37 @@ mod tests {
         assert_eq!(conv.domain, crate::runtime::cpu_ops::DOMAIN);
         assert_eq!(conv.output, vec!["r".to_string()]);
         assert!(conv.attribute.iter().any(|a| a.name == "relu" && a.i == 1));
+    }
+
+    /// A pre-norm residual step, y = x + LayerNorm(x) * w: x's two gradient contributions,
+    /// dy itself and the LayerNormalizationGrad's dX, summed inside the LayerNormalizationGrad
+    /// (no Sum left); against the standard-op gradient and finite differences.
+    #[test]
+    fn residual_sum_into_layer_norm_grad() {
+        let mut g = GraphProto::new();
+        let mut ln = node("LayerNormalization", &["x", "scale", "b"], "ln");
+        ln.attribute = vec![crate::model::graph::attr_int("axis", -1)];
+        g.node.push(ln);
+        g.node.push(node("Mul", &["ln", "w"], "m"));
+        g.node.push(node("Add", &["x", "m"], "y"));
+        let xd: &[usize] = &[3, 4, 5];
+        let inputs: [(&str, &[usize]); 4] = [("x", xd), ("scale", &[5]), ("b", &[5]), ("w", xd)];
+        check_graph_with(
+            "x + LN(x) w",
+            g.clone(),
+            &inputs,
+            &["y"],
+            9,
+            Kernels::ProbeCpu,
+        );
+        let (g, _, _) = fused(g, &inputs, "y");
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(!ops.contains(&"Sum"), "{ops:?}");
+        let lng = g
+            .node
+            .iter()
+            .find(|n| n.op_type == "LayerNormalizationGrad");
+        assert_eq!(lng.map(|n| n.input.len()), Some(4), "{ops:?}");
     }
 
     /// Which nodes the block's probe.cpu gradient graph ends with: BN and Relu as one node,

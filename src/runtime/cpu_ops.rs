@@ -1542,7 +1542,7 @@ fn simple_ops(parts: usize) -> [Simple; 15] {
         op("Transpose", &[F32], &[F32], transpose),
         op(
             "LayerNormalizationGrad",
-            &[F32, F32, F32],
+            &[F32, F32, F32, OptF32],
             &[OptF32, OptF32, OptF32],
             layer_norm_grad,
         ),
@@ -1839,17 +1839,29 @@ fn transpose(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     .map_err(|e| n.fail(format!("libtorch: {e}")))
 }
 
-/// `LayerNormalizationGrad(dY, X, Scale) -> (dX?, dScale?, dB?)`, attributes `axis` and
+/// `LayerNormalizationGrad(dY, X, Scale, dA?) -> (dX?, dScale?, dB?)`, attributes `axis` and
 /// `epsilon`, for Scale (and B) of the normalized shape. Per row (the D elements over the
 /// normalized axes), with mean and invstd recomputed from X (two passes over a row that is
 /// in cache), xhat = (X - mean) invstd and g = dY Scale:
 /// `dX = invstd (g - mean(g) - xhat mean(g xhat))`, and `dScale = sum_rows dY xhat`,
-/// `dB = sum_rows dY`.
+/// `dB = sum_rows dY`. With dA (the residual stream's other gradient, `autodiff/fuse.rs`),
+/// dX is `dA +` that.
 fn layer_norm_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
     let (dy, x, scale) = (n.input(ctx, 0)?, n.input(ctx, 1)?, n.input(ctx, 2)?);
+    let add = ctx.input(3)?;
     let (dys, dyv) = dy.try_extract_tensor::<f32>()?;
     let (xs, xv) = x.try_extract_tensor::<f32>()?;
     let (_, sv) = scale.try_extract_tensor::<f32>()?;
+    let av = match &add {
+        Some(a) => {
+            let (as_, av) = a.try_extract_tensor::<f32>()?;
+            if as_[..] != xs[..] {
+                return Err(n.fail(format!("dA {:?} and X {:?} differ", &as_[..], &xs[..])));
+            }
+            Some(av)
+        }
+        None => None,
+    };
     let axis = n.axis(xs.len())?;
     let d = xs[axis..].iter().product::<i64>() as usize;
     if dys[..] != xs[..] || sv.len() != d || d == 0 {
@@ -1899,6 +1911,11 @@ fn layer_norm_grad(n: &Node, ctx: &ComputeContext) -> ort::Result<()> {
                 let out = unsafe { std::slice::from_raw_parts_mut(dx.get().add(r * d), d) };
                 for k in 0..d {
                     out[k] = inv * (g[k] - mg - xc[k] * inv * mgx);
+                }
+                if let Some(a) = av {
+                    for (o, &a) in out.iter_mut().zip(&a[r * d..][..d]) {
+                        *o += a;
+                    }
                 }
             }
         }
