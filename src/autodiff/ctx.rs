@@ -99,9 +99,7 @@ impl<'a> Ctx<'a> {
 
     /// Integer values of an input known at build time.
     pub fn const_ints(&self, i: usize) -> Option<Vec<i64>> {
-        let t = self.consts.get(self.input(i))?;
-        let h = crate::model::decode_tensor(t).ok()?;
-        h.as_i64().map(|v| v.to_vec())
+        super::grad::const_ints(self.consts, self.input(i))
     }
 
     pub fn dtype(&self, name: &str) -> Result<DType> {

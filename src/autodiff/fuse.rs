@@ -80,17 +80,9 @@ pub fn probe_cpu_fuse(graph: &mut GraphProto, shapes: &Shapes) {
             continue;
         }
         let p = &graph.node[i];
-        if std_relu && is_bn_without_relu(p) {
-            // max(BN(X), 0) in the BatchNormalization's one pass.
-            let y = graph.node[j].output[0].clone();
-            let p = &mut graph.node[i];
-            p.output = vec![y];
-            for a in p.attribute.iter_mut().filter(|a| a.name == "relu") {
-                *a = attr_int("relu", 1);
-            }
-            removed[j] = true;
-        } else if std_relu && is_conv_without_relu(p) {
-            // max(Conv(X), 0) as libtorch's result is copied out.
+        if std_relu && takes_relu(p) {
+            // max(Y, 0) in the BatchNormalization's one pass, or as the Conv's result is
+            // copied out.
             let y = graph.node[j].output[0].clone();
             let p = &mut graph.node[i];
             p.output = vec![y];
@@ -193,17 +185,20 @@ fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
     crate::model::graph::remove_nodes(&mut graph.node, |k| removed[k]);
 }
 
-fn is_bn_without_relu(n: &NodeProto) -> bool {
-    n.op_type == "BatchNormalization"
-        && n.domain == DOMAIN
-        && n.attribute.iter().any(|a| a.name == "relu" && a.i == 0)
-}
-
-fn is_conv_without_relu(n: &NodeProto) -> bool {
-    n.op_type == "Conv"
-        && n.domain == DOMAIN
-        && n.output.len() == 1
-        && !n.attribute.iter().any(|a| a.name == "relu" && a.i != 0)
+/// A `probe.cpu` BatchNormalization (relu 0) or Conv (one output, no relu yet), whose kernel
+/// can apply a Relu after it in its own pass.
+fn takes_relu(n: &NodeProto) -> bool {
+    let relu = |on: bool| {
+        n.attribute
+            .iter()
+            .any(|a| a.name == "relu" && (a.i != 0) == on)
+    };
+    n.domain == DOMAIN
+        && match n.op_type.as_str() {
+            "BatchNormalization" => relu(false),
+            "Conv" => n.output.len() == 1 && !relu(true),
+            _ => false,
+        }
 }
 
 /// Whether an Add's two inputs are f32 of one shape (no broadcasting), as far as the observed

@@ -41,6 +41,13 @@ pub struct Diff {
     pub forward_outputs: Vec<(usize, usize, String)>,
 }
 
+/// The int64 values of constant `name` (one of [`constants`]), if it is one.
+pub fn const_ints(consts: &HashMap<String, TensorProto>, name: &str) -> Option<Vec<i64>> {
+    let t = consts.get(name)?;
+    let h = crate::model::decode_tensor(t).ok()?;
+    h.as_i64().map(|v| v.to_vec())
+}
+
 /// Constant tensors of the graph by value name: Constant nodes, initializers that are not
 /// differentiated, and int64 values computed from constants alone (the exporter's shape
 /// arithmetic, e.g. `Reshape(Constant, Constant)` as a ReduceMean's axes), whose values the shape

@@ -191,9 +191,8 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
     // SequenceAt(SplitToSequence(X), i) (the exporter's form) or output i of Split(X).
     let consts = crate::autodiff::grad::constants(graph, &HashSet::new(), shapes);
     let position = |v: &str| -> Option<i64> {
-        let t = consts.get(v)?;
-        let x = crate::model::decode_tensor(t).ok()?;
-        x.as_i64().filter(|x| x.len() == 1).map(|x| x[0])
+        let x = crate::autodiff::grad::const_ints(&consts, v)?;
+        (x.len() == 1).then(|| x[0])
     };
     let last_axis = |n: &NodeProto, x: &str| {
         let (a, r) = (n.attr_i("axis", 0), shapes.rank(x).unwrap_or(0) as i64);

@@ -138,10 +138,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 /// For the forward graph of `probe grad`'s fast path; no gradient node reads a sequence.
 pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
     let consts = crate::autodiff::grad::constants(graph, &HashSet::new(), shapes);
+    // (whether a scalar, the values)
     let const_ints = |name: &str| -> Option<(bool, Vec<i64>)> {
-        let t = consts.get(name)?;
-        let v = crate::model::decode_tensor(t).ok()?;
-        Some((t.dims.is_empty(), v.as_i64()?.to_vec()))
+        let v = crate::autodiff::grad::const_ints(&consts, name)?;
+        Some((consts.get(name)?.dims.is_empty(), v))
     };
     let uses = crate::model::graph::Uses::of(graph);
     // (node index, the Split, the SequenceAt nodes it replaces and their part)
