@@ -228,12 +228,10 @@ struct Sdpa {
 at::Tensor heads(const float* p, const int64_t* bhle, bool blhe, int64_t row = 0) {
   if (!blhe) return view(p, bhle, 4);
   std::array<int64_t, 4> s = {bhle[0], bhle[2], bhle[1], bhle[3]};
-  if (row > 0) {
-    std::array<int64_t, 4> st = {s[1] * row, row, s[3], 1};
-    return at::from_blob(const_cast<float*>(p), s, st, at::TensorOptions().dtype(at::kFloat))
-        .permute({0, 2, 1, 3});
-  }
-  return view(p, s.data(), 4).permute({0, 2, 1, 3});
+  if (row <= 0) row = s[2] * s[3];
+  std::array<int64_t, 4> st = {s[1] * row, row, s[3], 1};
+  return at::from_blob(const_cast<float*>(p), s, st, at::TensorOptions().dtype(at::kFloat))
+      .permute({0, 2, 1, 3});
 }
 
 Sdpa sdpa_part(const float* q, const int64_t* q_shape, const float* k, const float* v,
