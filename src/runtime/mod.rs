@@ -7,9 +7,18 @@ pub mod cpu_ops;
 use anyhow::{anyhow, Result};
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Whether a session with the `probe.cpu` domain has been created in this process; held locked
+/// while the first ones are. ONNX Runtime adds a session's custom-op domains to ONNX's
+/// process-wide schema registry with an unsynchronized check-then-add (`CreateCustomRegistry`):
+/// two sessions created at the same moment in a fresh process can both miss the domain and the
+/// second add fails ("Trying to add a domain to DomainToVersion map, but the domain is already
+/// exist"). So the creations are serialized until one has succeeded; after that the domain is
+/// in the registry, every later session only reads it, and they are created in parallel.
+static DOMAIN_REGISTERED: Mutex<bool> = Mutex::new(false);
 
 /// Where the ONNX Runtime library is looked for.
 pub fn dylib_path() -> PathBuf {
@@ -78,5 +87,119 @@ pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session
             .with_profiling(path)
             .map_err(|e| ctx(ort::Error::from(e)))?;
     }
-    b.commit_from_memory(model_bytes).map_err(ctx)
+    // A panic elsewhere cannot leave the flag wrong: it is set only after a success.
+    let mut registered = DOMAIN_REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    if *registered {
+        drop(registered);
+        return b.commit_from_memory(model_bytes).map_err(ctx);
+    }
+    let session = b.commit_from_memory(model_bytes).map_err(ctx)?;
+    *registered = true;
+    Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::value_info;
+    use crate::ops::testing::{model_of, node};
+    use crate::tensor::DType;
+    use onnx_protobuf::GraphProto;
+
+    /// Set in the child processes of [`sessions_created_at_once_in_fresh_processes`].
+    const CHILD: &str = "PROBE_TEST_CONCURRENT_SESSIONS";
+
+    /// `dX = probe.cpu:ReluGrad(dY, X)` over [4] floats: a session of it needs the domain.
+    fn relu_grad_model() -> Vec<u8> {
+        let mut n = node("ReluGrad", &["dY", "X"], "dX");
+        n.domain = super::cpu_ops::DOMAIN.into();
+        let mut g = GraphProto::new();
+        g.name = "relu_grad".into();
+        g.node.push(n);
+        for name in ["dY", "X"] {
+            g.input.push(value_info(name, DType::F32, &[Some(4)], "n"));
+        }
+        g.output.push(value_info("dX", DType::F32, &[Some(4)], "n"));
+        protobuf::Message::write_to_bytes(&model_of(g, 17)).unwrap()
+    }
+
+    /// 16 threads released at once, each creating (and running) 4 sessions with the `probe.cpu`
+    /// domain. ONNX Runtime adds a custom domain to ONNX's process-wide schema registry when the
+    /// first session with it is created, with a check-then-add that races: only the first
+    /// sessions of a process can collide, so this runs in fresh processes (the test below).
+    #[test]
+    #[ignore = "run in fresh processes by sessions_created_at_once_in_fresh_processes"]
+    fn sessions_created_at_once_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let bytes = relu_grad_model();
+        let threads = 16;
+        let barrier = std::sync::Barrier::new(threads);
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<(), String> {
+                        barrier.wait();
+                        for _ in 0..4 {
+                            let mut sess =
+                                super::session(&bytes, 1, "test").map_err(|e| format!("{e:#}"))?;
+                            let dy = ort::value::Tensor::from_array((
+                                vec![4i64],
+                                vec![1.0f32, 2.0, 3.0, 4.0],
+                            ))
+                            .unwrap();
+                            let x = ort::value::Tensor::from_array((
+                                vec![4i64],
+                                vec![-1.0f32, 1.0, -1.0, 1.0],
+                            ))
+                            .unwrap();
+                            let out = sess
+                                .run(ort::inputs!["dY" => dy, "X" => x])
+                                .map_err(|e| e.to_string())?;
+                            let dx = out["dX"].try_extract_array::<f32>().unwrap();
+                            let dx: Vec<f32> = dx.iter().copied().collect();
+                            if dx != [0.0, 2.0, 0.0, 4.0] {
+                                return Err(format!("dX {dx:?}"));
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .filter_map(|h| h.join().unwrap().err())
+                .collect()
+        });
+        assert!(
+            failures.is_empty(),
+            "{} of {threads} threads failed: {}",
+            failures.len(),
+            failures[0]
+        );
+    }
+
+    #[test]
+    fn sessions_created_at_once_in_fresh_processes() {
+        let exe = std::env::current_exe().unwrap();
+        for run in 0..8 {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "runtime::tests::sessions_created_at_once_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "process {run}: {}",
+                text
+            );
+        }
+    }
 }
