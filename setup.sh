@@ -2,7 +2,8 @@
 # One-time, idempotent set-up for probe on a fresh Debian 12 x86-64 machine.
 #
 # Installs, from the package registries only (Debian, PyPI, crates.io):
-#   - apt: libhdf5-dev + pkg-config (for the hdf5 crate), dataset-fashion-mnist (the data)
+#   - apt: libhdf5-dev + pkg-config (for the hdf5 crate), dataset-fashion-mnist (the data),
+#          strace (the fault-injection tests kill probe inside its writes)
 #   - .libtorch/   libtorch from the torch==2.11.0 wheel (for tch), no Python deps
 #   - .onnxruntime/ libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel (for ort, load-dynamic)
 #   - .venv/       Python with torch, onnx, onnxscript, safetensors, h5py: exporting models and
@@ -17,7 +18,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages ---------------------------------------------------------------------------
 need_apt=""
-for p in libhdf5-dev pkg-config dataset-fashion-mnist; do
+for p in libhdf5-dev pkg-config dataset-fashion-mnist strace; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt="$need_apt $p"
 done
 if [ -n "$need_apt" ]; then

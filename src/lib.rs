@@ -22,6 +22,7 @@ pub mod analyze;
 pub mod autodiff;
 pub mod data;
 pub mod error;
+pub mod interrupt;
 pub mod measure;
 pub mod model;
 pub mod ops;

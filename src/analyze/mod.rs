@@ -175,9 +175,17 @@ pub fn run(plan: &AnalyzePlan) -> Result<Analysis> {
             return Err(input(format!("--lr {lr}: need a positive learning rate")));
         }
     }
-    let res = Results::open(&plan.path, true, 2)?;
+    // `/analysis` is written like a row (crate::store): under the writer lock, so not while a
+    // probe grad appends to the file, and by an atomic commit, so a kill cannot damage it.
+    let _lock = crate::store::lock::WriterLock::acquire(&plan.path)?;
+    let res = Results::open(&plan.path, 2)?;
     let a = analyze(&res, plan.lr);
-    write(&res, &a, &plan.command_line)?;
+    drop(res);
+    let mut file = crate::store::atomic::Shadowed::existing(&plan.path);
+    file.commit("writing /analysis", &|f: &hdf5::File| {
+        write(f, &a, &plan.command_line)
+    })?;
+    file.close();
     Ok(a)
 }
 
@@ -917,9 +925,8 @@ fn str_attr(loc: &hdf5::Location, name: &str, value: &str) -> hdf5::Result<()> {
         .write_scalar(&v)
 }
 
-/// Writes `/analysis`, replacing what an earlier run left there.
-pub fn write(res: &Results, a: &Analysis, command_line: &str) -> Result<()> {
-    let f = res.file();
+/// Writes `/analysis` into `f`, replacing what an earlier run left there.
+fn write(f: &hdf5::File, a: &Analysis, command_line: &str) -> Result<()> {
     let w = || -> hdf5::Result<()> {
         if f.link_exists("analysis") {
             f.unlink("analysis")?;

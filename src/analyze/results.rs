@@ -29,31 +29,15 @@ pub struct Results {
 }
 
 impl Results {
-    /// Opens `path` (read-write with `write`) and checks it is a `probe grad` file with at least
-    /// `min_rows` complete rows. Every failure is an input error (exit 3) naming the file.
-    pub fn open(path: &Path, write: bool, min_rows: usize) -> Result<Results> {
+    /// Opens `path` for reading and checks it is a `probe grad` file with at least `min_rows`
+    /// complete rows. Every failure is an input error (exit 3) naming the file.
+    pub fn open(path: &Path, min_rows: usize) -> Result<Results> {
         let name = path.display();
         if !path.is_file() {
             return Err(input(format!("{name}: no such file")));
         }
-        let read_only = || {
-            hdf5::File::open(path)
-                .map_err(|e| input(format!("{name}: not an HDF5 file, or not readable ({e})")))
-        };
-        let file = if write {
-            match hdf5::File::open_rw(path) {
-                Ok(f) => f,
-                Err(e) => {
-                    // Readable but not writable: read-only, or held by a running probe grad.
-                    drop(read_only()?);
-                    return Err(crate::error::output(format!(
-                        "{name}: cannot open it for writing /analysis ({e})"
-                    )));
-                }
-            }
-        } else {
-            read_only()?
-        };
+        let file = hdf5::File::open(path)
+            .map_err(|e| input(format!("{name}: not an HDF5 file, or not readable ({e})")))?;
         let command = read_str_attr(&file, "command");
         if command.as_deref() != Some("grad") {
             return Err(input(match command {

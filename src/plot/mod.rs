@@ -289,7 +289,7 @@ pub fn run(plan: &PlotPlan) -> Result<Vec<String>> {
             )));
         }
     }
-    let res = Results::open(&plan.path, false, 1)?;
+    let res = Results::open(&plan.path, 1)?;
     let (panels, notes) = panels(&res, plan.lr);
     if panels.is_empty() {
         return Err(input(format!("{}: nothing to plot", plan.path.display())));

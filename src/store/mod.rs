@@ -35,9 +35,14 @@
 //! `command_line`, `model_path`, `model_sha256`, `data`, `data_samples`, `batch_size`, `loss`,
 //! `rows` (rows complete) and `complete` (1 once every requested checkpoint is in, else 0).
 //!
-//! A row is committed by writing all of its datasets, then raising `rows` and flushing. A killed
-//! run can leave datasets one row longer than `rows`; reopening the file trims them, so readers
-//! that honour `rows` (and any reader after a rerun) see complete rows only.
+//! Writing is crash-safe ([`atomic`]): the file at `--out` is only ever replaced whole by a
+//! closed, synced file, so a kill or a full disk at any moment leaves either the rows before the
+//! change or the rows after it, never a half-written row or an unreadable file. One process at a
+//! time writes a results file ([`lock`]): `<out>.lock` is held while it runs, and `<out>.next`
+//! (the copy the next change is written into) exists only while it runs.
+pub mod atomic;
+pub mod lock;
+
 use anyhow::Result;
 use hdf5::types::VarLenUnicode;
 use std::collections::{BTreeMap, HashSet};
@@ -76,13 +81,11 @@ pub type Row = Vec<(String, Cell)>;
 
 pub struct Store {
     pub path: PathBuf,
-    file: hdf5::File,
+    file: atomic::Shadowed,
     rows: usize,
     created: bool,
-}
-
-fn out_err(path: &Path, what: &str, e: impl std::fmt::Display) -> anyhow::Error {
-    crate::error::output(format!("{}: {what}: {e}", path.display()))
+    // Declared last: dropped after the file, so the lock outlives every write.
+    _lock: lock::WriterLock,
 }
 
 fn write_str_attr(loc: &hdf5::Location, name: &str, value: &str) -> hdf5::Result<()> {
@@ -133,10 +136,182 @@ fn datasets(
     Ok(())
 }
 
+/// The complete rows a file holds (its `rows` attribute).
+fn rows_of(file: &hdf5::File) -> usize {
+    read_i64_attr(file, "rows").unwrap_or(0).max(0) as usize
+}
+
+/// Cuts every per-row dataset (chunked, growing) to `rows`; `/params/name` and such are fixed.
+fn trim(file: &hdf5::File, rows: usize) -> Result<()> {
+    let mut all = Vec::new();
+    datasets(file, "", &mut all)?;
+    for (name, ds) in all {
+        let mut shape = ds.shape();
+        if ds.chunk().is_some() && !shape.is_empty() && shape[0] > rows {
+            shape[0] = rows;
+            ds.resize(shape)
+                .map_err(|e| anyhow::anyhow!("trimming {name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why an existing `--out` cannot take this run's rows; `None` when it can.
+fn mismatch(file: &hdf5::File, info: &RunInfo) -> Option<String> {
+    let mut diffs = Vec::new();
+    let mut want: Vec<(&str, String)> = vec![
+        ("command", info.command.clone()),
+        ("model_sha256", info.model_sha256.clone()),
+        ("data", info.data.clone()),
+        ("loss", info.loss.clone()),
+    ];
+    for (k, v) in &info.extra {
+        want.push((k.as_str(), v.clone()));
+    }
+    for (k, v) in want {
+        let have = read_str_attr(file, k).unwrap_or_default();
+        if have != v {
+            diffs.push(format!("{k} is '{have}', this run '{v}'"));
+        }
+    }
+    for (k, v) in [
+        ("data_samples", info.data_samples),
+        ("batch_size", info.batch_size),
+    ] {
+        let have = read_i64_attr(file, k).unwrap_or(-1);
+        // The batch size changes results only through batch statistics (--bn train)
+        // and through the minibatch partition --noise measures.
+        let matters = k != "batch_size"
+            || info.extra.get("bn").is_some_and(|b| b == "train")
+            || info.extra.get("noise").is_some_and(|n| !n.is_empty());
+        if have != v && matters {
+            diffs.push(format!("{k} is {have}, this run {v}"));
+        }
+    }
+    if read_i64_attr(file, "schema_version") != Some(SCHEMA_VERSION) {
+        diffs.push(format!(
+            "schema_version is {:?}, this probe writes {SCHEMA_VERSION}",
+            read_i64_attr(file, "schema_version")
+        ));
+    }
+    (!diffs.is_empty()).then(|| diffs.join("; "))
+}
+
+fn header(file: &hdf5::File, info: &RunInfo) -> Result<()> {
+    write_i64_attr(file, "schema_version", SCHEMA_VERSION)?;
+    write_str_attr(file, "probe_version", env!("CARGO_PKG_VERSION"))?;
+    write_str_attr(file, "command", &info.command)?;
+    write_str_attr(file, "command_line", &info.command_line)?;
+    write_str_attr(file, "model_path", &info.model_path)?;
+    write_str_attr(file, "model_sha256", &info.model_sha256)?;
+    write_str_attr(file, "data", &info.data)?;
+    write_i64_attr(file, "data_samples", info.data_samples)?;
+    write_i64_attr(file, "batch_size", info.batch_size)?;
+    write_str_attr(file, "loss", &info.loss)?;
+    for (k, v) in &info.extra {
+        write_str_attr(file, k, v)?;
+    }
+    write_i64_attr(file, "rows", 0)?;
+    write_i64_attr(file, "complete", 0)?;
+    Ok(())
+}
+
+fn dataset_for(file: &hdf5::File, name: &str, cell: &Cell) -> hdf5::Result<hdf5::Dataset> {
+    if let Ok(ds) = file.dataset(name) {
+        return Ok(ds);
+    }
+    if let Some((group, _)) = name.rsplit_once('/') {
+        let mut g = String::new();
+        for part in group.split('/') {
+            g = if g.is_empty() {
+                part.to_string()
+            } else {
+                format!("{g}/{part}")
+            };
+            if file.group(&g).is_err() {
+                file.create_group(&g)?;
+            }
+        }
+    }
+    let (inner, tail): (Vec<usize>, usize) = match cell {
+        Cell::F64s(s, _) | Cell::F32s(s, _) | Cell::I64s(s, _) => {
+            (s.clone(), s.iter().product::<usize>().max(1))
+        }
+        _ => (vec![], 1),
+    };
+    // Chunks of about 64 KiB: many rows of scalars, one row of a large tensor.
+    let rows_per_chunk = (8192 / tail).clamp(1, 1024);
+    let mut chunk = vec![rows_per_chunk];
+    chunk.extend(inner.iter().map(|&d| d.max(1)));
+    let mut shape: Vec<hdf5::Extent> = vec![hdf5::Extent::resizable(0)];
+    shape.extend(inner.iter().map(|&d| hdf5::Extent::fixed(d)));
+    let b = match cell {
+        Cell::F64(_) | Cell::F64s(..) => file.new_dataset::<f64>(),
+        Cell::F32s(..) => file.new_dataset::<f32>(),
+        Cell::I64(_) | Cell::I64s(..) => file.new_dataset::<i64>(),
+        Cell::Str(_) => file.new_dataset::<VarLenUnicode>(),
+    };
+    b.chunk(chunk).shape(shape).create(name)
+}
+
+/// Writes `row` as row `k` (every dataset grown to k + 1).
+fn write_row(file: &hdf5::File, k: usize, row: &Row) -> Result<()> {
+    for (name, cell) in row {
+        let w = || -> hdf5::Result<()> {
+            let ds = dataset_for(file, name, cell)?;
+            let mut shape = ds.shape();
+            shape[0] = k + 1;
+            ds.resize(shape.clone())?;
+            let inner: Vec<usize> = shape[1..].to_vec();
+            let mut full = vec![1usize];
+            full.extend(&inner);
+            let sel = k..k + 1;
+            // A tensor row is the slab [k, :, ..]: the selection needs every axis.
+            let slab = || {
+                let mut parts = vec![hdf5::SliceOrIndex::from(k..k + 1)];
+                parts.extend(inner.iter().map(|_| hdf5::SliceOrIndex::from(..)));
+                hdf5::Hyperslab::from(parts)
+            };
+            let tensor = |n: usize| -> hdf5::Result<ndarray::IxDyn> {
+                let want: usize = inner.iter().product();
+                if n != want {
+                    return Err(format!("{n} values for a row of shape {inner:?}").into());
+                }
+                Ok(ndarray::IxDyn(&full))
+            };
+            match cell {
+                Cell::F64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
+                Cell::I64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
+                Cell::Str(s) => ds.write_slice(
+                    &ndarray::arr1(&[s.parse::<VarLenUnicode>().unwrap_or_default()]),
+                    sel,
+                ),
+                Cell::F64s(_, v) => ds.write_slice(
+                    &ndarray::ArrayView::from_shape(tensor(v.len())?, v)
+                        .map_err(|e| e.to_string())?,
+                    slab(),
+                ),
+                Cell::F32s(_, v) => ds.write_slice(
+                    &ndarray::ArrayView::from_shape(tensor(v.len())?, v)
+                        .map_err(|e| e.to_string())?,
+                    slab(),
+                ),
+                Cell::I64s(_, v) => ds.write_slice(
+                    &ndarray::ArrayView::from_shape(tensor(v.len())?, v)
+                        .map_err(|e| e.to_string())?,
+                    slab(),
+                ),
+            }
+        };
+        w().map_err(|e| anyhow::anyhow!("writing {name} row {k}: {e}"))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens `path` for appending rows of `info`'s run, creating it if needed. An existing file
     /// written for another model, data set, batch size or loss is refused unless `force`, which
-    /// replaces it.
+    /// replaces it (atomically, and never while another process writes it).
     pub fn open(path: &Path, info: &RunInfo, force: bool) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
@@ -147,104 +322,60 @@ impl Store {
                 )));
             }
         }
+        if path.is_dir() {
+            return Err(crate::error::input(format!(
+                "{}: is a folder; --out names the results file",
+                path.display()
+            )));
+        }
+        let lock = lock::WriterLock::acquire(path)?;
         if path.exists() && !force {
-            let file = hdf5::File::open_rw(path).map_err(|e| {
+            let file = hdf5::File::open(path).map_err(|e| {
                 crate::error::input(format!(
-                    "{}: exists and is not a probe results file ({e}); use --force to replace it",
+                    "{}: exists and is not a results file (HDF5 cannot read it: {e}); probe does not replace it: move it away or choose another --out",
                     path.display()
                 ))
             })?;
-            let mut diffs = Vec::new();
-            let mut want: Vec<(&str, String)> = vec![
-                ("command", info.command.clone()),
-                ("model_sha256", info.model_sha256.clone()),
-                ("data", info.data.clone()),
-                ("loss", info.loss.clone()),
-            ];
-            for (k, v) in &info.extra {
-                want.push((k.as_str(), v.clone()));
-            }
-            for (k, v) in want {
-                let have = read_str_attr(&file, k).unwrap_or_default();
-                if have != v {
-                    diffs.push(format!("{k} is '{have}', this run '{v}'"));
-                }
-            }
-            for (k, v) in [
-                ("data_samples", info.data_samples),
-                ("batch_size", info.batch_size),
-            ] {
-                let have = read_i64_attr(&file, k).unwrap_or(-1);
-                // The batch size changes results only through batch statistics (--bn train).
-                // and through the minibatch partition --noise measures.
-                let matters = k != "batch_size"
-                    || info.extra.get("bn").is_some_and(|b| b == "train")
-                    || info.extra.get("noise").is_some_and(|n| !n.is_empty());
-                if have != v && matters {
-                    diffs.push(format!("{k} is {have}, this run {v}"));
-                }
-            }
-            if read_i64_attr(&file, "schema_version") != Some(SCHEMA_VERSION) {
-                diffs.push(format!(
-                    "schema_version is {:?}, this probe writes {SCHEMA_VERSION}",
-                    read_i64_attr(&file, "schema_version")
-                ));
-            }
-            if !diffs.is_empty() {
+            if read_str_attr(&file, "command").is_none() {
                 return Err(crate::error::input(format!(
-                    "{}: holds results of another run ({}); use --force to replace it or choose another --out",
-                    path.display(),
-                    diffs.join("; ")
+                    "{}: exists and is an HDF5 file but not probe results (no `command` attribute); probe does not replace it: move it away or choose another --out",
+                    path.display()
                 )));
             }
-            let rows = read_i64_attr(&file, "rows").unwrap_or(0).max(0) as usize;
-            // Trim what a killed run may have left past the last complete row.
-            let mut all = Vec::new();
-            datasets(&file, "", &mut all).map_err(|e| out_err(path, "reading", e))?;
-            for (name, ds) in all {
-                let mut shape = ds.shape();
-                // Only the per-row datasets (chunked, growing); `/params/name` and such are fixed.
-                if ds.chunk().is_some() && !shape.is_empty() && shape[0] > rows {
-                    shape[0] = rows;
-                    ds.resize(shape)
-                        .map_err(|e| out_err(path, &format!("trimming {name}"), e))?;
-                }
+            if let Some(diffs) = mismatch(&file, info) {
+                return Err(crate::error::input(format!(
+                    "{}: holds results of another run ({diffs}); use --force to replace it or choose another --out",
+                    path.display()
+                )));
             }
-            write_i64_attr(&file, "complete", 0).map_err(|e| out_err(path, "writing", e))?;
-            write_str_attr(&file, "command_line", &info.command_line)
-                .map_err(|e| out_err(path, "writing", e))?;
+            let rows = rows_of(&file);
+            drop(file);
+            let mut shadowed = atomic::Shadowed::existing(path);
+            let command_line = info.command_line.clone();
+            shadowed.commit("opening", &|f: &hdf5::File| {
+                // Files written before commits were atomic may hold a row past `rows`.
+                trim(f, rows_of(f))?;
+                write_i64_attr(f, "complete", 0)?;
+                write_str_attr(f, "command_line", &command_line)?;
+                Ok(())
+            })?;
+            crate::interrupt::note_rows(path, rows);
             return Ok(Store {
                 path: path.to_path_buf(),
-                file,
+                file: shadowed,
                 rows,
                 created: false,
+                _lock: lock,
             });
         }
-        let file = hdf5::File::create(path).map_err(|e| out_err(path, "cannot create", e))?;
-        let w = || -> hdf5::Result<()> {
-            write_i64_attr(&file, "schema_version", SCHEMA_VERSION)?;
-            write_str_attr(&file, "probe_version", env!("CARGO_PKG_VERSION"))?;
-            write_str_attr(&file, "command", &info.command)?;
-            write_str_attr(&file, "command_line", &info.command_line)?;
-            write_str_attr(&file, "model_path", &info.model_path)?;
-            write_str_attr(&file, "model_sha256", &info.model_sha256)?;
-            write_str_attr(&file, "data", &info.data)?;
-            write_i64_attr(&file, "data_samples", info.data_samples)?;
-            write_i64_attr(&file, "batch_size", info.batch_size)?;
-            write_str_attr(&file, "loss", &info.loss)?;
-            for (k, v) in &info.extra {
-                write_str_attr(&file, k, v)?;
-            }
-            write_i64_attr(&file, "rows", 0)?;
-            write_i64_attr(&file, "complete", 0)?;
-            file.flush()
-        };
-        w().map_err(|e| out_err(path, "writing", e))?;
+        let shadowed = atomic::Shadowed::create(path, &|f: &hdf5::File| header(f, info))?;
+        crate::interrupt::note_rows(path, 0);
         Ok(Store {
             path: path.to_path_buf(),
-            file,
+            file: shadowed,
             rows: 0,
             created: true,
+            _lock: lock,
         })
     }
 
@@ -258,169 +389,99 @@ impl Store {
         if rows >= self.rows {
             return Ok(());
         }
-        let mut all = Vec::new();
-        datasets(&self.file, "", &mut all).map_err(|e| out_err(&self.path, "reading", e))?;
-        // `rows` first: a reader never sees a count larger than the datasets.
-        self.rows = rows;
-        write_i64_attr(&self.file, "rows", rows as i64)
-            .map_err(|e| out_err(&self.path, "writing rows", e))?;
-        for (name, ds) in all {
-            let mut shape = ds.shape();
-            if ds.chunk().is_some() && !shape.is_empty() && shape[0] > rows {
-                shape[0] = rows;
-                ds.resize(shape)
-                    .map_err(|e| out_err(&self.path, &format!("truncating {name}"), e))?;
-            }
-        }
         self.file
-            .flush()
-            .map_err(|e| out_err(&self.path, "flushing", e))
+            .commit(&format!("cutting to {rows} rows"), &|f: &hdf5::File| {
+                write_i64_attr(f, "rows", rows as i64)?;
+                trim(f, rows)
+            })?;
+        self.rows = rows;
+        crate::interrupt::note_rows(&self.path, rows);
+        Ok(())
     }
 
     /// Checkpoints already complete in the file, as (path, sha256).
     pub fn done(&self) -> HashSet<(String, String)> {
-        let read = |name: &str| -> Vec<String> {
-            self.file
-                .dataset(name)
-                .and_then(|d| d.read_raw::<VarLenUnicode>())
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .unwrap_or_default()
-        };
-        let paths = read("checkpoints/path");
-        let shas = read("checkpoints/sha256");
-        paths.into_iter().zip(shas).take(self.rows).collect()
-    }
-
-    fn dataset_for(&self, name: &str, cell: &Cell) -> hdf5::Result<hdf5::Dataset> {
-        if let Ok(ds) = self.file.dataset(name) {
-            return Ok(ds);
-        }
-        if let Some((group, _)) = name.rsplit_once('/') {
-            let mut g = String::new();
-            for part in group.split('/') {
-                g = if g.is_empty() {
-                    part.to_string()
-                } else {
-                    format!("{g}/{part}")
-                };
-                if self.file.group(&g).is_err() {
-                    self.file.create_group(&g)?;
-                }
-            }
-        }
-        let (inner, tail): (Vec<usize>, usize) = match cell {
-            Cell::F64s(s, _) | Cell::F32s(s, _) | Cell::I64s(s, _) => {
-                (s.clone(), s.iter().product::<usize>().max(1))
-            }
-            _ => (vec![], 1),
-        };
-        // Chunks of about 64 KiB: many rows of scalars, one row of a large tensor.
-        let rows_per_chunk = (8192 / tail).clamp(1, 1024);
-        let mut chunk = vec![rows_per_chunk];
-        chunk.extend(inner.iter().map(|&d| d.max(1)));
-        let mut shape: Vec<hdf5::Extent> = vec![hdf5::Extent::resizable(0)];
-        shape.extend(inner.iter().map(|&d| hdf5::Extent::fixed(d)));
-        let b = match cell {
-            Cell::F64(_) | Cell::F64s(..) => self.file.new_dataset::<f64>(),
-            Cell::F32s(..) => self.file.new_dataset::<f32>(),
-            Cell::I64(_) | Cell::I64s(..) => self.file.new_dataset::<i64>(),
-            Cell::Str(_) => self.file.new_dataset::<VarLenUnicode>(),
-        };
-        b.chunk(chunk).shape(shape).create(name)
-    }
-
-    /// Writes one complete row and commits it (`rows` += 1, flush).
-    pub fn append(&mut self, row: &Row) -> Result<()> {
-        let k = self.rows;
-        for (name, cell) in row {
-            let w = || -> hdf5::Result<()> {
-                let ds = self.dataset_for(name, cell)?;
-                let mut shape = ds.shape();
-                shape[0] = k + 1;
-                ds.resize(shape.clone())?;
-                let inner: Vec<usize> = shape[1..].to_vec();
-                let mut full = vec![1usize];
-                full.extend(&inner);
-                let sel = k..k + 1;
-                // A tensor row is the slab [k, :, ..]: the selection needs every axis.
-                let slab = || {
-                    let mut parts = vec![hdf5::SliceOrIndex::from(k..k + 1)];
-                    parts.extend(inner.iter().map(|_| hdf5::SliceOrIndex::from(..)));
-                    hdf5::Hyperslab::from(parts)
-                };
-                match cell {
-                    Cell::F64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
-                    Cell::I64(v) => ds.write_slice(&ndarray::arr1(&[*v]), sel),
-                    Cell::Str(s) => ds.write_slice(
-                        &ndarray::arr1(&[s.parse::<VarLenUnicode>().unwrap_or_default()]),
-                        sel,
-                    ),
-                    Cell::F64s(_, v) => {
-                        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
-                            .unwrap();
-                        ds.write_slice(&a, slab())
-                    }
-                    Cell::F32s(_, v) => {
-                        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
-                            .unwrap();
-                        ds.write_slice(&a, slab())
-                    }
-                    Cell::I64s(_, v) => {
-                        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&full), v.clone())
-                            .unwrap();
-                        ds.write_slice(&a, slab())
-                    }
-                }
-            };
-            w().map_err(|e| out_err(&self.path, &format!("writing {name} row {k}"), e))?;
-        }
-        self.rows = k + 1;
-        write_i64_attr(&self.file, "rows", self.rows as i64)
-            .map_err(|e| out_err(&self.path, "writing rows", e))?;
+        let rows = self.rows;
         self.file
-            .flush()
-            .map_err(|e| out_err(&self.path, "flushing", e))?;
+            .read(|f| {
+                let read = |name: &str| -> Vec<String> {
+                    f.dataset(name)
+                        .and_then(|d| d.read_raw::<VarLenUnicode>())
+                        .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                        .unwrap_or_default()
+                };
+                let paths = read("checkpoints/path");
+                let shas = read("checkpoints/sha256");
+                Ok(paths.into_iter().zip(shas).take(rows).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes one complete row and commits it.
+    pub fn append(&mut self, row: &Row) -> Result<()> {
+        self.append_all(std::slice::from_ref(row))
+    }
+
+    /// Writes complete rows and commits them together (one commit: all of them or none).
+    pub fn append_all(&mut self, rows: &[Row]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let k = self.rows;
+        let what = match rows.len() {
+            1 => format!("writing row {k}"),
+            n => format!("writing rows {k}..{}", k + n),
+        };
+        self.file.commit(&what, &|f: &hdf5::File| {
+            // Both copies hold `k` rows; a copy that disagrees is not ours to extend.
+            let have = rows_of(f);
+            if have != k {
+                anyhow::bail!("the file holds {have} rows where this run wrote {k}");
+            }
+            for (i, row) in rows.iter().enumerate() {
+                write_row(f, k + i, row)?;
+            }
+            write_i64_attr(f, "rows", (k + rows.len()) as i64)?;
+            Ok(())
+        })?;
+        self.rows = k + rows.len();
+        crate::interrupt::note_rows(&self.path, self.rows);
         Ok(())
     }
 
     /// Writes a dataset once (not per row), e.g. `/params/name`.
-    pub fn put_strings(&self, name: &str, values: &[String]) -> Result<()> {
-        if self.file.dataset(name).is_ok() {
+    pub fn put_strings(&mut self, name: &str, values: &[String]) -> Result<()> {
+        if self.file.read(|f| Ok(f.dataset(name).is_ok()))? {
             return Ok(());
         }
-        let w = || -> hdf5::Result<()> {
-            if let Some((group, _)) = name.rsplit_once('/') {
-                if self.file.group(group).is_err() {
-                    self.file.create_group(group)?;
+        self.file
+            .commit(&format!("writing {name}"), &|f: &hdf5::File| {
+                if let Some((group, _)) = name.rsplit_once('/') {
+                    if f.group(group).is_err() {
+                        f.create_group(group)?;
+                    }
                 }
-            }
-            let v: Vec<VarLenUnicode> = values
-                .iter()
-                .map(|s| s.parse().unwrap_or_default())
-                .collect();
-            self.file.new_dataset_builder().with_data(&v).create(name)?;
-            Ok(())
-        };
-        w().map_err(|e| out_err(&self.path, &format!("writing {name}"), e))
+                let v: Vec<VarLenUnicode> = values
+                    .iter()
+                    .map(|s| s.parse().unwrap_or_default())
+                    .collect();
+                f.new_dataset_builder().with_data(&v).create(name)?;
+                Ok(())
+            })
     }
 
     /// Ends the run. `complete` marks that every requested checkpoint is in the file. A file this
     /// run created that holds no row is removed, so a failure leaves nothing that looks like results.
-    pub fn finish(self, complete: bool) -> Result<()> {
+    pub fn finish(mut self, complete: bool) -> Result<()> {
         if complete {
-            write_i64_attr(&self.file, "complete", 1)
-                .map_err(|e| out_err(&self.path, "writing", e))?;
-            self.file
-                .flush()
-                .map_err(|e| out_err(&self.path, "flushing", e))?;
+            self.file.commit("marking it complete", &|f: &hdf5::File| {
+                Ok(write_i64_attr(f, "complete", 1)?)
+            })?;
         }
-        let (path, remove) = (
-            self.path.clone(),
-            self.created && self.rows == 0 && !complete,
-        );
-        drop(self.file);
-        if remove {
-            let _ = std::fs::remove_file(&path);
+        self.file.close();
+        crate::interrupt::clear();
+        if self.created && self.rows == 0 && !complete {
+            let _ = std::fs::remove_file(&self.path);
         }
         Ok(())
     }
