@@ -116,7 +116,7 @@ pub struct AnalyzeArgs {
     #[arg(value_name = "R.h5")]
     pub results: PathBuf,
     /// Learning rate for the edge-of-stability comparison (default: /checkpoints/lr).
-    #[arg(long)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     pub lr: Option<f64>,
 }
 
@@ -129,7 +129,7 @@ pub struct PlotArgs {
     #[arg(short, long, value_name = "FIG.png|FIG.svg")]
     pub out: PathBuf,
     /// Learning rate for the 2/lr line (default: /checkpoints/lr).
-    #[arg(long)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     pub lr: Option<f64>,
 }
 
@@ -156,8 +156,9 @@ pub struct AutodiffArgs {
 pub struct GradArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Also report |g + L w|, the gradient norm of the loss plus (L/2)|w|^2 (SGD's weight decay L).
-    #[arg(long, value_name = "L")]
+    /// Also report |g + L w|, the gradient norm of the loss plus (L/2)|w|^2 (SGD's weight decay L,
+    /// a finite number >= 0).
+    #[arg(long, value_name = "L", value_parser = non_negative, allow_hyphen_values = true)]
     pub weight_decay: Option<f64>,
     /// Store the full gradient of every parameter (`/grad/full/<name>`).
     #[arg(long)]
@@ -167,7 +168,7 @@ pub struct GradArgs {
     #[arg(long, value_enum, default_value_t = Bn::Eval)]
     pub bn: Bn,
     /// Take only the checkpoints of shard i of n (every n-th, starting at i; 0-based), e.g. 3/8.
-    #[arg(long, value_name = "i/n", value_parser = parse_shard)]
+    #[arg(long, value_name = "i/n", value_parser = parse_shard, allow_hyphen_values = true)]
     pub shard: Option<(usize, usize)>,
     /// On a non-finite loss or gradient: stop (exit 4), or record NaN for that checkpoint and go on.
     #[arg(long, value_enum, default_value_t = NonFinite::Stop)]
@@ -190,7 +191,8 @@ pub struct GradArgs {
         long,
         value_name = "N",
         help_heading = "Noise and curvature",
-        requires = "noise"
+        requires = "noise",
+        allow_hyphen_values = true
     )]
     pub noise_samples: Option<u64>,
     /// Curvature from exact Hessian-vector products (the gradient graph differentiated again):
@@ -200,36 +202,45 @@ pub struct GradArgs {
     /// gradient pass (measured on the shipped ResNet), per checkpoint.
     #[arg(long, help_heading = "Noise and curvature")]
     pub hessian: bool,
-    /// Hessian of the mean loss over the first N samples (default: all).
+    /// Hessian of the mean loss over the first N samples, N >= 1 (default: all).
     #[arg(
         long,
         value_name = "N",
         help_heading = "Noise and curvature",
-        requires = "hessian"
+        requires = "hessian",
+        value_parser = clap::value_parser!(u64).range(1..),
+        allow_hyphen_values = true
     )]
     pub hessian_samples: Option<u64>,
-    /// Lanczos iteration budget (one Hessian-vector product pass each).
+    /// Lanczos iteration budget (one Hessian-vector product pass each), 1 to 10000.
     #[arg(
         long,
         value_name = "K",
         default_value_t = 30,
-        help_heading = "Noise and curvature"
+        help_heading = "Noise and curvature",
+        value_parser = whole_in::<1, 10_000>,
+        allow_hyphen_values = true
     )]
     pub hessian_iters: usize,
-    /// Stop Lanczos when the top eigenpair's relative residual |Hu - lu|/|l| is below this.
+    /// Stop Lanczos when the top eigenpair's relative residual |Hu - lu|/|l| is below this (a
+    /// finite number >= 0; 0 runs every iteration).
     #[arg(
         long,
         value_name = "TOL",
         default_value_t = 1e-4,
-        help_heading = "Noise and curvature"
+        help_heading = "Noise and curvature",
+        value_parser = non_negative,
+        allow_hyphen_values = true
     )]
     pub hessian_tol: f64,
-    /// Rademacher probes for the Hutchinson trace estimate.
+    /// Rademacher probes for the Hutchinson trace estimate, 1 to 10000.
     #[arg(
         long,
         value_name = "M",
         default_value_t = 10,
-        help_heading = "Noise and curvature"
+        help_heading = "Noise and curvature",
+        value_parser = whole_in::<1, 10_000>,
+        allow_hyphen_values = true
     )]
     pub hutchinson: usize,
     /// Restrict the Hessian to these parameters (comma-separated initializer names): the block
@@ -243,7 +254,12 @@ pub struct GradArgs {
     )]
     pub hessian_params: Option<Vec<String>>,
     /// Seed of the Lanczos start and the Hutchinson probes (the same at every checkpoint).
-    #[arg(long, default_value_t = 0, help_heading = "Noise and curvature")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        help_heading = "Noise and curvature",
+        allow_hyphen_values = true
+    )]
     pub hessian_seed: u64,
     /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
     /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
@@ -290,6 +306,53 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+// Value parsers of the numeric flags: a value out of range is a bad flag (exit 2), refused by
+// clap before any work with one line, "invalid value 'nan' for '--weight-decay <L>': needs a
+// finite number >= 0". Numeric flags take values that start with '-' (allow_hyphen_values), so
+// `--lr -0.1` is refused for its range, not as an unknown argument.
+
+/// The most compute threads a flag may ask for (ONNX Runtime and libtorch start that many).
+const MAX_THREADS: u64 = 1024;
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err("needs a finite number >= 0".into()),
+    }
+}
+
+/// A finite number > 0.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("needs a finite number > 0".into()),
+    }
+}
+
+/// A whole number in LO..=HI.
+fn whole_in<const LO: usize, const HI: usize>(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (LO..=HI).contains(&v) => Ok(v),
+        _ => Err(format!("needs a whole number from {LO} to {HI}")),
+    }
+}
+
+/// A learning-rate schedule [`probe::train::optim::Schedule::parse`] accepts, kept as given.
+fn schedule(s: &str) -> Result<String, String> {
+    match probe::train::optim::Schedule::parse(s) {
+        Ok(_) => Ok(s.to_string()),
+        // Its message starts "--schedule <s>: ", which clap already says.
+        Err(e) => {
+            let e = e.to_string();
+            Err(e
+                .strip_prefix(&format!("--schedule {s}: "))
+                .unwrap_or(&e)
+                .to_string())
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct Common {
     /// The ONNX model (a `model.onnx.data` external-data file beside it is read too).
@@ -304,16 +367,16 @@ pub struct Common {
     #[arg(long, value_name = "D")]
     pub data: String,
     /// Samples per batch (does not change the result; larger is faster until memory runs out).
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub batch: u64,
     /// Use only the first N samples.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub limit: Option<u64>,
     /// Loss: cross-entropy from logits on class ids, or mean squared error on real targets.
     #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
-    /// Compute threads (default: every core).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Compute threads, 1 to 1024 (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
     pub threads: Option<u64>,
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
     #[arg(long, value_name = "R.h5")]
@@ -377,30 +440,31 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Train this many epochs (ceil(N / B) steps each).
-    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub epochs: Option<u64>,
     /// Train until this step (with --resume: the total, counting the steps already done).
-    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub steps: Option<u64>,
     /// Samples per step.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub batch: u64,
     #[arg(long, value_enum, default_value_t = Opt::Sgd)]
     pub opt: Opt,
-    /// Base learning rate (default 1e-3, as torch.optim).
-    #[arg(long)]
+    /// Base learning rate, a finite number >= 0 (default 1e-3, as torch.optim).
+    #[arg(long, value_parser = non_negative, allow_hyphen_values = true)]
     pub lr: Option<f64>,
-    /// SGD momentum (default 0).
-    #[arg(long)]
+    /// SGD momentum, a finite number >= 0 (default 0).
+    #[arg(long, value_parser = non_negative, allow_hyphen_values = true)]
     pub momentum: Option<f64>,
-    /// Weight decay (default 0 for sgd and adam, 1e-2 for adamw, as torch.optim).
-    #[arg(long)]
+    /// Weight decay, a finite number >= 0 (default 0 for sgd and adam, 1e-2 for adamw, as
+    /// torch.optim).
+    #[arg(long, value_parser = non_negative, allow_hyphen_values = true)]
     pub weight_decay: Option<f64>,
     /// Learning-rate schedule: constant, step:EVERY,GAMMA, or cosine.
-    #[arg(long, default_value = "constant", value_name = "S")]
+    #[arg(long, default_value = "constant", value_name = "S", value_parser = schedule)]
     pub schedule: String,
     /// Seed of the shuffling, the augmentation and libtorch's generator.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
     /// A new seeded permutation of the samples every epoch (the default).
     #[arg(long, overrides_with = "no_shuffle")]
@@ -412,18 +476,18 @@ pub struct TrainArgs {
     #[arg(long)]
     pub augment: bool,
     /// Write a checkpoint every N steps.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub ckpt_every: Option<u64>,
     /// Write a checkpoint at the end of every epoch.
     #[arg(long)]
     pub ckpt_every_epoch: bool,
     /// Use only the first N samples.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub limit: Option<u64>,
     #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
-    /// Compute threads (default: every core).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Compute threads, 1 to 1024 (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
     pub threads: Option<u64>,
     /// Where libtorch trains: cpu, or cuda (where libtorch sees a GPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -441,6 +505,16 @@ impl TrainArgs {
     pub fn plan(self, quiet: bool) -> anyhow::Result<probe::train::run::TrainPlan> {
         use probe::train::optim::{OptConfig, OptKind, Schedule};
         use probe::train::run::{Length, TrainPlan};
+        if self.momentum.is_some() && self.opt != Opt::Sgd {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--momentum applies to --opt sgd only (adam and adamw keep their own moment \
+                     estimates, betas 0.9, 0.999)",
+                )
+                .exit()
+        }
         let kind = match self.opt {
             Opt::Sgd => OptKind::Sgd,
             Opt::Adam => OptKind::Adam,

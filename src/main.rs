@@ -264,6 +264,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`probe ... | head -2`) ends probe the way it ends other Unix tools: by
+    // SIGPIPE's default action, quietly. Rust starts programs with SIGPIPE ignored, which turns
+    // the write into an EPIPE error and println! into a panic (exit 101). The signal is raised
+    // by a write to stdout, which probe makes between results rows, never inside one.
+    // SAFETY: setting a signal's disposition to SIG_DFL before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Before any thread starts: SIGINT/SIGTERM end probe with one line (see probe::interrupt).
     probe::interrupt::install();
     let cli = Cli::parse();

@@ -469,3 +469,154 @@ fn output_that_is_not_a_results_file_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "my notes\n");
 }
+
+// Bad flags: exit 2 through clap, before any work, with the flag named; never a NaN column,
+// never an input error (exit 3) for a value the flag itself rules out.
+
+/// Runs probe with `args` in a fresh folder holding a valid 10-sample data file; `MODEL`,
+/// `DATA`, `OUT` (a results file) and `RUN` (a run folder) stand for those paths. Returns the
+/// output and whether it left results behind.
+fn flag_case(args: &[&str]) -> (Output, bool) {
+    let c = Case::new();
+    let data = c.good_data();
+    let all: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            "MODEL" => model("mlp.onnx").display().to_string(),
+            "DATA" => data.display().to_string(),
+            "OUT" => c.out().display().to_string(),
+            "RUN" => c.path("run").display().to_string(),
+            s => s.to_string(),
+        })
+        .collect();
+    let o = probe_in(c.dir.path(), &all);
+    let left = c.out().exists() || c.path("run").exists();
+    (o, left)
+}
+
+#[test]
+fn out_of_range_and_non_finite_flags_exit_2_naming_the_flag() {
+    const GRAD: &[&str] = &["grad", "--model", "MODEL", "--data", "DATA", "--out", "OUT"];
+    const EVAL: &[&str] = &["eval", "--model", "MODEL", "--data", "DATA", "--out", "OUT"];
+    const TRAIN: &[&str] = &[
+        "train", "--model", "MODEL", "--data", "DATA", "--out", "RUN", "--steps", "1",
+    ];
+    // (the command, the bad flag and value, the flag the error must name)
+    let cases: Vec<(&[&str], Vec<&str>, &str)> = vec![
+        (EVAL, vec!["--batch", "0"], "--batch"),
+        (EVAL, vec!["--limit", "0"], "--limit"),
+        (EVAL, vec!["--threads", "0"], "--threads"),
+        (EVAL, vec!["--batch", "-5"], "--batch"),
+        (GRAD, vec!["--weight-decay", "nan"], "--weight-decay"),
+        (GRAD, vec!["--weight-decay", "inf"], "--weight-decay"),
+        (GRAD, vec!["--weight-decay", "-1e-4"], "--weight-decay"),
+        (
+            GRAD,
+            vec!["--hessian", "--hessian-tol", "nan"],
+            "--hessian-tol",
+        ),
+        (
+            GRAD,
+            vec!["--hessian", "--hessian-tol", "-1"],
+            "--hessian-tol",
+        ),
+        (
+            GRAD,
+            vec!["--hessian", "--hessian-iters", "0"],
+            "--hessian-iters",
+        ),
+        (
+            GRAD,
+            vec!["--hessian", "--hessian-samples", "0"],
+            "--hessian-samples",
+        ),
+        (GRAD, vec!["--hessian", "--hutchinson", "0"], "--hutchinson"),
+        (GRAD, vec!["--shard", "2/2"], "--shard"),
+        (
+            GRAD,
+            vec!["--noise", "--noise-samples", "-1"],
+            "--noise-samples",
+        ),
+        (TRAIN, vec!["--lr", "nan"], "--lr"),
+        (TRAIN, vec!["--lr", "-0.1"], "--lr"),
+        (TRAIN, vec!["--lr", "inf"], "--lr"),
+        (TRAIN, vec!["--momentum", "nan"], "--momentum"),
+        (TRAIN, vec!["--weight-decay", "-inf"], "--weight-decay"),
+        (
+            TRAIN,
+            vec!["--opt", "adam", "--momentum", "0.9"],
+            "--momentum",
+        ),
+        (TRAIN, vec!["--schedule", "linear"], "--schedule"),
+        (TRAIN, vec!["--schedule", "step:0,0.1"], "--schedule"),
+        (TRAIN, vec!["--schedule", "step:10,nan"], "--schedule"),
+        (TRAIN, vec!["--batch", "0"], "--batch"),
+        (TRAIN, vec!["--ckpt-every", "0"], "--ckpt-every"),
+        (&["analyze", "OUT"], vec!["--lr", "nan"], "--lr"),
+        (&["analyze", "OUT"], vec!["--lr", "0"], "--lr"),
+        (
+            &["plot", "OUT", "-o", "fig.png"],
+            vec!["--lr", "-1"],
+            "--lr",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (cmd, flag, name) in cases {
+        let args: Vec<&str> = cmd.iter().chain(flag.iter()).copied().collect();
+        let (o, left_results) = flag_case(&args);
+        // clap's first line: "error: invalid value 'nan' for '--weight-decay <L>': ...".
+        let says_flag = o.stderr.lines().next().is_some_and(|l| l.contains(name));
+        if o.code != 2 || !says_flag || o.stderr.contains("panicked") || left_results {
+            wrong.push(format!(
+                "probe {} ... {}: exit {}{}, stderr: {}",
+                cmd[0],
+                flag.join(" "),
+                o.code,
+                if left_results { ", left results" } else { "" },
+                o.stderr.lines().next().unwrap_or_default()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} bad flag value(s) not refused with exit 2 naming the flag:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// `probe ... | head -2`: the reader goes away; probe must end without a panic or an error.
+#[test]
+fn a_closed_stdout_ends_probe_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let c = Case::new();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_probe"));
+    cmd.current_dir(c.dir.path())
+        .args(["eval", "--model"])
+        .arg(model("mlp.onnx"))
+        .arg("--data")
+        .arg(c.good_data())
+        .arg("--out")
+        .arg(c.out())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = {
+        let _g = hdf5_guard();
+        cmd.spawn().unwrap()
+    };
+    // The read end closes before probe writes its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "probe should end quietly (exit 0 or SIGPIPE's default action), got {:?}; stderr: {stderr}",
+        out.status
+    );
+}
