@@ -540,6 +540,7 @@ fn flags_that_do_not_apply_are_refused() {
     let m = tiny_model(dir.path(), "lin", &[], true);
     let d = tiny_data(dir.path(), 10, None);
     let out = dir.path().join("run");
+    // Bad flags on their own: clap refuses them before any work (exit 2), naming the flag.
     for (flags, needles) in [
         (
             vec!["--opt", "adam", "--momentum", "0.9"],
@@ -553,19 +554,26 @@ fn flags_that_do_not_apply_are_refused() {
             vec!["--schedule", "step:0,0.1"],
             vec!["--schedule", "EVERY"],
         ),
-        (vec!["--schedule", "linear"], vec!["--schedule linear"]),
-        (vec!["--lr=-1"], vec!["--lr -1", ">= 0"]),
         (
-            vec!["--augment"],
-            vec!["--augment", "[N, C, H, W]", "[N, 4]"],
+            vec!["--schedule", "linear"],
+            vec!["--schedule", "unknown schedule"],
         ),
+        (vec!["--lr=-1"], vec!["--lr", ">= 0"]),
     ] {
         let mut f = vec!["--steps", "2"];
         f.extend(flags.iter());
         let o = probe(&train_args(&m, &d, &out, &f));
-        one_line_error(&o, 3, &needles);
-        assert!(!out.join("step-00000000.safetensors").exists(), "{flags:?}");
+        assert_eq!(o.code, 2, "{flags:?}: {}", o.stderr);
+        let first = o.stderr.lines().next().unwrap_or_default();
+        for n in &needles {
+            assert!(first.contains(n), "{flags:?}: should say {n:?}: {first}");
+        }
+        assert!(!out.exists(), "{flags:?}");
     }
+    // A flag that does not fit the data: an input error (exit 3).
+    let o = probe(&train_args(&m, &d, &out, &["--steps", "2", "--augment"]));
+    one_line_error(&o, 3, &["--augment", "[N, C, H, W]", "[N, 4]"]);
+    assert!(!out.join("step-00000000.safetensors").exists());
     // Neither --steps nor --epochs: a usage error (clap, exit 2).
     let o = probe(&train_args(&m, &d, &out, &[]));
     assert_eq!(o.code, 2, "{}", o.stderr);
