@@ -149,27 +149,158 @@ fn value_spec(v: &onnx_protobuf::ValueInfoProto) -> ValueSpec {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    use std::io::Read;
     let mut f = std::fs::File::open(path)
         .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    hash_stream(&mut f, &mut h)
+        .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Replaces every externally stored initializer's data by its bytes, read from the file named in
-/// its `location` entry (relative to the model's folder). Returns the external files used.
-fn resolve_external(path: &Path, proto: &mut ModelProto) -> Result<Vec<PathBuf>> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
+/// Feeds everything `r` yields into `h`, 1 MiB at a time (never the whole file in memory).
+fn hash_stream(r: &mut impl std::io::Read, h: &mut Sha256) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+    }
+}
+
+/// Protobuf's limit on a serialized message, so on an ONNX graph file (larger graphs keep their
+/// weights in external data).
+const MAX_PROTO_BYTES: u64 = 2 << 30;
+
+/// The checked shape of a tensor whose dimensions come from a file: every dimension
+/// non-negative, the element count and `elem_size` times it within `usize`. Returns the shape,
+/// the element count and the byte count.
+pub fn checked_shape(dims: &[i64], elem_size: usize) -> Result<(Vec<usize>, usize, usize), String> {
+    let mut shape = Vec::with_capacity(dims.len());
+    let mut numel: usize = 1;
+    for &d in dims {
+        let d =
+            usize::try_from(d).map_err(|_| format!("negative dimension in its shape {dims:?}"))?;
+        numel = numel
+            .checked_mul(d)
+            .ok_or_else(|| format!("shape {dims:?} is too large (its element count overflows)"))?;
+        shape.push(d);
+    }
+    let bytes = numel.checked_mul(elem_size).ok_or_else(|| {
+        format!("shape {dims:?} is too large ({numel} elements of {elem_size} bytes overflow)")
+    })?;
+    Ok((shape, numel, bytes))
+}
+
+/// `"123"` -> 123; anything else (a sign, spaces, hex, an empty string, more than u64) is refused.
+fn strict_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// What kind of file system object a non-regular file is, for the error line.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// One external data file, opened after its location was checked.
+struct DataFile {
+    /// As resolved: canonical, inside the model's folder.
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+}
+
+/// Opens the file an initializer's `location` names, if it may be read: `location` relative,
+/// resolving (symbolic links followed) to a regular file inside the model's canonical folder.
+/// The error is the reason, for a line that names the model, the tensor and the location.
+fn open_location(dir: &Path, location: &str) -> std::result::Result<DataFile, String> {
+    let rel = Path::new(location);
+    if location.is_empty() {
+        return Err("empty location".into());
+    }
+    if rel.is_absolute() || location.contains('\0') {
+        return Err("not a relative path (a model's data must be in its own folder)".into());
+    }
+    let canon_dir = dir
+        .canonicalize()
+        .map_err(|e| format!("the model's folder {}: {e}", dir.display()))?;
+    let joined = canon_dir.join(rel);
+    let canon = joined.canonicalize().map_err(|e| {
+        format!(
+            "the external data file of the model ({}): {e}",
+            joined.display()
+        )
+    })?;
+    if !canon.starts_with(&canon_dir) || canon == canon_dir {
+        return Err(format!(
+            "resolves to {}, outside the model's folder {}",
+            canon.display(),
+            canon_dir.display()
+        ));
+    }
+    // Checked before opening: opening a FIFO blocks until a writer comes.
+    let meta = std::fs::metadata(&canon).map_err(|e| format!("{}: {e}", canon.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file ({})",
+            canon.display(),
+            file_kind(&meta)
+        ));
+    }
+    let file = std::fs::File::open(&canon).map_err(|e| {
+        format!(
+            "the external data file of the model ({}): {e}",
+            canon.display()
+        )
+    })?;
+    // The same file as checked, not something swapped in between.
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", canon.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    if !opened.is_file() || opened.dev() != meta.dev() || opened.ino() != meta.ino() {
+        return Err(format!("{} changed while it was opened", canon.display()));
+    }
+    Ok(DataFile {
+        path: canon,
+        len: opened.len(),
+        file,
+    })
+}
+
+/// Replaces every externally stored initializer's data by its bytes, read by range from the file
+/// named in its `location` entry. The location must stay inside the model's folder, `offset` and
+/// `length` must be plain non-negative integers, the range must lie inside the file and, for a
+/// known element type, `length` must be the shape's byte size. Returns the external files used,
+/// in order of first use (their contents are part of the model's hash).
+fn resolve_external(path: &Path, proto: &mut ModelProto) -> Result<Vec<DataFile>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut files: Vec<DataFile> = Vec::new();
+    let mut by_location: HashMap<String, usize> = HashMap::new();
     let graph = proto.graph.as_mut().unwrap();
     for t in graph.initializer.iter_mut() {
         if t.data_location.value() != 1 {
@@ -188,44 +319,115 @@ fn resolve_external(path: &Path, proto: &mut ModelProto) -> Result<Vec<PathBuf>>
                 t.name
             ))
         })?;
-        let offset: usize = entry("offset").map(|s| s.parse().unwrap_or(0)).unwrap_or(0);
-        let file = dir.join(&location);
-        if !cache.contains_key(&location) {
-            let bytes = std::fs::read(&file).map_err(|e| {
-                crate::error::input(format!(
-                    "{}: external data file of {} (initializer '{}'): {e}",
-                    file.display(),
-                    path.display(),
-                    t.name
-                ))
-            })?;
-            files.push(file.clone());
-            cache.insert(location.clone(), bytes);
-        }
-        let bytes = &cache[&location];
-        let dtype = DType::from_onnx(t.data_type);
-        let numel: usize = t.dims.iter().map(|&d| d as usize).product();
-        let length: usize = match entry("length") {
-            Some(s) => s.parse().unwrap_or(0),
-            None => dtype
-                .map(|d| d.size() * numel)
-                .unwrap_or(bytes.len().saturating_sub(offset)),
-        };
-        if offset + length > bytes.len() {
-            return Err(crate::error::input(format!(
-                "{}: truncated external data: initializer '{}' needs bytes {}..{} but the file has {} bytes",
-                file.display(),
+        let fail = |why: String| {
+            crate::error::input(format!(
+                "{}: initializer '{}' (external data '{}'): {why}",
+                path.display(),
                 t.name,
-                offset,
-                offset + length,
-                bytes.len()
+                location
+            ))
+        };
+        let k = match by_location.get(&location) {
+            Some(&k) => k,
+            None => {
+                let f = open_location(dir, &location).map_err(&fail)?;
+                files.push(f);
+                by_location.insert(location.clone(), files.len() - 1);
+                files.len() - 1
+            }
+        };
+        let number = |key: &str| -> Result<Option<u64>> {
+            match entry(key) {
+                None => Ok(None),
+                Some(s) => strict_u64(&s).map(Some).ok_or_else(|| {
+                    fail(format!(
+                        "{key} '{s}' is not a non-negative integer below 2^64"
+                    ))
+                }),
+            }
+        };
+        let offset = number("offset")?.unwrap_or(0);
+        let length = number("length")?;
+        let dtype = DType::from_onnx(t.data_type);
+        let shape_bytes = match dtype {
+            Some(d) => Some(checked_shape(&t.dims, d.size()).map_err(&fail)?.2 as u64),
+            None => None,
+        };
+        let file_len = files[k].len;
+        let length = match (length, shape_bytes) {
+            (Some(l), Some(want)) if l != want => {
+                return Err(fail(format!(
+                    "length {l} does not match its shape {:?} of {} ({want} bytes)",
+                    t.dims,
+                    dtype.unwrap()
+                )))
+            }
+            (Some(l), _) => l,
+            (None, Some(want)) => want,
+            (None, None) => file_len.saturating_sub(offset),
+        };
+        let end = offset.checked_add(length).ok_or_else(|| {
+            fail(format!(
+                "offset {offset} + length {length} overflows a 64-bit size"
+            ))
+        })?;
+        if end > file_len {
+            return Err(fail(format!(
+                "truncated external data: needs bytes {offset}..{end} of {} but the file has {file_len} bytes",
+                files[k].path.display()
             )));
         }
-        t.raw_data = bytes[offset..offset + length].to_vec();
+        // Fits in memory's address space: `end` is within a file that exists.
+        let n = usize::try_from(length).map_err(|_| fail(format!("length {length} too large")))?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(n)
+            .map_err(|e| fail(format!("{n} bytes: {e}")))?;
+        let f = &mut files[k].file;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.take(length).read_to_end(&mut bytes))
+            .map_err(|e| fail(format!("reading bytes {offset}..{end}: {e}")))?;
+        if bytes.len() as u64 != length {
+            return Err(fail(format!(
+                "truncated external data: needs bytes {offset}..{end} of {} but reading stopped at {}",
+                files[k].path.display(),
+                offset + bytes.len() as u64
+            )));
+        }
+        t.raw_data = bytes;
         t.external_data.clear();
         t.data_location = protobuf::EnumOrUnknown::from_i32(0);
     }
     Ok(files)
+}
+
+/// Checks that an initializer's stored data fits its declared shape and element type, so that
+/// nothing downstream trusts a size the file states but does not hold.
+fn check_initializer(t: &TensorProto, dtype: DType) -> std::result::Result<Vec<usize>, String> {
+    let (shape, numel, bytes) = checked_shape(&t.dims, dtype.size())?;
+    if !t.raw_data.is_empty() {
+        if t.raw_data.len() != bytes {
+            return Err(format!(
+                "{} bytes of data for shape {:?} of {dtype} ({bytes} bytes)",
+                t.raw_data.len(),
+                t.dims
+            ));
+        }
+        return Ok(shape);
+    }
+    let have = match dtype {
+        DType::F32 => t.float_data.len(),
+        DType::F64 => t.double_data.len(),
+        DType::I64 => t.int64_data.len(),
+        _ => t.int32_data.len(),
+    };
+    if have != numel {
+        return Err(format!(
+            "{have} values for shape {:?} ({numel} elements)",
+            t.dims
+        ));
+    }
+    Ok(shape)
 }
 
 /// Decodes an initializer (raw_data or the typed fields) into a host tensor.
@@ -237,12 +439,35 @@ pub fn decode_tensor(t: &TensorProto) -> Result<HostTensor> {
             t.data_type
         )
     })?;
-    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    if !t.raw_data.is_empty() || shape.iter().product::<usize>() == 0 {
+    let (shape, numel, bytes) = checked_shape(&t.dims, dtype.size())
+        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name))?;
+    if !t.raw_data.is_empty() || numel == 0 {
+        if t.raw_data.len() != bytes {
+            anyhow::bail!(
+                "tensor '{}': {} bytes for a {dtype} tensor of shape {:?} (expected {bytes})",
+                t.name,
+                t.raw_data.len(),
+                t.dims
+            );
+        }
         return HostTensor::from_le_bytes(dtype, shape, &t.raw_data)
             .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name));
     }
     use crate::tensor::Values;
+    let have = match dtype {
+        DType::F32 => t.float_data.len(),
+        DType::F64 => t.double_data.len(),
+        DType::I64 => t.int64_data.len(),
+        _ => t.int32_data.len(),
+    };
+    if have != numel {
+        anyhow::bail!(
+            "tensor '{}': {} values for shape {:?}",
+            t.name,
+            have,
+            t.dims
+        );
+    }
     let values = match dtype {
         DType::F32 => Values::F32(t.float_data.clone()),
         DType::F64 => Values::F32(t.double_data.iter().map(|&v| v as f32).collect()),
@@ -254,30 +479,30 @@ pub fn decode_tensor(t: &TensorProto) -> Result<HostTensor> {
             anyhow::bail!("tensor '{}': 16-bit float data outside raw_data", t.name)
         }
     };
-    let ht = HostTensor {
+    Ok(HostTensor {
         shape,
         dtype,
         values,
-    };
-    let have = match &ht.values {
-        Values::F32(v) => v.len(),
-        Values::I64(v) => v.len(),
-    };
-    if have != ht.numel() {
-        anyhow::bail!(
-            "tensor '{}': {} values for shape {:?}",
-            t.name,
-            have,
-            ht.shape
-        );
-    }
-    Ok(ht)
+    })
 }
 
 impl Model {
     pub fn load(path: &Path) -> Result<Model> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
+        use std::io::Read;
+        let io = |e: std::io::Error| crate::error::input(format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(io)?;
+        // At most protobuf's limit plus one byte, so a model named `/dev/zero` or a huge file
+        // ends in an error, not in memory growing until the kernel kills probe.
+        let mut bytes = Vec::new();
+        file.take(MAX_PROTO_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_PROTO_BYTES {
+            return Err(crate::error::input(format!(
+                "{}: not an ONNX model (more than 2 GiB, protobuf's limit; large weights go in external data)",
+                path.display()
+            )));
+        }
         let not_onnx = |why: String| {
             crate::error::input(format!("{}: not an ONNX model ({why})", path.display()))
         };
@@ -291,10 +516,16 @@ impl Model {
             return Err(not_onnx("no IR version or opset".into()));
         }
         let external = resolve_external(path, &mut proto)?;
+        // The graph file, then each external data file in order of first use, streamed.
         let mut h = Sha256::new();
         h.update(&bytes);
-        for f in &external {
-            h.update(std::fs::read(f)?);
+        drop(bytes);
+        for f in external {
+            use std::io::{Seek, SeekFrom};
+            let mut file = f.file;
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| hash_stream(&mut file, &mut h))
+                .map_err(|e| crate::error::input(format!("{}: {e}", f.path.display())))?;
         }
         let sha256 = format!("{:x}", h.finalize());
         Model::from_proto(path, proto, sha256)
@@ -338,6 +569,13 @@ impl Model {
                     t.data_type
                 ))
             })?;
+            let shape = check_initializer(t, dtype).map_err(|why| {
+                crate::error::input(format!(
+                    "{}: initializer '{}': {why}",
+                    path.display(),
+                    t.name
+                ))
+            })?;
             let role = if !meta_role.is_empty() {
                 meta_role
                     .get(t.name.as_str())
@@ -353,7 +591,7 @@ impl Model {
             params.push(ParamInfo {
                 name: t.name.clone(),
                 dtype,
-                shape: t.dims.iter().map(|&d| d as usize).collect(),
+                shape,
                 role,
             });
         }
