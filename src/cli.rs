@@ -66,8 +66,9 @@ libtorch: the graph is interpreted node by node in training mode (BatchNorm with
 loss is the batch's mean cross-entropy from logits (or --loss mse), and the step is PyTorch's \
 torch.optim.SGD / Adam / AdamW. Writes DIR/step-<8-digit step>.safetensors (every parameter and buffer \
 by ONNX name, float32; metadata: step, epoch, lr, optimizer, seed, ...) at step 0, every --ckpt-every N \
-steps, at each epoch's end with --ckpt-every-epoch and at the last step; the optimizer state beside \
-each (step-<step>.optim.safetensors); and the training log DIR/train.h5 (per step: minibatch loss, lr).\n\n\
+steps, at each epoch's end with --ckpt-every-epoch and at the last step; the optimizer state of each \
+in its own folder, DIR/optim/step-<8-digit step>.safetensors (so DIR/step-*.safetensors names the weights \
+only); and the training log DIR/train.h5 (per step: minibatch loss, lr).\n\n\
 Batches: an epoch is ceil(N/B) steps (the last batch smaller), in a seeded permutation per epoch \
 (--shuffle, default) or in file order (--no-shuffle). --resume continues from the newest checkpoint in \
 DIR with its optimizer state, bit for bit as if never stopped (same flags, same seed). The learning \
@@ -358,7 +359,9 @@ pub struct Common {
     /// The ONNX model (a `model.onnx.data` external-data file beside it is read too).
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
-    /// Checkpoints (safetensors keyed by ONNX initializer names), in the order to evaluate.
+    /// Checkpoints (safetensors keyed by ONNX initializer names), or folders of them; taken in
+    /// step order (metadata `step`, else the number in the file name) whatever order they are
+    /// given in. Optimizer-state files are skipped with a note; the same file twice is refused.
     /// Without --ckpt the model's own initializers are used.
     #[arg(long, value_name = "C.safetensors", num_args = 1..)]
     pub ckpt: Vec<PathBuf>,

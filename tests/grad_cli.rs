@@ -366,3 +366,243 @@ fn a_killed_run_leaves_complete_rows_and_resumes() {
     assert_eq!(paths, 6, "every dataset has exactly the complete rows");
     assert_eq!(f64s(&d["datasets"]["grad/l2"]).len(), 6);
 }
+
+// Checkpoint sets as users give them: shell globs over `probe train`'s folder, any order,
+// optimizer-state files among the weights, the same file twice, many unusable files.
+
+/// Runs `sh -c SCRIPT` with `$PROBE` the probe binary and `$DIR` the folder, so a glob is
+/// expanded by a real shell.
+fn sh(script: &str, dir: &Path) -> Output {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env("PROBE", env!("CARGO_BIN_EXE_probe"))
+        .env("DIR", dir)
+        .current_dir(dir);
+    run(cmd)
+}
+
+/// The `step` column of a results table printed on stdout (after the header line).
+fn printed_steps(stdout: &str) -> Vec<i64> {
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_readme_globs_work_on_probe_trains_own_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "lin", &[], true);
+    let d = tiny_data(dir.path(), 12, None, 0);
+    probe_in(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "lin.onnx",
+            "--data",
+            s(&d),
+            "--steps",
+            "4",
+            "--batch",
+            "3",
+            "--opt",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0.9",
+            "--ckpt-every",
+            "1",
+            "--out",
+            "runs/r",
+            "-q",
+        ],
+    )
+    .ok();
+    let _ = m;
+    let data = s(&d);
+    // The README's and --help's commands, as a shell expands them.
+    for (what, script) in [
+        (
+            "grad step-*",
+            format!("\"$PROBE\" grad --model lin.onnx --ckpt runs/r/step-*.safetensors --data {data} --out g1.h5"),
+        ),
+        (
+            "grad *",
+            format!("\"$PROBE\" grad --model lin.onnx --ckpt runs/r/*.safetensors --data {data} --out g2.h5"),
+        ),
+        (
+            "eval step-*",
+            format!("\"$PROBE\" eval --model lin.onnx --ckpt runs/r/step-*.safetensors --data {data} --out e1.h5"),
+        ),
+    ] {
+        let o = sh(&script, dir.path());
+        assert_eq!(o.code, 0, "{what}: {}", o.stderr);
+        assert_eq!(printed_steps(&o.stdout), [0, 1, 2, 3, 4], "{what}: {}", o.stdout);
+        assert!(!o.stderr.contains("note"), "{what}: {}", o.stderr);
+    }
+    // Optimizer state given on purpose (or by a wider glob) is skipped with one short note.
+    let o = sh(
+        &format!(
+            "\"$PROBE\" eval --model lin.onnx --ckpt runs/r/optim/*.safetensors runs/r/*.safetensors --data {data} --out e2.h5"
+        ),
+        dir.path(),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(printed_steps(&o.stdout), [0, 1, 2, 3, 4], "{}", o.stdout);
+    let notes: Vec<&str> = o.stderr.lines().filter(|l| l.starts_with("note")).collect();
+    assert_eq!(notes.len(), 1, "{}", o.stderr);
+    assert!(
+        notes[0].contains("5 optimizer-state") && notes[0].len() < 300,
+        "{}",
+        notes[0]
+    );
+    // Only optimizer state: nothing to measure, an input error.
+    let o = sh(
+        &format!(
+            "\"$PROBE\" eval --model lin.onnx --ckpt runs/r/optim/*.safetensors --data {data} --out e3.h5"
+        ),
+        dir.path(),
+    );
+    one_line_error(&o, 3, &["optimizer", "step-00000000.safetensors"]);
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Checkpoints named `step-<n>` without padding (a shell glob gives 0, 120, 160, 40, 80) and one
+/// whose step is only in its metadata: every neighbour-based column must be the same as when
+/// they are given in step order.
+#[test]
+fn checkpoints_given_out_of_order_are_measured_in_step_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "lin", &[], true);
+    let d = tiny_data(dir.path(), 12, None, 0);
+    let mut by_step = Vec::new();
+    for step in [0, 40, 80, 120, 160, 200] {
+        let k = step as f32 / 40.0;
+        let scale = 1.0 + 0.1 * k * k;
+        let name = if step == 200 {
+            "final.safetensors".to_string()
+        } else {
+            format!("step-{step}.safetensors")
+        };
+        let p = dir.path().join(&name);
+        let meta: &[(&str, &str)] = if step == 200 { &[("step", "200")] } else { &[] };
+        write_ckpt(&p, &own_state(&m, |x| x * scale + 0.01 * k), meta);
+        by_step.push(name);
+    }
+    let mut shell_order = by_step.clone();
+    shell_order.sort();
+    assert_eq!(shell_order[1], "step-0.safetensors");
+    let run = |ckpts: &[String], out: &str| {
+        let mut a: Vec<String> = [
+            "grad",
+            "--model",
+            s(&m),
+            "--data",
+            s(&d),
+            "-q",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.push("--ckpt".into());
+        a.extend(ckpts.iter().cloned());
+        let o = probe_in(dir.path(), &a).ok();
+        assert_eq!(printed_steps(&o.stdout), [0, 40, 80, 120, 160, 200]);
+        h5_dump(&dir.path().join(out))
+    };
+    let want = run(&by_step, "in_order.h5");
+    let got = run(&shell_order, "shell_order.h5");
+    assert_eq!(
+        i64s(&got["datasets"]["checkpoints/step"]),
+        [0, 40, 80, 120, 160, 200]
+    );
+    let moved = f64s(&want["datasets"]["weights/dist_prev"]);
+    assert!(moved[2] > moved[1], "{moved:?}");
+    for key in [
+        "weights/dist_prev",
+        "weights/dist_first",
+        "weights/w1_prev",
+        "weights/w1_first",
+        "weights/per_param_dist_prev",
+        "weights/per_param_mean_abs_move",
+        "loss",
+        "grad/l2",
+    ] {
+        assert_eq!(got["datasets"][key], want["datasets"][key], "{key}");
+    }
+}
+
+#[test]
+fn the_same_checkpoint_twice_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "lin", &[], true);
+    let d = tiny_data(dir.path(), 12, None, 0);
+    let a = dir.path().join("step-10.safetensors");
+    write_ckpt(&a, &own_state(&m, |x| x * 1.5), &[]);
+    let b = dir.path().join("copy-of-10.safetensors");
+    std::fs::copy(&a, &b).unwrap();
+    let other = dir.path().join("step-20.safetensors");
+    write_ckpt(&other, &own_state(&m, |x| x * 2.0), &[]);
+    for (cmd, ckpts) in [
+        ("grad", vec![&a, &other, &b]),
+        ("eval", vec![&a, &other, &a]),
+    ] {
+        let out = dir.path().join(format!("{cmd}.h5"));
+        let mut args = vec![
+            cmd,
+            "--model",
+            s(&m),
+            "--data",
+            s(&d),
+            "--out",
+            s(&out),
+            "--ckpt",
+        ];
+        args.extend(ckpts.iter().map(|p| s(p)));
+        let o = probe(&args);
+        one_line_error(&o, 3, &[s(ckpts[0]), s(ckpts[2]), "same", "sha256"]);
+        assert!(!out.exists(), "{cmd}: no results after a refused set");
+    }
+}
+
+#[test]
+fn many_unusable_checkpoints_give_one_short_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "lin", &[], true);
+    let d = tiny_data(dir.path(), 12, None, 0);
+    let mut args: Vec<String> = ["grad", "--model", s(&m), "--data", s(&d), "--out"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    args.push(s(&dir.path().join("g.h5")).to_string());
+    args.push("--ckpt".into());
+    let good = dir.path().join("step-0.safetensors");
+    write_ckpt(&good, &own_state(&m, |x| x), &[]);
+    args.push(s(&good).to_string());
+    let mut bad = Vec::new();
+    for k in 1..=4 {
+        let p = dir.path().join(format!("step-{k}.safetensors"));
+        let t = CkptTensor::f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        write_ckpt(&p, &[(format!("other{k}.weight"), t)], &[]);
+        args.push(s(&p).to_string());
+        bad.push(p);
+    }
+    let o = probe(&args);
+    one_line_error(&o, 3, &["4 of the 5 checkpoints", s(&bad[0]), "fc.weight"]);
+    for p in &bad[1..] {
+        assert!(
+            !o.stderr.contains(p.file_name().unwrap().to_str().unwrap()),
+            "only the first unusable file is named: {}",
+            o.stderr
+        );
+    }
+}

@@ -326,7 +326,7 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     assert!(o.stderr.contains("resuming from"), "{}", o.stderr);
     for f in [
         "step-00000006.safetensors",
-        "step-00000006.optim.safetensors",
+        "optim/step-00000006.safetensors",
     ] {
         let (x, _) = read_st(&a.join(f));
         let (y, _) = read_st(&b.join(f));
@@ -482,16 +482,23 @@ fn a_folder_holding_another_run_is_refused_unless_resume_or_force() {
         &["--steps", "4", "--ckpt-every", "2"],
     ))
     .ok();
+    // The optimizer state in its own folder: `run/step-*.safetensors` names the weights only.
     assert_eq!(
         files(&out),
         [
-            "step-00000000.optim.safetensors",
+            "optim",
             "step-00000000.safetensors",
-            "step-00000002.optim.safetensors",
             "step-00000002.safetensors",
-            "step-00000004.optim.safetensors",
             "step-00000004.safetensors",
             "train.h5"
+        ]
+    );
+    assert_eq!(
+        files(&out.join("optim")),
+        [
+            "step-00000000.safetensors",
+            "step-00000002.safetensors",
+            "step-00000004.safetensors",
         ]
     );
     let before = std::fs::read(out.join("step-00000004.safetensors")).unwrap();
@@ -512,12 +519,15 @@ fn a_folder_holding_another_run_is_refused_unless_resume_or_force() {
     assert_eq!(
         files(&out),
         [
-            "step-00000000.optim.safetensors",
+            "optim",
             "step-00000000.safetensors",
-            "step-00000003.optim.safetensors",
             "step-00000003.safetensors",
             "train.h5"
         ]
+    );
+    assert_eq!(
+        files(&out.join("optim")),
+        ["step-00000000.safetensors", "step-00000003.safetensors"]
     );
     let (_, meta) = read_st(&out.join("step-00000003.safetensors"));
     assert_eq!(meta["lr"], "0.5");
@@ -636,4 +646,71 @@ fn epochs_and_epoch_checkpoints() {
         s(&r),
     ])
     .ok();
+}
+
+/// A run folder from before `optim/` (optimizer state as `step-<n>.optim.safetensors` beside the
+/// weights): `--resume` still continues it bit for bit, and `probe grad` over its
+/// `step-*.safetensors` skips the optimizer files with one note.
+#[test]
+fn a_run_in_the_old_layout_resumes_and_its_optimizer_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_model(dir.path(), "lin", &[], true);
+    let d = tiny_data(dir.path(), 10, None);
+    let (whole, old) = (dir.path().join("whole"), dir.path().join("old"));
+    let flags = ["--lr", "0.1", "--momentum", "0.9", "--ckpt-every", "2"];
+    let with = |steps: &'static str| {
+        let mut f = flags.to_vec();
+        f.extend(["--steps", steps]);
+        f
+    };
+    probe(&train_args(&m, &d, &whole, &with("4"))).ok();
+    probe(&train_args(&m, &d, &old, &with("2"))).ok();
+    // Into the old layout.
+    for step in ["00000000", "00000002"] {
+        std::fs::rename(
+            old.join(format!("optim/step-{step}.safetensors")),
+            old.join(format!("step-{step}.optim.safetensors")),
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir(old.join("optim")).unwrap();
+    let mut resume = train_args(&m, &d, &old, &with("4"));
+    resume.push("--resume");
+    let o = probe(&resume).ok();
+    assert!(o.stderr.contains("resuming from"), "{}", o.stderr);
+    // Bit for bit (the metadata's JSON order varies from file to file).
+    let (x, _) = read_st(&old.join("step-00000004.safetensors"));
+    let (y, _) = read_st(&whole.join("step-00000004.safetensors"));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (k, v) in &x {
+        let bits = |v: &Vec<f64>| v.iter().map(|x| (*x as f32).to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&v.1),
+            bits(&y[k].1),
+            "the resumed old-layout run differs: {k}"
+        );
+    }
+    let mut args: Vec<String> = ["grad", "--model", s(&m), "--data", s(&d), "--out"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    args.push(s(&dir.path().join("g.h5")).to_string());
+    args.push("--ckpt".into());
+    args.extend(
+        files(&old)
+            .iter()
+            .filter(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+            .map(|n| s(&old.join(n)).to_string()),
+    );
+    let o = probe(&args).ok();
+    let notes: Vec<&str> = o.stderr.lines().filter(|l| l.starts_with("note")).collect();
+    assert_eq!(notes.len(), 1, "{}", o.stderr);
+    assert!(notes[0].contains("2 optimizer-state files"), "{}", notes[0]);
+    let steps: Vec<&str> = o
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(steps, ["0", "2", "4"], "{}", o.stdout);
 }

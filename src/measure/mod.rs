@@ -45,12 +45,17 @@ pub fn setup(
     }
     let spec = data.spec().clone();
     let fit = check::data_fits_model(&model, &spec, loss)?;
-    let checkpoints = if checkpoints.is_empty() {
-        vec![Checkpoint::from_model(&model)?]
+    // The --ckpt paths as a set: expanded, optimizer state skipped, read, deduped, in step order.
+    let (checkpoints, notes) = if checkpoints.is_empty() {
+        (vec![Checkpoint::from_model(&model)?], vec![])
     } else {
-        Checkpoint::load_all(checkpoints, &model)?
+        let set = crate::model::checkpoint_set::load(checkpoints, &model)?;
+        (set.checkpoints, set.notes)
     };
     if !quiet {
+        for n in &notes {
+            eprintln!("note: {n}");
+        }
         for c in &checkpoints {
             for n in &c.notes {
                 eprintln!("note: {}: {n}", c.path.display());

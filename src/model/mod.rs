@@ -12,6 +12,7 @@
 //! BatchNormalization's running-mean/variance inputs are buffers.
 
 pub mod checkpoint;
+pub mod checkpoint_set;
 pub mod graph;
 
 use crate::tensor::{DType, HostTensor};

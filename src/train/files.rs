@@ -5,9 +5,15 @@
 //! DIR/step-<8-digit step>.safetensors    weights after that many optimizer steps: every state
 //!                                        tensor (parameters and BatchNorm running statistics) by
 //!                                        ONNX initializer name, float32; metadata below
-//! DIR/step-<8-digit step>.optim.safetensors   the optimizer's state at that step
+//! DIR/optim/step-<8-digit step>.safetensors  the optimizer's state at that step
 //! DIR/train.h5                           the training log (see `super::run`)
 //! ```
+//!
+//! The optimizer state lives in its own folder so that `DIR/*.safetensors` and
+//! `DIR/step-*.safetensors`, the globs users give `probe eval`/`probe grad`, name the weights
+//! only. Runs made before this layout kept it as `DIR/step-<8-digit step>.optim.safetensors`;
+//! `--resume` still reads it there ([`find_optim`]), `--force` still removes it, and `probe
+//! eval`/`probe grad` skip such files with a note (`model::checkpoint_set`).
 //!
 //! Every file is written under a temporary name in the same folder (`.probe-tmp-<pid>-<name>`),
 //! synced, then renamed, so a file with a final name is always complete. Within a checkpoint the
@@ -24,14 +30,36 @@ pub fn weights_path(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("step-{step:08}.safetensors"))
 }
 
+/// The folder of the optimizer states, inside the run folder.
+pub const OPTIM_DIR: &str = "optim";
+
+/// Where a checkpoint's optimizer state is written.
 pub fn optim_path(dir: &Path, step: u64) -> PathBuf {
+    dir.join(OPTIM_DIR)
+        .join(format!("step-{step:08}.safetensors"))
+}
+
+/// Where runs made before the `optim/` folder kept it.
+fn legacy_optim_path(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("step-{step:08}.optim.safetensors"))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// The optimizer state of the checkpoint at `step`: in `optim/`, else where older runs kept it.
+pub fn find_optim(dir: &Path, step: u64) -> Option<PathBuf> {
+    [optim_path(dir, step), legacy_optim_path(dir, step)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename; the folder
+/// is created if missing (`optim/` at a run's first checkpoint).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::output(format!("{}: {e}", dir.display())))?;
+    }
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
     let err = |e: std::io::Error| crate::error::output(format!("{}: {e}", path.display()));
@@ -73,31 +101,36 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The files a run leaves in `dir` (checkpoints, optimizer states, the log, stale temporaries).
+/// The files a run leaves in `dir` and `dir/optim` (checkpoints, optimizer states, the log,
+/// stale temporaries).
 pub fn run_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for entry in rd.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let ours = (name.starts_with("step-") && name.ends_with(".safetensors"))
-            || name == LOG_NAME
-            || name.starts_with(TMP_PREFIX);
-        if ours {
-            out.push(entry.path());
+    for d in [dir.to_path_buf(), dir.join(OPTIM_DIR)] {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let ours = (name.starts_with("step-") && name.ends_with(".safetensors"))
+                || (name == LOG_NAME && d == dir)
+                || name.starts_with(TMP_PREFIX);
+            if ours {
+                out.push(entry.path());
+            }
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// Removes temporary files a killed run left behind.
+/// Removes temporary files a killed run left behind (in `dir` and `dir/optim`).
 pub fn remove_stale_temporaries(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for entry in rd.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                let _ = std::fs::remove_file(entry.path());
+    for d in [dir.to_path_buf(), dir.join(OPTIM_DIR)] {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for entry in rd.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
     }
@@ -171,23 +204,34 @@ mod tests {
             "step-00000005.safetensors"
         );
         assert_eq!(
-            optim_path(d, 123).file_name().unwrap(),
-            "step-00000123.optim.safetensors"
+            optim_path(d, 123),
+            d.join("optim").join("step-00000123.safetensors")
         );
         write_atomic(&weights_path(d, 10), b"ten").unwrap();
         write_atomic(&weights_path(d, 2), b"two").unwrap();
+        // The optim/ folder is made by the first write into it.
         write_atomic(&optim_path(d, 10), b"opt").unwrap();
+        // A run from before the optim/ folder: its state beside the weights.
+        std::fs::write(legacy_optim_path(d, 2), b"old").unwrap();
+        assert_eq!(find_optim(d, 10), Some(optim_path(d, 10)));
+        assert_eq!(find_optim(d, 2), Some(legacy_optim_path(d, 2)));
+        assert_eq!(find_optim(d, 3), None);
         std::fs::write(d.join("notes.txt"), "x").unwrap();
         std::fs::write(d.join(".probe-tmp-1-step-00000011.safetensors"), "half").unwrap();
+        std::fs::write(
+            d.join("optim/.probe-tmp-1-step-00000011.safetensors"),
+            "half",
+        )
+        .unwrap();
         let steps: Vec<u64> = list_checkpoints(d)
             .unwrap()
             .into_iter()
             .map(|(s, _)| s)
             .collect();
         assert_eq!(steps, [2, 10]);
-        assert_eq!(run_files(d).unwrap().len(), 4);
+        assert_eq!(run_files(d).unwrap().len(), 6);
         remove_stale_temporaries(d);
-        assert_eq!(run_files(d).unwrap().len(), 3);
+        assert_eq!(run_files(d).unwrap().len(), 4);
         assert_eq!(std::fs::read(weights_path(d, 10)).unwrap(), b"ten");
         // No temporary is left behind by a successful write.
         assert!(std::fs::read_dir(d)

@@ -10,7 +10,8 @@
 //!
 //! Files (see [`super::files`]): `DIR/step-<8 digits>.safetensors` at step 0 (the initial weights),
 //! every `--ckpt-every N` steps, at the end of every epoch with `--ckpt-every-epoch`, and always
-//! at the last step; the optimizer state beside each; the training log `DIR/train.h5`.
+//! at the last step; the optimizer state of each as `DIR/optim/step-<8 digits>.safetensors`; the
+//! training log `DIR/train.h5`.
 //!
 //! Checkpoint metadata (all strings): `format` (`probe-train-1`), `step`, `epoch` (epochs of data
 //! seen, fractional within an epoch), `lr` (the learning rate of the step that produced it; at step
@@ -305,14 +306,13 @@ fn restore(
             ckpt.metadata.get("total_steps").cloned().unwrap_or_default()
         ));
     }
-    let opath = files::optim_path(&plan.out, step);
-    if !opath.exists() {
+    let Some(opath) = files::find_optim(&plan.out, step) else {
         return Err(crate::error::input(format!(
-            "--resume: {} has no optimizer state beside it ({} is missing)",
+            "--resume: {} has no optimizer state ({} is missing)",
             path.display(),
-            opath.display()
+            files::optim_path(&plan.out, step).display()
         )));
-    }
+    };
     let opt = Optimizer::load(&opath, plan.opt.clone(), trainable, plan.device)?;
     let state = State::from_checkpoint(model, &ckpt, plan.device)?;
     note(format!("resuming from {} (step {step})", path.display()));
