@@ -91,23 +91,33 @@ impl Case {
         self.path("out.h5")
     }
     fn eval(&self, model: &Path) -> Output {
+        self.eval_with(model, &[], 8)
+    }
+    /// `probe eval --model MODEL --data good.h5 --out out.h5 EXTRA` under a data-segment limit
+    /// of `gib` GiB.
+    fn eval_with(&self, model: &Path, extra: &[&std::ffi::OsStr], gib: u64) -> Output {
         let (data, out) = (self.data(), self.out());
-        eval_limited(
-            self.dir.path(),
-            &[
-                "eval".as_ref(),
-                "--model".as_ref(),
-                model.as_os_str(),
-                "--data".as_ref(),
-                data.as_os_str(),
-                "--out".as_ref(),
-                out.as_os_str(),
-            ],
-        )
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "eval".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(extra);
+        run_limited(self.dir.path(), &args, gib)
     }
     /// `probe eval` on `model` must fail as an input error naming the model, tensor and location.
     fn refused(&self, model: &Path, tensor: &str, location: &str, says: &[&str]) -> String {
-        let o = self.eval(model);
+        let name = model.file_name().unwrap().to_str().unwrap();
+        let mut names = vec![name, tensor, location];
+        names.extend(says);
+        self.check_refused(self.eval(model), &names)
+    }
+    /// The failure contract: exit 3, one line naming everything in `names`, no complete results.
+    fn check_refused(&self, o: Output, names: &[&str]) -> String {
         assert_eq!(
             o.code, 3,
             "expected exit 3 (input error), got {}\nstdout:\n{}\nstderr:\n{}",
@@ -117,8 +127,7 @@ impl Case {
         assert_eq!(lines.len(), 1, "stderr should be one line:\n{}", o.stderr);
         let line = lines[0];
         assert!(line.starts_with("probe: error: "), "{line}");
-        let name = model.file_name().unwrap().to_str().unwrap();
-        for s in [name, tensor, location].iter().chain(says) {
+        for s in names {
             assert!(line.contains(s), "the error should name '{s}': {line}");
         }
         let out = self.out();
@@ -132,11 +141,11 @@ impl Case {
     }
 }
 
-/// Runs the probe binary with a 90 s time limit and an 8 GiB data-segment limit (RLIMIT_DATA
-/// counts the heap and anonymous mappings, not the mapped libraries), from `cwd`.
-fn eval_limited(cwd: &Path, args: &[&std::ffi::OsStr]) -> Output {
+/// Runs the probe binary with a 90 s time limit and a data-segment limit of `gib` GiB
+/// (RLIMIT_DATA counts the heap and anonymous mappings, not the mapped libraries), from `cwd`.
+fn run_limited(cwd: &Path, args: &[&std::ffi::OsStr], gib: u64) -> Output {
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--data={}", 8u64 << 30))
+    cmd.arg(format!("--data={}", gib << 30))
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_probe"))
         .args(args)
@@ -423,4 +432,88 @@ torch.onnx.export(net, (torch.randn(2, 1, 28, 28),), sys.argv[1], dynamo=True, o
     let loaded = probe::model::Model::load(&m).unwrap();
     assert_eq!(loaded.trainable().count(), 4);
     c.eval(&m).ok();
+}
+
+// --- checkpoints -------------------------------------------------------------------------------
+
+#[test]
+fn checkpoint_that_is_a_fifo_is_refused() {
+    let c = Case::new();
+    let fifo = c.path("step-1.safetensors");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    // Before: blocked in open() until the time limit.
+    let o = c.eval_with(
+        &model("mlp.onnx"),
+        &["--ckpt".as_ref(), fifo.as_os_str()],
+        8,
+    );
+    c.check_refused(o, &["step-1.safetensors", "not a regular file"]);
+}
+
+#[test]
+fn checkpoint_that_is_dev_zero_is_refused() {
+    let c = Case::new();
+    // Before: read whole until the allocation failed ("out of memory" under the limit).
+    let o = c.eval_with(
+        &model("mlp.onnx"),
+        &["--ckpt".as_ref(), "/dev/zero".as_ref()],
+        8,
+    );
+    c.check_refused(o, &["/dev/zero", "not a regular file"]);
+}
+
+/// A safetensors file with the model's own state, then one more tensor of `extra` bytes (an
+/// integer buffer the graph does not use) whose data is a hole: the file is sparse.
+fn sparse_checkpoint(path: &Path, extra: u64) {
+    use std::io::Write;
+    let m = probe::model::Model::load(&model("mlp.onnx")).unwrap();
+    let state = m.own_state().unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in &state {
+        let start = data.len();
+        data.extend(t.as_f32().unwrap().iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let start = data.len() as u64;
+    header.insert(
+        "junk.num_batches_tracked".into(),
+        serde_json::json!({"dtype": "U8", "shape": [extra], "data_offsets": [start, start + extra]}),
+    );
+    let text = serde_json::Value::Object(header).to_string();
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.write_all(&data).unwrap();
+    f.set_len(8 + text.len() as u64 + start + extra).unwrap();
+}
+
+#[test]
+fn checkpoint_far_larger_than_the_model_needs_is_read_by_range() {
+    // 6 GiB, nearly all of it a tensor the graph does not use, under a 2 GiB data limit.
+    // Before: the whole file was read into memory ("out of memory" under the limit).
+    let c = Case::new();
+    let ck = c.path("step-7.safetensors");
+    sparse_checkpoint(&ck, 6 << 30);
+    let o = c.eval_with(&model("mlp.onnx"), &["--ckpt".as_ref(), ck.as_os_str()], 2);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The same loss as the model's own state gives.
+    let own = c.eval_with(&model("mlp.onnx"), &[], 2);
+    let loss = |s: &str| {
+        s.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        loss(&o.stdout),
+        loss(&own.stdout),
+        "{}\n{}",
+        o.stdout,
+        own.stdout
+    );
 }

@@ -42,6 +42,127 @@ fn st_dtype(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
+/// Opens `path` if it is a regular file (checked before opening: opening a FIFO blocks until a
+/// writer comes, and a device such as `/dev/zero` never ends); returns it with its size.
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let io = |e: std::io::Error| crate::error::input(format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(crate::error::input(format!(
+            "{}: not a regular file ({})",
+            path.display(),
+            super::file_kind(&meta)
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    if !opened.is_file() {
+        return Err(crate::error::input(format!(
+            "{}: not a regular file ({})",
+            path.display(),
+            super::file_kind(&opened)
+        )));
+    }
+    Ok((file, opened.len()))
+}
+
+/// safetensors' own limit on the JSON header.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// A safetensors file's header, checked against the file: the same files the safetensors crate
+/// accepts, without holding the file in memory.
+struct Layout {
+    /// Where the data section starts (8 + the header's length).
+    data_start: u64,
+    meta: safetensors::tensor::Metadata,
+}
+
+impl Layout {
+    fn read(file: &mut std::fs::File, len: u64) -> std::result::Result<Layout, String> {
+        use std::io::Read;
+        if len < 8 {
+            return Err(format!(
+                "{len} bytes, fewer than the 8 of the header's length"
+            ));
+        }
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(|e| e.to_string())?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER {
+            return Err(format!(
+                "a header of {n} bytes, more than safetensors' limit of {MAX_HEADER}"
+            ));
+        }
+        if n > len - 8 {
+            return Err(format!("a header of {n} bytes in a file of {len} bytes"));
+        }
+        let mut json = vec![0u8; n as usize];
+        file.read_exact(&mut json).map_err(|e| e.to_string())?;
+        let text =
+            std::str::from_utf8(&json).map_err(|_| "a header that is not UTF-8".to_string())?;
+        let meta: safetensors::tensor::Metadata =
+            serde_json::from_str(text).map_err(|e| format!("header: {e}"))?;
+        // As the crate's own check: the tensors tile the data section from 0 in offset order,
+        // each as long as its shape says, and the data section ends the file.
+        let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            meta.tensors().into_iter().collect();
+        infos.sort_by(|a, b| a.1.data_offsets.cmp(&b.1.data_offsets).then(a.0.cmp(&b.0)));
+        let mut at: usize = 0;
+        for (name, info) in &infos {
+            let (s, e) = info.data_offsets;
+            if s != at || e < s {
+                return Err(format!(
+                    "tensor '{name}' has data offsets [{s}, {e}], expected to start at {at}"
+                ));
+            }
+            let bytes = info
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(|n| n.checked_mul(info.dtype.size()))
+                .ok_or_else(|| {
+                    format!(
+                        "tensor '{name}' has a shape {:?} too large to address",
+                        info.shape
+                    )
+                })?;
+            if e - s != bytes {
+                return Err(format!(
+                    "tensor '{name}' has {} bytes of data for shape {:?} of {:?} ({bytes} bytes)",
+                    e - s,
+                    info.shape,
+                    info.dtype
+                ));
+            }
+            at = e;
+        }
+        let data_len = len - 8 - n;
+        if at as u64 != data_len {
+            return Err(format!(
+                "its tensors hold {at} bytes but the file has {data_len} after the header"
+            ));
+        }
+        Ok(Layout {
+            data_start: 8 + n,
+            meta,
+        })
+    }
+
+    /// One tensor's bytes, read by its range (checked against the file in [`Layout::read`]).
+    fn tensor_bytes(
+        &self,
+        file: &mut std::fs::File,
+        info: &safetensors::tensor::TensorInfo,
+    ) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (s, e) = info.data_offsets;
+        let mut bytes = vec![0u8; e - s];
+        file.seek(SeekFrom::Start(self.data_start + s as u64))?;
+        file.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 /// `step-00000120.safetensors` -> 120.
 pub fn step_from_name(path: &Path) -> Option<i64> {
     let stem = path.file_stem()?.to_str()?;
@@ -94,20 +215,30 @@ impl Checkpoint {
     }
 
     /// Reads `path` and checks it against `model`; every mismatch is listed in one error.
+    ///
+    /// The header is read and checked first (its length against safetensors' limit and the
+    /// file's size, every tensor's offsets against the data section, its byte count against
+    /// its shape, in checked arithmetic); then only the tensors the model takes are read, each
+    /// by its range. The file's sha256 is streamed.
     pub fn load(path: &Path, model: &Model) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
+        let (mut file, len) = open_regular(path)?;
+        let layout = Layout::read(&mut file, len).map_err(|why| {
+            crate::error::input(format!(
+                "{}: not a safetensors file ({why})",
+                path.display()
+            ))
+        })?;
         let sha256 = {
             use sha2::{Digest, Sha256};
-            format!("{:x}", Sha256::digest(&bytes))
+            use std::io::{Seek, SeekFrom};
+            let mut h = Sha256::new();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| super::hash_stream(&mut file, &mut h))
+                .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
+            format!("{:x}", h.finalize())
         };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            crate::error::input(format!("{}: not a safetensors file ({e})", path.display()))
-        })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            crate::error::input(format!("{}: not a safetensors file ({e})", path.display()))
-        })?;
-        let metadata: BTreeMap<String, String> = meta
+        let metadata: BTreeMap<String, String> = layout
+            .meta
             .metadata()
             .clone()
             .unwrap_or_default()
@@ -118,8 +249,8 @@ impl Checkpoint {
         let mut ignored = Vec::new();
         let mut extra = Vec::new();
         let mut wrong = Vec::new();
-        for (name, view) in st.tensors() {
-            let dtype = st_dtype(view.dtype());
+        for (name, view) in layout.meta.tensors() {
+            let dtype = st_dtype(view.dtype);
             let info = model.param(&name).filter(|p| p.role != Role::Constant);
             let Some(info) = info else {
                 if dtype.is_some_and(|d| !d.is_float()) {
@@ -132,8 +263,7 @@ impl Checkpoint {
             let Some(dtype) = dtype else {
                 wrong.push(format!(
                     "'{name}' has dtype {:?}, model {}",
-                    view.dtype(),
-                    info.dtype
+                    view.dtype, info.dtype
                 ));
                 continue;
             };
@@ -144,15 +274,17 @@ impl Checkpoint {
                 ));
                 continue;
             }
-            if view.shape() != info.shape.as_slice() {
+            if view.shape != info.shape {
                 wrong.push(format!(
                     "'{name}' has shape {:?} in the checkpoint, {:?} in the model",
-                    view.shape(),
-                    info.shape
+                    view.shape, info.shape
                 ));
                 continue;
             }
-            let t = HostTensor::from_le_bytes(dtype, view.shape().to_vec(), view.data())
+            let bytes = layout
+                .tensor_bytes(&mut file, view)
+                .map_err(|e| crate::error::input(format!("{}: '{name}': {e}", path.display())))?;
+            let t = HostTensor::from_le_bytes(dtype, view.shape.clone(), &bytes)
                 .map_err(|e| crate::error::input(format!("{}: '{name}': {e}", path.display())))?;
             tensors.insert(name, t);
         }

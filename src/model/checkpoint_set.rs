@@ -221,8 +221,8 @@ pub fn is_optimizer_state(path: &Path) -> bool {
 
 /// A safetensors file's tensor names and metadata: the 8-byte header length, then the JSON.
 fn header(path: &Path) -> Option<(Vec<String>, BTreeMap<String, String>)> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
+    // Regular files only: opening a FIFO blocks; the weights reader then says what it is.
+    let (mut f, len) = super::checkpoint::open_regular(path).ok()?;
     let mut n = [0u8; 8];
     f.read_exact(&mut n).ok()?;
     let n = u64::from_le_bytes(n);
