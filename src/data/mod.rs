@@ -160,6 +160,16 @@ pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
     }
 }
 
+/// Bytes of `n` samples of `shape` at `elem` bytes an element, if that fits in a `u64`.
+pub fn samples_bytes(n: usize, shape: &[usize], elem: u64) -> Option<u64> {
+    sample_bytes(shape, elem)?.checked_mul(n as u64)
+}
+
+/// Bytes of one sample of `shape` at `elem` bytes an element, if that fits in a `u64`.
+pub fn sample_bytes(shape: &[usize], elem: u64) -> Option<u64> {
+    shape.iter().try_fold(elem, |a, &d| a.checked_mul(d as u64))
+}
+
 /// A data set restricted to its first `limit` samples (`--limit`).
 pub struct Limited {
     inner: Box<dyn Dataset>,

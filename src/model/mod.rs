@@ -205,7 +205,7 @@ fn strict_u64(s: &str) -> Option<u64> {
 }
 
 /// What kind of file system object a non-regular file is, for the error line.
-fn file_kind(m: &std::fs::Metadata) -> &'static str {
+pub(crate) fn file_kind(m: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
     if t.is_dir() {

@@ -204,6 +204,85 @@ fn to_tensor(a: &Array, device: Device) -> Result<Tensor> {
     Ok(t.f_reshape(dims.as_slice())?.f_to_device(device)?)
 }
 
+/// Bytes this process may still allocate, as far as the system says: available memory plus
+/// free swap (`/proc/meminfo`), and the soft limits on the data segment and the address space.
+/// `None` when none of these can be read.
+fn memory_limit() -> Option<u64> {
+    let mut limit: Option<u64> = None;
+    let mut take = |v: u64| limit = Some(limit.map_or(v, |l| l.min(v)));
+    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb.saturating_mul(1024))
+        };
+        if let Some(avail) = field("MemAvailable:") {
+            take(avail.saturating_add(field("SwapFree:").unwrap_or(0)));
+        }
+    }
+    for resource in [libc::RLIMIT_DATA, libc::RLIMIT_AS] {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given and nothing else.
+        if unsafe { libc::getrlimit(resource, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
+            take(r.rlim_cur);
+        }
+    }
+    limit
+}
+
+/// Training holds the whole data set in memory, twice while it is copied into a tensor: refuse
+/// a data set that cannot fit before allocating (a file declaring 10^8 images asked for 313 GB
+/// and aborted).
+fn check_fits_in_memory(spec: &Spec) -> Result<()> {
+    let width = |k: Kind| if k == Kind::Float { 4 } else { 8 };
+    let x = crate::data::samples_bytes(spec.len, &spec.x_shape, width(spec.x_kind));
+    let y = crate::data::samples_bytes(spec.len, &spec.y_shape, width(spec.y_kind));
+    let shape = |s: &[usize]| {
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let what = format!(
+        "{} samples of x [{}] ({}) and y [{}] ({})",
+        spec.len,
+        shape(&spec.x_shape),
+        spec.x_kind,
+        shape(&spec.y_shape),
+        spec.y_kind
+    );
+    let Some(need) = x
+        .zip(y)
+        .and_then(|(x, y)| x.checked_add(y))
+        .and_then(|b| b.checked_mul(2))
+    else {
+        return Err(crate::error::input(format!(
+            "{}: probe train holds the data set in memory, and {what} cannot even be addressed; \
+             train on its first samples with --limit",
+            spec.identity
+        )));
+    };
+    if let Some(have) = memory_limit() {
+        if need > have {
+            let gb = |b: u64| b as f64 / 1e9;
+            return Err(crate::error::input(format!(
+                "{}: probe train holds the data set in memory: {what} take {:.1} GB \
+                 (twice {:.1} GB while they are copied into tensors), but this process may use \
+                 {:.1} GB; train on its first samples with --limit",
+                spec.identity,
+                gb(need),
+                gb(need / 2),
+                gb(have)
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl InMemory {
     /// Reads every sample of `data` onto `device`; `check` sees the host batch first (target
     /// ranges).
@@ -213,6 +292,7 @@ impl InMemory {
         check: impl FnOnce(&crate::data::Batch) -> Result<()>,
     ) -> Result<InMemory> {
         let spec = data.spec().clone();
+        check_fits_in_memory(&spec)?;
         let mut b = data.read(0, spec.len)?;
         b.x = standard(b.x);
         b.y = standard(b.y);
