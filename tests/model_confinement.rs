@@ -517,3 +517,11 @@ fn checkpoint_far_larger_than_the_model_needs_is_read_by_range() {
         own.stdout
     );
 }
+
+#[test]
+fn model_that_is_dev_zero_is_refused() {
+    // Before: read whole until the allocation failed ("out of memory" under the limit).
+    let c = Case::new();
+    let o = c.eval(Path::new("/dev/zero"));
+    c.check_refused(o, &["/dev/zero", "not a regular file"]);
+}

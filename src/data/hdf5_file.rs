@@ -208,6 +208,20 @@ fn read_rows(
             ds.shape().first().copied().unwrap_or(0)
         )));
     }
+    // Checked before HDF5 allocates the batch (as f32 or i64).
+    let sample = ds.shape().get(1..).unwrap_or(&[]).to_vec();
+    let need = super::samples_bytes(count, &sample, 8);
+    let have = super::memory_limit();
+    if need.is_none_or(|n| have.is_some_and(|h| n > h)) {
+        return Err(crate::error::input(format!(
+            "{}: reading '{name}' rows {}..{} of shape {sample:?} needs {} bytes, more than this process may use ({} bytes)",
+            path.display(),
+            start,
+            start + count,
+            need.map_or("over 2^64".to_string(), |n| n.to_string()),
+            have.unwrap_or(0)
+        )));
+    }
     let mut parts = vec![hdf5::SliceOrIndex::from(start..start + count)];
     parts.extend((1..ds.ndim()).map(|_| hdf5::SliceOrIndex::from(..)));
     let sel = hdf5::Hyperslab::from(parts);

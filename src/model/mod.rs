@@ -491,6 +491,19 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model> {
         use std::io::Read;
         let io = |e: std::io::Error| crate::error::input(format!("{}: {e}", path.display()));
+        // A directory, a device or a socket is refused before it is opened; a FIFO is read (up
+        // to the limit below), as a model streamed from another process.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.is_file() && !meta.file_type().is_fifo() {
+                return Err(crate::error::input(format!(
+                    "{}: not a regular file ({})",
+                    path.display(),
+                    file_kind(&meta)
+                )));
+            }
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         // At most protobuf's limit plus one byte, so a model named `/dev/zero` or a huge file
         // ends in an error, not in memory growing until the kernel kills probe.

@@ -204,36 +204,6 @@ fn to_tensor(a: &Array, device: Device) -> Result<Tensor> {
     Ok(t.f_reshape(dims.as_slice())?.f_to_device(device)?)
 }
 
-/// Bytes this process may still allocate, as far as the system says: available memory plus
-/// free swap (`/proc/meminfo`), and the soft limits on the data segment and the address space.
-/// `None` when none of these can be read.
-fn memory_limit() -> Option<u64> {
-    let mut limit: Option<u64> = None;
-    let mut take = |v: u64| limit = Some(limit.map_or(v, |l| l.min(v)));
-    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kb| kb.saturating_mul(1024))
-        };
-        if let Some(avail) = field("MemAvailable:") {
-            take(avail.saturating_add(field("SwapFree:").unwrap_or(0)));
-        }
-    }
-    for resource in [libc::RLIMIT_DATA, libc::RLIMIT_AS] {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the struct it is given and nothing else.
-        if unsafe { libc::getrlimit(resource, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
-            take(r.rlim_cur);
-        }
-    }
-    limit
-}
-
 /// Training holds the whole data set in memory, twice while it is copied into a tensor: refuse
 /// a data set that cannot fit before allocating (a file declaring 10^8 images asked for 313 GB
 /// and aborted).
@@ -266,7 +236,7 @@ fn check_fits_in_memory(spec: &Spec) -> Result<()> {
             spec.identity
         )));
     };
-    if let Some(have) = memory_limit() {
+    if let Some(have) = crate::data::memory_limit() {
         if need > have {
             let gb = |b: u64| b as f64 / 1e9;
             return Err(crate::error::input(format!(
