@@ -773,7 +773,9 @@ struct Env {
 /// outside the model's folder.
 const OUTSIDE: u8 = 0xA5;
 
-fn run_case(t: Target, env: &Env, case: &Case) -> Result<(), String> {
+/// Runs one case; `Ok(true)` when the reader accepted the input (a measure of how deep the
+/// mutations reach), `Ok(false)` when it returned an error.
+fn run_case(t: Target, env: &Env, case: &Case) -> Result<bool, String> {
     let work = env.dir.join("case");
     let _ = std::fs::remove_dir_all(&work);
     let inner = work.join("m");
@@ -788,7 +790,7 @@ fn run_case(t: Target, env: &Env, case: &Case) -> Result<(), String> {
     match t {
         Target::Onnx => {
             let Ok(m) = probe::model::Model::load(&path) else {
-                return Ok(());
+                return Ok(false);
             };
             for p in &m.params {
                 if let Ok(v) = m.initializer(&p.name) {
@@ -813,11 +815,13 @@ fn run_case(t: Target, env: &Env, case: &Case) -> Result<(), String> {
             let _ = m.own_state();
             let _ = m.data_input();
             let _ = m.summary();
+            Ok(true)
         }
         Target::Safetensors => {
             let model = &env.models[case.model];
             let _ = probe::model::checkpoint_set::is_optimizer_state(&path);
-            if let Ok(c) = probe::model::Checkpoint::load(&path, model) {
+            let loaded = probe::model::Checkpoint::load(&path, model);
+            if let Ok(c) = &loaded {
                 for (name, v) in &c.tensors {
                     let want = model.param(name).map(|p| p.numel());
                     if want != Some(v.numel()) {
@@ -826,23 +830,25 @@ fn run_case(t: Target, env: &Env, case: &Case) -> Result<(), String> {
                 }
             }
             let _ = probe::model::checkpoint_set::load(&[path.clone()], model);
+            Ok(loaded.is_ok())
         }
         Target::Hdf5 => {
             use probe::data::Dataset;
             let _g = common::hdf5_guard();
-            if let Ok(mut d) = probe::data::hdf5_file::Hdf5Data::open(&path) {
-                let n = d.spec().len.min(64);
-                for (start, count) in probe::data::batches(n, 4) {
-                    if let Ok(b) = d.read(start, count) {
-                        if b.len() != count {
-                            return Err(format!("asked {count} rows at {start}, got {}", b.len()));
-                        }
+            let Ok(mut d) = probe::data::hdf5_file::Hdf5Data::open(&path) else {
+                return Ok(false);
+            };
+            let n = d.spec().len.min(64);
+            for (start, count) in probe::data::batches(n, 4) {
+                if let Ok(b) = d.read(start, count) {
+                    if b.len() != count {
+                        return Err(format!("asked {count} rows at {start}, got {}", b.len()));
                     }
                 }
             }
+            Ok(true)
         }
     }
-    Ok(())
 }
 
 // --- worker and supervisor ----------------------------------------------------------------------
@@ -907,12 +913,16 @@ fn worker(t: Target) {
             .as_secs()
     };
     let mut i = start;
+    let mut accepted = 0u64;
     while now() < until {
         progress.write_at(&i.to_le_bytes(), 0).unwrap();
         let case = make_case(t, &corpus, seed, i);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(t, &env, &case)));
         let failure = match outcome {
-            Ok(Ok(())) => None,
+            Ok(Ok(ok)) => {
+                accepted += ok as u64;
+                None
+            }
             Ok(Err(why)) => Some(format!("property violated: {why}")),
             Err(_) => Some(format!(
                 "panic: {}",
@@ -926,7 +936,11 @@ fn worker(t: Target) {
     }
     std::fs::write(
         dir.join("done"),
-        format!("{} {}", i - start, LARGEST.load(Ordering::Relaxed)),
+        format!(
+            "{} {} {accepted}",
+            i - start,
+            LARGEST.load(Ordering::Relaxed)
+        ),
     )
     .unwrap();
 }
@@ -963,6 +977,7 @@ fn supervise(t: Target) {
     let mut cases = 0u64;
     let mut restarts = 0;
     let mut largest = 0u64;
+    let mut accepted = 0u64;
     let _ = std::fs::remove_dir_all(out_dir(t));
     loop {
         let _ = std::fs::remove_file(dir.path().join("done"));
@@ -1010,6 +1025,7 @@ fn supervise(t: Target) {
             let mut it = done.split_whitespace();
             cases += it.next().unwrap().parse::<u64>().unwrap();
             largest = largest.max(it.next().unwrap().parse().unwrap());
+            accepted += it.next().unwrap().parse::<u64>().unwrap();
             break;
         }
         // The worker died or hung on the case under way: save it, go on after it.
@@ -1054,7 +1070,8 @@ fn supervise(t: Target) {
         })
         .unwrap_or_default();
     println!(
-        "fuzz {}: {cases} cases in {:.0} s (seed {seed}), {} failures, {restarts} worker restarts, largest allocation {} bytes",
+        "fuzz {}: {cases} cases in {:.0} s (seed {seed}), {} failures, {restarts} worker restarts, \
+         {accepted} inputs accepted (of the cases of workers that finished), largest allocation {} bytes",
         t.name(),
         began.elapsed().as_secs_f64(),
         failures.len(),
@@ -1137,7 +1154,7 @@ fn fuzz_regressions() {
             };
             let got = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(t, &env, &case)));
             match got {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(why)) => panic!("{}: {why}", c.display()),
                 Err(_) => panic!("{}: panicked", c.display()),
             }
