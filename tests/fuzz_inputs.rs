@@ -1102,7 +1102,9 @@ fn fuzz_hdf5() {
 }
 
 /// Every input a fuzz run once failed on, checked in under `tests/fixtures/fuzz/<target>/<case>/`
-/// (files `0-<name>`, `1-<name>`, ... and `model`), replayed in this process.
+/// (files `0-<name>`, `1-<name>`, ... or `1-<name>.from` naming a repository file to use
+/// unchanged; `model`; `why.txt`, what it did), replayed in this process. A crash or an
+/// allocation above 4 GiB here takes the whole test binary down, which fails the run too.
 #[test]
 fn fuzz_regressions() {
     if std::env::var("PROBE_FUZZ_WORKER").is_ok() {
@@ -1136,11 +1138,18 @@ fn fuzz_regressions() {
                 .filter_map(|e| {
                     let n = e.file_name().to_str()?.to_string();
                     let (i, name) = n.split_once('-')?;
-                    Some((
-                        i.parse().ok()?,
-                        name.to_string(),
-                        std::fs::read(e.path()).ok()?,
-                    ))
+                    let i: usize = i.parse().ok()?;
+                    // `N-name.from` holds the path (from the repository root) of a file to use
+                    // as `name` unchanged, e.g. a shipped model's data file.
+                    if let Some(name) = name.strip_suffix(".from") {
+                        let from = std::fs::read_to_string(e.path()).unwrap();
+                        let src = common::root().join(from.trim());
+                        let bytes = std::fs::read(&src).unwrap_or_else(|err| {
+                            panic!("{}: {}: {err}", e.path().display(), src.display())
+                        });
+                        return Some((i, name.to_string(), bytes));
+                    }
+                    Some((i, name.to_string(), std::fs::read(e.path()).unwrap()))
                 })
                 .collect();
             files.sort_by_key(|f| f.0);
@@ -1153,6 +1162,16 @@ fn fuzz_regressions() {
                 model,
             };
             let got = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(t, &env, &case)));
+            eprintln!(
+                "{}: {}",
+                c.display(),
+                match &got {
+                    Ok(Ok(true)) => "accepted".to_string(),
+                    Ok(Ok(false)) => "refused".to_string(),
+                    Ok(Err(e)) => e.clone(),
+                    Err(_) => "panicked".to_string(),
+                }
+            );
             match got {
                 Ok(Ok(_)) => {}
                 Ok(Err(why)) => panic!("{}: {why}", c.display()),

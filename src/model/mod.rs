@@ -574,6 +574,16 @@ impl Model {
             .flat_map(|n| n.input.iter().skip(3).take(2).map(|s| s.as_str()))
             .collect();
         let mut params = Vec::new();
+        // Names are how checkpoints, gradients and results refer to initializers: two with one
+        // name would make the model mean two things (ONNX names every value once).
+        let mut seen = std::collections::HashSet::new();
+        if let Some(t) = g.initializer.iter().find(|t| !seen.insert(t.name.as_str())) {
+            return Err(crate::error::input(format!(
+                "{}: two initializers are named '{}' (ONNX names every value once)",
+                path.display(),
+                t.name
+            )));
+        }
         for t in &g.initializer {
             let dtype = DType::from_onnx(t.data_type).ok_or_else(|| {
                 crate::error::input(format!(
