@@ -39,6 +39,98 @@ fn kind_of(path: &Path, name: &str, ds: &hdf5::Dataset) -> Result<Kind> {
     }
 }
 
+extern "C" {
+    // HDF5 >= 1.10.5 (hdf5-metno links the library; its Rust wrapper does not expose this one).
+    fn H5Dget_chunk_info_by_coord(
+        dset_id: i64,
+        offset: *const u64,
+        filter_mask: *mut u32,
+        addr: *mut u64,
+        size: *mut u64,
+    ) -> i32;
+}
+
+/// Every chunk of a chunked dataset looked up in its index before any is read: present, within
+/// the file, and (unfiltered) exactly a chunk's size. HDF5 1.10 reads a chunk by the size its
+/// index records and copies a whole chunk out of it, so a corrupt index entry crashed it
+/// (SIGSEGV in H5VM_memcpyvv, found by tests/fuzz_inputs.rs).
+fn check_chunks(
+    ds: &hdf5::Dataset,
+    shape: &[usize],
+    chunk: &[usize],
+    elem: u64,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    if shape.iter().any(|&d| d == 0) {
+        return Ok(());
+    }
+    if chunk.iter().any(|&c| c == 0) {
+        return Err(format!("has chunks of shape {chunk:?}"));
+    }
+    // HDF5 refuses to write chunks larger than a fixed dimension, or of 4 GiB or more; a layout
+    // that says otherwise is corrupt (HDF5 1.10 then copied a whole such chunk out of the
+    // smaller one it decompressed, and crashed).
+    let maxdims = ds.space().map(|s| s.maxdims()).unwrap_or_default();
+    for (k, &c) in chunk.iter().enumerate() {
+        if let Some(Some(m)) = maxdims.get(k) {
+            if c > *m {
+                return Err(format!(
+                    "has chunks of shape {chunk:?}, larger than its fixed shape {shape:?}: its layout is corrupt"
+                ));
+            }
+        }
+    }
+    let filtered = !ds.filters().is_empty();
+    let chunk_bytes = chunk
+        .iter()
+        .try_fold(elem, |a, &c| a.checked_mul(c as u64))
+        .filter(|&b| b < 1 << 32)
+        .ok_or_else(|| {
+            format!("has chunks of shape {chunk:?}, 4 GiB or more each: its layout is corrupt")
+        })?;
+    // The chunk grid, walked as an odometer over the first element of each chunk.
+    let mut at: Vec<u64> = vec![0; shape.len()];
+    let id = ds.id();
+    loop {
+        let (mut mask, mut addr, mut size) = (0u32, 0u64, 0u64);
+        // SAFETY: `at` holds one coordinate per dimension of the dataset; the outputs are
+        // plain integers. The HDF5 lock is held around the call, as for every HDF5 call.
+        let rc = hdf5::sync::sync(|| unsafe {
+            H5Dget_chunk_info_by_coord(id, at.as_ptr(), &mut mask, &mut addr, &mut size)
+        });
+        if rc < 0 || addr == u64::MAX {
+            return Err(format!(
+                "has no chunk stored at {at:?} (the data were never written there, or its chunk index is corrupt)"
+            ));
+        }
+        if addr.checked_add(size).is_none_or(|e| e > file_len) {
+            return Err(format!(
+                "has its chunk at {at:?} at bytes {addr}+{size}, past the file's {file_len} bytes: \
+                 the file was cut short or is corrupt"
+            ));
+        }
+        if size == 0 || !filtered && size != chunk_bytes {
+            return Err(format!(
+                "records {size} bytes for its chunk at {at:?}, whose shape {chunk:?} takes {chunk_bytes}: \
+                 its chunk index is corrupt"
+            ));
+        }
+        // Next chunk: the last axis moves fastest.
+        let mut k = shape.len();
+        loop {
+            if k == 0 {
+                return Ok(());
+            }
+            k -= 1;
+            at[k] += chunk[k] as u64;
+            if at[k] < shape[k] as u64 {
+                break;
+            }
+            at[k] = 0;
+        }
+    }
+}
+
 /// The checks of the module doc for one dataset of `shape`; returns its size in bytes in the
 /// file's element type.
 fn check_storage(
@@ -79,6 +171,13 @@ fn check_storage(
                      the data were never written"
                 )));
             }
+            // HDF5 1.10 trusts the layout's size when it copies (a larger one crashed it).
+            if stored != bytes {
+                return Err(bad(format!(
+                    "stores {stored} bytes for shape {shape:?} of {elem}-byte elements ({bytes} bytes): \
+                     its layout and its shape disagree (a corrupt file)"
+                )));
+            }
             let end = ds.offset().unwrap_or(0).checked_add(bytes);
             if end.is_none_or(|e| e > file_len) {
                 return Err(bad(format!(
@@ -109,8 +208,17 @@ fn check_storage(
                     "has {stored} bytes stored in chunks but the file has {file_len} bytes: the file was cut short"
                 )));
             }
+            check_chunks(ds, shape, &chunk, elem, file_len).map_err(bad)?;
         }
-        hdf5::dataset::Layout::Compact => {}
+        hdf5::dataset::Layout::Compact => {
+            // Held in the object header; HDF5 1.10 copies the shape's size from it unchecked.
+            if stored != bytes {
+                return Err(bad(format!(
+                    "holds {stored} bytes in its header for shape {shape:?} of {elem}-byte elements \
+                     ({bytes} bytes): its layout and its shape disagree (a corrupt file)"
+                )));
+            }
+        }
         #[allow(unreachable_patterns)]
         _ => {
             return Err(bad(
@@ -120,6 +228,93 @@ fn check_storage(
         }
     }
     Ok(bytes)
+}
+
+/// How long the preflight child may take to open a file's metadata.
+const PREFLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the file, its `x` and `y` and their layouts once in a forked child process, so that a
+/// file on which the HDF5 library (1.10) crashes or loops while opening becomes an input error
+/// instead of killing probe. Found by tests/fuzz_inputs.rs: corrupt symbol tables (SIGSEGV in
+/// `H5F__accum_read` under `H5G__stab_lookup`), a chunk dimension of 0 in a layout (SIGFPE in
+/// `H5D__chunk_set_info`), heap corruption detected by malloc, all inside `H5Dopen` — before
+/// probe has any handle to check. The child only opens (metadata, no data) and ends with
+/// `_exit`; the parent then opens the file itself, so an ordinary error is reported as usual.
+/// The fork happens under the HDF5 lock, so no other thread is inside the library then.
+fn preflight(path: &Path) -> Result<()> {
+    fn look(path: &Path) -> bool {
+        let Ok(file) = hdf5::File::open(path) else {
+            return false;
+        };
+        for name in ["x", "y"] {
+            let Ok(ds) = file.dataset(name) else {
+                return false;
+            };
+            let _ = ds.shape();
+            let _ = ds.dtype().and_then(|t| t.to_descriptor());
+            let _ = ds
+                .dcpl()
+                .map(|p| (p.layout(), p.chunk(), p.filters(), p.external()));
+            let _ = ds.storage_size();
+        }
+        true
+    }
+    // SAFETY: the child calls only HDF5 (whose lock this thread holds, reentrantly) and malloc
+    // (made fork-safe by glibc), then `_exit`s without running destructors or atexit handlers.
+    let pid = hdf5::sync::sync(|| unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(|| look(path)).unwrap_or(false);
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        pid
+    });
+    if pid < 0 {
+        // No child (process limit): open as before, unguarded.
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            return Ok(());
+        }
+        if started.elapsed() > PREFLIGHT_LIMIT {
+            // SAFETY: our own child, still unreaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(crate::error::input(format!(
+                "{}: the HDF5 library did not finish opening this file's metadata in {} s (a corrupt \
+                 file can make it loop); probe does not read it",
+                path.display(),
+                PREFLIGHT_LIMIT.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let name = match sig {
+            libc::SIGSEGV => "SIGSEGV".to_string(),
+            libc::SIGFPE => "SIGFPE".to_string(),
+            libc::SIGABRT => "SIGABRT".to_string(),
+            libc::SIGBUS => "SIGBUS".to_string(),
+            other => format!("signal {other}"),
+        };
+        return Err(crate::error::input(format!(
+            "{}: the HDF5 library crashed ({name}) opening this file in a child process: the file is \
+             corrupt; probe does not read it",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 impl Hdf5Data {
@@ -139,6 +334,7 @@ impl Hdf5Data {
                 crate::model::file_kind(&meta)
             )));
         }
+        preflight(path)?;
         let file = hdf5::File::open(path).map_err(|e| {
             crate::error::input(format!("{}: not a readable HDF5 file: {e}", path.display()))
         })?;
