@@ -332,7 +332,7 @@ impl Store {
         if path.exists() && !force {
             let file = hdf5::File::open(path).map_err(|e| {
                 crate::error::input(format!(
-                    "{}: exists and is not a results file (HDF5 cannot read it: {e}); probe does not replace it: move it away or choose another --out",
+                    "{}: exists and is not a probe results file (HDF5 cannot read it: {e}); probe does not replace it: move it away or choose another --out",
                     path.display()
                 ))
             })?;
