@@ -292,9 +292,9 @@ class Matrix:
         self.record(label, not why, "second writer refused, first one complete and exact" if not why else "; ".join(why))
 
     def signal_stop(self, sig, delay):
-        # A longer pass (8,000 samples a checkpoint), so that the signal lands inside it.
-        limit = "8000"
-        ref = os.path.join(self.work, "ref-8000.h5")
+        # A longer pass (all 60,000 images a checkpoint, ~0.5 s each), so the signal lands inside.
+        limit = "60000"
+        ref = os.path.join(self.work, "ref-60000.h5")
         if not os.path.exists(ref):
             r = run(self.grad_args(ref, limit=limit))
             assert r.returncode == 0, r.stderr
@@ -340,14 +340,14 @@ def main():
         m.train_kills(4)
         m.disk_full([0.5, 1.2])
         m.race({})
-        m.signal_stop(signal.SIGTERM, 1.0)
+        m.signal_stop(signal.SIGTERM, 0.5)
     else:
         m.grad_kills(32)
         m.train_kills(12)
         m.disk_full([0.2, 0.5, 0.9, 1.3, 1.7])
         m.race({})
         m.race({"HDF5_USE_FILE_LOCKING": "FALSE"})
-        for sig, delay in [(signal.SIGTERM, 0.3), (signal.SIGTERM, 1.5), (signal.SIGINT, 2.5)]:
+        for sig, delay in [(signal.SIGTERM, 0.2), (signal.SIGTERM, 0.9), (signal.SIGINT, 0.6)]:
             m.signal_stop(sig, delay)
     groups = {}
     for g, ok, _ in m.results:
