@@ -16,7 +16,10 @@ fn rows(k: usize, sizes: &[usize], save_grad: bool) -> Row {
         ("loss".into(), Cell::F64(1.0 + k as f64)),
         ("accuracy".into(), Cell::F64(0.5)),
         ("samples".into(), Cell::I64(1_281_167)),
-        ("checkpoints/path".into(), Cell::Str(format!("step-{k}.safetensors"))),
+        (
+            "checkpoints/path".into(),
+            Cell::Str(format!("step-{k}.safetensors")),
+        ),
         ("checkpoints/step".into(), Cell::I64(k as i64)),
         ("checkpoints/sha256".into(), Cell::Str("0".repeat(64))),
         ("seconds".into(), Cell::F64(1.0)),
@@ -52,7 +55,11 @@ fn in_place(path: &std::path::Path, all: &[Row]) -> Vec<f64> {
             if let Some((g, _)) = name.rsplit_once('/') {
                 let mut acc = String::new();
                 for part in g.split('/') {
-                    acc = if acc.is_empty() { part.into() } else { format!("{acc}/{part}") };
+                    acc = if acc.is_empty() {
+                        part.into()
+                    } else {
+                        format!("{acc}/{part}")
+                    };
                     if f.group(&acc).is_err() {
                         f.create_group(&acc).unwrap();
                     }
@@ -85,7 +92,10 @@ fn in_place(path: &std::path::Path, all: &[Row]) -> Vec<f64> {
                 Cell::F64(v) => ds.write_slice(&ndarray::arr1(&[*v]), k..k + 1).unwrap(),
                 Cell::I64(v) => ds.write_slice(&ndarray::arr1(&[*v]), k..k + 1).unwrap(),
                 Cell::Str(s) => ds
-                    .write_slice(&ndarray::arr1(&[s.parse::<VarLenUnicode>().unwrap()]), k..k + 1)
+                    .write_slice(
+                        &ndarray::arr1(&[s.parse::<VarLenUnicode>().unwrap()]),
+                        k..k + 1,
+                    )
                     .unwrap(),
                 Cell::F64s(s, v) => {
                     let mut full = vec![1];
@@ -117,9 +127,14 @@ fn main() {
     // 314 tensors: a few large ones and many small ones, as in resnet101.
     let total = (millions * 1e6) as usize;
     let p = 314;
-    let weights: Vec<f64> = (0..p).map(|i| 1.0 + (i % 12) as f64 * (i % 12) as f64).collect();
+    let weights: Vec<f64> = (0..p)
+        .map(|i| 1.0 + (i % 12) as f64 * (i % 12) as f64)
+        .collect();
     let wsum: f64 = weights.iter().sum();
-    let sizes: Vec<usize> = weights.iter().map(|w| ((w / wsum) * total as f64) as usize).collect();
+    let sizes: Vec<usize> = weights
+        .iter()
+        .map(|w| ((w / wsum) * total as f64) as usize)
+        .collect();
     let info = RunInfo {
         command: "grad".into(),
         command_line: "store_cost".into(),

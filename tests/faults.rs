@@ -66,6 +66,10 @@ fn second_writer_refused_even_without_hdf5_locking() {
                 && r.stderr.contains(&out.display().to_string()),
             "{r:?}"
         );
-        assert!(!out.exists(), "the refused writer created {}", out.display());
+        assert!(
+            !out.exists(),
+            "the refused writer created {}",
+            out.display()
+        );
     }
 }

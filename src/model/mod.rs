@@ -440,35 +440,13 @@ pub fn decode_tensor(t: &TensorProto) -> Result<HostTensor> {
             t.data_type
         )
     })?;
-    let (shape, numel, bytes) = checked_shape(&t.dims, dtype.size())
-        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name))?;
-    if !t.raw_data.is_empty() || numel == 0 {
-        if t.raw_data.len() != bytes {
-            anyhow::bail!(
-                "tensor '{}': {} bytes for a {dtype} tensor of shape {:?} (expected {bytes})",
-                t.name,
-                t.raw_data.len(),
-                t.dims
-            );
-        }
+    let shape =
+        check_initializer(t, dtype).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name))?;
+    if !t.raw_data.is_empty() || shape.iter().product::<usize>() == 0 {
         return HostTensor::from_le_bytes(dtype, shape, &t.raw_data)
             .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name));
     }
     use crate::tensor::Values;
-    let have = match dtype {
-        DType::F32 => t.float_data.len(),
-        DType::F64 => t.double_data.len(),
-        DType::I64 => t.int64_data.len(),
-        _ => t.int32_data.len(),
-    };
-    if have != numel {
-        anyhow::bail!(
-            "tensor '{}': {} values for shape {:?}",
-            t.name,
-            have,
-            t.dims
-        );
-    }
     let values = match dtype {
         DType::F32 => Values::F32(t.float_data.clone()),
         DType::F64 => Values::F32(t.double_data.iter().map(|&v| v as f32).collect()),

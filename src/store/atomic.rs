@@ -101,20 +101,21 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Opens an HDF5 file for writing such that closing it closes every object in it (the close
-/// is where HDF5 writes its metadata, and where its errors must be seen).
-fn open_rw(path: &Path) -> hdf5::Result<hdf5::File> {
+/// HDF5 file options under which closing a file closes every object in it (the close is where
+/// HDF5 writes its metadata, and where its errors must be seen).
+fn strong_close() -> hdf5::file::FileBuilder {
     use hdf5::file::FileCloseDegree;
-    hdf5::File::with_options()
-        .with_fapl(|p| p.fclose_degree(FileCloseDegree::Strong))
-        .open_rw(path)
+    let mut b = hdf5::File::with_options();
+    b.with_fapl(|p| p.fclose_degree(FileCloseDegree::Strong));
+    b
+}
+
+fn open_rw(path: &Path) -> hdf5::Result<hdf5::File> {
+    strong_close().open_rw(path)
 }
 
 fn create(path: &Path) -> hdf5::Result<hdf5::File> {
-    use hdf5::file::FileCloseDegree;
-    hdf5::File::with_options()
-        .with_fapl(|p| p.fclose_degree(FileCloseDegree::Strong))
-        .create(path)
+    strong_close().create(path)
 }
 
 /// Runs `change` on the file at `path` and closes it; any HDF5 error, the close's included.
