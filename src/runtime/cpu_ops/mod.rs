@@ -1,0 +1,96 @@
+//! The `probe.cpu` custom-operator domain: CPU kernels for gradient ops that standard ONNX ops
+//! run too slowly on ONNX Runtime's CPU provider (convolutions, matrix products, softmax and
+//! attention by libtorch, what PyTorch eager runs; elementwise and per-row gradients in plain
+//! Rust), registered on every session [`super::session`] opens.
+//!
+//! The gradient rules emit these ops only when asked ([`crate::autodiff::grad::Kernels::ProbeCpu`],
+//! the default of `probe grad` on CPU); the standard-op form stays what `probe autodiff` writes
+//! and what `probe grad --standard-ops` runs, and the tests hold the two to each other (the
+//! op tests in `ops/*.rs`, their `probe_cpu` cases). Each op's
+//! maths is in its kernel file; the rules that emit them say when (`ops/*.rs`).
+//!
+//! Layout, one file per kernel family, each holding its ops' typed attributes, kernels and the
+//! `pub const` names the rules write (domain `probe.cpu`, version 1):
+//! - [`conv`]: `Conv`, `ConvGrad`, `ConvGradX`; [`interleave`]: `Interleave` (the strided dX's
+//!   phase assembly); [`matmul`]: `MatMul`, `MatMulAdd`;
+//! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`batch_norm`]: `BatchNormalization`,
+//!   `BatchNormalizationGrad`, `ReluBatchNormalizationGrad`;
+//! - [`softmax`]: `Softmax`, `SoftmaxGrad`, `LogSoftmaxGrad`; [`layer_norm`]:
+//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`attention`]:
+//!   `ScaledDotProductAttention`, `ScaledDotProductAttentionGrad`; [`gather`]: `GatherGrad`,
+//!   `GatherElementsGrad`; [`transpose`]: `Transpose`; [`reduce`]: `ReduceSumLeading`;
+//! - the machinery: [`op`] (the kernel trait and its one adapter to ONNX Runtime), [`exec`]
+//!   (tensors as slices, parts, the safe split of outputs), [`ffi`] (every C function, behind
+//!   checked wrappers), [`lanes`] (eight-lane sums), [`memory`] (glibc malloc tuning).
+//!
+//! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
+//! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
+//! on ONNX Runtime's own pool (`KernelContext_ParallelFor`). Two pools, each with as many
+//! spinning threads as cores, would oversubscribe the cores.
+pub mod attention;
+pub mod batch_norm;
+pub mod conv;
+pub mod exec;
+pub mod ffi;
+pub mod gather;
+pub mod gelu;
+pub mod interleave;
+pub mod lanes;
+pub mod layer_norm;
+pub mod matmul;
+pub mod memory;
+pub mod op;
+pub mod reduce;
+pub mod relu;
+pub mod softmax;
+pub mod transpose;
+
+use anyhow::Result;
+use op::op;
+use ort::operator::OperatorDomain;
+
+pub use op::DOMAIN;
+
+/// `n` as the `probe.cpu` op of the same type, name, inputs and outputs, with `attribute`: the
+/// graph rewrites' forward replacements (`probe_cpu_forward` in `ops/*.rs`).
+pub fn as_probe_cpu(
+    n: &onnx_protobuf::NodeProto,
+    attribute: Vec<onnx_protobuf::AttributeProto>,
+) -> onnx_protobuf::NodeProto {
+    let mut m = n.clone();
+    m.domain = DOMAIN.into();
+    m.attribute = attribute;
+    m
+}
+
+/// The `probe.cpu` domain with every op, for `SessionBuilder::with_operators`; `threads` is the
+/// session's intra-op thread count (the kernels split their batch that many ways).
+pub fn domain(threads: usize) -> Result<OperatorDomain> {
+    memory::keep_freed_memory();
+    let p = threads.max(1);
+    Ok(OperatorDomain::new(DOMAIN)?
+        .add(op::<conv::Conv>(p))?
+        .add(op::<conv::ConvGrad>(p))?
+        .add(op::<relu::ReluGrad>(p))?
+        .add(op::<batch_norm::BatchNormalizationGrad>(p))?
+        .add(op::<batch_norm::BatchNormalization>(p))?
+        .add(op::<relu::AddRelu>(p))?
+        .add(op::<relu::SumReluGrad>(p))?
+        .add(op::<batch_norm::ReluBatchNormalizationGrad>(p))?
+        .add(op::<conv::ConvGradX>(p))?
+        .add(op::<gelu::GeluGrad>(p))?
+        .add(op::<softmax::Softmax>(p))?
+        .add(op::<softmax::SoftmaxGrad>(p))?
+        .add(op::<transpose::Transpose>(p))?
+        .add(op::<layer_norm::LayerNormalizationGrad>(p))?
+        .add(op::<gather::GatherGrad>(p))?
+        .add(op::<matmul::MatMulAdd>(p))?
+        .add(op::<reduce::ReduceSumLeading>(p))?
+        .add(op::<softmax::LogSoftmaxGrad>(p))?
+        .add(op::<gather::GatherElementsGrad>(p))?
+        .add(op::<layer_norm::LayerNormalization>(p))?
+        .add(op::<matmul::MatMul>(p))?
+        .add(op::<attention::ScaledDotProductAttention>(p))?
+        .add(op::<attention::ScaledDotProductAttentionGrad>(p))?
+        .add(op::<interleave::Interleave>(p))?)
+}

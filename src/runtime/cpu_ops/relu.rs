@@ -1,0 +1,155 @@
+//! Relu's kernels, in plain Rust, one pass each where the standard form takes several over the
+//! same large tensors (each pass of a [250, 8, 28, 28] f32 tensor moves 6 MB):
+//! - `ReluGrad(dY, X) -> dX = dY (X > 0)` (standard: Greater, Cast, Mul; X may be the Relu's
+//!   output, see `ops/relu.rs`);
+//! - `AddRelu(A, B) -> Y = max(A + B, 0)`, one shape (a residual Add and its Relu);
+//! - `SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`: a Relu whose output has two
+//!   consumers (a residual block's input feeds the block and its shortcut) gets the sum of
+//!   their gradients; this is that Sum and the ReluGrad in one pass.
+//!
+//! Parts take equal element ranges ([`elementwise_parts`]).
+use super::exec::{bounds, elementwise_parts, split};
+use super::op::{Attrs, Call, CpuOp, Io};
+
+pub const RELU_GRAD: &str = "ReluGrad";
+pub const ADD_RELU: &str = "AddRelu";
+pub const SUM_RELU_GRAD: &str = "SumReluGrad";
+
+/// `out = (a + b) [x > 0]`. The mask is applied as bits (all ones or zero, and-ed with the sum:
+/// the same values as a branch, NaN included) so that the loop compiles to vector compares and
+/// ands; written as `if x > 0 { a + b } else { 0 }` LLVM kept a branch per element (the loads
+/// of a and b sank into it) and ran the loop scalar, ~2x slower than ReluGrad per byte.
+pub fn sum_relu_mask(out: &mut [f32], a: &[f32], b: &[f32], x: &[f32]) {
+    let n = out.len();
+    let (a, b, x) = (&a[..n], &b[..n], &x[..n]);
+    for j in 0..n {
+        out[j] = masked(a[j] + b[j], x[j]);
+    }
+}
+
+/// `out = a [x > 0]` (as [`sum_relu_mask`]).
+pub fn relu_mask(out: &mut [f32], a: &[f32], x: &[f32]) {
+    let n = out.len();
+    let (a, x) = (&a[..n], &x[..n]);
+    for j in 0..n {
+        out[j] = masked(a[j], x[j]);
+    }
+}
+
+/// `g` where `x > 0`, else +0.0, without a branch.
+#[inline(always)]
+fn masked(g: f32, x: f32) -> f32 {
+    let m = if x > 0.0 { u32::MAX } else { 0 };
+    f32::from_bits(g.to_bits() & m)
+}
+
+/// Inputs `names` of one shape, each checked against the last; `what` says how they differ.
+fn same_shape<'c>(
+    c: &Call<'c>,
+    names: &[&str],
+    what: &str,
+) -> ort::Result<(Vec<i64>, Vec<&'c [f32]>)> {
+    let mut ins = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        ins.push(c.input_named(i, name)?);
+    }
+    let shape = ins.last().unwrap().0.clone();
+    if ins.iter().any(|(s, _)| *s != shape) {
+        let listed: Vec<String> = names
+            .iter()
+            .zip(&ins)
+            .map(|(n, (s, _))| format!("{n} {s:?}"))
+            .collect();
+        return Err(c.fail(format!("{}{what}", join_and(&listed))));
+    }
+    Ok((shape, ins.into_iter().map(|(_, v)| v).collect()))
+}
+
+/// `a, b and c`.
+fn join_and(items: &[String]) -> String {
+    match items.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// An elementwise kernel: `f(out, [inputs' ranges])` over one output `out_name` of the inputs'
+/// shape, parts taking element ranges.
+fn elementwise(
+    c: &Call,
+    names: &[&str],
+    differ: &str,
+    out_name: &str,
+    f: impl Fn(&mut [f32], &[&[f32]]) + Sync + Send,
+) -> ort::Result<()> {
+    let (shape, ins) = same_shape(c, names, differ)?;
+    let out = c.required(0, shape, out_name)?;
+    let n = out.len();
+    let b = bounds(n, elementwise_parts(n, c.parts));
+    let pieces = split(out, 1, &b).into_iter().zip(b.iter().copied());
+    c.run(pieces.collect(), |_, (out, (lo, hi))| {
+        let ranges: Vec<&[f32]> = ins.iter().map(|v| &v[lo..hi]).collect();
+        f(out, &ranges);
+        Ok(())
+    })
+    .map_err(|e| c.fail(e))
+}
+
+/// `probe.cpu:ReluGrad`: `dX = dY * (X > 0)` in one pass.
+pub struct ReluGrad;
+
+impl CpuOp for ReluGrad {
+    const NAME: &'static str = RELU_GRAD;
+    const INPUTS: &'static [Io] = &[Io::F32, Io::F32];
+    const OUTPUTS: &'static [Io] = &[Io::F32];
+    fn new(_: &Attrs) -> ort::Result<ReluGrad> {
+        Ok(ReluGrad)
+    }
+    fn compute(&self, c: &Call) -> ort::Result<()> {
+        elementwise(c, &["dY", "X"], " differ", "dX", |out, v| {
+            for ((o, &g), &x) in out.iter_mut().zip(v[0]).zip(v[1]) {
+                *o = if x > 0.0 { g } else { 0.0 };
+            }
+        })
+    }
+}
+
+/// `probe.cpu:AddRelu(A, B) -> Y = max(A + B, 0)`, A and B of one shape (no broadcasting): a
+/// residual connection's Add and the Relu after it in one pass instead of two.
+pub struct AddRelu;
+
+impl CpuOp for AddRelu {
+    const NAME: &'static str = ADD_RELU;
+    const INPUTS: &'static [Io] = &[Io::F32, Io::F32];
+    const OUTPUTS: &'static [Io] = &[Io::F32];
+    fn new(_: &Attrs) -> ort::Result<AddRelu> {
+        Ok(AddRelu)
+    }
+    fn compute(&self, c: &Call) -> ort::Result<()> {
+        let differ = " differ (no broadcasting here)";
+        elementwise(c, &["A", "B"], differ, "Y", |out, v| {
+            for ((o, &u), &w) in out.iter_mut().zip(v[0]).zip(v[1]) {
+                let t = u + w;
+                *o = if t < 0.0 { 0.0 } else { t };
+            }
+        })
+    }
+}
+
+/// `probe.cpu:SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`.
+pub struct SumReluGrad;
+
+impl CpuOp for SumReluGrad {
+    const NAME: &'static str = SUM_RELU_GRAD;
+    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32];
+    const OUTPUTS: &'static [Io] = &[Io::F32];
+    fn new(_: &Attrs) -> ort::Result<SumReluGrad> {
+        Ok(SumReluGrad)
+    }
+    fn compute(&self, c: &Call) -> ort::Result<()> {
+        elementwise(c, &["dY1", "dY2", "X"], " differ", "dX", |out, v| {
+            sum_relu_mask(out, v[0], v[1], v[2])
+        })
+    }
+}
