@@ -17,7 +17,7 @@
 //! output of its shape their gradients. Parts take batch rows.
 use super::exec::{bounds, split, split_opt};
 use super::ffi::{self, Attention, AttentionGrads, AttentionSaved};
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io, Io::*};
 
 pub const SCALED_DOT_PRODUCT_ATTENTION: &str = "ScaledDotProductAttention";
 pub const SCALED_DOT_PRODUCT_ATTENTION_GRAD: &str = "ScaledDotProductAttentionGrad";
@@ -30,7 +30,7 @@ pub struct AttentionAttrs {
     packed_heads: Option<i64>,
 }
 
-impl AttentionAttrs {
+impl FromAttrs for AttentionAttrs {
     fn read(a: &Attrs) -> ort::Result<AttentionAttrs> {
         Ok(AttentionAttrs {
             blhe: ["blhe_in", "blhe_out"].map(|n| a.flag(n)),
@@ -166,106 +166,89 @@ fn per_row(shape: &[i64]) -> usize {
 }
 
 /// `probe.cpu:ScaledDotProductAttention`.
-pub struct ScaledDotProductAttention(AttentionAttrs);
+// K and V absent when packed with Q in input 0.
+pub static SCALED_DOT_PRODUCT_ATTENTION_OP: CpuOp<AttentionAttrs> =
+    CpuOp::new(SCALED_DOT_PRODUCT_ATTENTION, scaled_dot_product_attention)
+        .io(&[F32, OptF32, OptF32, OptF32, OptF32, OptF32], &[F32, F32]);
 
-impl CpuOp for ScaledDotProductAttention {
-    const NAME: &'static str = SCALED_DOT_PRODUCT_ATTENTION;
-    // K and V absent when packed with Q in input 0.
-    const INPUTS: &'static [Io] = &[Io::F32, Io::OptF32, Io::OptF32, Io::OptF32, Io::OptF32, Io::OptF32];
-    const OUTPUTS: &'static [Io] = &[Io::F32, Io::F32];
-    fn new(a: &Attrs) -> ort::Result<ScaledDotProductAttention> {
-        Ok(ScaledDotProductAttention(AttentionAttrs::read(a)?))
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let ops = operands(c, &self.0, false)?;
-        let out_shape = swap(&ops.qs, self.0.blhe[1]);
-        let o = c.required(0, out_shape.clone(), "O")?;
-        let lse = c.required(1, ops.qs[..3].to_vec(), "LSE")?;
-        let b = ops.bounds(c);
-        let pieces: Vec<_> = split(o, per_row(&out_shape), &b)
-            .into_iter()
-            .zip(split(lse, per_row(&ops.qs[..3]), &b))
-            .zip(b.iter().copied())
-            .collect();
-        let a = ops.attention(&self.0);
-        c.run(pieces, |_, ((o, lse), (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            ffi::attention(&a, (lo as i64, hi as i64), o, lse)
-        })
-        .map_err(|e| c.torch(e))
-    }
+fn scaled_dot_product_attention(at: &AttentionAttrs, c: &Call) -> ort::Result<()> {
+    let ops = operands(c, at, false)?;
+    let out_shape = swap(&ops.qs, at.blhe[1]);
+    let o = c.required(0, out_shape.clone(), "O")?;
+    let lse = c.required(1, ops.qs[..3].to_vec(), "LSE")?;
+    let b = ops.bounds(c);
+    let pieces: Vec<_> = split(o, per_row(&out_shape), &b)
+        .into_iter()
+        .zip(split(lse, per_row(&ops.qs[..3]), &b))
+        .zip(b.iter().copied())
+        .collect();
+    let a = ops.attention(at);
+    c.run(pieces, |_, ((o, lse), (lo, hi))| {
+        if hi == lo {
+            return Ok(());
+        }
+        ffi::attention(&a, (lo as i64, hi as i64), o, lse)
+    })
+    .map_err(|e| c.torch(e))
 }
 
-/// `probe.cpu:ScaledDotProductAttentionGrad`.
-pub struct ScaledDotProductAttentionGrad(AttentionAttrs);
+/// dO Q K V O LSE a? b? mask?, with K and V absent when packed with Q.
+const GRAD_INPUTS: &[Io] = &[F32, F32, OptF32, OptF32, F32, F32, OptF32, OptF32, OptF32];
 
-impl CpuOp for ScaledDotProductAttentionGrad {
-    const NAME: &'static str = SCALED_DOT_PRODUCT_ATTENTION_GRAD;
-    const INPUTS: &'static [Io] = &[
-        Io::F32,
-        Io::F32,
-        Io::OptF32,
-        Io::OptF32,
-        Io::F32,
-        Io::F32,
-        Io::OptF32,
-        Io::OptF32,
-        Io::OptF32,
-    ];
-    const OUTPUTS: &'static [Io] = &[Io::OptF32; 3];
-    fn new(a: &Attrs) -> ort::Result<ScaledDotProductAttentionGrad> {
-        Ok(ScaledDotProductAttentionGrad(AttentionAttrs::read(a)?))
+/// `probe.cpu:ScaledDotProductAttentionGrad`.
+pub static SCALED_DOT_PRODUCT_ATTENTION_GRAD_OP: CpuOp<AttentionAttrs> = CpuOp::new(
+    SCALED_DOT_PRODUCT_ATTENTION_GRAD,
+    scaled_dot_product_attention_grad,
+)
+.io(GRAD_INPUTS, &[OptF32; 3]);
+
+fn scaled_dot_product_attention_grad(at: &AttentionAttrs, c: &Call) -> ort::Result<()> {
+    let ops = operands(c, at, true)?;
+    let (qs, out_shape) = (&ops.qs, swap(&ops.qs, at.blhe[1]));
+    // dO, O, LSE: read whole by every part.
+    let (dos, dov) = c.input(0)?;
+    let (os, ov) = c.input(4)?;
+    let (ls, lv) = c.input(5)?;
+    if dos[..] != out_shape[..] || os[..] != out_shape[..] || ls[..] != qs[..3] {
+        return Err(c.fail(format!(
+            "dO {:?}, O {:?}, LSE {:?} for Q {:?}",
+            &dos[..],
+            &os[..],
+            &ls[..],
+            &qs[..]
+        )));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let ops = operands(c, &self.0, true)?;
-        let (qs, out_shape) = (&ops.qs, swap(&ops.qs, self.0.blhe[1]));
-        // dO, O, LSE: read whole by every part.
-        let (dos, dov) = c.input(0)?;
-        let (os, ov) = c.input(4)?;
-        let (ls, lv) = c.input(5)?;
-        if dos[..] != out_shape[..] || os[..] != out_shape[..] || ls[..] != qs[..3] {
-            return Err(c.fail(format!(
-                "dO {:?}, O {:?}, LSE {:?} for Q {:?}",
-                &dos[..],
-                &os[..],
-                &ls[..],
-                &qs[..]
-            )));
+    let b = ops.bounds(c);
+    type Piece<'o> = (AttentionGrads<'o>, (usize, usize));
+    let pieces: Vec<Piece> = if ops.packed.is_empty() {
+        let [qs0, ks0, vs0] = &ops.stored;
+        let dq = split_opt(c.output(0, qs0.clone())?, per_row(qs0), &b);
+        let dk = split_opt(c.output(1, ks0.clone())?, per_row(ks0), &b);
+        let dv = split_opt(c.output(2, vs0.clone())?, per_row(vs0), &b);
+        dq.into_iter()
+            .zip(dk.into_iter().zip(dv))
+            .zip(b.iter().copied())
+            .map(|((dq, (dk, dv)), r)| (AttentionGrads::Separate([dq, dk, dv]), r))
+            .collect()
+    } else {
+        let dx = c.output(0, ops.packed.clone())?;
+        split_opt(dx, per_row(&ops.packed), &b)
+            .into_iter()
+            .zip(b.iter().copied())
+            .map(|(g, r)| (AttentionGrads::Packed(g), r))
+            .collect()
+    };
+    let a = ops.attention(at);
+    let saved = AttentionSaved {
+        dout: dov,
+        o: ov,
+        lse: lv,
+    };
+    c.run(pieces, |_, (grads, (lo, hi))| {
+        if hi == lo {
+            return Ok(());
         }
-        let b = ops.bounds(c);
-        type Piece<'o> = (AttentionGrads<'o>, (usize, usize));
-        let pieces: Vec<Piece> = if ops.packed.is_empty() {
-            let [qs0, ks0, vs0] = &ops.stored;
-            let dq = split_opt(c.output(0, qs0.clone())?, per_row(qs0), &b);
-            let dk = split_opt(c.output(1, ks0.clone())?, per_row(ks0), &b);
-            let dv = split_opt(c.output(2, vs0.clone())?, per_row(vs0), &b);
-            dq.into_iter()
-                .zip(dk.into_iter().zip(dv))
-                .zip(b.iter().copied())
-                .map(|((dq, (dk, dv)), r)| (AttentionGrads::Separate([dq, dk, dv]), r))
-                .collect()
-        } else {
-            let dx = c.output(0, ops.packed.clone())?;
-            split_opt(dx, per_row(&ops.packed), &b)
-                .into_iter()
-                .zip(b.iter().copied())
-                .map(|(g, r)| (AttentionGrads::Packed(g), r))
-                .collect()
-        };
-        let a = ops.attention(&self.0);
-        let saved = AttentionSaved {
-            dout: dov,
-            o: ov,
-            lse: lv,
-        };
-        c.run(pieces, |_, (grads, (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            ffi::attention_grad(&a, &saved, (lo as i64, hi as i64), grads)
-        })
-        .map_err(|e| c.torch(e))
-    }
+        ffi::attention_grad(&a, &saved, (lo as i64, hi as i64), grads)
+    })
+    .map_err(|e| c.torch(e))
 }

@@ -17,81 +17,83 @@
 //! The forward's parts take (sample, channel) planes; the gradients' parts take whole channels,
 //! so each sum has one writer.
 use super::exec::{bounds, deal, elementwise_parts, split, split_opt};
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use super::relu::{relu_mask, sum_relu_mask};
 
 pub const BATCH_NORMALIZATION: &str = "BatchNormalization";
 pub const BATCH_NORMALIZATION_GRAD: &str = "BatchNormalizationGrad";
 pub const RELU_BATCH_NORMALIZATION_GRAD: &str = "ReluBatchNormalizationGrad";
 
-/// `probe.cpu:BatchNormalization` (inference mode).
-pub struct BatchNormalization {
+impl FromAttrs for BatchNormAttrs {
+    fn read(a: &Attrs) -> ort::Result<BatchNormAttrs> {
+        let epsilon = a.req("epsilon")?;
+        let relu = a.req::<i64>("relu")? != 0;
+        Ok(BatchNormAttrs { epsilon, relu })
+    }
+}
+
+/// The forward's attributes, both required.
+pub struct BatchNormAttrs {
     epsilon: f32,
+    /// `max(Y, 0)`: a Relu after the BatchNormalization fused in.
     relu: bool,
 }
 
-impl CpuOp for BatchNormalization {
-    const NAME: &'static str = BATCH_NORMALIZATION;
-    const INPUTS: &'static [Io] = &[Io::F32; 5];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<BatchNormalization> {
-        Ok(BatchNormalization {
-            epsilon: a.req("epsilon")?,
-            relu: a.req::<i64>("relu")? != 0,
-        })
+/// `probe.cpu:BatchNormalization` (inference mode).
+pub static BATCH_NORMALIZATION_OP: CpuOp<BatchNormAttrs> =
+    CpuOp::new(BATCH_NORMALIZATION, batch_normalization).io(&[F32; 5], &[F32]);
+
+fn batch_normalization(a: &BatchNormAttrs, c: &Call) -> ort::Result<()> {
+    let (xs, xv) = c.input(0)?;
+    let mut pv = Vec::with_capacity(4);
+    for i in 1..5 {
+        pv.push(c.input(i)?.1);
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (xs, xv) = c.input(0)?;
-        let mut pv = Vec::with_capacity(4);
-        for i in 1..5 {
-            pv.push(c.input(i)?.1);
-        }
-        let (scale, bias, mean, var) = (pv[0], pv[1], pv[2], pv[3]);
-        if xs.len() < 2 || pv.iter().any(|p| p.len() != xs[1] as usize) {
-            return Err(c.fail(format!(
-                "X {:?} with scale [{}], B [{}], mean [{}], var [{}]: one value per channel \
-                 (axis 1) expected",
-                &xs[..],
-                scale.len(),
-                bias.len(),
-                mean.len(),
-                var.len()
-            )));
-        }
-        // ONNX Runtime's own arithmetic (batch_norm.h): inv_std = 1/sqrt(var + eps), then
-        // new_scale = scale inv_std, new_bias = B - mean new_scale, all in f32.
-        let ch = xs[1] as usize;
-        let k: Vec<f32> = (0..ch)
-            .map(|i| scale[i] * (1.0 / (var[i] + self.epsilon).sqrt()))
-            .collect();
-        let b: Vec<f32> = (0..ch).map(|i| bias[i] - mean[i] * k[i]).collect();
-        let plane: usize = xs[2..].iter().product::<i64>() as usize;
-        let planes = xv.len() / plane.max(1);
-        let y = c.required(0, xs.to_vec(), "Y")?;
-        let parts = elementwise_parts(xv.len(), c.parts).min(planes.max(1));
-        let bs = bounds(planes, parts);
-        let pieces = split(y, plane, &bs).into_iter().zip(bs.iter().copied());
-        let relu = self.relu;
-        c.run(pieces.collect(), |_, (out, (lo, hi))| {
-            for (p, out) in (lo..hi).zip(out.chunks_exact_mut(plane.max(1))) {
-                let (kc, bc) = (k[p % ch], b[p % ch]);
-                let src = &xv[p * plane..][..plane];
-                if relu {
-                    // `v < 0 ? 0 : v` keeps a NaN a NaN, as a Relu after the BatchNormalization.
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        let t = v * kc + bc;
-                        *o = if t < 0.0 { 0.0 } else { t };
-                    }
-                } else {
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = v * kc + bc;
-                    }
+    let (scale, bias, mean, var) = (pv[0], pv[1], pv[2], pv[3]);
+    if xs.len() < 2 || pv.iter().any(|p| p.len() != xs[1] as usize) {
+        return Err(c.fail(format!(
+            "X {:?} with scale [{}], B [{}], mean [{}], var [{}]: one value per channel \
+             (axis 1) expected",
+            &xs[..],
+            scale.len(),
+            bias.len(),
+            mean.len(),
+            var.len()
+        )));
+    }
+    // ONNX Runtime's own arithmetic (batch_norm.h): inv_std = 1/sqrt(var + eps), then
+    // new_scale = scale inv_std, new_bias = B - mean new_scale, all in f32.
+    let ch = xs[1] as usize;
+    let k: Vec<f32> = (0..ch)
+        .map(|i| scale[i] * (1.0 / (var[i] + a.epsilon).sqrt()))
+        .collect();
+    let b: Vec<f32> = (0..ch).map(|i| bias[i] - mean[i] * k[i]).collect();
+    let plane: usize = xs[2..].iter().product::<i64>() as usize;
+    let planes = xv.len() / plane.max(1);
+    let y = c.required(0, xs.to_vec(), "Y")?;
+    let parts = elementwise_parts(xv.len(), c.parts).min(planes.max(1));
+    let bs = bounds(planes, parts);
+    let pieces = split(y, plane, &bs).into_iter().zip(bs.iter().copied());
+    let relu = a.relu;
+    c.run(pieces.collect(), |_, (out, (lo, hi))| {
+        for (p, out) in (lo..hi).zip(out.chunks_exact_mut(plane.max(1))) {
+            let (kc, bc) = (k[p % ch], b[p % ch]);
+            let src = &xv[p * plane..][..plane];
+            if relu {
+                // `v < 0 ? 0 : v` keeps a NaN a NaN, as a Relu after the BatchNormalization.
+                for (o, &v) in out.iter_mut().zip(src) {
+                    let t = v * kc + bc;
+                    *o = if t < 0.0 { 0.0 } else { t };
+                }
+            } else {
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v * kc + bc;
                 }
             }
-            Ok(())
-        })
-        .map_err(|e| c.fail(e))
-    }
+        }
+        Ok(())
+    })
+    .map_err(|e| c.fail(e))
 }
 
 /// One (sample, channel) plane of the inference-mode BatchNorm backward (per channel k and
@@ -171,9 +173,14 @@ fn backward<'c>(
     };
     let b = bounds(ch, parts);
     // dX's planes s C + ch, dealt to the part that owns channel ch.
-    let owner: Vec<usize> = (0..parts).flat_map(|i| (b[i].0..b[i].1).map(move |_| i)).collect();
+    let owner: Vec<usize> = (0..parts)
+        .flat_map(|i| (b[i].0..b[i].1).map(move |_| i))
+        .collect();
     let dx_planes: Vec<Option<Vec<&mut [f32]>>> = match dx {
-        Some(dx) => deal(dx, n * ch, &owner, parts).into_iter().map(Some).collect(),
+        Some(dx) => deal(dx, n * ch, &owner, parts)
+            .into_iter()
+            .map(Some)
+            .collect(),
         None => (0..parts).map(|_| None).collect(),
     };
     let pieces: Vec<_> = dx_planes
@@ -208,76 +215,55 @@ fn backward<'c>(
 
 /// `probe.cpu:BatchNormalizationGrad` (inference mode): dX and the two per-channel sums the
 /// parameter gradients are made of, in one pass over dY and X.
-pub struct BatchNormalizationGrad;
+pub static BATCH_NORMALIZATION_GRAD_OP: CpuOp<()> =
+    CpuOp::new(BATCH_NORMALIZATION_GRAD, batch_normalization_grad).io(&[F32; 4], &[OptF32; 3]);
 
-impl CpuOp for BatchNormalizationGrad {
-    const NAME: &'static str = BATCH_NORMALIZATION_GRAD;
-    const INPUTS: &'static [Io] = &[Io::F32; 4];
-    const OUTPUTS: &'static [Io] = &[Io::OptF32; 3];
-    fn new(_: &Attrs) -> ort::Result<BatchNormalizationGrad> {
-        Ok(BatchNormalizationGrad)
+fn batch_normalization_grad(_: &(), c: &Call) -> ort::Result<()> {
+    let (dys, dyv) = c.input(0)?;
+    let (xs, xv) = c.input(1)?;
+    let (kv, mv) = (c.input(2)?.1, c.input(3)?.1);
+    if dys[..] != xs[..] || xs.len() < 2 || kv.len() != xs[1] as usize || mv.len() != kv.len() {
+        return Err(c.fail(format!(
+            "dY {:?}, X {:?}, k [{}], mean [{}]",
+            &dys[..],
+            &xs[..],
+            kv.len(),
+            mv.len()
+        )));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (dys, dyv) = c.input(0)?;
-        let (xs, xv) = c.input(1)?;
-        let (kv, mv) = (c.input(2)?.1, c.input(3)?.1);
-        if dys[..] != xs[..] || xs.len() < 2 || kv.len() != xs[1] as usize || mv.len() != kv.len() {
-            return Err(c.fail(format!(
-                "dY {:?}, X {:?}, k [{}], mean [{}]",
-                &dys[..],
-                &xs[..],
-                kv.len(),
-                mv.len()
-            )));
-        }
-        backward(c, (xs, xv), kv, mv, Grad::Plain(dyv))
-    }
+    backward(c, (xs, xv), kv, mv, Grad::Plain(dyv))
 }
 
 /// `probe.cpu:ReluBatchNormalizationGrad`: BatchNormalizationGrad of `G = (dY + dY2) (Y > 0)`.
-pub struct ReluBatchNormalizationGrad;
+pub static RELU_BATCH_NORMALIZATION_GRAD_OP: CpuOp<()> =
+    CpuOp::new(RELU_BATCH_NORMALIZATION_GRAD, relu_batch_normalization_grad)
+        .io(&[F32, F32, F32, F32, F32, OptF32], &[OptF32; 3]);
 
-impl CpuOp for ReluBatchNormalizationGrad {
-    const NAME: &'static str = RELU_BATCH_NORMALIZATION_GRAD;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32, Io::F32, Io::F32, Io::OptF32];
-    const OUTPUTS: &'static [Io] = &[Io::OptF32; 3];
-    fn new(_: &Attrs) -> ort::Result<ReluBatchNormalizationGrad> {
-        Ok(ReluBatchNormalizationGrad)
+fn relu_batch_normalization_grad(_: &(), c: &Call) -> ort::Result<()> {
+    let (dys, dyv) = c.input(0)?;
+    let (ys, yv) = c.input(1)?;
+    let (xs, xv) = c.input(2)?;
+    let (kv, mv) = (c.input(3)?.1, c.input(4)?.1);
+    let dy2v = c.optional_like(5, "dY2", &xs)?;
+    if dys[..] != xs[..]
+        || ys[..] != xs[..]
+        || xs.len() < 2
+        || kv.len() != xs[1] as usize
+        || mv.len() != kv.len()
+    {
+        return Err(c.fail(format!(
+            "dY {:?}, Y {:?}, X {:?}, k [{}], mean [{}]",
+            &dys[..],
+            &ys[..],
+            &xs[..],
+            kv.len(),
+            mv.len()
+        )));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (dys, dyv) = c.input(0)?;
-        let (ys, yv) = c.input(1)?;
-        let (xs, xv) = c.input(2)?;
-        let (kv, mv) = (c.input(3)?.1, c.input(4)?.1);
-        let dy2v = match c.optional(5)? {
-            Some((s, v)) => {
-                if s[..] != xs[..] {
-                    return Err(c.fail(format!("dY2 {:?} and X {:?} differ", &s[..], &xs[..])));
-                }
-                Some(v)
-            }
-            None => None,
-        };
-        if dys[..] != xs[..]
-            || ys[..] != xs[..]
-            || xs.len() < 2
-            || kv.len() != xs[1] as usize
-            || mv.len() != kv.len()
-        {
-            return Err(c.fail(format!(
-                "dY {:?}, Y {:?}, X {:?}, k [{}], mean [{}]",
-                &dys[..],
-                &ys[..],
-                &xs[..],
-                kv.len(),
-                mv.len()
-            )));
-        }
-        let grad = Grad::Relu {
-            dy: dyv,
-            y: yv,
-            dy2: dy2v,
-        };
-        backward(c, (xs, xv), kv, mv, grad)
-    }
+    let grad = Grad::Relu {
+        dy: dyv,
+        y: yv,
+        dy2: dy2v,
+    };
+    backward(c, (xs, xv), kv, mv, grad)
 }

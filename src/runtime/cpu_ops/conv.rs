@@ -19,9 +19,9 @@
 //! Parts take samples: convolutions are independent per sample, so the parts of Y and dX are
 //! disjoint rows; dW and dB are sums over samples, each part's into its own buffer, added at
 //! the end.
-use super::exec::{add_parts, bounds, split, split_opt, sum_parts};
+use super::exec::{add_parts, bounds, split, sum_parts};
 use super::ffi::{self, ConvGeometry};
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 
 pub const CONV: &str = "Conv";
 pub const CONV_GRAD: &str = "ConvGrad";
@@ -34,9 +34,11 @@ pub struct ConvAttrs {
     padding: Vec<i64>,
     dilations: Vec<i64>,
     group: i64,
+    /// Conv only: Y = max(Conv(X), 0), a Relu after the Conv fused in (`autodiff/fuse.rs`).
+    relu: bool,
 }
 
-impl ConvAttrs {
+impl FromAttrs for ConvAttrs {
     fn read(a: &Attrs) -> ort::Result<ConvAttrs> {
         let strides: Vec<i64> = a.req("strides")?;
         let pads: Vec<i64> = a.req("pads")?;
@@ -54,8 +56,12 @@ impl ConvAttrs {
             strides,
             dilations,
             group,
+            relu: a.flag("relu"),
         })
     }
+}
+
+impl ConvAttrs {
     fn geometry(&self) -> ConvGeometry<'_> {
         ConvGeometry {
             strides: &self.strides,
@@ -79,64 +85,48 @@ fn per_sample(shape: &[i64]) -> usize {
 }
 
 /// `probe.cpu:Conv`: libtorch's forward convolution.
-pub struct Conv {
-    attrs: ConvAttrs,
-    /// Y = max(Conv(X), 0): a Relu after the Conv fused in (`autodiff/fuse.rs`).
-    relu: bool,
-}
+pub static CONV_OP: CpuOp<ConvAttrs> = CpuOp::new(CONV, conv).io(&[F32, F32, OptF32], &[F32]);
 
-impl CpuOp for Conv {
-    const NAME: &'static str = CONV;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::OptF32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<Conv> {
-        Ok(Conv {
-            attrs: ConvAttrs::read(a)?,
-            relu: a.flag("relu"),
-        })
+fn conv(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
+    let (xs, xv) = c.input_named(0, "X")?;
+    let (ws, wv) = c.input_named(1, "W")?;
+    let bv = c.optional(2)?.map(|b| b.1);
+    let (rank, k) = (xs.len(), a.strides.len());
+    if rank != k + 2 || ws.len() != rank {
+        return Err(c.fail(format!(
+            "X {:?} and W {:?} with {k} spatial axes",
+            &xs[..],
+            &ws[..]
+        )));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let a = &self.attrs;
-        let (xs, xv) = c.input_named(0, "X")?;
-        let (ws, wv) = c.input_named(1, "W")?;
-        let bv = c.optional(2)?.map(|b| b.1);
-        let (rank, k) = (xs.len(), a.strides.len());
-        if rank != k + 2 || ws.len() != rank {
+    // o = (h + 2p - d(k-1) - 1) / s + 1 per spatial axis (floor).
+    let mut ys = vec![xs[0], ws[0]];
+    for i in 0..k {
+        let room = xs[2 + i] + 2 * a.padding[i] - a.dilations[i] * (ws[2 + i] - 1) - 1;
+        if room < 0 {
             return Err(c.fail(format!(
-                "X {:?} and W {:?} with {k} spatial axes",
-                &xs[..],
-                &ws[..]
+                "kernel {:?} larger than padded X {:?}",
+                &ws[..],
+                &xs[..]
             )));
         }
-        // o = (h + 2p - d(k-1) - 1) / s + 1 per spatial axis (floor).
-        let mut ys = vec![xs[0], ws[0]];
-        for i in 0..k {
-            let room = xs[2 + i] + 2 * a.padding[i] - a.dilations[i] * (ws[2 + i] - 1) - 1;
-            if room < 0 {
-                return Err(c.fail(format!(
-                    "kernel {:?} larger than padded X {:?}",
-                    &ws[..],
-                    &xs[..]
-                )));
-            }
-            ys.push(room / a.strides[i] + 1);
-        }
-        let y = c.required(0, ys.clone(), "Y")?;
-        let (x_row, y_row) = (per_sample(&xs), per_sample(&ys));
-        let n = xs[0] as usize;
-        let b = bounds(n, c.parts.min(n.max(1)));
-        let pieces = split(y, y_row, &b).into_iter().zip(b.iter().copied());
-        let g = a.geometry();
-        c.run(pieces.collect(), |_, (y, (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            let x = &xv[lo * x_row..hi * x_row];
-            let (xs_p, ys_p) = (with_rows(&xs, hi - lo), with_rows(&ys, hi - lo));
-            ffi::conv((x, &xs_p), (wv, &ws), bv, &g, self.relu, y, &ys_p)
-        })
-        .map_err(|e| c.torch(e))
+        ys.push(room / a.strides[i] + 1);
     }
+    let y = c.required(0, ys.clone(), "Y")?;
+    let (x_row, y_row) = (per_sample(&xs), per_sample(&ys));
+    let n = xs[0] as usize;
+    let b = bounds(n, c.parts.min(n.max(1)));
+    let pieces = split(y, y_row, &b).into_iter().zip(b.iter().copied());
+    let g = a.geometry();
+    c.run(pieces.collect(), |_, (y, (lo, hi))| {
+        if hi == lo {
+            return Ok(());
+        }
+        let x = &xv[lo * x_row..hi * x_row];
+        let (xs_p, ys_p) = (with_rows(&xs, hi - lo), with_rows(&ys, hi - lo));
+        ffi::conv((x, &xs_p), (wv, &ws), bv, &g, a.relu, y, &ys_p)
+    })
+    .map_err(|e| c.torch(e))
 }
 
 /// dY, X, W of a convolution's backward, checked against each other and the attributes.
@@ -165,89 +155,72 @@ fn backward_inputs<'c>(
     Ok([dy, x, w])
 }
 
-/// `probe.cpu:ConvGrad`: dW and dB by libtorch's `convolution_backward`.
-pub struct ConvGrad {
-    attrs: ConvAttrs,
+/// Samples `[lo, hi)` of a backward (`ins` dY, X, W): libtorch's `convolution_backward` over
+/// those samples, into the part's own `outs` (dX, dW, dB, each only when asked).
+fn backward_part(
+    [(dys, dyv), (xs, xv), (ws, wv)]: &[(Vec<i64>, &[f32]); 3],
+    g: &ConvGeometry,
+    (lo, hi): (usize, usize),
+    outs: [Option<&mut [f32]>; 3],
+) -> Result<(), String> {
+    if hi == lo {
+        return Ok(());
+    }
+    let (x_row, y_row) = (per_sample(xs), per_sample(dys));
+    let (xs_p, dys_p) = (with_rows(xs, hi - lo), with_rows(dys, hi - lo));
+    let dy = (&dyv[lo * y_row..hi * y_row], &dys_p[..]);
+    let x = (&xv[lo * x_row..hi * x_row], &xs_p[..]);
+    ffi::conv_grad(dy, x, (wv, ws), g, outs)
 }
 
-impl CpuOp for ConvGrad {
-    const NAME: &'static str = CONV_GRAD;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::OptF32, Io::OptF32];
-    fn new(a: &Attrs) -> ort::Result<ConvGrad> {
-        Ok(ConvGrad {
-            attrs: ConvAttrs::read(a)?,
-        })
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let [(dys, dyv), (xs, xv), (ws, wv)] = backward_inputs(c, &self.attrs, false)?;
-        // Outputs the node does not name are not computed (libtorch's output_mask).
-        let (mut dw, mut db) = (c.output(0, ws.to_vec())?, c.output(1, vec![ws[0]])?);
-        let n = xs[0] as usize;
-        let parts = c.parts.min(n.max(1));
-        let (wn, m) = (ws.iter().product::<i64>() as usize, ws[0] as usize);
-        // Part 0 sums into the outputs, the others into their own buffers.
-        let mut dw_parts = vec![0f32; if dw.is_none() { 0 } else { wn * (parts - 1) }];
-        let mut db_parts = vec![0f32; if db.is_none() { 0 } else { m * (parts - 1) }];
-        let pieces: Vec<_> = sum_parts(dw.as_deref_mut(), &mut dw_parts, parts)
-            .into_iter()
-            .zip(sum_parts(db.as_deref_mut(), &mut db_parts, parts))
-            .collect();
-        let (x_row, y_row) = (per_sample(&xs), per_sample(&dys));
-        let b = bounds(n, parts);
-        let g = self.attrs.geometry();
-        c.run(pieces, |i, (dw, db)| {
-            let (lo, hi) = b[i];
-            if hi == lo {
-                return Ok(());
-            }
-            let (xs_p, dys_p) = (with_rows(&xs, hi - lo), with_rows(&dys, hi - lo));
-            let dy = (&dyv[lo * y_row..hi * y_row], &dys_p[..]);
-            let x = (&xv[lo * x_row..hi * x_row], &xs_p[..]);
-            ffi::conv_grad(dy, x, (wv, &ws), &g, [None, dw, db])
-        })
-        .map_err(|e| c.torch(e))?;
-        // dW = sum over parts (the sum over samples, split), likewise dB.
-        for (out, buf) in [(dw, &dw_parts), (db, &db_parts)] {
-            if let Some(out) = out {
-                add_parts(out, buf);
-            }
+/// `probe.cpu:ConvGrad`: dW and dB by libtorch's `convolution_backward`.
+pub static CONV_GRAD_OP: CpuOp<ConvAttrs> =
+    CpuOp::new(CONV_GRAD, conv_grad).io(&[F32, F32, F32], &[OptF32, OptF32]);
+
+fn conv_grad(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
+    let ins = backward_inputs(c, a, false)?;
+    let (xs, ws) = (&ins[1].0, &ins[2].0);
+    // Outputs the node does not name are not computed (libtorch's output_mask).
+    let (mut dw, mut db) = (c.output(0, ws.to_vec())?, c.output(1, vec![ws[0]])?);
+    let n = xs[0] as usize;
+    let parts = c.parts.min(n.max(1));
+    let (wn, m) = (ws.iter().product::<i64>() as usize, ws[0] as usize);
+    // Part 0 sums into the outputs, the others into their own buffers.
+    let mut dw_parts = vec![0f32; if dw.is_none() { 0 } else { wn * (parts - 1) }];
+    let mut db_parts = vec![0f32; if db.is_none() { 0 } else { m * (parts - 1) }];
+    let pieces: Vec<_> = sum_parts(dw.as_deref_mut(), &mut dw_parts, parts)
+        .into_iter()
+        .zip(sum_parts(db.as_deref_mut(), &mut db_parts, parts))
+        .collect();
+    let (b, g) = (bounds(n, parts), a.geometry());
+    c.run(pieces, |i, (dw, db)| {
+        backward_part(&ins, &g, b[i], [None, dw, db])
+    })
+    .map_err(|e| c.torch(e))?;
+    // dW = sum over parts (the sum over samples, split), likewise dB.
+    for (out, buf) in [(dw, &dw_parts), (db, &db_parts)] {
+        if let Some(out) = out {
+            add_parts(out, buf);
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `probe.cpu:ConvGradX`: dX by libtorch's backward-data.
-pub struct ConvGradX {
-    attrs: ConvAttrs,
-}
+pub static CONV_GRAD_X_OP: CpuOp<ConvAttrs> =
+    CpuOp::new(CONV_GRAD_X, conv_grad_x).io(&[F32, F32, F32], &[F32]);
 
-impl CpuOp for ConvGradX {
-    const NAME: &'static str = CONV_GRAD_X;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<ConvGradX> {
-        Ok(ConvGradX {
-            attrs: ConvAttrs::read(a)?,
-        })
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let [(dys, dyv), (xs, xv), (ws, wv)] = backward_inputs(c, &self.attrs, true)?;
-        let dx = c.required(0, xs.to_vec(), "dX")?;
-        let n = xs[0] as usize;
-        let (x_row, y_row) = (per_sample(&xs), per_sample(&dys));
-        let b = bounds(n, c.parts.min(n.max(1)));
-        let pieces = split_opt(Some(dx), x_row, &b).into_iter().zip(b.iter().copied());
-        let g = self.attrs.geometry();
-        c.run(pieces.collect(), |_, (dx, (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            let (xs_p, dys_p) = (with_rows(&xs, hi - lo), with_rows(&dys, hi - lo));
-            let dy = (&dyv[lo * y_row..hi * y_row], &dys_p[..]);
-            let x = (&xv[lo * x_row..hi * x_row], &xs_p[..]);
-            ffi::conv_grad(dy, x, (wv, &ws), &g, [dx, None, None])
-        })
-        .map_err(|e| c.torch(e))
-    }
+fn conv_grad_x(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
+    let ins = backward_inputs(c, a, true)?;
+    let xs = &ins[1].0;
+    let dx = c.required(0, xs.to_vec(), "dX")?;
+    let n = xs[0] as usize;
+    let (b, g) = (bounds(n, c.parts.min(n.max(1))), a.geometry());
+    let pieces = split(dx, per_sample(xs), &b)
+        .into_iter()
+        .zip(b.iter().copied());
+    c.run(pieces.collect(), |_, (dx, r)| {
+        backward_part(&ins, &g, r, [Some(dx), None, None])
+    })
+    .map_err(|e| c.torch(e))
 }

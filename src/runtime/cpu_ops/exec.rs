@@ -5,7 +5,7 @@
 //! Every `unsafe` block of the kernels' Rust side is in this file, justified here once:
 //! - ONNX Runtime owns a compute call's input and output buffers for the whole call, so a
 //!   slice over one may live as long as the borrow of the [`ComputeContext`] ([`input`],
-//!   [`output`]). Outputs are distinct buffers from the inputs (no op declares in-place or
+//!   [`Outputs::take`]). Outputs are distinct buffers from the inputs (no op declares in-place or
 //!   aliased outputs) and from each other; [`Outputs`] hands each one out at most once, so no
 //!   two `&mut` slices alias.
 //! - Parts run concurrently, each on its own piece: [`split`] and [`deal`] cut a slice with
@@ -171,7 +171,9 @@ pub fn input<'c, T: PrimitiveTensorElementType>(
     }
     // SAFETY: the module doc's first point: ONNX Runtime holds the buffer for the whole call;
     // `value` is only a handle to it.
-    Ok((shape.to_vec(), unsafe { std::slice::from_raw_parts(p, len) }))
+    Ok((shape.to_vec(), unsafe {
+        std::slice::from_raw_parts(p, len)
+    }))
 }
 
 /// The outputs of one compute call, each handed out at most once.
@@ -191,11 +193,10 @@ impl<'c> Outputs<'c> {
     /// Output `i` of `shape` as a slice, `None` when the node leaves it unnamed; an error when
     /// output `i` was already taken.
     pub fn take(&self, i: usize, shape: Vec<i64>) -> ort::Result<Option<&'c mut [f32]>> {
-        let bit = 1u64 << i;
-        if i >= 64 || self.taken.get() & bit != 0 {
+        if i >= 64 || self.taken.get() & (1u64 << i) != 0 {
             return Err(ort::Error::new(format!("output {i} taken twice")));
         }
-        self.taken.set(self.taken.get() | bit);
+        self.taken.set(self.taken.get() | 1u64 << i);
         let v: Option<ValueRefMut<'c>> = self.ctx.output(i, shape)?;
         let Some(mut v) = v else {
             return Ok(None);

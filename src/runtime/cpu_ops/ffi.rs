@@ -176,6 +176,14 @@ fn holds(what: &str, len: usize, want: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Each buffer `(what, data, shape)` holds exactly what its shape says.
+fn dense(bufs: &[(&str, &[f32], &[i64])]) -> Result<(), String> {
+    for &(what, data, shape) in bufs {
+        holds(what, data.len(), numel(shape)?)?;
+    }
+    Ok(())
+}
+
 /// `v`'s pointer, null for `None`.
 fn ptr_or_null(v: Option<&[f32]>) -> *const f32 {
     v.map_or(std::ptr::null(), <[f32]>::as_ptr)
@@ -225,9 +233,7 @@ pub fn conv(
     ys: &[i64],
 ) -> Result<(), String> {
     let rank = g.rank(&[xs, ws, ys])?;
-    holds("X", x.len(), numel(xs)?)?;
-    holds("W", w.len(), numel(ws)?)?;
-    holds("Y", y.len(), numel(ys)?)?;
+    dense(&[("X", x, xs), ("W", w, ws), ("Y", y, ys)])?;
     if let Some(b) = b {
         holds("B", b.len(), ws[0] as usize)?;
     }
@@ -262,9 +268,7 @@ pub fn conv_grad(
     [dx, dw, db]: [Option<&mut [f32]>; 3],
 ) -> Result<(), String> {
     let rank = g.rank(&[dys, xs, ws])?;
-    holds("dY", dy.len(), numel(dys)?)?;
-    holds("X", x.len(), numel(xs)?)?;
-    holds("W", w.len(), numel(ws)?)?;
+    dense(&[("dY", dy, dys), ("X", x, xs), ("W", w, ws)])?;
     for (what, out, want) in [
         ("dX", &dx, numel(xs)?),
         ("dW", &dw, numel(ws)?),
@@ -317,8 +321,7 @@ pub fn gelu_grad(dy: &[f32], x: &[f32], tanh: bool, dx: &mut [f32]) -> Result<()
 
 /// `y = softmax(x)` along `axis`, both of `shape`.
 pub fn softmax(x: &[f32], shape: &[i64], axis: usize, y: &mut [f32]) -> Result<(), String> {
-    holds("X", x.len(), numel(shape)?)?;
-    holds("Y", y.len(), numel(shape)?)?;
+    dense(&[("X", x, shape), ("Y", y, shape)])?;
     // SAFETY: the module doc: X and Y hold what `shape` says.
     c_call(|e, el| unsafe {
         probe_softmax(
@@ -341,17 +344,15 @@ pub fn log_softmax_grad(
     axis: usize,
     dx: &mut [f32],
 ) -> Result<(), String> {
-    let n = numel(shape)?;
-    holds("dY", dy.len(), n)?;
-    holds("Y", y.len(), n)?;
-    holds("dX", dx.len(), n)?;
+    let rank = shape.len() as i64;
+    dense(&[("dY", dy, shape), ("Y", y, shape), ("dX", dx, shape)])?;
     // SAFETY: the module doc: the three buffers hold what `shape` says.
     c_call(|e, el| unsafe {
         probe_log_softmax_grad(
             dy.as_ptr(),
             y.as_ptr(),
             shape.as_ptr(),
-            shape.len() as i64,
+            rank,
             axis as i64,
             dx.as_mut_ptr(),
             e,
@@ -408,10 +409,12 @@ pub fn matmul_add(
     bias: &[f32],
     y: &mut [f32],
 ) -> Result<(), String> {
-    holds("A", a.len(), numel(&[m, k])?)?;
-    holds("B", b.len(), numel(&[k, n])?)?;
-    holds("bias", bias.len(), numel(&[n])?)?;
-    holds("Y", y.len(), numel(&[m, n])?)?;
+    dense(&[
+        ("A", a, &[m, k]),
+        ("B", b, &[k, n]),
+        ("bias", bias, &[n]),
+        ("Y", y, &[m, n]),
+    ])?;
     // SAFETY: the module doc: every buffer holds what its shape says.
     c_call(|e, el| unsafe {
         probe_matmul_add(
@@ -435,9 +438,7 @@ pub fn matmul(
     y: &mut [f32],
     y_sh: &[i64],
 ) -> Result<(), String> {
-    holds("A", a.len(), numel(a_sh)?)?;
-    holds("B", b.len(), numel(b_sh)?)?;
-    holds("Y", y.len(), numel(y_sh)?)?;
+    dense(&[("A", a, a_sh), ("B", b, b_sh), ("Y", y, y_sh)])?;
     // SAFETY: the module doc: every buffer holds what its shape says.
     c_call(|e, el| unsafe {
         probe_matmul(
@@ -544,7 +545,10 @@ pub fn attention(
         return Err(format!("rows {lo}..{hi} of Q {:?}", a.q_shape));
     }
     let n = (hi - lo) as usize;
-    let (o_row, lse_row) = (Attention::per_row(a.q_shape), Attention::per_row(&a.q_shape[..3]));
+    let (o_row, lse_row) = (
+        Attention::per_row(a.q_shape),
+        Attention::per_row(&a.q_shape[..3]),
+    );
     holds("O", o.len(), n * o_row)?;
     holds("LSE", lse.len(), n * lse_row)?;
     let (o, lse) = (row0(o, lo, o_row), row0(lse, lo, lse_row));
@@ -575,7 +579,10 @@ pub fn attention_grad(
     holds("dO", s.dout.len(), numel(a.q_shape)?)?;
     holds("O", s.o.len(), numel(a.q_shape)?)?;
     holds("LSE", s.lse.len(), numel(&a.q_shape[..3])?)?;
-    let (q_row, kv_row) = (Attention::per_row(a.q_shape), Attention::per_row(a.kv_shape));
+    let (q_row, kv_row) = (
+        Attention::per_row(a.q_shape),
+        Attention::per_row(a.kv_shape),
+    );
     let null = std::ptr::null_mut::<f32>();
     let [dq, dk, dv] = match grads {
         AttentionGrads::Separate([dq, dk, dv]) => {
@@ -586,7 +593,11 @@ pub fn attention_grad(
                 Some(g) => holds(what, g.len(), n * per_row).map(|_| row0(g, lo, per_row)),
                 None => Ok(null),
             };
-            [at("dQ", dq, q_row)?, at("dK", dk, kv_row)?, at("dV", dv, kv_row)?]
+            [
+                at("dQ", dq, q_row)?,
+                at("dK", dk, kv_row)?,
+                at("dV", dv, kv_row)?,
+            ]
         }
         AttentionGrads::Packed(None) => [null; 3],
         AttentionGrads::Packed(Some(g)) => {
@@ -614,7 +625,9 @@ fn sdpa_call(
     (lo, hi): (i64, i64),
     [o, lse, dq, dk, dv]: [*mut f32; 5],
 ) -> Result<(), String> {
-    let (mask, mask_shape) = a.mask.map_or((std::ptr::null(), &[][..]), |(m, s)| (m.as_ptr(), s));
+    let (mask, mask_shape) = a
+        .mask
+        .map_or((std::ptr::null(), &[][..]), |(m, s)| (m.as_ptr(), s));
     // SAFETY: the module doc: the callers checked every buffer against the views the C++ side
     // makes of it, and each output pointer reaches only the part's rows [lo, hi).
     c_call(|e, el| unsafe {

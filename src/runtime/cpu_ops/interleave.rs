@@ -2,7 +2,7 @@
 //! spatial axis), all required: the other strided convolution dX, the phase form's assembly
 //! (`ops/conv.rs`), [`Phased`] as an op; parts split Y's N*C planes.
 use super::exec::{bounds, split};
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 
 pub const INTERLEAVE: &str = "Interleave";
 
@@ -155,37 +155,36 @@ impl Phased {
     }
 }
 
+impl FromAttrs for InterleaveAttrs {
+    fn read(a: &Attrs) -> ort::Result<InterleaveAttrs> {
+        let [blocks, phases, sizes] = [a.req("blocks")?, a.req("phases")?, a.req("sizes")?];
+        Ok(InterleaveAttrs {
+            blocks,
+            phases,
+            sizes,
+        })
+    }
+}
 
 /// `probe.cpu:Interleave`.
-pub struct Interleave(InterleaveAttrs);
+pub static INTERLEAVE_OP: CpuOp<InterleaveAttrs> =
+    CpuOp::new(INTERLEAVE, interleave).io(&[F32], &[F32]);
 
-impl CpuOp for Interleave {
-    const NAME: &'static str = INTERLEAVE;
-    const INPUTS: &'static [Io] = &[Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<Interleave> {
-        Ok(Interleave(InterleaveAttrs {
-            blocks: a.req("blocks")?,
-            phases: a.req("phases")?,
-            sizes: a.req("sizes")?,
-        }))
+fn interleave(a: &InterleaveAttrs, c: &Call) -> ort::Result<()> {
+    let (zs, zv) = c.input(0)?;
+    let g = Phased::new(&zs, a).map_err(|e| c.fail(e))?;
+    let y = c.required(0, g.y_shape(zs[0], zs.len() - 2), "Y")?;
+    let (plane, planes, zsample) = (g.plane(), zs[0] as usize * g.c, g.zsample());
+    if planes * plane == 0 {
+        return Ok(());
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (zs, zv) = c.input(0)?;
-        let g = Phased::new(&zs, &self.0).map_err(|e| c.fail(e))?;
-        let y = c.required(0, g.y_shape(zs[0], zs.len() - 2), "Y")?;
-        let (plane, planes, zsample) = (g.plane(), zs[0] as usize * g.c, g.zsample());
-        if planes * plane == 0 {
-            return Ok(());
+    let b = bounds(planes, c.parts_for(planes, planes * plane));
+    let pieces = split(y, plane, &b).into_iter().zip(b.iter().copied());
+    c.run(pieces.collect(), |_, (out, (lo, hi))| {
+        for (p, dst) in (lo..hi).zip(out.chunks_exact_mut(plane)) {
+            g.fill(&zv[p / g.c * zsample..][..zsample], p % g.c, dst);
         }
-        let b = bounds(planes, c.parts_for(planes, planes * plane));
-        let pieces = split(y, plane, &b).into_iter().zip(b.iter().copied());
-        c.run(pieces.collect(), |_, (out, (lo, hi))| {
-            for (p, dst) in (lo..hi).zip(out.chunks_exact_mut(plane)) {
-                g.fill(&zv[p / g.c * zsample..][..zsample], p % g.c, dst);
-            }
-            Ok(())
-        })
-        .map_err(|e| c.fail(e))
-    }
+        Ok(())
+    })
+    .map_err(|e| c.fail(e))
 }

@@ -12,165 +12,155 @@
 //! part into its own buffer, added at the end.
 use super::exec::{add_parts, bounds, split, sum_parts};
 use super::ffi;
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 
 pub const MAT_MUL: &str = "MatMul";
 pub const MAT_MUL_ADD: &str = "MatMulAdd";
 
-/// `probe.cpu:MatMul`.
-pub struct MatMul {
-    trans: [bool; 2],
+/// Attributes `transA`, `transB` (default 0).
+pub struct Trans([bool; 2]);
+
+impl FromAttrs for Trans {
+    fn read(a: &Attrs) -> ort::Result<Trans> {
+        Ok(Trans(["transA", "transB"].map(|n| a.flag(n))))
+    }
 }
 
-impl CpuOp for MatMul {
-    const NAME: &'static str = MAT_MUL;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<MatMul> {
-        Ok(MatMul {
-            trans: ["transA", "transB"].map(|n| a.flag(n)),
-        })
+/// `probe.cpu:MatMul`.
+pub static MAT_MUL_OP: CpuOp<Trans> = CpuOp::new(MAT_MUL, mat_mul).io(&[F32, F32], &[F32]);
+
+fn mat_mul(t: &Trans, c: &Call) -> ort::Result<()> {
+    let (as_, av) = c.input(0)?;
+    let (bs, bv) = c.input(1)?;
+    let [ta, tb] = t.0;
+    let (ar, br) = (as_.len(), bs.len());
+    let bad = || {
+        c.fail(format!(
+            "A {:?} (transA {ta}), B {:?} (transB {tb})",
+            &as_[..],
+            &bs[..]
+        ))
+    };
+    if ar < 2 || br < 2 {
+        return Err(bad());
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (as_, av) = c.input(0)?;
-        let (bs, bv) = c.input(1)?;
-        let [ta, tb] = self.trans;
-        let (ar, br) = (as_.len(), bs.len());
-        let bad = || {
-            c.fail(format!(
-                "A {:?} (transA {ta}), B {:?} (transB {tb})",
-                &as_[..],
-                &bs[..]
-            ))
-        };
-        if ar < 2 || br < 2 {
-            return Err(bad());
-        }
-        // op(A) is [.., m, k], op(B) [.., k2, nn].
-        let (m, k) = if ta {
-            (as_[ar - 1], as_[ar - 2])
-        } else {
-            (as_[ar - 2], as_[ar - 1])
-        };
-        let (k2, nn) = if tb {
-            (bs[br - 1], bs[br - 2])
-        } else {
-            (bs[br - 2], bs[br - 1])
-        };
-        let batch: Vec<i64> = if br == 2 {
-            as_[..ar - 2].to_vec()
-        } else if ar == 2 || as_[..ar - 2] == bs[..br - 2] {
-            bs[..br - 2].to_vec()
-        } else {
-            return Err(bad());
-        };
-        if k != k2 {
-            return Err(bad());
-        }
-        let mut ys = batch.clone();
-        ys.extend([m, nn]);
-        let y = c.required(0, ys.clone(), "Y")?;
-        let nb: i64 = batch.iter().product();
-        let work = (nb * m * nn * k.max(1)) as usize;
-        let (m, k, nn) = (m as usize, k as usize, nn as usize);
-        if br == 2 && !ta {
-            // Rows of A (all its leading axes with m) against one matrix.
-            let rows = nb as usize * m;
-            let b = bounds(rows, c.parts_for(rows, work >> 6));
-            let pieces = split(y, nn, &b).into_iter().zip(b.iter().copied());
-            return c
-                .run(pieces.collect(), |_, (y, (lo, hi))| {
-                    if hi == lo {
-                        return Ok(());
-                    }
-                    let (r, kk, n) = ((hi - lo) as i64, k as i64, nn as i64);
-                    let a = (&av[lo * k..hi * k], &[r, kk][..], ta);
-                    ffi::matmul(a, (bv, &bs, tb), y, &[r, n])
-                })
-                .map_err(|e| c.torch(e));
-        }
-        if ar > 2 && br > 2 {
-            // Both batched alike: parts take whole products.
-            let (am, bm) = ([as_[ar - 2], as_[ar - 1]], [bs[br - 2], bs[br - 1]]);
-            let (a_mat, b_mat, y_mat) = ((am[0] * am[1]) as usize, (bm[0] * bm[1]) as usize, m * nn);
-            let b = bounds(nb as usize, c.parts_for(nb as usize, work >> 6));
-            let pieces = split(y, y_mat, &b).into_iter().zip(b.iter().copied());
-            return c
-                .run(pieces.collect(), |_, (y, (lo, hi))| {
-                    if hi == lo {
-                        return Ok(());
-                    }
-                    let n = (hi - lo) as i64;
-                    let a = (&av[lo * a_mat..hi * a_mat], &[n, am[0], am[1]][..], ta);
-                    let b = (&bv[lo * b_mat..hi * b_mat], &[n, bm[0], bm[1]][..], tb);
-                    ffi::matmul(a, b, y, &[n, m as i64, nn as i64])
-                })
-                .map_err(|e| c.torch(e));
-        }
-        if ar == 2 && br == 2 && ta && !tb {
-            // A weight gradient A^T B, A [r, m], B [r, nn]: the r rows split, partial products
-            // summed (part 0 into Y).
-            let r = as_[0] as usize;
-            let parts = c.parts_for(r, work >> 6);
-            let mut spare = vec![0f32; m * nn * parts.saturating_sub(1)];
-            let b = bounds(r, parts);
-            c.run(sum_parts(Some(&mut *y), &mut spare, parts), |i, out| {
-                let (lo, hi) = b[i];
-                let out = out.unwrap();
+    // op(A) is [.., m, k], op(B) [.., k2, nn].
+    let (m, k) = if ta {
+        (as_[ar - 1], as_[ar - 2])
+    } else {
+        (as_[ar - 2], as_[ar - 1])
+    };
+    let (k2, nn) = if tb {
+        (bs[br - 1], bs[br - 2])
+    } else {
+        (bs[br - 2], bs[br - 1])
+    };
+    let batch: Vec<i64> = if br == 2 {
+        as_[..ar - 2].to_vec()
+    } else if ar == 2 || as_[..ar - 2] == bs[..br - 2] {
+        bs[..br - 2].to_vec()
+    } else {
+        return Err(bad());
+    };
+    if k != k2 {
+        return Err(bad());
+    }
+    let mut ys = batch.clone();
+    ys.extend([m, nn]);
+    let y = c.required(0, ys.clone(), "Y")?;
+    let nb: i64 = batch.iter().product();
+    let work = (nb * m * nn * k.max(1)) as usize;
+    let (m, k, nn) = (m as usize, k as usize, nn as usize);
+    if br == 2 && !ta {
+        // Rows of A (all its leading axes with m) against one matrix.
+        let rows = nb as usize * m;
+        let b = bounds(rows, c.parts_for(rows, work >> 6));
+        let pieces = split(y, nn, &b).into_iter().zip(b.iter().copied());
+        return c
+            .run(pieces.collect(), |_, (y, (lo, hi))| {
                 if hi == lo {
-                    out.fill(0.0);
+                    return Ok(());
+                }
+                let (r, kk, n) = ((hi - lo) as i64, k as i64, nn as i64);
+                let a = (&av[lo * k..hi * k], &[r, kk][..], ta);
+                ffi::matmul(a, (bv, &bs, tb), y, &[r, n])
+            })
+            .map_err(|e| c.torch(e));
+    }
+    if ar > 2 && br > 2 {
+        // Both batched alike: parts take whole products.
+        let (am, bm) = ([as_[ar - 2], as_[ar - 1]], [bs[br - 2], bs[br - 1]]);
+        let (a_mat, b_mat, y_mat) = ((am[0] * am[1]) as usize, (bm[0] * bm[1]) as usize, m * nn);
+        let b = bounds(nb as usize, c.parts_for(nb as usize, work >> 6));
+        let pieces = split(y, y_mat, &b).into_iter().zip(b.iter().copied());
+        return c
+            .run(pieces.collect(), |_, (y, (lo, hi))| {
+                if hi == lo {
                     return Ok(());
                 }
                 let n = (hi - lo) as i64;
-                let a = (&av[lo * m..hi * m], &[n, m as i64][..], ta);
-                let b = (&bv[lo * nn..hi * nn], &[n, nn as i64][..], tb);
-                ffi::matmul(a, b, out, &[m as i64, nn as i64])
+                let a = (&av[lo * a_mat..hi * a_mat], &[n, am[0], am[1]][..], ta);
+                let b = (&bv[lo * b_mat..hi * b_mat], &[n, bm[0], bm[1]][..], tb);
+                ffi::matmul(a, b, y, &[n, m as i64, nn as i64])
             })
-            .map_err(|e| c.torch(e))?;
-            add_parts(y, &spare);
-            return Ok(());
-        }
-        ffi::matmul((av, &as_, ta), (bv, &bs, tb), y, &ys).map_err(|e| c.torch(e))
+            .map_err(|e| c.torch(e));
     }
+    if ar == 2 && br == 2 && ta && !tb {
+        // A weight gradient A^T B, A [r, m], B [r, nn]: the r rows split, partial products
+        // summed (part 0 into Y).
+        let r = as_[0] as usize;
+        let parts = c.parts_for(r, work >> 6);
+        let mut spare = vec![0f32; m * nn * parts.saturating_sub(1)];
+        let b = bounds(r, parts);
+        c.run(sum_parts(Some(&mut *y), &mut spare, parts), |i, out| {
+            let (lo, hi) = b[i];
+            let out = out.unwrap();
+            if hi == lo {
+                out.fill(0.0);
+                return Ok(());
+            }
+            let n = (hi - lo) as i64;
+            let a = (&av[lo * m..hi * m], &[n, m as i64][..], ta);
+            let b = (&bv[lo * nn..hi * nn], &[n, nn as i64][..], tb);
+            ffi::matmul(a, b, out, &[m as i64, nn as i64])
+        })
+        .map_err(|e| c.torch(e))?;
+        add_parts(y, &spare);
+        return Ok(());
+    }
+    ffi::matmul((av, &as_, ta), (bv, &bs, tb), y, &ys).map_err(|e| c.torch(e))
 }
 
 /// `probe.cpu:MatMulAdd`.
-pub struct MatMulAdd;
+pub static MAT_MUL_ADD_OP: CpuOp<()> =
+    CpuOp::new(MAT_MUL_ADD, mat_mul_add).io(&[F32, F32, F32], &[F32]);
 
-impl CpuOp for MatMulAdd {
-    const NAME: &'static str = MAT_MUL_ADD;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(_: &Attrs) -> ort::Result<MatMulAdd> {
-        Ok(MatMulAdd)
+fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
+    let (as_, av) = c.input(0)?;
+    let (bs, bv) = c.input(1)?;
+    let (cs, cv) = c.input(2)?;
+    let k = *as_.last().unwrap_or(&0);
+    if as_.len() < 2 || bs.len() != 2 || bs[0] != k || cs[..] != [bs[1]] {
+        return Err(c.fail(format!(
+            "A {:?}, B {:?}, bias {:?}",
+            &as_[..],
+            &bs[..],
+            &cs[..]
+        )));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (as_, av) = c.input(0)?;
-        let (bs, bv) = c.input(1)?;
-        let (cs, cv) = c.input(2)?;
-        let k = *as_.last().unwrap_or(&0);
-        if as_.len() < 2 || bs.len() != 2 || bs[0] != k || cs[..] != [bs[1]] {
-            return Err(c.fail(format!(
-                "A {:?}, B {:?}, bias {:?}",
-                &as_[..],
-                &bs[..],
-                &cs[..]
-            )));
+    let nn = bs[1];
+    let mut ys = as_.to_vec();
+    *ys.last_mut().unwrap() = nn;
+    let y = c.required(0, ys, "Y")?;
+    let m = if k == 0 { 0 } else { av.len() / k as usize };
+    let b = bounds(m, c.parts_for(m, m * nn as usize));
+    let pieces = split(y, nn as usize, &b).into_iter().zip(b.iter().copied());
+    let ku = k as usize;
+    c.run(pieces.collect(), |_, (y, (lo, hi))| {
+        if hi == lo {
+            return Ok(());
         }
-        let nn = bs[1];
-        let mut ys = as_.to_vec();
-        *ys.last_mut().unwrap() = nn;
-        let y = c.required(0, ys, "Y")?;
-        let m = if k == 0 { 0 } else { av.len() / k as usize };
-        let b = bounds(m, c.parts_for(m, m * nn as usize));
-        let pieces = split(y, nn as usize, &b).into_iter().zip(b.iter().copied());
-        let ku = k as usize;
-        c.run(pieces.collect(), |_, (y, (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], bv, cv, y)
-        })
-        .map_err(|e| c.torch(e))
-    }
+        ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], bv, cv, y)
+    })
+    .map_err(|e| c.torch(e))
 }

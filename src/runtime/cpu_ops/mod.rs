@@ -69,28 +69,28 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
     memory::keep_freed_memory();
     let p = threads.max(1);
     Ok(OperatorDomain::new(DOMAIN)?
-        .add(op::<conv::Conv>(p))?
-        .add(op::<conv::ConvGrad>(p))?
-        .add(op::<relu::ReluGrad>(p))?
-        .add(op::<batch_norm::BatchNormalizationGrad>(p))?
-        .add(op::<batch_norm::BatchNormalization>(p))?
-        .add(op::<relu::AddRelu>(p))?
-        .add(op::<relu::SumReluGrad>(p))?
-        .add(op::<batch_norm::ReluBatchNormalizationGrad>(p))?
-        .add(op::<conv::ConvGradX>(p))?
-        .add(op::<gelu::GeluGrad>(p))?
-        .add(op::<softmax::Softmax>(p))?
-        .add(op::<softmax::SoftmaxGrad>(p))?
-        .add(op::<transpose::Transpose>(p))?
-        .add(op::<layer_norm::LayerNormalizationGrad>(p))?
-        .add(op::<gather::GatherGrad>(p))?
-        .add(op::<matmul::MatMulAdd>(p))?
-        .add(op::<reduce::ReduceSumLeading>(p))?
-        .add(op::<softmax::LogSoftmaxGrad>(p))?
-        .add(op::<gather::GatherElementsGrad>(p))?
-        .add(op::<layer_norm::LayerNormalization>(p))?
-        .add(op::<matmul::MatMul>(p))?
-        .add(op::<attention::ScaledDotProductAttention>(p))?
-        .add(op::<attention::ScaledDotProductAttentionGrad>(p))?
-        .add(op::<interleave::Interleave>(p))?)
+        .add(op(&conv::CONV_OP, p))?
+        .add(op(&conv::CONV_GRAD_OP, p))?
+        .add(op(&relu::RELU_GRAD_OP, p))?
+        .add(op(&batch_norm::BATCH_NORMALIZATION_GRAD_OP, p))?
+        .add(op(&batch_norm::BATCH_NORMALIZATION_OP, p))?
+        .add(op(&relu::ADD_RELU_OP, p))?
+        .add(op(&relu::SUM_RELU_GRAD_OP, p))?
+        .add(op(&batch_norm::RELU_BATCH_NORMALIZATION_GRAD_OP, p))?
+        .add(op(&conv::CONV_GRAD_X_OP, p))?
+        .add(op(&gelu::GELU_GRAD_OP, p))?
+        .add(op(&softmax::SOFTMAX_OP, p))?
+        .add(op(&softmax::SOFTMAX_GRAD_OP, p))?
+        .add(op(&transpose::TRANSPOSE_OP, p))?
+        .add(op(&layer_norm::LAYER_NORMALIZATION_GRAD_OP, p))?
+        .add(op(&gather::GATHER_GRAD_OP, p))?
+        .add(op(&matmul::MAT_MUL_ADD_OP, p))?
+        .add(op(&reduce::REDUCE_SUM_LEADING_OP, p))?
+        .add(op(&softmax::LOG_SOFTMAX_GRAD_OP, p))?
+        .add(op(&gather::GATHER_ELEMENTS_GRAD_OP, p))?
+        .add(op(&layer_norm::LAYER_NORMALIZATION_OP, p))?
+        .add(op(&matmul::MAT_MUL_OP, p))?
+        .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_OP, p))?
+        .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_GRAD_OP, p))?
+        .add(op(&interleave::INTERLEAVE_OP, p))?)
 }

@@ -1,6 +1,7 @@
-//! What a `probe.cpu` kernel is: the [`CpuOp`] trait (its op type, input and output slots,
-//! typed attributes read once from the node, compute), and the one adapter, [`Op`], that makes
-//! any of them an ONNX Runtime custom operator. A kernel file holds only its own logic.
+//! What a `probe.cpu` kernel is: a [`CpuOp`] (its op type, input and output slots, and compute
+//! function) over its typed attributes ([`FromAttrs`], read once per node when the session is
+//! built), and the one adapter, [`Op`], that makes any of them an ONNX Runtime custom operator.
+//! A kernel file holds only its own logic.
 //!
 //! Every error a kernel raises names the node: `probe.cpu:<op> node '<name>': <what>`.
 use super::exec;
@@ -9,7 +10,6 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 use std::fmt::Display;
-use std::marker::PhantomData;
 
 /// The domain name the gradient rules write on the nodes.
 pub const DOMAIN: &str = "probe.cpu";
@@ -32,15 +32,53 @@ impl Io {
     }
 }
 
-/// A `probe.cpu` kernel.
-pub trait CpuOp: Sized + Send + 'static {
-    /// The op type in the `probe.cpu` domain (written into .onnx files).
-    const NAME: &'static str;
-    const INPUTS: &'static [Io];
-    const OUTPUTS: &'static [Io];
-    /// The kernel of one node: its typed attributes, read once when the session is built.
-    fn new(a: &Attrs) -> ort::Result<Self>;
-    fn compute(&self, c: &Call) -> ort::Result<()>;
+/// A node's typed attributes, read once when the session is built.
+pub trait FromAttrs: Sized + Send + 'static {
+    fn read(a: &Attrs) -> ort::Result<Self>;
+}
+
+/// No attributes.
+impl FromAttrs for () {
+    fn read(_: &Attrs) -> ort::Result<()> {
+        Ok(())
+    }
+}
+
+/// A required `axis` attribute (raw: [`Call::axis`] makes it non-negative for a rank).
+pub struct Axis(pub i64);
+
+impl FromAttrs for Axis {
+    fn read(a: &Attrs) -> ort::Result<Axis> {
+        a.req("axis").map(Axis)
+    }
+}
+
+/// A `probe.cpu` kernel: its op type (written into .onnx files), input and output slots, and
+/// its compute over the node's typed attributes `A`.
+pub struct CpuOp<A> {
+    pub name: &'static str,
+    pub inputs: &'static [Io],
+    pub outputs: &'static [Io],
+    pub compute: fn(&A, &Call) -> ort::Result<()>,
+}
+
+impl<A> CpuOp<A> {
+    /// Op type `name` computed by `compute`, its slots given by [`CpuOp::io`].
+    pub const fn new(name: &'static str, compute: fn(&A, &Call) -> ort::Result<()>) -> CpuOp<A> {
+        CpuOp {
+            name,
+            inputs: &[],
+            outputs: &[],
+            compute,
+        }
+    }
+    pub const fn io(self, inputs: &'static [Io], outputs: &'static [Io]) -> CpuOp<A> {
+        CpuOp {
+            inputs,
+            outputs,
+            ..self
+        }
+    }
 }
 
 /// The error `probe.cpu:<op> node '<node>': <what>`.
@@ -112,6 +150,20 @@ impl<'c> Call<'c> {
     pub fn optional(&self, i: usize) -> ort::Result<Option<(Vec<i64>, &'c [f32])>> {
         self.ctx.input(i)?.map(exec::input).transpose()
     }
+    /// Optional f32 input `i`, which must have X's shape `xs` (`name` in the error).
+    pub fn optional_like(
+        &self,
+        i: usize,
+        name: &str,
+        xs: &[i64],
+    ) -> ort::Result<Option<&'c [f32]>> {
+        match self.optional(i)? {
+            Some((s, _)) if s[..] != xs[..] => {
+                Err(self.fail(format!("{name} {:?} and X {:?} differ", &s[..], xs)))
+            }
+            v => Ok(v.map(|(_, v)| v)),
+        }
+    }
     /// Output `i` of `shape`; `None` when the node leaves it unnamed (not computed then).
     pub fn output(&self, i: usize, shape: Vec<i64>) -> ort::Result<Option<&'c mut [f32]>> {
         self.outputs.take(i, shape)
@@ -150,66 +202,65 @@ impl<'c> Call<'c> {
 
 /// Any [`CpuOp`] as an ONNX Runtime custom operator; `parts` is the session's intra-op thread
 /// count.
-pub struct Op<K> {
+pub struct Op<A: 'static> {
+    kernel: &'static CpuOp<A>,
     parts: usize,
-    kernel: PhantomData<fn() -> K>,
 }
 
-pub fn op<K: CpuOp>(parts: usize) -> Op<K> {
-    Op {
-        parts,
-        kernel: PhantomData,
-    }
+pub fn op<A: FromAttrs>(kernel: &'static CpuOp<A>, parts: usize) -> Op<A> {
+    Op { kernel, parts }
 }
 
-/// A node's kernel with what every compute call needs besides it.
-pub struct Bound<K> {
+/// A node's attributes with what every compute call needs besides them.
+pub struct Bound<A: 'static> {
+    kernel: &'static CpuOp<A>,
     node: String,
     parts: usize,
-    kernel: K,
+    attrs: A,
 }
 
-impl<K: CpuOp> Operator for Op<K> {
-    type Kernel<'attr> = Bound<K>;
+impl<A: FromAttrs> Operator for Op<A> {
+    type Kernel<'attr> = Bound<A>;
     fn name(&self) -> &str {
-        K::NAME
+        self.kernel.name
     }
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        K::INPUTS.iter().map(|&io| match io.slot() {
+        self.kernel.inputs.iter().map(|&io| match io.slot() {
             (true, t) => OperatorInput::required(t),
             (false, t) => OperatorInput::optional(t),
         })
     }
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        K::OUTPUTS.iter().map(|&io| match io.slot() {
+        self.kernel.outputs.iter().map(|&io| match io.slot() {
             (true, t) => OperatorOutput::required(t),
             (false, t) => OperatorOutput::optional(t),
         })
     }
-    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Bound<K>> {
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Bound<A>> {
         let node = k.node_name().unwrap_or_default();
-        let attrs = Attrs {
+        let attrs = A::read(&Attrs {
             k,
-            op: K::NAME,
+            op: self.kernel.name,
             node: &node,
-        };
-        let kernel = K::new(&attrs)?;
+        })?;
         Ok(Bound {
+            kernel: self.kernel,
             node,
             parts: self.parts,
-            kernel,
+            attrs,
         })
     }
 }
 
-impl<K: CpuOp> Kernel for Bound<K> {
+impl<A: FromAttrs> Kernel for Bound<A> {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        self.kernel.compute(&Call {
+        let c = Call {
             ctx,
-            op: K::NAME,
+            op: self.kernel.name,
             node: &self.node,
             parts: self.parts,
             outputs: exec::Outputs::new(ctx),
-        })
+        };
+        (self.kernel.compute)(&self.attrs, &c)
     }
 }

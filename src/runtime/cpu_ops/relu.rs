@@ -9,7 +9,7 @@
 //!
 //! Parts take equal element ranges ([`elementwise_parts`]).
 use super::exec::{bounds, elementwise_parts, split};
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Call, CpuOp, Io::*};
 
 pub const RELU_GRAD: &str = "ReluGrad";
 pub const ADD_RELU: &str = "AddRelu";
@@ -97,59 +97,36 @@ fn elementwise(
 }
 
 /// `probe.cpu:ReluGrad`: `dX = dY * (X > 0)` in one pass.
-pub struct ReluGrad;
+pub static RELU_GRAD_OP: CpuOp<()> = CpuOp::new(RELU_GRAD, relu_grad).io(&[F32, F32], &[F32]);
 
-impl CpuOp for ReluGrad {
-    const NAME: &'static str = RELU_GRAD;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(_: &Attrs) -> ort::Result<ReluGrad> {
-        Ok(ReluGrad)
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        elementwise(c, &["dY", "X"], " differ", "dX", |out, v| {
-            for ((o, &g), &x) in out.iter_mut().zip(v[0]).zip(v[1]) {
-                *o = if x > 0.0 { g } else { 0.0 };
-            }
-        })
-    }
+fn relu_grad(_: &(), c: &Call) -> ort::Result<()> {
+    elementwise(c, &["dY", "X"], " differ", "dX", |out, v| {
+        for ((o, &g), &x) in out.iter_mut().zip(v[0]).zip(v[1]) {
+            *o = if x > 0.0 { g } else { 0.0 };
+        }
+    })
 }
 
 /// `probe.cpu:AddRelu(A, B) -> Y = max(A + B, 0)`, A and B of one shape (no broadcasting): a
 /// residual connection's Add and the Relu after it in one pass instead of two.
-pub struct AddRelu;
+pub static ADD_RELU_OP: CpuOp<()> = CpuOp::new(ADD_RELU, add_relu).io(&[F32, F32], &[F32]);
 
-impl CpuOp for AddRelu {
-    const NAME: &'static str = ADD_RELU;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(_: &Attrs) -> ort::Result<AddRelu> {
-        Ok(AddRelu)
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let differ = " differ (no broadcasting here)";
-        elementwise(c, &["A", "B"], differ, "Y", |out, v| {
-            for ((o, &u), &w) in out.iter_mut().zip(v[0]).zip(v[1]) {
-                let t = u + w;
-                *o = if t < 0.0 { 0.0 } else { t };
-            }
-        })
-    }
+fn add_relu(_: &(), c: &Call) -> ort::Result<()> {
+    let differ = " differ (no broadcasting here)";
+    elementwise(c, &["A", "B"], differ, "Y", |out, v| {
+        for ((o, &u), &w) in out.iter_mut().zip(v[0]).zip(v[1]) {
+            let t = u + w;
+            *o = if t < 0.0 { 0.0 } else { t };
+        }
+    })
 }
 
 /// `probe.cpu:SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`.
-pub struct SumReluGrad;
+pub static SUM_RELU_GRAD_OP: CpuOp<()> =
+    CpuOp::new(SUM_RELU_GRAD, sum_relu_grad).io(&[F32, F32, F32], &[F32]);
 
-impl CpuOp for SumReluGrad {
-    const NAME: &'static str = SUM_RELU_GRAD;
-    const INPUTS: &'static [Io] = &[Io::F32, Io::F32, Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(_: &Attrs) -> ort::Result<SumReluGrad> {
-        Ok(SumReluGrad)
-    }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        elementwise(c, &["dY1", "dY2", "X"], " differ", "dX", |out, v| {
-            sum_relu_mask(out, v[0], v[1], v[2])
-        })
-    }
+fn sum_relu_grad(_: &(), c: &Call) -> ort::Result<()> {
+    elementwise(c, &["dY1", "dY2", "X"], " differ", "dX", |out, v| {
+        sum_relu_mask(out, v[0], v[1], v[2])
+    })
 }

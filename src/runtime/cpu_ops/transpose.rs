@@ -4,84 +4,86 @@
 //! Runtime's Transpose is slow on small rows ([250, 4, 32, 32]).
 use super::exec::{bounds, split};
 use super::ffi;
-use super::op::{Attrs, Call, CpuOp, Io};
+use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 
 pub const TRANSPOSE: &str = "Transpose";
 
-/// `probe.cpu:Transpose`.
-pub struct Transpose {
-    perm: Vec<i64>,
+/// Attribute `perm`.
+pub struct Perm(Vec<i64>);
+
+impl FromAttrs for Perm {
+    fn read(a: &Attrs) -> ort::Result<Perm> {
+        a.req("perm").map(Perm)
+    }
 }
 
-impl CpuOp for Transpose {
-    const NAME: &'static str = TRANSPOSE;
-    const INPUTS: &'static [Io] = &[Io::F32];
-    const OUTPUTS: &'static [Io] = &[Io::F32];
-    fn new(a: &Attrs) -> ort::Result<Transpose> {
-        Ok(Transpose { perm: a.req("perm")? })
+/// `probe.cpu:Transpose`.
+pub static TRANSPOSE_OP: CpuOp<Perm> = CpuOp::new(TRANSPOSE, transpose).io(&[F32], &[F32]);
+
+fn transpose(a: &Perm, c: &Call) -> ort::Result<()> {
+    let (xs, xv) = c.input(0)?;
+    let perm = &a.0;
+    let mut seen = vec![false; xs.len()];
+    if perm.len() != xs.len()
+        || perm.iter().any(|&p| {
+            p < 0 || p as usize >= xs.len() || std::mem::replace(&mut seen[p as usize], true)
+        })
+    {
+        return Err(c.fail(format!("perm {perm:?} for X {:?}", &xs[..])));
     }
-    fn compute(&self, c: &Call) -> ort::Result<()> {
-        let (xs, xv) = c.input(0)?;
-        let perm = &self.perm;
-        let mut seen = vec![false; xs.len()];
-        if perm.len() != xs.len()
-            || perm.iter().any(|&p| {
-                p < 0 || p as usize >= xs.len() || std::mem::replace(&mut seen[p as usize], true)
-            })
-        {
-            return Err(c.fail(format!("perm {perm:?} for X {:?}", &xs[..])));
+    let ys: Vec<i64> = perm.iter().map(|&p| xs[p as usize]).collect();
+    let y = c.required(0, ys.clone(), "Y")?;
+    if xv.is_empty() {
+        return Ok(());
+    }
+    let rows = ys[0] as usize;
+    let row = ys[1..].iter().product::<i64>() as usize;
+    let b = bounds(rows, c.parts_for(rows, xv.len()));
+    let pieces: Vec<_> = split(y, row, &b)
+        .into_iter()
+        .zip(b.iter().copied())
+        .collect();
+    let r = xs.len();
+    if perm[r - 1] as usize == r - 1 && r >= 2 {
+        // The last axis stays: Y is runs of X's rows, copied run by run (libtorch's strided
+        // copy was slower for a [250, 32, 4, 16] -> [250, 4, 32, 16] head split).
+        let run = xs[r - 1] as usize;
+        let mut xstride = vec![1usize; r];
+        for k in (0..r - 1).rev() {
+            xstride[k] = xstride[k + 1] * xs[k + 1] as usize;
         }
-        let ys: Vec<i64> = perm.iter().map(|&p| xs[p as usize]).collect();
-        let y = c.required(0, ys.clone(), "Y")?;
-        if xv.is_empty() {
+        // Y's outer axes (all but the last), the X stride each steps.
+        let (ydims, ystep): (Vec<usize>, Vec<usize>) = perm[..r - 1]
+            .iter()
+            .map(|&p| (xs[p as usize] as usize, xstride[p as usize]))
+            .unzip();
+        return c
+            .run(pieces, |_, (out, (lo, _))| {
+                let mut idx = vec![0usize; r - 1];
+                idx[0] = lo;
+                let mut at: usize = ystep[0] * lo;
+                for dst in out.chunks_exact_mut(run) {
+                    dst.copy_from_slice(&xv[at..at + run]);
+                    // Odometer over Y's outer axes, innermost first.
+                    for k in (0..r - 1).rev() {
+                        idx[k] += 1;
+                        at += ystep[k];
+                        if idx[k] < ydims[k] || k == 0 {
+                            break;
+                        }
+                        at -= ystep[k] * ydims[k];
+                        idx[k] = 0;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| c.fail(e));
+    }
+    c.run(pieces, |_, (out, (lo, hi))| {
+        if hi == lo {
             return Ok(());
         }
-        let rows = ys[0] as usize;
-        let row = ys[1..].iter().product::<i64>() as usize;
-        let b = bounds(rows, c.parts_for(rows, xv.len()));
-        let pieces: Vec<_> = split(y, row, &b).into_iter().zip(b.iter().copied()).collect();
-        let r = xs.len();
-        if perm[r - 1] as usize == r - 1 && r >= 2 {
-            // The last axis stays: Y is runs of X's rows, copied run by run (libtorch's strided
-            // copy was slower for a [250, 32, 4, 16] -> [250, 4, 32, 16] head split).
-            let run = xs[r - 1] as usize;
-            let mut xstride = vec![1usize; r];
-            for k in (0..r - 1).rev() {
-                xstride[k] = xstride[k + 1] * xs[k + 1] as usize;
-            }
-            // Y's outer axes (all but the last), the X stride each steps.
-            let (ydims, ystep): (Vec<usize>, Vec<usize>) = perm[..r - 1]
-                .iter()
-                .map(|&p| (xs[p as usize] as usize, xstride[p as usize]))
-                .unzip();
-            return c
-                .run(pieces, |_, (out, (lo, _))| {
-                    let mut idx = vec![0usize; r - 1];
-                    idx[0] = lo;
-                    let mut at: usize = ystep[0] * lo;
-                    for dst in out.chunks_exact_mut(run) {
-                        dst.copy_from_slice(&xv[at..at + run]);
-                        // Odometer over Y's outer axes, innermost first.
-                        for k in (0..r - 1).rev() {
-                            idx[k] += 1;
-                            at += ystep[k];
-                            if idx[k] < ydims[k] || k == 0 {
-                                break;
-                            }
-                            at -= ystep[k] * ydims[k];
-                            idx[k] = 0;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e| c.fail(e));
-        }
-        c.run(pieces, |_, (out, (lo, hi))| {
-            if hi == lo {
-                return Ok(());
-            }
-            ffi::transpose((xv, &xs), perm, (lo as i64, hi as i64), out)
-        })
-        .map_err(|e| c.torch(e))
-    }
+        ffi::transpose((xv, &xs), perm, (lo as i64, hi as i64), out)
+    })
+    .map_err(|e| c.torch(e))
 }
