@@ -2,23 +2,16 @@
 //! https://onnx.ai/onnx/operators/onnx__Add.html
 //!
 //! dA = unbroadcast(dY), dB = ±unbroadcast(dY).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static ADD: Rule = Rule {
-    op: "Add",
-    kind: Kind::Linear,
-    vjp: Some(|c| add_sub(c, false)),
-    torch: Some(torch_add),
-};
-pub static SUB: Rule = Rule {
-    op: "Sub",
-    kind: Kind::Linear,
-    vjp: Some(|c| add_sub(c, true)),
-    torch: Some(torch_sub),
-};
+pub static ADD: Rule = Rule::new("Add", Kind::Linear)
+    .vjp(|c| add_sub(c, false))
+    .torch(torch_add);
+pub static SUB: Rule = Rule::new("Sub", Kind::Linear)
+    .vjp(|c| add_sub(c, true))
+    .torch(torch_sub);
 
 fn torch_add(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_add(input(&v, 1)?)?)

@@ -5,23 +5,16 @@
 //! non-float type there is no gradient (the output, or the input, is never differentiated);
 //! CastLike's second input only lends its type.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, kind_of, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static CAST: Rule = Rule {
-    op: "Cast",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch_cast),
-};
-pub static CAST_LIKE: Rule = Rule {
-    op: "CastLike",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch_cast_like),
-};
+pub static CAST: Rule = Rule::new("Cast", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch_cast);
+pub static CAST_LIKE: Rule = Rule::new("CastLike", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch_cast_like);
 
 /// Float to integer truncates toward zero, anything to bool is `!= 0`, as in ONNX Runtime.
 fn torch_cast(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

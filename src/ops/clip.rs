@@ -5,17 +5,11 @@
 //! dX = dY * [lo <= X <= hi] (the boundaries pass the gradient, as PyTorch's clamp does);
 //! dlo = sum(dY * [X < lo] * [lo <= hi]); dhi = sum(dY * [max(X, lo) > hi]) (when lo > hi the
 //! output is hi everywhere).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Clip",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Clip", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// libtorch's clamp: `min(max(x, lo), hi)`, hi everywhere when lo > hi, and the same
 /// subgradient at the bounds as PyTorch's.

@@ -3,18 +3,12 @@
 //!
 //! dX_i is the slab of dY that X_i filled: Split(dY, sizes = [dim_axis(X_1), ...], axis).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Concat",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Concat", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let parts: Vec<&tch::Tensor> = (0..v.len()).map(|i| input(&v, i)).collect::<Result<_>>()?;

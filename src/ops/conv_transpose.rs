@@ -14,19 +14,16 @@
 //! Shapes given by `output_shape` or `auto_pad` are not supported (the exporter and our rules
 //! write explicit pads).
 use super::attrs::Attrs;
-use super::conv::{dw_im2col, spatial_dims, Window};
+use super::conv::dw_im2col;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::window::{spatial_dims, Window};
 use crate::model::graph::{attr_int, attr_ints};
 use anyhow::{anyhow, bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ConvTranspose",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ConvTranspose", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch);
 
 fn explicit_only<A: Attrs + ?Sized>(c: &A) -> Result<()> {
     if c.attr_ints("output_shape").is_some() {
@@ -44,7 +41,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, w) = (input(&v, 0)?, input(&v, 1)?);
     let kernel = w.size()[2..].to_vec();
     let k = kernel.len();
-    let win = Window::of(c, kernel, &super::conv::sizes(x))?;
+    let win = Window::of(c, kernel, &super::window::sizes(x))?;
     if (0..k).any(|i| win.pads[i] != win.pads[k + i]) {
         bail!("ConvTranspose with asymmetric pads {:?}", win.pads);
     }

@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Div.html
 //!
 //! dA = unbroadcast(dY / B), dB = unbroadcast(-dY * A / B^2) = unbroadcast(-dY * Y / B).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, is_float, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Div",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Div", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// Integer division truncates toward zero (as ONNX Runtime's C++ `/` does).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

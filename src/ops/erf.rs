@@ -1,17 +1,11 @@
 //! Erf (opset 13): `Y = erf(X)`. https://onnx.ai/onnx/operators/onnx__Erf.html
 //!
 //! d erf(x) = 2 / sqrt(pi) * exp(-x^2).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Erf",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Erf", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_erf()?)
@@ -33,8 +27,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use crate::autodiff::grad::{apply_forward_outputs, differentiate};
-    use crate::autodiff::shapes::Shapes;
     use crate::model::graph::{attr_int, value_info};
+    use crate::ops::rule::Shapes;
     use crate::ops::testing::{check, Case};
     use crate::tensor::{DType, HostTensor};
     use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};

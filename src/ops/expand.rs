@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Expand.html
 //!
 //! dX = unbroadcast(dY) back to X's shape; the shape input is integer, not differentiable.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Expand",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Expand", Kind::Linear).vjp(vjp).torch(torch);
 
 /// The shape input and X's shape broadcast against each other (either may have the 1s).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

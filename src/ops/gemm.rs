@@ -7,18 +7,12 @@
 //! - dA = transA ? alpha * B' dY^T : alpha * dY B'^T
 //! - dB = transB ? alpha * dY^T A' : alpha * A'^T dY
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_float, attr_int};
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Gemm",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Gemm", Kind::Structured).vjp(vjp).torch(torch);
 
 /// With alpha = beta = 1 and a C, one `addmm(C, A', B')`: what PyTorch's Linear runs.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

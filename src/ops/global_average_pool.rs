@@ -2,18 +2,14 @@
 //! https://onnx.ai/onnx/operators/onnx__GlobalAveragePool.html
 //!
 //! dX = Expand(dY, shape X) / (H * W * ...).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::ops::reduce_mean::divide_by_count;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "GlobalAveragePool",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("GlobalAveragePool", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;

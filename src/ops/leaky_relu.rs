@@ -3,17 +3,13 @@
 //!
 //! dX = dY where X > 0, alpha * dY elsewhere (slope alpha at X = 0, as PyTorch takes it).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, scalar, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "LeakyRelu",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("LeakyRelu", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch);
 
 /// `alpha * x` where x < 0 (x itself at 0).
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

@@ -1,17 +1,11 @@
 //! Log (opset 13): `Y = ln X`. https://onnx.ai/onnx/operators/onnx__Log.html
 //!
 //! d ln x = 1 / x: dX = dY / X.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Log",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Log", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_log()?)

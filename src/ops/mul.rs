@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Mul.html
 //!
 //! dA = unbroadcast(dY * B), dB = unbroadcast(dY * A).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Mul",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Mul", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_mul(input(&v, 1)?)?)

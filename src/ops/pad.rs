@@ -9,20 +9,14 @@
 //!   lets Pad itself say which (see [`super::slice`]): idx = Pad(positions of X, pads, mode) and
 //!   dX = ScatterElements(zeros, flat idx, flat dY, reduction = add).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, floats, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_string;
 use crate::ops::reshape::reshape_like;
 use crate::ops::slice::{flat_positions, scatter_back};
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Pad",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Pad", Kind::Linear).vjp(vjp).torch(torch);
 
 /// constant: libtorch's constant pad (negative pads crop). The value is read as a number: a
 /// pad value that is itself trained gets no gradient here (exporters write constants).

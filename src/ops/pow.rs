@@ -3,17 +3,11 @@
 //!
 //! dX = unbroadcast(dY * E * X^(E - 1)), dE = unbroadcast(dY * Y * ln X) (float E only; NaN
 //! where X < 0, as in PyTorch).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Pow",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Pow", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// The output has X's type (an integer exponent does not promote it).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

@@ -1,17 +1,13 @@
 //! Reciprocal (opset 13): `Y = 1 / X`. https://onnx.ai/onnx/operators/onnx__Reciprocal.html
 //!
 //! d (1/x) = -1/x^2: dX = -dY * Y^2.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Reciprocal",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Reciprocal", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_reciprocal()?)

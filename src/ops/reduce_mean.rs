@@ -4,19 +4,13 @@
 //! Y = sum over the reduced axes / n with n the count of reduced elements, so
 //! dX = expand(dY with the reduced axes restored, shape X) / n (ReduceSum's rule, scaled).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, is_float, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use crate::ops::reduce_sum::{expand_back, reduced_axes};
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "ReduceMean",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ReduceMean", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Integer inputs: the mean truncated toward zero, in their type.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

@@ -3,18 +3,12 @@
 //!
 //! dX = expand(dY with the reduced axes restored as extent 1, shape(X)).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{anyhow, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ReduceSum",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ReduceSum", Kind::Linear).vjp(vjp).torch(torch);
 
 /// The normalized axes a Reduce* node reduces over at run time (axes input, else the opset-13
 /// attribute, else all), or `None` for the identity (`noop_with_empty_axes`). Shared by

@@ -8,36 +8,23 @@
 //! Y is X's buffer under another shape, so dX = Reshape(dY, shape(X)) (with `allowzero`, as the
 //! target is an exact shape, possibly with empty dimensions). The shape/axes inputs are integers.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{anyhow, bail, Result};
 
-pub static RESHAPE: Rule = Rule {
-    op: "Reshape",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_reshape),
-};
-pub static FLATTEN: Rule = Rule {
-    op: "Flatten",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_flatten),
-};
-pub static SQUEEZE: Rule = Rule {
-    op: "Squeeze",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_squeeze),
-};
-pub static UNSQUEEZE: Rule = Rule {
-    op: "Unsqueeze",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_unsqueeze),
-};
+pub static RESHAPE: Rule = Rule::new("Reshape", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_reshape);
+pub static FLATTEN: Rule = Rule::new("Flatten", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_flatten);
+pub static SQUEEZE: Rule = Rule::new("Squeeze", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_squeeze);
+pub static UNSQUEEZE: Rule = Rule::new("Unsqueeze", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_unsqueeze);
 
 /// A 0 in the shape copies X's dimension (unless `allowzero`); one -1 is inferred.
 fn torch_reshape(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

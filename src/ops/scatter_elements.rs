@@ -11,18 +11,14 @@
 //!
 //! Reductions `mul`, `max`, `min` are not linear and are refused.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ScatterElements",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ScatterElements", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, idx, u) = (input(&v, 0)?, input(&v, 1)?, input(&v, 2)?);

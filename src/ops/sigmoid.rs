@@ -1,17 +1,13 @@
 //! Sigmoid (opset 13): `Y = 1 / (1 + e^-X)`. https://onnx.ai/onnx/operators/onnx__Sigmoid.html
 //!
 //! d sigmoid = y (1 - y): dX = dY * Y * (1 - Y).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Sigmoid",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sigmoid", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_sigmoid()?)

@@ -6,19 +6,13 @@
 //! position, idx = Slice(P, same starts/ends/axes/steps) the positions of Y's elements, and
 //! dX = Reshape(ScatterElements(zeros[numel X], flat idx, flat dY, axis 0), shape X).
 //! A slice picks every element at most once, so no reduction is needed.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string, attr_tensor, tensor_i64};
 use anyhow::{bail, Result};
 use onnx_protobuf::{NodeProto, TensorProto};
 
-pub static RULE: Rule = Rule {
-    op: "Slice",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Slice", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Per axis, ONNX's clamping: a negative start or end counts from the back; then for a positive
 /// step start and end are clamped to [0, d], for a negative one start to [0, d-1] and end to

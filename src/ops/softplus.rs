@@ -1,17 +1,13 @@
 //! Softplus (opset 1): `Y = ln(1 + e^X)`. https://onnx.ai/onnx/operators/onnx__Softplus.html
 //!
 //! d softplus = sigmoid: dX = dY * sigmoid(X).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Softplus",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Softplus", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch);
 
 /// libtorch's softplus returns x above 20, where ln(1 + e^x) = x in f32.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

@@ -4,18 +4,12 @@
 //! The outputs tile X along `axis`, so dX = Concat(dY_1, ..., dY_n, axis), with zeros shaped like
 //! Y_k for an output nothing downstream needs.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Split",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Split", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Sizes from the input, else the opset-13 attribute, else `num_outputs` (or as many as the
 /// node has outputs) parts of ceil(d / n), the last smaller.

@@ -1,17 +1,11 @@
 //! Sqrt (opset 13): `Y = sqrt(X)`. https://onnx.ai/onnx/operators/onnx__Sqrt.html
 //!
 //! d sqrt(x) = 1 / (2 sqrt(x)): dX = dY * 0.5 / Y (infinite at X = 0, as in PyTorch).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Sqrt",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sqrt", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_sqrt()?)

@@ -1,17 +1,11 @@
 //! Sum (opset 13): `Y = X_1 + ... + X_n`, broadcasting. https://onnx.ai/onnx/operators/onnx__Sum.html
 //!
 //! dX_i = unbroadcast(dY).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Sum",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sum", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let mut y = input(&v, 0)?.shallow_clone();

@@ -1,17 +1,11 @@
 //! Tanh (opset 13): `Y = tanh(X)`. https://onnx.ai/onnx/operators/onnx__Tanh.html
 //!
 //! d tanh = 1 - y^2: dX = dY * (1 - Y^2).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Tanh",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Tanh", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_tanh()?)

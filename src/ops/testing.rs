@@ -7,9 +7,7 @@
 //! ([`Kernels::ProbeCpu`], run on 2 threads so the kernels split the batch), which must use at
 //! least one of them, agree with the standard-op gradient to 1e-5 and pass the same
 //! finite-difference check.
-use crate::autodiff::grad::{
-    apply_forward_outputs, differentiate_with, probe_cpu_rewrite, Kernels,
-};
+use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
 use crate::autodiff::shapes::{Feed, Shapes};
 use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::{DType, HostTensor, Values};
@@ -154,7 +152,7 @@ pub fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
     let mut o = OperatorSetIdProto::new();
     o.version = opset;
     m.opset_import.push(o);
-    let custom = crate::runtime::cpu_ops::DOMAIN;
+    let custom = crate::ops::rule::PROBE_CPU_DOMAIN;
     if graph.node.iter().any(|n| n.domain == custom) {
         let mut o = OperatorSetIdProto::new();
         o.domain = custom.into();
@@ -489,7 +487,7 @@ fn verify(
     let gradients = |kernels: Kernels| -> Run {
         let mut gg = g.clone();
         let mut shapes = shapes.clone();
-        crate::autodiff::fuse::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
+        crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
         let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
             .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
@@ -499,10 +497,7 @@ fn verify(
             v.name = gname.clone();
             gg.output.push(v);
         }
-        if kernels == Kernels::ProbeCpu {
-            probe_cpu_rewrite(&mut gg, &shapes);
-            crate::autodiff::fuse::probe_cpu_fuse(&mut gg, &shapes);
-        }
+        crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, wrt, kernels);
         // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
         let custom: Vec<(String, String)> = gg
             .node

@@ -4,18 +4,12 @@
 //! Along each axis Y's index is (copy r, element j) in row-major order, so with dY viewed as
 //! [r_0, d_0, r_1, d_1, ...] (d = shape X), dX = ReduceSum over the copy axes 0, 2, 4, ...
 //! The repeats are integers and get no gradient.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Tile",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Tile", Kind::Linear).vjp(vjp).torch(torch);
 
 /// libtorch's `repeat` with one count per axis is ONNX's Tile.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

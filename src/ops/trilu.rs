@@ -3,17 +3,11 @@
 //!
 //! A mask, so self-adjoint: dX = Trilu(dY, k) with the same attributes.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Trilu",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Trilu", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;

@@ -3,17 +3,11 @@
 //!
 //! C is boolean, not differentiable. dA = unbroadcast(Where(C, dY, 0)),
 //! dB = unbroadcast(Where(C, 0, dY)).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Where",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Where", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let cond = input(&v, 0)?.f_to_kind(tch::Kind::Bool)?;
