@@ -45,28 +45,15 @@ fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn add_broadcasting() {
-        add_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(add_broadcasting: add_broadcasting_cases, sub_broadcasting: sub_broadcasting_cases);
     fn add_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Add").input(&[4]).input(&[2, 3, 4]));
         check(Case::new("Add").input(&[2, 3]).input(&[2, 3]));
     }
-    #[test]
-    fn sub_broadcasting() {
-        sub_broadcasting_cases(check);
-    }
     fn sub_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]));
         check(Case::new("Sub").input(&[1]).input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        add_broadcasting_cases(check_torch);
-        sub_broadcasting_cases(check_torch);
     }
 }

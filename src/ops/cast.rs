@@ -47,13 +47,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     use crate::tensor::DType;
-    #[test]
-    fn cast_float_to_float() {
-        cast_float_to_float_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(cast_float_to_float: cast_float_to_float_cases, cast_like: cast_like_cases);
     fn cast_float_to_float_cases(check: fn(Case)) {
         // f32 input, f64 output: the gradient comes back as f32.
         check(
@@ -68,18 +64,9 @@ mod tests {
                 .attr(attr_int("to", DType::F64.onnx() as i64)),
         );
     }
-    #[test]
-    fn cast_like() {
-        cast_like_cases(check);
-    }
     fn cast_like_cases(check: fn(Case)) {
         // Both float inputs are differentiated; only the first one gets a gradient (the second's
         // is zero).
         check(Case::new("CastLike").input(&[2, 3]).input(&[1]));
-    }
-    #[test]
-    fn torch_forward() {
-        cast_float_to_float_cases(check_torch);
-        cast_like_cases(check_torch);
     }
 }

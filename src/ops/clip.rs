@@ -72,12 +72,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn clip_inputs() {
-        clip_inputs_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(clip_inputs: clip_inputs_cases);
     fn clip_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Clip")
@@ -102,9 +98,5 @@ mod tests {
         );
         // No bounds at all: the identity.
         check(Case::new("Clip").input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        clip_inputs_cases(check_torch);
     }
 }

@@ -63,12 +63,8 @@ pub fn sizes_along(c: &mut Ctx, values: &[String], axis: i64) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn concat() {
-        concat_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(concat: concat_cases);
     fn concat_cases(check: fn(Case)) {
         check(
             Case::new("Concat")
@@ -90,9 +86,5 @@ mod tests {
                 .input(&[2, 3, 3])
                 .attr(attr_int("axis", -1)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        concat_cases(check_torch);
     }
 }

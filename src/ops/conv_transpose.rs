@@ -122,16 +122,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     // ONNX Runtime's CPU ConvTranspose is float only.
     fn ct(x: &[usize], w: &[usize]) -> Case {
         Case::new("ConvTranspose").input(x).input(w).f32()
     }
-    #[test]
-    fn conv_transpose() {
-        conv_transpose_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(conv_transpose: conv_transpose_cases);
     fn conv_transpose_cases(check: fn(Case)) {
         check(ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]));
         // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
@@ -158,9 +154,5 @@ mod tests {
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        conv_transpose_cases(check_torch);
     }
 }

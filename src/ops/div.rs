@@ -50,12 +50,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn div_broadcasting() {
-        div_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(div_broadcasting: div_broadcasting_cases);
     fn div_broadcasting_cases(check: fn(Case)) {
         check(
             Case::new("Div")
@@ -66,9 +62,5 @@ mod tests {
         check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
         check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
         check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
-    }
-    #[test]
-    fn torch_forward() {
-        div_broadcasting_cases(check_torch);
     }
 }

@@ -43,12 +43,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn dropout_inference() {
-        dropout_inference_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(dropout_inference: dropout_inference_cases);
     fn dropout_inference_cases(check: fn(Case)) {
         check(Case::new("Dropout").input(&[2, 3]));
         // Both outputs present; the mask is boolean and left out of the loss by the harness.
@@ -60,9 +56,5 @@ mod tests {
                 .absent()
                 .bools(&[], &[false]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        dropout_inference_cases(check_torch);
     }
 }

@@ -128,11 +128,7 @@ fn scatter_add(c: &mut Ctx, data: &str, idx: &str, upd: &str) -> String {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gather_embedding() {
-        gather_embedding_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(gather_embedding: gather_embedding_cases, gather_inner_axis: gather_inner_axis_cases);
     fn gather_embedding_cases(check: fn(Case)) {
         // [V, D] table, [2, 3] token ids with repeats and negative ids (-1 is row 4, as is 4).
         check(
@@ -145,10 +141,6 @@ mod tests {
     #[test]
     fn probe_cpu_kernel() {
         gather_embedding_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn gather_inner_axis() {
-        gather_inner_axis_cases(check);
     }
     fn gather_inner_axis_cases(check: fn(Case)) {
         check(
@@ -175,10 +167,5 @@ mod tests {
                 .ints(&[], &[1])
                 .attr(attr_int("axis", 1)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        gather_embedding_cases(check_torch);
-        gather_inner_axis_cases(check_torch);
     }
 }

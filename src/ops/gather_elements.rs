@@ -57,11 +57,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gather_elements() {
-        gather_elements_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(gather_elements: gather_elements_cases);
     fn gather_elements_cases(check: fn(Case)) {
         check(
             Case::new("GatherElements")
@@ -84,9 +80,5 @@ mod tests {
     #[test]
     fn probe_cpu_kernel() {
         gather_elements_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn torch_forward() {
-        gather_elements_cases(check_torch);
     }
 }

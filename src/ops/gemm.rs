@@ -91,12 +91,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gemm_plain_and_broadcast_c() {
-        gemm_plain_and_broadcast_c_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(gemm_plain_and_broadcast_c: gemm_plain_and_broadcast_c_cases, gemm_transposes_alpha_beta: gemm_transposes_alpha_beta_cases);
     fn gemm_plain_and_broadcast_c_cases(check: fn(Case)) {
         check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]));
         check(
@@ -114,10 +110,6 @@ mod tests {
         );
         check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]));
     }
-    #[test]
-    fn gemm_transposes_alpha_beta() {
-        gemm_transposes_alpha_beta_cases(check);
-    }
     fn gemm_transposes_alpha_beta_cases(check: fn(Case)) {
         for (ta, tb) in [(0, 1), (1, 0), (1, 1)] {
             let a = if ta == 1 { [4, 3] } else { [3, 4] };
@@ -133,10 +125,5 @@ mod tests {
                     .attr(attr_float("beta", -1.5)),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        gemm_plain_and_broadcast_c_cases(check_torch);
-        gemm_transposes_alpha_beta_cases(check_torch);
     }
 }

@@ -20,17 +20,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn identity() {
-        identity_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(identity: identity_cases);
     fn identity_cases(check: fn(Case)) {
         check(Case::new("Identity").input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        identity_cases(check_torch);
     }
 }

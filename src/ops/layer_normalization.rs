@@ -321,11 +321,7 @@ fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn layer_norm_last_axis() {
-        layer_norm_last_axis_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(layer_norm_last_axis: layer_norm_last_axis_cases, layer_norm_axis_eps_broadcast_scale: layer_norm_axis_eps_broadcast_scale_cases, layer_norm_statistics_outputs: layer_norm_statistics_outputs_cases);
     fn layer_norm_last_axis_cases(check: fn(Case)) {
         check(
             Case::new("LayerNormalization")
@@ -334,10 +330,6 @@ mod tests {
                 .input(&[5]),
         );
         check(Case::new("LayerNormalization").input(&[4, 6]).input(&[6]));
-    }
-    #[test]
-    fn layer_norm_axis_eps_broadcast_scale() {
-        layer_norm_axis_eps_broadcast_scale_cases(check);
     }
     fn layer_norm_axis_eps_broadcast_scale_cases(check: fn(Case)) {
         check(
@@ -355,10 +347,6 @@ mod tests {
                 .input(&[4])
                 .attr(attr_int("axis", -2)),
         );
-    }
-    #[test]
-    fn layer_norm_statistics_outputs() {
-        layer_norm_statistics_outputs_cases(check);
     }
     fn layer_norm_statistics_outputs_cases(check: fn(Case)) {
         // Mean and InvStdDev are float (stash_type 1) whatever X's type.
@@ -402,11 +390,5 @@ mod tests {
                 .f32()
                 .probe_cpu(),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        layer_norm_last_axis_cases(check_torch);
-        layer_norm_axis_eps_broadcast_scale_cases(check_torch);
-        layer_norm_statistics_outputs_cases(check_torch);
     }
 }

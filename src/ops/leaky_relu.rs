@@ -36,12 +36,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_float;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn leaky_relu() {
-        leaky_relu_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(leaky_relu: leaky_relu_cases);
     fn leaky_relu_cases(check: fn(Case)) {
         // ONNX Runtime has no f64 LeakyRelu kernel.
         check(Case::new("LeakyRelu").input(&[3, 5]).f32());
@@ -51,9 +47,5 @@ mod tests {
                 .attr(attr_float("alpha", 0.2))
                 .f32(),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        leaky_relu_cases(check_torch);
     }
 }

@@ -289,21 +289,13 @@ mod tests {
         }
     }
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn matmul_batched_broadcasting() {
-        matmul_batched_broadcasting_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(matmul_batched_broadcasting: matmul_batched_broadcasting_cases, matmul_vectors: matmul_vectors_cases);
     fn matmul_batched_broadcasting_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[3, 4]).input(&[4, 5]));
         check(Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]));
         check(Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]));
         check(Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]));
         check(Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]));
-    }
-    #[test]
-    fn matmul_vectors() {
-        matmul_vectors_cases(check);
     }
     fn matmul_vectors_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[4]).input(&[4, 3]));
@@ -373,10 +365,5 @@ mod tests {
         ] {
             check(Case::new("MatMul").input(a).input(b).f32().probe_cpu());
         }
-    }
-    #[test]
-    fn torch_forward() {
-        matmul_batched_broadcasting_cases(check_torch);
-        matmul_vectors_cases(check_torch);
     }
 }

@@ -60,6 +60,7 @@ pub mod tile;
 pub mod torch;
 pub mod transpose;
 pub mod trilu;
+pub mod unary;
 pub mod r#where;
 pub mod window;
 

@@ -34,19 +34,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn mul_broadcasting() {
-        mul_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(mul_broadcasting: mul_broadcasting_cases);
     fn mul_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Mul").input(&[1]).input(&[2, 3]));
         check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        mul_broadcasting_cases(check_torch);
     }
 }

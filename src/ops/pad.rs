@@ -140,12 +140,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_string;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn pad_constant() {
-        pad_constant_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(pad_constant: pad_constant_cases, pad_copying_modes: pad_copying_modes_cases);
     fn pad_constant_cases(check: fn(Case)) {
         check(Case::new("Pad").input(&[2, 3]).ints(&[4], &[1, 0, 2, 3]));
         // negative pads crop; a differentiated constant value
@@ -164,10 +160,6 @@ mod tests {
                 .ints(&[1], &[-2]),
         );
     }
-    #[test]
-    fn pad_copying_modes() {
-        pad_copying_modes_cases(check);
-    }
     fn pad_copying_modes_cases(check: fn(Case)) {
         for mode in ["reflect", "edge", "wrap"] {
             check(
@@ -185,10 +177,5 @@ mod tests {
                     .attr(attr_string("mode", mode)),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        pad_constant_cases(check_torch);
-        pad_copying_modes_cases(check_torch);
     }
 }

@@ -46,22 +46,14 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn pow_both_inputs() {
-        pow_both_inputs_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(pow_both_inputs: pow_both_inputs_cases, pow_broadcasting: pow_broadcasting_cases, pow_constant_exponent: pow_constant_exponent_cases);
     fn pow_both_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Pow")
                 .input_in(&[2, 3], 0.5, 2.0)
                 .input_in(&[2, 3], -2.0, 2.0),
         );
-    }
-    #[test]
-    fn pow_broadcasting() {
-        pow_broadcasting_cases(check);
     }
     fn pow_broadcasting_cases(check: fn(Case)) {
         check(
@@ -80,19 +72,9 @@ mod tests {
                 .input_in(&[1], 0.5, 3.0),
         );
     }
-    #[test]
-    fn pow_constant_exponent() {
-        pow_constant_exponent_cases(check);
-    }
     fn pow_constant_exponent_cases(check: fn(Case)) {
         // Integer exponent (int64 initializer), negative bases allowed.
         check(Case::new("Pow").input(&[2, 3]).ints(&[], &[3]));
         check(Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        pow_both_inputs_cases(check_torch);
-        pow_broadcasting_cases(check_torch);
-        pow_constant_exponent_cases(check_torch);
     }
 }

@@ -92,12 +92,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reduce_sum() {
-        reduce_sum_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reduce_sum: reduce_sum_cases);
     fn reduce_sum_cases(check: fn(Case)) {
         check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
         check(
@@ -111,9 +107,5 @@ mod tests {
                 .input(&[2, 3])
                 .attr(attr_int("keepdims", 0)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        reduce_sum_cases(check_torch);
     }
 }

@@ -174,20 +174,12 @@ fn same_f32(n: &NodeProto, shapes: &Shapes) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn relu() {
-        relu_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(relu: relu_cases);
     fn relu_cases(check: fn(Case)) {
         check(Case::new("Relu").input(&[3, 5]));
     }
     #[test]
     fn probe_cpu_kernel() {
         check(Case::new("Relu").input(&[3, 5]).f32().probe_cpu());
-    }
-    #[test]
-    fn torch_forward() {
-        relu_cases(check_torch);
     }
 }

@@ -136,12 +136,8 @@ pub fn reshape_like(c: &mut Ctx, g: &str, like: &str) -> String {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reshape() {
-        reshape_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reshape: reshape_cases, flatten: flatten_cases, squeeze: squeeze_cases, unsqueeze: unsqueeze_cases);
     fn reshape_cases(check: fn(Case)) {
         check(Case::new("Reshape").input(&[2, 3, 4]).ints(&[2], &[6, -1]));
         check(
@@ -150,10 +146,6 @@ mod tests {
                 .ints(&[3], &[0, 4, 3]),
         );
         check(Case::new("Reshape").input(&[6]).ints(&[3], &[1, 2, 3]));
-    }
-    #[test]
-    fn flatten() {
-        flatten_cases(check);
     }
     fn flatten_cases(check: fn(Case)) {
         check(Case::new("Flatten").input(&[2, 3, 4]));
@@ -173,10 +165,6 @@ mod tests {
                 .attr(attr_int("axis", -1)),
         );
     }
-    #[test]
-    fn squeeze() {
-        squeeze_cases(check);
-    }
     fn squeeze_cases(check: fn(Case)) {
         check(Case::new("Squeeze").input(&[2, 1, 3, 1]).ints(&[1], &[1]));
         check(
@@ -186,19 +174,8 @@ mod tests {
         );
         check(Case::new("Squeeze").input(&[1, 3, 1]));
     }
-    #[test]
-    fn unsqueeze() {
-        unsqueeze_cases(check);
-    }
     fn unsqueeze_cases(check: fn(Case)) {
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[2], &[0, 3]));
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[1], &[-1]));
-    }
-    #[test]
-    fn torch_forward() {
-        reshape_cases(check_torch);
-        flatten_cases(check_torch);
-        squeeze_cases(check_torch);
-        unsqueeze_cases(check_torch);
     }
 }

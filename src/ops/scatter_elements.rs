@@ -64,12 +64,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_string};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn scatter_elements() {
-        scatter_elements_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(scatter_elements: scatter_elements_cases);
     fn scatter_elements_cases(check: fn(Case)) {
         // add, with a repeated index (both updates land on X[2, 1]) and a negative one.
         check(
@@ -95,9 +91,5 @@ mod tests {
                 .attr(attr_int("axis", -2))
                 .attr(attr_string("reduction", "add")),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        scatter_elements_cases(check_torch);
     }
 }

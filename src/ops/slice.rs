@@ -155,12 +155,8 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn slice_unit_steps() {
-        slice_unit_steps_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(slice_unit_steps: slice_unit_steps_cases, slice_steps_and_negative_bounds: slice_steps_and_negative_bounds_cases, slice_absent_axes_with_steps: slice_absent_axes_with_steps_cases);
     fn slice_unit_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
@@ -175,10 +171,6 @@ mod tests {
                 .ints(&[1], &[5])
                 .ints(&[1], &[1]),
         );
-    }
-    #[test]
-    fn slice_steps_and_negative_bounds() {
-        slice_steps_and_negative_bounds_cases(check);
     }
     fn slice_steps_and_negative_bounds_cases(check: fn(Case)) {
         // every second column from the back: columns 5, 3, 1
@@ -209,10 +201,6 @@ mod tests {
                 .ints(&[1], &[-1]),
         );
     }
-    #[test]
-    fn slice_absent_axes_with_steps() {
-        slice_absent_axes_with_steps_cases(check);
-    }
     fn slice_absent_axes_with_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
@@ -222,11 +210,5 @@ mod tests {
                 .absent()
                 .ints(&[2], &[2, -1]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        slice_unit_steps_cases(check_torch);
-        slice_steps_and_negative_bounds_cases(check_torch);
-        slice_absent_axes_with_steps_cases(check_torch);
     }
 }

@@ -90,11 +90,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn softmax_axes() {
-        softmax_axes_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(softmax_axes: softmax_axes_cases, log_softmax_axes: log_softmax_axes_cases);
     fn softmax_axes_cases(check: fn(Case)) {
         check(Case::new("Softmax").input_in(&[2, 3, 4], -3.0, 3.0));
         check(
@@ -108,10 +104,6 @@ mod tests {
     fn probe_cpu_kernel() {
         // The last axis (a dot product per row), an inner axis, and axis 0 (one part).
         softmax_axes_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn log_softmax_axes() {
-        log_softmax_axes_cases(check);
     }
     fn log_softmax_axes_cases(check: fn(Case)) {
         check(Case::new("LogSoftmax").input_in(&[2, 3, 4], -3.0, 3.0));
@@ -129,10 +121,5 @@ mod tests {
     #[test]
     fn probe_cpu_log_softmax() {
         log_softmax_axes_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn torch_forward() {
-        softmax_axes_cases(check_torch);
-        log_softmax_axes_cases(check_torch);
     }
 }

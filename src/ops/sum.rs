@@ -30,17 +30,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn sum() {
-        sum_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(sum: sum_cases);
     fn sum_cases(check: fn(Case)) {
         check(Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1]));
-    }
-    #[test]
-    fn torch_forward() {
-        sum_cases(check_torch);
     }
 }

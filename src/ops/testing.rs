@@ -610,3 +610,23 @@ fn verify(
         );
     }
 }
+
+/// The tests of an op's case lists: per list, its gradient check ([`check`]) as a test of
+/// that name; and one `torch_forward` test running every list through the libtorch forward
+/// ([`crate::ops::torch_testing::check_torch`]). `name: cases` pairs, `cases` a
+/// `fn(fn(Case))` that hands each case to the check it is given.
+macro_rules! gradient_and_torch_tests {
+    ($($name:ident: $cases:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $cases($crate::ops::testing::check);
+            }
+        )+
+        #[test]
+        fn torch_forward() {
+            $($cases($crate::ops::torch_testing::check_torch);)+
+        }
+    };
+}
+pub(crate) use gradient_and_torch_tests;

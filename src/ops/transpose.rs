@@ -87,11 +87,7 @@ pub fn inverse(perm: &[i64]) -> Vec<i64> {
 mod tests {
     use crate::model::graph::attr_ints;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn transpose() {
-        transpose_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(transpose: transpose_cases);
     fn transpose_cases(check: fn(Case)) {
         check(Case::new("Transpose").input(&[2, 3, 4]));
         check(
@@ -122,9 +118,5 @@ mod tests {
                     .probe_cpu(),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        transpose_cases(check_torch);
     }
 }

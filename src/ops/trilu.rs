@@ -35,19 +35,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn trilu_upper() {
-        trilu_upper_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(trilu_upper: trilu_upper_cases, trilu_lower: trilu_lower_cases);
     fn trilu_upper_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[3, 4]));
         check(Case::new("Trilu").input(&[2, 3, 4]).ints(&[], &[1]));
-    }
-    #[test]
-    fn trilu_lower() {
-        trilu_lower_cases(check);
     }
     fn trilu_lower_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[4, 3]).attr(attr_int("upper", 0)));
@@ -57,10 +49,5 @@ mod tests {
                 .ints(&[], &[-1])
                 .attr(attr_int("upper", 0)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        trilu_upper_cases(check_torch);
-        trilu_lower_cases(check_torch);
     }
 }

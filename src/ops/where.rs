@@ -40,12 +40,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn where_same_shapes() {
-        where_same_shapes_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(where_same_shapes: where_same_shapes_cases, where_broadcasting: where_broadcasting_cases);
     fn where_same_shapes_cases(check: fn(Case)) {
         check(
             Case::new("Where")
@@ -53,10 +49,6 @@ mod tests {
                 .input(&[2, 3])
                 .input(&[2, 3]),
         );
-    }
-    #[test]
-    fn where_broadcasting() {
-        where_broadcasting_cases(check);
     }
     fn where_broadcasting_cases(check: fn(Case)) {
         // Condition broadcast over the leading axis, A over the last, B a scalar-like [1].
@@ -79,10 +71,5 @@ mod tests {
                 .input(&[2, 3])
                 .fixed(&[3]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        where_same_shapes_cases(check_torch);
-        where_broadcasting_cases(check_torch);
     }
 }

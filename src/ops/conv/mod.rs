@@ -375,22 +375,14 @@ pub fn dw_im2col(
 mod tests {
     use crate::model::graph::{attr_int, attr_ints, attr_string};
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
     // ONNX Runtime's CPU Conv and ConvTranspose are float only.
     fn conv(x: &[usize], w: &[usize]) -> Case {
         Case::new("Conv").input(x).input(w).f32()
     }
-    #[test]
-    fn conv_plain_and_bias() {
-        conv_plain_and_bias_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(conv_plain_and_bias: conv_plain_and_bias_cases, conv_stride_pad_output_padding: conv_stride_pad_output_padding_cases, conv_dilation: conv_dilation_cases, conv_groups: conv_groups_cases, conv_1d_and_auto_pad: conv_1d_and_auto_pad_cases);
     fn conv_plain_and_bias_cases(check: fn(Case)) {
         check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
         check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
-    }
-    #[test]
-    fn conv_stride_pad_output_padding() {
-        conv_stride_pad_output_padding_cases(check);
     }
     fn conv_stride_pad_output_padding_cases(check: fn(Case)) {
         // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
@@ -407,10 +399,6 @@ mod tests {
                 .attr(attr_ints("pads", &[0, 1, 2, 0])),
         );
     }
-    #[test]
-    fn conv_dilation() {
-        conv_dilation_cases(check);
-    }
     fn conv_dilation_cases(check: fn(Case)) {
         check(
             conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
@@ -418,10 +406,6 @@ mod tests {
                 .attr(attr_ints("strides", &[2, 1]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1])),
         );
-    }
-    #[test]
-    fn conv_groups() {
-        conv_groups_cases(check);
     }
     fn conv_groups_cases(check: fn(Case)) {
         check(
@@ -437,10 +421,6 @@ mod tests {
                 .attr(attr_int("group", 3))
                 .attr(attr_ints("dilations", &[2, 1])),
         );
-    }
-    #[test]
-    fn conv_1d_and_auto_pad() {
-        conv_1d_and_auto_pad_cases(check);
     }
     fn conv_1d_and_auto_pad_cases(check: fn(Case)) {
         check(
@@ -594,13 +574,5 @@ mod tests {
         let mut w = win(3, 1);
         w.dilations = vec![2, 1];
         assert_eq!(Phases::of(&w, &[28, 28]), None);
-    }
-    #[test]
-    fn torch_forward() {
-        conv_plain_and_bias_cases(check_torch);
-        conv_stride_pad_output_padding_cases(check_torch);
-        conv_dilation_cases(check_torch);
-        conv_groups_cases(check_torch);
-        conv_1d_and_auto_pad_cases(check_torch);
     }
 }
