@@ -19,25 +19,20 @@
 //! `probe.cpu:BatchNormalization` ([`probe_cpu_forward`]): ONNX Runtime's ran ~3x slower than
 //! PyTorch's on the shipped ResNet (17 vs 6 ms a batch), and a Relu after it fuses in.
 use super::attrs::Attrs;
-use super::rule::{Ctx, Kernels, Kind, Rewrite, Rule, Shapes, Stage};
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{f32_as_written, input, one, TorchCtx, Value};
 use crate::model::graph::{attr_float, attr_int};
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::NodeProto;
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::Forward,
-        run: |g, s, _| {
-            fold_into_conv(g, s);
-        },
-    }],
-    ..Rule::new("BatchNormalization", Kind::Structured)
-        .vjp(vjp)
-        .torch(torch)
-        .probe_cpu_forward(probe_cpu_forward)
-};
+pub static RULE: Rule = Rule::new("BatchNormalization", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::Forward, |g, s, _| {
+        fold_into_conv(g, s);
+    });
 
 /// libtorch's `batch_norm`, what PyTorch's BatchNorm runs. With batch statistics (training),
 /// libtorch updates copies of the running statistics exactly as PyTorch does (biased variance

@@ -15,23 +15,18 @@
 //! and the forward runs as `probe.cpu:LayerNormalization`; a residual stream's gradient Sum
 //! that adds to its dX is taken into it ([`sum_into_layer_norm_grad`], at [`Stage::SumInto`]).
 use super::attrs::Attrs;
-use super::rule::{Ctx, Kernels, Kind, Rewrite, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
 use super::torch::{axis, f32_as_written, input, opt_input, TorchCtx, Value};
 use crate::model::graph::{attr_float, attr_int};
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::{GraphProto, NodeProto};
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::SumInto,
-        run: |g, s, _| sum_into_layer_norm_grad(g, s),
-    }],
-    ..Rule::new("LayerNormalization", Kind::Structured)
-        .vjp(vjp)
-        .torch(torch)
-        .probe_cpu_forward(probe_cpu_forward)
-};
+pub static RULE: Rule = Rule::new("LayerNormalization", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::SumInto, |g, s, _| sum_into_layer_norm_grad(g, s));
 
 /// libtorch's `native_layer_norm` when Scale and B have the normalized shape (what PyTorch's
 /// LayerNorm runs), else normalization followed by broadcasting products. When the Mean or

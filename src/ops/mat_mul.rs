@@ -11,7 +11,7 @@
 //! With probe's CPU kernels (f32), the products run as `probe.cpu:MatMul` (MKL's GEMM by
 //! libtorch, the transposes read in place), and a Linear layer's `Add(MatMul(A, B), bias)` as
 //! one `probe.cpu:MatMulAdd` (libtorch's addmm, what PyTorch's Linear runs): see [`fuse_bias`].
-use super::rule::{Ctx, Kernels, Kind, Rewrite, Rule, Shapes, Stage};
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{input, one, TorchCtx, Value};
 use crate::model::graph::attr_int;
 use crate::tensor::DType;
@@ -19,16 +19,11 @@ use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
 use std::collections::HashSet;
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::Graph,
-        run: |g, s, _| fuse_bias(g, s),
-    }],
-    ..Rule::new("MatMul", Kind::Structured)
-        .vjp(vjp)
-        .torch(torch)
-        .probe_cpu_forward(probe_cpu_forward)
-};
+pub static RULE: Rule = Rule::new("MatMul", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::Graph, |g, s, _| fuse_bias(g, s));
 
 /// libtorch's matmul has numpy's semantics, 1-D promotion included.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

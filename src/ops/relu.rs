@@ -7,20 +7,17 @@
 //! `probe grad`'s fast path also merges a Relu, and its ReluGrad, with the node next to it
 //! ([`fuse`], at [`Stage::Fuse`]): the BatchNormalization, Conv or Add computing X, and the
 //! Sum or BatchNormalizationGrad around dX.
-use super::rule::{Ctx, Kernels, Kind, Rewrite, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
 use super::torch::{input, one, TorchCtx, Value};
 use crate::model::graph::attr_int;
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::{GraphProto, NodeProto};
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::Fuse,
-        run: |g, s, _| fuse(g, s),
-    }],
-    ..Rule::new("Relu", Kind::Elementwise).vjp(vjp).torch(torch)
-};
+pub static RULE: Rule = Rule::new("Relu", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch)
+    .rewrite(Stage::Fuse, |g, s, _| fuse(g, s));
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_relu()?)

@@ -11,7 +11,7 @@
 //! zeros shaped like part k for a position nobody read. Parts have no observed shape, so those
 //! zeros take theirs from the parts recomputed by Split(X, sizes, axis).
 use super::attrs::Attrs;
-use super::rule::{Ctx, Kind, Rewrite, Rule, Shapes, Stage};
+use super::rule::{Ctx, Kind, Rule, Shapes, Stage};
 use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
 use crate::model::graph::{attr_int, tensor_i64};
 use crate::ops::slice::zeros_shaped;
@@ -19,15 +19,10 @@ use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
 use std::collections::HashSet;
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::Graph,
-        run: |g, s, _| as_split(g, s),
-    }],
-    ..Rule::new("SplitToSequence", Kind::Linear)
-        .vjp(vjp)
-        .torch(torch)
-};
+pub static RULE: Rule = Rule::new("SplitToSequence", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch)
+    .rewrite(Stage::Graph, |g, s, _| as_split(g, s));
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;

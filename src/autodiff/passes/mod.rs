@@ -1,7 +1,7 @@
 //! The graph rewrites of `probe grad`'s fast path ([`Kernels::ProbeCpu`]) as one ordered
 //! pipeline around the reverse sweep ([`super::grad`]). What each op takes part in is declared
 //! in its table entry ([`crate::ops::Rule`]): its forward node's `probe.cpu` replacement
-//! (`probe_cpu_forward`) and the whole-graph rewrites its file holds (`rewrites`, each at a
+//! (`probe_cpu_forward`) and the whole-graph rewrite its file holds (`rewrite`, at a
 //! [`Stage`]). This file says only when each kind runs, and why there; with
 //! [`Kernels::Standard`] none runs and the graph stays standard ONNX.
 use crate::ops::rule::{Kernels, Shapes, Stage};
@@ -99,7 +99,7 @@ fn run(when: When, graph: &mut GraphProto, shapes: &mut Shapes, wrt: &[String], 
 
 /// Every op's rewrites at `stage`, in table order.
 fn rewrites(stage: Stage, graph: &mut GraphProto, shapes: &mut Shapes, wrt: &[String]) {
-    let all = crate::ops::RULES.iter().flat_map(|r| r.rewrites);
+    let all = crate::ops::RULES.iter().filter_map(|r| r.rewrite.as_ref());
     for r in all.filter(|r| r.stage == stage) {
         (r.run)(graph, shapes, wrt);
     }

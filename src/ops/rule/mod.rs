@@ -58,10 +58,13 @@ pub enum Stage {
     SumInto,
 }
 
-/// A whole-graph rewrite an op takes part in: the graph, its shapes, the differentiated values.
+/// A whole-graph rewrite: the graph, its shapes, the differentiated values.
+pub type RewriteFn = fn(&mut GraphProto, &mut Shapes, &[String]);
+
+/// A whole-graph rewrite an op takes part in, and where it runs.
 pub struct Rewrite {
     pub stage: Stage,
-    pub run: fn(&mut GraphProto, &mut Shapes, &[String]),
+    pub run: RewriteFn,
 }
 
 pub struct Rule {
@@ -74,8 +77,8 @@ pub struct Rule {
     pub torch: Option<TorchFwd>,
     /// The forward node's `probe.cpu` replacement, on the finished gradient graph.
     pub probe_cpu_forward: Option<ProbeCpuForward>,
-    /// The graph rewrites of `probe grad`'s fast path that this op's file holds.
-    pub rewrites: &'static [Rewrite],
+    /// The graph rewrite of `probe grad`'s fast path that this op's file holds.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// An entry reads as one chain: `Rule::new("Relu", Kind::Elementwise).vjp(vjp).torch(torch)`;
@@ -88,7 +91,7 @@ impl Rule {
             vjp: None,
             torch: None,
             probe_cpu_forward: None,
-            rewrites: &[],
+            rewrite: None,
         }
     }
     pub const fn vjp(self, vjp: Vjp) -> Rule {
@@ -100,6 +103,12 @@ impl Rule {
     pub const fn torch(self, torch: TorchFwd) -> Rule {
         Rule {
             torch: Some(torch),
+            ..self
+        }
+    }
+    pub const fn rewrite(self, stage: Stage, run: RewriteFn) -> Rule {
+        Rule {
+            rewrite: Some(Rewrite { stage, run }),
             ..self
         }
     }

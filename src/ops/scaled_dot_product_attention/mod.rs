@@ -29,23 +29,20 @@
 //! [B, H, L, S], none of which (factors, mask) depends on a differentiated value (a learned
 //! bias keeps the op-by-op form). Values the pattern computes on the way (P, the scores) stay
 //! computed if anything else reads them; what nothing reads any more is removed.
-use super::rule::{Ctx, Kind, Rewrite, Rule, Stage};
+use super::rule::{Ctx, Kind, Rule, Stage};
 use anyhow::{anyhow, Result};
 
 pub mod fusion;
 
 pub use super::rule::kernels::SCALED_DOT_PRODUCT_ATTENTION as OP;
 
-pub static RULE: Rule = Rule {
-    rewrites: &[Rewrite {
-        stage: Stage::Forward,
-        run: |g, s, wrt| {
+pub static RULE: Rule =
+    Rule::new(OP, Kind::Structured)
+        .vjp(vjp)
+        .rewrite(Stage::Forward, |g, s, wrt| {
             let dep = fusion::dependents(g, s, wrt);
             fusion::fuse(g, s, &dep);
-        },
-    }],
-    ..Rule::new(OP, Kind::Structured).vjp(vjp)
-};
+        });
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
