@@ -186,8 +186,6 @@ pub(crate) fn run_threads(
     outputs: &[String],
     threads: usize,
 ) -> Vec<Vec<f64>> {
-    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
-    let mut s = crate::runtime::session(&bytes, threads, "test").unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, dt, shape, v)| {
@@ -207,26 +205,36 @@ pub(crate) fn run_threads(
             (n.clone(), val)
         })
         .collect();
+    ort_run(proto, threads, values, outputs, |_, v| {
+        match v.try_extract_array::<f64>() {
+            Ok(a) => a.iter().copied().collect(),
+            Err(_) => v
+                .try_extract_array::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        }
+    })
+}
+
+/// Runs `proto` in an ONNX Runtime session of `threads` threads on `values`; each of
+/// `outputs` read by `read(name, value)`.
+pub(crate) fn ort_run<R>(
+    proto: &ModelProto,
+    threads: usize,
+    values: Vec<(String, ort::value::DynValue)>,
+    outputs: &[String],
+    read: impl Fn(&str, &ort::value::DynValue) -> R,
+) -> Vec<R> {
+    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
+    let mut s = crate::runtime::session(&bytes, threads, "test").unwrap();
     let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = values
         .iter()
         .map(|(n, v)| (n.as_str().into(), v.into()))
         .collect();
     let out = s.run(inputs).unwrap();
-    outputs
-        .iter()
-        .map(|o| {
-            let v = &out[o.as_str()];
-            match v.try_extract_array::<f64>() {
-                Ok(a) => a.iter().copied().collect(),
-                Err(_) => v
-                    .try_extract_array::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|&x| x as f64)
-                    .collect(),
-            }
-        })
-        .collect()
+    outputs.iter().map(|o| read(o, &out[o.as_str()])).collect()
 }
 
 /// A node `out = op(ins)` named after its output, for graphs built by hand in tests.
