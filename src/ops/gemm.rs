@@ -52,11 +52,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let beta = c.attr_f("beta", 1.0);
     let ta = c.attr_i("transA", 0) != 0;
     let tb = c.attr_i("transB", 0) != 0;
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     if c.needs(0) {
         // B'^T is B (transB) or B^T; B' is B^T (transB) or B.
         let ga = if ta {

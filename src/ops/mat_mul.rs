@@ -176,11 +176,7 @@ fn sum_to(
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     let (mut ad, mut bd, yd) = (c.dims(&a)?, c.dims(&b)?, c.dims(&y)?);
     let (pa, pb) = (ad.len() == 1, bd.len() == 1);
     if ad.is_empty() || bd.is_empty() {

@@ -17,11 +17,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (x, e, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (x, e, y) = c.binary();
     if c.needs(0) {
         // The exponent in X's type (E may be an integer initializer, whose type the shapes
         // do not record): Pow(X, float E - 1) is exact for integer-valued E.

@@ -41,6 +41,12 @@ impl<'a> Ctx<'a> {
     pub fn output(&self, i: usize) -> &str {
         self.node.output.get(i).map(|s| s.as_str()).unwrap_or("")
     }
+    /// The two inputs and the output of a binary op, (A, B, Y).
+    pub fn binary(&self) -> (String, String, String) {
+        let io = [self.input(0), self.input(1), self.output(0)].map(str::to_string);
+        let [a, b, y] = io;
+        (a, b, y)
+    }
     /// Gradient of output `i`, if anything downstream needs it.
     pub fn go(&self, i: usize) -> Option<String> {
         self.gout.get(i).cloned().flatten()
