@@ -12,24 +12,12 @@
 //!    outputs into contributions to its inputs' gradients; a value used several times sums its
 //!    contributions (`Sum`).
 //! Sequence values (SplitToSequence -> SequenceAt) carry gradients by position.
-use super::ctx::Ctx;
-use super::shapes::{Shapes, SEQUENCE_OPS};
 use crate::model::graph::{attr_tensor, Builder};
+pub use crate::ops::rule::{const_ints, constants, Kernels};
+use crate::ops::rule::{Ctx, Shapes, SEQUENCE_OPS};
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// Which ops the gradient rules may emit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Kernels {
-    /// Standard ONNX only: any runtime and `onnx.checker` take the graph (`probe autodiff`,
-    /// `probe grad --standard-ops`).
-    #[default]
-    Standard,
-    /// Rules may also emit the `probe.cpu` custom ops ([`crate::runtime::cpu_ops`]), which only
-    /// probe's ONNX Runtime CPU sessions can run: the fast path of `probe grad`.
-    ProbeCpu,
-}
 
 pub struct Diff {
     /// Gradient nodes, to append after the forward nodes.
@@ -39,77 +27,6 @@ pub struct Diff {
     /// Optional outputs some rules need the forward nodes to produce: (node index, output slot,
     /// name).
     pub forward_outputs: Vec<(usize, usize, String)>,
-}
-
-/// The int64 values of constant `name` (one of [`constants`]), if it is one.
-pub fn const_ints(consts: &HashMap<String, TensorProto>, name: &str) -> Option<Vec<i64>> {
-    let t = consts.get(name)?;
-    let h = crate::model::decode_tensor(t).ok()?;
-    h.as_i64().map(|v| v.to_vec())
-}
-
-/// Constant tensors of the graph by value name: Constant nodes, initializers that are not
-/// differentiated, and int64 values computed from constants alone (the exporter's shape
-/// arithmetic, e.g. `Reshape(Constant, Constant)` as a ReduceMean's axes), whose values the shape
-/// observation recorded.
-pub fn constants(
-    graph: &GraphProto,
-    exclude: &HashSet<&str>,
-    shapes: &Shapes,
-) -> HashMap<String, TensorProto> {
-    let mut m = direct_constants(graph, exclude);
-    for n in &graph.node {
-        if n.op_type == "Constant" || n.output.iter().all(|o| m.contains_key(o)) {
-            continue;
-        }
-        if !n.input.iter().all(|i| i.is_empty() || m.contains_key(i)) {
-            continue;
-        }
-        for o in &n.output {
-            if let (Some(v), Some(dims)) = (shapes.ints.get(o), shapes.static_dims(o)) {
-                let d: Vec<i64> = dims.iter().map(|&x| x as i64).collect();
-                m.insert(o.clone(), crate::model::graph::tensor_i64("", &d, v));
-            }
-        }
-    }
-    m
-}
-
-fn direct_constants(graph: &GraphProto, exclude: &HashSet<&str>) -> HashMap<String, TensorProto> {
-    let mut m = HashMap::new();
-    for t in &graph.initializer {
-        if !exclude.contains(t.name.as_str()) {
-            m.insert(t.name.clone(), t.clone());
-        }
-    }
-    for n in &graph.node {
-        if n.op_type != "Constant" {
-            continue;
-        }
-        let Some(a) = n.attribute.first() else {
-            continue;
-        };
-        let t = match a.name.as_str() {
-            "value" => a.t.as_ref().cloned(),
-            "value_ints" => Some(crate::model::graph::tensor_i64(
-                "",
-                &[a.ints.len() as i64],
-                &a.ints,
-            )),
-            "value_int" => Some(crate::model::graph::tensor_i64("", &[], &[a.i])),
-            "value_float" => Some(crate::model::graph::tensor_f32("", &[], &[a.f])),
-            "value_floats" => Some(crate::model::graph::tensor_f32(
-                "",
-                &[a.floats.len() as i64],
-                &a.floats,
-            )),
-            _ => None,
-        };
-        if let Some(t) = t {
-            m.insert(n.output[0].clone(), t);
-        }
-    }
-    m
 }
 
 fn describe(n: &NodeProto) -> String {
@@ -347,28 +264,6 @@ pub fn differentiate_as(
         grads,
         forward_outputs,
     })
-}
-
-/// With [`Kernels::ProbeCpu`], on the whole gradient graph (forward and gradient nodes): nodes
-/// that a `probe.cpu` kernel runs faster replaced by it (same inputs, outputs and name: Conv,
-/// Softmax, Transpose, LayerNormalization, inference-mode BatchNormalization, MatMul; see their
-/// op files), a MatMul whose only reader adds a bias fused with
-/// that Add (`ops/mat_mul.rs`), and SplitToSequence read only by SequenceAt as one Split. Only
-/// values with observed types qualify, that is forward values.
-pub fn probe_cpu_rewrite(graph: &mut GraphProto, shapes: &Shapes) {
-    crate::ops::split_to_sequence::as_split(graph, shapes);
-    crate::ops::mat_mul::fuse_bias(graph, shapes);
-    for n in graph.node.iter_mut() {
-        let m = crate::ops::conv::probe_cpu_forward(n, shapes)
-            .or_else(|| crate::ops::softmax::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::transpose::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::layer_normalization::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::batch_normalization::probe_cpu_forward(n, shapes))
-            .or_else(|| crate::ops::mat_mul::probe_cpu_forward(n, shapes));
-        if let Some(m) = m {
-            *n = m;
-        }
-    }
 }
 
 /// Adds the optional forward outputs rules asked for to the graph's nodes.

@@ -4,15 +4,15 @@
 //! - [`loss`]: a loss head on the model's output (per-element loss and correctness);
 //! - [`grad`]: reverse-mode differentiation into standard ONNX ops, with the per-op rules of
 //!   [`crate::ops`] and the shapes of [`shapes`];
-//! - [`fuse`]: pairs of nodes of a `probe.cpu` gradient graph run as one custom op.
+//! - [`passes`]: `probe grad`'s fast path, the graph rewrites the ops' table entries declare
+//!   (folds, `probe.cpu` kernels, fusions), as one ordered pipeline around the sweep.
 
-pub mod ctx;
-pub mod fuse;
 pub mod grad;
 pub mod hvp;
 pub mod lift;
 pub mod loss;
 pub mod model_grad;
+pub mod passes;
 pub mod shapes;
 
 pub use lift::{eval_graph, EvalGraph};

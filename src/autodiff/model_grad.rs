@@ -5,7 +5,7 @@
 //! runs it and `probe autodiff` can write it out for inspection; with
 //! [`Kernels::ProbeCpu`] some rules emit probe's own CPU ops instead (`probe grad`'s fast path,
 //! which only probe's sessions run).
-use super::grad::{apply_forward_outputs, differentiate_with, probe_cpu_rewrite, Kernels};
+use super::grad::{apply_forward_outputs, differentiate_with, Kernels};
 use super::lift::{lift_state, TARGET};
 use super::loss::{self, LossKind};
 use super::shapes::{Feed, Shapes};
@@ -178,15 +178,12 @@ pub fn grad_graph(
         .collect();
     let mut shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
-    super::fuse::before_differentiation(g, &mut shapes, &wrt, opts.kernels);
+    super::passes::before_differentiation(g, &mut shapes, &wrt, opts.kernels);
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)
         .with_context(|| model.path.display().to_string())?;
     let grads = attach(g, diff, model, "grad");
-    if opts.kernels == Kernels::ProbeCpu {
-        probe_cpu_rewrite(g, &shapes);
-        super::fuse::probe_cpu_fuse(g, &shapes);
-    }
-    let custom = crate::runtime::cpu_ops::DOMAIN;
+    super::passes::after_differentiation(g, &mut shapes, &wrt, opts.kernels);
+    let custom = crate::ops::rule::PROBE_CPU_DOMAIN;
     if g.node.iter().any(|n| n.domain == custom) {
         let mut o = onnx_protobuf::OperatorSetIdProto::new();
         o.domain = custom.into();

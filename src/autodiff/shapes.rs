@@ -5,56 +5,19 @@
 //! so instead of a shape inference of our own we ask the runtime: the forward graph is run on a
 //! tiny batch with every intermediate tensor as an output, at two batch sizes. A dimension that
 //! is the same in both runs is static; one that changes follows the batch (`None`).
+pub use crate::ops::rule::{Info, Shapes, SEQUENCE_OPS};
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::ModelProto;
 use std::collections::HashMap;
 
-#[derive(Debug, Clone)]
-pub struct Info {
-    pub dtype: DType,
-    /// Dimensions; `None` for one that follows the batch size.
-    pub dims: Vec<Option<usize>>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Shapes {
-    pub map: HashMap<String, Info>,
-    /// Values of small int64 tensors, as observed in the last run. Only those that depend on
-    /// constants alone are used as build-time constants (see `grad::constants`).
-    pub ints: HashMap<String, Vec<i64>>,
-}
+/// A feed for one run: (input name, element type, dims, values as f64 converted to the type).
+pub type Feed = Vec<(String, crate::tensor::HostTensor)>;
 
 /// int64 tensors up to this many elements have their values recorded.
 const SMALL: usize = 64;
 
-/// Ops whose outputs are sequences, not tensors: not read back (their parts are, via SequenceAt).
-pub const SEQUENCE_OPS: &[&str] = &[
-    "SplitToSequence",
-    "SequenceConstruct",
-    "SequenceInsert",
-    "SequenceErase",
-    "SequenceEmpty",
-];
-
-/// A feed for one run: (input name, element type, dims, values as f64 converted to the type).
-pub type Feed = Vec<(String, crate::tensor::HostTensor)>;
-
 impl Shapes {
-    pub fn get(&self, name: &str) -> Option<&Info> {
-        self.map.get(name)
-    }
-    pub fn dtype(&self, name: &str) -> Option<DType> {
-        self.map.get(name).map(|i| i.dtype)
-    }
-    pub fn rank(&self, name: &str) -> Option<usize> {
-        self.map.get(name).map(|i| i.dims.len())
-    }
-    /// All dimensions, if none follows the batch.
-    pub fn static_dims(&self, name: &str) -> Option<Vec<usize>> {
-        self.map.get(name)?.dims.iter().copied().collect()
-    }
-
     /// Runs `proto` (a forward graph whose inputs are all fed) once per feed and merges the shapes.
     pub fn observe(proto: &ModelProto, feeds: &[Feed]) -> Result<Shapes> {
         let mut p = proto.clone();

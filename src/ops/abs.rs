@@ -1,45 +1,27 @@
 //! Abs (opset 13): `Y = |X|`. https://onnx.ai/onnx/operators/onnx__Abs.html
 //!
 //! dX = dY * sign(X) (the subgradient 0 at X = 0, as PyTorch takes it).
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Abs",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Abs", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_abs));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_abs()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let x = c.input(0).to_string();
-    let s = c.op("Sign", &[&x], vec![]);
-    let gx = c.op("Mul", &[&g, &s], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d |x| = sign(x).
+fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
+    let s = c.op("Sign", &[x], vec![]);
+    Ok(c.op("Mul", &[g, &s], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn abs() {
-        abs_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(abs: abs_cases);
     fn abs_cases(check: fn(Case)) {
         check(Case::new("Abs").values(&[2, 3], &[-0.7, 0.3, -0.1, 0.9, 0.05, -1.2]));
         check(Case::new("Abs").input(&[3, 4]).seed(7));
-    }
-    #[test]
-    fn torch_forward() {
-        abs_cases(check_torch);
     }
 }

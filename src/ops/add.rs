@@ -2,23 +2,16 @@
 //! https://onnx.ai/onnx/operators/onnx__Add.html
 //!
 //! dA = unbroadcast(dY), dB = ±unbroadcast(dY).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static ADD: Rule = Rule {
-    op: "Add",
-    kind: Kind::Linear,
-    vjp: Some(|c| add_sub(c, false)),
-    torch: Some(torch_add),
-};
-pub static SUB: Rule = Rule {
-    op: "Sub",
-    kind: Kind::Linear,
-    vjp: Some(|c| add_sub(c, true)),
-    torch: Some(torch_sub),
-};
+pub static ADD: Rule = Rule::new("Add", Kind::Linear)
+    .vjp(|c| add_sub(c, false))
+    .torch(torch_add);
+pub static SUB: Rule = Rule::new("Sub", Kind::Linear)
+    .vjp(|c| add_sub(c, true))
+    .torch(torch_sub);
 
 fn torch_add(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_add(input(&v, 1)?)?)
@@ -52,28 +45,15 @@ fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn add_broadcasting() {
-        add_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(add_broadcasting: add_broadcasting_cases, sub_broadcasting: sub_broadcasting_cases);
     fn add_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Add").input(&[4]).input(&[2, 3, 4]));
         check(Case::new("Add").input(&[2, 3]).input(&[2, 3]));
     }
-    #[test]
-    fn sub_broadcasting() {
-        sub_broadcasting_cases(check);
-    }
     fn sub_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]));
         check(Case::new("Sub").input(&[1]).input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        add_broadcasting_cases(check_torch);
-        sub_broadcasting_cases(check_torch);
     }
 }

@@ -1,7 +1,6 @@
 //! Reading a node's attributes with the spec's defaults, shared by what sees a node: the gradient
-//! rule's [`Ctx`] and the libtorch forward's [`super::torch::TorchCtx`], so attribute parsing
+//! rule's [`super::rule::Ctx`] and the libtorch forward's [`super::torch::TorchCtx`], so attribute parsing
 //! that both need (a convolution's window, for one) is written once, against this trait.
-use crate::autodiff::ctx::Ctx;
 use onnx_protobuf::{AttributeProto, NodeProto};
 
 pub trait Attrs {
@@ -22,12 +21,6 @@ pub trait Attrs {
     fn attr_s(&self, name: &str) -> Option<String> {
         self.attr(name)
             .map(|a| String::from_utf8_lossy(&a.s).to_string())
-    }
-}
-
-impl Attrs for Ctx<'_> {
-    fn node(&self) -> &NodeProto {
-        self.node
     }
 }
 

@@ -11,19 +11,13 @@
 //! - Otherwise D varies at the borders; rather than restate the runtime's rule, 1/D is measured:
 //!   AveragePool(ones) = valid/D and valid = Conv(ones, ones kernel), both on [1, 1, H, W].
 use super::attrs::Attrs;
-use super::conv::{sizes, spatial_dims, Window};
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::window::{sizes, spatial_dims, Window};
 use crate::model::graph::attr_ints;
 use anyhow::{anyhow, bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "AveragePool",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("AveragePool", Kind::Linear).vjp(vjp).torch(torch);
 
 /// libtorch's avg_pool{1,2,3}d (what PyTorch's AvgPool runs) when the pads are symmetric, at
 /// most half the kernel, and there is no dilation: its divisors are ONNX's (`count_include_pad`

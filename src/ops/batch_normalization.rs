@@ -19,22 +19,20 @@
 //! `probe.cpu:BatchNormalization` ([`probe_cpu_forward`]): ONNX Runtime's ran ~3x slower than
 //! PyTorch's on the shipped ResNet (17 vs 6 ms a batch), and a Relu after it fuses in.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{f32_as_written, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{attr_float, attr_int};
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::NodeProto;
 
-pub static RULE: Rule = Rule {
-    op: "BatchNormalization",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("BatchNormalization", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::Forward, |g, s, _| {
+        fold_into_conv(g, s);
+    });
 
 /// libtorch's `batch_norm`, what PyTorch's BatchNorm runs. With batch statistics (training),
 /// libtorch updates copies of the running statistics exactly as PyTorch does (biased variance
@@ -140,7 +138,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let k = c.op("Mul", &[&scale, &inv], vec![]);
     let (need_g, need_gxh) = (c.needs(2) || c.needs(3), c.needs(1) || c.needs(4));
     let (sum_g, sum_gxh) = if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // One pass over dY and X for dX and both sums (runtime/cpu_ops.rs); it gives
+        // One pass over dY and X for dX and both sums (runtime/cpu_ops); it gives
         // sum dY (X - mean), times invstd that is sum dY xhat.
         let needs = [c.needs(0), need_g, need_gxh];
         let [gx, sum_g, sum_dy_xc] = <[Option<String>; 3]>::try_from(c.probe_cpu_outputs(
@@ -209,7 +207,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     {
         return None;
     }
-    let mut m = crate::runtime::cpu_ops::as_probe_cpu(
+    let mut m = crate::ops::rule::as_probe_cpu(
         n,
         vec![
             attr_float("epsilon", n.attr_f("epsilon", 1e-5)),
@@ -235,8 +233,8 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
 /// The parameter arithmetic is on [C]- and W-sized tensors. Training mode (batch statistics)
 /// and non-f32 tensors are left as they are. Returns how many were folded.
 pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes) -> usize {
-    use crate::autodiff::shapes::Info;
     use crate::model::graph::{Builder, Uses};
+    use crate::ops::rule::Info;
     let uses = Uses::of(graph);
     let f32_dims = |v: &str| -> Option<Vec<usize>> {
         (shapes.dtype(v) == Some(DType::F32))
@@ -415,7 +413,7 @@ mod tests {
     /// twice stays unfolded and still agrees.
     #[test]
     fn fold_into_conv_keeps_every_gradient() {
-        use crate::autodiff::grad::Kernels;
+        use crate::ops::rule::Kernels;
         use crate::ops::testing::check_graph_with;
         for (conv_bias, group, spatial, tap) in [
             (true, 1, &[5usize, 4][..], false),
@@ -457,8 +455,8 @@ mod tests {
     /// the scaled weight and the shifted bias; training mode and a second reader are refused.
     #[test]
     fn fold_into_conv_rewrites_only_what_it_may() {
-        use crate::autodiff::shapes::Shapes;
         use crate::model::graph::value_info;
+        use crate::ops::rule::Shapes;
         use crate::tensor::{DType, HostTensor};
         let graph = |training: bool, tap: bool| {
             let mut g = conv_bn(true, 1, tap);

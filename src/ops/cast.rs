@@ -5,23 +5,16 @@
 //! non-float type there is no gradient (the output, or the input, is never differentiated);
 //! CastLike's second input only lends its type.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, kind_of, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static CAST: Rule = Rule {
-    op: "Cast",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch_cast),
-};
-pub static CAST_LIKE: Rule = Rule {
-    op: "CastLike",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch_cast_like),
-};
+pub static CAST: Rule = Rule::new("Cast", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch_cast);
+pub static CAST_LIKE: Rule = Rule::new("CastLike", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch_cast_like);
 
 /// Float to integer truncates toward zero, anything to bool is `!= 0`, as in ONNX Runtime.
 fn torch_cast(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -54,13 +47,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     use crate::tensor::DType;
-    #[test]
-    fn cast_float_to_float() {
-        cast_float_to_float_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(cast_float_to_float: cast_float_to_float_cases, cast_like: cast_like_cases);
     fn cast_float_to_float_cases(check: fn(Case)) {
         // f32 input, f64 output: the gradient comes back as f32.
         check(
@@ -75,18 +64,9 @@ mod tests {
                 .attr(attr_int("to", DType::F64.onnx() as i64)),
         );
     }
-    #[test]
-    fn cast_like() {
-        cast_like_cases(check);
-    }
     fn cast_like_cases(check: fn(Case)) {
         // Both float inputs are differentiated; only the first one gets a gradient (the second's
         // is zero).
         check(Case::new("CastLike").input(&[2, 3]).input(&[1]));
-    }
-    #[test]
-    fn torch_forward() {
-        cast_float_to_float_cases(check_torch);
-        cast_like_cases(check_torch);
     }
 }

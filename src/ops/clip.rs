@@ -5,17 +5,11 @@
 //! dX = dY * [lo <= X <= hi] (the boundaries pass the gradient, as PyTorch's clamp does);
 //! dlo = sum(dY * [X < lo] * [lo <= hi]); dhi = sum(dY * [max(X, lo) > hi]) (when lo > hi the
 //! output is hi everywhere).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Clip",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Clip", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// libtorch's clamp: `min(max(x, lo), hi)`, hi everywhere when lo > hi, and the same
 /// subgradient at the bounds as PyTorch's.
@@ -78,12 +72,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn clip_inputs() {
-        clip_inputs_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(clip_inputs: clip_inputs_cases);
     fn clip_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Clip")
@@ -108,9 +98,5 @@ mod tests {
         );
         // No bounds at all: the identity.
         check(Case::new("Clip").input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        clip_inputs_cases(check_torch);
     }
 }

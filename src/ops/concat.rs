@@ -3,18 +3,12 @@
 //!
 //! dX_i is the slab of dY that X_i filled: Split(dY, sizes = [dim_axis(X_1), ...], axis).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Concat",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Concat", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let parts: Vec<&tch::Tensor> = (0..v.len()).map(|i| input(&v, i)).collect::<Result<_>>()?;
@@ -69,12 +63,8 @@ pub fn sizes_along(c: &mut Ctx, values: &[String], axis: i64) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn concat() {
-        concat_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(concat: concat_cases);
     fn concat_cases(check: fn(Case)) {
         check(
             Case::new("Concat")
@@ -96,9 +86,5 @@ mod tests {
                 .input(&[2, 3, 3])
                 .attr(attr_int("axis", -1)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        concat_cases(check_torch);
     }
 }

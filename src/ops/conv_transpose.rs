@@ -14,19 +14,16 @@
 //! Shapes given by `output_shape` or `auto_pad` are not supported (the exporter and our rules
 //! write explicit pads).
 use super::attrs::Attrs;
-use super::conv::{dw_im2col, spatial_dims, Window};
+use super::conv::dw_im2col;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::window::{spatial_dims, Window};
 use crate::model::graph::{attr_int, attr_ints};
 use anyhow::{anyhow, bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ConvTranspose",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ConvTranspose", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch);
 
 fn explicit_only<A: Attrs + ?Sized>(c: &A) -> Result<()> {
     if c.attr_ints("output_shape").is_some() {
@@ -44,7 +41,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, w) = (input(&v, 0)?, input(&v, 1)?);
     let kernel = w.size()[2..].to_vec();
     let k = kernel.len();
-    let win = Window::of(c, kernel, &super::conv::sizes(x))?;
+    let win = Window::of(c, kernel, &super::window::sizes(x))?;
     if (0..k).any(|i| win.pads[i] != win.pads[k + i]) {
         bail!("ConvTranspose with asymmetric pads {:?}", win.pads);
     }
@@ -125,16 +122,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     // ONNX Runtime's CPU ConvTranspose is float only.
     fn ct(x: &[usize], w: &[usize]) -> Case {
         Case::new("ConvTranspose").input(x).input(w).f32()
     }
-    #[test]
-    fn conv_transpose() {
-        conv_transpose_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(conv_transpose: conv_transpose_cases);
     fn conv_transpose_cases(check: fn(Case)) {
         check(ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]));
         // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
@@ -161,9 +154,5 @@ mod tests {
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        conv_transpose_cases(check_torch);
     }
 }

@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Div.html
 //!
 //! dA = unbroadcast(dY / B), dB = unbroadcast(-dY * A / B^2) = unbroadcast(-dY * Y / B).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, is_float, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Div",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Div", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// Integer division truncates toward zero (as ONNX Runtime's C++ `/` does).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -26,11 +20,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     // Integer division has no gradient; its output never needs one.
     if !c.dtype(&y)?.is_float() {
         return Ok(());
@@ -56,12 +46,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn div_broadcasting() {
-        div_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(div_broadcasting: div_broadcasting_cases);
     fn div_broadcasting_cases(check: fn(Case)) {
         check(
             Case::new("Div")
@@ -72,9 +58,5 @@ mod tests {
         check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
         check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
         check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
-    }
-    #[test]
-    fn torch_forward() {
-        div_broadcasting_cases(check_torch);
     }
 }

@@ -4,17 +4,11 @@
 //! dData = dOutput. In training mode (`training_mode` true) the output is random and a gradient
 //! of the function is undefined; probe measures models in inference mode, so a `training_mode`
 //! input that is not a constant false is refused with an error.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Dropout",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Dropout", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Inference: the identity, and an all-true mask if asked for.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -49,12 +43,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn dropout_inference() {
-        dropout_inference_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(dropout_inference: dropout_inference_cases);
     fn dropout_inference_cases(check: fn(Case)) {
         check(Case::new("Dropout").input(&[2, 3]));
         // Both outputs present; the mask is boolean and left out of the loss by the harness.
@@ -66,9 +56,5 @@ mod tests {
                 .absent()
                 .bools(&[], &[false]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        dropout_inference_cases(check_torch);
     }
 }

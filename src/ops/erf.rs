@@ -1,40 +1,30 @@
 //! Erf (opset 13): `Y = erf(X)`. https://onnx.ai/onnx/operators/onnx__Erf.html
 //!
 //! d erf(x) = 2 / sqrt(pi) * exp(-x^2).
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Erf",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Erf", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_erf));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_erf()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let x = c.input(0).to_string();
-    let x2 = c.op("Mul", &[&x, &x], vec![]);
+/// d erf = 2/sqrt(pi) exp(-x^2).
+fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
+    let x2 = c.op("Mul", &[x, x], vec![]);
     let nx2 = c.op("Neg", &[&x2], vec![]);
     let e = c.op("Exp", &[&nx2], vec![]);
-    let k = c.scalar(2.0 / std::f64::consts::PI.sqrt(), &x)?;
+    let k = c.scalar(2.0 / std::f64::consts::PI.sqrt(), x)?;
     let d = c.op("Mul", &[&k, &e], vec![]);
-    let gx = c.op("Mul", &[&g, &d], vec![]);
-    c.set(0, gx);
-    Ok(())
+    Ok(c.op("Mul", &[g, &d], vec![]))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use crate::autodiff::grad::{apply_forward_outputs, differentiate};
-    use crate::autodiff::shapes::Shapes;
     use crate::model::graph::{attr_int, value_info};
+    use crate::ops::rule::Shapes;
     use crate::ops::testing::{check, Case};
     use crate::tensor::{DType, HostTensor};
     use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};

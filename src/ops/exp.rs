@@ -1,43 +1,25 @@
 //! Exp (opset 13): `Y = e^X`. https://onnx.ai/onnx/operators/onnx__Exp.html
 //!
 //! d exp = exp: dX = dY * Y.
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Exp",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Exp", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_exp));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_exp()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let y = c.output(0).to_string();
-    let gx = c.op("Mul", &[&g, &y], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d exp = exp = y.
+fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+    Ok(c.op("Mul", &[g, y], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn exp() {
-        exp_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(exp: exp_cases);
     fn exp_cases(check: fn(Case)) {
         check(Case::new("Exp").input_in(&[2, 3], -2.0, 2.0));
-    }
-    #[test]
-    fn torch_forward() {
-        exp_cases(check_torch);
     }
 }

@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Expand.html
 //!
 //! dX = unbroadcast(dY) back to X's shape; the shape input is integer, not differentiable.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Expand",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Expand", Kind::Linear).vjp(vjp).torch(torch);
 
 /// The shape input and X's shape broadcast against each other (either may have the 1s).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -49,20 +43,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn expand() {
-        expand_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(expand: expand_cases);
     fn expand_cases(check: fn(Case)) {
         check(Case::new("Expand").input(&[3, 1]).ints(&[3], &[2, 3, 4]));
         check(Case::new("Expand").input(&[1, 4]).ints(&[2], &[3, 1]));
         check(Case::new("Expand").input(&[2, 3]).ints(&[2], &[2, 3]));
         check(Case::new("Expand").input(&[]).ints(&[1], &[5]));
-    }
-    #[test]
-    fn torch_forward() {
-        expand_cases(check_torch);
     }
 }

@@ -8,22 +8,15 @@
 //! The indices are integers and get no gradient. With probe's CPU kernels (f32, axis 0, an
 //! embedding table's case) one `probe.cpu:GatherGrad` node adds the rows in place.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
 use crate::model::graph::{attr_int, attr_string};
 use crate::ops::slice::i64_scalar;
 use crate::ops::transpose::inverse;
 use crate::tensor::DType;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Gather",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Gather", Kind::Linear).vjp(vjp).torch(torch);
 
 /// `index_select` along the axis on the flattened indices (negative ones wrapped), reshaped to
 /// `X.shape[:axis] + indices.shape + X.shape[axis+1:]`.
@@ -60,7 +53,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
     let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
     if a == 0 && c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // Rows added in place (runtime/cpu_ops.rs), where the standard form writes a zero
+        // Rows added in place (runtime/cpu_ops), where the standard form writes a zero
         // table and runs ScatterElements over [indices, row] copies of the indices.
         let shape = c.shape_of(&x);
         let gx = c
@@ -135,11 +128,7 @@ fn scatter_add(c: &mut Ctx, data: &str, idx: &str, upd: &str) -> String {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gather_embedding() {
-        gather_embedding_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(gather_embedding: gather_embedding_cases, gather_inner_axis: gather_inner_axis_cases);
     fn gather_embedding_cases(check: fn(Case)) {
         // [V, D] table, [2, 3] token ids with repeats and negative ids (-1 is row 4, as is 4).
         check(
@@ -152,10 +141,6 @@ mod tests {
     #[test]
     fn probe_cpu_kernel() {
         gather_embedding_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn gather_inner_axis() {
-        gather_inner_axis_cases(check);
     }
     fn gather_inner_axis_cases(check: fn(Case)) {
         check(
@@ -182,10 +167,5 @@ mod tests {
                 .ints(&[], &[1])
                 .attr(attr_int("axis", 1)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        gather_embedding_cases(check_torch);
-        gather_inner_axis_cases(check_torch);
     }
 }

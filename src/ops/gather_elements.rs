@@ -6,20 +6,15 @@
 //! integers and get no gradient. With probe's CPU kernels (f32) one
 //! `probe.cpu:GatherElementsGrad` node adds each dY element in place.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
 use crate::model::graph::{attr_int, attr_string};
 use crate::tensor::DType;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "GatherElements",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("GatherElements", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, idx) = (input(&v, 0)?, input(&v, 1)?);
@@ -37,7 +32,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
     let axis = c.attr_i("axis", 0);
     if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // No zero tensor written first and no scatter (runtime/cpu_ops.rs).
+        // No zero tensor written first and no scatter (runtime/cpu_ops).
         let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
         let shape = c.shape_of(&x);
         let attrs = vec![attr_int("axis", axis)];
@@ -62,11 +57,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gather_elements() {
-        gather_elements_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(gather_elements: gather_elements_cases);
     fn gather_elements_cases(check: fn(Case)) {
         check(
             Case::new("GatherElements")
@@ -89,9 +80,5 @@ mod tests {
     #[test]
     fn probe_cpu_kernel() {
         gather_elements_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn torch_forward() {
-        gather_elements_cases(check_torch);
     }
 }

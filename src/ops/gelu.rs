@@ -7,21 +7,14 @@
 //! dY/dX = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
 //! With probe's CPU kernels (f32) one `probe.cpu:GeluGrad` node (libtorch's gelu_backward).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
 use crate::model::graph::attr_string;
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use std::f64::consts::{FRAC_1_SQRT_2, PI};
 
-pub static RULE: Rule = Rule {
-    op: "Gelu",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Gelu", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let approximate = c.attr_s("approximate").unwrap_or_else(|| "none".into());
@@ -39,7 +32,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         bail!("Gelu: unknown approximate = \"{approximate}\"");
     }
     if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // One pass (libtorch's gelu_backward) instead of eleven; runtime/cpu_ops.rs.
+        // One pass (libtorch's gelu_backward) instead of eleven; runtime/cpu_ops.
         let attrs = vec![attr_string("approximate", &approximate)];
         let gx = c
             .probe_cpu_op("GeluGrad", &[&g, &x], attrs, 1)

@@ -7,18 +7,12 @@
 //! - dA = transA ? alpha * B' dY^T : alpha * dY B'^T
 //! - dB = transB ? alpha * dY^T A' : alpha * A'^T dY
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_float, attr_int};
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Gemm",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Gemm", Kind::Structured).vjp(vjp).torch(torch);
 
 /// With alpha = beta = 1 and a C, one `addmm(C, A', B')`: what PyTorch's Linear runs.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -58,11 +52,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let beta = c.attr_f("beta", 1.0);
     let ta = c.attr_i("transA", 0) != 0;
     let tb = c.attr_i("transB", 0) != 0;
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     if c.needs(0) {
         // B'^T is B (transB) or B^T; B' is B^T (transB) or B.
         let ga = if ta {
@@ -97,12 +87,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn gemm_plain_and_broadcast_c() {
-        gemm_plain_and_broadcast_c_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(gemm_plain_and_broadcast_c: gemm_plain_and_broadcast_c_cases, gemm_transposes_alpha_beta: gemm_transposes_alpha_beta_cases);
     fn gemm_plain_and_broadcast_c_cases(check: fn(Case)) {
         check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]));
         check(
@@ -120,10 +106,6 @@ mod tests {
         );
         check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]));
     }
-    #[test]
-    fn gemm_transposes_alpha_beta() {
-        gemm_transposes_alpha_beta_cases(check);
-    }
     fn gemm_transposes_alpha_beta_cases(check: fn(Case)) {
         for (ta, tb) in [(0, 1), (1, 0), (1, 1)] {
             let a = if ta == 1 { [4, 3] } else { [3, 4] };
@@ -139,10 +121,5 @@ mod tests {
                     .attr(attr_float("beta", -1.5)),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        gemm_plain_and_broadcast_c_cases(check_torch);
-        gemm_transposes_alpha_beta_cases(check_torch);
     }
 }

@@ -2,18 +2,14 @@
 //! https://onnx.ai/onnx/operators/onnx__GlobalAveragePool.html
 //!
 //! dX = Expand(dY, shape X) / (H * W * ...).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::ops::reduce_mean::divide_by_count;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "GlobalAveragePool",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("GlobalAveragePool", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;
@@ -37,21 +33,13 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     // ONNX Runtime's CPU provider has no f64 GlobalAveragePool; the rule is linear, so f32 is
     // as exact as the check's tolerance.
-    #[test]
-    fn global_average_pool() {
-        global_average_pool_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(global_average_pool: global_average_pool_cases);
     fn global_average_pool_cases(check: fn(Case)) {
         check(Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32());
         check(Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32());
         check(Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32());
-    }
-    #[test]
-    fn torch_forward() {
-        global_average_pool_cases(check_torch);
     }
 }

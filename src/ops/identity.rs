@@ -1,17 +1,11 @@
 //! Identity (opset 19), tensors only: `Y = X`. https://onnx.ai/onnx/operators/onnx__Identity.html
 //!
 //! dX = dY.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Identity",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Identity", Kind::Linear).vjp(vjp).torch(torch);
 
 /// A tensor or a sequence, passed on.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -26,17 +20,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn identity() {
-        identity_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(identity: identity_cases);
     fn identity_cases(check: fn(Case)) {
         check(Case::new("Identity").input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        identity_cases(check_torch);
     }
 }

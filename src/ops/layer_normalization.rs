@@ -12,24 +12,21 @@
 //!
 //! With probe's CPU kernels (f32, Scale and B of the normalized shape, statistics outputs
 //! unused) one `probe.cpu:LayerNormalizationGrad` node computes the three in one pass per row,
-//! and the forward runs as `probe.cpu:LayerNormalization`.
+//! and the forward runs as `probe.cpu:LayerNormalization`; a residual stream's gradient Sum
+//! that adds to its dX is taken into it ([`sum_into_layer_norm_grad`], at [`Stage::SumInto`]).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
 use super::torch::{axis, f32_as_written, input, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{attr_float, attr_int};
 use crate::tensor::DType;
 use anyhow::Result;
-use onnx_protobuf::NodeProto;
+use onnx_protobuf::{GraphProto, NodeProto};
 
-pub static RULE: Rule = Rule {
-    op: "LayerNormalization",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("LayerNormalization", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::SumInto, |g, s, _| sum_into_layer_norm_grad(g, s));
 
 /// libtorch's `native_layer_norm` when Scale and B have the normalized shape (what PyTorch's
 /// LayerNorm runs), else normalization followed by broadcasting products. When the Mean or
@@ -100,7 +97,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if !fits || n.attr_i("stash_type", 1) != 1 {
         return None;
     }
-    let mut m = crate::runtime::cpu_ops::as_probe_cpu(
+    let mut m = crate::ops::rule::as_probe_cpu(
         n,
         vec![
             attr_int("axis", axis),
@@ -175,7 +172,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let eps = c.attr_f("epsilon", 1e-5) as f64;
     if let (Some(gy), None, None) = (&gy, &gm, &gs) {
         if c.kernels == Kernels::ProbeCpu && probe_cpu_fits(c, &x, axis)? {
-            // One pass per row for dX, dScale and dB (runtime/cpu_ops.rs), instead of ~20
+            // One pass per row for dX, dScale and dB (runtime/cpu_ops), instead of ~20
             // standard ops over the whole tensor.
             let needs = [c.needs(0), c.needs(1), c.has_input(2) && c.needs(2)];
             let attrs = vec![attr_int("axis", axis), attr_float("epsilon", eps as f32)];
@@ -256,15 +253,70 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `Sum(dA, LayerNormalizationGrad(...)[0])`, the two gradients of a residual stream at a
+/// pre-norm block's input, as the LayerNormalizationGrad with dA as its fourth input (added
+/// as each row of dX is written: one pass over dX where the Sum took another). The node stays
+/// in its place when dA is computed before it, else takes the Sum's place if nothing reads
+/// its other outputs in between.
+fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
+    let uses = crate::model::graph::Uses::of(graph);
+    let mut removed = vec![false; graph.node.len()];
+    for j in 0..graph.node.len() {
+        let n = &graph.node[j];
+        if n.op_type != "Sum" || !n.domain.is_empty() || n.input.len() != 2 {
+            continue;
+        }
+        for k in 0..2 {
+            let (g, other) = (&graph.node[j].input[k], &graph.node[j].input[1 - k]);
+            let Some(&i) = uses.producer.get(g) else {
+                continue;
+            };
+            let p = &graph.node[i];
+            if p.op_type != "LayerNormalizationGrad"
+                || p.domain != PROBE_CPU_DOMAIN
+                || p.input.len() != 3
+            {
+                continue;
+            }
+            // dX has X's shape; so has dA where it is known (a forward value's). A gradient
+            // value's is not recorded, but the sweep sums only contributions to one value's
+            // gradient, each of that value's shape (and the kernel checks).
+            let x_dims = shapes.get(&p.input[1]).map(|i| (i.dtype, i.dims.clone()));
+            let other_fits = shapes
+                .get(other)
+                .is_none_or(|o| Some((o.dtype, o.dims.clone())) == x_dims);
+            let fits =
+                p.output.first() == Some(g) && uses.sole_reader(g, j) && other_fits && !removed[i];
+            if !fits {
+                continue;
+            }
+            let in_place = uses.producer.get(other).is_none_or(|&q| q < i);
+            let later = |o: &String| uses.readers(o).iter().all(|&r| r > j);
+            let movable = p.output[1..].iter().all(|o| o.is_empty() || later(o));
+            if !in_place && !movable {
+                continue;
+            }
+            let mut f = p.clone();
+            f.input.push(other.clone());
+            f.output[0] = graph.node[j].output[0].clone();
+            if in_place {
+                graph.node[i] = f;
+                removed[j] = true;
+            } else {
+                graph.node[j] = f;
+                removed[i] = true;
+            }
+            break;
+        }
+    }
+    crate::model::graph::remove_nodes(&mut graph.node, |k| removed[k]);
+}
+
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn layer_norm_last_axis() {
-        layer_norm_last_axis_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(layer_norm_last_axis: layer_norm_last_axis_cases, layer_norm_axis_eps_broadcast_scale: layer_norm_axis_eps_broadcast_scale_cases, layer_norm_statistics_outputs: layer_norm_statistics_outputs_cases);
     fn layer_norm_last_axis_cases(check: fn(Case)) {
         check(
             Case::new("LayerNormalization")
@@ -273,10 +325,6 @@ mod tests {
                 .input(&[5]),
         );
         check(Case::new("LayerNormalization").input(&[4, 6]).input(&[6]));
-    }
-    #[test]
-    fn layer_norm_axis_eps_broadcast_scale() {
-        layer_norm_axis_eps_broadcast_scale_cases(check);
     }
     fn layer_norm_axis_eps_broadcast_scale_cases(check: fn(Case)) {
         check(
@@ -294,10 +342,6 @@ mod tests {
                 .input(&[4])
                 .attr(attr_int("axis", -2)),
         );
-    }
-    #[test]
-    fn layer_norm_statistics_outputs() {
-        layer_norm_statistics_outputs_cases(check);
     }
     fn layer_norm_statistics_outputs_cases(check: fn(Case)) {
         // Mean and InvStdDev are float (stash_type 1) whatever X's type.
@@ -341,11 +385,5 @@ mod tests {
                 .f32()
                 .probe_cpu(),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        layer_norm_last_axis_cases(check_torch);
-        layer_norm_axis_eps_broadcast_scale_cases(check_torch);
-        layer_norm_statistics_outputs_cases(check_torch);
     }
 }

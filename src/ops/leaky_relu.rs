@@ -3,17 +3,13 @@
 //!
 //! dX = dY where X > 0, alpha * dY elsewhere (slope alpha at X = 0, as PyTorch takes it).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, scalar, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "LeakyRelu",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("LeakyRelu", Kind::Elementwise)
+    .vjp(vjp)
+    .torch(torch);
 
 /// `alpha * x` where x < 0 (x itself at 0).
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -40,12 +36,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_float;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn leaky_relu() {
-        leaky_relu_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(leaky_relu: leaky_relu_cases);
     fn leaky_relu_cases(check: fn(Case)) {
         // ONNX Runtime has no f64 LeakyRelu kernel.
         check(Case::new("LeakyRelu").input(&[3, 5]).f32());
@@ -55,9 +47,5 @@ mod tests {
                 .attr(attr_float("alpha", 0.2))
                 .f32(),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        leaky_relu_cases(check_torch);
     }
 }

@@ -1,43 +1,25 @@
 //! Log (opset 13): `Y = ln X`. https://onnx.ai/onnx/operators/onnx__Log.html
 //!
 //! d ln x = 1 / x: dX = dY / X.
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Log",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Log", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_log));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_log()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let x = c.input(0).to_string();
-    let gx = c.op("Div", &[&g, &x], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d log = 1 / x.
+fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
+    Ok(c.op("Div", &[g, x], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn log() {
-        log_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(log: log_cases);
     fn log_cases(check: fn(Case)) {
         check(Case::new("Log").input_in(&[2, 3], 0.5, 2.0));
-    }
-    #[test]
-    fn torch_forward() {
-        log_cases(check_torch);
     }
 }

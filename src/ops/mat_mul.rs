@@ -11,23 +11,19 @@
 //! With probe's CPU kernels (f32), the products run as `probe.cpu:MatMul` (MKL's GEMM by
 //! libtorch, the transposes read in place), and a Linear layer's `Add(MatMul(A, B), bias)` as
 //! one `probe.cpu:MatMulAdd` (libtorch's addmm, what PyTorch's Linear runs): see [`fuse_bias`].
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::attr_int;
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
 use std::collections::HashSet;
 
-pub static RULE: Rule = Rule {
-    op: "MatMul",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("MatMul", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward)
+    .rewrite(Stage::Graph, |g, s, _| fuse_bias(g, s));
 
 /// libtorch's matmul has numpy's semantics, 1-D promotion included.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -75,7 +71,7 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
             if fits {
                 let mut f = n.clone();
                 f.op_type = "MatMulAdd".into();
-                f.domain = crate::runtime::cpu_ops::DOMAIN.into();
+                f.domain = crate::ops::rule::PROBE_CPU_DOMAIN.into();
                 f.input = vec![a.clone(), b.clone(), bias.clone()];
                 f.attribute.clear();
                 fused.push((k, p, f));
@@ -127,7 +123,7 @@ fn product(
     c.op("MatMul", &[&a, &b], vec![])
 }
 
-/// The forward MatMul as `probe.cpu:MatMul` (MKL's GEMM, see `runtime/cpu_ops.rs`): f32
+/// The forward MatMul as `probe.cpu:MatMul` (MKL's GEMM, see `runtime/cpu_ops`): f32
 /// operands [`probe_cpu_takes`]; `None` leaves it.
 pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     let (a, b) = (n.input.first()?, n.input.get(1)?);
@@ -138,10 +134,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if !f32s || !probe_cpu_takes(&shapes.get(a)?.dims, &shapes.get(b)?.dims) {
         return None;
     }
-    let m = crate::runtime::cpu_ops::as_probe_cpu(
-        n,
-        vec![attr_int("transA", 0), attr_int("transB", 0)],
-    );
+    let m = crate::ops::rule::as_probe_cpu(n, vec![attr_int("transA", 0), attr_int("transB", 0)]);
     Some(m)
 }
 
@@ -183,11 +176,7 @@ fn sum_to(
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     let (mut ad, mut bd, yd) = (c.dims(&a)?, c.dims(&b)?, c.dims(&y)?);
     let (pa, pb) = (ad.len() == 1, bd.len() == 1);
     if ad.is_empty() || bd.is_empty() {
@@ -266,7 +255,7 @@ mod tests {
     /// bias on either side, against the standard form and finite differences (f32).
     #[test]
     fn probe_cpu_matmul_add() {
-        use crate::autodiff::grad::Kernels;
+        use crate::ops::rule::Kernels;
         use crate::ops::testing::check_graph_with;
         use onnx_protobuf::{GraphProto, NodeProto};
         for bias_first in [false, true] {
@@ -291,21 +280,13 @@ mod tests {
         }
     }
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn matmul_batched_broadcasting() {
-        matmul_batched_broadcasting_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(matmul_batched_broadcasting: matmul_batched_broadcasting_cases, matmul_vectors: matmul_vectors_cases);
     fn matmul_batched_broadcasting_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[3, 4]).input(&[4, 5]));
         check(Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]));
         check(Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]));
         check(Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]));
         check(Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]));
-    }
-    #[test]
-    fn matmul_vectors() {
-        matmul_vectors_cases(check);
     }
     fn matmul_vectors_cases(check: fn(Case)) {
         check(Case::new("MatMul").input(&[4]).input(&[4, 3]));
@@ -317,8 +298,8 @@ mod tests {
     /// writes the Add's output; a MatMul with a second reader is left alone.
     #[test]
     fn fuse_bias_fuses_only_a_sole_reader() {
-        use crate::autodiff::shapes::Shapes;
         use crate::model::graph::value_info;
+        use crate::ops::rule::Shapes;
         use crate::ops::testing::node;
         use crate::tensor::{DType, HostTensor};
         use onnx_protobuf::GraphProto;
@@ -375,10 +356,5 @@ mod tests {
         ] {
             check(Case::new("MatMul").input(a).input(b).f32().probe_cpu());
         }
-    }
-    #[test]
-    fn torch_forward() {
-        matmul_batched_broadcasting_cases(check_torch);
-        matmul_vectors_cases(check_torch);
     }
 }

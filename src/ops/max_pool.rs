@@ -7,19 +7,13 @@
 //! position of each window's maximum in all of X (N*C*H*W, row-major), and
 //! dX = Reshape(ScatterElements(zeros[numel X], Indices, dY, reduction = add), shape X).
 use super::attrs::Attrs;
-use super::conv::{sizes, Window};
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::window::{sizes, Window};
 use crate::model::graph::{attr_int, attr_string};
 use anyhow::{anyhow, bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "MaxPool",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("MaxPool", Kind::Structured).vjp(vjp).torch(torch);
 
 /// libtorch's max_pool{1,2,3}d_with_indices: directly when the pads are symmetric and within
 /// what libtorch allows (half the dilated kernel), else on X padded with -inf to exactly the

@@ -2,14 +2,10 @@
 //! gradient rule and its tests. Adding an op is that file plus one line in [`RULES`]; nothing
 //! else matches on op types.
 //!
-//! Every rule declares its kind, so "no gradient" is never implied by omission:
-//! - `Linear`: the gradient is the adjoint linear map (Reshape, Transpose, Concat, ...);
-//! - `Elementwise`: a pointwise derivative, possibly with broadcasting (Tanh, Mul, ...);
-//! - `ZeroGradient`: differentiable almost everywhere with derivative 0 (ArgMax-like);
-//! - `NonDifferentiable`: integer, boolean or shape outputs (Shape, Equal, Range, ...);
-//! - `NotImplemented(why)`: known, and a model that needs it is refused with the reason.
-use crate::autodiff::ctx::Ctx;
-use anyhow::Result;
+//! An entry ([`Rule`], in [`rule`] with what a gradient rule works with) declares the op's
+//! kind, its gradient rule, its libtorch forward, and what `probe grad`'s fast path does with
+//! it: the node's `probe.cpu` replacement and the graph rewrites (folds, fusions) its file
+//! holds, which `crate::autodiff::passes` runs in order.
 
 pub mod abs;
 pub mod add;
@@ -47,6 +43,7 @@ pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod rule;
 pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
 pub mod sequence_at;
@@ -63,30 +60,12 @@ pub mod tile;
 pub mod torch;
 pub mod transpose;
 pub mod trilu;
+pub mod unary;
 pub mod r#where;
+pub mod window;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Linear,
-    Elementwise,
-    /// A rule with more structure than the two above (Conv, BatchNormalization, Softmax, ...).
-    Structured,
-    ZeroGradient,
-    NonDifferentiable,
-    NotImplemented(&'static str),
-}
-
-pub type Vjp = fn(&mut Ctx) -> Result<()>;
+pub use rule::{Kind, Rule, Vjp};
 pub use torch::{TorchCtx, TorchFwd, Value};
-
-pub struct Rule {
-    pub op: &'static str,
-    pub kind: Kind,
-    /// Emits the gradients of the inputs that need them; `None` for kinds without one.
-    pub vjp: Option<Vjp>,
-    /// The op's forward on libtorch tensors (see [`torch`]), for the interpreter of `crate::train`.
-    pub torch: Option<TorchFwd>,
-}
 
 /// Every op probe knows, one line each.
 pub static RULES: &[&Rule] = &[

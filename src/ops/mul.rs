@@ -2,17 +2,11 @@
 //! https://onnx.ai/onnx/operators/onnx__Mul.html
 //!
 //! dA = unbroadcast(dY * B), dB = unbroadcast(dY * A).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Mul",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Mul", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     one(input(&v, 0)?.f_mul(input(&v, 1)?)?)
@@ -20,11 +14,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (a, b, y) = c.binary();
     if c.needs(0) {
         let t = c.op("Mul", &[&g, &b], vec![]);
         let ga = c.unbroadcast(&t, &y, &a)?;
@@ -40,19 +30,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn mul_broadcasting() {
-        mul_broadcasting_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(mul_broadcasting: mul_broadcasting_cases);
     fn mul_broadcasting_cases(check: fn(Case)) {
         check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
         check(Case::new("Mul").input(&[1]).input(&[2, 3]));
         check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        mul_broadcasting_cases(check_torch);
     }
 }

@@ -1,42 +1,25 @@
 //! Neg (opset 13): `Y = -X`. https://onnx.ai/onnx/operators/onnx__Neg.html
 //!
 //! dX = -dY.
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Neg",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Neg", Kind::Linear)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_neg));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_neg()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let gx = c.op("Neg", &[&g], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d (-x) = -1.
+fn d(c: &mut Ctx, g: &str, _: &str, _: &str) -> Result<String> {
+    Ok(c.op("Neg", &[g], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn neg() {
-        neg_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(neg: neg_cases);
     fn neg_cases(check: fn(Case)) {
         check(Case::new("Neg").input(&[2, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        neg_cases(check_torch);
     }
 }

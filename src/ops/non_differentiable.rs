@@ -8,20 +8,15 @@
 //! - Shape (opset 19), Size (opset 19), NonZero (opset 13), ArgMax (opset 13).
 //! - Range (opset 11), ConstantOfShape (opset 20), Constant (opset 19).
 use super::attrs::Attrs;
+use super::rule::{Kind, Rule};
 use super::torch::{
     axis, floats, from_proto, input, ints, is_float, one, TorchCtx, TorchFwd, Value,
 };
-use super::{Kind, Rule};
 use anyhow::{anyhow, bail, Result};
 use tch::Tensor;
 
 const fn nd(op: &'static str, torch: TorchFwd) -> Rule {
-    Rule {
-        op,
-        kind: Kind::NonDifferentiable,
-        vjp: None,
-        torch: Some(torch),
-    }
+    Rule::new(op, Kind::NonDifferentiable).torch(torch)
 }
 
 pub static AND: Rule = nd("And", |_, v| {

@@ -9,20 +9,14 @@
 //!   lets Pad itself say which (see [`super::slice`]): idx = Pad(positions of X, pads, mode) and
 //!   dX = ScatterElements(zeros, flat idx, flat dY, reduction = add).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, floats, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_string;
 use crate::ops::reshape::reshape_like;
 use crate::ops::slice::{flat_positions, scatter_back};
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Pad",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Pad", Kind::Linear).vjp(vjp).torch(torch);
 
 /// constant: libtorch's constant pad (negative pads crop). The value is read as a number: a
 /// pad value that is itself trained gets no gradient here (exporters write constants).
@@ -146,12 +140,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_string;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn pad_constant() {
-        pad_constant_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(pad_constant: pad_constant_cases, pad_copying_modes: pad_copying_modes_cases);
     fn pad_constant_cases(check: fn(Case)) {
         check(Case::new("Pad").input(&[2, 3]).ints(&[4], &[1, 0, 2, 3]));
         // negative pads crop; a differentiated constant value
@@ -170,10 +160,6 @@ mod tests {
                 .ints(&[1], &[-2]),
         );
     }
-    #[test]
-    fn pad_copying_modes() {
-        pad_copying_modes_cases(check);
-    }
     fn pad_copying_modes_cases(check: fn(Case)) {
         for mode in ["reflect", "edge", "wrap"] {
             check(
@@ -191,10 +177,5 @@ mod tests {
                     .attr(attr_string("mode", mode)),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        pad_constant_cases(check_torch);
-        pad_copying_modes_cases(check_torch);
     }
 }

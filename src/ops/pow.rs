@@ -3,17 +3,11 @@
 //!
 //! dX = unbroadcast(dY * E * X^(E - 1)), dE = unbroadcast(dY * Y * ln X) (float E only; NaN
 //! where X < 0, as in PyTorch).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Pow",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Pow", Kind::Elementwise).vjp(vjp).torch(torch);
 
 /// The output has X's type (an integer exponent does not promote it).
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -23,11 +17,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (x, e, y) = (
-        c.input(0).to_string(),
-        c.input(1).to_string(),
-        c.output(0).to_string(),
-    );
+    let (x, e, y) = c.binary();
     if c.needs(0) {
         // The exponent in X's type (E may be an integer initializer, whose type the shapes
         // do not record): Pow(X, float E - 1) is exact for integer-valued E.
@@ -52,22 +42,14 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn pow_both_inputs() {
-        pow_both_inputs_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(pow_both_inputs: pow_both_inputs_cases, pow_broadcasting: pow_broadcasting_cases, pow_constant_exponent: pow_constant_exponent_cases);
     fn pow_both_inputs_cases(check: fn(Case)) {
         check(
             Case::new("Pow")
                 .input_in(&[2, 3], 0.5, 2.0)
                 .input_in(&[2, 3], -2.0, 2.0),
         );
-    }
-    #[test]
-    fn pow_broadcasting() {
-        pow_broadcasting_cases(check);
     }
     fn pow_broadcasting_cases(check: fn(Case)) {
         check(
@@ -86,19 +68,9 @@ mod tests {
                 .input_in(&[1], 0.5, 3.0),
         );
     }
-    #[test]
-    fn pow_constant_exponent() {
-        pow_constant_exponent_cases(check);
-    }
     fn pow_constant_exponent_cases(check: fn(Case)) {
         // Integer exponent (int64 initializer), negative bases allowed.
         check(Case::new("Pow").input(&[2, 3]).ints(&[], &[3]));
         check(Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]));
-    }
-    #[test]
-    fn torch_forward() {
-        pow_both_inputs_cases(check_torch);
-        pow_broadcasting_cases(check_torch);
-        pow_constant_exponent_cases(check_torch);
     }
 }

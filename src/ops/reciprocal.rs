@@ -1,46 +1,28 @@
 //! Reciprocal (opset 13): `Y = 1 / X`. https://onnx.ai/onnx/operators/onnx__Reciprocal.html
 //!
 //! d (1/x) = -1/x^2: dX = -dY * Y^2.
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Reciprocal",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Reciprocal", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_reciprocal));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_reciprocal()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let y = c.output(0).to_string();
-    let y2 = c.op("Mul", &[&y, &y], vec![]);
-    let t = c.op("Mul", &[&g, &y2], vec![]);
-    let gx = c.op("Neg", &[&t], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d (1/x) = -1/x^2 = -y^2.
+fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+    let y2 = c.op("Mul", &[y, y], vec![]);
+    let t = c.op("Mul", &[g, &y2], vec![]);
+    Ok(c.op("Neg", &[&t], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reciprocal() {
-        reciprocal_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reciprocal: reciprocal_cases);
     fn reciprocal_cases(check: fn(Case)) {
         check(Case::new("Reciprocal").input_in(&[2, 3], 0.5, 2.0));
         check(Case::new("Reciprocal").input_in(&[4], -2.0, -0.5));
-    }
-    #[test]
-    fn torch_forward() {
-        reciprocal_cases(check_torch);
     }
 }

@@ -4,19 +4,13 @@
 //! Y = sum over the reduced axes / n with n the count of reduced elements, so
 //! dX = expand(dY with the reduced axes restored, shape X) / n (ReduceSum's rule, scaled).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, is_float, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use crate::ops::reduce_sum::{expand_back, reduced_axes};
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "ReduceMean",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ReduceMean", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Integer inputs: the mean truncated toward zero, in their type.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -70,12 +64,8 @@ pub fn divide_by_count(c: &mut Ctx, g: &str, x: &str, axes: &[i64]) -> Result<St
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reduce_mean() {
-        reduce_mean_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reduce_mean: reduce_mean_cases, reduce_mean_noop_with_empty_axes: reduce_mean_noop_with_empty_axes_cases, reduce_mean_opset13_axes_attribute: reduce_mean_opset13_axes_attribute_cases);
     fn reduce_mean_cases(check: fn(Case)) {
         check(
             Case::new("ReduceMean")
@@ -95,20 +85,12 @@ mod tests {
         );
         check(Case::new("ReduceMean").input(&[3, 4]));
     }
-    #[test]
-    fn reduce_mean_noop_with_empty_axes() {
-        reduce_mean_noop_with_empty_axes_cases(check);
-    }
     fn reduce_mean_noop_with_empty_axes_cases(check: fn(Case)) {
         check(
             Case::new("ReduceMean")
                 .input(&[2, 3])
                 .attr(attr_int("noop_with_empty_axes", 1)),
         );
-    }
-    #[test]
-    fn reduce_mean_opset13_axes_attribute() {
-        reduce_mean_opset13_axes_attribute_cases(check);
     }
     fn reduce_mean_opset13_axes_attribute_cases(check: fn(Case)) {
         check(
@@ -118,11 +100,5 @@ mod tests {
                 .attr(attr_int("keepdims", 0))
                 .opset(13),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        reduce_mean_cases(check_torch);
-        reduce_mean_noop_with_empty_axes_cases(check_torch);
-        reduce_mean_opset13_axes_attribute_cases(check_torch);
     }
 }

@@ -3,18 +3,12 @@
 //!
 //! dX = expand(dY with the reduced axes restored as extent 1, shape(X)).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{anyhow, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ReduceSum",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ReduceSum", Kind::Linear).vjp(vjp).torch(torch);
 
 /// The normalized axes a Reduce* node reduces over at run time (axes input, else the opset-13
 /// attribute, else all), or `None` for the identity (`noop_with_empty_axes`). Shared by
@@ -98,12 +92,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reduce_sum() {
-        reduce_sum_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reduce_sum: reduce_sum_cases);
     fn reduce_sum_cases(check: fn(Case)) {
         check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
         check(
@@ -117,9 +107,5 @@ mod tests {
                 .input(&[2, 3])
                 .attr(attr_int("keepdims", 0)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        reduce_sum_cases(check_torch);
     }
 }

@@ -8,36 +8,23 @@
 //! Y is X's buffer under another shape, so dX = Reshape(dY, shape(X)) (with `allowzero`, as the
 //! target is an exact shape, possibly with empty dimensions). The shape/axes inputs are integers.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{anyhow, bail, Result};
 
-pub static RESHAPE: Rule = Rule {
-    op: "Reshape",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_reshape),
-};
-pub static FLATTEN: Rule = Rule {
-    op: "Flatten",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_flatten),
-};
-pub static SQUEEZE: Rule = Rule {
-    op: "Squeeze",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_squeeze),
-};
-pub static UNSQUEEZE: Rule = Rule {
-    op: "Unsqueeze",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch_unsqueeze),
-};
+pub static RESHAPE: Rule = Rule::new("Reshape", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_reshape);
+pub static FLATTEN: Rule = Rule::new("Flatten", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_flatten);
+pub static SQUEEZE: Rule = Rule::new("Squeeze", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_squeeze);
+pub static UNSQUEEZE: Rule = Rule::new("Unsqueeze", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch_unsqueeze);
 
 /// A 0 in the shape copies X's dimension (unless `allowzero`); one -1 is inferred.
 fn torch_reshape(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -149,12 +136,8 @@ pub fn reshape_like(c: &mut Ctx, g: &str, like: &str) -> String {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn reshape() {
-        reshape_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(reshape: reshape_cases, flatten: flatten_cases, squeeze: squeeze_cases, unsqueeze: unsqueeze_cases);
     fn reshape_cases(check: fn(Case)) {
         check(Case::new("Reshape").input(&[2, 3, 4]).ints(&[2], &[6, -1]));
         check(
@@ -163,10 +146,6 @@ mod tests {
                 .ints(&[3], &[0, 4, 3]),
         );
         check(Case::new("Reshape").input(&[6]).ints(&[3], &[1, 2, 3]));
-    }
-    #[test]
-    fn flatten() {
-        flatten_cases(check);
     }
     fn flatten_cases(check: fn(Case)) {
         check(Case::new("Flatten").input(&[2, 3, 4]));
@@ -186,10 +165,6 @@ mod tests {
                 .attr(attr_int("axis", -1)),
         );
     }
-    #[test]
-    fn squeeze() {
-        squeeze_cases(check);
-    }
     fn squeeze_cases(check: fn(Case)) {
         check(Case::new("Squeeze").input(&[2, 1, 3, 1]).ints(&[1], &[1]));
         check(
@@ -199,19 +174,8 @@ mod tests {
         );
         check(Case::new("Squeeze").input(&[1, 3, 1]));
     }
-    #[test]
-    fn unsqueeze() {
-        unsqueeze_cases(check);
-    }
     fn unsqueeze_cases(check: fn(Case)) {
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[2], &[0, 3]));
         check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[1], &[-1]));
-    }
-    #[test]
-    fn torch_forward() {
-        reshape_cases(check_torch);
-        flatten_cases(check_torch);
-        squeeze_cases(check_torch);
-        unsqueeze_cases(check_torch);
     }
 }

@@ -11,18 +11,14 @@
 //!
 //! Reductions `mul`, `max`, `min` are not linear and are refused.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "ScatterElements",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("ScatterElements", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, idx, u) = (input(&v, 0)?, input(&v, 1)?, input(&v, 2)?);
@@ -68,12 +64,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_string};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn scatter_elements() {
-        scatter_elements_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(scatter_elements: scatter_elements_cases);
     fn scatter_elements_cases(check: fn(Case)) {
         // add, with a repeated index (both updates land on X[2, 1]) and a negative one.
         check(
@@ -99,9 +91,5 @@ mod tests {
                 .attr(attr_int("axis", -2))
                 .attr(attr_string("reduction", "add")),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        scatter_elements_cases(check_torch);
     }
 }

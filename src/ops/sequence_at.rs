@@ -6,17 +6,11 @@
 //! by the op that made the sequence (SplitToSequence). The position must be a constant and
 //! non-negative: a negative one counts from the back of a sequence whose length this rule cannot
 //! see. Tested together with SplitToSequence in [`super::split_to_sequence`].
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::{anyhow, bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "SequenceAt",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("SequenceAt", Kind::Linear).vjp(vjp).torch(torch);
 
 /// A negative position counts from the back.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {

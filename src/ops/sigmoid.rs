@@ -1,46 +1,28 @@
 //! Sigmoid (opset 13): `Y = 1 / (1 + e^-X)`. https://onnx.ai/onnx/operators/onnx__Sigmoid.html
 //!
 //! d sigmoid = y (1 - y): dX = dY * Y * (1 - Y).
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Sigmoid",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sigmoid", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_sigmoid));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_sigmoid()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let y = c.output(0).to_string();
-    let one = c.scalar(1.0, &y)?;
-    let omy = c.op("Sub", &[&one, &y], vec![]);
-    let d = c.op("Mul", &[&y, &omy], vec![]);
-    let gx = c.op("Mul", &[&g, &d], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d sigmoid = y (1 - y).
+fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+    let one = c.scalar(1.0, y)?;
+    let omy = c.op("Sub", &[&one, y], vec![]);
+    let d = c.op("Mul", &[y, &omy], vec![]);
+    Ok(c.op("Mul", &[g, &d], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn sigmoid() {
-        sigmoid_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(sigmoid: sigmoid_cases);
     fn sigmoid_cases(check: fn(Case)) {
         check(Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0));
-    }
-    #[test]
-    fn torch_forward() {
-        sigmoid_cases(check_torch);
     }
 }

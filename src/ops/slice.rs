@@ -6,19 +6,13 @@
 //! position, idx = Slice(P, same starts/ends/axes/steps) the positions of Y's elements, and
 //! dX = Reshape(ScatterElements(zeros[numel X], flat idx, flat dY, axis 0), shape X).
 //! A slice picks every element at most once, so no reduction is needed.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::{attr_int, attr_string, attr_tensor, tensor_i64};
 use anyhow::{bail, Result};
 use onnx_protobuf::{NodeProto, TensorProto};
 
-pub static RULE: Rule = Rule {
-    op: "Slice",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Slice", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Per axis, ONNX's clamping: a negative start or end counts from the back; then for a positive
 /// step start and end are clamped to [0, d], for a negative one start to [0, d-1] and end to
@@ -161,12 +155,8 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn slice_unit_steps() {
-        slice_unit_steps_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(slice_unit_steps: slice_unit_steps_cases, slice_steps_and_negative_bounds: slice_steps_and_negative_bounds_cases, slice_absent_axes_with_steps: slice_absent_axes_with_steps_cases);
     fn slice_unit_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
@@ -181,10 +171,6 @@ mod tests {
                 .ints(&[1], &[5])
                 .ints(&[1], &[1]),
         );
-    }
-    #[test]
-    fn slice_steps_and_negative_bounds() {
-        slice_steps_and_negative_bounds_cases(check);
     }
     fn slice_steps_and_negative_bounds_cases(check: fn(Case)) {
         // every second column from the back: columns 5, 3, 1
@@ -215,10 +201,6 @@ mod tests {
                 .ints(&[1], &[-1]),
         );
     }
-    #[test]
-    fn slice_absent_axes_with_steps() {
-        slice_absent_axes_with_steps_cases(check);
-    }
     fn slice_absent_axes_with_steps_cases(check: fn(Case)) {
         check(
             Case::new("Slice")
@@ -228,11 +210,5 @@ mod tests {
                 .absent()
                 .ints(&[2], &[2, -1]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        slice_unit_steps_cases(check_torch);
-        slice_steps_and_negative_bounds_cases(check_torch);
-        slice_absent_axes_with_steps_cases(check_torch);
     }
 }

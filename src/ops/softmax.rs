@@ -11,28 +11,20 @@
 //! `probe.cpu:LogSoftmaxGrad`) and the forward Softmax runs as `probe.cpu:Softmax` (libtorch's
 //! kernel).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{axis, input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::attr_int;
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::NodeProto;
 
-pub static SOFTMAX: Rule = Rule {
-    op: "Softmax",
-    kind: Kind::Structured,
-    vjp: Some(|c| softmax(c, false)),
-    torch: Some(torch_softmax),
-};
-pub static LOG_SOFTMAX: Rule = Rule {
-    op: "LogSoftmax",
-    kind: Kind::Structured,
-    vjp: Some(|c| softmax(c, true)),
-    torch: Some(torch_log_softmax),
-};
+pub static SOFTMAX: Rule = Rule::new("Softmax", Kind::Structured)
+    .vjp(|c| softmax(c, false))
+    .torch(torch_softmax)
+    .probe_cpu_forward(probe_cpu_forward);
+pub static LOG_SOFTMAX: Rule = Rule::new("LogSoftmax", Kind::Structured)
+    .vjp(|c| softmax(c, true))
+    .torch(torch_log_softmax);
 
 fn torch_softmax(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;
@@ -54,7 +46,7 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
     let axis = if axis < 0 { axis + rank } else { axis };
     let fast = c.kernels == Kernels::ProbeCpu && c.dtype(&y)? == DType::F32;
     let gx = if log && fast {
-        // libtorch's kernel, one pass (runtime/cpu_ops.rs).
+        // libtorch's kernel, one pass (runtime/cpu_ops).
         let attrs = vec![attr_int("axis", axis)];
         c.probe_cpu_op("LogSoftmaxGrad", &[&g, &y], attrs, 1)
             .pop()
@@ -65,7 +57,7 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
         let ps = c.op("Mul", &[&p, &s], vec![]);
         c.op("Sub", &[&g, &ps], vec![])
     } else if fast {
-        // One pass instead of four (runtime/cpu_ops.rs).
+        // One pass instead of four (runtime/cpu_ops).
         let attrs = vec![attr_int("axis", axis)];
         c.probe_cpu_op("SoftmaxGrad", &[&g, &y], attrs, 1)
             .pop()
@@ -90,7 +82,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     let rank = shapes.rank(x)? as i64;
     let axis = n.attr_i("axis", -1);
     let axis = if axis < 0 { axis + rank } else { axis };
-    let m = crate::runtime::cpu_ops::as_probe_cpu(n, vec![attr_int("axis", axis)]);
+    let m = crate::ops::rule::as_probe_cpu(n, vec![attr_int("axis", axis)]);
     Some(m)
 }
 
@@ -98,11 +90,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn softmax_axes() {
-        softmax_axes_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(softmax_axes: softmax_axes_cases, log_softmax_axes: log_softmax_axes_cases);
     fn softmax_axes_cases(check: fn(Case)) {
         check(Case::new("Softmax").input_in(&[2, 3, 4], -3.0, 3.0));
         check(
@@ -116,10 +104,6 @@ mod tests {
     fn probe_cpu_kernel() {
         // The last axis (a dot product per row), an inner axis, and axis 0 (one part).
         softmax_axes_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn log_softmax_axes() {
-        log_softmax_axes_cases(check);
     }
     fn log_softmax_axes_cases(check: fn(Case)) {
         check(Case::new("LogSoftmax").input_in(&[2, 3, 4], -3.0, 3.0));
@@ -137,10 +121,5 @@ mod tests {
     #[test]
     fn probe_cpu_log_softmax() {
         log_softmax_axes_cases(|c| check(c.f32().probe_cpu()));
-    }
-    #[test]
-    fn torch_forward() {
-        softmax_axes_cases(check_torch);
-        log_softmax_axes_cases(check_torch);
     }
 }

@@ -4,18 +4,12 @@
 //! The outputs tile X along `axis`, so dX = Concat(dY_1, ..., dY_n, axis), with zeros shaped like
 //! Y_k for an output nothing downstream needs.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Split",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Split", Kind::Linear).vjp(vjp).torch(torch);
 
 /// Sizes from the input, else the opset-13 attribute, else `num_outputs` (or as many as the
 /// node has outputs) parts of ceil(d / n), the last smaller.
@@ -63,12 +57,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn split_sizes() {
-        split_sizes_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(split_sizes: split_sizes_cases, split_num_outputs: split_num_outputs_cases, split_unused_output: split_unused_output_cases);
     fn split_sizes_cases(check: fn(Case)) {
         check(
             Case::new("Split")
@@ -84,10 +74,6 @@ mod tests {
                 .outputs(2),
         );
     }
-    #[test]
-    fn split_num_outputs() {
-        split_num_outputs_cases(check);
-    }
     fn split_num_outputs_cases(check: fn(Case)) {
         // 7 = 3 + 3 + 1 along the last axis.
         check(
@@ -97,10 +83,6 @@ mod tests {
                 .attr(attr_int("num_outputs", 3))
                 .outputs(3),
         );
-    }
-    #[test]
-    fn split_unused_output() {
-        split_unused_output_cases(check);
     }
     fn split_unused_output_cases(check: fn(Case)) {
         check(
@@ -118,11 +100,5 @@ mod tests {
                 .outputs(2)
                 .skip_output(0),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        split_sizes_cases(check_torch);
-        split_num_outputs_cases(check_torch);
-        split_unused_output_cases(check_torch);
     }
 }

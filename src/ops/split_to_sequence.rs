@@ -11,22 +11,18 @@
 //! zeros shaped like part k for a position nobody read. Parts have no observed shape, so those
 //! zeros take theirs from the parts recomputed by Split(X, sizes, axis).
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule, Shapes, Stage};
 use super::torch::{axis, input, ints, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{attr_int, tensor_i64};
 use crate::ops::slice::zeros_shaped;
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
 use std::collections::HashSet;
 
-pub static RULE: Rule = Rule {
-    op: "SplitToSequence",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("SplitToSequence", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch)
+    .rewrite(Stage::Graph, |g, s, _| as_split(g, s));
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;
@@ -137,10 +133,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 /// sequence and out again (4.1 ms of a GPT batch of 250 for the qkv splits), Split copies once.
 /// For the forward graph of `probe grad`'s fast path; no gradient node reads a sequence.
 pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
-    let consts = crate::autodiff::grad::constants(graph, &HashSet::new(), shapes);
+    let consts = crate::ops::rule::constants(graph, &HashSet::new(), shapes);
     // (whether a scalar, the values)
     let const_ints = |name: &str| -> Option<(bool, Vec<i64>)> {
-        let v = crate::autodiff::grad::const_ints(&consts, name)?;
+        let v = crate::ops::rule::const_ints(&consts, name)?;
         Some((consts.get(name)?.dims.is_empty(), v))
     };
     let uses = crate::model::graph::Uses::of(graph);
@@ -227,8 +223,8 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
 
 #[cfg(test)]
 mod tests {
-    use crate::autodiff::grad::Kernels;
     use crate::model::graph::{attr_int, tensor_i64};
+    use crate::ops::rule::Kernels;
     use crate::ops::testing::{check_graph, check_graph_with};
     use crate::ops::torch_testing::check_torch_graph;
     use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};

@@ -1,45 +1,27 @@
 //! Sqrt (opset 13): `Y = sqrt(X)`. https://onnx.ai/onnx/operators/onnx__Sqrt.html
 //!
 //! d sqrt(x) = 1 / (2 sqrt(x)): dX = dY * 0.5 / Y (infinite at X = 0, as in PyTorch).
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Sqrt",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sqrt", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_sqrt));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_sqrt()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let y = c.output(0).to_string();
-    let half = c.scalar(0.5, &y)?;
-    let t = c.op("Div", &[&half, &y], vec![]);
-    let gx = c.op("Mul", &[&g, &t], vec![]);
-    c.set(0, gx);
-    Ok(())
+/// d sqrt = 0.5 / y.
+fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+    let half = c.scalar(0.5, y)?;
+    let t = c.op("Div", &[&half, y], vec![]);
+    Ok(c.op("Mul", &[g, &t], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn sqrt() {
-        sqrt_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(sqrt: sqrt_cases);
     fn sqrt_cases(check: fn(Case)) {
         check(Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0));
-    }
-    #[test]
-    fn torch_forward() {
-        sqrt_cases(check_torch);
     }
 }

@@ -1,17 +1,11 @@
 //! Sum (opset 13): `Y = X_1 + ... + X_n`, broadcasting. https://onnx.ai/onnx/operators/onnx__Sum.html
 //!
 //! dX_i = unbroadcast(dY).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Sum",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Sum", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let mut y = input(&v, 0)?.shallow_clone();
@@ -36,17 +30,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn sum() {
-        sum_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(sum: sum_cases);
     fn sum_cases(check: fn(Case)) {
         check(Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1]));
-    }
-    #[test]
-    fn torch_forward() {
-        sum_cases(check_torch);
     }
 }

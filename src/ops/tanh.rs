@@ -1,46 +1,28 @@
 //! Tanh (opset 13): `Y = tanh(X)`. https://onnx.ai/onnx/operators/onnx__Tanh.html
 //!
 //! d tanh = 1 - y^2: dX = dY * (1 - Y^2).
-use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
+use super::rule::{Ctx, Kind, Rule};
+use super::unary;
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule {
-    op: "Tanh",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Tanh", Kind::Elementwise)
+    .vjp(|c| unary::vjp(c, d))
+    .torch(|_, v| unary::torch(v, Tensor::f_tanh));
 
-fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
-    one(input(&v, 0)?.f_tanh()?)
-}
-
-fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    let y = c.output(0).to_string();
-    let one = c.scalar(1.0, &y)?;
-    let y2 = c.op("Mul", &[&y, &y], vec![]);
+/// d tanh = 1 - y^2.
+fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+    let one = c.scalar(1.0, y)?;
+    let y2 = c.op("Mul", &[y, y], vec![]);
     let d = c.op("Sub", &[&one, &y2], vec![]);
-    let gx = c.op("Mul", &[&g, &d], vec![]);
-    c.set(0, gx);
-    Ok(())
+    Ok(c.op("Mul", &[g, &d], vec![]))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn tanh() {
-        tanh_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(tanh: tanh_cases);
     fn tanh_cases(check: fn(Case)) {
         check(Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0));
-    }
-    #[test]
-    fn torch_forward() {
-        tanh_cases(check_torch);
     }
 }

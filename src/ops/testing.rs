@@ -7,9 +7,7 @@
 //! ([`Kernels::ProbeCpu`], run on 2 threads so the kernels split the batch), which must use at
 //! least one of them, agree with the standard-op gradient to 1e-5 and pass the same
 //! finite-difference check.
-use crate::autodiff::grad::{
-    apply_forward_outputs, differentiate_with, probe_cpu_rewrite, Kernels,
-};
+use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
 use crate::autodiff::shapes::{Feed, Shapes};
 use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::{DType, HostTensor, Values};
@@ -154,7 +152,7 @@ pub fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
     let mut o = OperatorSetIdProto::new();
     o.version = opset;
     m.opset_import.push(o);
-    let custom = crate::runtime::cpu_ops::DOMAIN;
+    let custom = crate::ops::rule::PROBE_CPU_DOMAIN;
     if graph.node.iter().any(|n| n.domain == custom) {
         let mut o = OperatorSetIdProto::new();
         o.domain = custom.into();
@@ -188,8 +186,6 @@ pub(crate) fn run_threads(
     outputs: &[String],
     threads: usize,
 ) -> Vec<Vec<f64>> {
-    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
-    let mut s = crate::runtime::session(&bytes, threads, "test").unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, dt, shape, v)| {
@@ -209,26 +205,36 @@ pub(crate) fn run_threads(
             (n.clone(), val)
         })
         .collect();
+    ort_run(proto, threads, values, outputs, |_, v| {
+        match v.try_extract_array::<f64>() {
+            Ok(a) => a.iter().copied().collect(),
+            Err(_) => v
+                .try_extract_array::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        }
+    })
+}
+
+/// Runs `proto` in an ONNX Runtime session of `threads` threads on `values`; each of
+/// `outputs` read by `read(name, value)`.
+pub(crate) fn ort_run<R>(
+    proto: &ModelProto,
+    threads: usize,
+    values: Vec<(String, ort::value::DynValue)>,
+    outputs: &[String],
+    read: impl Fn(&str, &ort::value::DynValue) -> R,
+) -> Vec<R> {
+    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
+    let mut s = crate::runtime::session(&bytes, threads, "test").unwrap();
     let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = values
         .iter()
         .map(|(n, v)| (n.as_str().into(), v.into()))
         .collect();
     let out = s.run(inputs).unwrap();
-    outputs
-        .iter()
-        .map(|o| {
-            let v = &out[o.as_str()];
-            match v.try_extract_array::<f64>() {
-                Ok(a) => a.iter().copied().collect(),
-                Err(_) => v
-                    .try_extract_array::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|&x| x as f64)
-                    .collect(),
-            }
-        })
-        .collect()
+    outputs.iter().map(|o| read(o, &out[o.as_str()])).collect()
 }
 
 /// A node `out = op(ins)` named after its output, for graphs built by hand in tests.
@@ -489,7 +495,7 @@ fn verify(
     let gradients = |kernels: Kernels| -> Run {
         let mut gg = g.clone();
         let mut shapes = shapes.clone();
-        crate::autodiff::fuse::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
+        crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
         let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
             .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         apply_forward_outputs(&mut gg, &diff.forward_outputs);
@@ -499,10 +505,7 @@ fn verify(
             v.name = gname.clone();
             gg.output.push(v);
         }
-        if kernels == Kernels::ProbeCpu {
-            probe_cpu_rewrite(&mut gg, &shapes);
-            crate::autodiff::fuse::probe_cpu_fuse(&mut gg, &shapes);
-        }
+        crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, wrt, kernels);
         // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
         let custom: Vec<(String, String)> = gg
             .node
@@ -615,3 +618,23 @@ fn verify(
         );
     }
 }
+
+/// The tests of an op's case lists: per list, its gradient check ([`check`]) as a test of
+/// that name; and one `torch_forward` test running every list through the libtorch forward
+/// ([`crate::ops::torch_testing::check_torch`]). `name: cases` pairs, `cases` a
+/// `fn(fn(Case))` that hands each case to the check it is given.
+macro_rules! gradient_and_torch_tests {
+    ($($name:ident: $cases:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $cases($crate::ops::testing::check);
+            }
+        )+
+        #[test]
+        fn torch_forward() {
+            $($cases($crate::ops::torch_testing::check_torch);)+
+        }
+    };
+}
+pub(crate) use gradient_and_torch_tests;

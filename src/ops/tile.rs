@@ -4,18 +4,12 @@
 //! Along each axis Y's index is (copy r, element j) in row-major order, so with dY viewed as
 //! [r_0, d_0, r_1, d_1, ...] (d = shape X), dX = ReduceSum over the copy axes 0, 2, 4, ...
 //! The repeats are integers and get no gradient.
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use crate::model::graph::attr_int;
 use anyhow::{bail, Result};
 
-pub static RULE: Rule = Rule {
-    op: "Tile",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Tile", Kind::Linear).vjp(vjp).torch(torch);
 
 /// libtorch's `repeat` with one count per axis is ONNX's Tile.
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -51,19 +45,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn tile() {
-        tile_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(tile: tile_cases);
     fn tile_cases(check: fn(Case)) {
         check(Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]));
         check(Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]));
         check(Case::new("Tile").input(&[4]).ints(&[1], &[3]));
-    }
-    #[test]
-    fn torch_forward() {
-        tile_cases(check_torch);
     }
 }

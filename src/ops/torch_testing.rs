@@ -30,8 +30,6 @@ struct Out {
 }
 
 fn ort_outputs(proto: &ModelProto, feed: &Feed, names: &[String]) -> Vec<Out> {
-    let bytes = protobuf::Message::write_to_bytes(proto).unwrap();
-    let mut s = crate::runtime::session(&bytes, 1, "test").unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, shape, v)| {
@@ -40,35 +38,26 @@ fn ort_outputs(proto: &ModelProto, feed: &Feed, names: &[String]) -> Vec<Out> {
             (n.clone(), t.into_dyn())
         })
         .collect();
-    let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = values
-        .iter()
-        .map(|(n, v)| (n.as_str().into(), v.into()))
-        .collect();
-    let out = s.run(inputs).unwrap();
-    names
-        .iter()
-        .map(|name| {
-            let v = &out[name.as_str()];
-            macro_rules! get {
-                ($t:ty, $dt:expr, $conv:expr) => {
-                    if let Ok(a) = v.try_extract_array::<$t>() {
-                        return Out {
-                            dtype: $dt,
-                            shape: a.shape().to_vec(),
-                            values: a.iter().map($conv).collect(),
-                        };
-                    }
-                };
-            }
-            get!(f32, DType::F32, |&x| x as f64);
-            get!(f64, DType::F64, |&x| x);
-            get!(i64, DType::I64, |&x| x as f64);
-            get!(i32, DType::I32, |&x| x as f64);
-            get!(bool, DType::Bool, |&x| x as u8 as f64);
-            get!(u8, DType::U8, |&x| x as f64);
-            panic!("output {name}: element type {:?} not handled", v.dtype())
-        })
-        .collect()
+    super::testing::ort_run(proto, 1, values, names, |name, v| {
+        macro_rules! get {
+            ($t:ty, $dt:expr, $conv:expr) => {
+                if let Ok(a) = v.try_extract_array::<$t>() {
+                    return Out {
+                        dtype: $dt,
+                        shape: a.shape().to_vec(),
+                        values: a.iter().map($conv).collect(),
+                    };
+                }
+            };
+        }
+        get!(f32, DType::F32, |&x| x as f64);
+        get!(f64, DType::F64, |&x| x);
+        get!(i64, DType::I64, |&x| x as f64);
+        get!(i32, DType::I32, |&x| x as f64);
+        get!(bool, DType::Bool, |&x| x as u8 as f64);
+        get!(u8, DType::U8, |&x| x as f64);
+        panic!("output {name}: element type {:?} not handled", v.dtype())
+    })
 }
 
 fn torch_out(t: &Tensor) -> Out {

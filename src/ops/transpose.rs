@@ -7,21 +7,17 @@
 //! `probe.cpu:Transpose` (libtorch's strided copy): ONNX Runtime's Transpose took 3.2 ms for a
 //! [1000, 16, 32] attention operand, libtorch's a fraction of that.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule, Shapes};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::shapes::Shapes;
 use crate::model::graph::attr_ints;
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::NodeProto;
 
-pub static RULE: Rule = Rule {
-    op: "Transpose",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Transpose", Kind::Linear)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;
@@ -74,7 +70,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if perm.len() as i64 != rank || !probe_cpu_pays(&perm) {
         return None;
     }
-    let m = crate::runtime::cpu_ops::as_probe_cpu(n, vec![attr_ints("perm", &perm)]);
+    let m = crate::ops::rule::as_probe_cpu(n, vec![attr_ints("perm", &perm)]);
     Some(m)
 }
 
@@ -91,11 +87,7 @@ pub fn inverse(perm: &[i64]) -> Vec<i64> {
 mod tests {
     use crate::model::graph::attr_ints;
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn transpose() {
-        transpose_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(transpose: transpose_cases);
     fn transpose_cases(check: fn(Case)) {
         check(Case::new("Transpose").input(&[2, 3, 4]));
         check(
@@ -126,9 +118,5 @@ mod tests {
                     .probe_cpu(),
             );
         }
-    }
-    #[test]
-    fn torch_forward() {
-        transpose_cases(check_torch);
     }
 }

@@ -3,17 +3,11 @@
 //!
 //! A mask, so self-adjoint: dX = Trilu(dY, k) with the same attributes.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, ints, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Trilu",
-    kind: Kind::Linear,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Trilu", Kind::Linear).vjp(vjp).torch(torch);
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let x = input(&v, 0)?;
@@ -41,19 +35,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::attr_int;
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn trilu_upper() {
-        trilu_upper_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(trilu_upper: trilu_upper_cases, trilu_lower: trilu_lower_cases);
     fn trilu_upper_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[3, 4]));
         check(Case::new("Trilu").input(&[2, 3, 4]).ints(&[], &[1]));
-    }
-    #[test]
-    fn trilu_lower() {
-        trilu_lower_cases(check);
     }
     fn trilu_lower_cases(check: fn(Case)) {
         check(Case::new("Trilu").input(&[4, 3]).attr(attr_int("upper", 0)));
@@ -63,10 +49,5 @@ mod tests {
                 .ints(&[], &[-1])
                 .attr(attr_int("upper", 0)),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        trilu_upper_cases(check_torch);
-        trilu_lower_cases(check_torch);
     }
 }

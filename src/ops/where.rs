@@ -3,17 +3,11 @@
 //!
 //! C is boolean, not differentiable. dA = unbroadcast(Where(C, dY, 0)),
 //! dB = unbroadcast(Where(C, 0, dY)).
+use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
 use anyhow::Result;
 
-pub static RULE: Rule = Rule {
-    op: "Where",
-    kind: Kind::Elementwise,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+pub static RULE: Rule = Rule::new("Where", Kind::Elementwise).vjp(vjp).torch(torch);
 
 fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let cond = input(&v, 0)?.f_to_kind(tch::Kind::Bool)?;
@@ -46,12 +40,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
-    #[test]
-    fn where_same_shapes() {
-        where_same_shapes_cases(check);
-    }
+    use crate::ops::testing::Case;
+    crate::ops::testing::gradient_and_torch_tests!(where_same_shapes: where_same_shapes_cases, where_broadcasting: where_broadcasting_cases);
     fn where_same_shapes_cases(check: fn(Case)) {
         check(
             Case::new("Where")
@@ -59,10 +49,6 @@ mod tests {
                 .input(&[2, 3])
                 .input(&[2, 3]),
         );
-    }
-    #[test]
-    fn where_broadcasting() {
-        where_broadcasting_cases(check);
     }
     fn where_broadcasting_cases(check: fn(Case)) {
         // Condition broadcast over the leading axis, A over the last, B a scalar-like [1].
@@ -85,10 +71,5 @@ mod tests {
                 .input(&[2, 3])
                 .fixed(&[3]),
         );
-    }
-    #[test]
-    fn torch_forward() {
-        where_same_shapes_cases(check_torch);
-        where_broadcasting_cases(check_torch);
     }
 }

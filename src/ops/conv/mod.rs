@@ -13,7 +13,7 @@
 //! - dB = sum over every axis but 1 of dY.
 //!
 //! With [`Kernels::ProbeCpu`] (`probe grad`'s default), f32 and symmetric pads, libtorch's
-//! kernels take over where they were measured faster (`runtime/cpu_ops.rs`,
+//! kernels take over where they were measured faster (`runtime/cpu_ops`,
 //! `examples/conv_kernels.rs`): dW and dB are one `probe.cpu:ConvGrad` node (oneDNN's
 //! backward-weights, as PyTorch runs it: 2-3x faster than im2col + MatMul in ONNX Runtime); the
 //! forward Conv and the stride-1 dX Conv become `probe.cpu:Conv` where [`torch_conv_pays`];
@@ -23,22 +23,21 @@
 //! ConvTranspose there. The standard-op form stays for `probe autodiff`, for `--standard-ops`
 //! and, but for the phase form, for asymmetric pads, which libtorch does not take.
 use super::attrs::Attrs;
+use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::{Kind, Rule};
-use crate::autodiff::ctx::Ctx;
-use crate::autodiff::grad::Kernels;
-use crate::autodiff::shapes::Shapes;
-use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_i64, Builder};
+pub use super::window::{sizes, spatial_dims, TorchWindow, Window};
+use crate::model::graph::{attr_int, attr_ints};
 use crate::tensor::DType;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use onnx_protobuf::NodeProto;
+pub use phases::{phase_dx, Phases};
 
-pub static RULE: Rule = Rule {
-    op: "Conv",
-    kind: Kind::Structured,
-    vjp: Some(vjp),
-    torch: Some(torch),
-};
+mod phases;
+
+pub static RULE: Rule = Rule::new("Conv", Kind::Structured)
+    .vjp(vjp)
+    .torch(torch)
+    .probe_cpu_forward(probe_cpu_forward);
 
 /// libtorch's convolution (what PyTorch's Conv layers run) with the window's strides,
 /// dilations and group; asymmetric pads are applied to X first.
@@ -58,177 +57,6 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
         zeros.as_slice(),
         c.attr_i("group", 1),
     )?)
-}
-
-/// X's spatial sizes (axes 2..), as [`Window::of`] takes them.
-pub fn sizes(x: &tch::Tensor) -> Vec<Option<usize>> {
-    x.size()[2..].iter().map(|&d| Some(d as usize)).collect()
-}
-
-/// The window geometry of a convolution or pooling node over its spatial axes.
-#[derive(Debug, Clone)]
-pub struct Window {
-    pub kernel: Vec<i64>,
-    pub strides: Vec<i64>,
-    pub dilations: Vec<i64>,
-    /// Begin pads, then end pads, as ONNX writes them.
-    pub pads: Vec<i64>,
-}
-
-impl Window {
-    /// Reads strides, dilations, pads and auto_pad; `spatial` are X's spatial dims (needed
-    /// static for SAME_*).
-    pub fn of<A: Attrs + ?Sized>(
-        c: &A,
-        kernel: Vec<i64>,
-        spatial: &[Option<usize>],
-    ) -> Result<Window> {
-        let k = kernel.len();
-        let strides = c.attr_ints("strides").unwrap_or(vec![1; k]);
-        let dilations = c.attr_ints("dilations").unwrap_or(vec![1; k]);
-        let auto_pad = c.attr_s("auto_pad").unwrap_or("NOTSET".into());
-        let pads = match auto_pad.as_str() {
-            "NOTSET" | "" => c.attr_ints("pads").unwrap_or(vec![0; 2 * k]),
-            "VALID" => vec![0; 2 * k],
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let mut p = vec![0; 2 * k];
-                for i in 0..k {
-                    let h = spatial[i]
-                        .ok_or_else(|| anyhow!("auto_pad {auto_pad} needs static spatial dims"))?
-                        as i64;
-                    let out = (h + strides[i] - 1) / strides[i];
-                    let need =
-                        ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - h).max(0);
-                    let small = need / 2;
-                    let (b, e) = if auto_pad == "SAME_UPPER" {
-                        (small, need - small)
-                    } else {
-                        (need - small, small)
-                    };
-                    p[i] = b;
-                    p[k + i] = e;
-                }
-                p
-            }
-            other => bail!("auto_pad {other} is not an ONNX value"),
-        };
-        if strides.len() != k || dilations.len() != k || pads.len() != 2 * k {
-            bail!(
-                "kernel of rank {k} with strides {strides:?}, dilations {dilations:?}, pads {pads:?}"
-            );
-        }
-        Ok(Window {
-            kernel,
-            strides,
-            dilations,
-            pads,
-        })
-    }
-    pub fn rank(&self) -> usize {
-        self.kernel.len()
-    }
-    /// The extent a dilated kernel covers on axis `i`.
-    pub fn span(&self, i: usize) -> i64 {
-        (self.kernel[i] - 1) * self.dilations[i] + 1
-    }
-    /// The padded input size on axis `i` minus the kernel span: the room the window moves in.
-    pub fn room(&self, i: usize, h: i64) -> i64 {
-        h + self.pads[i] + self.pads[self.rank() + i] - self.span(i)
-    }
-    /// Output size on axis `i` (floor mode).
-    pub fn out(&self, i: usize, h: i64) -> i64 {
-        self.room(i, h) / self.strides[i] + 1
-    }
-    /// Output size on axis `i` for an input of size `h`; in ceil mode the last window must
-    /// start inside the input or its begin padding (ONNX's rule, and PyTorch's).
-    pub fn out_mode(&self, i: usize, h: i64, ceil: bool) -> i64 {
-        let (room, s) = (self.room(i, h), self.strides[i]);
-        if !ceil || room < 0 {
-            return room.div_euclid(s) + 1;
-        }
-        let o = (room + s - 1) / s + 1;
-        if (o - 1) * s >= h + self.pads[i] {
-            o - 1
-        } else {
-            o
-        }
-    }
-    /// How a libtorch window op (convolution, pooling) is called for this window on `x`:
-    /// directly, with libtorch's own symmetric padding and ceil mode, when the pads are
-    /// symmetric and `direct(axis, pad)` says libtorch takes them; otherwise on `x` padded
-    /// with `fill` to exactly the extent the ONNX output covers (padding 0, floor mode).
-    pub fn torch(
-        &self,
-        x: &tch::Tensor,
-        ceil: bool,
-        fill: f64,
-        direct: impl Fn(usize, i64) -> bool,
-    ) -> Result<TorchWindow> {
-        let k = self.rank();
-        let h = x.size()[2..].to_vec();
-        if h.len() != k {
-            bail!("a window of rank {k} over an input of shape {:?}", x.size());
-        }
-        let p = &self.pads;
-        if (0..k).all(|i| p[i] == p[k + i] && direct(i, p[i])) {
-            return Ok(TorchWindow {
-                x: x.shallow_clone(),
-                padding: p[..k].to_vec(),
-                ceil,
-                direct: true,
-                begin: vec![0; k],
-                extent: h,
-            });
-        }
-        let mut list = Vec::with_capacity(2 * k);
-        let mut extent = Vec::with_capacity(k);
-        for i in (0..k).rev() {
-            let need = (self.out_mode(i, h[i], ceil) - 1) * self.strides[i] + self.span(i);
-            list.extend([p[i], need - h[i] - p[i]]);
-            extent.push(need);
-        }
-        extent.reverse();
-        Ok(TorchWindow {
-            x: x.f_pad(list.as_slice(), "constant", fill)?,
-            padding: vec![0; k],
-            ceil: false,
-            direct: false,
-            begin: p[..k].to_vec(),
-            extent,
-        })
-    }
-    /// The output_padding for a ConvTranspose of the output to give back exactly size `h`.
-    pub fn output_padding(&self, h: &[i64]) -> Vec<i64> {
-        (0..self.rank())
-            .map(|i| self.room(i, h[i]) % self.strides[i])
-            .collect()
-    }
-}
-
-/// A libtorch window op's call for an ONNX window (see [`Window::torch`]).
-pub struct TorchWindow {
-    /// X, or X padded explicitly with the fill value.
-    pub x: tch::Tensor,
-    /// libtorch's symmetric padding per spatial axis.
-    pub padding: Vec<i64>,
-    /// libtorch's ceil_mode.
-    pub ceil: bool,
-    /// Whether libtorch runs on X as is.
-    pub direct: bool,
-    /// Begin pads applied to `x` and its spatial extent, per spatial axis.
-    pub begin: Vec<i64>,
-    pub extent: Vec<i64>,
-}
-
-/// Static spatial dims of `x` (axes 2..), or an error naming what is dynamic.
-pub fn spatial_dims(c: &Ctx, x: &str) -> Result<Vec<i64>> {
-    c.dims(x)?[2..]
-        .iter()
-        .map(|d| {
-            d.map(|d| d as i64)
-                .ok_or_else(|| anyhow!("the spatial dims of '{x}' must be static"))
-        })
-        .collect()
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
@@ -425,7 +253,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
         return None;
     }
-    let m = crate::runtime::cpu_ops::as_probe_cpu(
+    let m = crate::ops::rule::as_probe_cpu(
         n,
         vec![
             attr_ints("strides", &win.strides),
@@ -458,186 +286,6 @@ fn torch_dx_pays(cin: Option<usize>, win: &Window) -> bool {
     cin.is_some_and(|c| c >= 32)
         && win.strides.iter().any(|&s| s > 1)
         && win.kernel.iter().product::<i64>() > 1
-}
-
-/// The phase (sub-pixel) form of a strided convolution's dX, for probe's CPU kernels: one
-/// stride-1 Conv of dY and an interleave, where ConvTranspose ran slowly.
-///
-/// Why: ONNX Runtime's ConvTranspose runs, image by image, a small GEMM `W^T dY` (split over
-/// the threads) and a col2im scatter (on one thread); on the shipped ResNet's 32 -> 16
-/// channel 3x3 stride-2 dX onto 28x28 that took 14 ms a batch of 250 at 2 threads (~30
-/// GFLOP/s; 8 ms on 1 thread), where a stride-1 Conv splits the batch over the threads.
-///
-/// The maths, per spatial axis (dilation 1, stride s, kernel k, begin pad p):
-/// `Y[o] = sum_i X[o s + i - p] W[i]`, so `dX[h] = sum_{o, i : o s + i - p = h} dY[o] W[i]`.
-/// With h = s t + r (the phase r = h mod s) and o = t + m, the tap is i = r + p - s m:
-///
-/// ```text
-/// dX[s t + r] = sum_m dY[t + m] W[r + p - s m]      (over m with 0 <= r + p - s m < k)
-/// ```
-///
-/// per phase a stride-1 correlation of dY with every s-th tap of W, reversed. All phases
-/// share one window m = m_lo .. m_hi with m_lo = min(0, ceil((p - k + 1) / s)) (capped at 0:
-/// the Conv's begin pad -m_lo cannot be negative, and a begin pad p >= k only adds zero taps)
-/// and m_hi = floor((s - 1 + p) / s), A = m_hi - m_lo + 1 taps (a phase's taps outside W are
-/// 0), so they are one Conv of dY with pads (-m_lo, end) and the sub-kernels
-/// `K_r[e] = W[r + p - s (m_lo + e)]` stacked along its output channels, W's two channel axes
-/// swapped (W is [M, C, k], the Conv's weight [B C, M, A]): `Z[t] = sum_e dYpad[t + e] K[e]
-/// = sum_m dY[t + m] K[m - m_lo]`. The end pad gives T = ceil(H / s) outputs, so that s T >= H;
-/// rows past the forward's last window (ConvTranspose's output_padding) read only padding and
-/// come out 0, as they must. In n-d the phases are the tuples of the axes' phases, prod(s) of
-/// them; with k < s some have no tap at all (a 1x1 stride-2 kernel reaches only phase
-/// (0, 0)) and are not computed. `probe.cpu:Interleave` (`runtime/cpu_ops.rs`) then writes
-/// `dX[c, s t + r] = Z[block(r) C + c, t]` (0 for a phase without taps), cropped to H, in
-/// one pass. The sub-kernels come from W per batch (W is fed per checkpoint): one Gather over
-/// W's flattened taps with a zero tap appended ([`Phases::taps`]), a Transpose, Reshapes.
-///
-/// The price is the shared window: prod(A) taps per phase where the phases have prod(k) in
-/// all, 16 for 9 with k = 3, s = 2 (none with a 1x1). Measured, batch 250, 2 threads, alone
-/// (`examples/conv_kernels.rs`, and a scratch variant of it for the forms that lost; ms,
-/// ConvTranspose vs this form, the range over runs on this shared 2-core machine): 32 -> 16
-/// channels, 3x3 stride 2 onto 28x28, 9.5-14 vs 5.6-8.7 (its Conv 4.6-7.5, the interleave
-/// 0.7-1.1); 1x1 stride 2 onto 28x28 2.6-2.8 vs 0.9-1.3, onto 14x14 2.0-2.4 vs 0.7-1.1. In the
-/// ResNet's gradient graph (ONNX Runtime's profile, median per batch, three runs): 14.0-16.6
-/// vs 8.8-11.0, 3.9-4.3 vs 1.8-2.2 and 2.7-3.3 vs 1.2-1.4. On 1 thread ConvTranspose is the
-/// faster for the 3x3 (8 vs ~11 ms); the rule does not know the thread count, and `probe grad`
-/// runs on every core unless told otherwise. What lost:
-/// DepthToSpace (DCR) in place of the interleave, 21 and 16 ms for those two (ONNX Runtime's
-/// 6-d transpose, and the 1x1's zero phases computed); one Conv per phase on its own taps
-/// (no redundancy, but 16-channel outputs) 7.6-8.5 against the stacked 4.6-7.5; the stacked
-/// Conv by libtorch (symmetric pads only: a 15x15 output for 14x14) 6.0-6.5, or a few samples
-/// at a time with the interleave in the same op 6.8; and for 64 -> 32 channels, 3x3 onto
-/// 14x14, this form's 9.3 against libtorch's backward-data 5.1 ([`torch_dx_pays`] keeps it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Phases {
-    /// The strides s per spatial axis.
-    pub strides: Vec<i64>,
-    /// The shared window A per spatial axis.
-    pub window: Vec<i64>,
-    /// The Conv's pads, begins then ends.
-    pub pads: Vec<i64>,
-    /// X's spatial sizes H.
-    pub sizes: Vec<i64>,
-    /// The Conv's output sizes T per axis.
-    pub grid: Vec<i64>,
-    /// Per phase (row-major over the axes' phases): its channel block in the Conv's output,
-    /// or -1 when no tap reaches it.
-    pub phases: Vec<i64>,
-    /// Per block, the window's taps (row-major over the window) as indices into W's flattened
-    /// kernel, `prod(k)` for a zero tap.
-    pub taps: Vec<Vec<i64>>,
-}
-
-impl Phases {
-    /// The phase form for `win` over X's spatial sizes `h`; `None` where it does not apply:
-    /// a dilation, a negative pad, stride 1 on every axis, or more than 3 spatial axes (the
-    /// interleave's limit).
-    pub fn of(win: &Window, h: &[i64]) -> Option<Phases> {
-        let k = win.rank();
-        if win.dilations.iter().any(|&d| d != 1)
-            || win.pads.iter().any(|&p| p < 0)
-            || win.strides.iter().all(|&s| s == 1)
-            || !(1..=3).contains(&k)
-            || h.len() != k
-        {
-            return None;
-        }
-        let (mut window, mut pads, mut grid) = (vec![], vec![0; 2 * k], vec![]);
-        // Per axis, per phase r, per window position e: the tap r + p - s (m_lo + e) if in W.
-        let mut axis_taps: Vec<Vec<Vec<Option<i64>>>> = vec![];
-        for a in 0..k {
-            let (s, kk, p) = (win.strides[a], win.kernel[a], win.pads[a]);
-            let m_lo = (-(kk - 1 - p).div_euclid(s)).min(0);
-            let m_hi = (s - 1 + p).div_euclid(s);
-            let aw = m_hi - m_lo + 1;
-            let (ho, t) = (win.out(a, h[a]), (h[a] + s - 1) / s);
-            // Z's length is ho + pads - aw + 1; T = ceil(H / s) of it needed, more is cropped.
-            let (pb, pe) = (-m_lo, (t - ho + m_lo + aw - 1).max(0));
-            pads[a] = pb;
-            pads[k + a] = pe;
-            grid.push(ho + pb + pe - aw + 1);
-            window.push(aw);
-            axis_taps.push(
-                (0..s)
-                    .map(|r| {
-                        (0..aw)
-                            .map(|e| Some(r + p - s * (m_lo + e)).filter(|i| (0..kk).contains(i)))
-                            .collect()
-                    })
-                    .collect(),
-            );
-        }
-        let zero: i64 = win.kernel.iter().product();
-        let (mut phases, mut taps) = (vec![], vec![]);
-        for r in odometer(&win.strides) {
-            let block: Vec<Option<i64>> = odometer(&window)
-                .map(|e| {
-                    (0..k).try_fold(0, |flat, a| {
-                        axis_taps[a][r[a] as usize][e[a] as usize].map(|i| flat * win.kernel[a] + i)
-                    })
-                })
-                .collect();
-            if block.iter().any(|t| t.is_some()) {
-                phases.push(taps.len() as i64);
-                taps.push(block.into_iter().map(|t| t.unwrap_or(zero)).collect());
-            } else {
-                phases.push(-1);
-            }
-        }
-        Some(Phases {
-            strides: win.strides.clone(),
-            window,
-            pads,
-            sizes: h.to_vec(),
-            grid,
-            phases,
-            taps,
-        })
-    }
-}
-
-/// Every index tuple below `ext`, row-major.
-fn odometer(ext: &[i64]) -> impl Iterator<Item = Vec<i64>> + '_ {
-    let total: i64 = ext.iter().product();
-    (0..total).map(move |mut flat| {
-        let mut idx = vec![0; ext.len()];
-        for a in (0..ext.len()).rev() {
-            idx[a] = flat % ext[a];
-            flat /= ext[a];
-        }
-        idx
-    })
-}
-
-/// dX of `Y = Conv(X, W)` from `dy` and the weight `w` [M, C, k...] in the phase form
-/// ([`Phases`]): the sub-kernels gathered from W, one stride-1 Conv, `probe.cpu:Interleave`.
-pub fn phase_dx(b: &mut Builder, dy: &str, w: &str, m: i64, c: i64, ph: &Phases) -> String {
-    let blocks = ph.taps.len() as i64;
-    let per: i64 = ph.window.iter().product();
-    // W [M, C, K] with a zero tap appended, the taps gathered: [M, C, B, A] -> [B, C, M, A]
-    // -> the Conv's weight [B C, M, A...], channel b C + c for phase block b.
-    let shape = b.ints(&[m, c, -1]);
-    let wr = b.op("Reshape", &[w, &shape], vec![]);
-    let pads = b.ints(&[0, 0, 0, 0, 0, 1]);
-    let wz = b.op("Pad", &[&wr, &pads], vec![]);
-    let table = tensor_i64("", &[blocks, per], &ph.taps.concat());
-    let table = b.op("Constant", &[], vec![attr_tensor("value", table)]);
-    let g = b.op("Gather", &[&wz, &table], vec![attr_int("axis", 2)]);
-    let gt = b.op("Transpose", &[&g], vec![attr_ints("perm", &[2, 1, 0, 3])]);
-    let mut shape = vec![blocks * c, m];
-    shape.extend(&ph.window);
-    let shape = b.ints(&shape);
-    let ws = b.op("Reshape", &[&gt, &shape], vec![]);
-    let z = b.op("Conv", &[dy, &ws], vec![attr_ints("pads", &ph.pads)]);
-    let attrs = vec![
-        attr_ints("blocks", &ph.strides),
-        attr_ints("phases", &ph.phases),
-        attr_ints("sizes", &ph.sizes),
-    ];
-    let domain = crate::runtime::cpu_ops::DOMAIN;
-    b.op_n_in(domain, "Interleave", &[&z], attrs, 1)
-        .pop()
-        .unwrap()
 }
 
 /// dW and dB as one `probe.cpu:ConvGrad` node; the outputs nobody needs (and dX, see [`vjp`])
@@ -727,22 +375,14 @@ pub fn dw_im2col(
 mod tests {
     use crate::model::graph::{attr_int, attr_ints, attr_string};
     use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
     // ONNX Runtime's CPU Conv and ConvTranspose are float only.
     fn conv(x: &[usize], w: &[usize]) -> Case {
         Case::new("Conv").input(x).input(w).f32()
     }
-    #[test]
-    fn conv_plain_and_bias() {
-        conv_plain_and_bias_cases(check);
-    }
+    crate::ops::testing::gradient_and_torch_tests!(conv_plain_and_bias: conv_plain_and_bias_cases, conv_stride_pad_output_padding: conv_stride_pad_output_padding_cases, conv_dilation: conv_dilation_cases, conv_groups: conv_groups_cases, conv_1d_and_auto_pad: conv_1d_and_auto_pad_cases);
     fn conv_plain_and_bias_cases(check: fn(Case)) {
         check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
         check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
-    }
-    #[test]
-    fn conv_stride_pad_output_padding() {
-        conv_stride_pad_output_padding_cases(check);
     }
     fn conv_stride_pad_output_padding_cases(check: fn(Case)) {
         // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
@@ -759,10 +399,6 @@ mod tests {
                 .attr(attr_ints("pads", &[0, 1, 2, 0])),
         );
     }
-    #[test]
-    fn conv_dilation() {
-        conv_dilation_cases(check);
-    }
     fn conv_dilation_cases(check: fn(Case)) {
         check(
             conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
@@ -770,10 +406,6 @@ mod tests {
                 .attr(attr_ints("strides", &[2, 1]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1])),
         );
-    }
-    #[test]
-    fn conv_groups() {
-        conv_groups_cases(check);
     }
     fn conv_groups_cases(check: fn(Case)) {
         check(
@@ -789,10 +421,6 @@ mod tests {
                 .attr(attr_int("group", 3))
                 .attr(attr_ints("dilations", &[2, 1])),
         );
-    }
-    #[test]
-    fn conv_1d_and_auto_pad() {
-        conv_1d_and_auto_pad_cases(check);
     }
     fn conv_1d_and_auto_pad_cases(check: fn(Case)) {
         check(
@@ -946,13 +574,5 @@ mod tests {
         let mut w = win(3, 1);
         w.dilations = vec![2, 1];
         assert_eq!(Phases::of(&w, &[28, 28]), None);
-    }
-    #[test]
-    fn torch_forward() {
-        conv_plain_and_bias_cases(check_torch);
-        conv_stride_pad_output_padding_cases(check_torch);
-        conv_dilation_cases(check_torch);
-        conv_groups_cases(check_torch);
-        conv_1d_and_auto_pad_cases(check_torch);
     }
 }

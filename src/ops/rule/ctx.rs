@@ -1,8 +1,11 @@
 //! What a gradient rule sees and emits: the node, the gradients of its outputs, which of its
 //! inputs need gradients, and a builder for new nodes (after ONNX Runtime training's
 //! `gradient_builder`: `I(i)`, `O(i)`, `GO(i)`, `GI(i)`).
+use super::consts::const_ints;
+use super::kernels::{Kernels, PROBE_CPU_DOMAIN};
 use super::shapes::Shapes;
 use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_f32, tensor_i64, Builder};
+use crate::ops::attrs::Attrs;
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{AttributeProto, NodeProto, TensorProto};
@@ -16,7 +19,7 @@ pub struct Ctx<'a> {
     /// attributes arrive as inputs (axes, split sizes, sequence positions).
     pub consts: &'a HashMap<String, TensorProto>,
     /// Whether the rule may emit `probe.cpu` custom ops besides standard ONNX.
-    pub kernels: super::grad::Kernels,
+    pub kernels: Kernels,
     pub(crate) gout: Vec<Option<String>>,
     /// Gradients of a sequence-valued output, by position (SplitToSequence).
     pub(crate) gout_seq: BTreeMap<usize, String>,
@@ -37,6 +40,12 @@ impl<'a> Ctx<'a> {
     }
     pub fn output(&self, i: usize) -> &str {
         self.node.output.get(i).map(|s| s.as_str()).unwrap_or("")
+    }
+    /// The two inputs and the output of a binary op, (A, B, Y).
+    pub fn binary(&self) -> (String, String, String) {
+        let io = [self.input(0), self.input(1), self.output(0)].map(str::to_string);
+        let [a, b, y] = io;
+        (a, b, y)
     }
     /// Gradient of output `i`, if anything downstream needs it.
     pub fn go(&self, i: usize) -> Option<String> {
@@ -80,26 +89,9 @@ impl<'a> Ctx<'a> {
         name
     }
 
-    pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
-        self.node.attribute.iter().find(|a| a.name == name)
-    }
-    pub fn attr_i(&self, name: &str, default: i64) -> i64 {
-        self.attr(name).map(|a| a.i).unwrap_or(default)
-    }
-    pub fn attr_f(&self, name: &str, default: f32) -> f32 {
-        self.attr(name).map(|a| a.f).unwrap_or(default)
-    }
-    pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.attr(name).map(|a| a.ints.clone())
-    }
-    pub fn attr_s(&self, name: &str) -> Option<String> {
-        self.attr(name)
-            .map(|a| String::from_utf8_lossy(&a.s).to_string())
-    }
-
     /// Integer values of an input known at build time.
     pub fn const_ints(&self, i: usize) -> Option<Vec<i64>> {
-        super::grad::const_ints(self.consts, self.input(i))
+        const_ints(self.consts, self.input(i))
     }
 
     pub fn dtype(&self, name: &str) -> Result<DType> {
@@ -133,9 +125,8 @@ impl<'a> Ctx<'a> {
         attrs: Vec<AttributeProto>,
         n: usize,
     ) -> Vec<String> {
-        debug_assert_eq!(self.kernels, super::grad::Kernels::ProbeCpu);
-        self.b
-            .op_n_in(crate::runtime::cpu_ops::DOMAIN, op, inputs, attrs, n)
+        debug_assert_eq!(self.kernels, Kernels::ProbeCpu);
+        self.b.op_n_in(PROBE_CPU_DOMAIN, op, inputs, attrs, n)
     }
     /// A `probe.cpu` node with one output per entry of `needs`, the ones not needed left
     /// unnamed (so the kernel skips them); the names of those needed.
@@ -230,11 +221,8 @@ impl<'a> Ctx<'a> {
             return Ok(g.to_string());
         }
         let leading = axes.iter().enumerate().all(|(i, &a)| a == i as i64);
-        let s = if leading
-            && self.kernels == super::grad::Kernels::ProbeCpu
-            && self.dtype(like)? == DType::F32
-        {
-            // A bias gradient: rows added in one pass (runtime/cpu_ops.rs).
+        let s = if leading && self.kernels == Kernels::ProbeCpu && self.dtype(like)? == DType::F32 {
+            // A bias gradient: rows added in one pass (the `probe.cpu` kernel ReduceSumLeading).
             let attrs = vec![attr_int("axis", axes.len() as i64)];
             self.probe_cpu_op("ReduceSumLeading", &[g], attrs, 1)
                 .pop()
@@ -262,7 +250,7 @@ impl<'a> Ctx<'a> {
         self.op("CastLike", &[v, like], vec![])
     }
     /// `Transpose(v, perm)`; with probe's CPU kernels, where they pay
-    /// ([`crate::ops::transpose::probe_cpu_pays`]), `probe.cpu:Transpose`.
+    /// ([`transpose_pays`]), `probe.cpu:Transpose`.
     pub fn transpose(&mut self, v: &str, perm: &[i64]) -> String {
         // A gradient value is not among the observed shapes; it has the type of the forward
         // value it is the gradient of, the node's output.
@@ -270,10 +258,7 @@ impl<'a> Ctx<'a> {
             .shapes
             .dtype(v)
             .or_else(|| self.shapes.dtype(self.output(0)));
-        if self.kernels == super::grad::Kernels::ProbeCpu
-            && dtype == Some(DType::F32)
-            && crate::ops::transpose::probe_cpu_pays(perm)
-        {
+        if self.kernels == Kernels::ProbeCpu && dtype == Some(DType::F32) && transpose_pays(perm) {
             let attrs = vec![attr_ints("perm", perm)];
             return self
                 .probe_cpu_op("Transpose", &[v], attrs, 1)
@@ -282,4 +267,18 @@ impl<'a> Ctx<'a> {
         }
         self.op("Transpose", &[v], vec![attr_ints("perm", perm)])
     }
+}
+
+impl Attrs for Ctx<'_> {
+    fn node(&self) -> &NodeProto {
+        self.node
+    }
+}
+
+/// Whether `probe.cpu:Transpose` beats ONNX Runtime's for this permutation. Not for rank 2: a
+/// matrix transpose in front of a MatMul (a Linear layer's weight, a weight gradient's X^T)
+/// is folded into the MatMul by ONNX Runtime's optimizer (FusedMatMul), which a custom op
+/// would prevent.
+pub fn transpose_pays(perm: &[i64]) -> bool {
+    perm.len() >= 3
 }
