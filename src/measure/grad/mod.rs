@@ -127,43 +127,28 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 nonfinite_rows += 1;
             }
             let weights = history.at(&names, &all, k);
-            let (mut row, norms) = row::gradient(&r, c, &history, &weights);
-            let mut b_noise = None;
+            let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
             if let Some(o) = &plan.noise {
                 let (e, d) = (engine.as_mut(), data.as_mut());
                 let s = pass::sample_noise(e, d, o, &r, c, &label, plan.quiet)?;
-                b_noise = Some(row::noise(&mut row, &r, s.as_ref(), norms.g_l2));
+                out.b_noise = Some(row::noise(&mut row, &r, s.as_ref(), out.grad_l2));
             }
-            let mut hessian_top = None;
             if let (Some(h), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
                 let (e, d) = (he.as_mut(), data.as_mut());
                 let cv = pass::curvature(e, c, d, plan.batch, h, &names, &r, &label, plan.quiet)?;
                 let block = he.hvp_params().to_vec();
-                hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
+                out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
             }
-            let reg = plan
-                .weight_decay
-                .map(|l| row::weight_decay(&mut row, &r.grads, &weights.w, l));
+            if let Some(l) = plan.weight_decay {
+                out.grad_reg_l2 = Some(row::weight_decay(&mut row, &r.grads, &weights.w, l));
+            }
             if plan.save_grad {
                 row::full_gradient(&mut row, &names, &r.grads, c);
             }
-            let seconds = row_start.elapsed().as_secs_f64();
-            row::set_seconds(&mut row, seconds);
+            out.seconds = row_start.elapsed().as_secs_f64();
+            row::set_seconds(&mut row, out.seconds);
             store.append(&row)?;
             history.keep(k, weights);
-            let out = GradRow {
-                path: c.path.display().to_string(),
-                step: c.step,
-                loss: r.loss,
-                accuracy: r.accuracy,
-                grad_l2: norms.g_l2,
-                grad_reg_l2: reg,
-                weights_l2: norms.w_l2,
-                dist_prev: norms.dist_prev,
-                b_noise,
-                hessian_top,
-                seconds,
-            };
             on_row(&out);
             rows.push(out);
         }

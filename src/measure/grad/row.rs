@@ -87,15 +87,9 @@ impl History {
     }
 }
 
-/// The norms the printed row shows.
-pub struct Norms {
-    pub g_l2: f64,
-    pub w_l2: f64,
-    pub dist_prev: f64,
-}
-
-/// The columns every row has, from the gradient pass `r` at checkpoint `c`.
-pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, Norms) {
+/// The columns every row has, from the gradient pass `r` at checkpoint `c`, and the printed row
+/// as far as they go (the optional parts and the row's time are the caller's to fill in).
+pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, GradRow) {
     let Weights {
         w,
         dist,
@@ -203,14 +197,20 @@ pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -
             Cell::F64s(vec![p, weights::HIST_BINS + 1], dist.hist_edges.clone()),
         ),
     ]);
-    (
-        row,
-        Norms {
-            g_l2,
-            w_l2,
-            dist_prev,
-        },
-    )
+    let printed = GradRow {
+        path: c.path.display().to_string(),
+        step: c.step,
+        loss: r.loss,
+        accuracy: r.accuracy,
+        grad_l2: g_l2,
+        grad_reg_l2: None,
+        weights_l2: w_l2,
+        dist_prev,
+        b_noise: None,
+        hessian_top: None,
+        seconds: r.seconds,
+    };
+    (row, printed)
 }
 
 /// `--noise`'s columns: the minibatch part from the gradient pass's sums, the per-sample part
