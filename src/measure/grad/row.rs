@@ -150,17 +150,7 @@ pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -
     ];
     // The weights' distribution, per tensor (see `crate::measure::weights`).
     let p = w.len();
-    let per_dist_prev: Vec<f64> = w
-        .iter()
-        .zip(prev_w)
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y) * (x - y))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .collect();
+    let per_dist_prev = per_param_norm(w, prev_w, |x, y| (x - y) * (x - y));
     let per_move: Vec<f64> = w
         .iter()
         .zip(prev_w)
@@ -307,17 +297,7 @@ pub fn hessian(row: &mut Row, names: &[String], block: &[String], cv: Option<&Cu
 /// `--weight-decay lambda`'s columns: the gradient of L(w) + (lambda/2)|w|^2, which is
 /// g + lambda w, in total and per parameter. Returns its norm.
 pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[Vec<f64>], lambda: f64) -> f64 {
-    let per: Vec<f64> = grads
-        .iter()
-        .zip(w)
-        .map(|(g, x)| {
-            g.iter()
-                .zip(x)
-                .map(|(a, b)| (a + lambda * b).powi(2))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .collect();
+    let per = per_param_norm(grads, w, |a, b| (a + lambda * b).powi(2));
     let total = per.iter().map(|x| x * x).sum::<f64>().sqrt();
     row.push(("grad_reg/l2".into(), Cell::F64(total)));
     row.push((
@@ -342,6 +322,14 @@ pub fn set_seconds(row: &mut Row, seconds: f64) {
             *cell = Cell::F64(seconds);
         }
     }
+}
+
+/// Per parameter, sqrt(sum_i sq(a_i, b_i)) over its entries; `sq` gives the squared term.
+fn per_param_norm(a: &[Vec<f64>], b: &[Vec<f64>], sq: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| sq(p, q)).sum::<f64>().sqrt())
+        .collect()
 }
 
 fn l2(v: &[f64]) -> f64 {
