@@ -79,8 +79,8 @@ impl HvpPass<'_> {
     }
 }
 
-/// Tags of the probes' random streams (the training sampler's SplitMix64, keyed by the seed and
-/// the tag: the same on every machine and at every checkpoint).
+/// Tags of the probes' random streams (SplitMix64 of [`crate::data::rng`], keyed by the seed
+/// and the tag: the same on every machine and at every checkpoint).
 const LANCZOS_START: u64 = 0x4C41_4E43;
 const HUTCHINSON: u64 = 0x4855_5443;
 
