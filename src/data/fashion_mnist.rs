@@ -3,7 +3,7 @@
 //! IDX: a big-endian header (magic 2051 for images, then N, rows, cols; magic 2049 for labels,
 //! then N) followed by one byte per pixel or label. The gzip stream cannot be read by slices, so the
 //! bytes (47 MB for the training split) are held once; batches are decoded from them on demand.
-use super::{Array, Batch, Dataset, Kind, Spec};
+use super::batch::{Array, Batch, Dataset, Kind, Spec};
 use anyhow::{Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use std::io::Read;

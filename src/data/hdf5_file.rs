@@ -7,7 +7,7 @@
 //! drawing from other files), and every sample's data actually stored (a contiguous dataset's
 //! whole extent allocated within the file, every chunk of a chunked one written), so a file
 //! that declares 10^8 samples but holds ten is an error, not 10^8 samples of fill values.
-use super::{Array, Batch, Dataset, Kind, Spec};
+use super::batch::{Array, Batch, Dataset, Kind, Spec};
 use anyhow::Result;
 use hdf5::types::TypeDescriptor;
 use ndarray::IxDyn;
@@ -369,7 +369,7 @@ impl Hdf5Data {
         check_storage(path, meta.len(), "y", &y, &ys)?;
         // A sample as read (f32 or i64) must be addressable too.
         for (name, shape) in [("x", &spec.x_shape), ("y", &spec.y_shape)] {
-            if super::sample_bytes(shape, 8).is_none() {
+            if super::memory::sample_bytes(shape, 8).is_none() {
                 return Err(crate::error::input(format!(
                     "{}: dataset '{name}' has samples of shape {shape:?}, too large to address",
                     path.display()
@@ -406,8 +406,8 @@ fn read_rows(
     }
     // Checked before HDF5 allocates the batch (as f32 or i64).
     let sample = ds.shape().get(1..).unwrap_or(&[]).to_vec();
-    let need = super::samples_bytes(count, &sample, 8);
-    let have = super::memory_limit();
+    let need = super::memory::samples_bytes(count, &sample, 8);
+    let have = super::memory::memory_limit();
     if need.is_none_or(|n| have.is_some_and(|h| n > h)) {
         return Err(crate::error::input(format!(
             "{}: reading '{name}' rows {}..{} of shape {sample:?} needs {} bytes, more than this process may use ({} bytes)",

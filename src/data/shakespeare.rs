@@ -6,7 +6,7 @@
 //! (a JSON array of one-character strings; id = position). Sample `i` is the window
 //! `x = s[iT .. iT+T]` with targets shifted by one, `y = s[iT+1 .. iT+T+1]`, for
 //! `i = 0 .. (len(s)-1)/T`: non-overlapping windows, every target position used once.
-use super::{Array, Batch, Dataset, Kind, Spec};
+use super::batch::{Array, Batch, Dataset, Kind, Spec};
 use anyhow::{Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};

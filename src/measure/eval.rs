@@ -3,14 +3,16 @@
 //! Each batch's graph run returns the per-element loss and correctness in f32; they are summed in
 //! f64 here, so the mean over N (or N*T) elements carries no accumulated f32 rounding.
 use super::check::{targets_in_range, Fit};
+use super::setup::{self, Setup};
 use crate::autodiff::EvalGraph;
-use crate::data::{batches, Array, Dataset};
+use crate::data::{batches, Dataset};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use anyhow::{anyhow, Result};
-use ort::session::{Session, SessionInputValue};
-use ort::value::TensorRef;
-use std::borrow::Cow;
+use ort::session::Session;
+
+/// The ONNX Runtime feeding helpers, where they were first written.
+pub use super::engine::ort::{feed, input_value, state_arrays};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EvalResult {
@@ -20,50 +22,6 @@ pub struct EvalResult {
     pub samples: usize,
     pub elements: usize,
     pub seconds: f64,
-}
-
-/// The state of `ckpt` as arrays in the graph's input order.
-pub fn state_arrays(
-    graph_state: &[String],
-    ckpt: &Checkpoint,
-) -> Result<Vec<ndarray::ArrayD<f32>>> {
-    graph_state
-        .iter()
-        .map(|n| {
-            ckpt.tensors
-                .get(n)
-                .and_then(|t| t.to_array_f32())
-                .ok_or_else(|| anyhow!("{}: no float tensor '{n}'", ckpt.path.display()))
-        })
-        .collect()
-}
-
-/// The inputs of one ONNX Runtime run of a graph probe built: the batch's data and targets under
-/// the graph's input names, then every state tensor (the checkpoint, fed, not baked in).
-pub fn feed<'a>(
-    input: &'a str,
-    target: &'a str,
-    b: &'a crate::data::Batch,
-    state_names: &'a [String],
-    state: &'a [ndarray::ArrayD<f32>],
-) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
-    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
-    inputs.push((input.into(), input_value(&b.x)?));
-    inputs.push((target.into(), input_value(&b.y)?));
-    for (name, a) in state_names.iter().zip(state) {
-        inputs.push((
-            name.as_str().into(),
-            TensorRef::from_array_view(a.view())?.into(),
-        ));
-    }
-    Ok(inputs)
-}
-
-pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
-    Ok(match a {
-        Array::F32(x) => TensorRef::from_array_view(x.view())?.into(),
-        Array::I64(x) => TensorRef::from_array_view(x.view())?.into(),
-    })
 }
 
 pub fn evaluate(
@@ -153,14 +111,8 @@ pub struct EvalRow {
 /// already complete in `out` (same file, same hash) are skipped. `on_row` sees each row as it
 /// is committed.
 pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
-    use crate::store::{Cell, RunInfo, Store};
-    let super::Setup {
-        model,
-        mut data,
-        spec,
-        fit,
-        checkpoints: ckpts,
-    } = super::setup(
+    use crate::store::{Cell, Store};
+    let setup = setup::setup(
         &plan.model,
         &plan.checkpoints,
         &plan.data,
@@ -168,29 +120,33 @@ pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<Eval
         plan.loss,
         plan.quiet,
     )?;
+    let info = setup.run_info(
+        "eval",
+        &plan.command_line,
+        &plan.model,
+        plan.batch,
+        plan.loss,
+        Default::default(),
+    );
+    let Setup {
+        model,
+        mut data,
+        spec,
+        fit,
+        checkpoints: ckpts,
+    } = setup;
     let graph = crate::autodiff::eval_graph(&model, plan.loss, fit.target_rank)?;
     let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
     let mut session = crate::runtime::session(&bytes, plan.threads, "evaluation")?;
-    let info = RunInfo {
-        command: "eval".into(),
-        command_line: plan.command_line.clone(),
-        model_path: plan.model.display().to_string(),
-        model_sha256: model.sha256.clone(),
-        data: spec.identity.clone(),
-        data_samples: spec.len as i64,
-        batch_size: plan.batch as i64,
-        loss: plan.loss.name().into(),
-        extra: Default::default(),
-    };
     let mut store = Store::open(&plan.out, &info, plan.force)?;
     let done = store.done();
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
         for c in &ckpts {
-            if !super::pending(c, &done, &plan.out, plan.quiet) {
+            if !setup::pending(c, &done, &plan.out, plan.quiet) {
                 continue;
             }
-            let (path, label) = (c.path.display().to_string(), super::label(c));
+            let (path, label) = (c.path.display().to_string(), setup::label(c));
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
             let r = evaluate(
                 &mut session,

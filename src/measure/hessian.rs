@@ -18,90 +18,12 @@
 //!   per-block traces come from the same products.
 //! The random vectors come from a fixed seed, the same at every checkpoint (common random
 //! numbers: differences between checkpoints are not sampling noise of the probes).
-use super::eval::{feed, state_arrays};
-use crate::autodiff::hvp::HvpGraph;
-use crate::data::{batches, Batch, Dataset};
+use super::engine::HvpEngine;
+use crate::data::rng::Rng;
+use crate::data::{batches, Dataset};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
-use crate::train::sampler::Rng;
 use anyhow::{anyhow, Result};
-use ort::session::Session;
-use ort::value::TensorRef;
-
-/// Computes one batch's Hessian-vector product.
-pub trait HvpEngine {
-    /// The parameters v and H v are over, in order.
-    fn hvp_params(&self) -> &[String];
-    fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()>;
-    /// Takes the direction v (per parameter, flattened) for the batches that follow: set once
-    /// per pass over the data, not per batch.
-    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()>;
-    /// H_b v for the batch's summed loss.
-    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>>;
-}
-
-/// The Hessian-vector-product graph in an ONNX Runtime session.
-pub struct OrtHvp {
-    session: Session,
-    graph: HvpGraph,
-    params: Vec<String>,
-    shapes: Vec<Vec<usize>>,
-    state: Vec<ndarray::ArrayD<f32>>,
-    dirs: Vec<ndarray::ArrayD<f32>>,
-}
-
-impl OrtHvp {
-    pub fn new(session: Session, graph: HvpGraph, shapes: Vec<Vec<usize>>) -> OrtHvp {
-        let params = graph.dirs.iter().map(|(p, _)| p.clone()).collect();
-        OrtHvp {
-            session,
-            graph,
-            params,
-            shapes,
-            state: vec![],
-            dirs: vec![],
-        }
-    }
-}
-
-impl HvpEngine for OrtHvp {
-    fn hvp_params(&self) -> &[String] {
-        &self.params
-    }
-    fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        self.state = state_arrays(&self.graph.grad.state, ckpt)?;
-        Ok(())
-    }
-    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()> {
-        self.dirs = v
-            .into_iter()
-            .zip(&self.shapes)
-            .map(|(v, s)| {
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(s), v)
-                    .map_err(|e| anyhow!("direction shape: {e}"))
-            })
-            .collect::<Result<_>>()?;
-        Ok(())
-    }
-    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
-        let g = &self.graph;
-        let mut inputs = feed(&g.grad.input, &g.grad.target, b, &g.grad.state, &self.state)?;
-        for ((_, name), a) in g.dirs.iter().zip(&self.dirs) {
-            inputs.push((
-                name.as_str().into(),
-                TensorRef::from_array_view(a.view())?.into(),
-            ));
-        }
-        let out = self
-            .session
-            .run(inputs)
-            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
-        g.products
-            .iter()
-            .map(|(_, name)| Ok(out[name.as_str()].try_extract_tensor::<f32>()?.1.to_vec()))
-            .collect()
-    }
-}
 
 /// Where the products are taken: the first `samples` samples of the data, in order.
 pub struct HvpPass<'a> {
@@ -157,8 +79,8 @@ impl HvpPass<'_> {
     }
 }
 
-/// Tags of the probes' random streams (the training sampler's SplitMix64, keyed by the seed and
-/// the tag: the same on every machine and at every checkpoint).
+/// Tags of the probes' random streams (SplitMix64 of [`crate::data::rng`], keyed by the seed
+/// and the tag: the same on every machine and at every checkpoint).
 const LANCZOS_START: u64 = 0x4C41_4E43;
 const HUTCHINSON: u64 = 0x4855_5443;
 

@@ -1,98 +1,18 @@
 //! The measurements probe makes at each checkpoint, over every sample of a data set exactly once,
 //! in order, with sums accumulated in f64.
+//!
+//! A batch goes from the data reader ([`crate::data`]) through an engine ([`engine`]: ONNX
+//! Runtime or libtorch, f32 within the batch) to a pass that sums it in f64 ([`grad::pass`],
+//! [`eval`]); [`grad::row`] turns a checkpoint's sums into a results row ([`crate::store`]).
 
 pub mod check;
+pub mod engine;
 pub mod eval;
 pub mod grad;
 pub mod hessian;
 pub mod noise;
+pub mod setup;
 pub mod weights;
 
 pub use eval::{evaluate, EvalResult};
-
-use crate::autodiff::LossKind;
-use crate::data::{Dataset, Spec};
-use crate::model::{Checkpoint, Model};
-use anyhow::Result;
-use std::path::{Path, PathBuf};
-
-/// What every measurement starts from, all checked before the first batch runs: the model, the
-/// data (fitted to the model's input), and every checkpoint read and matched against the model
-/// (the model's own initializers when none is given).
-pub struct Setup {
-    pub model: Model,
-    pub data: Box<dyn Dataset>,
-    pub spec: Spec,
-    pub fit: check::Fit,
-    pub checkpoints: Vec<Checkpoint>,
-}
-
-pub fn setup(
-    model: &Path,
-    checkpoints: &[PathBuf],
-    data: &str,
-    limit: Option<usize>,
-    loss: LossKind,
-    quiet: bool,
-) -> Result<Setup> {
-    let model = Model::load(model)?;
-    let hint = crate::data::Hint {
-        x_shape: model.data_input()?.sample_shape(),
-    };
-    let mut data = crate::data::open(data, &hint)?;
-    if let Some(l) = limit {
-        data = Box::new(crate::data::Limited::new(data, l));
-    }
-    let spec = data.spec().clone();
-    let fit = check::data_fits_model(&model, &spec, loss)?;
-    // The --ckpt paths as a set: expanded, optimizer state skipped, read, deduped, in step order.
-    let (checkpoints, notes) = if checkpoints.is_empty() {
-        (vec![Checkpoint::from_model(&model)?], vec![])
-    } else {
-        let set = crate::model::checkpoint_set::load(checkpoints, &model)?;
-        (set.checkpoints, set.notes)
-    };
-    if !quiet {
-        for n in &notes {
-            eprintln!("note: {n}");
-        }
-        for c in &checkpoints {
-            for n in &c.notes {
-                eprintln!("note: {}: {n}", c.path.display());
-            }
-        }
-    }
-    Ok(Setup {
-        model,
-        data,
-        spec,
-        fit,
-        checkpoints,
-    })
-}
-
-/// Whether checkpoint `c` still has to be measured into `out` (its path and hash are not among
-/// the rows `done` there); says `skip:` on stderr when not.
-pub fn pending(
-    c: &Checkpoint,
-    done: &std::collections::HashSet<(String, String)>,
-    out: &Path,
-    quiet: bool,
-) -> bool {
-    let path = c.path.display().to_string();
-    if done.contains(&(path.clone(), c.sha256.clone())) {
-        if !quiet {
-            eprintln!("skip: {path} is already complete in {}", out.display());
-        }
-        return false;
-    }
-    true
-}
-
-/// A checkpoint's progress-bar label: its file name.
-pub fn label(c: &Checkpoint) -> String {
-    c.path
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default()
-}
+pub use setup::{label, pending, setup, Setup};

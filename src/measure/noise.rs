@@ -26,7 +26,7 @@
 //! and valid for any model whose samples do not interact (BatchNorm in eval mode). The
 //! gradient-noise scale B_noise = tr Sigma / |g|^2 (McCandlish et al. 2018, "B_simple") is the
 //! batch size at which minibatch noise and signal are of equal size.
-use super::grad::BatchEngine;
+use super::engine::BatchEngine;
 use crate::data::Dataset;
 use crate::progress::Progress;
 use anyhow::{Context, Result};

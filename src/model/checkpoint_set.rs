@@ -35,6 +35,10 @@ pub struct CheckpointSet {
     pub notes: Vec<String>,
 }
 
+/// The format tag in the metadata of an optimizer-state file (`probe train` writes it with every
+/// checkpoint; here it tells such a file apart from weights).
+pub const OPTIMIZER_STATE_FORMAT: &str = "probe-optimizer-state-1";
+
 /// Tensor-name prefixes of optimizer state (`probe train`'s and PyTorch's state-dict slots).
 const OPTIMIZER_SLOTS: [&str; 5] = [
     "momentum_buffer/",
@@ -210,7 +214,7 @@ pub fn is_optimizer_state(path: &Path) -> bool {
     let Some((names, metadata)) = header(path) else {
         return false;
     };
-    if metadata.get("format").map(String::as_str) == Some(crate::train::optim::STATE_FORMAT) {
+    if metadata.get("format").map(String::as_str) == Some(OPTIMIZER_STATE_FORMAT) {
         return true;
     }
     !names.is_empty()
@@ -313,7 +317,7 @@ mod tests {
             (
                 "plain_sgd",
                 &[],
-                &[("format", crate::train::optim::STATE_FORMAT)],
+                &[("format", OPTIMIZER_STATE_FORMAT)],
                 true,
             ),
             (

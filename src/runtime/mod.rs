@@ -3,6 +3,7 @@
 //! ONNX Runtime is loaded at run time (ort's `load-dynamic`): from `ORT_DYLIB_PATH` if set, else
 //! from the library `setup.sh` installed beside the sources (compiled in by build.rs).
 pub mod cpu_ops;
+pub mod torch;
 
 use anyhow::{anyhow, Result};
 use ort::session::{builder::GraphOptimizationLevel, Session};

@@ -220,7 +220,7 @@ pub struct Optimizer {
 }
 
 /// The format tag in an optimizer-state file's metadata.
-pub const STATE_FORMAT: &str = "probe-optimizer-state-1";
+pub use crate::model::checkpoint_set::OPTIMIZER_STATE_FORMAT as STATE_FORMAT;
 
 impl Optimizer {
     pub fn new(config: OptConfig) -> Optimizer {

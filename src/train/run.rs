@@ -1,7 +1,7 @@
 //! `probe train`: trains an ONNX model with libtorch and writes the checkpoints `probe eval` and
 //! `probe grad` read.
 //!
-//! The model's graph is run by the interpreter ([`super::interp`]) in training mode (BatchNorm
+//! The model's graph is run by the interpreter ([`crate::runtime::torch`]) in training mode (BatchNorm
 //! with batch statistics, running statistics updated as PyTorch does); the loss is the mean over
 //! the batch's target elements (cross-entropy from logits, like `F.cross_entropy`, or `--loss
 //! mse`); libtorch autograd gives the gradients and [`super::optim`] takes PyTorch's step. Step `s`
@@ -39,12 +39,13 @@
 //! checkpoint frequency, threads and device may change); with the cosine schedule a different
 //! total length changes the schedule from there on, which is allowed with a note.
 use super::files::{self, LOG_NAME};
-use super::interp::{Interpreter, Mode, State};
 use super::optim::{OptConfig, Optimizer, Schedule};
 use super::sampler::{InMemory, Sampler};
 use crate::autodiff::LossKind;
+use crate::data::check::{self, Targets};
 use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
+use crate::runtime::torch::{Interpreter, Mode, State};
 use crate::store::{Cell, RunInfo, Store};
 use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;
@@ -158,7 +159,7 @@ pub fn loss_of(out: &Tensor, y: &Tensor, kind: LossKind) -> Result<Tensor> {
 
 /// libtorch's generator seed for step `step` (dropout in training mode draws from it).
 fn torch_seed(seed: u64, step: u64) -> i64 {
-    (super::sampler::Rng::keyed(seed, 0x544f_5243_4853_4545, step, 0).next_u64() >> 1) as i64
+    (crate::data::rng::Rng::keyed(seed, 0x544f_5243_4853_4545, step, 0).next_u64() >> 1) as i64
 }
 
 /// The state tensors a checkpoint holds (every parameter and buffer of the model).
@@ -354,9 +355,13 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
         data = Box::new(crate::data::Limited::new(data, l));
     }
     let spec = data.spec().clone();
-    let fit = crate::measure::check::data_fits_model(&model, &spec, plan.loss)?;
+    let targets = match plan.loss {
+        LossKind::CrossEntropy => Targets::ClassIds,
+        LossKind::Mse => Targets::Real,
+    };
+    let fit = check::data_fits_model(&model, &spec, targets)?;
     let mem = InMemory::load(data.as_mut(), plan.device, |b| {
-        crate::measure::check::targets_in_range(b, fit.classes, &spec.identity)
+        check::targets_in_range(b, fit.classes, &spec.identity)
     })?;
     drop(data);
     if plan.augment {

@@ -15,7 +15,9 @@
 //! The streams are SplitMix64 (Steele, Lea, Flood 2014) seeded by hashing their key; integers in
 //! `0..n` are `(u64 * n) >> 64` (bias below n / 2^64). No libtorch or OS randomness is involved,
 //! so the order is the same on every machine.
+use crate::data::rng::Rng;
 use crate::data::{Array, Dataset, Kind, Spec};
+use crate::runtime::torch::to_tensor;
 use anyhow::Result;
 use tch::{Device, Tensor};
 
@@ -23,53 +25,6 @@ const SHUFFLE: u64 = 0x5348_5546_464c_4531; // "SHUFFLE1"
 const AUGMENT: u64 = 0x4155_474d_454e_5431; // "AUGMENT1"
 /// Zero padding of the random crop, in pixels per side.
 pub const PAD: usize = 4;
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A SplitMix64 stream.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// The stream for a key: the seed, a tag naming the use, and up to two counters.
-    pub fn keyed(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
-        Rng(mix(mix(mix(seed ^ tag) ^ a) ^ b))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// An integer in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-    /// Uniform in [0, 1), 53 bits.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// +1 or -1 with equal probability.
-    pub fn rademacher(&mut self) -> f64 {
-        if self.next_u64() >> 63 == 0 {
-            1.0
-        } else {
-            -1.0
-        }
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
 
 /// Epoch `epoch`'s order of the samples `0..n`.
 pub fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
@@ -193,15 +148,6 @@ fn standard(a: Array) -> Array {
         Array::I64(v) if !v.is_standard_layout() => Array::I64(v.as_standard_layout().into_owned()),
         other => other,
     }
-}
-
-fn to_tensor(a: &Array, device: Device) -> Result<Tensor> {
-    let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
-    let t = match a {
-        Array::F32(v) => Tensor::f_from_slice(v.as_slice().expect("standard layout"))?,
-        Array::I64(v) => Tensor::f_from_slice(v.as_slice().expect("standard layout"))?,
-    };
-    Ok(t.f_reshape(dims.as_slice())?.f_to_device(device)?)
 }
 
 /// Training holds the whole data set in memory, twice while it is copied into a tensor: refuse

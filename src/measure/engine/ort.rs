@@ -1,0 +1,178 @@
+//! The ONNX Runtime engines: probe's gradient graph ([`OrtEngine`]) and Hessian-vector-product
+//! graph ([`OrtHvp`]) in ONNX Runtime sessions, fed the batch and the checkpoint's state as
+//! inputs (the state is fed, not baked into the graph, so one session serves every checkpoint).
+use super::{BatchEngine, BatchGrad, HvpEngine};
+use crate::autodiff::hvp::HvpGraph;
+use crate::autodiff::model_grad::GradGraph;
+use crate::data::{Array, Batch};
+use crate::model::Checkpoint;
+use anyhow::{anyhow, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use std::borrow::Cow;
+
+/// The state of `ckpt` as arrays in the graph's input order.
+pub fn state_arrays(
+    graph_state: &[String],
+    ckpt: &Checkpoint,
+) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    graph_state
+        .iter()
+        .map(|n| {
+            ckpt.tensors
+                .get(n)
+                .and_then(|t| t.to_array_f32())
+                .ok_or_else(|| anyhow!("{}: no float tensor '{n}'", ckpt.path.display()))
+        })
+        .collect()
+}
+
+/// The inputs of one ONNX Runtime run of a graph probe built: the batch's data and targets under
+/// the graph's input names, then every state tensor (the checkpoint, fed, not baked in).
+pub fn feed<'a>(
+    input: &'a str,
+    target: &'a str,
+    b: &'a Batch,
+    state_names: &'a [String],
+    state: &'a [ndarray::ArrayD<f32>],
+) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
+    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
+    inputs.push((input.into(), input_value(&b.x)?));
+    inputs.push((target.into(), input_value(&b.y)?));
+    for (name, a) in state_names.iter().zip(state) {
+        inputs.push((
+            name.as_str().into(),
+            TensorRef::from_array_view(a.view())?.into(),
+        ));
+    }
+    Ok(inputs)
+}
+
+pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
+    Ok(match a {
+        Array::F32(x) => TensorRef::from_array_view(x.view())?.into(),
+        Array::I64(x) => TensorRef::from_array_view(x.view())?.into(),
+    })
+}
+
+/// The ONNX gradient graph ([`crate::autodiff::model_grad::grad_graph`]) in an ONNX Runtime session.
+pub struct OrtEngine {
+    session: Session,
+    graph: GradGraph,
+    params: Vec<String>,
+    state: Vec<ndarray::ArrayD<f32>>,
+}
+
+impl OrtEngine {
+    pub fn new(session: Session, graph: GradGraph) -> OrtEngine {
+        let params = graph.grads.iter().map(|(p, _)| p.clone()).collect();
+        OrtEngine {
+            session,
+            graph,
+            params,
+            state: vec![],
+        }
+    }
+}
+
+impl BatchEngine for OrtEngine {
+    fn params(&self) -> &[String] {
+        &self.params
+    }
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.state = state_arrays(&self.graph.state, ckpt)?;
+        Ok(())
+    }
+    fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
+        let graph = &self.graph;
+        let inputs = feed(&graph.input, &graph.target, b, &graph.state, &self.state)?;
+        let out = self
+            .session
+            .run(inputs)
+            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        let scalar = |name: &str| -> Result<f64> {
+            Ok(out[name]
+                .try_extract_array::<f32>()?
+                .iter()
+                .next()
+                .copied()
+                .unwrap_or(f32::NAN) as f64)
+        };
+        let mut grads = Vec::with_capacity(graph.grads.len());
+        for (_, gname) in &graph.grads {
+            let (_, v) = out[gname.as_str()].try_extract_tensor::<f32>()?;
+            grads.push(v.to_vec());
+        }
+        Ok(BatchGrad {
+            loss: scalar(&graph.loss_sum)?,
+            correct: match &graph.correct_sum {
+                Some(c) => Some(scalar(c)?),
+                None => None,
+            },
+            grads,
+        })
+    }
+}
+
+/// The Hessian-vector-product graph in an ONNX Runtime session.
+pub struct OrtHvp {
+    session: Session,
+    graph: HvpGraph,
+    params: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    state: Vec<ndarray::ArrayD<f32>>,
+    dirs: Vec<ndarray::ArrayD<f32>>,
+}
+
+impl OrtHvp {
+    pub fn new(session: Session, graph: HvpGraph, shapes: Vec<Vec<usize>>) -> OrtHvp {
+        let params = graph.dirs.iter().map(|(p, _)| p.clone()).collect();
+        OrtHvp {
+            session,
+            graph,
+            params,
+            shapes,
+            state: vec![],
+            dirs: vec![],
+        }
+    }
+}
+
+impl HvpEngine for OrtHvp {
+    fn hvp_params(&self) -> &[String] {
+        &self.params
+    }
+    fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.state = state_arrays(&self.graph.grad.state, ckpt)?;
+        Ok(())
+    }
+    fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()> {
+        self.dirs = v
+            .into_iter()
+            .zip(&self.shapes)
+            .map(|(v, s)| {
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(s), v)
+                    .map_err(|e| anyhow!("direction shape: {e}"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+    fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
+        let g = &self.graph;
+        let mut inputs = feed(&g.grad.input, &g.grad.target, b, &g.grad.state, &self.state)?;
+        for ((_, name), a) in g.dirs.iter().zip(&self.dirs) {
+            inputs.push((
+                name.as_str().into(),
+                TensorRef::from_array_view(a.view())?.into(),
+            ));
+        }
+        let out = self
+            .session
+            .run(inputs)
+            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        g.products
+            .iter()
+            .map(|(_, name)| Ok(out[name.as_str()].try_extract_tensor::<f32>()?.1.to_vec()))
+            .collect()
+    }
+}

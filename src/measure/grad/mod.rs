@@ -1,0 +1,280 @@
+//! `probe grad`: the exact gradient of the full-dataset mean loss at each checkpoint.
+//!
+//! One deterministic pass over every sample, in order: each batch gives the gradient of the
+//! batch's *summed* loss (f32, within the batch); those are accumulated across batches in f64
+//! and divided by the number of target elements, giving the gradient of the mean loss
+//! `L(w) = (1/M) sum_i l_i(w)` over the whole data set.
+//!
+//! Two engines compute a batch ([`crate::measure::engine`]): probe's ONNX gradient graph run by
+//! ONNX Runtime (the default), or libtorch autograd on the model interpreted node by node
+//! (`--engine torch`, CPU or `--device cuda`). Everything else is one code path: the passes over
+//! the data and their f64 sums ([`pass`]), the row of metrics ([`row`]), and the store; the
+//! store's `engine` and `device` attributes record which engine computed the rows.
+//!
+//! Per checkpoint the store gets (see `docs/schema.md`): loss, accuracy, |g|_2, |g|_1, |g|_inf,
+//! per-parameter |g|_2, |w|_2 and per-parameter |w|_2, distances to the previous and the first
+//! checkpoint, and with `--weight-decay L` the norm of the gradient of the regularized objective
+//! `L(w) + (L/2)|w|^2`, i.e. |g + L w|: what SGD with weight decay drives to zero.
+use super::engine::open::{open, EngineOptions};
+use super::hessian::HessianOptions;
+use super::noise::NoiseOptions;
+use super::setup::{label, pending, setup, Setup};
+use crate::autodiff::grad::Kernels;
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::store::Store;
+use anyhow::Result;
+use row::History;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub mod pass;
+pub mod row;
+
+pub use super::engine::Engine;
+pub use pass::{full_gradient, GradResult, OnNonFinite};
+pub use row::GradRow;
+
+pub struct GradPlan {
+    pub model: PathBuf,
+    pub checkpoints: Vec<PathBuf>,
+    pub data: String,
+    pub limit: Option<usize>,
+    pub batch: usize,
+    pub loss: crate::autodiff::LossKind,
+    pub weight_decay: Option<f64>,
+    pub save_grad: bool,
+    pub bn_train: bool,
+    pub engine: Engine,
+    /// With [`Engine::OnnxRuntime`]: standard ONNX ops only, or probe's CPU kernels where faster.
+    pub kernels: Kernels,
+    pub shard: (usize, usize),
+    pub on_nonfinite: OnNonFinite,
+    /// `--noise`: minibatch and per-sample gradient noise ([`super::noise`]).
+    pub noise: Option<NoiseOptions>,
+    /// `--hessian`: curvature from Hessian-vector products ([`super::hessian`]).
+    pub hessian: Option<HessianOptions>,
+    pub threads: usize,
+    pub out: PathBuf,
+    pub force: bool,
+    pub quiet: bool,
+    pub command_line: String,
+}
+
+/// Runs `probe grad` over the plan's checkpoints (this shard's share), one HDF5 row each.
+pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<GradRow>> {
+    let ready = setup(
+        &plan.model,
+        &plan.checkpoints,
+        &plan.data,
+        plan.limit,
+        plan.loss,
+        plan.quiet,
+    )?;
+    check_options(plan, &ready.model)?;
+    let info = ready.run_info(
+        "grad",
+        &plan.command_line,
+        &plan.model,
+        plan.batch,
+        plan.loss,
+        attributes(plan),
+    );
+    let Setup {
+        model,
+        mut data,
+        spec,
+        fit,
+        checkpoints: all,
+    } = ready;
+    let (shard, shards) = plan.shard;
+    let opts = EngineOptions {
+        engine: plan.engine,
+        kernels: plan.kernels,
+        loss: plan.loss,
+        bn_train: plan.bn_train,
+        hessian: plan.hessian.as_ref(),
+        threads: plan.threads,
+    };
+    let (mut engine, mut hvp_engine) = open(&model, data.as_mut(), &opts)?;
+    let mut store = Store::open(&plan.out, &info, plan.force)?;
+    let names: Vec<String> = engine.params().to_vec();
+    store.put_strings("params/name", &names)?;
+    let done = store.done();
+    let mut history = History::new(&names, &all[0]);
+    let mut rows = Vec::new();
+    let mut nonfinite_rows = 0;
+    let result = (|| -> Result<()> {
+        for (k, c) in all.iter().enumerate() {
+            if k % shards != shard || !pending(c, &done, &plan.out, plan.quiet) {
+                continue;
+            }
+            let label = label(c);
+            let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            let row_start = std::time::Instant::now();
+            let r = full_gradient(
+                engine.as_mut(),
+                c,
+                data.as_mut(),
+                plan.batch,
+                fit.classes,
+                plan.on_nonfinite,
+                plan.noise.is_some(),
+                &mut progress,
+            )?;
+            progress.finish();
+            if !r.nonfinite_batches.is_empty() {
+                nonfinite_rows += 1;
+            }
+            let weights = history.at(&names, &all, k);
+            let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
+            if let Some(o) = &plan.noise {
+                let (e, d) = (engine.as_mut(), data.as_mut());
+                let s = pass::sample_noise(e, d, o, &r, c, &label, plan.quiet)?;
+                out.b_noise = Some(row::noise(&mut row, &r, s.as_ref(), out.grad_l2));
+            }
+            if let (Some(h), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
+                let (e, d) = (he.as_mut(), data.as_mut());
+                let cv = pass::curvature(e, c, d, plan.batch, h, &names, &r, &label, plan.quiet)?;
+                let block = he.hvp_params().to_vec();
+                out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
+            }
+            if let Some(l) = plan.weight_decay {
+                out.grad_reg_l2 = Some(row::weight_decay(&mut row, &r.grads, &weights.w, l));
+            }
+            if plan.save_grad {
+                row::full_gradient(&mut row, &names, &r.grads, c);
+            }
+            out.seconds = row_start.elapsed().as_secs_f64();
+            row::set_seconds(&mut row, out.seconds);
+            store.append(&row)?;
+            history.keep(k, weights);
+            on_row(&out);
+            rows.push(out);
+        }
+        Ok(())
+    })();
+    store.finish(result.is_ok() && nonfinite_rows == 0)?;
+    result?;
+    if nonfinite_rows > 0 {
+        return Err(crate::error::non_finite(format!(
+            "{nonfinite_rows} checkpoint(s) had non-finite losses or gradients; their rows in {} hold NaN",
+            plan.out.display()
+        )));
+    }
+    Ok(rows)
+}
+
+/// The results file's attributes beyond the common ones: how the rows were computed. The rows of
+/// one file must agree on them (--noise and --hessian included).
+fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "bn".to_string(),
+        if plan.bn_train { "train" } else { "eval" }.to_string(),
+    );
+    extra.insert("engine".to_string(), plan.engine.name().to_string());
+    extra.insert(
+        "ops".to_string(),
+        match (plan.engine, plan.kernels) {
+            (Engine::OnnxRuntime, Kernels::ProbeCpu) => "probe.cpu",
+            (Engine::OnnxRuntime, Kernels::Standard) => "standard",
+            (Engine::Torch(_), _) => "",
+        }
+        .to_string(),
+    );
+    extra.insert("device".to_string(), plan.engine.device_name().to_string());
+    extra.insert(
+        "weight_decay".to_string(),
+        plan.weight_decay.map(|l| l.to_string()).unwrap_or_default(),
+    );
+    extra.insert(
+        "noise".to_string(),
+        plan.noise
+            .as_ref()
+            .map(|n| match n.samples {
+                None => "samples=all".to_string(),
+                Some(k) => format!("samples={k}"),
+            })
+            .unwrap_or_default(),
+    );
+    extra.insert(
+        "hessian".to_string(),
+        plan.hessian
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "samples={} iters={} tol={} probes={} seed={} params={}",
+                    h.samples.map(|k| k.to_string()).unwrap_or("all".into()),
+                    h.iters,
+                    h.tol,
+                    h.probes,
+                    h.seed,
+                    h.params
+                        .as_ref()
+                        .map(|p| p.join(","))
+                        .unwrap_or("all".into())
+                )
+            })
+            .unwrap_or_default(),
+    );
+    extra
+}
+
+/// Options checked against the model and data before any work: every problem at once.
+fn check_options(plan: &GradPlan, model: &Model) -> Result<()> {
+    let mut problems = Vec::new();
+    if let Some(n) = &plan.noise {
+        if plan.bn_train && n.samples != Some(0) {
+            problems.push(
+                "--noise with --bn train: per-sample gradients are not defined under batch statistics \
+                 (add --noise-samples 0 for the minibatch part only)"
+                    .to_string(),
+            );
+        }
+    }
+    if let Some(h) = &plan.hessian {
+        let trainable: Vec<String> = model.trainable().map(|p| p.name.clone()).collect();
+        if let Some(ps) = &h.params {
+            for q in ps {
+                if !trainable.contains(q) {
+                    problems.push(format!(
+                        "--hessian-params: '{q}' is not a trainable parameter of {}",
+                        model.path.display()
+                    ));
+                }
+            }
+        }
+        if h.iters == 0 {
+            problems.push("--hessian-iters must be at least 1".into());
+        }
+        if h.samples == Some(0) {
+            problems.push("--hessian-samples must be at least 1".into());
+        }
+        let dim: usize = match &h.params {
+            Some(ps) => ps
+                .iter()
+                .filter_map(|q| model.param(q))
+                .map(|i| i.shape.iter().product::<usize>())
+                .sum(),
+            None => model
+                .trainable()
+                .map(|i| i.shape.iter().product::<usize>())
+                .sum(),
+        };
+        let bytes = (h.iters + 2) as f64 * dim as f64 * 8.0;
+        if bytes > 8.0 * (1u64 << 30) as f64 {
+            problems.push(format!(
+                "--hessian-iters {} keeps {} Lanczos vectors of {dim} parameters in f64 ({:.1} GiB); lower it or restrict --hessian-params",
+                h.iters,
+                h.iters + 2,
+                bytes / (1u64 << 30) as f64
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::input(problems.join("; ")))
+    }
+}

@@ -1,0 +1,192 @@
+//! One checkpoint's passes over the data: the gradient pass ([`full_gradient`]), each batch's
+//! summed loss and gradient from an engine accumulated in f64 and divided by the number of
+//! target elements; and, after it, the per-sample noise pass ([`sample_noise`]) and the
+//! curvature passes ([`curvature`]) that need the full gradient.
+use crate::data::check::targets_in_range;
+use crate::data::{batches, Dataset};
+use crate::measure::engine::{BatchEngine, HvpEngine};
+use crate::measure::hessian::{Curvature, HessianOptions};
+use crate::measure::noise::{BatchSums, NoiseOptions, SampleNoise};
+use crate::model::Checkpoint;
+use crate::progress::Progress;
+use anyhow::{Context, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnNonFinite {
+    /// Stop with an error naming the checkpoint and batch (exit 4).
+    Stop,
+    /// Record the checkpoint's row with NaN and go on; exit 4 at the end.
+    Continue,
+}
+
+/// What one checkpoint's pass gives.
+#[derive(Debug, Clone)]
+pub struct GradResult {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+    pub elements: usize,
+    /// Gradient of the mean loss per parameter (the engine's order), f64.
+    pub grads: Vec<Vec<f64>>,
+    /// Batches whose loss or gradient was not finite (their values are left out).
+    pub nonfinite_batches: Vec<usize>,
+    /// With `noise`: the minibatch sums the noise identities need.
+    pub batch_noise: Option<BatchSums>,
+    pub seconds: f64,
+}
+
+/// One pass over the data at one checkpoint: each batch's summed loss and gradient from
+/// `engine`, accumulated in f64, divided by the number of target elements.
+#[allow(clippy::too_many_arguments)]
+pub fn full_gradient(
+    engine: &mut dyn BatchEngine,
+    ckpt: &Checkpoint,
+    data: &mut dyn Dataset,
+    batch: usize,
+    classes: Option<usize>,
+    on_nonfinite: OnNonFinite,
+    noise: bool,
+    progress: &mut Progress,
+) -> Result<GradResult> {
+    let t0 = std::time::Instant::now();
+    engine.load(ckpt)?;
+    let spec = data.spec().clone();
+    let mut acc: Vec<Vec<f64>> = engine
+        .params()
+        .iter()
+        .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
+        .collect();
+    let mut sums = noise.then(|| BatchSums::new(&acc));
+    let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
+    let mut has_correct = false;
+    let mut nonfinite = Vec::new();
+    for (bi, (start, count)) in batches(spec.len, batch).enumerate() {
+        let b = data.read(start, count)?;
+        targets_in_range(&b, classes, &spec.identity)?;
+        let per_sample: usize = b.y.shape()[1..].iter().product();
+        let r = engine.batch(&b).with_context(|| {
+            format!(
+                "{}: samples {}..{}",
+                ckpt.path.display(),
+                start,
+                start + count
+            )
+        })?;
+        let finite = r.loss.is_finite() && r.grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
+        if !finite {
+            let msg = format!(
+                "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
+                ckpt.path.display(),
+                start,
+                start + count,
+                spec.identity
+            );
+            if on_nonfinite == OnNonFinite::Stop {
+                return Err(crate::error::non_finite(format!(
+                    "{msg} (--on-nonfinite continue records NaN and goes on)"
+                )));
+            }
+            eprintln!("warning: {msg}");
+            nonfinite.push(bi);
+            progress.inc(count as u64);
+            continue;
+        }
+        for (a, v) in acc.iter_mut().zip(&r.grads) {
+            for (s, &x) in a.iter_mut().zip(v.iter()) {
+                *s += x as f64;
+            }
+        }
+        if let Some(n) = sums.as_mut() {
+            n.add(&r.grads, (count * per_sample.max(1)) as f64);
+        }
+        loss_sum += r.loss;
+        elements += count * per_sample.max(1);
+        if let Some(c) = r.correct {
+            correct_sum += c;
+            has_correct = true;
+        }
+        progress.inc(count as u64);
+    }
+    let m = elements.max(1) as f64;
+    let nan = !nonfinite.is_empty();
+    for a in acc.iter_mut() {
+        for s in a.iter_mut() {
+            *s = if nan { f64::NAN } else { *s / m };
+        }
+    }
+    Ok(GradResult {
+        loss: if nan { f64::NAN } else { loss_sum / m },
+        accuracy: if has_correct && !nan {
+            correct_sum / m
+        } else {
+            f64::NAN
+        },
+        samples: spec.len,
+        elements,
+        grads: acc,
+        nonfinite_batches: nonfinite,
+        batch_noise: sums,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The per-sample part of `--noise` over the first samples of the data (none when the gradient
+/// was not finite, or `--noise-samples 0`); `g` is the full gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_noise(
+    engine: &mut dyn BatchEngine,
+    data: &mut dyn Dataset,
+    opts: &NoiseOptions,
+    r: &GradResult,
+    c: &Checkpoint,
+    label: &str,
+    quiet: bool,
+) -> Result<Option<SampleNoise>> {
+    let len = data.spec().len;
+    let want = opts.samples.unwrap_or(len).min(len);
+    if !(r.nonfinite_batches.is_empty() && want > 0) {
+        return Ok(None);
+    }
+    let s = crate::measure::noise::per_sample(engine, data, want, &r.grads, label, quiet)
+        .with_context(|| format!("{}: --noise", c.path.display()))?;
+    Ok(Some(s))
+}
+
+/// `--hessian`'s curvature at checkpoint `c` over the engine's parameter block (none when the
+/// gradient was not finite); `names` are the gradient's parameters, in `r.grads` order. Warns
+/// when the top eigenvalue did not converge.
+#[allow(clippy::too_many_arguments)]
+pub fn curvature(
+    he: &mut dyn HvpEngine,
+    c: &Checkpoint,
+    data: &mut dyn Dataset,
+    batch: usize,
+    opts: &HessianOptions,
+    names: &[String],
+    r: &GradResult,
+    label: &str,
+    quiet: bool,
+) -> Result<Option<Curvature>> {
+    if !r.nonfinite_batches.is_empty() {
+        return Ok(None);
+    }
+    let hp = he.hvp_params().to_vec();
+    let sizes: Vec<usize> = hp.iter().map(|q| c.tensors[q].numel()).collect();
+    let gblock: Vec<f64> = hp
+        .iter()
+        .flat_map(|q| {
+            let i = names.iter().position(|n| n == q).unwrap();
+            r.grads[i].iter().copied()
+        })
+        .collect();
+    let cv =
+        crate::measure::hessian::curvature(he, c, data, batch, opts, &sizes, &gblock, label, quiet)
+            .with_context(|| format!("{}: --hessian", c.path.display()))?;
+    if !cv.lanczos.converged {
+        eprintln!(
+            "warning: {label}: the top Hessian eigenvalue did not converge in {} Lanczos iterations: {} with relative residual {:.2e} (tolerance {:.1e}; raise --hessian-iters)",
+            cv.lanczos.iterations, cv.lanczos.top, cv.lanczos.top_residual, opts.tol
+        );
+    }
+    Ok(Some(cv))
+}

@@ -1,0 +1,368 @@
+//! A checkpoint's results row (columns in `docs/schema.md`): the gradient pass's loss and
+//! accuracy, the norms of the gradient and of the weights, the weights' distances and
+//! distribution against the previous and the first checkpoint, and the optional parts
+//! (`--noise`, `--hessian`, `--weight-decay`, `--save-grad`), each from what its pass gave.
+use super::pass::GradResult;
+use crate::measure::hessian::Curvature;
+use crate::measure::noise::SampleNoise;
+use crate::measure::weights::{self, Distribution};
+use crate::model::Checkpoint;
+use crate::store::{Cell, Row};
+
+/// A printed row.
+pub struct GradRow {
+    pub path: String,
+    pub step: i64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub grad_l2: f64,
+    pub grad_reg_l2: Option<f64>,
+    pub weights_l2: f64,
+    pub dist_prev: f64,
+    /// With --noise: tr(Sigma)/|g|^2.
+    pub b_noise: Option<f64>,
+    /// With --hessian: the top eigenvalue.
+    pub hessian_top: Option<f64>,
+    pub seconds: f64,
+}
+
+/// The weights a row compares a checkpoint with: the first checkpoint's, and the previous
+/// one's, each with its distribution. The last row's are kept for the next (sorting every
+/// tensor is the costly part); a previous checkpoint that was not a row here (another shard's,
+/// or already complete) is read afresh.
+pub struct History {
+    first_w: Vec<Vec<f64>>,
+    first_dist: Distribution,
+    last: Option<(usize, Vec<Vec<f64>>, Distribution)>,
+}
+
+/// Checkpoint `k`'s weights (f64, per parameter) and the previous checkpoint's, with their
+/// distributions.
+pub struct Weights {
+    pub w: Vec<Vec<f64>>,
+    pub dist: Distribution,
+    pub prev_w: Vec<Vec<f64>>,
+    pub prev_dist: Distribution,
+}
+
+impl History {
+    pub fn new(names: &[String], first: &Checkpoint) -> History {
+        let first_w = weights_of(names, first);
+        let first_dist = Distribution::of(&first_w);
+        History {
+            first_w,
+            first_dist,
+            last: None,
+        }
+    }
+
+    /// The weights of checkpoint `k` of `all` and of the one before it.
+    pub fn at(&mut self, names: &[String], all: &[Checkpoint], k: usize) -> Weights {
+        let w = weights_of(names, &all[k]);
+        let dist = if k == 0 {
+            self.first_dist.clone()
+        } else {
+            Distribution::of(&w)
+        };
+        let (prev_w, prev_dist) = match self.last.take() {
+            Some((j, pw, pd)) if j + 1 == k => (pw, pd),
+            _ if k > 0 => {
+                let pw = weights_of(names, &all[k - 1]);
+                let pd = Distribution::of(&pw);
+                (pw, pd)
+            }
+            _ => (w.clone(), dist.clone()),
+        };
+        Weights {
+            w,
+            dist,
+            prev_w,
+            prev_dist,
+        }
+    }
+
+    /// Keeps checkpoint `k`'s weights, written to a row, for the next checkpoint.
+    pub fn keep(&mut self, k: usize, w: Weights) {
+        self.last = Some((k, w.w, w.dist));
+    }
+}
+
+/// The columns every row has, from the gradient pass `r` at checkpoint `c`, and the printed row
+/// as far as they go (the optional parts and the row's time are the caller's to fill in).
+pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, GradRow) {
+    let Weights {
+        w,
+        dist,
+        prev_w,
+        prev_dist,
+    } = cur;
+    let flat_g: Vec<f64> = r.grads.iter().flatten().copied().collect();
+    let per_g: Vec<f64> = r.grads.iter().map(|g| l2(g)).collect();
+    let per_w: Vec<f64> = w.iter().map(|x| l2(x)).collect();
+    let g_l2 = l2(&flat_g);
+    let w_l2 = per_w.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let dist_prev = distance(w, prev_w);
+    let mut row: Row = vec![
+        ("loss".into(), Cell::F64(r.loss)),
+        ("accuracy".into(), Cell::F64(r.accuracy)),
+        ("samples".into(), Cell::I64(r.samples as i64)),
+        ("elements".into(), Cell::I64(r.elements as i64)),
+        ("grad/l2".into(), Cell::F64(g_l2)),
+        (
+            "grad/l1".into(),
+            Cell::F64(flat_g.iter().map(|x| x.abs()).sum()),
+        ),
+        (
+            "grad/linf".into(),
+            Cell::F64(flat_g.iter().fold(0.0f64, |m, x| {
+                if x.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(x.abs())
+                }
+            })),
+        ),
+        (
+            "grad/per_param_l2".into(),
+            Cell::F64s(vec![per_g.len()], per_g.clone()),
+        ),
+        ("weights/l2".into(), Cell::F64(w_l2)),
+        (
+            "weights/per_param_l2".into(),
+            Cell::F64s(vec![per_w.len()], per_w),
+        ),
+        ("weights/dist_prev".into(), Cell::F64(dist_prev)),
+        (
+            "weights/dist_first".into(),
+            Cell::F64(distance(w, &hist.first_w)),
+        ),
+        (
+            "nonfinite_batches".into(),
+            Cell::I64(r.nonfinite_batches.len() as i64),
+        ),
+        ("seconds".into(), Cell::F64(r.seconds)),
+        (
+            "checkpoints/path".into(),
+            Cell::Str(c.path.display().to_string()),
+        ),
+        ("checkpoints/step".into(), Cell::I64(c.step)),
+        ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
+    ];
+    // The weights' distribution, per tensor (see `crate::measure::weights`).
+    let p = w.len();
+    let per_dist_prev = per_param_norm(w, prev_w, |x, y| (x - y) * (x - y));
+    let per_move: Vec<f64> = w
+        .iter()
+        .zip(prev_w)
+        .map(|(a, b)| weights::mean_abs_move(a, b))
+        .collect();
+    row.extend([
+        ("checkpoints/lr".into(), Cell::F64(checkpoint_lr(c))),
+        (
+            "weights/w1_prev".into(),
+            Cell::F64s(vec![p], dist.w1(prev_dist)),
+        ),
+        (
+            "weights/w1_first".into(),
+            Cell::F64s(vec![p], dist.w1(&hist.first_dist)),
+        ),
+        (
+            "weights/per_param_mean_abs_move".into(),
+            Cell::F64s(vec![p], per_move),
+        ),
+        (
+            "weights/per_param_dist_prev".into(),
+            Cell::F64s(vec![p], per_dist_prev),
+        ),
+        (
+            "weights/quantiles".into(),
+            Cell::F64s(vec![p, weights::QUANTILE_LEVELS], dist.quantiles.clone()),
+        ),
+        (
+            "weights/hist/counts".into(),
+            Cell::I64s(vec![p, weights::HIST_BINS], dist.hist_counts.clone()),
+        ),
+        (
+            "weights/hist/edges".into(),
+            Cell::F64s(vec![p, weights::HIST_BINS + 1], dist.hist_edges.clone()),
+        ),
+    ]);
+    let printed = GradRow {
+        path: c.path.display().to_string(),
+        step: c.step,
+        loss: r.loss,
+        accuracy: r.accuracy,
+        grad_l2: g_l2,
+        grad_reg_l2: None,
+        weights_l2: w_l2,
+        dist_prev,
+        b_noise: None,
+        hessian_top: None,
+        seconds: r.seconds,
+    };
+    (row, printed)
+}
+
+/// `--noise`'s columns: the minibatch part from the gradient pass's sums, the per-sample part
+/// from its own pass (NaN where a part did not run). Returns B_noise = tr(Sigma) / |g|^2.
+pub fn noise(row: &mut Row, r: &GradResult, sample: Option<&SampleNoise>, g_l2: f64) -> f64 {
+    let p = r.grads.len();
+    let nan = vec![f64::NAN; p];
+    let (sq, var) = match (&r.batch_noise, r.nonfinite_batches.is_empty()) {
+        (Some(b), true) => b.finish(&r.grads),
+        _ => (nan.clone(), nan.clone()),
+    };
+    let (tr, per_tr, used) = match sample {
+        Some(s) => (s.trace(), s.per_param.clone(), s.samples as i64),
+        None => (f64::NAN, nan.clone(), 0),
+    };
+    let b_noise = tr / (g_l2 * g_l2);
+    row.extend([
+        ("noise/batch_sq_mean".into(), Cell::F64(sq.iter().sum())),
+        ("noise/batch_var".into(), Cell::F64(var.iter().sum())),
+        ("noise/per_param_batch_var".into(), Cell::F64s(vec![p], var)),
+        ("noise/sample_var_trace".into(), Cell::F64(tr)),
+        (
+            "noise/per_param_sample_var".into(),
+            Cell::F64s(vec![p], per_tr),
+        ),
+        ("noise/b_noise".into(), Cell::F64(b_noise)),
+        ("noise/samples".into(), Cell::I64(used)),
+    ]);
+    b_noise
+}
+
+/// `--hessian`'s columns from the curvature over the parameters `block` (NaN where it did not
+/// run). Per-parameter columns follow `names` (/params/name); parameters outside the block get
+/// NaN. Returns the top eigenvalue.
+pub fn hessian(row: &mut Row, names: &[String], block: &[String], cv: Option<&Curvature>) -> f64 {
+    let p = names.len();
+    let mut per_tr = vec![f64::NAN; p];
+    let mut per_se = vec![f64::NAN; p];
+    let mut per_mass = vec![f64::NAN; p];
+    if let Some(cv) = cv {
+        for (j, q) in block.iter().enumerate() {
+            let i = names.iter().position(|n| n == q).unwrap();
+            per_tr[i] = cv.trace.per_block[j];
+            per_se[i] = cv.trace.per_block_se[j];
+            per_mass[i] = cv.top_mass[j];
+        }
+    }
+    let f = |x: Option<f64>| Cell::F64(x.unwrap_or(f64::NAN));
+    let lz = cv.map(|c| &c.lanczos);
+    let top = lz.map(|l| l.top).unwrap_or(f64::NAN);
+    row.extend([
+        ("hessian/top".into(), f(lz.map(|l| l.top))),
+        ("hessian/top_residual".into(), f(lz.map(|l| l.top_residual))),
+        ("hessian/bottom".into(), f(lz.map(|l| l.bottom))),
+        (
+            "hessian/bottom_residual".into(),
+            f(lz.map(|l| l.bottom_residual)),
+        ),
+        (
+            "hessian/iterations".into(),
+            Cell::I64(lz.map(|l| l.iterations as i64).unwrap_or(0)),
+        ),
+        (
+            "hessian/converged".into(),
+            Cell::I64(lz.map(|l| l.converged as i64).unwrap_or(0)),
+        ),
+        ("hessian/sharpness".into(), f(cv.map(|c| c.sharpness))),
+        ("hessian/trace".into(), f(cv.map(|c| c.trace.trace))),
+        ("hessian/trace_se".into(), f(cv.map(|c| c.trace.trace_se))),
+        (
+            "hessian/per_param_trace".into(),
+            Cell::F64s(vec![p], per_tr),
+        ),
+        (
+            "hessian/per_param_trace_se".into(),
+            Cell::F64s(vec![p], per_se),
+        ),
+        (
+            "hessian/per_param_top_mass".into(),
+            Cell::F64s(vec![p], per_mass),
+        ),
+        (
+            "hessian/samples".into(),
+            Cell::I64(cv.map(|c| c.samples as i64).unwrap_or(0)),
+        ),
+        (
+            "hessian/products".into(),
+            Cell::I64(cv.map(|c| c.products as i64).unwrap_or(0)),
+        ),
+    ]);
+    top
+}
+
+/// `--weight-decay lambda`'s columns: the gradient of L(w) + (lambda/2)|w|^2, which is
+/// g + lambda w, in total and per parameter. Returns its norm.
+pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[Vec<f64>], lambda: f64) -> f64 {
+    let per = per_param_norm(grads, w, |a, b| (a + lambda * b).powi(2));
+    let total = per.iter().map(|x| x * x).sum::<f64>().sqrt();
+    row.push(("grad_reg/l2".into(), Cell::F64(total)));
+    row.push((
+        "grad_reg/per_param_l2".into(),
+        Cell::F64s(vec![per.len()], per),
+    ));
+    total
+}
+
+/// `--save-grad`: the full gradient of every parameter, in its shape.
+pub fn full_gradient(row: &mut Row, names: &[String], grads: &[Vec<f64>], c: &Checkpoint) {
+    for (p, g) in names.iter().zip(grads) {
+        let shape = c.tensors[p].shape.clone();
+        row.push((format!("grad/full/{p}"), Cell::F64s(shape, g.clone())));
+    }
+}
+
+/// Sets /seconds: the whole row's time, the gradient pass and any noise and curvature passes.
+pub fn set_seconds(row: &mut Row, seconds: f64) {
+    for (name, cell) in row.iter_mut() {
+        if name == "seconds" {
+            *cell = Cell::F64(seconds);
+        }
+    }
+}
+
+/// Per parameter, sqrt(sum_i sq(a_i, b_i)) over its entries; `sq` gives the squared term.
+fn per_param_norm(a: &[Vec<f64>], b: &[Vec<f64>], sq: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| sq(p, q)).sum::<f64>().sqrt())
+        .collect()
+}
+
+fn l2(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// The named parameters of a checkpoint, as f64.
+pub fn weights_of(names: &[String], c: &Checkpoint) -> Vec<Vec<f64>> {
+    names
+        .iter()
+        .map(|p| {
+            c.tensors
+                .get(p)
+                .and_then(|t| t.as_f32())
+                .map(|v| v.iter().map(|&x| x as f64).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn distance(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The learning rate a checkpoint was written at (`probe train` records it in the safetensors
+/// metadata as `lr`); NaN when unknown.
+fn checkpoint_lr(c: &Checkpoint) -> f64 {
+    c.metadata
+        .get("lr")
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
