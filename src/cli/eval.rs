@@ -1,5 +1,5 @@
 //! `probe eval`: its flags, their plan, and the table of one row per checkpoint.
-use super::flags::{command_line, threads, wrote, Common};
+use super::flags::{command_line, wrote, Common};
 use clap::Args;
 use probe::measure::eval::{EvalPlan, EvalRow};
 
@@ -20,7 +20,7 @@ impl EvalArgs {
             limit: c.limit.map(|l| l as usize),
             batch: c.batch as usize,
             loss: c.loss.into(),
-            threads: threads(c.threads),
+            threads: c.threads.count(),
             out: c.out,
             force: c.force,
             quiet,

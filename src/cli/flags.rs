@@ -28,9 +28,8 @@ pub struct Common {
     /// Loss: cross-entropy from logits on class ids, or mean squared error on real targets.
     #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
-    /// Compute threads, 1 to 1024 (default: every core).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
-    pub threads: Option<u64>,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
     #[arg(long, value_name = "R.h5")]
     pub out: PathBuf,
@@ -98,10 +97,21 @@ pub fn command_line() -> String {
         .join(" ")
 }
 
-/// `--threads`, or every core.
-pub fn threads(t: Option<u64>) -> usize {
-    t.map(|t| t as usize)
-        .unwrap_or_else(probe::runtime::default_threads)
+/// `--threads`, the same flag in every subcommand that computes.
+#[derive(Args, Debug)]
+pub struct Threads {
+    /// Compute threads, 1 to 1024 (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
+    pub threads: Option<u64>,
+}
+
+impl Threads {
+    /// `--threads`, or every core.
+    pub fn count(&self) -> usize {
+        self.threads
+            .map(|t| t as usize)
+            .unwrap_or_else(probe::runtime::default_threads)
+    }
 }
 
 /// The note a subcommand ends with: where its results went.

@@ -1,8 +1,6 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
-use super::flags::{
-    command_line, non_negative, threads, whole_in, wrote, Bn, Common, Conflict, DeviceArg,
-};
+use super::flags::{command_line, non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
 
@@ -197,7 +195,7 @@ impl GradArgs {
                     params: self.hessian_params.clone(),
                     seed: self.hessian_seed,
                 }),
-            threads: threads(c.threads),
+            threads: c.threads.count(),
             out: c.out,
             force: c.force,
             quiet,

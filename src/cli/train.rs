@@ -1,6 +1,6 @@
 //! `probe train`: its flags, their plan (optimizer, schedule, length, checkpoints), and the
 //! table of one row per checkpoint written.
-use super::flags::{command_line, non_negative, threads, Conflict, DeviceArg, Loss, MAX_THREADS};
+use super::flags::{command_line, non_negative, Conflict, DeviceArg, Loss, Threads};
 use clap::{Args, ValueEnum};
 use probe::train::run::{CkptRow, TrainPlan};
 use std::path::PathBuf;
@@ -75,9 +75,8 @@ pub struct TrainArgs {
     pub limit: Option<u64>,
     #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
-    /// Compute threads, 1 to 1024 (default: every core).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
-    pub threads: Option<u64>,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Where libtorch trains: cpu, or cuda (where libtorch sees a GPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
@@ -140,7 +139,7 @@ impl TrainArgs {
             ckpt_every: self.ckpt_every,
             ckpt_every_epoch: self.ckpt_every_epoch,
             loss: self.loss.into(),
-            threads: threads(self.threads),
+            threads: self.threads.count(),
             device: self.device.into(),
             resume: self.resume,
             force: self.force,

@@ -69,6 +69,12 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
     let mut out = Vec::new();
     let steps = res.sorted_steps();
     let col = |c: &str| res.series(c).map(|v| res.sorted(&v));
+    // One line per (column, label) the file holds.
+    let lines = |cols: &[(&str, &str)]| -> Vec<Line> {
+        cols.iter()
+            .filter_map(|&(c, label)| col(c).map(|v| line(label, &steps, &v)))
+            .collect()
+    };
     let missing = |notes: &mut Vec<String>, c: &str, what: &str, how: &str| {
         notes.push(format!("{name} has no /{c} ({how}): {what} left out"));
     };
@@ -192,13 +198,13 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             lines: mv,
         });
     }
-    let mut noise = Vec::new();
-    if let Some(v) = col("noise/batch_var") {
-        noise.push(line("minibatch gradient variance", &steps, &v));
-    }
-    if let Some(v) = col("noise/sample_var_trace") {
-        noise.push(line("per-sample gradient variance (trace)", &steps, &v));
-    }
+    let mut noise = lines(&[
+        ("noise/batch_var", "minibatch gradient variance"),
+        (
+            "noise/sample_var_trace",
+            "per-sample gradient variance (trace)",
+        ),
+    ]);
     if !noise.is_empty() {
         if let Some(v) = col("grad/l2") {
             let sq: Vec<f64> = v.iter().map(|x| x * x).collect();
@@ -226,13 +232,10 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             lines: vec![line("B_noise", &steps, &v)],
         });
     }
-    let mut sharp = Vec::new();
-    if let Some(v) = col("hessian/top") {
-        sharp.push(line("top Hessian eigenvalue", &steps, &v));
-    }
-    if let Some(v) = col("hessian/sharpness") {
-        sharp.push(line("sharpness", &steps, &v));
-    }
+    let mut sharp = lines(&[
+        ("hessian/top", "top Hessian eigenvalue"),
+        ("hessian/sharpness", "sharpness"),
+    ]);
     if !sharp.is_empty() {
         let lrs = lr.map(|l| vec![l; res.rows]).or_else(|| res.lr());
         match lrs {
