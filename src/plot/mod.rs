@@ -54,6 +54,17 @@ struct Panel {
     lines: Vec<Line>,
 }
 
+impl Panel {
+    fn new(title: &str, y_desc: &str, log: bool, lines: Vec<Line>) -> Panel {
+        Panel {
+            title: title.into(),
+            y_desc: y_desc.into(),
+            log,
+            lines,
+        }
+    }
+}
+
 fn line(label: &str, steps: &[f64], v: &[f64]) -> Line {
     Line {
         label: label.into(),
@@ -69,17 +80,23 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
     let mut out = Vec::new();
     let steps = res.sorted_steps();
     let col = |c: &str| res.series(c).map(|v| res.sorted(&v));
+    // One line per (column, label) the file holds.
+    let lines = |cols: &[(&str, &str)]| -> Vec<Line> {
+        cols.iter()
+            .filter_map(|&(c, label)| col(c).map(|v| line(label, &steps, &v)))
+            .collect()
+    };
     let missing = |notes: &mut Vec<String>, c: &str, what: &str, how: &str| {
         notes.push(format!("{name} has no /{c} ({how}): {what} left out"));
     };
 
     match col("loss") {
-        Some(v) => out.push(Panel {
-            title: "Full-dataset loss".into(),
-            y_desc: "loss".into(),
-            log: true,
-            lines: vec![line("loss", &steps, &v)],
-        }),
+        Some(v) => out.push(Panel::new(
+            "Full-dataset loss",
+            "loss",
+            true,
+            vec![line("loss", &steps, &v)],
+        )),
         None => missing(&mut notes, "loss", "the loss panel", "damaged file?"),
     }
     let mut gl = Vec::new();
@@ -107,20 +124,20 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
         ),
     }
     if !gl.is_empty() {
-        out.push(Panel {
-            title: "Full-dataset gradient norm".into(),
-            y_desc: "l2 norm".into(),
-            log: true,
-            lines: gl,
-        });
+        out.push(Panel::new(
+            "Full-dataset gradient norm",
+            "l2 norm",
+            true,
+            gl,
+        ));
     }
     match col("accuracy").filter(|v| v.iter().any(|x| x.is_finite())) {
-        Some(v) => out.push(Panel {
-            title: "Full-dataset accuracy".into(),
-            y_desc: "accuracy".into(),
-            log: false,
-            lines: vec![line("accuracy", &steps, &v)],
-        }),
+        Some(v) => out.push(Panel::new(
+            "Full-dataset accuracy",
+            "accuracy",
+            false,
+            vec![line("accuracy", &steps, &v)],
+        )),
         None => missing(
             &mut notes,
             "accuracy",
@@ -129,12 +146,12 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
         ),
     }
     match col("weights/l2") {
-        Some(v) => out.push(Panel {
-            title: "Weight norm |w|".into(),
-            y_desc: "l2 norm".into(),
-            log: false,
-            lines: vec![line("|w|", &steps, &v)],
-        }),
+        Some(v) => out.push(Panel::new(
+            "Weight norm |w|",
+            "l2 norm",
+            false,
+            vec![line("|w|", &steps, &v)],
+        )),
         None => missing(
             &mut notes,
             "weights/l2",
@@ -181,35 +198,27 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
                 l.points.retain(|p| p.0 != s0 || p.1 != 0.0);
             }
         }
-        out.push(Panel {
-            title: "Motion between consecutive checkpoints".into(),
-            y_desc: if per_entry {
-                "per weight".into()
-            } else {
-                "|w_k - w_(k-1)|".into()
-            },
-            log: true,
-            lines: mv,
-        });
+        let y_desc = if per_entry {
+            "per weight"
+        } else {
+            "|w_k - w_(k-1)|"
+        };
+        let title = "Motion between consecutive checkpoints";
+        out.push(Panel::new(title, y_desc, true, mv));
     }
-    let mut noise = Vec::new();
-    if let Some(v) = col("noise/batch_var") {
-        noise.push(line("minibatch gradient variance", &steps, &v));
-    }
-    if let Some(v) = col("noise/sample_var_trace") {
-        noise.push(line("per-sample gradient variance (trace)", &steps, &v));
-    }
+    let mut noise = lines(&[
+        ("noise/batch_var", "minibatch gradient variance"),
+        (
+            "noise/sample_var_trace",
+            "per-sample gradient variance (trace)",
+        ),
+    ]);
     if !noise.is_empty() {
         if let Some(v) = col("grad/l2") {
             let sq: Vec<f64> = v.iter().map(|x| x * x).collect();
             noise.push(line("|g|^2", &steps, &sq));
         }
-        out.push(Panel {
-            title: "Gradient noise".into(),
-            y_desc: "squared norm".into(),
-            log: true,
-            lines: noise,
-        });
+        out.push(Panel::new("Gradient noise", "squared norm", true, noise));
     } else {
         missing(
             &mut notes,
@@ -219,20 +228,17 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
         );
     }
     if let Some(v) = col("noise/b_noise") {
-        out.push(Panel {
-            title: "Noise scale B_noise".into(),
-            y_desc: "samples".into(),
-            log: true,
-            lines: vec![line("B_noise", &steps, &v)],
-        });
+        out.push(Panel::new(
+            "Noise scale B_noise",
+            "samples",
+            true,
+            vec![line("B_noise", &steps, &v)],
+        ));
     }
-    let mut sharp = Vec::new();
-    if let Some(v) = col("hessian/top") {
-        sharp.push(line("top Hessian eigenvalue", &steps, &v));
-    }
-    if let Some(v) = col("hessian/sharpness") {
-        sharp.push(line("sharpness", &steps, &v));
-    }
+    let mut sharp = lines(&[
+        ("hessian/top", "top Hessian eigenvalue"),
+        ("hessian/sharpness", "sharpness"),
+    ]);
     if !sharp.is_empty() {
         let lrs = lr.map(|l| vec![l; res.rows]).or_else(|| res.lr());
         match lrs {
@@ -246,12 +252,7 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
                 "{name}: the learning rate is unknown (no finite /checkpoints/lr): pass --lr for the 2/lr line"
             )),
         }
-        out.push(Panel {
-            title: "Sharpness".into(),
-            y_desc: "eigenvalue".into(),
-            log: true,
-            lines: sharp,
-        });
+        out.push(Panel::new("Sharpness", "eigenvalue", true, sharp));
     } else {
         missing(
             &mut notes,

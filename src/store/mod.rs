@@ -40,6 +40,9 @@
 //! change or the rows after it, never a half-written row or an unreadable file. One process at a
 //! time writes a results file ([`lock`]): `<out>.lock` is held while it runs, and `<out>.next`
 //! (the copy the next change is written into) exists only while it runs.
+//!
+//! `probe analyze` adds the group `/analysis` to a `probe grad` file ([`analysis`]).
+pub mod analysis;
 pub mod atomic;
 pub mod lock;
 

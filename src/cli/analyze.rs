@@ -1,0 +1,48 @@
+//! `probe analyze`: its flags, their plan, and the printed table, verdict and notes.
+use super::flags::{command_line, positive};
+use clap::Args;
+use probe::analyze::AnalyzePlan;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// The results file of `probe grad` (the analysis is written into it, under /analysis).
+    #[arg(value_name = "R.h5")]
+    pub results: PathBuf,
+    /// Learning rate for the edge-of-stability comparison (default: /checkpoints/lr).
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
+    pub lr: Option<f64>,
+}
+
+/// Analyses the file, prints the table and the verdict on stdout and the notes on stderr.
+pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
+    let plan = AnalyzePlan {
+        path: args.results,
+        lr: args.lr,
+        command_line: command_line(),
+    };
+    let r = probe::analyze::run(&plan)?;
+    let path = plan.path.display();
+    if !quiet {
+        for m in &r.missing {
+            eprintln!("note: {path} has no {m}");
+        }
+        if !r.complete {
+            eprintln!(
+                "note: {path} is not complete (probe grad still running, or stopped): analysed its {} complete rows",
+                r.rows
+            );
+        }
+    }
+    for line in r.table() {
+        println!("{line}");
+    }
+    println!();
+    for line in r.verdict() {
+        println!("{line}");
+    }
+    if !quiet {
+        eprintln!("wrote /analysis into {path}");
+    }
+    Ok(())
+}

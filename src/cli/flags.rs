@@ -1,0 +1,156 @@
+//! What the subcommands share: the flags of a pass over checkpoints (`eval`, `grad`), the loss,
+//! BatchNorm and device choices, the value parsers of numeric flags, and the helpers every
+//! subcommand's run step uses.
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// The ONNX model (a `model.onnx.data` external-data file beside it is read too).
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Checkpoints (safetensors keyed by ONNX initializer names), or folders of them; taken in
+    /// step order (metadata `step`, else the number in the file name) whatever order they are
+    /// given in. Optimizer-state files are skipped with a note; the same file twice is refused.
+    /// Without --ckpt the model's own initializers are used.
+    #[arg(long, value_name = "C.safetensors", num_args = 1..)]
+    pub ckpt: Vec<PathBuf>,
+    /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, or an HDF5
+    /// file with datasets `x` [N, ...] and `y` [N] or [N, T].
+    #[arg(long, value_name = "D")]
+    pub data: String,
+    /// Samples per batch (does not change the result; larger is faster until memory runs out).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+    pub batch: u64,
+    /// Use only the first N samples.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+    pub limit: Option<u64>,
+    /// Loss: cross-entropy from logits on class ids, or mean squared error on real targets.
+    #[arg(long, value_enum, default_value_t = Loss::Ce)]
+    pub loss: Loss,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Results file (HDF5); appended to if it holds earlier rows of the same run.
+    #[arg(long, value_name = "R.h5")]
+    pub out: PathBuf,
+    /// Replace --out if it holds results of another run.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Loss {
+    /// Cross-entropy from logits (class ids as targets).
+    Ce,
+    /// Mean squared error (real-valued targets).
+    Mse,
+}
+
+impl From<Loss> for probe::autodiff::LossKind {
+    fn from(l: Loss) -> Self {
+        match l {
+            Loss::Ce => probe::autodiff::LossKind::CrossEntropy,
+            Loss::Mse => probe::autodiff::LossKind::Mse,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bn {
+    Eval,
+    Train,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for tch::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => tch::Device::Cpu,
+            DeviceArg::Cuda => tch::Device::Cuda(0),
+        }
+    }
+}
+
+/// Flags that contradict each other, found while turning them into a plan: `main` reports it
+/// the way clap reports a bad flag (usage line, exit 2).
+#[derive(Debug)]
+pub struct Conflict(pub &'static str);
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+/// The command line as run, for the results file (arguments with spaces quoted).
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--threads`, the same flag in every subcommand that computes.
+#[derive(Args, Debug)]
+pub struct Threads {
+    /// Compute threads, 1 to 1024 (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS), allow_hyphen_values = true)]
+    pub threads: Option<u64>,
+}
+
+impl Threads {
+    /// `--threads`, or every core.
+    pub fn count(&self) -> usize {
+        self.threads
+            .map(|t| t as usize)
+            .unwrap_or_else(probe::runtime::default_threads)
+    }
+}
+
+/// The note a subcommand ends with: where its results went.
+pub fn wrote(quiet: bool, path: &Path) {
+    if !quiet {
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+// Value parsers of the numeric flags: a value out of range is a bad flag (exit 2), refused by
+// clap before any work with one line, "invalid value 'nan' for '--weight-decay <L>': needs a
+// finite number >= 0". Numeric flags take values that start with '-' (allow_hyphen_values), so
+// `--lr -0.1` is refused for its range, not as an unknown argument.
+
+/// The most compute threads a flag may ask for (ONNX Runtime and libtorch start that many).
+pub const MAX_THREADS: u64 = 1024;
+
+/// A finite number for which `ok` holds, else `needs`.
+fn finite(s: &str, ok: fn(f64) -> bool, needs: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(needs.into()),
+    }
+}
+
+/// A finite number >= 0.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    finite(s, |v| v >= 0.0, "needs a finite number >= 0")
+}
+
+/// A finite number > 0.
+pub fn positive(s: &str) -> Result<f64, String> {
+    finite(s, |v| v > 0.0, "needs a finite number > 0")
+}
+
+/// A whole number in LO..=HI.
+pub fn whole_in<const LO: usize, const HI: usize>(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (LO..=HI).contains(&v) => Ok(v),
+        _ => Err(format!("needs a whole number from {LO} to {HI}")),
+    }
+}

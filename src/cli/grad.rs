@@ -1,0 +1,246 @@
+//! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
+//! one row per checkpoint.
+use super::flags::{command_line, non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
+use clap::{Args, ValueEnum};
+use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Also report |g + L w|, the gradient norm of the loss plus (L/2)|w|^2 (SGD's weight decay L,
+    /// a finite number >= 0).
+    #[arg(long, value_name = "L", value_parser = non_negative, allow_hyphen_values = true)]
+    pub weight_decay: Option<f64>,
+    /// Store the full gradient of every parameter (`/grad/full/<name>`).
+    #[arg(long)]
+    pub save_grad: bool,
+    /// BatchNormalization statistics: `eval` uses the checkpoint's running statistics (default);
+    /// `train` uses each batch's statistics, so the batch size becomes part of the result.
+    #[arg(long, value_enum, default_value_t = Bn::Eval)]
+    pub bn: Bn,
+    /// Take only the checkpoints of shard i of n (every n-th, starting at i; 0-based), e.g. 3/8.
+    #[arg(long, value_name = "i/n", value_parser = parse_shard, allow_hyphen_values = true)]
+    pub shard: Option<(usize, usize)>,
+    /// On a non-finite loss or gradient: stop (exit 4), or record NaN for that checkpoint and go on.
+    #[arg(long, value_enum, default_value_t = NonFinite::Stop)]
+    pub on_nonfinite: NonFinite,
+    /// What computes each batch's gradient: probe's ONNX gradient graph run by ONNX Runtime, or
+    /// libtorch autograd on the model interpreted node by node (same quantities, same store).
+    #[arg(long, value_enum, default_value_t = EngineArg::Onnxruntime)]
+    pub engine: EngineArg,
+    /// Where --engine torch computes: cpu, or cuda (where libtorch sees a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+
+    /// Gradient noise: mean over the --batch minibatches of |g_b|^2 and |g_b - g|^2 (same pass),
+    /// and the trace of the per-sample gradient covariance tr(Sigma) (a second pass, one sample
+    /// at a time), with B_noise = tr(Sigma)/|g|^2. Exact, not sampled.
+    #[arg(long, help_heading = "Noise and curvature")]
+    pub noise: bool,
+    /// Per-sample part of --noise over the first N samples only (0: skip it). Default: all.
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Noise and curvature",
+        requires = "noise",
+        allow_hyphen_values = true
+    )]
+    pub noise_samples: Option<u64>,
+    /// Curvature from exact Hessian-vector products (the gradient graph differentiated again):
+    /// top and bottom eigenvalue by Lanczos, directional sharpness g'Hg/|g|^2, Hutchinson trace
+    /// with its standard error, per parameter block. Costs about
+    /// (--hessian-iters + --hutchinson + 1) passes over --hessian-samples, each about 4-5x a
+    /// gradient pass (measured on the shipped ResNet), per checkpoint.
+    #[arg(long, help_heading = "Noise and curvature")]
+    pub hessian: bool,
+    /// Hessian of the mean loss over the first N samples, N >= 1 (default: all).
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Noise and curvature",
+        requires = "hessian",
+        value_parser = clap::value_parser!(u64).range(1..),
+        allow_hyphen_values = true
+    )]
+    pub hessian_samples: Option<u64>,
+    /// Lanczos iteration budget (one Hessian-vector product pass each), 1 to 10000.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 30,
+        help_heading = "Noise and curvature",
+        value_parser = whole_in::<1, 10_000>,
+        allow_hyphen_values = true
+    )]
+    pub hessian_iters: usize,
+    /// Stop Lanczos when the top eigenpair's relative residual |Hu - lu|/|l| is below this (a
+    /// finite number >= 0; 0 runs every iteration).
+    #[arg(
+        long,
+        value_name = "TOL",
+        default_value_t = 1e-4,
+        help_heading = "Noise and curvature",
+        value_parser = non_negative,
+        allow_hyphen_values = true
+    )]
+    pub hessian_tol: f64,
+    /// Rademacher probes for the Hutchinson trace estimate, 1 to 10000.
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 10,
+        help_heading = "Noise and curvature",
+        value_parser = whole_in::<1, 10_000>,
+        allow_hyphen_values = true
+    )]
+    pub hutchinson: usize,
+    /// Restrict the Hessian to these parameters (comma-separated initializer names): the block
+    /// H_BB, e.g. one layer's curvature. Default: all trainable parameters.
+    #[arg(
+        long,
+        value_name = "P,..",
+        value_delimiter = ',',
+        help_heading = "Noise and curvature",
+        requires = "hessian"
+    )]
+    pub hessian_params: Option<Vec<String>>,
+    /// Seed of the Lanczos start and the Hutchinson probes (the same at every checkpoint).
+    #[arg(
+        long,
+        default_value_t = 0,
+        help_heading = "Noise and curvature",
+        allow_hyphen_values = true
+    )]
+    pub hessian_seed: u64,
+    /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
+    /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
+    /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
+    #[arg(long)]
+    pub standard_ops: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineArg {
+    Onnxruntime,
+    Torch,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonFinite {
+    Stop,
+    Continue,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
+    let i: usize = i
+        .parse()
+        .map_err(|_| format!("'{i}' is not a shard index"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("'{n}' is not a shard count"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= i < n"));
+    }
+    Ok((i, n))
+}
+
+impl GradArgs {
+    /// The checked plan; `--device cuda` with the ONNX Runtime engine is a [`Conflict`].
+    pub fn plan(self, quiet: bool) -> anyhow::Result<GradPlan> {
+        let engine = match (self.engine, self.device) {
+            (EngineArg::Onnxruntime, DeviceArg::Cpu) => Engine::OnnxRuntime,
+            (EngineArg::Onnxruntime, DeviceArg::Cuda) => {
+                return Err(Conflict(
+                    "--device cuda needs --engine torch (ONNX Runtime runs on the CPU here)",
+                )
+                .into())
+            }
+            (EngineArg::Torch, device) => Engine::Torch(device.into()),
+        };
+        let c = self.common;
+        Ok(GradPlan {
+            model: c.model,
+            checkpoints: c.ckpt,
+            data: c.data,
+            limit: c.limit.map(|l| l as usize),
+            batch: c.batch as usize,
+            loss: c.loss.into(),
+            weight_decay: self.weight_decay,
+            save_grad: self.save_grad,
+            bn_train: self.bn == Bn::Train,
+            engine,
+            kernels: if self.standard_ops {
+                probe::autodiff::grad::Kernels::Standard
+            } else {
+                probe::autodiff::grad::Kernels::ProbeCpu
+            },
+            shard: self.shard.unwrap_or((0, 1)),
+            on_nonfinite: if self.on_nonfinite == NonFinite::Stop {
+                OnNonFinite::Stop
+            } else {
+                OnNonFinite::Continue
+            },
+            noise: self.noise.then(|| probe::measure::noise::NoiseOptions {
+                samples: self.noise_samples.map(|n| n as usize),
+            }),
+            hessian: self
+                .hessian
+                .then(|| probe::measure::hessian::HessianOptions {
+                    samples: self.hessian_samples.map(|n| n as usize),
+                    iters: self.hessian_iters,
+                    tol: self.hessian_tol,
+                    probes: self.hutchinson,
+                    params: self.hessian_params.clone(),
+                    seed: self.hessian_seed,
+                }),
+            threads: c.threads.count(),
+            out: c.out,
+            force: c.force,
+            quiet,
+            command_line: command_line(),
+        })
+    }
+}
+
+/// Measures every checkpoint, printing a row as each completes; the optional columns
+/// (|g + wd w|, B_noise, lambda_max) appear only when their flags ask for them.
+pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
+    let plan = args.plan(quiet)?;
+    let wd = plan.weight_decay.is_some();
+    let (noise, hess) = (plan.noise.is_some(), plan.hessian.is_some());
+    println!(
+        "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
+        "step",
+        "loss",
+        "accuracy",
+        "|grad|",
+        if wd { "|grad+wd*w|  " } else { "" },
+        "|w|",
+        "moved",
+        if noise { "   B_noise  " } else { "" },
+        if hess { "  lambda_max  " } else { "" },
+        "seconds"
+    );
+    let print = |r: &GradRow| {
+        let opt = |v: Option<f64>, w: usize| v.map(|v| format!("{v:>w$.4e}  ")).unwrap_or_default();
+        println!(
+            "{:>8}  {:>10.6}  {:>8.4}  {:>11.4e}  {}{:>10.4}  {:>10.4}  {}{}{:>7.1}  {}",
+            r.step,
+            r.loss,
+            r.accuracy,
+            r.grad_l2,
+            opt(r.grad_reg_l2, 11),
+            r.weights_l2,
+            r.dist_prev,
+            opt(r.b_noise, 10),
+            opt(r.hessian_top, 12),
+            r.seconds,
+            r.path
+        )
+    };
+    probe::measure::grad::run(&plan, print)?;
+    wrote(quiet, &plan.out);
+    Ok(())
+}
