@@ -6,7 +6,7 @@
 //! problem in one message: names missing from the checkpoint, names the model does not have, shape
 //! and dtype mismatches. Integer buffers (BatchNorm's `num_batches_tracked`) are not part of the
 //! ONNX graph's computation; they are skipped with a note.
-use super::{Model, Role};
+use super::onnx::{file_kind, hash_stream, Model, Role};
 use crate::tensor::{DType, HostTensor};
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
         return Err(crate::error::input(format!(
             "{}: not a regular file ({})",
             path.display(),
-            super::file_kind(&meta)
+            file_kind(&meta)
         )));
     }
     let file = std::fs::File::open(path).map_err(io)?;
@@ -60,7 +60,7 @@ pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
         return Err(crate::error::input(format!(
             "{}: not a regular file ({})",
             path.display(),
-            super::file_kind(&opened)
+            file_kind(&opened)
         )));
     }
     Ok((file, opened.len()))
@@ -233,7 +233,7 @@ impl Checkpoint {
             use std::io::{Seek, SeekFrom};
             let mut h = Sha256::new();
             file.seek(SeekFrom::Start(0))
-                .and_then(|_| super::hash_stream(&mut file, &mut h))
+                .and_then(|_| hash_stream(&mut file, &mut h))
                 .map_err(|e| crate::error::input(format!("{}: {e}", path.display())))?;
             format!("{:x}", h.finalize())
         };

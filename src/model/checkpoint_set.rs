@@ -22,7 +22,7 @@
 //!    whatever order the shell gave: a glob over `step-0`, `step-40`, ..., `step-160` gives 0,
 //!    120, 160, 40, 80. When some file has no step, the order given is kept, with a note.
 use super::checkpoint::Checkpoint;
-use super::Model;
+use super::onnx::Model;
 use crate::error::input;
 use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
