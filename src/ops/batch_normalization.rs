@@ -22,6 +22,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{f32_as_written, input, one, TorchCtx, Value};
 use crate::model::graph::{attr_float, attr_int};
+use crate::ops::rule::kernels::BATCH_NORMALIZATION_GRAD;
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::NodeProto;
@@ -142,7 +143,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         // sum dY (X - mean), times invstd that is sum dY xhat.
         let needs = [c.needs(0), need_g, need_gxh];
         let [gx, sum_g, sum_dy_xc] = <[Option<String>; 3]>::try_from(c.probe_cpu_outputs(
-            "BatchNormalizationGrad",
+            BATCH_NORMALIZATION_GRAD,
             &[&g, &x, &k, &mean],
             vec![],
             &needs,

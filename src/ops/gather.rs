@@ -11,6 +11,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
 use crate::model::graph::{attr_int, attr_string};
+use crate::ops::rule::kernels::GATHER_GRAD;
 use crate::ops::slice::i64_scalar;
 use crate::ops::transpose::inverse;
 use crate::tensor::DType;
@@ -57,7 +58,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         // table and runs ScatterElements over [indices, row] copies of the indices.
         let shape = c.shape_of(&x);
         let gx = c
-            .probe_cpu_op("GatherGrad", &[&g, &idx, &shape], vec![], 1)
+            .probe_cpu_op(GATHER_GRAD, &[&g, &idx, &shape], vec![], 1)
             .pop()
             .unwrap();
         c.set(0, gx);

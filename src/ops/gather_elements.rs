@@ -9,6 +9,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
 use crate::model::graph::{attr_int, attr_string};
+use crate::ops::rule::kernels::GATHER_ELEMENTS_GRAD;
 use crate::tensor::DType;
 use anyhow::Result;
 
@@ -37,7 +38,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let shape = c.shape_of(&x);
         let attrs = vec![attr_int("axis", axis)];
         let gx = c
-            .probe_cpu_op("GatherElementsGrad", &[&g, &idx, &shape], attrs, 1)
+            .probe_cpu_op(GATHER_ELEMENTS_GRAD, &[&g, &idx, &shape], attrs, 1)
             .pop()
             .unwrap();
         c.set(0, gx);

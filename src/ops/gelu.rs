@@ -10,6 +10,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{input, one, TorchCtx, Value};
 use crate::model::graph::attr_string;
+use crate::ops::rule::kernels::GELU_GRAD;
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use std::f64::consts::{FRAC_1_SQRT_2, PI};
@@ -35,7 +36,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         // One pass (libtorch's gelu_backward) instead of eleven; runtime/cpu_ops.
         let attrs = vec![attr_string("approximate", &approximate)];
         let gx = c
-            .probe_cpu_op("GeluGrad", &[&g, &x], attrs, 1)
+            .probe_cpu_op(GELU_GRAD, &[&g, &x], attrs, 1)
             .pop()
             .unwrap();
         c.set(0, gx);

@@ -18,6 +18,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
 use super::torch::{axis, f32_as_written, input, opt_input, TorchCtx, Value};
 use crate::model::graph::{attr_float, attr_int};
+use crate::ops::rule::kernels::LAYER_NORMALIZATION_GRAD;
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::{GraphProto, NodeProto};
@@ -177,7 +178,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             let needs = [c.needs(0), c.needs(1), c.has_input(2) && c.needs(2)];
             let attrs = vec![attr_int("axis", axis), attr_float("epsilon", eps as f32)];
             let outs =
-                c.probe_cpu_outputs("LayerNormalizationGrad", &[gy, &x, &scale], attrs, &needs);
+                c.probe_cpu_outputs(LAYER_NORMALIZATION_GRAD, &[gy, &x, &scale], attrs, &needs);
             for (i, o) in outs.into_iter().enumerate() {
                 if let Some(o) = o {
                     c.set(i, o);
@@ -272,7 +273,7 @@ fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
                 continue;
             };
             let p = &graph.node[i];
-            if p.op_type != "LayerNormalizationGrad"
+            if p.op_type != LAYER_NORMALIZATION_GRAD
                 || p.domain != PROBE_CPU_DOMAIN
                 || p.input.len() != 3
             {

@@ -14,6 +14,7 @@
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{input, one, TorchCtx, Value};
 use crate::model::graph::attr_int;
+use crate::ops::rule::kernels::MAT_MUL_ADD;
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::{GraphProto, NodeProto};
@@ -70,7 +71,7 @@ pub fn fuse_bias(graph: &mut GraphProto, shapes: &Shapes) {
                 && uses.sole_reader(m, k);
             if fits {
                 let mut f = n.clone();
-                f.op_type = "MatMulAdd".into();
+                f.op_type = MAT_MUL_ADD.into();
                 f.domain = crate::ops::rule::PROBE_CPU_DOMAIN.into();
                 f.input = vec![a.clone(), b.clone(), bias.clone()];
                 f.attribute.clear();

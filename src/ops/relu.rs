@@ -10,6 +10,9 @@
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage, PROBE_CPU_DOMAIN};
 use super::torch::{input, one, TorchCtx, Value};
 use crate::model::graph::attr_int;
+use crate::ops::rule::kernels::{
+    ADD_RELU, BATCH_NORMALIZATION_GRAD, RELU_BATCH_NORMALIZATION_GRAD, RELU_GRAD, SUM_RELU_GRAD,
+};
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::{GraphProto, NodeProto};
@@ -32,7 +35,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         // Add before the Relu computes Y directly, [`fuse`]).
         let y = c.output(0).to_string();
         let gx = c
-            .probe_cpu_op("ReluGrad", &[&g, &y], vec![], 1)
+            .probe_cpu_op(RELU_GRAD, &[&g, &y], vec![], 1)
             .pop()
             .unwrap();
         c.set(0, gx);
@@ -79,8 +82,8 @@ fn fuse(graph: &mut GraphProto, shapes: &Shapes) {
         let n = &graph.node[j];
         let std_relu = n.op_type == "Relu" && n.domain.is_empty();
         let relu_grad =
-            n.op_type == "ReluGrad" && n.domain == PROBE_CPU_DOMAIN && n.input.len() == 2;
-        let bn_grad = n.op_type == "BatchNormalizationGrad" && n.domain == PROBE_CPU_DOMAIN;
+            n.op_type == RELU_GRAD && n.domain == PROBE_CPU_DOMAIN && n.input.len() == 2;
+        let bn_grad = n.op_type == BATCH_NORMALIZATION_GRAD && n.domain == PROBE_CPU_DOMAIN;
         if !std_relu && !relu_grad && !bn_grad {
             continue;
         }
@@ -103,7 +106,7 @@ fn fuse(graph: &mut GraphProto, shapes: &Shapes) {
         } else if std_relu && p.op_type == "Add" && p.domain.is_empty() && same_f32(p, shapes) {
             let y = graph.node[j].output[0].clone();
             let p = &mut graph.node[i];
-            p.op_type = "AddRelu".into();
+            p.op_type = ADD_RELU.into();
             p.domain = PROBE_CPU_DOMAIN.into();
             p.output = vec![y];
             removed[j] = true;
@@ -112,12 +115,12 @@ fn fuse(graph: &mut GraphProto, shapes: &Shapes) {
             // its own X; the Sum's place need not follow X).
             let (da, db) = (p.input[0].clone(), p.input[1].clone());
             let n = &mut graph.node[j];
-            n.op_type = "SumReluGrad".into();
+            n.op_type = SUM_RELU_GRAD.into();
             n.input = vec![da, db, n.input[1].clone()];
             removed[i] = true;
         } else if bn_grad
             && p.domain == PROBE_CPU_DOMAIN
-            && matches!(p.op_type.as_str(), "ReluGrad" | "SumReluGrad")
+            && (p.op_type == RELU_GRAD || p.op_type == SUM_RELU_GRAD)
         {
             // BatchNormalizationGrad of (dY [+ dY2]) [Y > 0], the masked gradient formed per
             // plane inside it. ReluGrad(dY, Y), SumReluGrad(dY, dY2, Y).
@@ -128,7 +131,7 @@ fn fuse(graph: &mut GraphProto, shapes: &Shapes) {
             };
             let n = &mut graph.node[j];
             let (x, k, mean) = (n.input[1].clone(), n.input[2].clone(), n.input[3].clone());
-            n.op_type = "ReluBatchNormalizationGrad".into();
+            n.op_type = RELU_BATCH_NORMALIZATION_GRAD.into();
             n.input = vec![dy, y, x, k, mean];
             if !dy2.is_empty() {
                 n.input.push(dy2);

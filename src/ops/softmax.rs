@@ -14,6 +14,7 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{axis, input, one, TorchCtx, Value};
 use crate::model::graph::attr_int;
+use crate::ops::rule::kernels::{LOG_SOFTMAX_GRAD, SOFTMAX_GRAD};
 use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::NodeProto;
@@ -48,7 +49,7 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
     let gx = if log && fast {
         // libtorch's kernel, one pass (runtime/cpu_ops).
         let attrs = vec![attr_int("axis", axis)];
-        c.probe_cpu_op("LogSoftmaxGrad", &[&g, &y], attrs, 1)
+        c.probe_cpu_op(LOG_SOFTMAX_GRAD, &[&g, &y], attrs, 1)
             .pop()
             .unwrap()
     } else if log {
@@ -59,7 +60,7 @@ fn softmax(c: &mut Ctx, log: bool) -> Result<()> {
     } else if fast {
         // One pass instead of four (runtime/cpu_ops).
         let attrs = vec![attr_int("axis", axis)];
-        c.probe_cpu_op("SoftmaxGrad", &[&g, &y], attrs, 1)
+        c.probe_cpu_op(SOFTMAX_GRAD, &[&g, &y], attrs, 1)
             .pop()
             .unwrap()
     } else {

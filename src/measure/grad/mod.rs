@@ -177,7 +177,7 @@ fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
     extra.insert(
         "ops".to_string(),
         match (plan.engine, plan.kernels) {
-            (Engine::OnnxRuntime, Kernels::ProbeCpu) => "probe.cpu",
+            (Engine::OnnxRuntime, Kernels::ProbeCpu) => crate::ops::rule::PROBE_CPU_DOMAIN,
             (Engine::OnnxRuntime, Kernels::Standard) => "standard",
             (Engine::Torch(_), _) => "",
         }

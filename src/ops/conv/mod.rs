@@ -27,6 +27,7 @@ use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
 pub use super::window::{sizes, spatial_dims, TorchWindow, Window};
 use crate::model::graph::{attr_int, attr_ints};
+use crate::ops::rule::kernels::{CONV_GRAD, CONV_GRAD_X};
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
 use onnx_protobuf::NodeProto;
@@ -153,7 +154,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             attr_int("group", group),
         ];
         let gx = c
-            .probe_cpu_op("ConvGradX", &[&g, &x, &w], attrs, 1)
+            .probe_cpu_op(CONV_GRAD_X, &[&g, &x, &w], attrs, 1)
             .pop()
             .unwrap();
         c.set(0, gx);
@@ -298,7 +299,7 @@ fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i6
         attr_ints("dilations", &win.dilations),
         attr_int("group", group),
     ];
-    let outs = c.probe_cpu_outputs("ConvGrad", &[g, x, w], attrs, &needs);
+    let outs = c.probe_cpu_outputs(CONV_GRAD, &[g, x, w], attrs, &needs);
     for (i, o) in outs.into_iter().enumerate() {
         if let Some(o) = o {
             c.set(i + 1, o);

@@ -1,6 +1,7 @@
 //! The phase (sub-pixel) form of a strided convolution's dX ([`Phases`], [`phase_dx`]): one
 //! stride-1 Conv of dY with W's sub-kernels and `probe.cpu:Interleave`.
 use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_i64, Builder};
+use crate::ops::rule::kernels::INTERLEAVE;
 use crate::ops::window::Window;
 
 /// The phase (sub-pixel) form of a strided convolution's dX, for probe's CPU kernels: one
@@ -178,7 +179,7 @@ pub fn phase_dx(b: &mut Builder, dy: &str, w: &str, m: i64, c: i64, ph: &Phases)
         attr_ints("sizes", &ph.sizes),
     ];
     let domain = crate::ops::rule::PROBE_CPU_DOMAIN;
-    b.op_n_in(domain, "Interleave", &[&z], attrs, 1)
+    b.op_n_in(domain, INTERLEAVE, &[&z], attrs, 1)
         .pop()
         .unwrap()
 }

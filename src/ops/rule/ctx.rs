@@ -2,6 +2,7 @@
 //! inputs need gradients, and a builder for new nodes (after ONNX Runtime training's
 //! `gradient_builder`: `I(i)`, `O(i)`, `GO(i)`, `GI(i)`).
 use super::consts::const_ints;
+use super::kernels::REDUCE_SUM_LEADING;
 use super::kernels::{Kernels, PROBE_CPU_DOMAIN};
 use super::shapes::Shapes;
 use crate::model::graph::{attr_int, attr_ints, attr_tensor, tensor_f32, tensor_i64, Builder};
@@ -224,7 +225,7 @@ impl<'a> Ctx<'a> {
         let s = if leading && self.kernels == Kernels::ProbeCpu && self.dtype(like)? == DType::F32 {
             // A bias gradient: rows added in one pass (the `probe.cpu` kernel ReduceSumLeading).
             let attrs = vec![attr_int("axis", axes.len() as i64)];
-            self.probe_cpu_op("ReduceSumLeading", &[g], attrs, 1)
+            self.probe_cpu_op(REDUCE_SUM_LEADING, &[g], attrs, 1)
                 .pop()
                 .unwrap()
         } else {

@@ -6,9 +6,60 @@ use onnx_protobuf::{AttributeProto, NodeProto};
 /// The custom op domain of probe's CPU kernels.
 pub const PROBE_CPU_DOMAIN: &str = "probe.cpu";
 
+// The kernels' op types, one constant each: the rules in `ops/` write them and the registry in
+// `runtime/cpu_ops/` (one file per kernel family) registers them under the same constant, so a
+// name cannot drift between the two. The forward replacements keep the ONNX op's own type
+// (`Conv`, `MatMul`, ...) in the `probe.cpu` domain.
+
+/// `Conv` forward by libtorch (`runtime/cpu_ops/conv.rs`).
+pub const CONV: &str = "Conv";
+/// Conv's parameter gradients (dW, dB and, where needed, dX) in one kernel.
+pub const CONV_GRAD: &str = "ConvGrad";
+/// Conv's input gradient alone.
+pub const CONV_GRAD_X: &str = "ConvGradX";
+/// A strided Conv's dX assembled from its phases (`ops/conv/phases.rs`).
+pub const INTERLEAVE: &str = "Interleave";
+/// `MatMul` by libtorch (`runtime/cpu_ops/matmul.rs`).
+pub const MAT_MUL: &str = "MatMul";
+/// `MatMul` followed by the `Add` of a bias, in one kernel.
+pub const MAT_MUL_ADD: &str = "MatMulAdd";
+/// `dX = dY (X > 0)` (`runtime/cpu_ops/relu.rs`).
+pub const RELU_GRAD: &str = "ReluGrad";
+/// A residual `Add` and its `Relu` in one pass.
+pub const ADD_RELU: &str = "AddRelu";
+/// `dX = (dY1 + dY2) (X > 0)`: a two-consumer Relu's gradient sum and mask in one pass.
+pub const SUM_RELU_GRAD: &str = "SumReluGrad";
+/// `BatchNormalization` forward (`runtime/cpu_ops/batch_norm.rs`).
+pub const BATCH_NORMALIZATION: &str = "BatchNormalization";
+/// BatchNormalization's gradients (dX, dScale, dB).
+pub const BATCH_NORMALIZATION_GRAD: &str = "BatchNormalizationGrad";
+/// A ReluGrad fused into the BatchNormalizationGrad that consumes it.
+pub const RELU_BATCH_NORMALIZATION_GRAD: &str = "ReluBatchNormalizationGrad";
+/// `Softmax` forward (`runtime/cpu_ops/softmax.rs`).
+pub const SOFTMAX: &str = "Softmax";
+/// `dX = Y (dY - sum(dY Y))` along the axis.
+pub const SOFTMAX_GRAD: &str = "SoftmaxGrad";
+/// `dX = dY - exp(Y) sum(dY)` along the axis.
+pub const LOG_SOFTMAX_GRAD: &str = "LogSoftmaxGrad";
+/// `LayerNormalization` forward (`runtime/cpu_ops/layer_norm.rs`).
+pub const LAYER_NORMALIZATION: &str = "LayerNormalization";
+/// LayerNormalization's gradients (dX, dScale, dB).
+pub const LAYER_NORMALIZATION_GRAD: &str = "LayerNormalizationGrad";
+/// Gelu's input gradient (`runtime/cpu_ops/gelu.rs`).
+pub const GELU_GRAD: &str = "GeluGrad";
 /// The fused attention kernel: the op type the attention fusion writes and the op's rule
-/// differentiates (its gradient kernel is this name + `Grad`).
+/// differentiates (`runtime/cpu_ops/attention.rs`).
 pub const SCALED_DOT_PRODUCT_ATTENTION: &str = "ScaledDotProductAttention";
+/// The fused attention's gradients.
+pub const SCALED_DOT_PRODUCT_ATTENTION_GRAD: &str = "ScaledDotProductAttentionGrad";
+/// Gather's data gradient, a scatter-add (`runtime/cpu_ops/gather.rs`).
+pub const GATHER_GRAD: &str = "GatherGrad";
+/// GatherElements' data gradient, a scatter-add.
+pub const GATHER_ELEMENTS_GRAD: &str = "GatherElementsGrad";
+/// `Transpose` (`runtime/cpu_ops/transpose.rs`).
+pub const TRANSPOSE: &str = "Transpose";
+/// A sum over leading axes (a broadcast operand's gradient) (`runtime/cpu_ops/reduce.rs`).
+pub const REDUCE_SUM_LEADING: &str = "ReduceSumLeading";
 
 /// Which ops the gradient rules may emit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

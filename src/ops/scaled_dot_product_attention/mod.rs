@@ -30,6 +30,7 @@
 //! bias keeps the op-by-op form). Values the pattern computes on the way (P, the scores) stay
 //! computed if anything else reads them; what nothing reads any more is removed.
 use super::rule::{Ctx, Kind, Rule, Stage};
+use crate::ops::rule::kernels::SCALED_DOT_PRODUCT_ATTENTION_GRAD;
 use anyhow::{anyhow, Result};
 
 pub mod fusion;
@@ -75,7 +76,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     .map(|s| s.to_string());
     let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
     let attrs = c.node.attribute.clone();
-    let outs = c.probe_cpu_outputs(&format!("{OP}Grad"), &refs, attrs, &needs);
+    let outs = c.probe_cpu_outputs(SCALED_DOT_PRODUCT_ATTENTION_GRAD, &refs, attrs, &needs);
     for (i, o) in outs.into_iter().enumerate() {
         if let Some(o) = o {
             c.set(i, o);

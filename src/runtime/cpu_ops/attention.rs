@@ -18,9 +18,7 @@
 use super::exec::{bounds, split, split_opt};
 use super::ffi::{self, Attention, AttentionGrads, AttentionSaved};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io, Io::*};
-
-pub const SCALED_DOT_PRODUCT_ATTENTION: &str = "ScaledDotProductAttention";
-pub const SCALED_DOT_PRODUCT_ATTENTION_GRAD: &str = "ScaledDotProductAttentionGrad";
+use crate::ops::rule::kernels::{SCALED_DOT_PRODUCT_ATTENTION, SCALED_DOT_PRODUCT_ATTENTION_GRAD};
 
 /// The attributes both take.
 pub struct AttentionAttrs {

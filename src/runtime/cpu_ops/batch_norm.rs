@@ -19,10 +19,9 @@
 use super::exec::{bounds, deal, elementwise_parts, split, split_opt};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use super::relu::{relu_mask, sum_relu_mask};
-
-pub const BATCH_NORMALIZATION: &str = "BatchNormalization";
-pub const BATCH_NORMALIZATION_GRAD: &str = "BatchNormalizationGrad";
-pub const RELU_BATCH_NORMALIZATION_GRAD: &str = "ReluBatchNormalizationGrad";
+use crate::ops::rule::kernels::{
+    BATCH_NORMALIZATION, BATCH_NORMALIZATION_GRAD, RELU_BATCH_NORMALIZATION_GRAD,
+};
 
 impl FromAttrs for BatchNormAttrs {
     fn read(a: &Attrs) -> ort::Result<BatchNormAttrs> {

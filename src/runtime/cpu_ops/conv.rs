@@ -22,10 +22,7 @@
 use super::exec::{add_parts, bounds, split, sum_parts};
 use super::ffi::{self, ConvGeometry};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const CONV: &str = "Conv";
-pub const CONV_GRAD: &str = "ConvGrad";
-pub const CONV_GRAD_X: &str = "ConvGradX";
+use crate::ops::rule::kernels::{CONV, CONV_GRAD, CONV_GRAD_X};
 
 /// Convolution attributes as libtorch takes them (symmetric padding, one value per axis).
 #[derive(Debug, Clone)]

@@ -10,9 +10,7 @@
 //!
 //! Negative indices count from the end.
 use super::op::{Axis, Call, CpuOp, Io::*};
-
-pub const GATHER_GRAD: &str = "GatherGrad";
-pub const GATHER_ELEMENTS_GRAD: &str = "GatherElementsGrad";
+use crate::ops::rule::kernels::{GATHER_ELEMENTS_GRAD, GATHER_GRAD};
 
 /// dY, Indices and Shape (as a Vec).
 #[allow(clippy::type_complexity)]

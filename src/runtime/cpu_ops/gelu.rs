@@ -5,8 +5,7 @@
 use super::exec::{bounds, split};
 use super::ffi;
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const GELU_GRAD: &str = "GeluGrad";
+use crate::ops::rule::kernels::GELU_GRAD;
 
 /// Attribute `approximate`: whether it is "tanh".
 pub struct Tanh(bool);

@@ -3,8 +3,7 @@
 //! (`ops/conv.rs`), [`Phased`] as an op; parts split Y's N*C planes.
 use super::exec::{bounds, split};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const INTERLEAVE: &str = "Interleave";
+use crate::ops::rule::kernels::INTERLEAVE;
 
 /// The node's attributes.
 pub struct InterleaveAttrs {

@@ -14,9 +14,7 @@
 use super::exec::{bounds, split, split_opt};
 use super::lanes::{dot8, sum8};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const LAYER_NORMALIZATION: &str = "LayerNormalization";
-pub const LAYER_NORMALIZATION_GRAD: &str = "LayerNormalizationGrad";
+use crate::ops::rule::kernels::{LAYER_NORMALIZATION, LAYER_NORMALIZATION_GRAD};
 
 /// The attributes both take.
 pub struct LayerNormAttrs {

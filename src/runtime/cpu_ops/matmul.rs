@@ -13,9 +13,7 @@
 use super::exec::{add_parts, bounds, split, sum_parts};
 use super::ffi;
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const MAT_MUL: &str = "MatMul";
-pub const MAT_MUL_ADD: &str = "MatMulAdd";
+use crate::ops::rule::kernels::{MAT_MUL, MAT_MUL_ADD};
 
 /// Attributes `transA`, `transB` (default 0).
 pub struct Trans([bool; 2]);

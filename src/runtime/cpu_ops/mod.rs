@@ -9,8 +9,9 @@
 //! op tests in `ops/*.rs`, their `probe_cpu` cases). Each op's
 //! maths is in its kernel file; the rules that emit them say when (`ops/*.rs`).
 //!
-//! Layout, one file per kernel family, each holding its ops' typed attributes, kernels and the
-//! `pub const` names the rules write (domain `probe.cpu`, version 1):
+//! Layout, one file per kernel family, each holding its ops' typed attributes and kernels,
+//! registered under the op-type constants the rules write, which live in one place,
+//! `crate::ops::rule::kernels` (domain `probe.cpu`, version 1):
 //! - [`conv`]: `Conv`, `ConvGrad`, `ConvGradX`; [`interleave`]: `Interleave` (the strided dX's
 //!   phase assembly); [`matmul`]: `MatMul`, `MatMulAdd`;
 //! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`batch_norm`]: `BatchNormalization`,
@@ -50,18 +51,6 @@ use op::op;
 use ort::operator::OperatorDomain;
 
 pub use op::DOMAIN;
-
-/// `n` as the `probe.cpu` op of the same type, name, inputs and outputs, with `attribute`: the
-/// graph rewrites' forward replacements (`probe_cpu_forward` in `ops/*.rs`).
-pub fn as_probe_cpu(
-    n: &onnx_protobuf::NodeProto,
-    attribute: Vec<onnx_protobuf::AttributeProto>,
-) -> onnx_protobuf::NodeProto {
-    let mut m = n.clone();
-    m.domain = DOMAIN.into();
-    m.attribute = attribute;
-    m
-}
 
 /// The `probe.cpu` domain with every op, for `SessionBuilder::with_operators`; `threads` is the
 /// session's intra-op thread count (the kernels split their batch that many ways).

@@ -11,8 +11,8 @@ use ort::operator::{
 use ort::value::TensorElementType;
 use std::fmt::Display;
 
-/// The domain name the gradient rules write on the nodes.
-pub const DOMAIN: &str = "probe.cpu";
+/// The custom op domain (one name with the rules that emit these ops).
+pub use crate::ops::rule::PROBE_CPU_DOMAIN as DOMAIN;
 
 /// An input or output slot of an op.
 #[derive(Clone, Copy)]

@@ -4,8 +4,7 @@
 //! inner loop vectorizes along R, and the parts' rows are added in f64.
 use super::exec::bounds;
 use super::op::{Axis, Call, CpuOp, Io::*};
-
-pub const REDUCE_SUM_LEADING: &str = "ReduceSumLeading";
+use crate::ops::rule::kernels::REDUCE_SUM_LEADING;
 
 /// `probe.cpu:ReduceSumLeading`.
 pub static REDUCE_SUM_LEADING_OP: CpuOp<Axis> =

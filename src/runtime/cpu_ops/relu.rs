@@ -10,10 +10,7 @@
 //! Parts take equal element ranges ([`elementwise_parts`]).
 use super::exec::{bounds, elementwise_parts, split};
 use super::op::{Call, CpuOp, Io::*};
-
-pub const RELU_GRAD: &str = "ReluGrad";
-pub const ADD_RELU: &str = "AddRelu";
-pub const SUM_RELU_GRAD: &str = "SumReluGrad";
+use crate::ops::rule::kernels::{ADD_RELU, RELU_GRAD, SUM_RELU_GRAD};
 
 /// `out = (a + b) [x > 0]`. The mask is applied as bits (all ones or zero, and-ed with the sum:
 /// the same values as a branch, NaN included) so that the loop compiles to vector compares and

@@ -11,11 +11,8 @@ use super::exec::{bounds, split};
 use super::ffi;
 use super::lanes::dot8;
 use super::op::{Axis, Call, CpuOp, Io::*};
+use crate::ops::rule::kernels::{LOG_SOFTMAX_GRAD, SOFTMAX, SOFTMAX_GRAD};
 use std::ops::Range;
-
-pub const SOFTMAX: &str = "Softmax";
-pub const SOFTMAX_GRAD: &str = "SoftmaxGrad";
-pub const LOG_SOFTMAX_GRAD: &str = "LogSoftmaxGrad";
 
 /// A libtorch softmax kernel `f(input range, part shape, part of out)` over `out` (of `shape`),
 /// in parts: the first axis split when the softmax runs along another, else one part.

@@ -5,8 +5,7 @@
 use super::exec::{bounds, split};
 use super::ffi;
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
-
-pub const TRANSPOSE: &str = "Transpose";
+use crate::ops::rule::kernels::TRANSPOSE;
 
 /// Attribute `perm`.
 pub struct Perm(Vec<i64>);
