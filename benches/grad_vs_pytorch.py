@@ -19,6 +19,7 @@ times are averaged (this machine's speed drifts over minutes). `--repeat R` runs
 times and prints the median ratios (timings on a shared machine vary).
 
     .venv/bin/python benches/grad_vs_pytorch.py [--model resnet|gpt|mlp|all] [--n N] [--batch B]
+    PROBE_BIN=/path/to/other/probe .venv/bin/python benches/grad_vs_pytorch.py ...   (another build)
 """
 import argparse
 import os
@@ -66,8 +67,9 @@ def main():
     p.add_argument("--no-torch-engine", action="store_true", help="skip the --engine torch run")
     p.add_argument("--no-standard-ops", action="store_true", help="skip the --standard-ops run")
     a = p.parse_args()
-    exe = os.path.join(ROOT, "target", "release", "probe")
-    if not os.path.exists(exe):
+    # PROBE_BIN: another build of probe (e.g. an older commit's) to compare with this one.
+    exe = os.environ.get("PROBE_BIN") or os.path.join(ROOT, "target", "release", "probe")
+    if not os.path.exists(exe) and "PROBE_BIN" not in os.environ:
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     names = ["mlp", "resnet", "gpt"] if a.model == "all" else [a.model]
     onnx_of = lambda n: a.onnx if a.onnx else os.path.join(ROOT, "models", f"{n}.onnx")
