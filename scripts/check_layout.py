@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks src/'s layout rules: no import cycles, no file over ~800 lines without a reason.
 
-Usage: scripts/check_layout.py [SRC_DIR]        (exit 1 on any violation; stdlib only)
+Usage: scripts/check_layout.py [SRC_DIR] [--modules]   (exit 1 on any violation; stdlib only;
+       --modules also prints which top-level modules each one uses)
 
 Import graph. Every path a file names (`use crate::a::b::{c, d}`, `crate::a::b::f(..)`,
 `super::x::Y`, `self::x`, and bare `x::Y` where `x` is a child module the file declares) is
@@ -142,7 +143,8 @@ def expand_use(tree):
 
 
 def main():
-    src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
+    args = [a for a in sys.argv[1:] if a != "--modules"]
+    src = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
     src = os.path.normpath(src)
     rels = files_of(src)
     tests = test_only_files(src, rels)
@@ -251,6 +253,9 @@ def main():
     for comp in sccs(deps, nodes):
         edges = [f"{a} -> {b}" for a in comp for b in sorted(deps[a]) if b in comp]
         problems.append(f"file cycle of {len(comp)}: " + ", ".join(edges[:12]) + (" ..." if len(edges) > 12 else ""))
+    if "--modules" in sys.argv:
+        for a in sorted(mgraph):
+            print(f"{a} -> {' '.join(sorted(mgraph[a]))}")
     for p in problems:
         print(p)
     nfiles, nedges = len(rels), sum(len(v) for v in deps.values())

@@ -194,7 +194,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The forward node as `probe.cpu:BatchNormalization` (`relu` 0; `autodiff/fuse.rs` may fuse
+/// The forward node as `probe.cpu:BatchNormalization` (`relu` 0; `ops/relu.rs` may fuse
 /// a following Relu in): inference mode, f32 X, only output Y named; `None` leaves the standard
 /// node (training mode computes batch statistics, which the kernel does not).
 pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {

@@ -1,4 +1,4 @@
-// libtorch kernels behind probe's CPU custom operators (src/runtime/cpu_ops.rs).
+// libtorch kernels behind probe's CPU custom operators (src/runtime/cpu_ops/, through the checked wrappers in ffi.rs).
 //
 // tch (the Rust binding) does not expose at::convolution_backward (it returns three tensors
 // under a bool[3] mask, which tch's generator skips), and that is the call PyTorch's own

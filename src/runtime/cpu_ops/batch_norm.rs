@@ -1,8 +1,8 @@
 //! Inference-mode BatchNormalization's kernels, in plain Rust, per channel c (axis 1):
 //! - `BatchNormalization(X, scale, B, mean, var) -> Y`, attributes `epsilon` (float) and `relu`
 //!   (int, 0 or 1), both required: `k[c] = scale[c] / sqrt(var[c] + eps)` and
-//!   `Y = X k[c] + (B[c] - mean[c] k[c])`, then `max(Y, 0)` when `relu` is 1 (a Relu fused in,
-//!   `autodiff/fuse.rs`): one pass over X where ONNX Runtime's BatchNormalization, then Relu,
+//!   `Y = X k[c] + (B[c] - mean[c] k[c])`, then `max(Y, 0)` when `relu` is 1 (a Relu fused in by
+//!   `ops/relu.rs`): one pass over X where ONNX Runtime's BatchNormalization, then Relu,
 //!   took two (each a full read and write).
 //! - `BatchNormalizationGrad(dY, X, k, mean) -> (dX?, sum_dY?, sum_dY_xc?)`: `dX = dY k[c]`,
 //!   `sum_dY[c] = sum dY`, `sum_dY_xc[c] = sum dY (X - mean[c])`, the sums over every axis but

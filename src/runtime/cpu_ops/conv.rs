@@ -1,7 +1,7 @@
 //! Convolutions by libtorch (what PyTorch eager runs; oneDNN on x86), attributes `strides`,
 //! `pads` (symmetric, ONNX order: begins then ends), `dilations`, `group`, all required:
 //! - `Conv(X, W, B?) -> Y`: ONNX's Conv (libtorch's forward convolution), attribute `relu`
-//!   (optional, 0 or 1: `max(Y, 0)`, a Relu after the Conv fused in by `autodiff/fuse.rs`);
+//!   (optional, 0 or 1: `max(Y, 0)`, a Relu after the Conv fused in by `ops/relu.rs`);
 //!   for small channel counts ONNX Runtime's im2col + GEMM Conv ran ~3x slower than oneDNN's.
 //! - `ConvGrad(dY, X, W) -> (dW?, dB?)`: the parameter gradients of `Y = Conv(X, W, B)` for
 //!   the outputs the node names (libtorch's `convolution_backward`, PyTorch's own Conv
@@ -31,7 +31,7 @@ pub struct ConvAttrs {
     padding: Vec<i64>,
     dilations: Vec<i64>,
     group: i64,
-    /// Conv only: Y = max(Conv(X), 0), a Relu after the Conv fused in (`autodiff/fuse.rs`).
+    /// Conv only: Y = max(Conv(X), 0), a Relu after the Conv fused in (`ops/relu.rs`).
     relu: bool,
 }
 

@@ -7,7 +7,7 @@
 //! - `LayerNormalizationGrad(dY, X, Scale, dA?) -> (dX?, dScale?, dB?)`, mean and invstd
 //!   recomputed from X (the row is in cache), xhat = (X - mean) invstd and g = dY Scale:
 //!   `dX = invstd (g - mean(g) - xhat mean(g xhat))`, `dScale = sum_rows dY xhat`,
-//!   `dB = sum_rows dY`. With dA (the residual stream's other gradient, `autodiff/fuse.rs`), dX
+//!   `dB = sum_rows dY`. With dA (the residual stream's other gradient, taken in by `ops/layer_normalization.rs`), dX
 //!   is `dA +` that. Instead of ~20 standard ops.
 //!
 //! Parts take rows.
