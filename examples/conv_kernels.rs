@@ -1,6 +1,6 @@
 //! Times one convolution's forward, dX and dW/dB as ONNX Runtime runs them: the standard ONNX
 //! form probe's gradient rule emits and the `probe.cpu` kernels (libtorch), on the same inputs.
-//! A developer's tool for choosing which form the rule emits (see src/ops/conv.rs; libtorch's
+//! A developer's tool for choosing which form the rule emits (see src/ops/conv/mod.rs; libtorch's
 //! own dX, backward-data, was measured with an earlier ConvGrad that had a dX output: 3-6x
 //! slower than the flipped-kernel forward conv, so ConvGrad lost that output; a strided dX
 //! is also timed in the phase form and by libtorch's backward-data, `ConvGradX`):
@@ -160,7 +160,7 @@ fn main() {
             time(&ct, threads, &feeds_ct),
         );
         if s > 1 {
-            // The strided dX as the rule emits it on the fast path (ops/conv.rs): the phase
+            // The strided dX as the rule emits it on the fast path (ops/conv/phases.rs): the phase
             // form (one stride-1 Conv and probe.cpu:Interleave), and libtorch's backward-data.
             let win = probe::ops::conv::Window {
                 kernel: vec![k, k],

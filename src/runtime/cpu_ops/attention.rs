@@ -1,7 +1,7 @@
 //! Scaled dot-product attention by libtorch's flash attention for CPU (PyTorch's own CPU path
 //! for F.scaled_dot_product_attention), one node each way for what the exporter writes as ~10
 //! forward ops (`MatMul(Mul(Q, sqrt(s)), Mul(K^T, sqrt(s)))`, a mask Add, Softmax and MatMul
-//! with V), fused before differentiation by `ops/scaled_dot_product_attention.rs`:
+//! with V), fused before differentiation by `ops/scaled_dot_product_attention/fusion.rs`:
 //! - `ScaledDotProductAttention(Q, K, V, a?, b?, mask?) -> (O, LSE)`:
 //!   `O = softmax(a b Q K^T + mask) V` over the last axis, and `LSE [B, H, L]`, each row's
 //!   log-sum-exp of the scaled, masked scores (what the backward needs instead of the

@@ -9,11 +9,11 @@
 //!   convolution of dY with the flipped kernel, which is how the rule builds dX.
 //! - `ConvGradX(dY, X, W) -> dX`: the input gradient by libtorch's backward-data (X read for
 //!   its shape only), for the strided convolutions where it beat ONNX Runtime's ConvTranspose
-//!   (see `torch_dx_pays` in `ops/conv.rs`).
+//!   (see `torch_dx_pays` in `ops/conv/mod.rs`).
 //!
 //! Why: a convolution's weight gradient `dW[m,c,t] = sum_{n,o} dY[n,m,o] Xpad[n,c,o*s + t*d]`
 //! has no standard ONNX op; built from standard ops (im2col as a Conv, then a batched MatMul;
-//! see `ops/conv.rs`) it moves the whole im2col matrix through memory, where oneDNN's
+//! see `ops/conv/mod.rs`) it moves the whole im2col matrix through memory, where oneDNN's
 //! backward-weights primitive fuses the two.
 //!
 //! Parts take samples: convolutions are independent per sample, so the parts of Y and dX are

@@ -1,6 +1,6 @@
 //! `Interleave(Z) -> Y`, attributes `blocks` (s per spatial axis), `phases` and `sizes` (per
 //! spatial axis), all required: the other strided convolution dX, the phase form's assembly
-//! (`ops/conv.rs`), [`Phased`] as an op; parts split Y's N*C planes.
+//! (`ops/conv/phases.rs`), [`Phased`] as an op; parts split Y's N*C planes.
 use super::exec::{bounds, split};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use crate::ops::rule::kernels::INTERLEAVE;
@@ -12,7 +12,7 @@ pub struct InterleaveAttrs {
     sizes: Vec<i64>,
 }
 
-/// The interleave of the phase form of a strided convolution's dX (`ops/conv.rs`): Z
+/// The interleave of the phase form of a strided convolution's dX (`ops/conv/phases.rs`): Z
 /// [N, B*C, T...] holds B channel blocks of C, one per phase that has kernel taps; Y is
 /// [N, C, sizes...] with `Y[n, c, h] = Z[n, phases[h mod s]*C + c, h div s]` per spatial axis,
 /// `phases` listing every phase (h mod s per axis, row-major) with its block in Z, or -1 for
