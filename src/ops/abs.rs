@@ -16,12 +16,9 @@ fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, &s], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(abs: abs_cases);
-    fn abs_cases(check: fn(Case)) {
-        check(Case::new("Abs").values(&[2, 3], &[-0.7, 0.3, -0.1, 0.9, 0.05, -1.2]));
-        check(Case::new("Abs").input(&[3, 4]).seed(7));
-    }
-}
+op_tests!(
+    abs = [
+        Case::new("Abs").values(&[2, 3], &[-0.7, 0.3, -0.1, 0.9, 0.05, -1.2]),
+        Case::new("Abs").input(&[3, 4]).seed(7),
+    ],
+);

@@ -43,17 +43,14 @@ fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(add_broadcasting: add_broadcasting_cases, sub_broadcasting: sub_broadcasting_cases);
-    fn add_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]));
-        check(Case::new("Add").input(&[4]).input(&[2, 3, 4]));
-        check(Case::new("Add").input(&[2, 3]).input(&[2, 3]));
-    }
-    fn sub_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]));
-        check(Case::new("Sub").input(&[1]).input(&[2, 3]));
-    }
-}
+op_tests!(
+    add_broadcasting = [
+        Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]),
+        Case::new("Add").input(&[4]).input(&[2, 3, 4]),
+        Case::new("Add").input(&[2, 3]).input(&[2, 3]),
+    ],
+    sub_broadcasting = [
+        Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]),
+        Case::new("Sub").input(&[1]).input(&[2, 3]),
+    ],
+);

@@ -195,83 +195,56 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     fn pool(x: &[usize], k: &[i64]) -> Case {
         Case::new("AveragePool")
             .input(x)
             .attr(attr_ints("kernel_shape", k))
             .f32()
     }
-    #[test]
-    fn average_pool_uniform() {
-        average_pool_uniform_cases(check);
-    }
-    fn average_pool_uniform_cases(check: fn(Case)) {
-        check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
-        // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
-        check(pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])));
-        check(
-            pool(&[1, 2, 6, 6], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 0]))
-                .attr(attr_int("count_include_pad", 1)),
-        );
-        check(
-            pool(&[2, 2, 9], &[3])
-                .attr(attr_ints("strides", &[2]))
-                .attr(attr_ints("dilations", &[2])),
-        );
-    }
-    #[test]
-    fn average_pool_border_counts() {
-        average_pool_border_counts_cases(check);
-    }
-    fn average_pool_border_counts_cases(check: fn(Case)) {
-        // Padding excluded from the count: smaller divisors at the borders.
-        check(
-            pool(&[1, 2, 6, 5], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        // ceil_mode: a last window running past the end.
-        check(
-            pool(&[1, 2, 6, 6], &[3, 2])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_int("ceil_mode", 1)),
-        );
-        check(
-            pool(&[1, 2, 6, 7], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 0, 1, 1]))
-                .attr(attr_int("ceil_mode", 1))
-                .attr(attr_int("count_include_pad", 1)),
-        );
-    }
-    /// Paths of the libtorch forward the cases above leave out: libtorch's own ceil mode with
-    /// symmetric pads, its last window dropped because it would start in the end padding.
-    fn torch_paths_cases(check: fn(Case)) {
-        for include in [0, 1] {
-            check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        // Paths of the libtorch forward the cases below leave out: libtorch's own ceil mode with
+        // symmetric pads, its last window dropped because it would start in the end padding.
+        torch_only = [0, 1].into_iter().flat_map(|include| {
+            [
                 pool(&[1, 2, 5, 5], &[2, 2])
                     .attr(attr_ints("strides", &[2, 2]))
                     .attr(attr_ints("pads", &[1, 1, 1, 1]))
                     .attr(attr_int("ceil_mode", 1))
                     .attr(attr_int("count_include_pad", include)),
-            );
-            check(
                 pool(&[1, 1, 8, 7], &[3, 3])
                     .attr(attr_ints("strides", &[2, 2]))
                     .attr(attr_ints("pads", &[1, 1, 1, 1]))
                     .attr(attr_int("ceil_mode", 1))
                     .attr(attr_int("count_include_pad", include)),
-            );
-        }
-    }
-    #[test]
-    fn torch_forward() {
-        torch_paths_cases(check_torch);
-        average_pool_uniform_cases(check_torch);
-        average_pool_border_counts_cases(check_torch);
-    }
+            ]
+        }),
+        average_pool_uniform = [
+            pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])),
+            // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
+            pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])),
+            pool(&[1, 2, 6, 6], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 0]))
+                .attr(attr_int("count_include_pad", 1)),
+            pool(&[2, 2, 9], &[3])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("dilations", &[2])),
+        ],
+        average_pool_border_counts = [
+            // Padding excluded from the count: smaller divisors at the borders.
+            pool(&[1, 2, 6, 5], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+            // ceil_mode: a last window running past the end.
+            pool(&[1, 2, 6, 6], &[3, 2])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_int("ceil_mode", 1)),
+            pool(&[1, 2, 6, 7], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 1, 1]))
+                .attr(attr_int("ceil_mode", 1))
+                .attr(attr_int("count_include_pad", 1)),
+        ],
+    );
 }

@@ -127,32 +127,25 @@ mod tests {
     fn ct(x: &[usize], w: &[usize]) -> Case {
         Case::new("ConvTranspose").input(x).input(w).f32()
     }
-    crate::ops::testing::gradient_and_torch_tests!(conv_transpose: conv_transpose_cases);
-    fn conv_transpose_cases(check: fn(Case)) {
-        check(ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]));
-        // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        conv_transpose = [
+            ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]),
+            // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
             ct(&[1, 3, 3, 3], &[3, 2, 3, 3])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1]))
                 .attr(attr_ints("output_padding", &[1, 1])),
-        );
-        check(
             ct(&[2, 2, 3, 4], &[2, 1, 2, 3])
                 .attr(attr_ints("strides", &[2, 3]))
                 .attr(attr_ints("dilations", &[2, 1]))
                 .attr(attr_ints("pads", &[1, 0, 1, 0])),
-        );
-        check(
             ct(&[1, 4, 3, 3], &[4, 3, 2, 2])
                 .input(&[6])
                 .attr(attr_int("group", 2))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
-        check(
             ct(&[2, 2, 5], &[2, 3, 3])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
-        );
-    }
+        ],
+    );
 }

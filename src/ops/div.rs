@@ -44,19 +44,14 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(div_broadcasting: div_broadcasting_cases);
-    fn div_broadcasting_cases(check: fn(Case)) {
-        check(
-            Case::new("Div")
-                .input(&[2, 3, 4])
-                .input_in(&[3, 1], 0.5, 2.0),
-        );
-        check(Case::new("Div").input(&[1]).input_in(&[2, 3], -2.0, -0.5));
-        check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
-        check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
-        check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
-    }
-}
+op_tests!(
+    div_broadcasting = [
+        Case::new("Div")
+            .input(&[2, 3, 4])
+            .input_in(&[3, 1], 0.5, 2.0),
+        Case::new("Div").input(&[1]).input_in(&[2, 3], -2.0, -0.5),
+        Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0),
+        Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0),
+        Case::new("Div").input(&[2, 3]).fixed(&[3]),
+    ],
+);

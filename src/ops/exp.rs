@@ -15,11 +15,4 @@ fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, y], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(exp: exp_cases);
-    fn exp_cases(check: fn(Case)) {
-        check(Case::new("Exp").input_in(&[2, 3], -2.0, 2.0));
-    }
-}
+op_tests!(exp = [Case::new("Exp").input_in(&[2, 3], -2.0, 2.0)]);

@@ -36,10 +36,11 @@ mod tests {
     use crate::ops::testing::Case;
     // ONNX Runtime's CPU provider has no f64 GlobalAveragePool; the rule is linear, so f32 is
     // as exact as the check's tolerance.
-    crate::ops::testing::gradient_and_torch_tests!(global_average_pool: global_average_pool_cases);
-    fn global_average_pool_cases(check: fn(Case)) {
-        check(Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32());
-        check(Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32());
-        check(Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32());
-    }
+    crate::ops::testing::gradient_and_torch_tests!(
+        global_average_pool = [
+            Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32(),
+            Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32(),
+            Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32(),
+        ],
+    );
 }

@@ -280,20 +280,21 @@ mod tests {
         }
     }
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(matmul_batched_broadcasting: matmul_batched_broadcasting_cases, matmul_vectors: matmul_vectors_cases);
-    fn matmul_batched_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("MatMul").input(&[3, 4]).input(&[4, 5]));
-        check(Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]));
-        check(Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]));
-        check(Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]));
-        check(Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]));
-    }
-    fn matmul_vectors_cases(check: fn(Case)) {
-        check(Case::new("MatMul").input(&[4]).input(&[4, 3]));
-        check(Case::new("MatMul").input(&[2, 3, 4]).input(&[4]));
-        check(Case::new("MatMul").input(&[4]).input(&[2, 4, 3]));
-        check(Case::new("MatMul").input(&[4]).input(&[4]));
-    }
+    crate::ops::testing::gradient_and_torch_tests!(
+        matmul_batched_broadcasting = [
+            Case::new("MatMul").input(&[3, 4]).input(&[4, 5]),
+            Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]),
+            Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]),
+            Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]),
+            Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]),
+        ],
+        matmul_vectors = [
+            Case::new("MatMul").input(&[4]).input(&[4, 3]),
+            Case::new("MatMul").input(&[2, 3, 4]).input(&[4]),
+            Case::new("MatMul").input(&[4]).input(&[2, 4, 3]),
+            Case::new("MatMul").input(&[4]).input(&[4]),
+        ],
+    );
     /// The rewrite itself: the MatMul feeding a bias Add is gone and one probe.cpu:MatMulAdd
     /// writes the Add's output; a MatMul with a second reader is left alone.
     #[test]

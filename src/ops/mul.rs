@@ -28,13 +28,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(mul_broadcasting: mul_broadcasting_cases);
-    fn mul_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
-        check(Case::new("Mul").input(&[1]).input(&[2, 3]));
-        check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
-    }
-}
+op_tests!(
+    mul_broadcasting = [
+        Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]),
+        Case::new("Mul").input(&[1]).input(&[2, 3]),
+        Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]),
+    ],
+);

@@ -5,7 +5,6 @@
 use super::attrs::Attrs;
 use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use crate::model::graph::attr_int;
 use anyhow::{anyhow, Result};
 
 pub static RULE: Rule = Rule::new("ReduceSum", Kind::Linear).vjp(vjp).torch(torch);
@@ -85,27 +84,18 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let axes = reduced_axes(c)?;
     let gx = expand_back(c, &g, &axes)?;
     c.set(0, gx);
-    let _ = attr_int;
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(reduce_sum: reduce_sum_cases);
-    fn reduce_sum_cases(check: fn(Case)) {
-        check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
-        check(
-            Case::new("ReduceSum")
-                .input(&[2, 3, 4])
-                .ints(&[1], &[-1])
-                .attr(attr_int("keepdims", 0)),
-        );
-        check(
-            Case::new("ReduceSum")
-                .input(&[2, 3])
-                .attr(attr_int("keepdims", 0)),
-        );
-    }
-}
+op_tests!(
+    reduce_sum = [
+        Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]),
+        Case::new("ReduceSum")
+            .input(&[2, 3, 4])
+            .ints(&[1], &[-1])
+            .attr(attr_int("keepdims", 0)),
+        Case::new("ReduceSum")
+            .input(&[2, 3])
+            .attr(attr_int("keepdims", 0)),
+    ],
+);

@@ -18,11 +18,4 @@ fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, &d], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sigmoid: sigmoid_cases);
-    fn sigmoid_cases(check: fn(Case)) {
-        check(Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0));
-    }
-}
+op_tests!(sigmoid = [Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0)]);

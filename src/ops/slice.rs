@@ -153,62 +153,45 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
     Ok(c.op("Reshape", &[&s, &shape], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(slice_unit_steps: slice_unit_steps_cases, slice_steps_and_negative_bounds: slice_steps_and_negative_bounds_cases, slice_absent_axes_with_steps: slice_absent_axes_with_steps_cases);
-    fn slice_unit_steps_cases(check: fn(Case)) {
-        check(
-            Case::new("Slice")
-                .input(&[4, 5])
-                .ints(&[2], &[1, 0])
-                .ints(&[2], &[3, 4]),
-        );
-        check(
-            Case::new("Slice")
-                .input(&[3, 6])
-                .ints(&[1], &[2])
-                .ints(&[1], &[5])
-                .ints(&[1], &[1]),
-        );
-    }
-    fn slice_steps_and_negative_bounds_cases(check: fn(Case)) {
+op_tests!(
+    slice_unit_steps = [
+        Case::new("Slice")
+            .input(&[4, 5])
+            .ints(&[2], &[1, 0])
+            .ints(&[2], &[3, 4]),
+        Case::new("Slice")
+            .input(&[3, 6])
+            .ints(&[1], &[2])
+            .ints(&[1], &[5])
+            .ints(&[1], &[1]),
+    ],
+    slice_steps_and_negative_bounds = [
         // every second column from the back: columns 5, 3, 1
-        check(
-            Case::new("Slice")
-                .input(&[3, 6])
-                .ints(&[1], &[-1])
-                .ints(&[1], &[-100])
-                .ints(&[1], &[-1])
-                .ints(&[1], &[-2]),
-        );
+        Case::new("Slice")
+            .input(&[3, 6])
+            .ints(&[1], &[-1])
+            .ints(&[1], &[-100])
+            .ints(&[1], &[-1])
+            .ints(&[1], &[-2]),
         // clamped ends and a step of 3, two axes, axes given negatively
-        check(
-            Case::new("Slice")
-                .input(&[2, 5, 7])
-                .ints(&[2], &[1, -6])
-                .ints(&[2], &[i64::MAX, 100])
-                .ints(&[2], &[-1, 1])
-                .ints(&[2], &[3, 2]),
-        );
+        Case::new("Slice")
+            .input(&[2, 5, 7])
+            .ints(&[2], &[1, -6])
+            .ints(&[2], &[i64::MAX, 100])
+            .ints(&[2], &[-1, 1])
+            .ints(&[2], &[3, 2]),
         // reversal of a whole axis
-        check(
-            Case::new("Slice")
-                .input(&[4, 3])
-                .ints(&[1], &[i64::MAX])
-                .ints(&[1], &[i64::MIN])
-                .ints(&[1], &[0])
-                .ints(&[1], &[-1]),
-        );
-    }
-    fn slice_absent_axes_with_steps_cases(check: fn(Case)) {
-        check(
-            Case::new("Slice")
-                .input(&[5, 4])
-                .ints(&[2], &[0, 3])
-                .ints(&[2], &[5, 0])
-                .absent()
-                .ints(&[2], &[2, -1]),
-        );
-    }
-}
+        Case::new("Slice")
+            .input(&[4, 3])
+            .ints(&[1], &[i64::MAX])
+            .ints(&[1], &[i64::MIN])
+            .ints(&[1], &[0])
+            .ints(&[1], &[-1]),
+    ],
+    slice_absent_axes_with_steps = [Case::new("Slice")
+        .input(&[5, 4])
+        .ints(&[2], &[0, 3])
+        .ints(&[2], &[5, 0])
+        .absent()
+        .ints(&[2], &[2, -1])],
+);

@@ -16,12 +16,9 @@ fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, &s], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(softplus: softplus_cases);
-    fn softplus_cases(check: fn(Case)) {
+op_tests!(
+    softplus = [
         // ONNX Runtime has no f64 Softplus kernel.
-        check(Case::new("Softplus").input_in(&[2, 3], -3.0, 3.0).f32());
-    }
-}
+        Case::new("Softplus").input_in(&[2, 3], -3.0, 3.0).f32(),
+    ],
+);

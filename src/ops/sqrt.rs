@@ -17,11 +17,4 @@ fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, &t], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sqrt: sqrt_cases);
-    fn sqrt_cases(check: fn(Case)) {
-        check(Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0));
-    }
-}
+op_tests!(sqrt = [Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0)]);

@@ -28,11 +28,4 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sum: sum_cases);
-    fn sum_cases(check: fn(Case)) {
-        check(Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1]));
-    }
-}
+op_tests!(sum = [Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1])]);

@@ -18,11 +18,4 @@ fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
     Ok(c.op("Mul", &[g, &d], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(tanh: tanh_cases);
-    fn tanh_cases(check: fn(Case)) {
-        check(Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0));
-    }
-}
+op_tests!(tanh = [Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0)]);

@@ -43,13 +43,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(tile: tile_cases);
-    fn tile_cases(check: fn(Case)) {
-        check(Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]));
-        check(Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]));
-        check(Case::new("Tile").input(&[4]).ints(&[1], &[3]));
-    }
-}
+op_tests!(
+    tile = [
+        Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]),
+        Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]),
+        Case::new("Tile").input(&[4]).ints(&[1], &[3]),
+    ],
+);

@@ -379,114 +379,101 @@ mod tests {
     fn conv(x: &[usize], w: &[usize]) -> Case {
         Case::new("Conv").input(x).input(w).f32()
     }
-    crate::ops::testing::gradient_and_torch_tests!(conv_plain_and_bias: conv_plain_and_bias_cases, conv_stride_pad_output_padding: conv_stride_pad_output_padding_cases, conv_dilation: conv_dilation_cases, conv_groups: conv_groups_cases, conv_1d_and_auto_pad: conv_1d_and_auto_pad_cases);
-    fn conv_plain_and_bias_cases(check: fn(Case)) {
-        check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
-        check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
+    crate::ops::testing::gradient_and_torch_tests!(
+        conv_plain_and_bias = conv_plain_and_bias_cases(),
+        conv_stride_pad_output_padding = conv_stride_pad_output_padding_cases(),
+        conv_dilation = conv_dilation_cases(),
+        conv_groups = conv_groups_cases(),
+        conv_1d_and_auto_pad = conv_1d_and_auto_pad_cases(),
+    );
+    fn conv_plain_and_bias_cases() -> [Case; 2] {
+        [
+            conv(&[2, 2, 5, 4], &[3, 2, 3, 2]),
+            conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]),
+        ]
     }
-    fn conv_stride_pad_output_padding_cases(check: fn(Case)) {
-        // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
-        check(
+    fn conv_stride_pad_output_padding_cases() -> [Case; 2] {
+        [
+            // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
             conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
                 .input(&[3])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        // Different strides per axis and asymmetric pads.
-        check(
+            // Different strides per axis and asymmetric pads.
             conv(&[2, 1, 7, 6], &[2, 1, 3, 2])
                 .attr(attr_ints("strides", &[3, 2]))
                 .attr(attr_ints("pads", &[0, 1, 2, 0])),
-        );
+        ]
     }
-    fn conv_dilation_cases(check: fn(Case)) {
-        check(
-            conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
-                .attr(attr_ints("dilations", &[2, 2]))
-                .attr(attr_ints("strides", &[2, 1]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
+    fn conv_dilation_cases() -> [Case; 1] {
+        [conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
+            .attr(attr_ints("dilations", &[2, 2]))
+            .attr(attr_ints("strides", &[2, 1]))
+            .attr(attr_ints("pads", &[1, 1, 1, 1]))]
     }
-    fn conv_groups_cases(check: fn(Case)) {
-        check(
+    fn conv_groups_cases() -> [Case; 2] {
+        [
             conv(&[1, 4, 5, 5], &[6, 2, 3, 3])
                 .input(&[6])
                 .attr(attr_int("group", 2))
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 0, 1, 2])),
-        );
-        // Depthwise, with dilation.
-        check(
+            // Depthwise, with dilation.
             conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
                 .attr(attr_int("group", 3))
                 .attr(attr_ints("dilations", &[2, 1])),
-        );
+        ]
     }
-    fn conv_1d_and_auto_pad_cases(check: fn(Case)) {
-        check(
+    fn conv_1d_and_auto_pad_cases() -> [Case; 4] {
+        [
             conv(&[2, 3, 8], &[4, 3, 3])
                 .input(&[4])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
-        );
-        check(
             conv(&[1, 2, 6, 5], &[2, 2, 3, 2])
                 .attr(attr_string("auto_pad", "SAME_UPPER"))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
-        check(
             conv(&[1, 2, 5, 5], &[2, 2, 2, 2])
                 .attr(attr_string("auto_pad", "SAME_LOWER"))
                 .attr(attr_ints("kernel_shape", &[2, 2])),
-        );
-        check(
             conv(&[1, 2, 5, 5], &[2, 2, 3, 3])
                 .attr(attr_string("auto_pad", "VALID"))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
+        ]
     }
-    /// Every case again with probe's libtorch kernels (`probe.cpu:Conv`, `ConvGrad`) where the
-    /// rule emits them, against the standard-op gradient and finite differences; cases with
+    /// The cases above again with probe's libtorch kernels (`probe.cpu:Conv`, `ConvGrad`) where
+    /// the rule emits them, against the standard-op gradient and finite differences; cases with
     /// asymmetric pads fall back to standard ops (the check then finds no probe.cpu op, so
     /// those are left out here).
-    fn check_probe_cpu(c: Case) {
-        check(c.probe_cpu())
-    }
     #[test]
     fn probe_cpu_kernels() {
-        conv_plain_and_bias_cases(check_probe_cpu);
-        check_probe_cpu(
-            conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
-                .input(&[3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        conv_dilation_cases(check_probe_cpu);
-        check_probe_cpu(
-            conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
-                .attr(attr_int("group", 3))
-                .attr(attr_ints("dilations", &[2, 1])),
-        );
-        check_probe_cpu(
-            conv(&[2, 3, 8], &[4, 3, 3])
-                .input(&[4])
-                .attr(attr_ints("strides", &[2]))
-                .attr(attr_ints("pads", &[1, 1])),
-        );
+        let [bias_stride_2, _asymmetric] = conv_stride_pad_output_padding_cases();
+        let [_asymmetric, depthwise] = conv_groups_cases();
+        let [conv_1d, ..] = conv_1d_and_auto_pad_cases();
+        let symmetric = conv_plain_and_bias_cases()
+            .into_iter()
+            .chain([bias_stride_2])
+            .chain(conv_dilation_cases())
+            .chain([depthwise, conv_1d]);
+        for c in symmetric {
+            check(c.probe_cpu());
+        }
         // A strided dX by libtorch's backward-data (ConvGradX: 32 input channels, 3x3), three
         // samples split 2 + 1.
-        check_probe_cpu(
+        check(
             conv(&[3, 32, 5, 5], &[4, 32, 3, 3])
                 .input(&[4])
                 .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                .probe_cpu(),
         );
         // Three samples over two threads: the kernels split the batch 2 + 1, and the forward
         // and stride-1 dX convolutions (3 channels in, 3x3) run in libtorch too.
-        check_probe_cpu(
+        check(
             conv(&[3, 3, 5, 5], &[4, 3, 3, 3])
                 .input(&[4])
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                .probe_cpu(),
         );
     }
     /// The phase form of a strided dX ([`super::Phases`]): each case must emit
@@ -518,7 +505,9 @@ mod tests {
         // Asymmetric pads and strides that differ per axis (with the bias case before it);
         // pads as large as the kernel (a begin pad of k: windows wholly in the padding, m_lo
         // capped at 0 and zero taps).
-        conv_stride_pad_output_padding_cases(phase);
+        conv_stride_pad_output_padding_cases()
+            .into_iter()
+            .for_each(phase);
         phase(
             conv(&[2, 2, 5, 6], &[3, 2, 3, 3])
                 .attr(attr_ints("strides", &[2, 2]))
