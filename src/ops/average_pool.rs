@@ -54,16 +54,8 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let opts = (x.kind(), x.device());
     let mut kshape = vec![ch, 1];
     kshape.extend(k);
-    let sum = tw.x.f_convolution(
-        &tch::Tensor::f_ones(kshape.as_slice(), opts)?,
-        None::<&tch::Tensor>,
-        s,
-        zeros.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        ch,
-    )?;
+    let ones_k = tch::Tensor::f_ones(kshape.as_slice(), opts)?;
+    let sum = win.convolution(&tw.x, &ones_k, None, &zeros, ch)?;
     // The mask: 1 on the input (and on the explicit pads with count_include_pad), 0 elsewhere
     // in the extent the windows cover.
     let h = &x.size()[2..];
@@ -93,16 +85,8 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     }
     let mut ones = vec![1, 1];
     ones.extend(k);
-    let count = mask.f_convolution(
-        &tch::Tensor::f_ones(ones.as_slice(), opts)?,
-        None::<&tch::Tensor>,
-        s,
-        zeros.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        1,
-    )?;
+    let ones = tch::Tensor::f_ones(ones.as_slice(), opts)?;
+    let count = win.convolution(&mask, &ones, None, &zeros, 1)?;
     one(sum.f_div(&count)?)
 }
 
@@ -159,15 +143,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             .map(|i| win.pads[i])
             .chain((0..k).map(|i| win.pads[k + i].max(end_pads[i])))
             .collect();
-        let valid = c.op(
-            "Conv",
-            &[&ones, &ones_k],
-            vec![
-                attr_ints("strides", &win.strides),
-                attr_ints("dilations", &win.dilations),
-                attr_ints("pads", &conv_pads),
-            ],
-        );
+        let valid = c.op("Conv", &[&ones, &ones_k], win.onnx_attrs(&conv_pads));
         let valid = c.op("Max", &[&valid, &one], vec![]);
         let wgt = c.op("Div", &[&ap, &valid], vec![]);
         c.op("Mul", &[&g, &wgt], vec![])
@@ -176,16 +152,9 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let rs = c.ints(&rs);
     let gr = c.op("Reshape", &[&g, &rs], vec![]);
     let pads: Vec<i64> = win.pads[..k].iter().copied().chain(end_pads).collect();
-    let gx = c.op(
-        "ConvTranspose",
-        &[&gr, &ones_k],
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("dilations", &win.dilations),
-            attr_ints("pads", &pads),
-            attr_ints("output_padding", &output_padding),
-        ],
-    );
+    let mut attrs = win.onnx_attrs(&pads);
+    attrs.push(attr_ints("output_padding", &output_padding));
+    let gx = c.op("ConvTranspose", &[&gr, &ones_k], attrs);
     let shape = c.shape_of(&x);
     let gx = c.op("Reshape", &[&gx, &shape], vec![]);
     c.set(0, gx);

@@ -25,7 +25,7 @@
 use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-pub use super::window::{sizes, spatial_dims, TorchWindow, Window};
+pub use super::window::{sizes, spatial_dims, static_kernel, TorchWindow, Window};
 use crate::model::graph::{attr_int, attr_ints};
 use crate::tensor::DType;
 use anyhow::{anyhow, Result};
@@ -46,30 +46,17 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let kernel = w.size()[2..].to_vec();
     let win = Window::of(c, kernel, &sizes(x))?;
     let tw = win.torch(x, false, 0.0, |_, _| true)?;
-    let zeros = vec![0; win.rank()];
-    one(tw.x.f_convolution(
-        w,
-        opt_input(&v, 2),
-        win.strides.as_slice(),
-        tw.padding.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        c.attr_i("group", 1),
-    )?)
+    let group = c.attr_i("group", 1);
+    one(win.convolution(&tw.x, w, opt_input(&v, 2), &tw.padding, group)?)
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
     let (x, w) = (c.input(0).to_string(), c.input(1).to_string());
     let wd = c.dims(&w)?;
-    let kernel: Vec<i64> = match c.attr_ints("kernel_shape") {
+    let kernel = match c.attr_ints("kernel_shape") {
         Some(k) => k,
-        None => wd[2..]
-            .iter()
-            .map(|d| d.map(|d| d as i64))
-            .collect::<Option<_>>()
-            .ok_or_else(|| anyhow!("the kernel shape of '{w}' must be static"))?,
+        None => static_kernel(&wd, &w)?,
     };
     let xd = c.dims(&x)?;
     let win = Window::of(c, kernel, &xd[2..])?;
@@ -83,13 +70,6 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     if fast && (c.needs(1) || c.has_input(2) && c.needs(2)) {
         vjp_probe_cpu(c, &g, &x, &w, &win, group)?;
     }
-    let conv_attrs = |strides: &[i64], dilations: &[i64]| {
-        vec![
-            attr_ints("strides", strides),
-            attr_ints("dilations", dilations),
-            attr_ints("pads", &win.pads),
-        ]
-    };
     // Stride 1, one group: dX[h] = sum_j dYpad[h + j d] W[k-1-j], a plain Conv of dY with the
     // kernel flipped and its two channel axes swapped, padded by (k-1)d - p on each side. A Conv
     // whose weight is a constant lets ONNX Runtime pre-pack it (and use its NCHWc kernels) when
@@ -146,12 +126,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         c.set(0, gx);
     } else if c.needs(0) && fast && torch_dx_pays(wd[1], &win) {
-        let attrs = vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("pads", &win.pads),
-            attr_ints("dilations", &win.dilations),
-            attr_int("group", group),
-        ];
+        let attrs = win.probe_cpu_attrs(group);
         let gx = c
             .probe_cpu_op("ConvGradX", &[&g, &x, &w], attrs, 1)
             .pop()
@@ -162,7 +137,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         c.set(0, gx);
     } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
-        let mut attrs = conv_attrs(&win.strides, &win.dilations);
+        let mut attrs = win.onnx_attrs(&win.pads);
         attrs.push(attr_int("group", group));
         attrs.push(attr_ints("output_padding", &win.output_padding(&h)));
         let gx = c.op("ConvTranspose", &[&g, &w], attrs);
@@ -185,6 +160,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
                     + 1
             })
             .collect();
+        // Its strides are the window's dilations and its dilations the strides.
+        let trick = Window {
+            strides: win.dilations.clone(),
+            dilations: win.strides.clone(),
+            ..win.clone()
+        };
         let perm: Vec<i64> = [1, 0].into_iter().chain(2..2 + k as i64).collect();
         let (xs, gs) = if group == 1 {
             (vec![x.clone()], vec![g.clone()])
@@ -202,11 +183,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         for (xg, gg) in xs.iter().zip(&gs) {
             let xt = c.transpose(xg, &perm);
             let gt = c.transpose(gg, &perm);
-            let r = c.op(
-                "Conv",
-                &[&xt, &gt],
-                conv_attrs(&win.dilations, &win.strides),
-            );
+            let r = c.op("Conv", &[&xt, &gt], trick.onnx_attrs(&win.pads));
             let r = if kp != win.kernel {
                 let starts = c.ints(&vec![0; k]);
                 let ends = c.ints(&win.kernel);
@@ -240,12 +217,9 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if n.op_type != "Conv" || !n.domain.is_empty() || shapes.dtype(x)? != DType::F32 {
         return None;
     }
-    let kernel: Vec<i64> = match n.attr_ints("kernel_shape") {
+    let kernel = match n.attr_ints("kernel_shape") {
         Some(k) => k,
-        None => shapes.get(w)?.dims[2..]
-            .iter()
-            .map(|d| d.map(|d| d as i64))
-            .collect::<Option<_>>()?,
+        None => static_kernel(&shapes.get(w)?.dims, w).ok()?,
     };
     let xd = &shapes.get(x)?.dims;
     let win = Window::of(n, kernel, &xd[2..]).ok()?;
@@ -253,15 +227,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
         return None;
     }
-    let m = crate::ops::rule::as_probe_cpu(
-        n,
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("pads", &win.pads),
-            attr_ints("dilations", &win.dilations),
-            attr_int("group", n.attr_i("group", 1)),
-        ],
-    );
+    let m = crate::ops::rule::as_probe_cpu(n, win.probe_cpu_attrs(n.attr_i("group", 1)));
     Some(m)
 }
 
@@ -292,12 +258,7 @@ fn torch_dx_pays(cin: Option<usize>, win: &Window) -> bool {
 /// are left unnamed, so libtorch does not compute them.
 fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i64) -> Result<()> {
     let needs = [c.needs(1), c.has_input(2) && c.needs(2)];
-    let attrs = vec![
-        attr_ints("strides", &win.strides),
-        attr_ints("pads", &win.pads),
-        attr_ints("dilations", &win.dilations),
-        attr_int("group", group),
-    ];
+    let attrs = win.probe_cpu_attrs(group);
     let outs = c.probe_cpu_outputs("ConvGrad", &[g, x, w], attrs, &needs);
     for (i, o) in outs.into_iter().enumerate() {
         if let Some(o) = o {
@@ -348,15 +309,7 @@ pub fn dw_im2col(
     planes.extend(h);
     let planes = c.ints(&planes);
     let xr = c.op("Reshape", &[x, &planes], vec![]);
-    let cols = c.op(
-        "Conv",
-        &[&xr, &eye],
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("dilations", &win.dilations),
-            attr_ints("pads", &win.pads),
-        ],
-    );
+    let cols = c.op("Conv", &[&xr, &eye], win.onnx_attrs(&win.pads));
     let cshape = c.ints(&[-1, cin * taps, p]);
     let cols = c.op("Reshape", &[&cols, &cshape], vec![]);
     let gshape = c.ints(&[-1, m, p]);
