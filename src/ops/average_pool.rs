@@ -91,10 +91,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, y) = (c.input(0).to_string(), c.output(0).to_string());
     let kernel = c
         .attr_ints("kernel_shape")
@@ -155,8 +152,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let mut attrs = win.onnx_attrs(&pads);
     attrs.push(attr_ints("output_padding", &output_padding));
     let gx = c.op("ConvTranspose", &[&gr, &ones_k], attrs);
-    let shape = c.shape_of(&x);
-    let gx = c.op("Reshape", &[&gx, &shape], vec![]);
+    let gx = c.reshape_as(&gx, &x);
     c.set(0, gx);
     Ok(())
 }

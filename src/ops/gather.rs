@@ -40,10 +40,7 @@ pub fn wrap_negative(idx: &tch::Tensor, d: i64) -> Result<tch::Tensor> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
     let r = c.rank(&x)? as i64;
     // The indices may be an initializer, whose shape is not observed: rank Y = r - 1 + q.

@@ -25,10 +25,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
     let axis = c.attr_i("axis", 0);
     if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {

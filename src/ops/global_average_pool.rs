@@ -18,10 +18,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let x = c.input(0).to_string();
     let spatial: Vec<i64> = (2..c.rank(&x)? as i64).collect();
     let shape = c.shape_of(&x);

@@ -170,8 +170,7 @@ fn sum_to(
     if lead == 0 && !promoted && axes.is_empty() {
         return g;
     }
-    let shape = c.shape_of(x);
-    c.op("Reshape", &[&g, &shape], vec![])
+    c.reshape_as(&g, x)
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
@@ -232,12 +231,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let g2r = c.op("Reshape", &[&g2, &sg], vec![]);
         let (d2a, d2g) = (vec![None, Some(k as usize)], vec![None, Some(n as usize)]);
         let gb = product(c, fast, (&a2r, &d2a), true, (&g2r, &d2g), false);
-        let gb = if pb {
-            let shape = c.shape_of(&b);
-            c.op("Reshape", &[&gb, &shape], vec![])
-        } else {
-            gb
-        };
+        let gb = if pb { c.reshape_as(&gb, &b) } else { gb };
         c.set(1, gb);
     } else if c.needs(1) {
         let gb = product(c, fast, (&a2, &ad), true, (&g2, &y2), false);

@@ -79,10 +79,7 @@ fn flat_indices(
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     if c.attr_i("storage_order", 0) != 0 {
         bail!("MaxPool with storage_order = 1 (column-major indices) is not supported");
     }
@@ -98,8 +95,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         &[&z, &i, &v],
         vec![attr_int("axis", 0), attr_string("reduction", "add")],
     );
-    let shape = c.shape_of(&x);
-    let gx = c.op("Reshape", &[&s, &shape], vec![]);
+    let gx = c.reshape_as(&s, &x);
     c.set(0, gx);
     Ok(())
 }

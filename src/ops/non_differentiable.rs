@@ -182,6 +182,12 @@ mod tests {
         let v = [0.5, -1.0, 0.5, 2.0, 0.0, -1.0];
         let ties = [1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 1.0];
         let value = |t| attr_tensor("value", t);
+        let range = |start, limit, delta| {
+            Case::new("Range")
+                .ints(&[], &[start])
+                .ints(&[], &[limit])
+                .ints(&[], &[delta])
+        };
         let cases = [
             Case::new("And").bools(&[2, 3], &tf).bools(&[2, 3], &ft),
             Case::new("And").bools(&[2, 3], &tf).bools(&[3], &ft[..3]),
@@ -220,18 +226,9 @@ mod tests {
                 .attr(value(tensor_f32("", &[1], &[-1.5]))),
             Case::new("NonZero").values(&[2, 3], &v),
             Case::new("NonZero").ints(&[4], &[0, 3, 0, -1]),
-            Case::new("Range")
-                .ints(&[], &[2])
-                .ints(&[], &[11])
-                .ints(&[], &[3]),
-            Case::new("Range")
-                .ints(&[], &[5])
-                .ints(&[], &[-4])
-                .ints(&[], &[-2]),
-            Case::new("Range")
-                .ints(&[], &[5])
-                .ints(&[], &[1])
-                .ints(&[], &[2]),
+            range(2, 11, 3),
+            range(5, -4, -2),
+            range(5, 1, 2),
             Case::new("Range")
                 .values(&[], &[0.5])
                 .values(&[], &[2.25])

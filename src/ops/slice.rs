@@ -71,10 +71,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let x = c.input(0).to_string();
     let pos = flat_positions(c, &x);
     let mut ins: Vec<String> = vec![pos];
@@ -121,8 +118,7 @@ pub fn flat_positions(c: &mut Ctx, x: &str) -> String {
     let zero = i64_scalar(c, 0);
     let one = i64_scalar(c, 1);
     let r = c.op("Range", &[&zero, &n, &one], vec![]);
-    let shape = c.shape_of(x);
-    c.op("Reshape", &[&r, &shape], vec![])
+    c.reshape_as(&r, x)
 }
 
 /// Zeros of `like`'s element type with the runtime shape `shape` (a 1-D int64 tensor).
@@ -149,8 +145,7 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
         attrs.push(attr_string("reduction", "add"));
     }
     let s = c.op("ScatterElements", &[&zeros, &idx, &gf], attrs);
-    let shape = c.shape_of(x);
-    Ok(c.op("Reshape", &[&s, &shape], vec![]))
+    Ok(c.reshape_as(&s, x))
 }
 
 op_tests!(

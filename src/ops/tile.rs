@@ -22,10 +22,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, repeats) = (c.input(0).to_string(), c.input(1).to_string());
     let rank = c.rank(&x)? as i64;
     // [r_0, d_0, r_1, d_1, ...] = Reshape(Concat([repeats[:, None], shape[:, None]], 1), [-1])
