@@ -23,22 +23,17 @@ fn torch_sub(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
+    let y = c.output(0).to_string();
     if c.needs(0) {
-        let a = c.input(0).to_string();
-        let y = c.output(0).to_string();
-        let ga = c.unbroadcast(&g, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &g, &y)?;
     }
     if c.needs(1) {
-        let b = c.input(1).to_string();
-        let y = c.output(0).to_string();
         let gb = if sub {
             c.op("Neg", &[&g], vec![])
         } else {
             g.clone()
         };
-        let gb = c.unbroadcast(&gb, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &gb, &y)?;
     }
     Ok(())
 }

@@ -54,8 +54,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             m = and(c, Some(m), ordered);
         }
         let t = c.op("Where", &[&m, &g, &zero], vec![]);
-        let glo = c.unbroadcast(&t, &y, lo_v)?;
-        c.set(1, glo);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     if let (true, Some(hi_v)) = (c.needs(2), &hi) {
         let raised = match &lo {
@@ -64,8 +63,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         let m = c.op("Greater", &[&raised, hi_v], vec![]);
         let t = c.op("Where", &[&m, &g, &zero], vec![]);
-        let ghi = c.unbroadcast(&t, &y, hi_v)?;
-        c.set(2, ghi);
+        c.set_unbroadcast(2, &t, &y)?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = c.binary();
+    let (_, b, y) = c.binary();
     // Integer division has no gradient; its output never needs one.
     if !c.dtype(&y)?.is_float() {
         return Ok(());
@@ -34,12 +34,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     };
     if c.needs(0) {
         let t = c.op("Div", &[&g, &b], vec![]);
-        let ga = c.unbroadcast(&t, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if let Some(t) = gb_full {
-        let gb = c.unbroadcast(&t, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }

@@ -35,9 +35,8 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (x, y) = (c.input(0).to_string(), c.output(0).to_string());
-    let gx = c.unbroadcast(&g, &y, &x)?;
-    c.set(0, gx);
+    let y = c.output(0).to_string();
+    c.set_unbroadcast(0, &g, &y)?;
     Ok(())
 }
 

@@ -71,15 +71,13 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         c.set(1, gb);
     }
     if c.has_input(2) && c.needs(2) {
-        let cc = c.input(2).to_string();
         let gc = if beta != 1.0 {
             let s = c.scalar(beta as f64, &y)?;
             c.op("Mul", &[&g, &s], vec![])
         } else {
             g.clone()
         };
-        let gc = c.unbroadcast(&gc, &y, &cc)?;
-        c.set(2, gc);
+        c.set_unbroadcast(2, &gc, &y)?;
     }
     Ok(())
 }

@@ -211,13 +211,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         }
         if c.needs(1) {
             let t = c.op("Mul", &[gy, &xhat], vec![]);
-            let gsc = c.unbroadcast(&t, &y, &scale)?;
-            c.set(1, gsc);
+            c.set_unbroadcast(1, &t, &y)?;
         }
         if c.has_input(2) && c.needs(2) {
-            let bias = c.input(2).to_string();
-            let gb = c.unbroadcast(gy, &y, &bias)?;
-            c.set(2, gb);
+            c.set_unbroadcast(2, gy, &y)?;
         }
     }
     if c.needs(0) && (gm.is_some() || gs.is_some()) {

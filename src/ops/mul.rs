@@ -17,13 +17,11 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let (a, b, y) = c.binary();
     if c.needs(0) {
         let t = c.op("Mul", &[&g, &b], vec![]);
-        let ga = c.unbroadcast(&t, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if c.needs(1) {
         let t = c.op("Mul", &[&g, &a], vec![]);
-        let gb = c.unbroadcast(&t, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }

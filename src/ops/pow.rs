@@ -27,15 +27,13 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let p = c.op("Pow", &[&x, &em1], vec![]);
         let d = c.op("Mul", &[&ef, &p], vec![]);
         let t = c.op("Mul", &[&g, &d], vec![]);
-        let gx = c.unbroadcast(&t, &y, &x)?;
-        c.set(0, gx);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if c.needs(1) {
         let ln = c.op("Log", &[&x], vec![]);
         let d = c.op("Mul", &[&y, &ln], vec![]);
         let t = c.op("Mul", &[&g, &d], vec![]);
-        let ge = c.unbroadcast(&t, &y, &e)?;
-        c.set(1, ge);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }

@@ -20,9 +20,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let y = c.output(0).to_string();
     for i in 0..c.node.input.len() {
         if c.needs(i) {
-            let x = c.input(i).to_string();
-            let gx = c.unbroadcast(&g, &y, &x)?;
-            c.set(i, gx);
+            c.set_unbroadcast(i, &g, &y)?;
         }
     }
     Ok(())

@@ -24,7 +24,6 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         if !c.needs(i) {
             continue;
         }
-        let v = c.input(i).to_string();
         let zero = c.scalar(0.0, &y)?;
         let t = if i == 1 {
             c.op("Where", &[&cond, &g, &zero], vec![])
@@ -32,8 +31,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             c.op("Where", &[&cond, &zero, &g], vec![])
         };
         // Where(C, dY, 0) has Y's shape: C broadcasts into Y, never beyond it.
-        let gv = c.unbroadcast(&t, &y, &v)?;
-        c.set(i, gv);
+        c.set_unbroadcast(i, &t, &y)?;
     }
     Ok(())
 }

@@ -246,6 +246,14 @@ impl<'a> Ctx<'a> {
         }
         Ok(self.reshape_as(&s, to))
     }
+    /// Sets input `i`'s gradient: `g`, shaped like the broadcast result `like`, summed back to
+    /// input `i`'s shape ([`Ctx::unbroadcast`]).
+    pub fn set_unbroadcast(&mut self, i: usize, g: &str, like: &str) -> Result<()> {
+        let to = self.input(i).to_string();
+        let gi = self.unbroadcast(g, like, &to)?;
+        self.set(i, gi);
+        Ok(())
+    }
     /// Sums `g` over `axes` keeping them (a helper for reductions in rules).
     pub fn reduce_sum(&mut self, g: &str, axes: &[i64], keepdims: bool) -> String {
         let ax = self.ints(axes);
