@@ -23,37 +23,29 @@ fn torch_sub(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn add_sub(c: &mut Ctx, sub: bool) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
+    let y = c.output(0).to_string();
     if c.needs(0) {
-        let a = c.input(0).to_string();
-        let y = c.output(0).to_string();
-        let ga = c.unbroadcast(&g, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &g, &y)?;
     }
     if c.needs(1) {
-        let b = c.input(1).to_string();
-        let y = c.output(0).to_string();
         let gb = if sub {
             c.op("Neg", &[&g], vec![])
         } else {
             g.clone()
         };
-        let gb = c.unbroadcast(&gb, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &gb, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(add_broadcasting: add_broadcasting_cases, sub_broadcasting: sub_broadcasting_cases);
-    fn add_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]));
-        check(Case::new("Add").input(&[4]).input(&[2, 3, 4]));
-        check(Case::new("Add").input(&[2, 3]).input(&[2, 3]));
-    }
-    fn sub_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]));
-        check(Case::new("Sub").input(&[1]).input(&[2, 3]));
-    }
-}
+op_tests!(
+    add_broadcasting = [
+        Case::new("Add").input(&[2, 3, 4]).input(&[3, 1]),
+        Case::new("Add").input(&[4]).input(&[2, 3, 4]),
+        Case::new("Add").input(&[2, 3]).input(&[2, 3]),
+    ],
+    sub_broadcasting = [
+        Case::new("Sub").input(&[2, 1, 4]).input(&[3, 1]),
+        Case::new("Sub").input(&[1]).input(&[2, 3]),
+    ],
+);

@@ -54,16 +54,8 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let opts = (x.kind(), x.device());
     let mut kshape = vec![ch, 1];
     kshape.extend(k);
-    let sum = tw.x.f_convolution(
-        &tch::Tensor::f_ones(kshape.as_slice(), opts)?,
-        None::<&tch::Tensor>,
-        s,
-        zeros.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        ch,
-    )?;
+    let ones_k = tch::Tensor::f_ones(kshape.as_slice(), opts)?;
+    let sum = win.convolution(&tw.x, &ones_k, None, &zeros, ch)?;
     // The mask: 1 on the input (and on the explicit pads with count_include_pad), 0 elsewhere
     // in the extent the windows cover.
     let h = &x.size()[2..];
@@ -93,24 +85,13 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     }
     let mut ones = vec![1, 1];
     ones.extend(k);
-    let count = mask.f_convolution(
-        &tch::Tensor::f_ones(ones.as_slice(), opts)?,
-        None::<&tch::Tensor>,
-        s,
-        zeros.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        1,
-    )?;
+    let ones = tch::Tensor::f_ones(ones.as_slice(), opts)?;
+    let count = win.convolution(&mask, &ones, None, &zeros, 1)?;
     one(sum.f_div(&count)?)
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, y) = (c.input(0).to_string(), c.output(0).to_string());
     let kernel = c
         .attr_ints("kernel_shape")
@@ -159,15 +140,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             .map(|i| win.pads[i])
             .chain((0..k).map(|i| win.pads[k + i].max(end_pads[i])))
             .collect();
-        let valid = c.op(
-            "Conv",
-            &[&ones, &ones_k],
-            vec![
-                attr_ints("strides", &win.strides),
-                attr_ints("dilations", &win.dilations),
-                attr_ints("pads", &conv_pads),
-            ],
-        );
+        let valid = c.op("Conv", &[&ones, &ones_k], win.onnx_attrs(&conv_pads));
         let valid = c.op("Max", &[&valid, &one], vec![]);
         let wgt = c.op("Div", &[&ap, &valid], vec![]);
         c.op("Mul", &[&g, &wgt], vec![])
@@ -176,18 +149,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let rs = c.ints(&rs);
     let gr = c.op("Reshape", &[&g, &rs], vec![]);
     let pads: Vec<i64> = win.pads[..k].iter().copied().chain(end_pads).collect();
-    let gx = c.op(
-        "ConvTranspose",
-        &[&gr, &ones_k],
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("dilations", &win.dilations),
-            attr_ints("pads", &pads),
-            attr_ints("output_padding", &output_padding),
-        ],
-    );
-    let shape = c.shape_of(&x);
-    let gx = c.op("Reshape", &[&gx, &shape], vec![]);
+    let mut attrs = win.onnx_attrs(&pads);
+    attrs.push(attr_ints("output_padding", &output_padding));
+    let gx = c.op("ConvTranspose", &[&gr, &ones_k], attrs);
+    let gx = c.reshape_as(&gx, &x);
     c.set(0, gx);
     Ok(())
 }
@@ -195,83 +160,56 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     fn pool(x: &[usize], k: &[i64]) -> Case {
         Case::new("AveragePool")
             .input(x)
             .attr(attr_ints("kernel_shape", k))
             .f32()
     }
-    #[test]
-    fn average_pool_uniform() {
-        average_pool_uniform_cases(check);
-    }
-    fn average_pool_uniform_cases(check: fn(Case)) {
-        check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
-        // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
-        check(pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])));
-        check(
-            pool(&[1, 2, 6, 6], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 0]))
-                .attr(attr_int("count_include_pad", 1)),
-        );
-        check(
-            pool(&[2, 2, 9], &[3])
-                .attr(attr_ints("strides", &[2]))
-                .attr(attr_ints("dilations", &[2])),
-        );
-    }
-    #[test]
-    fn average_pool_border_counts() {
-        average_pool_border_counts_cases(check);
-    }
-    fn average_pool_border_counts_cases(check: fn(Case)) {
-        // Padding excluded from the count: smaller divisors at the borders.
-        check(
-            pool(&[1, 2, 6, 5], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        // ceil_mode: a last window running past the end.
-        check(
-            pool(&[1, 2, 6, 6], &[3, 2])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_int("ceil_mode", 1)),
-        );
-        check(
-            pool(&[1, 2, 6, 7], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 0, 1, 1]))
-                .attr(attr_int("ceil_mode", 1))
-                .attr(attr_int("count_include_pad", 1)),
-        );
-    }
-    /// Paths of the libtorch forward the cases above leave out: libtorch's own ceil mode with
-    /// symmetric pads, its last window dropped because it would start in the end padding.
-    fn torch_paths_cases(check: fn(Case)) {
-        for include in [0, 1] {
-            check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        // Paths of the libtorch forward the cases below leave out: libtorch's own ceil mode with
+        // symmetric pads, its last window dropped because it would start in the end padding.
+        torch_only = [0, 1].into_iter().flat_map(|include| {
+            [
                 pool(&[1, 2, 5, 5], &[2, 2])
                     .attr(attr_ints("strides", &[2, 2]))
                     .attr(attr_ints("pads", &[1, 1, 1, 1]))
                     .attr(attr_int("ceil_mode", 1))
                     .attr(attr_int("count_include_pad", include)),
-            );
-            check(
                 pool(&[1, 1, 8, 7], &[3, 3])
                     .attr(attr_ints("strides", &[2, 2]))
                     .attr(attr_ints("pads", &[1, 1, 1, 1]))
                     .attr(attr_int("ceil_mode", 1))
                     .attr(attr_int("count_include_pad", include)),
-            );
-        }
-    }
-    #[test]
-    fn torch_forward() {
-        torch_paths_cases(check_torch);
-        average_pool_uniform_cases(check_torch);
-        average_pool_border_counts_cases(check_torch);
-    }
+            ]
+        }),
+        average_pool_uniform = [
+            pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])),
+            // (7 - 3) % 2 = 0 on one axis, (6 - 2) % 3 = 1 on the other: output_padding 1.
+            pool(&[1, 2, 7, 6], &[3, 2]).attr(attr_ints("strides", &[2, 3])),
+            pool(&[1, 2, 6, 6], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 0]))
+                .attr(attr_int("count_include_pad", 1)),
+            pool(&[2, 2, 9], &[3])
+                .attr(attr_ints("strides", &[2]))
+                .attr(attr_ints("dilations", &[2])),
+        ],
+        average_pool_border_counts = [
+            // Padding excluded from the count: smaller divisors at the borders.
+            pool(&[1, 2, 6, 5], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+            // ceil_mode: a last window running past the end.
+            pool(&[1, 2, 6, 6], &[3, 2])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_int("ceil_mode", 1)),
+            pool(&[1, 2, 6, 7], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 0, 1, 1]))
+                .attr(attr_int("ceil_mode", 1))
+                .attr(attr_int("count_include_pad", 1)),
+        ],
+    );
 }

@@ -521,50 +521,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batch_norm_inference() {
-        batch_norm_inference_cases(check);
-    }
-    #[test]
-    fn probe_cpu_kernel() {
-        check(bn(&[2, 3, 4, 5], 3).f32().probe_cpu());
-        check(
-            bn(&[4, 3], 3)
-                .attr(attr_float("epsilon", 0.1))
-                .f32()
-                .probe_cpu(),
-        );
-        // The mean as a fixed buffer.
-        check(
-            Case::new("BatchNormalization")
-                .input(&[2, 3, 2, 2])
-                .input(&[3])
-                .input(&[3])
-                .fixed(&[3])
-                .values(&[3], &[0.5, 1.0, 2.0])
-                .f32()
-                .probe_cpu(),
-        );
-    }
-    fn batch_norm_inference_cases(check: fn(Case)) {
-        check(bn(&[2, 3, 4, 5], 3));
-        check(bn(&[4, 3], 3).attr(attr_float("epsilon", 0.1)));
-        check(bn(&[2, 2, 5], 2).attr(attr_int("training_mode", 0)));
-        // Running statistics as fixed buffers.
-        check(
+    fn batch_norm_inference_cases() -> [Case; 4] {
+        [
+            bn(&[2, 3, 4, 5], 3),
+            bn(&[4, 3], 3).attr(attr_float("epsilon", 0.1)),
+            bn(&[2, 2, 5], 2).attr(attr_int("training_mode", 0)),
+            // Running statistics as fixed buffers.
             Case::new("BatchNormalization")
                 .input(&[2, 3, 2, 2])
                 .input(&[3])
                 .input(&[3])
                 .fixed(&[3])
                 .values(&[3], &[0.5, 1.0, 2.0]),
-        );
+        ]
     }
-    #[test]
-    fn batch_norm_training() {
-        batch_norm_training_cases(check);
-    }
-    fn batch_norm_training_cases(check: fn(Case)) {
+    fn batch_norm_training_cases() -> [Case; 3] {
         // Training mode must list its three outputs; the running statistics stay out of the loss.
         let t = |case: Case| {
             case.attr(attr_int("training_mode", 1))
@@ -572,16 +543,39 @@ mod tests {
                 .skip_output(1)
                 .skip_output(2)
         };
-        check(t(bn(&[2, 3, 4, 5], 3)));
-        check(t(bn(&[5, 3], 3)).attr(attr_float("epsilon", 0.1)));
-        check(t(bn(&[2, 2, 3], 2)).attr(attr_float("momentum", 0.5)));
+        [
+            t(bn(&[2, 3, 4, 5], 3)),
+            t(bn(&[5, 3], 3)).attr(attr_float("epsilon", 0.1)),
+            t(bn(&[2, 2, 3], 2)).attr(attr_float("momentum", 0.5)),
+        ]
+    }
+    #[test]
+    fn batch_norm_inference() {
+        batch_norm_inference_cases().into_iter().for_each(check);
+    }
+    #[test]
+    fn batch_norm_training() {
+        batch_norm_training_cases().into_iter().for_each(check);
+    }
+    /// With probe's kernel, in f32: the inference cases less the one that spells out
+    /// `training_mode = 0`; the last one's mean is a fixed buffer.
+    #[test]
+    fn probe_cpu_kernel() {
+        let [plain, epsilon, _, fixed_statistics] = batch_norm_inference_cases();
+        for case in [plain, epsilon, fixed_statistics] {
+            check(case.f32().probe_cpu());
+        }
     }
     #[test]
     fn torch_forward() {
-        batch_norm_inference_cases(check_torch);
+        batch_norm_inference_cases()
+            .into_iter()
+            .for_each(check_torch);
         // Output 2, the running variance, is PyTorch's (unbiased batch variance), not ONNX's
         // (biased): checked against PyTorch's formula below.
-        batch_norm_training_cases(|case| check_torch_except(case, &[2]));
+        for case in batch_norm_training_cases() {
+            check_torch_except(case, &[2]);
+        }
     }
     #[test]
     fn torch_running_statistics_as_pytorch() {

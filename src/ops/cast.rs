@@ -44,29 +44,20 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    use crate::tensor::DType;
-    crate::ops::testing::gradient_and_torch_tests!(cast_float_to_float: cast_float_to_float_cases, cast_like: cast_like_cases);
-    fn cast_float_to_float_cases(check: fn(Case)) {
+op_tests!(
+    cast_float_to_float = [
         // f32 input, f64 output: the gradient comes back as f32.
-        check(
-            Case::new("Cast")
-                .input(&[2, 3])
-                .attr(attr_int("to", DType::F64.onnx() as i64))
-                .f32(),
-        );
-        check(
-            Case::new("Cast")
-                .input(&[2, 3])
-                .attr(attr_int("to", DType::F64.onnx() as i64)),
-        );
-    }
-    fn cast_like_cases(check: fn(Case)) {
+        Case::new("Cast")
+            .input(&[2, 3])
+            .attr(attr_int("to", DType::F64.onnx() as i64))
+            .f32(),
+        Case::new("Cast")
+            .input(&[2, 3])
+            .attr(attr_int("to", DType::F64.onnx() as i64)),
+    ],
+    cast_like = [
         // Both float inputs are differentiated; only the first one gets a gradient (the second's
         // is zero).
-        check(Case::new("CastLike").input(&[2, 3]).input(&[1]));
-    }
-}
+        Case::new("CastLike").input(&[2, 3]).input(&[1]),
+    ],
+);

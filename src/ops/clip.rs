@@ -54,8 +54,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             m = and(c, Some(m), ordered);
         }
         let t = c.op("Where", &[&m, &g, &zero], vec![]);
-        let glo = c.unbroadcast(&t, &y, lo_v)?;
-        c.set(1, glo);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     if let (true, Some(hi_v)) = (c.needs(2), &hi) {
         let raised = match &lo {
@@ -64,39 +63,29 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         let m = c.op("Greater", &[&raised, hi_v], vec![]);
         let t = c.op("Where", &[&m, &g, &zero], vec![]);
-        let ghi = c.unbroadcast(&t, &y, hi_v)?;
-        c.set(2, ghi);
+        c.set_unbroadcast(2, &t, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(clip_inputs: clip_inputs_cases);
-    fn clip_inputs_cases(check: fn(Case)) {
-        check(
-            Case::new("Clip")
-                .input(&[3, 4])
-                .values(&[], &[-0.4])
-                .values(&[], &[0.3]),
-        );
+op_tests!(
+    clip_inputs = [
+        Case::new("Clip")
+            .input(&[3, 4])
+            .values(&[], &[-0.4])
+            .values(&[], &[0.3]),
         // Only a lower bound; only an upper bound.
-        check(Case::new("Clip").input(&[3, 4]).values(&[], &[-0.2]));
-        check(
-            Case::new("Clip")
-                .input(&[3, 4])
-                .absent()
-                .values(&[], &[0.1]),
-        );
+        Case::new("Clip").input(&[3, 4]).values(&[], &[-0.2]),
+        Case::new("Clip")
+            .input(&[3, 4])
+            .absent()
+            .values(&[], &[0.1]),
         // lo > hi: the output is hi everywhere, below lo included.
-        check(
-            Case::new("Clip")
-                .values(&[2, 3], &[-0.9, -0.5, -0.1, 0.2, 0.6, 0.9])
-                .values(&[], &[0.5])
-                .values(&[], &[-0.3]),
-        );
+        Case::new("Clip")
+            .values(&[2, 3], &[-0.9, -0.5, -0.1, 0.2, 0.6, 0.9])
+            .values(&[], &[0.5])
+            .values(&[], &[-0.3]),
         // No bounds at all: the identity.
-        check(Case::new("Clip").input(&[2, 3]));
-    }
-}
+        Case::new("Clip").input(&[2, 3]),
+    ],
+);

@@ -60,31 +60,21 @@ pub fn sizes_along(c: &mut Ctx, values: &[String], axis: i64) -> Result<String> 
     Ok(c.op("Concat", &refs, vec![attr_int("axis", 0)]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(concat: concat_cases);
-    fn concat_cases(check: fn(Case)) {
-        check(
-            Case::new("Concat")
-                .input(&[2, 3])
-                .input(&[2, 1])
-                .input(&[2, 4])
-                .attr(attr_int("axis", 1)),
-        );
-        check(
-            Case::new("Concat")
-                .input(&[1, 3, 2])
-                .input(&[2, 3, 2])
-                .attr(attr_int("axis", 0)),
-        );
-        check(
-            Case::new("Concat")
-                .input(&[2, 3, 2])
-                .fixed(&[2, 3, 1])
-                .input(&[2, 3, 3])
-                .attr(attr_int("axis", -1)),
-        );
-    }
-}
+op_tests!(
+    concat = [
+        Case::new("Concat")
+            .input(&[2, 3])
+            .input(&[2, 1])
+            .input(&[2, 4])
+            .attr(attr_int("axis", 1)),
+        Case::new("Concat")
+            .input(&[1, 3, 2])
+            .input(&[2, 3, 2])
+            .attr(attr_int("axis", 0)),
+        Case::new("Concat")
+            .input(&[2, 3, 2])
+            .fixed(&[2, 3, 1])
+            .input(&[2, 3, 3])
+            .attr(attr_int("axis", -1)),
+    ],
+);

@@ -17,8 +17,8 @@ use super::attrs::Attrs;
 use super::conv::dw_im2col;
 use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-use super::window::{spatial_dims, Window};
-use crate::model::graph::{attr_int, attr_ints};
+use super::window::{spatial_dims, static_kernel, Window};
+use crate::model::graph::attr_int;
 use anyhow::{anyhow, bail, Result};
 
 pub static RULE: Rule = Rule::new("ConvTranspose", Kind::Structured)
@@ -63,27 +63,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     explicit_only(c)?;
     let (x, w) = (c.input(0).to_string(), c.input(1).to_string());
     let wd = c.dims(&w)?;
-    let kernel: Vec<i64> = wd[2..]
-        .iter()
-        .map(|d| d.map(|d| d as i64))
-        .collect::<Option<_>>()
-        .ok_or_else(|| anyhow!("the kernel shape of '{w}' must be static"))?;
+    let kernel = static_kernel(&wd, &w)?;
     let k = kernel.len();
     // The window of C_W, whose input is Y's space.
     let yd = c.dims(c.output(0))?;
     let win = Window::of(c, kernel, &yd[2..])?;
     let group = c.attr_i("group", 1);
     if c.needs(0) {
-        let gx = c.op(
-            "Conv",
-            &[&g, &w],
-            vec![
-                attr_ints("strides", &win.strides),
-                attr_ints("dilations", &win.dilations),
-                attr_ints("pads", &win.pads),
-                attr_int("group", group),
-            ],
-        );
+        let mut attrs = win.onnx_attrs(&win.pads);
+        attrs.push(attr_int("group", group));
+        let gx = c.op("Conv", &[&g, &w], attrs);
         c.set(0, gx);
     }
     if c.needs(1) {
@@ -127,32 +116,25 @@ mod tests {
     fn ct(x: &[usize], w: &[usize]) -> Case {
         Case::new("ConvTranspose").input(x).input(w).f32()
     }
-    crate::ops::testing::gradient_and_torch_tests!(conv_transpose: conv_transpose_cases);
-    fn conv_transpose_cases(check: fn(Case)) {
-        check(ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]));
-        // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        conv_transpose = [
+            ct(&[2, 3, 4, 3], &[3, 2, 3, 2]).input(&[2]),
+            // As the Conv rule emits it for a stride-2 3x3 conv with pad 1 on a 6x6 input.
             ct(&[1, 3, 3, 3], &[3, 2, 3, 3])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1]))
                 .attr(attr_ints("output_padding", &[1, 1])),
-        );
-        check(
             ct(&[2, 2, 3, 4], &[2, 1, 2, 3])
                 .attr(attr_ints("strides", &[2, 3]))
                 .attr(attr_ints("dilations", &[2, 1]))
                 .attr(attr_ints("pads", &[1, 0, 1, 0])),
-        );
-        check(
             ct(&[1, 4, 3, 3], &[4, 3, 2, 2])
                 .input(&[6])
                 .attr(attr_int("group", 2))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
-        check(
             ct(&[2, 2, 5], &[2, 3, 3])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
-        );
-    }
+        ],
+    );
 }

@@ -20,7 +20,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (a, b, y) = c.binary();
+    let (_, b, y) = c.binary();
     // Integer division has no gradient; its output never needs one.
     if !c.dtype(&y)?.is_float() {
         return Ok(());
@@ -34,29 +34,22 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     };
     if c.needs(0) {
         let t = c.op("Div", &[&g, &b], vec![]);
-        let ga = c.unbroadcast(&t, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if let Some(t) = gb_full {
-        let gb = c.unbroadcast(&t, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(div_broadcasting: div_broadcasting_cases);
-    fn div_broadcasting_cases(check: fn(Case)) {
-        check(
-            Case::new("Div")
-                .input(&[2, 3, 4])
-                .input_in(&[3, 1], 0.5, 2.0),
-        );
-        check(Case::new("Div").input(&[1]).input_in(&[2, 3], -2.0, -0.5));
-        check(Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0));
-        check(Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0));
-        check(Case::new("Div").input(&[2, 3]).fixed(&[3]));
-    }
-}
+op_tests!(
+    div_broadcasting = [
+        Case::new("Div")
+            .input(&[2, 3, 4])
+            .input_in(&[3, 1], 0.5, 2.0),
+        Case::new("Div").input(&[1]).input_in(&[2, 3], -2.0, -0.5),
+        Case::new("Div").input(&[4]).input_in(&[2, 3, 4], 0.5, 2.0),
+        Case::new("Div").fixed(&[2, 3]).input_in(&[2, 3], 0.5, 2.0),
+        Case::new("Div").input(&[2, 3]).fixed(&[3]),
+    ],
+);

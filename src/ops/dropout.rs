@@ -41,20 +41,15 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(dropout_inference: dropout_inference_cases);
-    fn dropout_inference_cases(check: fn(Case)) {
-        check(Case::new("Dropout").input(&[2, 3]));
+op_tests!(
+    dropout_inference = [
+        Case::new("Dropout").input(&[2, 3]),
         // Both outputs present; the mask is boolean and left out of the loss by the harness.
-        check(Case::new("Dropout").input(&[2, 3]).outputs(2));
+        Case::new("Dropout").input(&[2, 3]).outputs(2),
         // training_mode given as a constant false.
-        check(
-            Case::new("Dropout")
-                .input(&[2, 3])
-                .absent()
-                .bools(&[], &[false]),
-        );
-    }
-}
+        Case::new("Dropout")
+            .input(&[2, 3])
+            .absent()
+            .bools(&[], &[false]),
+    ],
+);

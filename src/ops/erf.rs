@@ -7,17 +7,16 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub static RULE: Rule = Rule::new("Erf", Kind::Elementwise)
-    .vjp(|c| unary::vjp(c, d))
+    .vjp(|c| unary::chain(c, d))
     .torch(|_, v| unary::torch(v, Tensor::f_erf));
 
 /// d erf = 2/sqrt(pi) exp(-x^2).
-fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
+fn d(c: &mut Ctx, x: &str, _: &str) -> Result<String> {
     let x2 = c.op("Mul", &[x, x], vec![]);
     let nx2 = c.op("Neg", &[&x2], vec![]);
     let e = c.op("Exp", &[&nx2], vec![]);
     let k = c.scalar(2.0 / std::f64::consts::PI.sqrt(), x)?;
-    let d = c.op("Mul", &[&k, &e], vec![]);
-    Ok(c.op("Mul", &[g, &d], vec![]))
+    Ok(c.op("Mul", &[&k, &e], vec![]))
 }
 
 #[cfg(test)]

@@ -35,20 +35,16 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
-    let (x, y) = (c.input(0).to_string(), c.output(0).to_string());
-    let gx = c.unbroadcast(&g, &y, &x)?;
-    c.set(0, gx);
+    let y = c.output(0).to_string();
+    c.set_unbroadcast(0, &g, &y)?;
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(expand: expand_cases);
-    fn expand_cases(check: fn(Case)) {
-        check(Case::new("Expand").input(&[3, 1]).ints(&[3], &[2, 3, 4]));
-        check(Case::new("Expand").input(&[1, 4]).ints(&[2], &[3, 1]));
-        check(Case::new("Expand").input(&[2, 3]).ints(&[2], &[2, 3]));
-        check(Case::new("Expand").input(&[]).ints(&[1], &[5]));
-    }
-}
+op_tests!(
+    expand = [
+        Case::new("Expand").input(&[3, 1]).ints(&[3], &[2, 3, 4]),
+        Case::new("Expand").input(&[1, 4]).ints(&[2], &[3, 1]),
+        Case::new("Expand").input(&[2, 3]).ints(&[2], &[2, 3]),
+        Case::new("Expand").input(&[]).ints(&[1], &[5]),
+    ],
+);

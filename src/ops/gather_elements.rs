@@ -26,10 +26,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, idx) = (c.input(0).to_string(), c.input(1).to_string());
     let axis = c.attr_i("axis", 0);
     if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
@@ -58,28 +55,26 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 mod tests {
     use crate::model::graph::attr_int;
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(gather_elements: gather_elements_cases);
-    fn gather_elements_cases(check: fn(Case)) {
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(gather_elements = gather_elements_cases(),);
+    fn gather_elements_cases() -> [Case; 3] {
+        [
             Case::new("GatherElements")
                 .input(&[3, 4])
                 .ints(&[2, 4], &[0, 2, 2, 1, -1, 0, 2, -3]),
-        );
-        check(
             Case::new("GatherElements")
                 .input(&[3, 4])
                 .ints(&[3, 3], &[0, 3, 3, -1, 1, 0, 2, 2, 2])
                 .attr(attr_int("axis", 1)),
-        );
-        check(
             Case::new("GatherElements")
                 .input(&[2, 3, 2])
                 .ints(&[2, 2, 2], &[0, 1, 1, 1, 2, 0, -1, -3])
                 .attr(attr_int("axis", -2)),
-        );
+        ]
     }
     #[test]
     fn probe_cpu_kernel() {
-        gather_elements_cases(|c| check(c.f32().probe_cpu()));
+        for c in gather_elements_cases() {
+            check(c.f32().probe_cpu());
+        }
     }
 }

@@ -71,55 +71,41 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         c.set(1, gb);
     }
     if c.has_input(2) && c.needs(2) {
-        let cc = c.input(2).to_string();
         let gc = if beta != 1.0 {
             let s = c.scalar(beta as f64, &y)?;
             c.op("Mul", &[&g, &s], vec![])
         } else {
             g.clone()
         };
-        let gc = c.unbroadcast(&gc, &y, &cc)?;
-        c.set(2, gc);
+        c.set_unbroadcast(2, &gc, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::{attr_float, attr_int};
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(gemm_plain_and_broadcast_c: gemm_plain_and_broadcast_c_cases, gemm_transposes_alpha_beta: gemm_transposes_alpha_beta_cases);
-    fn gemm_plain_and_broadcast_c_cases(check: fn(Case)) {
-        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]));
-        check(
-            Case::new("Gemm")
-                .input(&[3, 4])
-                .input(&[4, 5])
-                .input(&[3, 1]),
-        );
-        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[1]));
-        check(
-            Case::new("Gemm")
-                .input(&[3, 4])
-                .input(&[4, 5])
-                .input(&[3, 5]),
-        );
-        check(Case::new("Gemm").input(&[3, 4]).input(&[4, 5]));
-    }
-    fn gemm_transposes_alpha_beta_cases(check: fn(Case)) {
-        for (ta, tb) in [(0, 1), (1, 0), (1, 1)] {
-            let a = if ta == 1 { [4, 3] } else { [3, 4] };
-            let b = if tb == 1 { [5, 4] } else { [4, 5] };
-            check(
-                Case::new("Gemm")
-                    .input(&a)
-                    .input(&b)
-                    .input(&[1, 5])
-                    .attr(attr_int("transA", ta))
-                    .attr(attr_int("transB", tb))
-                    .attr(attr_float("alpha", 0.75))
-                    .attr(attr_float("beta", -1.5)),
-            );
-        }
-    }
-}
+op_tests!(
+    gemm_plain_and_broadcast_c = [
+        Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[5]),
+        Case::new("Gemm")
+            .input(&[3, 4])
+            .input(&[4, 5])
+            .input(&[3, 1]),
+        Case::new("Gemm").input(&[3, 4]).input(&[4, 5]).input(&[1]),
+        Case::new("Gemm")
+            .input(&[3, 4])
+            .input(&[4, 5])
+            .input(&[3, 5]),
+        Case::new("Gemm").input(&[3, 4]).input(&[4, 5]),
+    ],
+    gemm_transposes_alpha_beta = [(0, 1), (1, 0), (1, 1)].map(|(ta, tb)| {
+        let a = if ta == 1 { [4, 3] } else { [3, 4] };
+        let b = if tb == 1 { [5, 4] } else { [4, 5] };
+        Case::new("Gemm")
+            .input(&a)
+            .input(&b)
+            .input(&[1, 5])
+            .attr(attr_int("transA", ta))
+            .attr(attr_int("transB", tb))
+            .attr(attr_float("alpha", 0.75))
+            .attr(attr_float("beta", -1.5))
+    }),
+);

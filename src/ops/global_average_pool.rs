@@ -18,10 +18,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let x = c.input(0).to_string();
     let spatial: Vec<i64> = (2..c.rank(&x)? as i64).collect();
     let shape = c.shape_of(&x);
@@ -36,10 +33,11 @@ mod tests {
     use crate::ops::testing::Case;
     // ONNX Runtime's CPU provider has no f64 GlobalAveragePool; the rule is linear, so f32 is
     // as exact as the check's tolerance.
-    crate::ops::testing::gradient_and_torch_tests!(global_average_pool: global_average_pool_cases);
-    fn global_average_pool_cases(check: fn(Case)) {
-        check(Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32());
-        check(Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32());
-        check(Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32());
-    }
+    crate::ops::testing::gradient_and_torch_tests!(
+        global_average_pool = [
+            Case::new("GlobalAveragePool").input(&[2, 3, 4, 5]).f32(),
+            Case::new("GlobalAveragePool").input(&[1, 2, 6]).f32(),
+            Case::new("GlobalAveragePool").input(&[2, 2, 2, 3, 2]).f32(),
+        ],
+    );
 }

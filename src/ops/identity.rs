@@ -18,11 +18,4 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(identity: identity_cases);
-    fn identity_cases(check: fn(Case)) {
-        check(Case::new("Identity").input(&[2, 3]));
-    }
-}
+op_tests!(identity = [Case::new("Identity").input(&[2, 3])]);

@@ -212,13 +212,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         }
         if c.needs(1) {
             let t = c.op("Mul", &[gy, &xhat], vec![]);
-            let gsc = c.unbroadcast(&t, &y, &scale)?;
-            c.set(1, gsc);
+            c.set_unbroadcast(1, &t, &y)?;
         }
         if c.has_input(2) && c.needs(2) {
-            let bias = c.input(2).to_string();
-            let gb = c.unbroadcast(gy, &y, &bias)?;
-            c.set(2, gb);
+            c.set_unbroadcast(2, gy, &y)?;
         }
     }
     if c.needs(0) && (gm.is_some() || gs.is_some()) {
@@ -317,46 +314,37 @@ fn sum_into_layer_norm_grad(graph: &mut GraphProto, shapes: &Shapes) {
 mod tests {
     use crate::model::graph::{attr_float, attr_int};
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(layer_norm_last_axis: layer_norm_last_axis_cases, layer_norm_axis_eps_broadcast_scale: layer_norm_axis_eps_broadcast_scale_cases, layer_norm_statistics_outputs: layer_norm_statistics_outputs_cases);
-    fn layer_norm_last_axis_cases(check: fn(Case)) {
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        layer_norm_last_axis = [
             Case::new("LayerNormalization")
                 .input(&[2, 3, 5])
                 .input(&[5])
                 .input(&[5]),
-        );
-        check(Case::new("LayerNormalization").input(&[4, 6]).input(&[6]));
-    }
-    fn layer_norm_axis_eps_broadcast_scale_cases(check: fn(Case)) {
-        check(
+            Case::new("LayerNormalization").input(&[4, 6]).input(&[6]),
+        ],
+        layer_norm_axis_eps_broadcast_scale = [
             Case::new("LayerNormalization")
                 .input(&[2, 3, 4])
                 .input(&[3, 4])
                 .input(&[1, 4])
                 .attr(attr_int("axis", 1))
                 .attr(attr_float("epsilon", 0.1)),
-        );
-        check(
             Case::new("LayerNormalization")
                 .input(&[2, 3, 4])
                 .input(&[3, 1])
                 .input(&[4])
                 .attr(attr_int("axis", -2)),
-        );
-    }
-    fn layer_norm_statistics_outputs_cases(check: fn(Case)) {
-        // Mean and InvStdDev are float (stash_type 1) whatever X's type.
-        check(
+        ],
+        layer_norm_statistics_outputs = [
+            // Mean and InvStdDev are float (stash_type 1) whatever X's type.
             Case::new("LayerNormalization")
                 .input(&[2, 3, 4])
                 .input(&[4])
                 .input(&[4])
                 .outputs(3)
                 .f32(),
-        );
-        // Only the statistics, normalized over two axes (ONNX Runtime has no double statistics,
-        // and a loss mixing f64 Y with float statistics does not type-check: f32 again).
-        check(
+            // Only the statistics, normalized over two axes (ONNX Runtime has no double statistics,
+            // and a loss mixing f64 Y with float statistics does not type-check: f32 again).
             Case::new("LayerNormalization")
                 .input(&[2, 3, 4])
                 .input(&[3, 4])
@@ -364,8 +352,8 @@ mod tests {
                 .outputs(3)
                 .f32()
                 .skip_output(0),
-        );
-    }
+        ],
+    );
     #[test]
     fn probe_cpu_kernel() {
         // Scale and B of the normalized shape, normalized over one axis and over two.

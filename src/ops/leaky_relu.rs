@@ -33,19 +33,13 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_float;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(leaky_relu: leaky_relu_cases);
-    fn leaky_relu_cases(check: fn(Case)) {
+op_tests!(
+    leaky_relu = [
         // ONNX Runtime has no f64 LeakyRelu kernel.
-        check(Case::new("LeakyRelu").input(&[3, 5]).f32());
-        check(
-            Case::new("LeakyRelu")
-                .input(&[2, 3, 2])
-                .attr(attr_float("alpha", 0.2))
-                .f32(),
-        );
-    }
-}
+        Case::new("LeakyRelu").input(&[3, 5]).f32(),
+        Case::new("LeakyRelu")
+            .input(&[2, 3, 2])
+            .attr(attr_float("alpha", 0.2))
+            .f32(),
+    ],
+);

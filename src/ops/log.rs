@@ -15,11 +15,4 @@ fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
     Ok(c.op("Div", &[g, x], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(log: log_cases);
-    fn log_cases(check: fn(Case)) {
-        check(Case::new("Log").input_in(&[2, 3], 0.5, 2.0));
-    }
-}
+op_tests!(log = [Case::new("Log").input_in(&[2, 3], 0.5, 2.0)]);

@@ -171,8 +171,7 @@ fn sum_to(
     if lead == 0 && !promoted && axes.is_empty() {
         return g;
     }
-    let shape = c.shape_of(x);
-    c.op("Reshape", &[&g, &shape], vec![])
+    c.reshape_as(&g, x)
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
@@ -233,12 +232,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let g2r = c.op("Reshape", &[&g2, &sg], vec![]);
         let (d2a, d2g) = (vec![None, Some(k as usize)], vec![None, Some(n as usize)]);
         let gb = product(c, fast, (&a2r, &d2a), true, (&g2r, &d2g), false);
-        let gb = if pb {
-            let shape = c.shape_of(&b);
-            c.op("Reshape", &[&gb, &shape], vec![])
-        } else {
-            gb
-        };
+        let gb = if pb { c.reshape_as(&gb, &b) } else { gb };
         c.set(1, gb);
     } else if c.needs(1) {
         let gb = product(c, fast, (&a2, &ad), true, (&g2, &y2), false);
@@ -281,20 +275,21 @@ mod tests {
         }
     }
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(matmul_batched_broadcasting: matmul_batched_broadcasting_cases, matmul_vectors: matmul_vectors_cases);
-    fn matmul_batched_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("MatMul").input(&[3, 4]).input(&[4, 5]));
-        check(Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]));
-        check(Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]));
-        check(Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]));
-        check(Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]));
-    }
-    fn matmul_vectors_cases(check: fn(Case)) {
-        check(Case::new("MatMul").input(&[4]).input(&[4, 3]));
-        check(Case::new("MatMul").input(&[2, 3, 4]).input(&[4]));
-        check(Case::new("MatMul").input(&[4]).input(&[2, 4, 3]));
-        check(Case::new("MatMul").input(&[4]).input(&[4]));
-    }
+    crate::ops::testing::gradient_and_torch_tests!(
+        matmul_batched_broadcasting = [
+            Case::new("MatMul").input(&[3, 4]).input(&[4, 5]),
+            Case::new("MatMul").input(&[2, 3, 4, 5]).input(&[5, 6]),
+            Case::new("MatMul").input(&[3, 4]).input(&[2, 4, 5]),
+            Case::new("MatMul").input(&[2, 1, 3, 4]).input(&[5, 4, 2]),
+            Case::new("MatMul").input(&[1, 3, 4]).input(&[2, 4, 2]),
+        ],
+        matmul_vectors = [
+            Case::new("MatMul").input(&[4]).input(&[4, 3]),
+            Case::new("MatMul").input(&[2, 3, 4]).input(&[4]),
+            Case::new("MatMul").input(&[4]).input(&[2, 4, 3]),
+            Case::new("MatMul").input(&[4]).input(&[4]),
+        ],
+    );
     /// The rewrite itself: the MatMul feeding a bias Add is gone and one probe.cpu:MatMulAdd
     /// writes the Add's output; a MatMul with a second reader is left alone.
     #[test]

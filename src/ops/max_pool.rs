@@ -79,10 +79,7 @@ fn flat_indices(
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     if c.attr_i("storage_order", 0) != 0 {
         bail!("MaxPool with storage_order = 1 (column-major indices) is not supported");
     }
@@ -98,8 +95,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         &[&z, &i, &v],
         vec![attr_int("axis", 0), attr_string("reduction", "add")],
     );
-    let shape = c.shape_of(&x);
-    let gx = c.op("Reshape", &[&s, &shape], vec![]);
+    let gx = c.reshape_as(&s, &x);
     c.set(0, gx);
     Ok(())
 }
@@ -107,97 +103,55 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
-    use crate::ops::testing::{check, Case};
-    use crate::ops::torch_testing::check_torch;
+    use crate::ops::testing::Case;
     fn pool(x: &[usize], k: &[i64]) -> Case {
         Case::new("MaxPool")
             .input(x)
             .attr(attr_ints("kernel_shape", k))
     }
-    #[test]
-    fn max_pool_plain() {
-        max_pool_plain_cases(check);
+    /// Indices asked for, with `strides` and `pads` (integer: not in the loss).
+    fn with_indices(x: &[usize], k: &[i64], strides: &[i64], pads: &[i64]) -> Case {
+        pool(x, k)
+            .attr(attr_ints("strides", strides))
+            .attr(attr_ints("pads", pads))
+            .outputs(2)
     }
-    fn max_pool_plain_cases(check: fn(Case)) {
-        check(pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])));
-        // Overlapping windows: an element can be the maximum of several.
-        check(pool(&[1, 2, 5, 4], &[3, 2]));
-    }
-    #[test]
-    fn max_pool_stride_pad_dilation_ceil() {
-        max_pool_stride_pad_dilation_ceil_cases(check);
-    }
-    fn max_pool_stride_pad_dilation_ceil_cases(check: fn(Case)) {
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(
+        // Paths of the libtorch forward the cases below leave out: ceil mode's last window
+        // dropped because it would start in the end padding, and Indices with explicit padding.
+        torch_only = [
+            with_indices(&[1, 2, 5, 5], &[2, 2], &[2, 2], &[1, 1, 1, 1])
+                .attr(attr_int("ceil_mode", 1)),
+            with_indices(&[1, 2, 7, 6], &[3, 3], &[2, 2], &[1, 0, 2, 1]),
+            with_indices(&[2, 2, 6, 7], &[3, 2], &[2, 3], &[2, 0, 0, 1])
+                .attr(attr_int("ceil_mode", 1)),
+            with_indices(&[2, 3, 9], &[3], &[2], &[2, 0]).attr(attr_ints("dilations", &[2])),
+        ],
+        max_pool_plain = [
+            pool(&[2, 3, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])),
+            // Overlapping windows: an element can be the maximum of several.
+            pool(&[1, 2, 5, 4], &[3, 2]),
+        ],
+        max_pool_stride_pad_dilation_ceil = [
             pool(&[2, 2, 7, 6], &[3, 3])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 1, 1, 0])),
-        );
-        check(
             pool(&[1, 2, 7, 7], &[2, 2])
                 .attr(attr_ints("strides", &[2, 1]))
                 .attr(attr_ints("dilations", &[2, 2])),
-        );
-        check(
             pool(&[1, 2, 6, 5], &[3, 2])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 0, 0, 0]))
                 .attr(attr_int("ceil_mode", 1)),
-        );
-    }
-    #[test]
-    fn max_pool_1d_and_given_indices() {
-        max_pool_1d_and_given_indices_cases(check);
-    }
-    fn max_pool_1d_and_given_indices_cases(check: fn(Case)) {
-        check(
+        ],
+        max_pool_1d_and_given_indices = [
             pool(&[2, 3, 9], &[3])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
-        );
-        // The forward already emits Indices (integer: not in the loss).
-        check(
+            // The forward already emits Indices (integer: not in the loss).
             pool(&[1, 2, 4, 5], &[2, 2])
                 .attr(attr_ints("strides", &[2, 2]))
                 .outputs(2),
-        );
-    }
-    /// Paths of the libtorch forward the cases above leave out: ceil mode's last window
-    /// dropped because it would start in the end padding, and Indices with explicit padding.
-    fn torch_paths_cases(check: fn(Case)) {
-        check(
-            pool(&[1, 2, 5, 5], &[2, 2])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1]))
-                .attr(attr_int("ceil_mode", 1))
-                .outputs(2),
-        );
-        check(
-            pool(&[1, 2, 7, 6], &[3, 3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 0, 2, 1]))
-                .outputs(2),
-        );
-        check(
-            pool(&[2, 2, 6, 7], &[3, 2])
-                .attr(attr_ints("strides", &[2, 3]))
-                .attr(attr_ints("pads", &[2, 0, 0, 1]))
-                .attr(attr_int("ceil_mode", 1))
-                .outputs(2),
-        );
-        check(
-            pool(&[2, 3, 9], &[3])
-                .attr(attr_ints("strides", &[2]))
-                .attr(attr_ints("pads", &[2, 0]))
-                .attr(attr_ints("dilations", &[2]))
-                .outputs(2),
-        );
-    }
-    #[test]
-    fn torch_forward() {
-        torch_paths_cases(check_torch);
-        max_pool_plain_cases(check_torch);
-        max_pool_stride_pad_dilation_ceil_cases(check_torch);
-        max_pool_1d_and_given_indices_cases(check_torch);
-    }
+        ],
+    );
 }

@@ -7,6 +7,24 @@
 //! it: the node's `probe.cpu` replacement and the graph rewrites (folds, fusions) its file
 //! holds, which `crate::autodiff::passes` runs in order.
 
+/// An op file's tests as one call, `op_tests!(name = [cases], ...)`: the file's
+/// `#[cfg(test)] mod tests`, with `testing::prelude` in scope, holding
+/// `testing::gradient_and_torch_tests` of those lists. Defined ahead of the op modules so that
+/// each can call it; an op with tests of its own writes its `mod tests` out and calls the inner
+/// macro there. The lists expand inside that module, so they name the file's own items by their
+/// crate path (`crate::ops::reduce_sum::reduce_cases`), as the layout check reads them.
+macro_rules! op_tests {
+    ($($lists:tt)*) => {
+        #[cfg(test)]
+        mod tests {
+            // Unused where the lists come from a helper (ReduceSum's).
+            #[allow(unused_imports)]
+            use $crate::ops::testing::prelude::*;
+            $crate::ops::testing::gradient_and_torch_tests!($($lists)*);
+        }
+    };
+}
+
 pub mod abs;
 pub mod add;
 pub mod attrs;

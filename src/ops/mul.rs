@@ -17,24 +17,19 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let (a, b, y) = c.binary();
     if c.needs(0) {
         let t = c.op("Mul", &[&g, &b], vec![]);
-        let ga = c.unbroadcast(&t, &y, &a)?;
-        c.set(0, ga);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if c.needs(1) {
         let t = c.op("Mul", &[&g, &a], vec![]);
-        let gb = c.unbroadcast(&t, &y, &b)?;
-        c.set(1, gb);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(mul_broadcasting: mul_broadcasting_cases);
-    fn mul_broadcasting_cases(check: fn(Case)) {
-        check(Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]));
-        check(Case::new("Mul").input(&[1]).input(&[2, 3]));
-        check(Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]));
-    }
-}
+op_tests!(
+    mul_broadcasting = [
+        Case::new("Mul").input(&[2, 3, 4]).input(&[3, 1]),
+        Case::new("Mul").input(&[1]).input(&[2, 3]),
+        Case::new("Mul").input(&[2, 3]).fixed(&[2, 3]),
+    ],
+);

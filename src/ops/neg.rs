@@ -15,11 +15,4 @@ fn d(c: &mut Ctx, g: &str, _: &str, _: &str) -> Result<String> {
     Ok(c.op("Neg", &[g], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(neg: neg_cases);
-    fn neg_cases(check: fn(Case)) {
-        check(Case::new("Neg").input(&[2, 3]));
-    }
-}
+op_tests!(neg = [Case::new("Neg").input(&[2, 3])]);

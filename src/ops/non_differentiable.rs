@@ -179,101 +179,71 @@ mod tests {
         use crate::ops::torch_testing::check_torch;
         let tf = [true, false, true, true, false, false];
         let ft = [false, false, true, false, true, false];
-        check_torch(Case::new("And").bools(&[2, 3], &tf).bools(&[2, 3], &ft));
-        check_torch(Case::new("And").bools(&[2, 3], &tf).bools(&[3], &ft[..3]));
-        check_torch(Case::new("Not").bools(&[2, 3], &tf));
         let v = [0.5, -1.0, 0.5, 2.0, 0.0, -1.0];
-        check_torch(
+        let ties = [1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 1.0];
+        let value = |t| attr_tensor("value", t);
+        let range = |start, limit, delta| {
+            Case::new("Range")
+                .ints(&[], &[start])
+                .ints(&[], &[limit])
+                .ints(&[], &[delta])
+        };
+        let cases = [
+            Case::new("And").bools(&[2, 3], &tf).bools(&[2, 3], &ft),
+            Case::new("And").bools(&[2, 3], &tf).bools(&[3], &ft[..3]),
+            Case::new("Not").bools(&[2, 3], &tf),
             Case::new("Equal")
                 .values(&[2, 3], &v)
                 .values(&[3], &[0.5, 0.0, -1.0]),
-        );
-        check_torch(
             Case::new("Equal")
                 .ints(&[2, 2], &[1, 2, 3, 4])
                 .ints(&[2], &[1, 4]),
-        );
-        check_torch(Case::new("Greater").input(&[2, 3, 4]).input(&[3, 1]));
-        check_torch(Case::new("Less").input(&[4]).input(&[2, 3, 4]));
-        check_torch(Case::new("Less").ints(&[3], &[1, 5, 2]).ints(&[], &[2]));
-        check_torch(Case::new("ArgMax").input(&[3, 4]));
-        check_torch(
+            Case::new("Greater").input(&[2, 3, 4]).input(&[3, 1]),
+            Case::new("Less").input(&[4]).input(&[2, 3, 4]),
+            Case::new("Less").ints(&[3], &[1, 5, 2]).ints(&[], &[2]),
+            Case::new("ArgMax").input(&[3, 4]),
             Case::new("ArgMax")
                 .input(&[2, 3, 4])
                 .attr(attr_int("axis", -1))
                 .attr(attr_int("keepdims", 0)),
-        );
-        // Ties: the first maximum, or the last with select_last_index.
-        let ties = [1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 1.0];
-        check_torch(
+            // Ties: the first maximum, or the last with select_last_index.
             Case::new("ArgMax")
                 .values(&[2, 4], &ties)
                 .attr(attr_int("axis", 1)),
-        );
-        check_torch(
             Case::new("ArgMax")
                 .values(&[2, 4], &ties)
                 .attr(attr_int("axis", 1))
                 .attr(attr_int("select_last_index", 1)),
-        );
-        let value = |t| attr_tensor("value", t);
-        check_torch(Case::new("Constant").attr(value(tensor_f32(
-            "",
-            &[2, 2],
-            &[1.0, -2.5, 3.0, 0.25],
-        ))));
-        check_torch(Case::new("Constant").attr(value(tensor_i64("", &[], &[7]))));
-        check_torch(Case::new("Constant").attr(attr_ints("value_ints", &[3, -1, 4])));
-        check_torch(Case::new("ConstantOfShape").ints(&[2], &[2, 3]));
-        check_torch(
+            Case::new("Constant").attr(value(tensor_f32("", &[2, 2], &[1.0, -2.5, 3.0, 0.25]))),
+            Case::new("Constant").attr(value(tensor_i64("", &[], &[7]))),
+            Case::new("Constant").attr(attr_ints("value_ints", &[3, -1, 4])),
+            Case::new("ConstantOfShape").ints(&[2], &[2, 3]),
             Case::new("ConstantOfShape")
                 .ints(&[3], &[1, 2, 2])
                 .attr(value(tensor_i64("", &[1], &[5]))),
-        );
-        check_torch(
             Case::new("ConstantOfShape")
                 .ints(&[1], &[4])
                 .attr(value(tensor_f32("", &[1], &[-1.5]))),
-        );
-        check_torch(Case::new("NonZero").values(&[2, 3], &v));
-        check_torch(Case::new("NonZero").ints(&[4], &[0, 3, 0, -1]));
-        check_torch(
-            Case::new("Range")
-                .ints(&[], &[2])
-                .ints(&[], &[11])
-                .ints(&[], &[3]),
-        );
-        check_torch(
-            Case::new("Range")
-                .ints(&[], &[5])
-                .ints(&[], &[-4])
-                .ints(&[], &[-2]),
-        );
-        check_torch(
-            Case::new("Range")
-                .ints(&[], &[5])
-                .ints(&[], &[1])
-                .ints(&[], &[2]),
-        );
-        check_torch(
+            Case::new("NonZero").values(&[2, 3], &v),
+            Case::new("NonZero").ints(&[4], &[0, 3, 0, -1]),
+            range(2, 11, 3),
+            range(5, -4, -2),
+            range(5, 1, 2),
             Case::new("Range")
                 .values(&[], &[0.5])
                 .values(&[], &[2.25])
                 .values(&[], &[0.25]),
-        );
-        check_torch(Case::new("Shape").input(&[2, 3, 4]));
-        check_torch(
+            Case::new("Shape").input(&[2, 3, 4]),
             Case::new("Shape")
                 .input(&[2, 3, 4])
                 .attr(attr_int("start", 1)),
-        );
-        check_torch(
             Case::new("Shape")
                 .input(&[2, 3, 4, 5])
                 .attr(attr_int("start", -3))
                 .attr(attr_int("end", -1)),
-        );
-        check_torch(Case::new("Shape").input(&[2, 3]).attr(attr_int("end", 10)));
-        check_torch(Case::new("Size").input(&[2, 3, 4]));
+            Case::new("Shape").input(&[2, 3]).attr(attr_int("end", 10)),
+            Case::new("Size").input(&[2, 3, 4]),
+        ];
+        cases.into_iter().for_each(check_torch);
     }
 }

@@ -137,45 +137,33 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_string;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(pad_constant: pad_constant_cases, pad_copying_modes: pad_copying_modes_cases);
-    fn pad_constant_cases(check: fn(Case)) {
-        check(Case::new("Pad").input(&[2, 3]).ints(&[4], &[1, 0, 2, 3]));
+op_tests!(
+    pad_constant = [
+        Case::new("Pad").input(&[2, 3]).ints(&[4], &[1, 0, 2, 3]),
         // negative pads crop; a differentiated constant value
-        check(
+        Case::new("Pad")
+            .input(&[3, 4])
+            .ints(&[4], &[-1, 2, 1, -2])
+            .input(&[]),
+        // axes given (opset 18+), negatively
+        Case::new("Pad")
+            .input(&[2, 3, 2])
+            .ints(&[2], &[1, 2])
+            .input(&[])
+            .ints(&[1], &[-2]),
+    ],
+    pad_copying_modes = ["reflect", "edge", "wrap"].into_iter().flat_map(|mode| {
+        [
             Case::new("Pad")
                 .input(&[3, 4])
-                .ints(&[4], &[-1, 2, 1, -2])
-                .input(&[]),
-        );
-        // axes given (opset 18+), negatively
-        check(
+                .ints(&[4], &[1, 2, 2, 3])
+                .attr(attr_string("mode", mode)),
             Case::new("Pad")
-                .input(&[2, 3, 2])
-                .ints(&[2], &[1, 2])
-                .input(&[])
-                .ints(&[1], &[-2]),
-        );
-    }
-    fn pad_copying_modes_cases(check: fn(Case)) {
-        for mode in ["reflect", "edge", "wrap"] {
-            check(
-                Case::new("Pad")
-                    .input(&[3, 4])
-                    .ints(&[4], &[1, 2, 2, 3])
-                    .attr(attr_string("mode", mode)),
-            );
-            check(
-                Case::new("Pad")
-                    .input(&[2, 3, 4])
-                    .ints(&[2], &[2, 1])
-                    .absent()
-                    .ints(&[1], &[2])
-                    .attr(attr_string("mode", mode)),
-            );
-        }
-    }
-}
+                .input(&[2, 3, 4])
+                .ints(&[2], &[2, 1])
+                .absent()
+                .ints(&[1], &[2])
+                .attr(attr_string("mode", mode)),
+        ]
+    }),
+);

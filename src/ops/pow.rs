@@ -27,50 +27,35 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let p = c.op("Pow", &[&x, &em1], vec![]);
         let d = c.op("Mul", &[&ef, &p], vec![]);
         let t = c.op("Mul", &[&g, &d], vec![]);
-        let gx = c.unbroadcast(&t, &y, &x)?;
-        c.set(0, gx);
+        c.set_unbroadcast(0, &t, &y)?;
     }
     if c.needs(1) {
         let ln = c.op("Log", &[&x], vec![]);
         let d = c.op("Mul", &[&y, &ln], vec![]);
         let t = c.op("Mul", &[&g, &d], vec![]);
-        let ge = c.unbroadcast(&t, &y, &e)?;
-        c.set(1, ge);
+        c.set_unbroadcast(1, &t, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(pow_both_inputs: pow_both_inputs_cases, pow_broadcasting: pow_broadcasting_cases, pow_constant_exponent: pow_constant_exponent_cases);
-    fn pow_both_inputs_cases(check: fn(Case)) {
-        check(
-            Case::new("Pow")
-                .input_in(&[2, 3], 0.5, 2.0)
-                .input_in(&[2, 3], -2.0, 2.0),
-        );
-    }
-    fn pow_broadcasting_cases(check: fn(Case)) {
-        check(
-            Case::new("Pow")
-                .input_in(&[2, 3, 4], 0.5, 2.0)
-                .input_in(&[3, 1], -2.0, 2.0),
-        );
-        check(
-            Case::new("Pow")
-                .input_in(&[4], 0.5, 2.0)
-                .input_in(&[2, 3, 4], -2.0, 2.0),
-        );
-        check(
-            Case::new("Pow")
-                .input_in(&[2, 3], 0.5, 2.0)
-                .input_in(&[1], 0.5, 3.0),
-        );
-    }
-    fn pow_constant_exponent_cases(check: fn(Case)) {
+op_tests!(
+    pow_both_inputs = [Case::new("Pow")
+        .input_in(&[2, 3], 0.5, 2.0)
+        .input_in(&[2, 3], -2.0, 2.0)],
+    pow_broadcasting = [
+        Case::new("Pow")
+            .input_in(&[2, 3, 4], 0.5, 2.0)
+            .input_in(&[3, 1], -2.0, 2.0),
+        Case::new("Pow")
+            .input_in(&[4], 0.5, 2.0)
+            .input_in(&[2, 3, 4], -2.0, 2.0),
+        Case::new("Pow")
+            .input_in(&[2, 3], 0.5, 2.0)
+            .input_in(&[1], 0.5, 3.0),
+    ],
+    pow_constant_exponent = [
         // Integer exponent (int64 initializer), negative bases allowed.
-        check(Case::new("Pow").input(&[2, 3]).ints(&[], &[3]));
-        check(Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]));
-    }
-}
+        Case::new("Pow").input(&[2, 3]).ints(&[], &[3]),
+        Case::new("Pow").input(&[2, 3]).ints(&[3], &[2, 1, 3]),
+    ],
+);

@@ -17,12 +17,9 @@ fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
     Ok(c.op("Neg", &[&t], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(reciprocal: reciprocal_cases);
-    fn reciprocal_cases(check: fn(Case)) {
-        check(Case::new("Reciprocal").input_in(&[2, 3], 0.5, 2.0));
-        check(Case::new("Reciprocal").input_in(&[4], -2.0, -0.5));
-    }
-}
+op_tests!(
+    reciprocal = [
+        Case::new("Reciprocal").input_in(&[2, 3], 0.5, 2.0),
+        Case::new("Reciprocal").input_in(&[4], -2.0, -0.5),
+    ],
+);

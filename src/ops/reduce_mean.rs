@@ -28,10 +28,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let x = c.input(0).to_string();
     let axes = reduced_axes(c)?;
     let gx = expand_back(c, &g, &axes)?;
@@ -61,44 +58,16 @@ pub fn divide_by_count(c: &mut Ctx, g: &str, x: &str, axes: &[i64]) -> Result<St
     Ok(c.op("Div", &[g, &n], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(reduce_mean: reduce_mean_cases, reduce_mean_noop_with_empty_axes: reduce_mean_noop_with_empty_axes_cases, reduce_mean_opset13_axes_attribute: reduce_mean_opset13_axes_attribute_cases);
-    fn reduce_mean_cases(check: fn(Case)) {
-        check(
-            Case::new("ReduceMean")
-                .input(&[2, 3, 4])
-                .ints(&[2], &[0, 2]),
-        );
-        check(
-            Case::new("ReduceMean")
-                .input(&[2, 3, 4])
-                .ints(&[1], &[-1])
-                .attr(attr_int("keepdims", 0)),
-        );
-        check(
-            Case::new("ReduceMean")
-                .input(&[2, 3])
-                .attr(attr_int("keepdims", 0)),
-        );
-        check(Case::new("ReduceMean").input(&[3, 4]));
-    }
-    fn reduce_mean_noop_with_empty_axes_cases(check: fn(Case)) {
-        check(
-            Case::new("ReduceMean")
-                .input(&[2, 3])
-                .attr(attr_int("noop_with_empty_axes", 1)),
-        );
-    }
-    fn reduce_mean_opset13_axes_attribute_cases(check: fn(Case)) {
-        check(
-            Case::new("ReduceMean")
-                .input(&[2, 3, 4])
-                .attr(crate::model::graph::attr_ints("axes", &[1]))
-                .attr(attr_int("keepdims", 0))
-                .opset(13),
-        );
-    }
-}
+op_tests!(
+    reduce_mean = crate::ops::reduce_sum::reduce_cases("ReduceMean")
+        .into_iter()
+        .chain([Case::new("ReduceMean").input(&[3, 4])]),
+    reduce_mean_noop_with_empty_axes = [Case::new("ReduceMean")
+        .input(&[2, 3])
+        .attr(attr_int("noop_with_empty_axes", 1))],
+    reduce_mean_opset13_axes_attribute = [Case::new("ReduceMean")
+        .input(&[2, 3, 4])
+        .attr(attr_ints("axes", &[1]))
+        .attr(attr_int("keepdims", 0))
+        .opset(13)],
+);

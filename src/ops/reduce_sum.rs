@@ -5,10 +5,21 @@
 use super::attrs::Attrs;
 use super::rule::{Ctx, Kind, Rule};
 use super::torch::{axis, input, ints, one, opt_input, TorchCtx, Value};
-use crate::model::graph::attr_int;
 use anyhow::{anyhow, Result};
 
 pub static RULE: Rule = Rule::new("ReduceSum", Kind::Linear).vjp(vjp).torch(torch);
+
+/// The axes a Reduce* node was given (empty: none) as ONNX reads them: none given means every
+/// axis, or no reduction at all (`None`) with `noop_with_empty_axes`.
+fn given_or_all<A: Attrs + ?Sized>(c: &A, axes: Vec<i64>, rank: i64) -> Option<Vec<i64>> {
+    if !axes.is_empty() {
+        Some(axes)
+    } else if c.attr_i("noop_with_empty_axes", 0) == 1 {
+        None
+    } else {
+        Some((0..rank).collect())
+    }
+}
 
 /// The normalized axes a Reduce* node reduces over at run time (axes input, else the opset-13
 /// attribute, else all), or `None` for the identity (`noop_with_empty_axes`). Shared by
@@ -18,16 +29,9 @@ pub fn torch_axes(c: &TorchCtx, v: &[Value], rank: i64) -> Result<Option<Vec<i64
         Some(t) => ints(t)?,
         None => c.attr_ints("axes").unwrap_or_default(),
     };
-    if axes.is_empty() {
-        return Ok(if c.attr_i("noop_with_empty_axes", 0) == 1 {
-            None
-        } else {
-            Some((0..rank).collect())
-        });
-    }
-    Ok(Some(
-        axes.iter().map(|&a| axis(a, rank)).collect::<Result<_>>()?,
-    ))
+    given_or_all(c, axes, rank)
+        .map(|axes| axes.iter().map(|&a| axis(a, rank)).collect())
+        .transpose()
 }
 
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
@@ -52,13 +56,9 @@ pub fn reduced_axes(c: &Ctx) -> Result<Vec<i64>> {
     } else {
         vec![]
     };
-    if axes.is_empty() {
-        return Ok(if c.attr_i("noop_with_empty_axes", 0) == 1 {
-            vec![]
-        } else {
-            (0..rank).collect()
-        });
-    }
+    let Some(axes) = given_or_all(c, axes, rank) else {
+        return Ok(vec![]);
+    };
     let mut a: Vec<i64> = axes
         .iter()
         .map(|&a| if a < 0 { a + rank } else { a })
@@ -85,27 +85,22 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let axes = reduced_axes(c)?;
     let gx = expand_back(c, &g, &axes)?;
     c.set(0, gx);
-    let _ = attr_int;
     Ok(())
 }
 
+/// The cases every Reduce* op is checked on: axes as an input, one of them negative with
+/// keepdims 0, and none given (all axes).
 #[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(reduce_sum: reduce_sum_cases);
-    fn reduce_sum_cases(check: fn(Case)) {
-        check(Case::new("ReduceSum").input(&[2, 3, 4]).ints(&[2], &[0, 2]));
-        check(
-            Case::new("ReduceSum")
-                .input(&[2, 3, 4])
-                .ints(&[1], &[-1])
-                .attr(attr_int("keepdims", 0)),
-        );
-        check(
-            Case::new("ReduceSum")
-                .input(&[2, 3])
-                .attr(attr_int("keepdims", 0)),
-        );
-    }
+pub(crate) fn reduce_cases(op: &str) -> [crate::ops::testing::Case; 3] {
+    use crate::ops::testing::prelude::*;
+    [
+        Case::new(op).input(&[2, 3, 4]).ints(&[2], &[0, 2]),
+        Case::new(op)
+            .input(&[2, 3, 4])
+            .ints(&[1], &[-1])
+            .attr(attr_int("keepdims", 0)),
+        Case::new(op).input(&[2, 3]).attr(attr_int("keepdims", 0)),
+    ]
 }
+
+op_tests!(reduce_sum = crate::ops::reduce_sum::reduce_cases("ReduceSum"));

@@ -174,10 +174,7 @@ fn same_f32(n: &NodeProto, shapes: &Shapes) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(relu: relu_cases);
-    fn relu_cases(check: fn(Case)) {
-        check(Case::new("Relu").input(&[3, 5]));
-    }
+    crate::ops::testing::gradient_and_torch_tests!(relu = [Case::new("Relu").input(&[3, 5])]);
     #[test]
     fn probe_cpu_kernel() {
         check(Case::new("Relu").input(&[3, 5]).f32().probe_cpu());

@@ -133,49 +133,35 @@ pub fn reshape_like(c: &mut Ctx, g: &str, like: &str) -> String {
     c.op("Reshape", &[g, &shape], vec![attr_int("allowzero", 1)])
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(reshape: reshape_cases, flatten: flatten_cases, squeeze: squeeze_cases, unsqueeze: unsqueeze_cases);
-    fn reshape_cases(check: fn(Case)) {
-        check(Case::new("Reshape").input(&[2, 3, 4]).ints(&[2], &[6, -1]));
-        check(
-            Case::new("Reshape")
-                .input(&[2, 3, 4])
-                .ints(&[3], &[0, 4, 3]),
-        );
-        check(Case::new("Reshape").input(&[6]).ints(&[3], &[1, 2, 3]));
-    }
-    fn flatten_cases(check: fn(Case)) {
-        check(Case::new("Flatten").input(&[2, 3, 4]));
-        check(
-            Case::new("Flatten")
-                .input(&[2, 3, 4])
-                .attr(attr_int("axis", 2)),
-        );
-        check(
-            Case::new("Flatten")
-                .input(&[2, 3, 4])
-                .attr(attr_int("axis", 0)),
-        );
-        check(
-            Case::new("Flatten")
-                .input(&[2, 3, 4])
-                .attr(attr_int("axis", -1)),
-        );
-    }
-    fn squeeze_cases(check: fn(Case)) {
-        check(Case::new("Squeeze").input(&[2, 1, 3, 1]).ints(&[1], &[1]));
-        check(
-            Case::new("Squeeze")
-                .input(&[2, 1, 3, 1])
-                .ints(&[2], &[-1, 1]),
-        );
-        check(Case::new("Squeeze").input(&[1, 3, 1]));
-    }
-    fn unsqueeze_cases(check: fn(Case)) {
-        check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[2], &[0, 3]));
-        check(Case::new("Unsqueeze").input(&[2, 3]).ints(&[1], &[-1]));
-    }
-}
+op_tests!(
+    reshape = [
+        Case::new("Reshape").input(&[2, 3, 4]).ints(&[2], &[6, -1]),
+        Case::new("Reshape")
+            .input(&[2, 3, 4])
+            .ints(&[3], &[0, 4, 3]),
+        Case::new("Reshape").input(&[6]).ints(&[3], &[1, 2, 3]),
+    ],
+    flatten = [
+        Case::new("Flatten").input(&[2, 3, 4]),
+        Case::new("Flatten")
+            .input(&[2, 3, 4])
+            .attr(attr_int("axis", 2)),
+        Case::new("Flatten")
+            .input(&[2, 3, 4])
+            .attr(attr_int("axis", 0)),
+        Case::new("Flatten")
+            .input(&[2, 3, 4])
+            .attr(attr_int("axis", -1)),
+    ],
+    squeeze = [
+        Case::new("Squeeze").input(&[2, 1, 3, 1]).ints(&[1], &[1]),
+        Case::new("Squeeze")
+            .input(&[2, 1, 3, 1])
+            .ints(&[2], &[-1, 1]),
+        Case::new("Squeeze").input(&[1, 3, 1]),
+    ],
+    unsqueeze = [
+        Case::new("Unsqueeze").input(&[2, 3]).ints(&[2], &[0, 3]),
+        Case::new("Unsqueeze").input(&[2, 3]).ints(&[1], &[-1]),
+    ],
+);

@@ -61,35 +61,25 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::{attr_int, attr_string};
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(scatter_elements: scatter_elements_cases);
-    fn scatter_elements_cases(check: fn(Case)) {
+op_tests!(
+    scatter_elements = [
         // add, with a repeated index (both updates land on X[2, 1]) and a negative one.
-        check(
-            Case::new("ScatterElements")
-                .input(&[3, 4])
-                .ints(&[2, 3], &[0, 2, 2, 2, -2, 1])
-                .input(&[2, 3])
-                .attr(attr_string("reduction", "add")),
-        );
+        Case::new("ScatterElements")
+            .input(&[3, 4])
+            .ints(&[2, 3], &[0, 2, 2, 2, -2, 1])
+            .input(&[2, 3])
+            .attr(attr_string("reduction", "add")),
         // none, unique positions, along axis 1.
-        check(
-            Case::new("ScatterElements")
-                .input(&[2, 5])
-                .ints(&[2, 2], &[4, 0, 1, -2])
-                .input(&[2, 2])
-                .attr(attr_int("axis", 1)),
-        );
-        check(
-            Case::new("ScatterElements")
-                .input(&[2, 3, 2])
-                .ints(&[2, 1, 2], &[0, 2, 1, 1])
-                .input(&[2, 1, 2])
-                .attr(attr_int("axis", -2))
-                .attr(attr_string("reduction", "add")),
-        );
-    }
-}
+        Case::new("ScatterElements")
+            .input(&[2, 5])
+            .ints(&[2, 2], &[4, 0, 1, -2])
+            .input(&[2, 2])
+            .attr(attr_int("axis", 1)),
+        Case::new("ScatterElements")
+            .input(&[2, 3, 2])
+            .ints(&[2, 1, 2], &[0, 2, 1, 1])
+            .input(&[2, 1, 2])
+            .attr(attr_int("axis", -2))
+            .attr(attr_string("reduction", "add")),
+    ],
+);

@@ -7,22 +7,14 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub static RULE: Rule = Rule::new("Sigmoid", Kind::Elementwise)
-    .vjp(|c| unary::vjp(c, d))
+    .vjp(|c| unary::chain(c, d))
     .torch(|_, v| unary::torch(v, Tensor::f_sigmoid));
 
 /// d sigmoid = y (1 - y).
-fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+fn d(c: &mut Ctx, _: &str, y: &str) -> Result<String> {
     let one = c.scalar(1.0, y)?;
     let omy = c.op("Sub", &[&one, y], vec![]);
-    let d = c.op("Mul", &[y, &omy], vec![]);
-    Ok(c.op("Mul", &[g, &d], vec![]))
+    Ok(c.op("Mul", &[y, &omy], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sigmoid: sigmoid_cases);
-    fn sigmoid_cases(check: fn(Case)) {
-        check(Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0));
-    }
-}
+op_tests!(sigmoid = [Case::new("Sigmoid").input_in(&[2, 3], -3.0, 3.0)]);

@@ -71,10 +71,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let x = c.input(0).to_string();
     let pos = flat_positions(c, &x);
     let mut ins: Vec<String> = vec![pos];
@@ -121,8 +118,7 @@ pub fn flat_positions(c: &mut Ctx, x: &str) -> String {
     let zero = i64_scalar(c, 0);
     let one = i64_scalar(c, 1);
     let r = c.op("Range", &[&zero, &n, &one], vec![]);
-    let shape = c.shape_of(x);
-    c.op("Reshape", &[&r, &shape], vec![])
+    c.reshape_as(&r, x)
 }
 
 /// Zeros of `like`'s element type with the runtime shape `shape` (a 1-D int64 tensor).
@@ -149,66 +145,48 @@ pub fn scatter_back(c: &mut Ctx, x: &str, idx: &str, g: &str, add: bool) -> Resu
         attrs.push(attr_string("reduction", "add"));
     }
     let s = c.op("ScatterElements", &[&zeros, &idx, &gf], attrs);
-    let shape = c.shape_of(x);
-    Ok(c.op("Reshape", &[&s, &shape], vec![]))
+    Ok(c.reshape_as(&s, x))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(slice_unit_steps: slice_unit_steps_cases, slice_steps_and_negative_bounds: slice_steps_and_negative_bounds_cases, slice_absent_axes_with_steps: slice_absent_axes_with_steps_cases);
-    fn slice_unit_steps_cases(check: fn(Case)) {
-        check(
-            Case::new("Slice")
-                .input(&[4, 5])
-                .ints(&[2], &[1, 0])
-                .ints(&[2], &[3, 4]),
-        );
-        check(
-            Case::new("Slice")
-                .input(&[3, 6])
-                .ints(&[1], &[2])
-                .ints(&[1], &[5])
-                .ints(&[1], &[1]),
-        );
-    }
-    fn slice_steps_and_negative_bounds_cases(check: fn(Case)) {
+op_tests!(
+    slice_unit_steps = [
+        Case::new("Slice")
+            .input(&[4, 5])
+            .ints(&[2], &[1, 0])
+            .ints(&[2], &[3, 4]),
+        Case::new("Slice")
+            .input(&[3, 6])
+            .ints(&[1], &[2])
+            .ints(&[1], &[5])
+            .ints(&[1], &[1]),
+    ],
+    slice_steps_and_negative_bounds = [
         // every second column from the back: columns 5, 3, 1
-        check(
-            Case::new("Slice")
-                .input(&[3, 6])
-                .ints(&[1], &[-1])
-                .ints(&[1], &[-100])
-                .ints(&[1], &[-1])
-                .ints(&[1], &[-2]),
-        );
+        Case::new("Slice")
+            .input(&[3, 6])
+            .ints(&[1], &[-1])
+            .ints(&[1], &[-100])
+            .ints(&[1], &[-1])
+            .ints(&[1], &[-2]),
         // clamped ends and a step of 3, two axes, axes given negatively
-        check(
-            Case::new("Slice")
-                .input(&[2, 5, 7])
-                .ints(&[2], &[1, -6])
-                .ints(&[2], &[i64::MAX, 100])
-                .ints(&[2], &[-1, 1])
-                .ints(&[2], &[3, 2]),
-        );
+        Case::new("Slice")
+            .input(&[2, 5, 7])
+            .ints(&[2], &[1, -6])
+            .ints(&[2], &[i64::MAX, 100])
+            .ints(&[2], &[-1, 1])
+            .ints(&[2], &[3, 2]),
         // reversal of a whole axis
-        check(
-            Case::new("Slice")
-                .input(&[4, 3])
-                .ints(&[1], &[i64::MAX])
-                .ints(&[1], &[i64::MIN])
-                .ints(&[1], &[0])
-                .ints(&[1], &[-1]),
-        );
-    }
-    fn slice_absent_axes_with_steps_cases(check: fn(Case)) {
-        check(
-            Case::new("Slice")
-                .input(&[5, 4])
-                .ints(&[2], &[0, 3])
-                .ints(&[2], &[5, 0])
-                .absent()
-                .ints(&[2], &[2, -1]),
-        );
-    }
-}
+        Case::new("Slice")
+            .input(&[4, 3])
+            .ints(&[1], &[i64::MAX])
+            .ints(&[1], &[i64::MIN])
+            .ints(&[1], &[0])
+            .ints(&[1], &[-1]),
+    ],
+    slice_absent_axes_with_steps = [Case::new("Slice")
+        .input(&[5, 4])
+        .ints(&[2], &[0, 3])
+        .ints(&[2], &[5, 0])
+        .absent()
+        .ints(&[2], &[2, -1])],
+);

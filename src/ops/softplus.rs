@@ -1,27 +1,17 @@
 //! Softplus (opset 1): `Y = ln(1 + e^X)`. https://onnx.ai/onnx/operators/onnx__Softplus.html
 //!
 //! d softplus = sigmoid: dX = dY * sigmoid(X).
-use super::rule::{Ctx, Kind, Rule};
+use super::rule::{Kind, Rule};
 use super::unary;
-use anyhow::Result;
 use tch::Tensor;
 
 pub static RULE: Rule = Rule::new("Softplus", Kind::Elementwise)
-    .vjp(|c| unary::vjp(c, d))
+    .vjp(|c| unary::chain_op(c, "Sigmoid"))
     .torch(|_, v| unary::torch(v, Tensor::f_softplus));
 
-/// d softplus = sigmoid(x).
-fn d(c: &mut Ctx, g: &str, x: &str, _: &str) -> Result<String> {
-    let s = c.op("Sigmoid", &[x], vec![]);
-    Ok(c.op("Mul", &[g, &s], vec![]))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(softplus: softplus_cases);
-    fn softplus_cases(check: fn(Case)) {
+op_tests!(
+    softplus = [
         // ONNX Runtime has no f64 Softplus kernel.
-        check(Case::new("Softplus").input_in(&[2, 3], -3.0, 3.0).f32());
-    }
-}
+        Case::new("Softplus").input_in(&[2, 3], -3.0, 3.0).f32(),
+    ],
+);

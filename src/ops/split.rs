@@ -54,51 +54,37 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(split_sizes: split_sizes_cases, split_num_outputs: split_num_outputs_cases, split_unused_output: split_unused_output_cases);
-    fn split_sizes_cases(check: fn(Case)) {
-        check(
-            Case::new("Split")
-                .input(&[2, 6])
-                .ints(&[3], &[1, 2, 3])
-                .attr(attr_int("axis", 1))
-                .outputs(3),
-        );
-        check(
-            Case::new("Split")
-                .input(&[5, 2])
-                .ints(&[2], &[2, 3])
-                .outputs(2),
-        );
-    }
-    fn split_num_outputs_cases(check: fn(Case)) {
+op_tests!(
+    split_sizes = [
+        Case::new("Split")
+            .input(&[2, 6])
+            .ints(&[3], &[1, 2, 3])
+            .attr(attr_int("axis", 1))
+            .outputs(3),
+        Case::new("Split")
+            .input(&[5, 2])
+            .ints(&[2], &[2, 3])
+            .outputs(2),
+    ],
+    split_num_outputs = [
         // 7 = 3 + 3 + 1 along the last axis.
-        check(
-            Case::new("Split")
-                .input(&[2, 7])
-                .attr(attr_int("axis", -1))
-                .attr(attr_int("num_outputs", 3))
-                .outputs(3),
-        );
-    }
-    fn split_unused_output_cases(check: fn(Case)) {
-        check(
-            Case::new("Split")
-                .input(&[2, 6])
-                .ints(&[3], &[1, 2, 3])
-                .attr(attr_int("axis", 1))
-                .outputs(3)
-                .skip_output(1),
-        );
-        check(
-            Case::new("Split")
-                .input(&[4, 3])
-                .attr(attr_int("num_outputs", 2))
-                .outputs(2)
-                .skip_output(0),
-        );
-    }
-}
+        Case::new("Split")
+            .input(&[2, 7])
+            .attr(attr_int("axis", -1))
+            .attr(attr_int("num_outputs", 3))
+            .outputs(3),
+    ],
+    split_unused_output = [
+        Case::new("Split")
+            .input(&[2, 6])
+            .ints(&[3], &[1, 2, 3])
+            .attr(attr_int("axis", 1))
+            .outputs(3)
+            .skip_output(1),
+        Case::new("Split")
+            .input(&[4, 3])
+            .attr(attr_int("num_outputs", 2))
+            .outputs(2)
+            .skip_output(0),
+    ],
+);

@@ -225,7 +225,7 @@ pub fn as_split(graph: &mut GraphProto, shapes: &Shapes) {
 mod tests {
     use crate::model::graph::{attr_int, tensor_i64};
     use crate::ops::rule::Kernels;
-    use crate::ops::testing::{check_graph, check_graph_with};
+    use crate::ops::testing::check_graph_with;
     use crate::ops::torch_testing::check_torch_graph;
     use onnx_protobuf::{AttributeProto, GraphProto, NodeProto};
 
@@ -259,25 +259,22 @@ mod tests {
         g
     }
 
-    fn run(x: &[usize], g: GraphProto, reads: usize) {
+    /// The gradient check of `g` read at `reads` positions (outputs y0, y1, ...), with
+    /// `kernels`' ops.
+    fn check_reads(x: &[usize], g: GraphProto, reads: usize, kernels: Kernels) {
         let outs: Vec<String> = (0..reads).map(|i| format!("y{i}")).collect();
         let outs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        check_graph("SplitToSequence", g, &[("x", x)], &outs, 3);
+        check_graph_with("SplitToSequence", g, &[("x", x)], &outs, 3, kernels);
+    }
+
+    fn run(x: &[usize], g: GraphProto, reads: usize) {
+        check_reads(x, g, reads, Kernels::Standard);
     }
 
     /// The fast path's rewrite as one Split (f32), against the standard form and finite
     /// differences.
     fn run_as_split(x: &[usize], g: GraphProto, reads: usize) {
-        let outs: Vec<String> = (0..reads).map(|i| format!("y{i}")).collect();
-        let outs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        check_graph_with(
-            "SplitToSequence",
-            g,
-            &[("x", x)],
-            &outs,
-            3,
-            Kernels::ProbeCpu,
-        );
+        check_reads(x, g, reads, Kernels::ProbeCpu);
     }
 
     #[test]

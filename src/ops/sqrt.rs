@@ -7,21 +7,13 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub static RULE: Rule = Rule::new("Sqrt", Kind::Elementwise)
-    .vjp(|c| unary::vjp(c, d))
+    .vjp(|c| unary::chain(c, d))
     .torch(|_, v| unary::torch(v, Tensor::f_sqrt));
 
 /// d sqrt = 0.5 / y.
-fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+fn d(c: &mut Ctx, _: &str, y: &str) -> Result<String> {
     let half = c.scalar(0.5, y)?;
-    let t = c.op("Div", &[&half, y], vec![]);
-    Ok(c.op("Mul", &[g, &t], vec![]))
+    Ok(c.op("Div", &[&half, y], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sqrt: sqrt_cases);
-    fn sqrt_cases(check: fn(Case)) {
-        check(Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0));
-    }
-}
+op_tests!(sqrt = [Case::new("Sqrt").input_in(&[2, 3], 0.2, 3.0)]);

@@ -20,19 +20,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let y = c.output(0).to_string();
     for i in 0..c.node.input.len() {
         if c.needs(i) {
-            let x = c.input(i).to_string();
-            let gx = c.unbroadcast(&g, &y, &x)?;
-            c.set(i, gx);
+            c.set_unbroadcast(i, &g, &y)?;
         }
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(sum: sum_cases);
-    fn sum_cases(check: fn(Case)) {
-        check(Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1]));
-    }
-}
+op_tests!(sum = [Case::new("Sum").input(&[2, 3]).input(&[3]).input(&[2, 1])]);

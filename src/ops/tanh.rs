@@ -7,22 +7,14 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub static RULE: Rule = Rule::new("Tanh", Kind::Elementwise)
-    .vjp(|c| unary::vjp(c, d))
+    .vjp(|c| unary::chain(c, d))
     .torch(|_, v| unary::torch(v, Tensor::f_tanh));
 
 /// d tanh = 1 - y^2.
-fn d(c: &mut Ctx, g: &str, _: &str, y: &str) -> Result<String> {
+fn d(c: &mut Ctx, _: &str, y: &str) -> Result<String> {
     let one = c.scalar(1.0, y)?;
     let y2 = c.op("Mul", &[y, y], vec![]);
-    let d = c.op("Sub", &[&one, &y2], vec![]);
-    Ok(c.op("Mul", &[g, &d], vec![]))
+    Ok(c.op("Sub", &[&one, &y2], vec![]))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(tanh: tanh_cases);
-    fn tanh_cases(check: fn(Case)) {
-        check(Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0));
-    }
-}
+op_tests!(tanh = [Case::new("Tanh").input_in(&[2, 3], -2.0, 2.0)]);

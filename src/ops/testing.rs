@@ -247,21 +247,51 @@ pub fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
     n
 }
 
-/// Builds the case's graph, differentiates it, and compares with central finite differences.
-/// Panics with the worst element on mismatch.
-pub fn check(case: Case) {
-    let dt = if case.f64 { DType::F64 } else { DType::F32 };
-    let mut rng = Rng(case.seed);
+/// A float input of a test graph: name, shape, values, and whether it is differentiated.
+pub(crate) struct FloatInput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+    pub wrt: bool,
+}
+
+/// Values for `shape` drawn uniformly from [lo, hi].
+fn draw(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Vec<f64> {
+    (0..shape.iter().product())
+        .map(|_| rng.uniform(lo, hi))
+        .collect()
+}
+
+fn declare_input(g: &mut GraphProto, name: &str, dt: DType, shape: &[usize]) {
+    let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
+    g.input.push(value_info(name, dt, &dims, "N"));
+}
+
+/// Makes `names` the graph's outputs (types left to the runtime).
+pub(crate) fn set_outputs(g: &mut GraphProto, names: &[String]) {
+    g.output = (names.iter())
+        .map(|n| {
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = n.clone();
+            v
+        })
+        .collect();
+}
+
+/// The case's one node (named "op", outputs `out0`, `out1`, ...) as a graph: integer and
+/// boolean inputs as initializers, float ones as graph inputs of type `dt` with their values,
+/// drawn from `rng` in input order where the case does not give them. The one graph both
+/// [`check`] and the libtorch forward check run, so that they see the same values.
+pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto, Vec<FloatInput>) {
     let mut g = GraphProto::new();
     let mut node = NodeProto::new();
     node.op_type = case.op.clone();
     node.name = "op".into();
     node.attribute = case.attrs.clone();
-    let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
-    let mut wrt = Vec::new();
+    let mut floats = Vec::new();
     for (i, inp) in case.inputs.iter().enumerate() {
         let name = format!("in{i}");
-        match inp {
+        let (shape, values, wrt) = match inp {
             In::Absent => {
                 node.input.push(String::new());
                 continue;
@@ -269,6 +299,8 @@ pub fn check(case: Case) {
             In::Ints(shape, v) => {
                 let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
                 g.initializer.push(tensor_i64(&name, &dims, v));
+                node.input.push(name);
+                continue;
             }
             In::Bools(shape, v) => {
                 let mut t = TensorProto::new();
@@ -277,52 +309,71 @@ pub fn check(case: Case) {
                 t.dims = shape.iter().map(|&d| d as i64).collect();
                 t.raw_data = v.iter().map(|&b| b as u8).collect();
                 g.initializer.push(t);
+                node.input.push(name);
+                continue;
             }
-            In::Float(shape, lo, hi) => {
-                let v: Vec<f64> = (0..shape.iter().product())
-                    .map(|_| rng.uniform(*lo, *hi))
-                    .collect();
-                g.input.push(value_info(
-                    &name,
-                    dt,
-                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
-                    "N",
-                ));
-                feed.push((name.clone(), dt, shape.clone(), v));
-                wrt.push(name.clone());
-            }
-            In::Values(shape, v) => {
-                g.input.push(value_info(
-                    &name,
-                    dt,
-                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
-                    "N",
-                ));
-                feed.push((name.clone(), dt, shape.clone(), v.clone()));
-                wrt.push(name.clone());
-            }
-            In::Fixed(shape) => {
-                let v: Vec<f64> = (0..shape.iter().product())
-                    .map(|_| rng.uniform(-1.0, 1.0))
-                    .collect();
-                g.input.push(value_info(
-                    &name,
-                    dt,
-                    &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
-                    "N",
-                ));
-                feed.push((name.clone(), dt, shape.clone(), v));
-            }
-        }
+            In::Float(shape, lo, hi) => (shape, draw(rng, shape, *lo, *hi), true),
+            In::Values(shape, v) => (shape, v.clone(), true),
+            In::Fixed(shape) => (shape, draw(rng, shape, -1.0, 1.0), false),
+        };
+        declare_input(&mut g, &name, dt, shape);
+        floats.push(FloatInput {
+            name: name.clone(),
+            shape: shape.clone(),
+            values,
+            wrt,
+        });
         node.input.push(name);
     }
     node.output = (0..case.outputs).map(|k| format!("out{k}")).collect();
     g.node.push(node);
-    for k in 0..case.outputs {
-        let mut v = onnx_protobuf::ValueInfoProto::new();
-        v.name = format!("out{k}");
-        g.output.push(v);
-    }
+    (g, floats)
+}
+
+/// Declares each of `inputs` a graph input of `g` of type `dt`, values drawn from [-1, 1] in
+/// order: the inputs of a prebuilt graph ([`check_graph_with`] and its libtorch check).
+pub(crate) fn random_inputs(
+    g: &mut GraphProto,
+    inputs: &[(&str, &[usize])],
+    dt: DType,
+    rng: &mut Rng,
+) -> Vec<FloatInput> {
+    (inputs.iter())
+        .map(|(name, shape)| {
+            let values = draw(rng, shape, -1.0, 1.0);
+            declare_input(g, name, dt, shape);
+            FloatInput {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                values,
+                wrt: true,
+            }
+        })
+        .collect()
+}
+
+type FeedF64 = Vec<(String, DType, Vec<usize>, Vec<f64>)>;
+
+/// The differentiated inputs' names, and the feed of every float input.
+fn feed_of(floats: Vec<FloatInput>, dt: DType) -> (Vec<String>, FeedF64) {
+    let wrt = (floats.iter().filter(|f| f.wrt))
+        .map(|f| f.name.clone())
+        .collect();
+    let feed = (floats.into_iter())
+        .map(|f| (f.name, dt, f.shape, f.values))
+        .collect();
+    (wrt, feed)
+}
+
+/// Builds the case's graph, differentiates it, and compares with central finite differences.
+/// Panics with the worst element on mismatch.
+pub fn check(case: Case) {
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let mut rng = Rng(case.seed);
+    let (mut g, floats) = one_op_graph(&case, dt, &mut rng);
+    let all: Vec<String> = (0..case.outputs).map(|k| format!("out{k}")).collect();
+    set_outputs(&mut g, &all);
+    let (wrt, feed) = feed_of(floats, dt);
     let outputs: Vec<String> = (0..case.outputs)
         .filter(|k| !case.skip_outputs.contains(k))
         .map(|k| format!("out{k}"))
@@ -353,19 +404,9 @@ pub fn check(case: Case) {
 
 /// [`check`] for a prebuilt graph of several nodes (rules that only make sense in a pair, such as
 /// SplitToSequence -> SequenceAt with a sequence in the middle): `graph` holds the nodes and any
-/// integer initializers; each of `inputs` becomes a differentiated f64 graph input with random
-/// values in [-1, 1]; the loss is `sum_k <R_k, Y_k>` over `outputs`. Opset 20.
-pub fn check_graph(
-    label: &str,
-    graph: GraphProto,
-    inputs: &[(&str, &[usize])],
-    outputs: &[&str],
-    seed: u64,
-) {
-    check_graph_with(label, graph, inputs, outputs, seed, Kernels::Standard)
-}
-
-/// [`check_graph`] with `kernels`' ops; with [`Kernels::ProbeCpu`] the inputs are f32 and the
+/// integer initializers; each of `inputs` becomes a differentiated graph input with random
+/// values in [-1, 1]; the loss is `sum_k <R_k, Y_k>` over `outputs`. Opset 20. The ops are
+/// `kernels`': standard ones in f64; with [`Kernels::ProbeCpu`] the inputs are f32 and the
 /// graph is also held to its standard-op gradient, as [`Case::probe_cpu`] is.
 pub fn check_graph_with(
     label: &str,
@@ -379,28 +420,10 @@ pub fn check_graph_with(
     let dt = if f64 { DType::F64 } else { DType::F32 };
     let mut rng = Rng(seed);
     let mut g = graph;
-    let mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)> = Vec::new();
-    let mut wrt = Vec::new();
-    for (name, shape) in inputs {
-        let v: Vec<f64> = (0..shape.iter().product())
-            .map(|_| rng.uniform(-1.0, 1.0))
-            .collect();
-        g.input.push(value_info(
-            name,
-            dt,
-            &shape.iter().map(|&d| Some(d as i64)).collect::<Vec<_>>(),
-            "N",
-        ));
-        feed.push((name.to_string(), dt, shape.to_vec(), v));
-        wrt.push(name.to_string());
-    }
-    g.output.clear();
-    for o in outputs {
-        let mut v = onnx_protobuf::ValueInfoProto::new();
-        v.name = o.to_string();
-        g.output.push(v);
-    }
+    let floats = random_inputs(&mut g, inputs, dt, &mut rng);
+    let (wrt, feed) = feed_of(floats, dt);
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    set_outputs(&mut g, &outputs);
     verify(
         label,
         g,
@@ -415,13 +438,13 @@ pub fn check_graph_with(
     );
 }
 
-/// The shared tail of [`check`] and [`check_graph`]: adds the loss over `outputs` to `g`,
+/// The shared tail of [`check`] and [`check_graph_with`]: adds the loss over `outputs` to `g`,
 /// differentiates it with respect to `wrt`, and compares with central finite differences.
 #[allow(clippy::too_many_arguments)]
 fn verify(
     label: &str,
     mut g: GraphProto,
-    mut feed: Vec<(String, DType, Vec<usize>, Vec<f64>)>,
+    mut feed: FeedF64,
     wrt: &[String],
     outputs: &[String],
     rng: &mut Rng,
@@ -479,10 +502,7 @@ fn verify(
     sum.input = terms;
     sum.output = vec!["loss".into()];
     g.node.push(sum);
-    g.output.clear();
-    let mut lo = onnx_protobuf::ValueInfoProto::new();
-    lo.name = "loss".into();
-    g.output.push(lo);
+    set_outputs(&mut g, &["loss".to_string()]);
     let fwd = model_of(g.clone(), opset);
     let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
     // The gradient graph with `kernels`' ops, its gradients.
@@ -619,21 +639,47 @@ fn verify(
     }
 }
 
-/// The tests of an op's case lists: per list, its gradient check ([`check`]) as a test of
-/// that name; and one `torch_forward` test running every list through the libtorch forward
-/// ([`crate::ops::torch_testing::check_torch`]). `name: cases` pairs, `cases` a
-/// `fn(fn(Case))` that hands each case to the check it is given.
+/// What a case list needs in scope: the builder, the attribute constructors and element types
+/// (the whole of an [`op_tests`](crate::ops) module's imports).
+pub mod prelude {
+    pub use super::Case;
+    pub use crate::model::graph::{attr_float, attr_int, attr_ints, attr_string};
+    pub use crate::tensor::DType;
+}
+
+/// The tests of an op's case lists. Each `name = cases` (an array of [`Case`]s, or anything else
+/// that iterates over them) is a test `name` running the gradient check ([`check`]) on every
+/// case; one more test, `torch_forward`, runs every list in order through the libtorch forward
+/// check ([`crate::ops::torch_testing::check_torch`]). A leading `torch_only = cases` goes to
+/// `torch_forward` alone (first): paths of the libtorch forward the gradient cases leave out.
 macro_rules! gradient_and_torch_tests {
-    ($($name:ident: $cases:ident),+ $(,)?) => {
+    (torch_only = $extra:expr $(, $name:ident = $cases:expr)* $(,)?) => {
+        $crate::ops::testing::gradient_and_torch_tests!(@tests [$extra] $($name = $cases),*);
+    };
+    ($($name:ident = $cases:expr),+ $(,)?) => {
+        $crate::ops::testing::gradient_and_torch_tests!(@tests [] $($name = $cases),+);
+    };
+    (@tests [$($extra:expr)?] $($name:ident = $cases:expr),*) => {
         $(
             #[test]
             fn $name() {
-                $cases($crate::ops::testing::check);
+                for case in $cases {
+                    $crate::ops::testing::check(case);
+                }
             }
-        )+
+        )*
         #[test]
         fn torch_forward() {
-            $($cases($crate::ops::torch_testing::check_torch);)+
+            $(
+                for case in $extra {
+                    $crate::ops::torch_testing::check_torch(case);
+                }
+            )?
+            $(
+                for case in $cases {
+                    $crate::ops::torch_testing::check_torch(case);
+                }
+            )*
         }
     };
 }

@@ -22,10 +22,7 @@ fn torch(_: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let (x, repeats) = (c.input(0).to_string(), c.input(1).to_string());
     let rank = c.rank(&x)? as i64;
     // [r_0, d_0, r_1, d_1, ...] = Reshape(Concat([repeats[:, None], shape[:, None]], 1), [-1])
@@ -43,13 +40,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(tile: tile_cases);
-    fn tile_cases(check: fn(Case)) {
-        check(Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]));
-        check(Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]));
-        check(Case::new("Tile").input(&[4]).ints(&[1], &[3]));
-    }
-}
+op_tests!(
+    tile = [
+        Case::new("Tile").input(&[2, 3]).ints(&[2], &[3, 2]),
+        Case::new("Tile").input(&[2, 1, 3]).ints(&[3], &[1, 4, 1]),
+        Case::new("Tile").input(&[4]).ints(&[1], &[3]),
+    ],
+);

@@ -4,12 +4,11 @@
 //! element type, shape, and values (floats to 1e-5 of the output's largest magnitude, integers
 //! and booleans exactly). `check_torch_graph` does the same for a graph of several nodes
 //! (sequence ops), walking its nodes in order with the ops' forwards.
-use super::testing::{Case, In, Rng};
+use super::testing::{model_of, one_op_graph, random_inputs, set_outputs, Case, FloatInput, Rng};
 use super::torch::{from_proto, Value};
 use super::TorchCtx;
-use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::DType;
-use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
+use onnx_protobuf::{GraphProto, ModelProto};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -17,8 +16,6 @@ use tch::{Device, Kind, Tensor};
 const TOL: f64 = 1e-5;
 
 type Feed = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-use super::testing::model_of;
 
 /// An output as ONNX Runtime or libtorch produced it, for comparison.
 #[derive(Debug)]
@@ -178,12 +175,7 @@ fn compare(label: &str, name: &str, ours: &Out, reference: &Out) {
 
 /// Runs `graph` by ONNX Runtime and by the torch forwards; compares the `outputs`.
 fn verify(label: &str, mut graph: GraphProto, feed: Feed, outputs: &[String], opset: i64) {
-    graph.output.clear();
-    for o in outputs {
-        let mut v = onnx_protobuf::ValueInfoProto::new();
-        v.name = o.clone();
-        graph.output.push(v);
-    }
+    set_outputs(&mut graph, outputs);
     let reference = ort_outputs(&model_of(graph.clone(), opset), &feed, outputs);
     let ours = torch_run(&graph, &feed, outputs);
     for ((name, o), r) in outputs.iter().zip(&ours).zip(&reference) {
@@ -203,64 +195,15 @@ pub fn check_torch(case: Case) {
 /// design (say why at the call).
 pub fn check_torch_except(case: Case, skip: &[usize]) {
     let mut rng = Rng(case.seed);
-    let mut g = GraphProto::new();
-    let mut node = NodeProto::new();
-    node.op_type = case.op.clone();
-    node.name = "op".into();
-    node.attribute = case.attrs.clone();
-    let mut feed: Feed = Vec::new();
-    for (i, inp) in case.inputs.iter().enumerate() {
-        let name = format!("in{i}");
-        let (shape, v): (&Vec<usize>, Vec<f32>) = match inp {
-            In::Absent => {
-                node.input.push(String::new());
-                continue;
-            }
-            In::Ints(shape, v) => {
-                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                g.initializer.push(tensor_i64(&name, &dims, v));
-                node.input.push(name);
-                continue;
-            }
-            In::Bools(shape, v) => {
-                let mut t = TensorProto::new();
-                t.name = name.clone();
-                t.data_type = DType::Bool.onnx();
-                t.dims = shape.iter().map(|&d| d as i64).collect();
-                t.raw_data = v.iter().map(|&b| b as u8).collect();
-                g.initializer.push(t);
-                node.input.push(name);
-                continue;
-            }
-            In::Float(shape, lo, hi) => (
-                shape,
-                (0..shape.iter().product())
-                    .map(|_| rng.uniform(*lo, *hi) as f32)
-                    .collect(),
-            ),
-            In::Values(shape, v) => (shape, v.iter().map(|&x| x as f32).collect()),
-            In::Fixed(shape) => (
-                shape,
-                (0..shape.iter().product())
-                    .map(|_| rng.uniform(-1.0, 1.0) as f32)
-                    .collect(),
-            ),
-        };
-        let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
-        g.input.push(value_info(&name, DType::F32, &dims, "N"));
-        feed.push((name.clone(), shape.clone(), v));
-        node.input.push(name);
-    }
-    node.output = (0..case.outputs).map(|k| format!("out{k}")).collect();
+    let (g, floats) = one_op_graph(&case, DType::F32, &mut rng);
     let outputs: Vec<String> = (0..case.outputs)
         .filter(|k| !skip.contains(k))
         .map(|k| format!("out{k}"))
         .collect();
-    g.node.push(node);
-    verify(&case.op, g, feed, &outputs, case.opset);
+    verify(&case.op, g, f32_feed(floats), &outputs, case.opset);
 }
 
-/// [`check_torch`] for a graph of several nodes (as [`super::testing::check_graph`] takes it):
+/// [`check_torch`] for a graph of several nodes (as [`super::testing::check_graph_with`] takes it):
 /// each of `inputs` is an f32 graph input with random values in [-1, 1]; opset 20.
 pub fn check_torch_graph(
     label: &str,
@@ -271,15 +214,20 @@ pub fn check_torch_graph(
 ) {
     let mut rng = Rng(seed);
     let mut g = graph;
-    let mut feed: Feed = Vec::new();
-    for (name, shape) in inputs {
-        let v: Vec<f32> = (0..shape.iter().product())
-            .map(|_| rng.uniform(-1.0, 1.0) as f32)
-            .collect();
-        let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
-        g.input.push(value_info(name, DType::F32, &dims, "N"));
-        feed.push((name.to_string(), shape.to_vec(), v));
-    }
+    let floats = random_inputs(&mut g, inputs, DType::F32, &mut rng);
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    verify(label, g, feed, &outputs, 20);
+    verify(label, g, f32_feed(floats), &outputs, 20);
+}
+
+/// The float inputs' values in f32, as both sides of the comparison take them.
+fn f32_feed(floats: Vec<FloatInput>) -> Feed {
+    (floats.into_iter())
+        .map(|f| {
+            (
+                f.name,
+                f.shape,
+                f.values.iter().map(|&x| x as f32).collect(),
+            )
+        })
+        .collect()
 }

@@ -29,10 +29,7 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
-    let Some(g) = c.go(0) else { return Ok(()) };
-    if !c.needs(0) {
-        return Ok(());
-    }
+    let Some(g) = c.go_to_x() else { return Ok(()) };
     let rank = c.rank(c.input(0))?;
     let perm = c
         .attr_ints("perm")
@@ -87,24 +84,24 @@ pub fn inverse(perm: &[i64]) -> Vec<i64> {
 mod tests {
     use crate::model::graph::attr_ints;
     use crate::ops::testing::{check, Case};
-    crate::ops::testing::gradient_and_torch_tests!(transpose: transpose_cases);
-    fn transpose_cases(check: fn(Case)) {
-        check(Case::new("Transpose").input(&[2, 3, 4]));
-        check(
+    crate::ops::testing::gradient_and_torch_tests!(transpose = transpose_cases(),);
+    fn transpose_cases() -> [Case; 3] {
+        [
+            Case::new("Transpose").input(&[2, 3, 4]),
             Case::new("Transpose")
                 .input(&[2, 3, 4])
                 .attr(attr_ints("perm", &[1, 2, 0])),
-        );
-        check(
             Case::new("Transpose")
                 .input(&[2, 3, 4, 5])
                 .attr(attr_ints("perm", &[0, 3, 1, 2])),
-        );
+        ]
     }
     #[test]
     fn probe_cpu_kernel() {
         // Rank 3 and 4 (rank 2 stays standard ONNX, see probe_cpu_pays).
-        transpose_cases(|c| check(c.f32().probe_cpu()));
+        for c in transpose_cases() {
+            check(c.f32().probe_cpu());
+        }
         // The last axis kept (runs copied): an attention head split and a 3-D swap.
         for (shape, perm) in [
             (&[2, 3, 4, 5][..], &[0, 2, 1, 3][..]),

@@ -32,22 +32,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::model::graph::attr_int;
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(trilu_upper: trilu_upper_cases, trilu_lower: trilu_lower_cases);
-    fn trilu_upper_cases(check: fn(Case)) {
-        check(Case::new("Trilu").input(&[3, 4]));
-        check(Case::new("Trilu").input(&[2, 3, 4]).ints(&[], &[1]));
-    }
-    fn trilu_lower_cases(check: fn(Case)) {
-        check(Case::new("Trilu").input(&[4, 3]).attr(attr_int("upper", 0)));
-        check(
-            Case::new("Trilu")
-                .input(&[2, 4, 3])
-                .ints(&[], &[-1])
-                .attr(attr_int("upper", 0)),
-        );
-    }
-}
+op_tests!(
+    trilu_upper = [
+        Case::new("Trilu").input(&[3, 4]),
+        Case::new("Trilu").input(&[2, 3, 4]).ints(&[], &[1]),
+    ],
+    trilu_lower = [
+        Case::new("Trilu").input(&[4, 3]).attr(attr_int("upper", 0)),
+        Case::new("Trilu")
+            .input(&[2, 4, 3])
+            .ints(&[], &[-1])
+            .attr(attr_int("upper", 0)),
+    ],
+);

@@ -24,7 +24,6 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         if !c.needs(i) {
             continue;
         }
-        let v = c.input(i).to_string();
         let zero = c.scalar(0.0, &y)?;
         let t = if i == 1 {
             c.op("Where", &[&cond, &g, &zero], vec![])
@@ -32,44 +31,30 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             c.op("Where", &[&cond, &zero, &g], vec![])
         };
         // Where(C, dY, 0) has Y's shape: C broadcasts into Y, never beyond it.
-        let gv = c.unbroadcast(&t, &y, &v)?;
-        c.set(i, gv);
+        c.set_unbroadcast(i, &t, &y)?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::ops::testing::Case;
-    crate::ops::testing::gradient_and_torch_tests!(where_same_shapes: where_same_shapes_cases, where_broadcasting: where_broadcasting_cases);
-    fn where_same_shapes_cases(check: fn(Case)) {
-        check(
-            Case::new("Where")
-                .bools(&[2, 3], &[true, false, true, false, false, true])
-                .input(&[2, 3])
-                .input(&[2, 3]),
-        );
-    }
-    fn where_broadcasting_cases(check: fn(Case)) {
+op_tests!(
+    where_same_shapes = [Case::new("Where")
+        .bools(&[2, 3], &[true, false, true, false, false, true])
+        .input(&[2, 3])
+        .input(&[2, 3])],
+    where_broadcasting = [
         // Condition broadcast over the leading axis, A over the last, B a scalar-like [1].
-        check(
-            Case::new("Where")
-                .bools(&[3, 1], &[true, false, true])
-                .input(&[2, 1, 4])
-                .input(&[1]),
-        );
+        Case::new("Where")
+            .bools(&[3, 1], &[true, false, true])
+            .input(&[2, 1, 4])
+            .input(&[1]),
         // A and B smaller than the condition.
-        check(
-            Case::new("Where")
-                .bools(&[2, 3], &[false, true, true, false, true, false])
-                .input(&[3])
-                .input(&[2, 1]),
-        );
-        check(
-            Case::new("Where")
-                .bools(&[], &[true])
-                .input(&[2, 3])
-                .fixed(&[3]),
-        );
-    }
-}
+        Case::new("Where")
+            .bools(&[2, 3], &[false, true, true, false, true, false])
+            .input(&[3])
+            .input(&[2, 1]),
+        Case::new("Where")
+            .bools(&[], &[true])
+            .input(&[2, 3])
+            .fixed(&[3]),
+    ],
+);

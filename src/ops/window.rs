@@ -4,7 +4,9 @@
 //! [`Attrs`]).
 use super::attrs::Attrs;
 use super::rule::Ctx;
+use crate::model::graph::{attr_int, attr_ints};
 use anyhow::{anyhow, bail, Result};
+use onnx_protobuf::AttributeProto;
 
 /// X's spatial sizes (axes 2..), as [`Window::of`] takes them.
 pub fn sizes(x: &tch::Tensor) -> Vec<Option<usize>> {
@@ -143,6 +145,47 @@ impl Window {
             extent,
         })
     }
+    /// `strides`, `dilations` and `pads` (the window's own, or those of a convolution over it
+    /// that pads differently) as the attributes of a standard Conv or ConvTranspose node.
+    pub fn onnx_attrs(&self, pads: &[i64]) -> Vec<AttributeProto> {
+        vec![
+            attr_ints("strides", &self.strides),
+            attr_ints("dilations", &self.dilations),
+            attr_ints("pads", pads),
+        ]
+    }
+    /// The attributes of probe's libtorch convolution kernels (`probe.cpu:Conv`, `ConvGrad`,
+    /// `ConvGradX`) over this window, in `group` groups.
+    pub fn probe_cpu_attrs(&self, group: i64) -> Vec<AttributeProto> {
+        vec![
+            attr_ints("strides", &self.strides),
+            attr_ints("pads", &self.pads),
+            attr_ints("dilations", &self.dilations),
+            attr_int("group", group),
+        ]
+    }
+    /// libtorch's forward convolution of `x` by `w` with this window's strides and dilations
+    /// and libtorch's symmetric `padding`.
+    pub fn convolution(
+        &self,
+        x: &tch::Tensor,
+        w: &tch::Tensor,
+        bias: Option<&tch::Tensor>,
+        padding: &[i64],
+        groups: i64,
+    ) -> Result<tch::Tensor> {
+        let zeros = vec![0; self.rank()];
+        Ok(x.f_convolution(
+            w,
+            bias,
+            self.strides.as_slice(),
+            padding,
+            self.dilations.as_slice(),
+            false,
+            zeros.as_slice(),
+            groups,
+        )?)
+    }
     /// The output_padding for a ConvTranspose of the output to give back exactly size `h`.
     pub fn output_padding(&self, h: &[i64]) -> Vec<i64> {
         (0..self.rank())
@@ -164,6 +207,16 @@ pub struct TorchWindow {
     /// Begin pads applied to `x` and its spatial extent, per spatial axis.
     pub begin: Vec<i64>,
     pub extent: Vec<i64>,
+}
+
+/// The kernel shape of a convolution weight `w` of dims `wd` ([M, C, k...]), which must be
+/// static.
+pub fn static_kernel(wd: &[Option<usize>], w: &str) -> Result<Vec<i64>> {
+    wd[2..]
+        .iter()
+        .map(|d| d.map(|d| d as i64))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("the kernel shape of '{w}' must be static"))
 }
 
 /// Static spatial dims of `x` (axes 2..), or an error naming what is dynamic.

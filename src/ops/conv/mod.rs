@@ -25,7 +25,7 @@
 use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
-pub use super::window::{sizes, spatial_dims, TorchWindow, Window};
+pub use super::window::{sizes, spatial_dims, static_kernel, TorchWindow, Window};
 use crate::model::graph::{attr_int, attr_ints};
 use crate::ops::rule::kernels::{CONV_GRAD, CONV_GRAD_X};
 use crate::tensor::DType;
@@ -47,30 +47,17 @@ fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let kernel = w.size()[2..].to_vec();
     let win = Window::of(c, kernel, &sizes(x))?;
     let tw = win.torch(x, false, 0.0, |_, _| true)?;
-    let zeros = vec![0; win.rank()];
-    one(tw.x.f_convolution(
-        w,
-        opt_input(&v, 2),
-        win.strides.as_slice(),
-        tw.padding.as_slice(),
-        win.dilations.as_slice(),
-        false,
-        zeros.as_slice(),
-        c.attr_i("group", 1),
-    )?)
+    let group = c.attr_i("group", 1);
+    one(win.convolution(&tw.x, w, opt_input(&v, 2), &tw.padding, group)?)
 }
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };
     let (x, w) = (c.input(0).to_string(), c.input(1).to_string());
     let wd = c.dims(&w)?;
-    let kernel: Vec<i64> = match c.attr_ints("kernel_shape") {
+    let kernel = match c.attr_ints("kernel_shape") {
         Some(k) => k,
-        None => wd[2..]
-            .iter()
-            .map(|d| d.map(|d| d as i64))
-            .collect::<Option<_>>()
-            .ok_or_else(|| anyhow!("the kernel shape of '{w}' must be static"))?,
+        None => static_kernel(&wd, &w)?,
     };
     let xd = c.dims(&x)?;
     let win = Window::of(c, kernel, &xd[2..])?;
@@ -84,13 +71,6 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     if fast && (c.needs(1) || c.has_input(2) && c.needs(2)) {
         vjp_probe_cpu(c, &g, &x, &w, &win, group)?;
     }
-    let conv_attrs = |strides: &[i64], dilations: &[i64]| {
-        vec![
-            attr_ints("strides", strides),
-            attr_ints("dilations", dilations),
-            attr_ints("pads", &win.pads),
-        ]
-    };
     // Stride 1, one group: dX[h] = sum_j dYpad[h + j d] W[k-1-j], a plain Conv of dY with the
     // kernel flipped and its two channel axes swapped, padded by (k-1)d - p on each side. A Conv
     // whose weight is a constant lets ONNX Runtime pre-pack it (and use its NCHWc kernels) when
@@ -147,12 +127,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         };
         c.set(0, gx);
     } else if c.needs(0) && fast && torch_dx_pays(wd[1], &win) {
-        let attrs = vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("pads", &win.pads),
-            attr_ints("dilations", &win.dilations),
-            attr_int("group", group),
-        ];
+        let attrs = win.probe_cpu_attrs(group);
         let gx = c
             .probe_cpu_op(CONV_GRAD_X, &[&g, &x, &w], attrs, 1)
             .pop()
@@ -163,7 +138,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         c.set(0, gx);
     } else if c.needs(0) {
         let h = spatial_dims(c, &x)?;
-        let mut attrs = conv_attrs(&win.strides, &win.dilations);
+        let mut attrs = win.onnx_attrs(&win.pads);
         attrs.push(attr_int("group", group));
         attrs.push(attr_ints("output_padding", &win.output_padding(&h)));
         let gx = c.op("ConvTranspose", &[&g, &w], attrs);
@@ -186,6 +161,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
                     + 1
             })
             .collect();
+        // Its strides are the window's dilations and its dilations the strides.
+        let trick = Window {
+            strides: win.dilations.clone(),
+            dilations: win.strides.clone(),
+            ..win.clone()
+        };
         let perm: Vec<i64> = [1, 0].into_iter().chain(2..2 + k as i64).collect();
         let (xs, gs) = if group == 1 {
             (vec![x.clone()], vec![g.clone()])
@@ -203,11 +184,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         for (xg, gg) in xs.iter().zip(&gs) {
             let xt = c.transpose(xg, &perm);
             let gt = c.transpose(gg, &perm);
-            let r = c.op(
-                "Conv",
-                &[&xt, &gt],
-                conv_attrs(&win.dilations, &win.strides),
-            );
+            let r = c.op("Conv", &[&xt, &gt], trick.onnx_attrs(&win.pads));
             let r = if kp != win.kernel {
                 let starts = c.ints(&vec![0; k]);
                 let ends = c.ints(&win.kernel);
@@ -241,12 +218,9 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if n.op_type != "Conv" || !n.domain.is_empty() || shapes.dtype(x)? != DType::F32 {
         return None;
     }
-    let kernel: Vec<i64> = match n.attr_ints("kernel_shape") {
+    let kernel = match n.attr_ints("kernel_shape") {
         Some(k) => k,
-        None => shapes.get(w)?.dims[2..]
-            .iter()
-            .map(|d| d.map(|d| d as i64))
-            .collect::<Option<_>>()?,
+        None => static_kernel(&shapes.get(w)?.dims, w).ok()?,
     };
     let xd = &shapes.get(x)?.dims;
     let win = Window::of(n, kernel, &xd[2..]).ok()?;
@@ -254,15 +228,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
         return None;
     }
-    let m = crate::ops::rule::as_probe_cpu(
-        n,
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("pads", &win.pads),
-            attr_ints("dilations", &win.dilations),
-            attr_int("group", n.attr_i("group", 1)),
-        ],
-    );
+    let m = crate::ops::rule::as_probe_cpu(n, win.probe_cpu_attrs(n.attr_i("group", 1)));
     Some(m)
 }
 
@@ -293,12 +259,7 @@ fn torch_dx_pays(cin: Option<usize>, win: &Window) -> bool {
 /// are left unnamed, so libtorch does not compute them.
 fn vjp_probe_cpu(c: &mut Ctx, g: &str, x: &str, w: &str, win: &Window, group: i64) -> Result<()> {
     let needs = [c.needs(1), c.has_input(2) && c.needs(2)];
-    let attrs = vec![
-        attr_ints("strides", &win.strides),
-        attr_ints("pads", &win.pads),
-        attr_ints("dilations", &win.dilations),
-        attr_int("group", group),
-    ];
+    let attrs = win.probe_cpu_attrs(group);
     let outs = c.probe_cpu_outputs(CONV_GRAD, &[g, x, w], attrs, &needs);
     for (i, o) in outs.into_iter().enumerate() {
         if let Some(o) = o {
@@ -349,15 +310,7 @@ pub fn dw_im2col(
     planes.extend(h);
     let planes = c.ints(&planes);
     let xr = c.op("Reshape", &[x, &planes], vec![]);
-    let cols = c.op(
-        "Conv",
-        &[&xr, &eye],
-        vec![
-            attr_ints("strides", &win.strides),
-            attr_ints("dilations", &win.dilations),
-            attr_ints("pads", &win.pads),
-        ],
-    );
+    let cols = c.op("Conv", &[&xr, &eye], win.onnx_attrs(&win.pads));
     let cshape = c.ints(&[-1, cin * taps, p]);
     let cols = c.op("Reshape", &[&cols, &cshape], vec![]);
     let gshape = c.ints(&[-1, m, p]);
@@ -380,114 +333,101 @@ mod tests {
     fn conv(x: &[usize], w: &[usize]) -> Case {
         Case::new("Conv").input(x).input(w).f32()
     }
-    crate::ops::testing::gradient_and_torch_tests!(conv_plain_and_bias: conv_plain_and_bias_cases, conv_stride_pad_output_padding: conv_stride_pad_output_padding_cases, conv_dilation: conv_dilation_cases, conv_groups: conv_groups_cases, conv_1d_and_auto_pad: conv_1d_and_auto_pad_cases);
-    fn conv_plain_and_bias_cases(check: fn(Case)) {
-        check(conv(&[2, 2, 5, 4], &[3, 2, 3, 2]));
-        check(conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]));
+    crate::ops::testing::gradient_and_torch_tests!(
+        conv_plain_and_bias = conv_plain_and_bias_cases(),
+        conv_stride_pad_output_padding = conv_stride_pad_output_padding_cases(),
+        conv_dilation = conv_dilation_cases(),
+        conv_groups = conv_groups_cases(),
+        conv_1d_and_auto_pad = conv_1d_and_auto_pad_cases(),
+    );
+    fn conv_plain_and_bias_cases() -> [Case; 2] {
+        [
+            conv(&[2, 2, 5, 4], &[3, 2, 3, 2]),
+            conv(&[1, 2, 4, 4], &[3, 2, 3, 3]).input(&[3]),
+        ]
     }
-    fn conv_stride_pad_output_padding_cases(check: fn(Case)) {
-        // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
-        check(
+    fn conv_stride_pad_output_padding_cases() -> [Case; 2] {
+        [
+            // (6 + 2 - 3) % 2 = 1: the last row of X is skipped by the forward, output_padding 1.
             conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
                 .input(&[3])
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        // Different strides per axis and asymmetric pads.
-        check(
+            // Different strides per axis and asymmetric pads.
             conv(&[2, 1, 7, 6], &[2, 1, 3, 2])
                 .attr(attr_ints("strides", &[3, 2]))
                 .attr(attr_ints("pads", &[0, 1, 2, 0])),
-        );
+        ]
     }
-    fn conv_dilation_cases(check: fn(Case)) {
-        check(
-            conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
-                .attr(attr_ints("dilations", &[2, 2]))
-                .attr(attr_ints("strides", &[2, 1]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
+    fn conv_dilation_cases() -> [Case; 1] {
+        [conv(&[1, 2, 7, 6], &[2, 2, 2, 3])
+            .attr(attr_ints("dilations", &[2, 2]))
+            .attr(attr_ints("strides", &[2, 1]))
+            .attr(attr_ints("pads", &[1, 1, 1, 1]))]
     }
-    fn conv_groups_cases(check: fn(Case)) {
-        check(
+    fn conv_groups_cases() -> [Case; 2] {
+        [
             conv(&[1, 4, 5, 5], &[6, 2, 3, 3])
                 .input(&[6])
                 .attr(attr_int("group", 2))
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 0, 1, 2])),
-        );
-        // Depthwise, with dilation.
-        check(
+            // Depthwise, with dilation.
             conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
                 .attr(attr_int("group", 3))
                 .attr(attr_ints("dilations", &[2, 1])),
-        );
+        ]
     }
-    fn conv_1d_and_auto_pad_cases(check: fn(Case)) {
-        check(
+    fn conv_1d_and_auto_pad_cases() -> [Case; 4] {
+        [
             conv(&[2, 3, 8], &[4, 3, 3])
                 .input(&[4])
                 .attr(attr_ints("strides", &[2]))
                 .attr(attr_ints("pads", &[1, 1])),
-        );
-        check(
             conv(&[1, 2, 6, 5], &[2, 2, 3, 2])
                 .attr(attr_string("auto_pad", "SAME_UPPER"))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
-        check(
             conv(&[1, 2, 5, 5], &[2, 2, 2, 2])
                 .attr(attr_string("auto_pad", "SAME_LOWER"))
                 .attr(attr_ints("kernel_shape", &[2, 2])),
-        );
-        check(
             conv(&[1, 2, 5, 5], &[2, 2, 3, 3])
                 .attr(attr_string("auto_pad", "VALID"))
                 .attr(attr_ints("strides", &[2, 2])),
-        );
+        ]
     }
-    /// Every case again with probe's libtorch kernels (`probe.cpu:Conv`, `ConvGrad`) where the
-    /// rule emits them, against the standard-op gradient and finite differences; cases with
+    /// The cases above again with probe's libtorch kernels (`probe.cpu:Conv`, `ConvGrad`) where
+    /// the rule emits them, against the standard-op gradient and finite differences; cases with
     /// asymmetric pads fall back to standard ops (the check then finds no probe.cpu op, so
     /// those are left out here).
-    fn check_probe_cpu(c: Case) {
-        check(c.probe_cpu())
-    }
     #[test]
     fn probe_cpu_kernels() {
-        conv_plain_and_bias_cases(check_probe_cpu);
-        check_probe_cpu(
-            conv(&[1, 2, 6, 6], &[3, 2, 3, 3])
-                .input(&[3])
-                .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
-        );
-        conv_dilation_cases(check_probe_cpu);
-        check_probe_cpu(
-            conv(&[2, 3, 6, 5], &[3, 1, 2, 2])
-                .attr(attr_int("group", 3))
-                .attr(attr_ints("dilations", &[2, 1])),
-        );
-        check_probe_cpu(
-            conv(&[2, 3, 8], &[4, 3, 3])
-                .input(&[4])
-                .attr(attr_ints("strides", &[2]))
-                .attr(attr_ints("pads", &[1, 1])),
-        );
+        let [bias_stride_2, _asymmetric] = conv_stride_pad_output_padding_cases();
+        let [_asymmetric, depthwise] = conv_groups_cases();
+        let [conv_1d, ..] = conv_1d_and_auto_pad_cases();
+        let symmetric = conv_plain_and_bias_cases()
+            .into_iter()
+            .chain([bias_stride_2])
+            .chain(conv_dilation_cases())
+            .chain([depthwise, conv_1d]);
+        for c in symmetric {
+            check(c.probe_cpu());
+        }
         // A strided dX by libtorch's backward-data (ConvGradX: 32 input channels, 3x3), three
         // samples split 2 + 1.
-        check_probe_cpu(
+        check(
             conv(&[3, 32, 5, 5], &[4, 32, 3, 3])
                 .input(&[4])
                 .attr(attr_ints("strides", &[2, 2]))
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                .probe_cpu(),
         );
         // Three samples over two threads: the kernels split the batch 2 + 1, and the forward
         // and stride-1 dX convolutions (3 channels in, 3x3) run in libtorch too.
-        check_probe_cpu(
+        check(
             conv(&[3, 3, 5, 5], &[4, 3, 3, 3])
                 .input(&[4])
-                .attr(attr_ints("pads", &[1, 1, 1, 1])),
+                .attr(attr_ints("pads", &[1, 1, 1, 1]))
+                .probe_cpu(),
         );
     }
     /// The phase form of a strided dX ([`super::Phases`]): each case must emit
@@ -519,7 +459,9 @@ mod tests {
         // Asymmetric pads and strides that differ per axis (with the bias case before it);
         // pads as large as the kernel (a begin pad of k: windows wholly in the padding, m_lo
         // capped at 0 and zero taps).
-        conv_stride_pad_output_padding_cases(phase);
+        conv_stride_pad_output_padding_cases()
+            .into_iter()
+            .for_each(phase);
         phase(
             conv(&[2, 2, 5, 6], &[3, 2, 3, 3])
                 .attr(attr_ints("strides", &[2, 2]))

@@ -52,6 +52,11 @@ impl<'a> Ctx<'a> {
     pub fn go(&self, i: usize) -> Option<String> {
         self.gout.get(i).cloned().flatten()
     }
+    /// dY (output 0's gradient) when X (input 0) needs a gradient: where a rule whose one
+    /// differentiable input is X starts.
+    pub fn go_to_x(&self) -> Option<String> {
+        self.go(0).filter(|_| self.needs(0))
+    }
     pub fn go_seq(&self) -> &BTreeMap<usize, String> {
         &self.gout_seq
     }
@@ -194,6 +199,11 @@ impl<'a> Ctx<'a> {
             None => self.b.op("Shape", &[v], vec![]),
         }
     }
+    /// `v` reshaped to the runtime shape of `like`.
+    pub fn reshape_as(&mut self, v: &str, like: &str) -> String {
+        let shape = self.shape_of(like);
+        self.op("Reshape", &[v, &shape], vec![])
+    }
     /// Zeros shaped and typed like `v`.
     pub fn zeros_like(&mut self, v: &str) -> Result<String> {
         let shape = self.shape_of(v);
@@ -235,8 +245,15 @@ impl<'a> Ctx<'a> {
         if lead == 0 {
             return Ok(s);
         }
-        let shape = self.shape_of(to);
-        Ok(self.op("Reshape", &[&s, &shape], vec![]))
+        Ok(self.reshape_as(&s, to))
+    }
+    /// Sets input `i`'s gradient: `g`, shaped like the broadcast result `like`, summed back to
+    /// input `i`'s shape ([`Ctx::unbroadcast`]).
+    pub fn set_unbroadcast(&mut self, i: usize, g: &str, like: &str) -> Result<()> {
+        let to = self.input(i).to_string();
+        let gi = self.unbroadcast(g, like, &to)?;
+        self.set(i, gi);
+        Ok(())
     }
     /// Sums `g` over `axes` keeping them (a helper for reductions in rules).
     pub fn reduce_sum(&mut self, g: &str, axes: &[i64], keepdims: bool) -> String {
