@@ -161,6 +161,10 @@ fn backward_part(
     outs: [Option<&mut [f32]>; 3],
 ) -> Result<(), String> {
     if hi == lo {
+        // No samples (a batch of 0: one part, empty): dW and dB are sums over none.
+        for out in outs.into_iter().flatten() {
+            out.fill(0.0);
+        }
         return Ok(());
     }
     let (x_row, y_row) = (per_sample(xs), per_sample(dys));

@@ -150,7 +150,8 @@ fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
     let mut ys = as_.to_vec();
     *ys.last_mut().unwrap() = nn;
     let y = c.required(0, ys, "Y")?;
-    let m = if k == 0 { 0 } else { av.len() / k as usize };
+    // A's rows from its shape (with K = 0 there are still rows: Y is the bias).
+    let m = as_[..as_.len() - 1].iter().product::<i64>() as usize;
     let b = bounds(m, c.parts_for(m, m * nn as usize));
     let pieces = split(y, nn as usize, &b).into_iter().zip(b.iter().copied());
     let ku = k as usize;

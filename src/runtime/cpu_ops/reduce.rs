@@ -26,7 +26,9 @@ fn reduce_sum_leading(a: &Axis, c: &Call) -> ort::Result<()> {
     let sums = std::sync::Mutex::new(vec![0f64; r]);
     c.run(b, |_, (lo, hi)| {
         let mut acc = vec![0f32; r];
-        for row in xv[lo * r..hi * r].chunks_exact(r) {
+        // r = 0 (X empty along a kept axis): no rows, and no chunks of 0 (a panic, which
+        // aborts: this runs inside ONNX Runtime's C call).
+        for row in xv[lo * r..hi * r].chunks_exact(r.max(1)) {
             for (a, &v) in acc.iter_mut().zip(row) {
                 *a += v;
             }
