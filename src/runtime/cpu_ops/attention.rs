@@ -250,3 +250,298 @@ fn scaled_dot_product_attention_grad(at: &AttentionAttrs, c: &Call) -> ort::Resu
     })
     .map_err(|e| c.torch(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{f32s, rand, Node, EPS};
+    use super::{SCALED_DOT_PRODUCT_ATTENTION, SCALED_DOT_PRODUCT_ATTENTION_GRAD};
+    use crate::model::graph::attr_int;
+
+    /// Batch rows, heads, head size. With L, S = 17, 19 (or 19, 19 packed) the work is over
+    /// the 32,768 multiply-adds at which the kernels split the batch: 5 rows in 3 parts.
+    const B: usize = 5;
+    const H: usize = 3;
+    const E: usize = 8;
+
+    enum Mask {
+        No,
+        /// [L, S]: -inf above the diagonal (aligned bottom-right), a causal mask.
+        Causal,
+        /// [B, 1, L, S]: values in [-1, 1], per batch row (split with the parts), broadcast
+        /// over the heads.
+        PerRow,
+    }
+
+    /// One attention's form: Q's and K's lengths, the layouts (`blhe_in`, `blhe_out`), Q, K,
+    /// V packed in one input, the scale factors a and b (given as [] and [1]), the mask.
+    struct Case {
+        l: usize,
+        s: usize,
+        blhe: [bool; 2],
+        packed: bool,
+        scales: [Option<f32>; 2],
+        mask: Mask,
+    }
+
+    /// Where element (b, h, t, e) of a logical [B, H, T, E] tensor is stored.
+    type At = Box<dyn Fn(usize, usize, usize, usize) -> usize>;
+
+    /// [B, H, T, E] stored as such, or as [B, T, H, E] (`blhe`) with rows `row` elements apart
+    /// from column `col` (Q, K, V packed side by side).
+    fn at(blhe: bool, t_len: usize, row: usize, col: usize) -> At {
+        Box::new(move |b, h, t, e| match blhe {
+            true => (b * t_len + t) * row + col + h * E + e,
+            false => ((b * H + h) * t_len + t) * E + e,
+        })
+    }
+
+    /// The reference's outputs, stored as the node stores them: O, LSE [B, H, L], and dQ, dK,
+    /// dV (all three in the first when packed).
+    struct Want {
+        o: Vec<f64>,
+        lse: Vec<f64>,
+        grads: [Vec<f64>; 3],
+    }
+
+    impl Case {
+        /// The stored shapes and index maps of Q, K and V.
+        fn inputs(&self) -> [(Vec<usize>, At); 3] {
+            let (l, s, he) = (self.l, self.s, H * E);
+            if self.packed {
+                return [0, 1, 2].map(|i| (vec![B, l, 3 * he], at(true, l, 3 * he, i * he)));
+            }
+            let b = self.blhe[0];
+            let dims = |t| {
+                if b {
+                    vec![B, t, H, E]
+                } else {
+                    vec![B, H, t, E]
+                }
+            };
+            [
+                (dims(l), at(b, l, he, 0)),
+                (dims(s), at(b, s, he, 0)),
+                (dims(s), at(b, s, he, 0)),
+            ]
+        }
+        fn output(&self) -> (Vec<usize>, At) {
+            let (l, b) = (self.l, self.blhe[1]);
+            let dims = if b {
+                vec![B, l, H, E]
+            } else {
+                vec![B, H, l, E]
+            };
+            (dims, at(b, l, H * E, 0))
+        }
+        fn mask(&self) -> (Vec<usize>, Vec<f32>) {
+            let (l, s) = (self.l, self.s);
+            match self.mask {
+                Mask::No => (vec![], vec![]),
+                Mask::Causal => {
+                    let m = (0..l * s).map(|i| match i % s > i / s + (s - l) {
+                        true => f32::NEG_INFINITY,
+                        false => 0.0,
+                    });
+                    (vec![l, s], m.collect())
+                }
+                Mask::PerRow => (vec![B, 1, l, s], rand(B * l * s, 4)),
+            }
+        }
+
+        /// The definition in f64: `P = softmax(scale Q K^T + mask)` over S, `O = P V`, `LSE =
+        /// log sum exp`; from dO, `dV = P^T dO`, `dS = P (dO V^T - rowsum(dO o O))`,
+        /// `dQ = scale dS K`, `dK = scale dS^T Q`.
+        fn reference(&self, qkv: [&[f32]; 3], mask: &[f32], dout: &[f32]) -> Want {
+            let (l, s) = (self.l, self.s);
+            let c: f64 = self.scales.iter().flatten().map(|&a| a as f64).product();
+            let [(_, qi), (_, ki), (_, vi)] = self.inputs();
+            let oi = self.output().1;
+            let mask_at = |b: usize, i: usize, j: usize| match self.mask {
+                Mask::No => 0.0,
+                Mask::Causal => mask[i * s + j] as f64,
+                Mask::PerRow => mask[(b * l + i) * s + j] as f64,
+            };
+            let (mut o, mut lse) = (vec![0f64; B * H * l * E], vec![0f64; B * H * l]);
+            let mut grads = qkv.map(|t| vec![0f64; t.len()]);
+            let slot = |k: usize| if self.packed { 0 } else { k };
+            let (q, k, v) = (
+                |b, h, i, e| qkv[0][qi(b, h, i, e)] as f64,
+                |b, h, j, e| qkv[1][ki(b, h, j, e)] as f64,
+                |b, h, j, e| qkv[2][vi(b, h, j, e)] as f64,
+            );
+            for (b, h, i) in (0..B * H * l).map(|r| (r / (H * l), r / l % H, r % l)) {
+                let scores = (0..s).map(|j| {
+                    c * (0..E).map(|e| q(b, h, i, e) * k(b, h, j, e)).sum::<f64>()
+                        + mask_at(b, i, j)
+                });
+                let scores: Vec<f64> = scores.collect();
+                let m = scores.iter().copied().fold(f64::MIN, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|x| (x - m).exp() / z).collect();
+                lse[(b * H + h) * l + i] = m + z.ln();
+                let mut dsum = 0.0;
+                for e in 0..E {
+                    let ov: f64 = (0..s).map(|j| p[j] * v(b, h, j, e)).sum();
+                    o[oi(b, h, i, e)] = ov;
+                    dsum += dout[oi(b, h, i, e)] as f64 * ov;
+                }
+                for j in 0..s {
+                    let dov = |e| dout[oi(b, h, i, e)] as f64;
+                    let dp: f64 = (0..E).map(|e| dov(e) * v(b, h, j, e)).sum();
+                    let ds = p[j] * (dp - dsum);
+                    for e in 0..E {
+                        grads[0][qi(b, h, i, e)] += c * ds * k(b, h, j, e);
+                        grads[slot(1)][ki(b, h, j, e)] += c * ds * q(b, h, i, e);
+                        grads[slot(2)][vi(b, h, j, e)] += p[j] * dov(e);
+                    }
+                }
+            }
+            Want { o, lse, grads }
+        }
+
+        fn node(&self, op: &'static str) -> Node {
+            let mut n = Node::new(op)
+                .attr(attr_int("blhe_in", self.blhe[0] as i64))
+                .attr(attr_int("blhe_out", self.blhe[1] as i64));
+            if self.packed {
+                n = n.attr(attr_int("packed_heads", H as i64));
+            }
+            n
+        }
+
+        /// Q, K, V (K and V absent when packed).
+        fn qkv(&self, mut n: Node, qkv: &[Vec<f32>; 3]) -> Node {
+            for (i, (shape, _)) in self.inputs().iter().enumerate() {
+                n = match self.packed && i > 0 {
+                    true => n.absent(),
+                    false => n.input(shape, &qkv[i]),
+                };
+            }
+            n
+        }
+
+        /// The scale factors a and b and the mask, each absent where the case has none.
+        fn extras(&self, mut n: Node) -> Node {
+            for (a, shape) in self.scales.iter().zip([&[][..], &[1]]) {
+                n = match a {
+                    Some(a) => n.input(shape, &[*a]),
+                    None => n.absent(),
+                };
+            }
+            match self.mask() {
+                (s, _) if s.is_empty() => n.absent(),
+                (s, m) => n.input(&s, &m),
+            }
+        }
+
+        /// Q, K, V as stored (the one packed tensor three times when packed), dO.
+        fn data(&self) -> ([Vec<f32>; 3], Vec<f32>) {
+            let [q, k, v] = self.inputs().map(|(s, _)| s.iter().product::<usize>());
+            let qkv = match self.packed {
+                true => [rand(q, 1), rand(q, 1), rand(q, 1)],
+                false => [rand(q, 1), rand(k, 2), rand(v, 3)],
+            };
+            (qkv, rand(B * H * self.l * E, 5))
+        }
+
+        fn reference_of(&self, qkv: &[Vec<f32>; 3], dout: &[f32]) -> Want {
+            self.reference([&qkv[0], &qkv[1], &qkv[2]], &self.mask().1, dout)
+        }
+
+        /// Tolerance, relative above 1 and absolute below: sums over S or L (and E) of
+        /// products of values ~1 with probabilities, an exp per score, flash attention's
+        /// rescalings: a few ulps per term of the longest sums.
+        fn tol(&self) -> f64 {
+            4.0 * (self.l + self.s + E) as f64 * EPS
+        }
+
+        fn check_forward(&self) {
+            let (qkv, dout) = self.data();
+            let want = self.reference_of(&qkv, &dout);
+            let n = self.extras(self.qkv(self.node(SCALED_DOT_PRODUCT_ATTENTION), &qkv));
+            let n = n.output(&self.output().0, &want.o, self.tol());
+            n.output(&[B, H, self.l], &want.lse, self.tol()).check();
+        }
+
+        /// The gradients, those `named` (dQ, dK, dV; the packed gradient is one output), from
+        /// the reference's O and LSE.
+        fn check_grad(&self, named: [bool; 3]) {
+            let (qkv, dout) = self.data();
+            let want = self.reference_of(&qkv, &dout);
+            let os = self.output().0;
+            let n = self
+                .node(SCALED_DOT_PRODUCT_ATTENTION_GRAD)
+                .input(&os, &dout);
+            let n = self.qkv(n, &qkv).input(&os, &f32s(&want.o));
+            let mut n = self.extras(n.input(&[B, H, self.l], &f32s(&want.lse)));
+            let outputs = if self.packed { 1 } else { 3 };
+            for (i, (shape, _)) in self.inputs().iter().enumerate().take(outputs) {
+                n = match named[i] {
+                    true => n.output(shape, &want.grads[i], self.tol()),
+                    false => n.unnamed(),
+                };
+            }
+            n.check();
+        }
+    }
+
+    const CASES: [Case; 3] = [
+        Case {
+            l: 17,
+            s: 19,
+            blhe: [false, false],
+            packed: false,
+            scales: [Some(0.5), Some(0.7)],
+            mask: Mask::Causal,
+        },
+        // No scale factors: scale 1 (not 1 / sqrt(E)).
+        Case {
+            l: 17,
+            s: 19,
+            blhe: [true, true],
+            packed: false,
+            scales: [None, None],
+            mask: Mask::PerRow,
+        },
+        Case {
+            l: 19,
+            s: 19,
+            blhe: [true, false],
+            packed: true,
+            scales: [Some(0.35), None],
+            mask: Mask::No,
+        },
+    ];
+
+    #[test]
+    fn attention_layouts_scales_and_masks() {
+        for case in &CASES {
+            case.check_forward();
+        }
+    }
+
+    #[test]
+    fn attention_grad_layouts_scales_and_masks() {
+        for case in &CASES {
+            case.check_grad([true; 3]);
+        }
+        CASES[0].check_grad([false, true, false]);
+        CASES[1].check_grad([true, false, true]);
+    }
+
+    #[test]
+    fn shapes_checked() {
+        let case = &CASES[0];
+        let (qkv, _) = case.data();
+        let n = case
+            .node(SCALED_DOT_PRODUCT_ATTENTION)
+            .input(&[B, H, 17, E], &qkv[0]);
+        let n = n
+            .input(&[B, H, 19, E], &qkv[1])
+            .input(&[B, H, 19, E], &qkv[1][..B * H * 19 * E]);
+        let n = n.input(&[2], &[1.0, 1.0]).absent().absent();
+        let n = n.output(&[B, H, 17, E], &vec![0.0; B * H * 17 * E], 0.0);
+        n.output(&[B, H, 17], &vec![0.0; B * H * 17], 0.0)
+            .fails("a scale factor of shape [2], not a scalar");
+    }
+}

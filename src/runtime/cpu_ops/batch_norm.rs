@@ -266,3 +266,162 @@ fn relu_batch_normalization_grad(_: &(), c: &Call) -> ort::Result<()> {
     };
     backward(c, (xs, xv), kv, mv, grad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, sums, Node, EPS};
+    use super::{BATCH_NORMALIZATION, BATCH_NORMALIZATION_GRAD, RELU_BATCH_NORMALIZATION_GRAD};
+    use crate::model::graph::{attr_float, attr_int};
+
+    /// 70,000 elements, over the 65,536 at which these kernels split: 35 (sample, channel)
+    /// planes of 2,000 (the forward's parts) and 5 channels (the gradients'), neither a
+    /// multiple of 3.
+    const SHAPE: [usize; 4] = [7, 5, 40, 50];
+    const N: usize = 70_000;
+    const C: usize = 5;
+    const PLANE: usize = 2_000;
+
+    /// Per-channel values in [lo, hi].
+    fn channel(seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        rand(C, seed)
+            .iter()
+            .map(|v| lo + (hi - lo) * (v + 1.0) / 2.0)
+            .collect()
+    }
+
+    /// X with NaN, infinities and zeros of both signs first (in channel 0).
+    fn x() -> Vec<f32> {
+        let mut x = rand(N, 1);
+        x[..4].copy_from_slice(&[f32::NAN, f32::INFINITY, -0.0, 0.0]);
+        x
+    }
+
+    #[test]
+    fn batch_normalization_with_and_without_relu() {
+        let (x, scale, b) = (x(), channel(2, -2.0, 2.0), channel(3, -1.0, 1.0));
+        let (mean, var) = (channel(4, -0.5, 0.5), channel(5, 0.1, 2.0));
+        // [N, C] too: planes of one element.
+        for (shape, relu, eps) in [(&SHAPE[..], 0, 1e-5f32), (&[14_000, C][..], 1, 0.5)] {
+            let plane: usize = shape[2..].iter().product();
+            let want: Vec<f64> = (0..N)
+                .map(|i| {
+                    let c = i / plane % C;
+                    let k = scale[c] as f64 / (var[c] as f64 + eps as f64).sqrt();
+                    let y = (x[i] as f64 - mean[c] as f64) * k + b[c] as f64;
+                    // max(y, 0) keeps NaN, as a Relu does.
+                    if relu == 1 && y < 0.0 {
+                        0.0
+                    } else {
+                        y
+                    }
+                })
+                .collect();
+            let n = Node::new(BATCH_NORMALIZATION).attr(attr_float("epsilon", eps));
+            let mut n = n.attr(attr_int("relu", relu)).input(shape, &x);
+            for p in [&scale, &b, &mean, &var] {
+                n = n.input(&[C], p);
+            }
+            // A few roundings (k, the folded bias, a multiply-add) of values up to ~10.
+            n.output(shape, &want, 16.0 * EPS).check();
+        }
+    }
+
+    /// BatchNormalizationGrad of `g` (ReluBatchNormalizationGrad passes G = (dY + dY2) [Y > 0]):
+    /// dX = G k, sum G and sum G (X - mean) per channel, the outputs named as `named` says.
+    fn expect(n: Node, g: &[f64], x: &[f32], k: &[f32], mean: &[f32], named: [bool; 3]) -> Node {
+        let dx: Vec<f64> = (0..N).map(|i| g[i] * k[i / PLANE % C] as f64).collect();
+        let c = |i: usize| i / PLANE % C;
+        let sum_g = sums(C, (0..N).map(|i| (c(i), g[i])));
+        let sum_gx = sums(
+            C,
+            (0..N).map(|i| (c(i), g[i] * (x[i] as f64 - mean[c(i)] as f64))),
+        );
+        let mut n = match named[0] {
+            // One product of values ~1.
+            true => n.output(&SHAPE, &dx, EPS),
+            false => n.unnamed(),
+        };
+        for (named, (s, m)) in named[1..].iter().zip([sum_g, sum_gx]) {
+            // A plane's sums in eight f32 lanes, added in f64 across planes.
+            n = match named {
+                true => n.output_sums(&[C], &s, &m, PLANE / 8 + 8),
+                false => n.unnamed(),
+            };
+        }
+        n
+    }
+
+    #[test]
+    fn batch_normalization_grad_sums_per_channel() {
+        let (dy, x, k, mean) = (
+            rand(N, 6),
+            rand(N, 7),
+            channel(8, -2.0, 2.0),
+            channel(9, -0.5, 0.5),
+        );
+        let g: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
+        for named in [
+            [true; 3],
+            [false, true, true],
+            [true, false, true],
+            [true, false, false],
+        ] {
+            let n = Node::new(BATCH_NORMALIZATION_GRAD).input(&SHAPE, &dy);
+            let n = n.input(&SHAPE, &x).input(&[C], &k).input(&[C], &mean);
+            expect(n, &g, &x, &k, &mean, named).check();
+        }
+    }
+
+    #[test]
+    fn relu_batch_normalization_grad_masks_by_y() {
+        let (dy, dy2, x) = (rand(N, 10), rand(N, 11), rand(N, 12));
+        let (k, mean) = (channel(13, -2.0, 2.0), channel(14, -0.5, 0.5));
+        // Y's mask edges (ReluGrad's): 0, -0.0 and NaN block the gradient (PyTorch passes it at
+        // NaN; probe's kernels do not, see relu.rs's tests).
+        let mut y = rand(N, 15);
+        y[..4].copy_from_slice(&[0.0, -0.0, f32::NAN, 1e-45]);
+        for with_dy2 in [true, false] {
+            let g: Vec<f64> = (0..N)
+                .map(|i| {
+                    let d2 = if with_dy2 { dy2[i] as f64 } else { 0.0 };
+                    if y[i] > 0.0 {
+                        dy[i] as f64 + d2
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let n = Node::new(RELU_BATCH_NORMALIZATION_GRAD).input(&SHAPE, &dy);
+            let n = n
+                .input(&SHAPE, &y)
+                .input(&SHAPE, &x)
+                .input(&[C], &k)
+                .input(&[C], &mean);
+            let n = if with_dy2 {
+                n.input(&SHAPE, &dy2)
+            } else {
+                n.absent()
+            };
+            // G = dY + dY2 is one more half-ulp rounding: dX's two stay within eps.
+            expect(n, &g, &x, &k, &mean, [true; 3]).check();
+        }
+    }
+
+    #[test]
+    fn shape_checks() {
+        let n = Node::new(BATCH_NORMALIZATION_GRAD).input(&[2, 3], &[0.0; 6]);
+        let n = n
+            .input(&[2, 3], &[0.0; 6])
+            .input(&[2], &[0.0; 2])
+            .input(&[2], &[0.0; 2]);
+        n.output(&[2, 3], &[0.0; 6], 0.0)
+            .fails("dY [2, 3], X [2, 3], k [2], mean [2]");
+        let mut n = Node::new(BATCH_NORMALIZATION).attr(attr_float("epsilon", 1e-5));
+        n = n.attr(attr_int("relu", 0)).input(&[6], &[0.0; 6]);
+        for _ in 0..4 {
+            n = n.input(&[6], &[1.0; 6]);
+        }
+        n.output(&[6], &[0.0; 6], 0.0)
+            .fails("one value per channel (axis 1) expected");
+    }
+}

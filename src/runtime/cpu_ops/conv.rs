@@ -161,6 +161,10 @@ fn backward_part(
     outs: [Option<&mut [f32]>; 3],
 ) -> Result<(), String> {
     if hi == lo {
+        // No samples (a batch of 0: one part, empty): dW and dB are sums over none.
+        for out in outs.into_iter().flatten() {
+            out.fill(0.0);
+        }
         return Ok(());
     }
     let (x_row, y_row) = (per_sample(xs), per_sample(dys));
@@ -220,4 +224,279 @@ fn conv_grad_x(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
         backward_part(&ins, &g, r, [Some(dx), None, None])
     })
     .map_err(|e| c.torch(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, sums, Node};
+    use super::{CONV, CONV_GRAD, CONV_GRAD_X};
+    use crate::model::graph::{attr_int, attr_ints};
+
+    /// A convolution of X [N, Ci, spatial...] by W [Co, Ci / group, kernel...]: its
+    /// attributes, per spatial axis (1 to 3).
+    struct Geometry<'a> {
+        xs: &'a [usize],
+        ws: &'a [usize],
+        strides: &'a [usize],
+        pads: &'a [usize],
+        dilations: &'a [usize],
+        group: usize,
+    }
+
+    /// `v`'s last `r` values lifted to 3 axes (leading `fill`).
+    fn lift(v: &[usize], r: usize, fill: usize) -> [usize; 3] {
+        let mut o = [fill; 3];
+        o[3 - r..].copy_from_slice(&v[v.len() - r..]);
+        o
+    }
+
+    /// Flat index `i` as coordinates over `d`, and back.
+    fn coords(i: usize, d: [usize; 3]) -> [usize; 3] {
+        [i / (d[1] * d[2]), i / d[2] % d[1], i % d[2]]
+    }
+    fn flat(c: [usize; 3], d: [usize; 3]) -> usize {
+        (c[0] * d[1] + c[1]) * d[2] + c[2]
+    }
+
+    fn numel(s: &[usize]) -> usize {
+        s.iter().product()
+    }
+
+    impl Geometry<'_> {
+        /// Y's shape: `o = (h + 2p - d (k - 1) - 1) / s + 1` per spatial axis.
+        fn ys(&self) -> Vec<usize> {
+            let mut ys = vec![self.xs[0], self.ws[0]];
+            for a in 0..self.strides.len() {
+                let (h, k) = (self.xs[2 + a], self.ws[2 + a]);
+                let room = h + 2 * self.pads[a] - self.dilations[a] * (k - 1) - 1;
+                ys.push(room / self.strides[a] + 1);
+            }
+            ys
+        }
+
+        /// Every tap of the definition `Y[n, m, o] += X[n, g Cg + c, o s + t d - p] W[m, c, t]`
+        /// (g = m's group, Cg = Ci / group) that reads X, not padding: [y, x, w] indices.
+        fn taps(&self) -> Vec<[usize; 3]> {
+            let r = self.strides.len();
+            let [xd, kd, yd] = [self.xs, self.ws, &self.ys()].map(|v| lift(v, r, 1));
+            let [s, d, p] = [self.strides, self.dilations, self.pads].map(|v| lift(v, r, 0));
+            let [xp, kp, yp] = [xd, kd, yd].map(|v| numel(&v));
+            let (co, cg) = (self.ws[0], self.ws[1]);
+            let mut taps = vec![];
+            for (n, m, oi, c, ti) in (0..self.xs[0] * co * yp * cg * kp).map(|i| {
+                let (rest, ti) = (i / kp, i % kp);
+                (
+                    rest / (cg * yp * co),
+                    rest / (cg * yp) % co,
+                    rest / cg % yp,
+                    rest % cg,
+                    ti,
+                )
+            }) {
+                let (o, t) = (coords(oi, yd), coords(ti, kd));
+                let h = [0, 1, 2].map(|a| (o[a] * s[a] + t[a] * d[a]).wrapping_sub(p[a]));
+                if (0..3).any(|a| h[a] >= xd[a]) {
+                    continue; // padding (below 0 wraps to a huge index)
+                }
+                let g = m / (co / self.group);
+                let x = (n * self.xs[1] + g * cg + c) * xp + flat(h, xd);
+                taps.push([(n * co + m) * yp + oi, x, (m * cg + c) * kp + ti]);
+            }
+            taps
+        }
+
+        fn node(&self, op: &'static str) -> Node {
+            let ints = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+            let pads = ints(&[self.pads, self.pads].concat());
+            Node::new(op)
+                .attr(attr_ints("strides", &ints(self.strides)))
+                .attr(attr_ints("pads", &pads))
+                .attr(attr_ints("dilations", &ints(self.dilations)))
+                .attr(attr_int("group", self.group as i64))
+        }
+
+        /// Random dY (Y's shape), X and W (seeded from `seed`).
+        fn operands(&self, seed: u64) -> [Vec<f32>; 3] {
+            [numel(&self.ys()), numel(self.xs), numel(self.ws)]
+                .into_iter()
+                .zip(seed..)
+                .map(|(n, seed)| rand(n, seed))
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap()
+        }
+    }
+
+    /// N = 5 (the parts take samples: 2, 2, 1 at three threads); 1, 2 and 3 spatial axes with
+    /// strides, padding, dilations and groups.
+    const GEOMETRIES: [Geometry; 3] = [
+        Geometry {
+            xs: &[5, 4, 11, 9],
+            ws: &[6, 2, 3, 2],
+            strides: &[2, 1],
+            pads: &[1, 0],
+            dilations: &[1, 2],
+            group: 2,
+        },
+        Geometry {
+            xs: &[5, 3, 17],
+            ws: &[4, 3, 3],
+            strides: &[3],
+            pads: &[2],
+            dilations: &[2],
+            group: 1,
+        },
+        Geometry {
+            xs: &[5, 2, 4, 5, 6],
+            ws: &[4, 1, 2, 2, 3],
+            strides: &[1, 2, 1],
+            pads: &[0, 1, 1],
+            dilations: &[1, 1, 2],
+            group: 2,
+        },
+    ];
+
+    #[test]
+    fn conv_with_bias_and_relu() {
+        for (i, g) in GEOMETRIES.iter().enumerate() {
+            let ([_, x, w], b, ys) = (g.operands(1), rand(g.ws[0], 4), g.ys());
+            // A bias on the first geometry, none on the others.
+            let (bias, plane) = (i == 0, numel(&ys[2..]));
+            let biases = (0..numel(&ys)).filter(|_| bias);
+            let terms = g
+                .taps()
+                .into_iter()
+                .map(|[y, xi, wi]| (y, x[xi] as f64 * w[wi] as f64));
+            let (y, mags) = sums(
+                numel(&ys),
+                terms.chain(biases.map(|j| (j, b[j / plane % ys[1]] as f64))),
+            );
+            for relu in [0, 1] {
+                let want: Vec<f64> = y
+                    .iter()
+                    .map(|&v| if relu == 1 { v.max(0.0) } else { v })
+                    .collect();
+                let n = g
+                    .node(CONV)
+                    .attr(attr_int("relu", relu))
+                    .input(g.xs, &x)
+                    .input(g.ws, &w);
+                let n = if bias {
+                    n.input(&[g.ws[0]], &b)
+                } else {
+                    n.absent()
+                };
+                // A sum over the taps of one output and its bias.
+                n.output_sums(&ys, &want, &mags, numel(&g.ws[1..]) + 1)
+                    .check();
+            }
+        }
+    }
+
+    /// A backward node `op(dY, X, W)` of `g` with random operands (seeded from `seed`), the
+    /// operands, Y's shape.
+    fn backward(g: &Geometry, op: &'static str, seed: u64) -> (Node, [Vec<f32>; 3], Vec<usize>) {
+        let ([dy, x, w], ys) = (g.operands(seed), g.ys());
+        let n = g.node(op).input(&ys, &dy).input(g.xs, &x).input(g.ws, &w);
+        (n, [dy, x, w], ys)
+    }
+
+    #[test]
+    fn conv_grad_weights_and_bias() {
+        for g in &GEOMETRIES {
+            let (_, [dy, x, w], ys) = backward(g, CONV_GRAD, 5);
+            let dw = sums(
+                w.len(),
+                g.taps()
+                    .into_iter()
+                    .map(|[y, xi, wi]| (wi, dy[y] as f64 * x[xi] as f64)),
+            );
+            let plane = numel(&ys[2..]);
+            let db = sums(
+                ys[1],
+                dy.iter()
+                    .enumerate()
+                    .map(|(j, &v)| (j / plane % ys[1], v as f64)),
+            );
+            // Sums over samples and positions (libtorch's), then the parts' added in f32.
+            let chain = numel(&ys) / ys[1] + 3;
+            for named in [[true, true], [true, false], [false, true]] {
+                let mut n = backward(g, CONV_GRAD, 5).0;
+                for (named, (shape, (want, mags))) in
+                    named.into_iter().zip([(g.ws, &dw), (&ys[1..2], &db)])
+                {
+                    n = match named {
+                        true => n.output_sums(shape, want, mags, chain),
+                        false => n.unnamed(),
+                    };
+                }
+                n.check();
+            }
+        }
+    }
+
+    #[test]
+    fn conv_grad_x_scatters_dy() {
+        for g in &GEOMETRIES {
+            let (n, [dy, x, w], _) = backward(g, CONV_GRAD_X, 8);
+            let (dx, mags) = sums(
+                x.len(),
+                g.taps()
+                    .into_iter()
+                    .map(|[y, xi, wi]| (xi, dy[y] as f64 * w[wi] as f64)),
+            );
+            // A sum over the output channels and taps that reach each element.
+            n.output_sums(g.xs, &dx, &mags, numel(g.ws) / g.ws[1])
+                .check();
+        }
+    }
+
+    #[test]
+    fn empty_batch_and_checks() {
+        let g = Geometry {
+            xs: &[0, 4, 11, 9],
+            ..GEOMETRIES[0]
+        };
+        let (ys, w) = (g.ys(), rand(numel(g.ws), 10));
+        let n = g.node(CONV).input(g.xs, &[]).input(g.ws, &w).absent();
+        n.output(&ys, &[], 0.0).check();
+        let n = g
+            .node(CONV_GRAD_X)
+            .input(&ys, &[])
+            .input(g.xs, &[])
+            .input(g.ws, &w);
+        n.output(g.xs, &[], 0.0).check();
+        // No samples: dW and dB are sums over none.
+        let n = g
+            .node(CONV_GRAD)
+            .input(&ys, &[])
+            .input(g.xs, &[])
+            .input(g.ws, &w);
+        let n = n.output(g.ws, &vec![0.0; w.len()], 0.0);
+        n.output(&[6], &[0.0; 6], 0.0).check();
+        // Asymmetric pads; a kernel larger than padded X.
+        let n = Node::new(CONV)
+            .attr(attr_ints("strides", &[1]))
+            .attr(attr_ints("pads", &[0, 1]));
+        let n = n
+            .attr(attr_ints("dilations", &[1]))
+            .attr(attr_int("group", 1));
+        let n = n
+            .input(&[1, 1, 4], &[0.0; 4])
+            .input(&[1, 1, 2], &[0.0; 2])
+            .absent();
+        n.output(&[1, 1, 4], &[0.0; 4], 0.0)
+            .fails("symmetric pads expected, got pads [0, 1]");
+        let g = Geometry {
+            xs: &[1, 4, 9, 1],
+            ..GEOMETRIES[0]
+        };
+        let n = g
+            .node(CONV)
+            .input(g.xs, &[0.0; 36])
+            .input(g.ws, &w)
+            .absent();
+        let what = "kernel [6, 2, 3, 2] larger than padded X [1, 4, 9, 1]";
+        n.output(&[1, 6, 5, 1], &[0.0; 30], 0.0).fails(what);
+    }
 }

@@ -187,3 +187,128 @@ fn interleave(a: &InterleaveAttrs, c: &Call) -> ort::Result<()> {
     })
     .map_err(|e| c.fail(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, strides, Node};
+    use super::INTERLEAVE;
+    use crate::model::graph::attr_ints;
+
+    /// A case: N and C, blocks s, phases, sizes H and Z's T per spatial axis.
+    struct Case<'a> {
+        n: usize,
+        c: usize,
+        s: &'a [usize],
+        phases: &'a [i64],
+        h: &'a [usize],
+        t: &'a [usize],
+    }
+
+    impl Case<'_> {
+        /// `Y[n, c, h] = Z[n, phases[h mod s] C + c, h div s]` (0 for phase -1), from the
+        /// definition, and the node.
+        fn check(&self) {
+            let blocks = self.phases.iter().filter(|&&p| p >= 0).count();
+            let mut zs = vec![self.n, blocks * self.c];
+            zs.extend(self.t);
+            let mut ys = vec![self.n, self.c];
+            ys.extend(self.h);
+            let z = rand(zs.iter().product(), 1);
+            let (zst, yst, sst) = (strides(&zs), strides(&ys), strides(self.s));
+            let r = self.s.len();
+            let want: Vec<f64> = (0..ys.iter().product())
+                .map(|i| {
+                    let h: Vec<usize> = (0..r).map(|a| i / yst[2 + a] % self.h[a]).collect();
+                    let phase: usize = (0..r).map(|a| h[a] % self.s[a] * sst[a]).sum();
+                    let Ok(blk) = usize::try_from(self.phases[phase]) else {
+                        return 0.0;
+                    };
+                    let (n, c) = (i / yst[0], i / yst[1] % self.c);
+                    let at = n * zst[0] + (blk * self.c + c) * zst[1];
+                    z[at + (0..r).map(|a| h[a] / self.s[a] * zst[2 + a]).sum::<usize>()] as f64
+                })
+                .collect();
+            let ints = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+            let node = Node::new(INTERLEAVE).attr(attr_ints("blocks", &ints(self.s)));
+            let node = node.attr(attr_ints("phases", self.phases));
+            let node = node.attr(attr_ints("sizes", &ints(self.h)));
+            node.input(&zs, &z).output(&ys, &want, 0.0).check();
+        }
+    }
+
+    #[test]
+    fn stride_2_rows_in_pairs() {
+        // 35 planes (not a multiple of 3) of 1,200: 42,000 elements, over the 32,768 at which
+        // the kernel splits. Even rows at stride 2 go in pairs: both phases with taps, one,
+        // the other, none; Z's T longer than Y needs (cropped).
+        for phases in [[0, 1, 2, 3], [0, -1, -1, 1], [-1, -1, 0, 1]] {
+            let (s, h, t) = (&[2, 2], &[40, 30], &[21, 16]);
+            Case {
+                n: 7,
+                c: 5,
+                s,
+                phases: &phases,
+                h,
+                t,
+            }
+            .check();
+        }
+    }
+
+    #[test]
+    fn other_strides_and_ranks() {
+        // Odd rows at stride 2, then 1 and 3 spatial axes.
+        let (s, h, t) = (&[2, 2], &[40, 31], &[20, 16]);
+        Case {
+            n: 7,
+            c: 5,
+            s,
+            phases: &[1, -1, 0, 2],
+            h,
+            t,
+        }
+        .check();
+        let (s, h, t) = (&[3], &[100], &[34]);
+        Case {
+            n: 7,
+            c: 5,
+            s,
+            phases: &[1, -1, 0],
+            h,
+            t,
+        }
+        .check();
+        let (s, h, t) = (&[1, 2, 3], &[3, 8, 10], &[3, 4, 4]);
+        Case {
+            n: 2,
+            c: 3,
+            s,
+            phases: &[0, -1, 1, 2, -1, 3],
+            h,
+            t,
+        }
+        .check();
+        let (s, h, t) = (&[2], &[5], &[3]);
+        Case {
+            n: 0,
+            c: 3,
+            s,
+            phases: &[0, 1],
+            h,
+            t,
+        }
+        .check();
+    }
+
+    #[test]
+    fn phases_checked() {
+        let n = Node::new(INTERLEAVE).attr(attr_ints("blocks", &[2]));
+        let n = n
+            .attr(attr_ints("phases", &[0, 0]))
+            .attr(attr_ints("sizes", &[4]));
+        let n = n
+            .input(&[1, 2, 2], &[0.0; 4])
+            .output(&[1, 1, 4], &[0.0; 4], 0.0);
+        n.fails("the phases' blocks 0..B each once");
+    }
+}

@@ -165,3 +165,160 @@ fn layer_normalization_grad(a: &LayerNormAttrs, c: &Call) -> ort::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, Node};
+    use super::{LAYER_NORMALIZATION, LAYER_NORMALIZATION_GRAD};
+    use crate::model::graph::{attr_float, attr_int};
+
+    /// 36,400 elements, over the 32,768 at which these kernels split: 91 rows of 400 (axis -1)
+    /// or 7 of 5,200 (axis 1), neither a multiple of 3.
+    const SHAPE: [usize; 3] = [7, 13, 400];
+    const N: usize = 7 * 13 * 400;
+
+    /// The cases: axis, the epsilon attribute (default 1e-5), the normalized shape.
+    const CASES: [(i64, Option<f32>, &[usize]); 2] =
+        [(-1, None, &[400]), (1, Some(0.1), &[13, 400])];
+
+    /// X in [-1, 1] with a constant first row (variance 0: epsilon alone keeps it finite).
+    fn x() -> Vec<f32> {
+        let mut x = rand(N, 1);
+        x[..400].fill(0.3);
+        x
+    }
+
+    /// A row's mean, `1 / sqrt(var + eps)` and mean |x|, in f64.
+    fn stats(x: &[f32], eps: Option<f32>) -> (f64, f64, f64) {
+        let d = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d;
+        let abs = x.iter().map(|&v| v.abs() as f64).sum::<f64>() / d;
+        (mean, 1.0 / (var + eps.unwrap_or(1e-5) as f64).sqrt(), abs)
+    }
+
+    fn node(op: &'static str, axis: i64, eps: Option<f32>) -> Node {
+        let n = Node::new(op).attr(attr_int("axis", axis));
+        match eps {
+            Some(e) => n.attr(attr_float("epsilon", e)),
+            None => n,
+        }
+    }
+
+    /// The chain of f32 additions of a row's sums (eight lanes, then the lanes and the tail).
+    fn chain(d: usize) -> usize {
+        d / 8 + 16
+    }
+
+    #[test]
+    fn layer_normalization_with_and_without_bias() {
+        let (x, s, b) = (x(), rand(5200, 2), rand(5200, 3));
+        for (bias, (axis, eps, norm)) in [true, false].into_iter().zip(CASES) {
+            let d: usize = norm.iter().product();
+            let (mut want, mut mags) = (vec![0f64; N], vec![0f64; N]);
+            for r in 0..N / d {
+                let xr = &x[r * d..][..d];
+                let (mean, inv, abs) = stats(xr, eps);
+                for k in 0..d {
+                    let bk = if bias { b[k] as f64 } else { 0.0 };
+                    let xc = xr[k] as f64 - mean;
+                    want[r * d + k] = xc * inv * s[k] as f64 + bk;
+                    // The mean's error reaches every element, scaled by invstd.
+                    mags[r * d + k] = (xc.abs() + abs) * inv * s[k].abs() as f64 + bk.abs();
+                }
+            }
+            let n = node(LAYER_NORMALIZATION, axis, eps).input(&SHAPE, &x);
+            let n = n.input(norm, &s[..d]);
+            let n = if bias {
+                n.input(norm, &b[..d])
+            } else {
+                n.absent()
+            };
+            n.output_sums(&SHAPE, &want, &mags, chain(d)).check();
+        }
+    }
+
+    /// dX (plus dA when given), dScale, dB, each named or not as `named` says.
+    fn check_grad(axis: i64, eps: Option<f32>, norm: &[usize], with_da: bool, named: [bool; 3]) {
+        let d: usize = norm.iter().product();
+        let (dy, x, s, da) = (rand(N, 4), x(), rand(d, 5), rand(N, 6));
+        let (mut dx, mut dx_mag) = (vec![0f64; N], vec![0f64; N]);
+        let mut sums = [vec![0f64; d], vec![0f64; d], vec![0f64; d], vec![0f64; d]];
+        for r in 0..N / d {
+            let (xr, gr) = (&x[r * d..][..d], &dy[r * d..][..d]);
+            let (mean, inv, abs) = stats(xr, eps);
+            let xhat: Vec<f64> = xr.iter().map(|&v| (v as f64 - mean) * inv).collect();
+            let g: Vec<f64> = (0..d).map(|k| gr[k] as f64 * s[k] as f64).collect();
+            let mean_of = |f: &dyn Fn(usize) -> f64| (0..d).map(f).sum::<f64>() / d as f64;
+            let (mg, mgx) = (mean_of(&|k| g[k]), mean_of(&|k| g[k] * xhat[k]));
+            let (mg_abs, mgx_abs) = (
+                mean_of(&|k| g[k].abs()),
+                mean_of(&|k| (g[k] * xhat[k]).abs()),
+            );
+            for k in 0..d {
+                let a = if with_da { da[r * d + k] as f64 } else { 0.0 };
+                dx[r * d + k] = inv * (g[k] - mg - xhat[k] * mgx) + a;
+                // xhat's own error follows the mean's, as in the forward.
+                let xh = xhat[k].abs() + abs * inv;
+                dx_mag[r * d + k] = inv * (g[k].abs() + mg_abs + xh * mgx_abs) + a.abs();
+                let t = gr[k] as f64;
+                let dsk = [t * xhat[k], (t * xh).abs(), t, t.abs()];
+                for (s, v) in sums.iter_mut().zip(dsk) {
+                    s[k] += v;
+                }
+            }
+        }
+        let n = node(LAYER_NORMALIZATION_GRAD, axis, eps).input(&SHAPE, &dy);
+        let n = n.input(&SHAPE, &x).input(norm, &s);
+        let mut n = if with_da {
+            n.input(&SHAPE, &da)
+        } else {
+            n.absent()
+        };
+        // dScale and dB: f32 sums over a part's rows, after xhat's row sums.
+        let rows = N / d + chain(d);
+        let outs = [
+            (&SHAPE[..], &dx, &dx_mag, chain(d)),
+            (norm, &sums[0], &sums[1], rows),
+            (norm, &sums[2], &sums[3], rows),
+        ];
+        for (named, (shape, want, mags, chain)) in named.into_iter().zip(outs) {
+            n = if named {
+                n.output_sums(shape, want, mags, chain)
+            } else {
+                n.unnamed()
+            };
+        }
+        n.check();
+    }
+
+    #[test]
+    fn layer_normalization_grad_all_outputs_with_da() {
+        let (axis, eps, norm) = CASES[0];
+        check_grad(axis, eps, norm, true, [true; 3]);
+    }
+
+    #[test]
+    fn layer_normalization_grad_some_outputs() {
+        let (axis, eps, norm) = CASES[1];
+        check_grad(axis, eps, norm, false, [false, true, true]);
+        check_grad(axis, eps, norm, false, [true, false, false]);
+    }
+
+    #[test]
+    fn shape_checks() {
+        let n = node(LAYER_NORMALIZATION, -1, None).input(&[2, 3], &[0.0; 6]);
+        let n = n
+            .input(&[2], &[1.0; 2])
+            .absent()
+            .output(&[2, 3], &[0.0; 6], 0.0);
+        n.fails("Scale of 2 elements, B of None (the normalized shape has 3)");
+        let n = node(LAYER_NORMALIZATION_GRAD, -1, None).input(&[2, 3], &[0.0; 6]);
+        let n = n
+            .input(&[2, 3], &[0.0; 6])
+            .input(&[3], &[1.0; 3])
+            .input(&[3, 2], &[0.0; 6]);
+        n.output(&[2, 3], &[0.0; 6], 0.0)
+            .fails("dA [3, 2] and X [2, 3] differ");
+    }
+}

@@ -150,7 +150,8 @@ fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
     let mut ys = as_.to_vec();
     *ys.last_mut().unwrap() = nn;
     let y = c.required(0, ys, "Y")?;
-    let m = if k == 0 { 0 } else { av.len() / k as usize };
+    // A's rows from its shape (with K = 0 there are still rows: Y is the bias).
+    let m = as_[..as_.len() - 1].iter().product::<i64>() as usize;
     let b = bounds(m, c.parts_for(m, m * nn as usize));
     let pieces = split(y, nn as usize, &b).into_iter().zip(b.iter().copied());
     let ku = k as usize;
@@ -161,4 +162,135 @@ fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
         ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], bv, cv, y)
     })
     .map_err(|e| c.torch(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, Node};
+    use super::{MAT_MUL, MAT_MUL_ADD};
+    use crate::model::graph::attr_int;
+
+    /// `op(A) op(B)` from the definition, op swapping the last two axes where `t`, a matrix
+    /// operand broadcast over the other's batch: Y's shape, values and the sums of the
+    /// products' magnitudes.
+    fn product(
+        (a, as_, ta): (&[f32], &[usize], bool),
+        (b, bs, tb): (&[f32], &[usize], bool),
+    ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        let (ar, br) = (as_.len(), bs.len());
+        let (m, k) = if ta {
+            (as_[ar - 1], as_[ar - 2])
+        } else {
+            (as_[ar - 2], as_[ar - 1])
+        };
+        let nn = if tb { bs[br - 2] } else { bs[br - 1] };
+        let batch = if ar > 2 {
+            &as_[..ar - 2]
+        } else {
+            &bs[..br - 2]
+        };
+        let nb: usize = batch.iter().product();
+        let (am, bm) = (
+            if ar > 2 { m * k } else { 0 },
+            if br > 2 { k * nn } else { 0 },
+        );
+        let (mut want, mut mags) = (vec![0f64; nb * m * nn], vec![0f64; nb * m * nn]);
+        for q in 0..nb {
+            for i in 0..m {
+                for j in 0..nn {
+                    for l in 0..k {
+                        let x = a[q * am + if ta { l * m + i } else { i * k + l }] as f64;
+                        let y = b[q * bm + if tb { j * k + l } else { l * nn + j }] as f64;
+                        want[(q * m + i) * nn + j] += x * y;
+                        mags[(q * m + i) * nn + j] += (x * y).abs();
+                    }
+                }
+            }
+        }
+        let mut ys = batch.to_vec();
+        ys.extend([m, nn]);
+        (ys, want, mags)
+    }
+
+    /// MatMul of A [as_] and B [bs] (transA, transB) against [`product`].
+    fn check(as_: &[usize], ta: bool, bs: &[usize], tb: bool) {
+        let a = rand(as_.iter().product(), 1);
+        let b = rand(bs.iter().product(), 2);
+        let (ys, want, mags) = product((&a, as_, ta), (&b, bs, tb));
+        let mut n = Node::new(MAT_MUL);
+        // The attributes default to 0: set only when 1.
+        for (name, t) in [("transA", ta), ("transB", tb)] {
+            if t {
+                n = n.attr(attr_int(name, 1));
+            }
+        }
+        let k = as_[as_.len() - 1 - ta as usize];
+        // GEMM's sums over K, in whatever blocking: at most K additions in a row.
+        n.input(as_, &a)
+            .input(bs, &b)
+            .output_sums(&ys, &want, &mags, k)
+            .check();
+    }
+
+    // The kernel splits work of over 2^21 multiply-adds; each case here has ~2.3M, and parts
+    // of 91 rows, 7 products or 901 reduced rows (none a multiple of 3).
+
+    #[test]
+    fn rows_against_one_matrix() {
+        check(&[7, 13, 64], false, &[64, 400], false);
+        check(&[7, 13, 64], false, &[400, 64], true);
+    }
+
+    #[test]
+    fn batched_products() {
+        check(&[7, 40, 64], false, &[7, 64, 130], false);
+        check(&[7, 64, 40], true, &[7, 130, 64], true);
+    }
+
+    #[test]
+    fn weight_gradient_splits_the_reduction() {
+        check(&[901, 40], true, &[901, 64], false);
+    }
+
+    #[test]
+    fn other_forms_and_degenerate_shapes() {
+        check(&[40, 64], false, &[7, 64, 30], false);
+        check(&[64, 40], true, &[30, 64], true);
+        check(&[7, 64, 40], true, &[64, 30], false);
+        check(&[5, 0], false, &[0, 4], false);
+        check(&[0, 3], false, &[3, 4], false);
+        check(&[0, 3], true, &[0, 4], false);
+        let n = Node::new(MAT_MUL)
+            .input(&[2, 3], &[0.0; 6])
+            .input(&[4, 5], &[0.0; 20]);
+        n.output(&[2, 5], &[0.0; 10], 0.0)
+            .fails("A [2, 3] (transA false), B [4, 5] (transB false)");
+    }
+
+    /// MatMulAdd of A [as_], B [K, N], bias [N]: `A B + bias`.
+    fn check_add(as_: &[usize], nn: usize) {
+        let k = as_[as_.len() - 1];
+        let (a, b, bias) = (rand(as_.iter().product(), 3), rand(k * nn, 4), rand(nn, 5));
+        let (ys, mut want, mut mags) = product((&a, as_, false), (&b, &[k, nn], false));
+        for i in 0..want.len() {
+            want[i] += bias[i % nn] as f64;
+            mags[i] += bias[i % nn].abs() as f64;
+        }
+        let n = Node::new(MAT_MUL_ADD).input(as_, &a).input(&[k, nn], &b);
+        n.input(&[nn], &bias)
+            .output_sums(&ys, &want, &mags, k + 1)
+            .check();
+    }
+
+    #[test]
+    fn mat_mul_add_adds_the_bias() {
+        // 91 rows of 400: 36,400 outputs, over the 32,768 at which the kernel splits.
+        check_add(&[7, 13, 64], 400);
+        check_add(&[0, 3], 4);
+    }
+
+    #[test]
+    fn mat_mul_add_with_k_0_is_the_bias() {
+        check_add(&[5, 0], 4);
+    }
 }

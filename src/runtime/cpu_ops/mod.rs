@@ -24,6 +24,10 @@
 //!   (tensors as slices, parts, the safe split of outputs), [`ffi`] (every C function, behind
 //!   checked wrappers), [`lanes`] (eight-lane sums), [`memory`] (glibc malloc tuning).
 //!
+//! Tests: each kernel file's own run its ops through an ONNX Runtime session at 1 and 3
+//! threads against their definitions in f64, with what they share (a one-node model, the
+//! run, the tolerances) in `testing` (test-only).
+//!
 //! Threads: libtorch runs single-threaded (its intra-op count is set to 1 where these graphs
 //! run) and each kernel splits the batch into one part per ONNX Runtime intra-op thread, run
 //! on ONNX Runtime's own pool (`KernelContext_ParallelFor`). Two pools, each with as many
@@ -44,6 +48,8 @@ pub mod op;
 pub mod reduce;
 pub mod relu;
 pub mod softmax;
+#[cfg(test)]
+mod testing;
 pub mod transpose;
 
 use anyhow::Result;

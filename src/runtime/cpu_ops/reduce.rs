@@ -26,7 +26,9 @@ fn reduce_sum_leading(a: &Axis, c: &Call) -> ort::Result<()> {
     let sums = std::sync::Mutex::new(vec![0f64; r]);
     c.run(b, |_, (lo, hi)| {
         let mut acc = vec![0f32; r];
-        for row in xv[lo * r..hi * r].chunks_exact(r) {
+        // r = 0 (X empty along a kept axis): no rows, and no chunks of 0 (a panic, which
+        // aborts: this runs inside ONNX Runtime's C call).
+        for row in xv[lo * r..hi * r].chunks_exact(r.max(1)) {
             for (a, &v) in acc.iter_mut().zip(row) {
                 *a += v;
             }
@@ -42,4 +44,47 @@ fn reduce_sum_leading(a: &Axis, c: &Call) -> ort::Result<()> {
         *o = s as f32;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{rand, sums, Node};
+    use super::REDUCE_SUM_LEADING;
+    use crate::model::graph::attr_int;
+
+    fn node(axis: i64, shape: &[usize], x: &[f32]) -> Node {
+        Node::new(REDUCE_SUM_LEADING)
+            .attr(attr_int("axis", axis))
+            .input(shape, x)
+    }
+
+    #[test]
+    fn sums_over_the_leading_axes() {
+        // 36,400 elements, over the 32,768 at which the kernel splits its rows: 7 or 91 rows
+        // (axes 1, 2), none a multiple of 3; axis 0 sums nothing, axis 3 everything.
+        let shape = [7, 13, 400];
+        let x = rand(36_400, 1);
+        for axis in 0..=3 {
+            let r: usize = shape[axis..].iter().product();
+            let (want, mags) = sums(r, x.iter().enumerate().map(|(i, &v)| (i % r, v as f64)));
+            let mut ys = vec![1; axis];
+            ys.extend(&shape[axis..]);
+            // Each part sums its rows in f32 (the chain: all rows at one part), then in f64.
+            let rows = x.len() / r;
+            node(axis as i64, &shape, &x)
+                .output_sums(&ys, &want, &mags, rows)
+                .check();
+        }
+    }
+
+    #[test]
+    fn empty_and_out_of_range() {
+        node(1, &[0, 5], &[])
+            .output(&[1, 5], &[0.0; 5], 0.0)
+            .check();
+        node(1, &[5, 0], &[]).output(&[1, 0], &[], 0.0).check();
+        node(3, &[2, 3], &[0.0; 6])
+            .output(&[1, 1], &[0.0], 0.0)
+            .fails("axis 3 for X [2, 3]");
+    }
 }

@@ -129,3 +129,136 @@ fn softmax_grad(a: &Axis, c: &Call) -> ort::Result<()> {
     })
     .map_err(|e| c.fail(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{f32s, rand, Node};
+    use super::{LOG_SOFTMAX_GRAD, SOFTMAX, SOFTMAX_GRAD};
+    use crate::model::graph::attr_int;
+
+    /// 36,400 elements, over the 32,768 at which these kernels split; 7 rows and 91 slabs
+    /// before the last axis, neither a multiple of 3.
+    const SHAPE: [usize; 3] = [7, 13, 400];
+    const N: usize = 7 * 13 * 400;
+
+    /// The axes tried: the last (the row kernels), a middle one (strided lanes), the first (one
+    /// part), the last counted from the end.
+    const AXES: [i64; 4] = [2, 1, 0, -1];
+
+    /// Each lane of `SHAPE` along `axis`: its elements' flat indices.
+    fn lanes(axis: i64) -> Vec<Vec<usize>> {
+        let axis = axis.rem_euclid(3) as usize;
+        let a = SHAPE[axis];
+        let inner: usize = SHAPE[axis + 1..].iter().product();
+        let outer = N / (a * inner);
+        let lane = |o: usize, i: usize| (0..a).map(|j| (o * a + j) * inner + i).collect();
+        (0..outer)
+            .flat_map(|o| (0..inner).map(move |i| lane(o, i)))
+            .collect()
+    }
+
+    /// X in [-4, 4], with lanes that overflow exp unless the maximum is taken out first (1000
+    /// and 900 at the first two elements, which lead lanes along every axis) and a -inf
+    /// (probability 0).
+    fn x() -> Vec<f32> {
+        let mut x: Vec<f32> = rand(N, 1).iter().map(|v| 4.0 * v).collect();
+        x[..3].copy_from_slice(&[1000.0, 900.0, f32::NEG_INFINITY]);
+        x
+    }
+
+    /// Softmax of `x` along `axis` (log-softmax with `log`), in f64.
+    fn softmax(x: &[f32], axis: i64, log: bool) -> Vec<f64> {
+        let mut y = vec![0f64; N];
+        for lane in lanes(axis) {
+            let m = lane.iter().map(|&i| x[i] as f64).fold(f64::MIN, f64::max);
+            let s: f64 = lane.iter().map(|&i| (x[i] as f64 - m).exp()).sum();
+            for &i in &lane {
+                let z = x[i] as f64 - m;
+                y[i] = if log { z - s.ln() } else { z.exp() / s };
+            }
+        }
+        y
+    }
+
+    /// The lane's length: the f32 sums' chain (the exp's few ulps on top).
+    fn chain(axis: i64) -> usize {
+        SHAPE[axis.rem_euclid(3) as usize] + 4
+    }
+
+    #[test]
+    fn softmax_along_each_axis() {
+        let x = x();
+        for axis in AXES {
+            let y = softmax(&x, axis, false);
+            // Each output's error is relative to itself (a quotient of two rounded values).
+            let node = Node::new(SOFTMAX).attr(attr_int("axis", axis));
+            let node = node.input(&SHAPE, &x);
+            node.output_sums(&SHAPE, &y, &y, chain(axis)).check();
+        }
+    }
+
+    /// `op` along each axis, Y the softmax of X (log-softmax with `log`): `rule(dY, Y)` gives
+    /// each lane's dX and the magnitudes its error follows.
+    fn check_grad(op: &'static str, log: bool, rule: impl Fn(&[f64], &[f64]) -> Vec<(f64, f64)>) {
+        let dy = rand(N, 2);
+        for axis in AXES {
+            let y = f32s(&softmax(&x(), axis, log));
+            let (mut want, mut mags) = (vec![0f64; N], vec![0f64; N]);
+            for lane in lanes(axis) {
+                let of = |v: &[f32]| lane.iter().map(|&i| v[i] as f64).collect::<Vec<_>>();
+                for (&i, (w, m)) in lane.iter().zip(rule(&of(&dy), &of(&y))) {
+                    (want[i], mags[i]) = (w, m);
+                }
+            }
+            let node = Node::new(op).attr(attr_int("axis", axis));
+            let node = node.input(&SHAPE, &dy).input(&SHAPE, &y);
+            node.output_sums(&SHAPE, &want, &mags, chain(axis)).check();
+        }
+    }
+
+    #[test]
+    fn softmax_grad_along_each_axis() {
+        // dX = Y (dY - sum(dY Y)); the error follows Y (|dY| + sum |dY Y|).
+        check_grad(SOFTMAX_GRAD, false, |dy, y| {
+            let s: f64 = dy.iter().zip(y).map(|(g, p)| g * p).sum();
+            let m: f64 = dy.iter().zip(y).map(|(g, p)| (g * p).abs()).sum();
+            dy.iter()
+                .zip(y)
+                .map(|(g, p)| (p * (g - s), p * (g.abs() + m)))
+                .collect()
+        });
+    }
+
+    #[test]
+    fn log_softmax_grad_along_each_axis() {
+        // dX = dY - exp(Y) sum(dY); the error follows |dY| + exp(Y) sum |dY|.
+        check_grad(LOG_SOFTMAX_GRAD, true, |dy, y| {
+            let (s, m): (f64, f64) = (dy.iter().sum(), dy.iter().map(|g| g.abs()).sum());
+            let p = y.iter().map(|y| y.exp());
+            dy.iter()
+                .zip(p)
+                .map(|(g, p)| (g - p * s, g.abs() + p * m))
+                .collect()
+        });
+    }
+
+    #[test]
+    fn empty_tensors_and_checks() {
+        let one = |op| Node::new(op).attr(attr_int("axis", 1));
+        one(SOFTMAX)
+            .input(&[0, 5], &[])
+            .output(&[0, 5], &[], 0.0)
+            .check();
+        for op in [SOFTMAX_GRAD, LOG_SOFTMAX_GRAD] {
+            let node = one(op).input(&[0, 5], &[]).input(&[0, 5], &[]);
+            node.output(&[0, 5], &[], 0.0).check();
+            let node = one(op).input(&[2, 3], &[0.0; 6]).input(&[3, 2], &[0.0; 6]);
+            node.output(&[3, 2], &[0.0; 6], 0.0)
+                .fails("dY [2, 3] and Y [3, 2] differ");
+        }
+        let node = Node::new(SOFTMAX).attr(attr_int("axis", 2));
+        node.input(&[2, 3], &[0.0; 6])
+            .output(&[2, 3], &[0.0; 6], 0.0)
+            .fails("axis 2 out of range");
+    }
+}

@@ -86,3 +86,61 @@ fn transpose(a: &Perm, c: &Call) -> ort::Result<()> {
     })
     .map_err(|e| c.torch(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{f64s, rand, strides, Node};
+    use super::TRANSPOSE;
+    use crate::model::graph::attr_ints;
+
+    /// X of `xs` permuted by `perm`, in f64, and Y's shape.
+    fn permuted(x: &[f32], xs: &[usize], perm: &[usize]) -> (Vec<f64>, Vec<usize>) {
+        let ys: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
+        let (xst, yst) = (strides(xs), strides(&ys));
+        let want = (0..x.len())
+            .map(|i| {
+                let at: usize = (0..ys.len())
+                    .map(|d| i / yst[d] % ys[d] * xst[perm[d]])
+                    .sum();
+                x[at] as f64
+            })
+            .collect();
+        (want, ys)
+    }
+
+    fn node(perm: &[usize], xs: &[usize], x: &[f32]) -> Node {
+        let perm: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+        Node::new(TRANSPOSE)
+            .attr(attr_ints("perm", &perm))
+            .input(xs, x)
+    }
+
+    #[test]
+    fn permutes_with_and_without_the_last_axis() {
+        // 34,255 elements, over the 32,768 at which the kernel splits Y's first axis (5, 31, 17
+        // or 13 rows here, none a multiple of 3). The first two keep the last axis (copied
+        // in runs), the others move it (libtorch's copy).
+        let xs = [5, 13, 31, 17];
+        let x = rand(34_255, 1);
+        for perm in [[0, 2, 1, 3], [2, 0, 1, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+            let (want, ys) = permuted(&x, &xs, &perm);
+            node(&perm, &xs, &x).output(&ys, &want, 0.0).check();
+        }
+    }
+
+    #[test]
+    fn small_empty_and_invalid() {
+        let x = rand(6, 2);
+        node(&[0], &[6], &x).output(&[6], &f64s(&x), 0.0).check();
+        let (want, ys) = permuted(&x, &[2, 3], &[1, 0]);
+        node(&[1, 0], &[2, 3], &x).output(&ys, &want, 0.0).check();
+        node(&[1, 0], &[0, 4], &[])
+            .output(&[4, 0], &[], 0.0)
+            .check();
+        node(&[2, 0, 1], &[3, 0, 2], &[])
+            .output(&[2, 3, 0], &[], 0.0)
+            .check();
+        let n = node(&[0, 0], &[2, 3], &x).output(&[2, 2], &[0.0; 4], 0.0);
+        n.fails("perm [0, 0] for X [2, 3]");
+    }
+}
