@@ -15,7 +15,8 @@ fn check(src: &Path) -> (bool, String) {
         .arg(src)
         .output()
         .expect("running scripts/check_layout.py (./setup.sh installs .venv)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -52,7 +53,10 @@ fn checker_sees_a_planted_cycle_and_a_long_file() {
     let (ok, text) = check(src);
     assert!(!ok, "{text}");
     assert!(text.contains("module cycle: a <-> b"), "{text}");
-    assert!(text.contains("file cycle of 2: a/x.rs -> b/y.rs, b/y.rs -> a/x.rs"), "{text}");
+    assert!(
+        text.contains("file cycle of 2: a/x.rs -> b/y.rs, b/y.rs -> a/x.rs"),
+        "{text}"
+    );
     assert!(text.contains("b/y.rs: 902 lines"), "{text}");
     assert!(!text.contains("b/mod.rs ->"), "test code counted: {text}");
 }

@@ -1,6 +1,6 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
-use super::flags::{command_line, non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
+use super::flags::{non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
 
@@ -159,14 +159,8 @@ impl GradArgs {
             }
             (EngineArg::Torch, device) => Engine::Torch(device.into()),
         };
-        let c = self.common;
         Ok(GradPlan {
-            model: c.model,
-            checkpoints: c.ckpt,
-            data: c.data,
-            limit: c.limit.map(|l| l as usize),
-            batch: c.batch as usize,
-            loss: c.loss.into(),
+            pass: self.common.pass(quiet),
             weight_decay: self.weight_decay,
             save_grad: self.save_grad,
             bn_train: self.bn == Bn::Train,
@@ -195,11 +189,6 @@ impl GradArgs {
                     params: self.hessian_params.clone(),
                     seed: self.hessian_seed,
                 }),
-            threads: c.threads.count(),
-            out: c.out,
-            force: c.force,
-            quiet,
-            command_line: command_line(),
         })
     }
 }
@@ -241,6 +230,6 @@ pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
         )
     };
     probe::measure::grad::run(&plan, print)?;
-    wrote(quiet, &plan.out);
+    wrote(quiet, &plan.pass.out);
     Ok(())
 }

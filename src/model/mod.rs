@@ -17,7 +17,7 @@ pub mod graph;
 mod onnx;
 
 pub use checkpoint::Checkpoint;
+pub(crate) use onnx::file_kind;
 pub use onnx::{
     checked_shape, decode_tensor, fmt_dims, sha256_file, Dim, Model, ParamInfo, Role, ValueSpec,
 };
-pub(crate) use onnx::file_kind;
