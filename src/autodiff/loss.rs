@@ -8,6 +8,7 @@
 //! total element count, so the reported loss is the mean over every target element of the data set.
 use crate::data::check::Targets;
 use crate::model::graph::{attr_int, attr_ints, Builder};
+use crate::tensor::DType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
@@ -29,6 +30,14 @@ impl LossKind {
         match self {
             LossKind::CrossEntropy => Targets::ClassIds,
             LossKind::Mse => Targets::Real,
+        }
+    }
+
+    /// The type of the targets the loss head reads: class ids, or real values.
+    pub fn target_dtype(self) -> DType {
+        match self {
+            LossKind::CrossEntropy => DType::I64,
+            LossKind::Mse => DType::F32,
         }
     }
 }

@@ -34,13 +34,13 @@ pub fn evaluate(
     progress: &mut Progress,
 ) -> Result<EvalResult> {
     let t0 = std::time::Instant::now();
-    let state = state_arrays(&graph.state, ckpt)?;
+    let state = state_arrays(&graph.inputs.state, ckpt)?;
     let spec = data.spec().clone();
     let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
     for (start, count) in batches(spec.len, batch) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        let inputs = feed(&graph.input, &graph.target, &b, &graph.state, &state)?;
+        let inputs = feed(&graph.inputs, &b, &state)?;
         let out = session.run(inputs).map_err(|e| {
             anyhow!(
                 "{}: ONNX Runtime failed on samples {}..{}: {e}",
