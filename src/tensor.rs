@@ -98,6 +98,15 @@ pub struct HostTensor {
     pub values: Values,
 }
 
+/// Every `N`-byte element of `bytes` (whole elements only: the caller checks the length),
+/// converted by `f`.
+fn decode<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| f(c.try_into().unwrap()))
+        .collect()
+}
+
 impl HostTensor {
     pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> HostTensor {
         HostTensor {
@@ -134,50 +143,15 @@ impl HostTensor {
             );
         }
         let values = match dtype {
-            DType::F32 => Values::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::F64 => Values::F32(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-            ),
-            DType::F16 => Values::F32(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            DType::BF16 => Values::F32(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            DType::I64 => Values::I64(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::I32 => Values::I64(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                    .collect(),
-            ),
-            DType::I16 => Values::I64(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-                    .collect(),
-            ),
-            DType::I8 => Values::I64(bytes.iter().map(|&b| b as i8 as i64).collect()),
-            DType::U8 | DType::Bool => Values::I64(bytes.iter().map(|&b| b as i64).collect()),
+            DType::F32 => Values::F32(decode(bytes, f32::from_le_bytes)),
+            DType::F64 => Values::F32(decode(bytes, |b| f64::from_le_bytes(b) as f32)),
+            DType::F16 => Values::F32(decode(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
+            DType::BF16 => Values::F32(decode(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
+            DType::I64 => Values::I64(decode(bytes, i64::from_le_bytes)),
+            DType::I32 => Values::I64(decode(bytes, |b| i32::from_le_bytes(b) as i64)),
+            DType::I16 => Values::I64(decode(bytes, |b| i16::from_le_bytes(b) as i64)),
+            DType::I8 => Values::I64(decode(bytes, |[b]| b as i8 as i64)),
+            DType::U8 | DType::Bool => Values::I64(decode(bytes, |[b]| b as i64)),
         };
         Ok(HostTensor {
             shape,
@@ -188,5 +162,46 @@ impl HostTensor {
     pub fn to_array_f32(&self) -> Option<ArrayD<f32>> {
         self.as_f32()
             .map(|v| ArrayD::from_shape_vec(IxDyn(&self.shape), v.to_vec()).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two elements of `dtype`, little-endian, decoded.
+    fn decoded(dtype: DType, bytes: Vec<u8>) -> HostTensor {
+        HostTensor::from_le_bytes(dtype, vec![2], &bytes).unwrap()
+    }
+
+    #[test]
+    fn every_dtype_decodes_from_little_endian_bytes() {
+        let cat = |a: &[u8], b: &[u8]| [a, b].concat();
+        let float = |d, bytes| decoded(d, bytes).as_f32().unwrap().to_vec();
+        let int = |d, bytes| decoded(d, bytes).as_i64().unwrap().to_vec();
+        let f32s = cat(&1.5f32.to_le_bytes(), &(-2.25f32).to_le_bytes());
+        assert_eq!(float(DType::F32, f32s), [1.5, -2.25]);
+        let f64s = cat(&1.5f64.to_le_bytes(), &(-2.25f64).to_le_bytes());
+        assert_eq!(float(DType::F64, f64s), [1.5, -2.25]);
+        let f16s = cat(
+            &half::f16::from_f32(1.5).to_le_bytes(),
+            &half::f16::from_f32(-2.25).to_le_bytes(),
+        );
+        assert_eq!(float(DType::F16, f16s), [1.5, -2.25]);
+        let bf16s = cat(
+            &half::bf16::from_f32(1.5).to_le_bytes(),
+            &half::bf16::from_f32(-2.25).to_le_bytes(),
+        );
+        assert_eq!(float(DType::BF16, bf16s), [1.5, -2.25]);
+        let i64s = cat(&(1i64 << 40).to_le_bytes(), &(-3i64).to_le_bytes());
+        assert_eq!(int(DType::I64, i64s), [1 << 40, -3]);
+        let i32s = cat(&70000i32.to_le_bytes(), &(-3i32).to_le_bytes());
+        assert_eq!(int(DType::I32, i32s), [70000, -3]);
+        let i16s = cat(&300i16.to_le_bytes(), &(-3i16).to_le_bytes());
+        assert_eq!(int(DType::I16, i16s), [300, -3]);
+        assert_eq!(int(DType::I8, vec![5, 0xfd]), [5, -3]);
+        assert_eq!(int(DType::U8, vec![5, 0xfd]), [5, 253]);
+        assert_eq!(int(DType::Bool, vec![0, 1]), [0, 1]);
+        assert!(HostTensor::from_le_bytes(DType::F32, vec![2], &[0; 7]).is_err());
     }
 }

@@ -12,7 +12,7 @@
 //!    outputs into contributions to its inputs' gradients; a value used several times sums its
 //!    contributions (`Sum`).
 //! Sequence values (SplitToSequence -> SequenceAt) carry gradients by position.
-use crate::model::graph::{attr_tensor, Builder};
+use crate::model::graph::{attr_tensor, describe, Builder, Lacking};
 pub use crate::ops::rule::{const_ints, constants, Kernels};
 use crate::ops::rule::{Ctx, Shapes, SEQUENCE_OPS};
 use anyhow::{anyhow, Result};
@@ -27,17 +27,6 @@ pub struct Diff {
     /// Optional outputs some rules need the forward nodes to produce: (node index, output slot,
     /// name).
     pub forward_outputs: Vec<(usize, usize, String)>,
-}
-
-fn describe(n: &NodeProto) -> String {
-    if n.name.is_empty() {
-        format!(
-            "output '{}'",
-            n.output.first().map(|s| s.as_str()).unwrap_or("")
-        )
-    } else {
-        format!("'{}'", n.name)
-    }
 }
 
 /// The reverse sweep in standard ONNX ops ([`differentiate_with`] [`Kernels::Standard`]).
@@ -120,7 +109,7 @@ pub fn differentiate_as(
         }
     }
     // 3. every node on the path has a rule.
-    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut missing = Lacking::default();
     for (k, n) in graph.node.iter().enumerate() {
         if !on_path[k] {
             continue;
@@ -132,19 +121,11 @@ pub fn differentiate_as(
                 _ => continue,
             },
         };
-        missing
-            .entry(format!("{} ({why})", n.op_type))
-            .or_default()
-            .push(describe(n));
+        missing.add(format!("{} ({why})", n.op_type), n);
     }
-    if !missing.is_empty() {
-        let list: Vec<String> = missing
-            .into_iter()
-            .map(|(op, nodes)| format!("{op} at {}", nodes.join(", ")))
-            .collect();
+    if let Some(list) = missing.list() {
         return Err(crate::error::input(format!(
-            "cannot differentiate the graph: {}",
-            list.join("; ")
+            "cannot differentiate the graph: {list}"
         )));
     }
 

@@ -71,13 +71,7 @@ pub fn hvp_graph(
     let feeds: Vec<Feed> = samples
         .iter()
         .map(|(x, t)| {
-            let mut f: Feed = vec![
-                (gg.input.clone(), x.clone()),
-                (gg.target.clone(), t.clone()),
-            ];
-            for s in &gg.state {
-                f.push((s.clone(), own[s].clone()));
-            }
+            let mut f = gg.inputs.feed(x, t, &own);
             for (p, v) in &dirs {
                 let w = &own[p];
                 let n = w.numel();

@@ -1,20 +1,43 @@
-//! Lifting a model's state to graph inputs and appending the loss head: the evaluation graph.
-use super::loss::{self, LossKind};
+//! Lifting a model's state to graph inputs and appending the loss head: the evaluation graph,
+//! and what the gradient graphs built on it are fed.
+use super::loss::{self, Head, LossKind};
+use super::shapes::Feed;
 use crate::model::graph::{value_info, Builder};
 use crate::model::Model;
-use crate::tensor::DType;
+use crate::tensor::{DType, HostTensor};
 use anyhow::Result;
-use onnx_protobuf::ModelProto;
+use onnx_protobuf::{GraphProto, ModelProto};
+use std::collections::BTreeMap;
 
-/// The graph `probe eval` runs, and the order of what it is fed.
-pub struct EvalGraph {
-    pub proto: ModelProto,
+/// What a graph with its state lifted is fed, by input name.
+#[derive(Debug, Clone)]
+pub struct Inputs {
     /// The data input's name (as in the model).
-    pub input: String,
+    pub data: String,
     /// The targets' input name.
     pub target: String,
     /// State tensors fed per checkpoint, in the order they are graph inputs.
     pub state: Vec<String>,
+}
+
+impl Inputs {
+    /// The feed of one shape-observing run: data `x`, targets `t`, and the state `own`.
+    pub fn feed(&self, x: &HostTensor, t: &HostTensor, own: &BTreeMap<String, HostTensor>) -> Feed {
+        let mut f: Feed = vec![
+            (self.data.clone(), x.clone()),
+            (self.target.clone(), t.clone()),
+        ];
+        for s in &self.state {
+            f.push((s.clone(), own[s].clone()));
+        }
+        f
+    }
+}
+
+/// The graph `probe eval` runs, and what it is fed.
+pub struct EvalGraph {
+    pub proto: ModelProto,
+    pub inputs: Inputs,
     pub loss: String,
     pub correct: Option<String>,
 }
@@ -22,8 +45,10 @@ pub struct EvalGraph {
 pub const TARGET: &str = "probe/target";
 
 /// Moves every state initializer of `model` to the graph's inputs (keeping its name, type and
-/// shape) and removes the rest of what the caller does not need.
-pub fn lift_state(model: &Model) -> Result<(ModelProto, Vec<String>)> {
+/// shape) and removes the rest of what the caller does not need; the inputs' targets are
+/// [`TARGET`], which [`loss_head`] declares.
+pub fn lift_state(model: &Model) -> Result<(ModelProto, Inputs)> {
+    let data = model.data_input()?.name.clone();
     let mut proto = model.proto.clone();
     let g = proto.graph.as_mut().unwrap();
     let mut state = Vec::new();
@@ -50,14 +75,38 @@ pub fn lift_state(model: &Model) -> Result<(ModelProto, Vec<String>)> {
         let dims: Vec<Option<i64>> = p.shape.iter().map(|&d| Some(d as i64)).collect();
         g.input.push(value_info(&p.name, DType::F32, &dims, "N"));
     }
-    Ok((proto, state))
+    let target = TARGET.into();
+    Ok((
+        proto,
+        Inputs {
+            data,
+            target,
+            state,
+        },
+    ))
+}
+
+/// Declares the target input [`TARGET`] of `g` (rank `target_rank`, the type `kind` takes),
+/// clears `g`'s outputs and writes the loss head after the model's output into the returned
+/// builder, whose nodes the caller appends to `g` once it has added its own.
+pub(super) fn loss_head(
+    model: &Model,
+    g: &mut GraphProto,
+    kind: LossKind,
+    target_rank: usize,
+) -> (Builder, Head) {
+    let mut b = Builder::new("probe/loss");
+    let head = loss::append(&mut b, &model.outputs[0].name, TARGET, kind);
+    let dims = vec![None; target_rank];
+    g.input
+        .push(value_info(TARGET, kind.target_dtype(), &dims, "N"));
+    g.output.clear();
+    (b, head)
 }
 
 /// The forward graph with its state as inputs, a target input, and the loss head as outputs.
 pub fn eval_graph(model: &Model, kind: LossKind, target_rank: usize) -> Result<EvalGraph> {
-    let input = model.data_input()?.name.clone();
-    let output = model.outputs[0].name.clone();
-    let (mut proto, state) = lift_state(model)?;
+    let (mut proto, inputs) = lift_state(model)?;
     // Loss heads need opset >= 13 (Unsqueeze/Reshape with tensor axes, GatherElements).
     if model.opset() < 13 {
         return Err(crate::error::input(format!(
@@ -66,17 +115,9 @@ pub fn eval_graph(model: &Model, kind: LossKind, target_rank: usize) -> Result<E
             model.opset()
         )));
     }
-    let mut b = Builder::new("probe/loss");
-    let head = loss::append(&mut b, &output, TARGET, kind);
     let g = proto.graph.as_mut().unwrap();
-    let tdtype = match kind {
-        LossKind::CrossEntropy => DType::I64,
-        LossKind::Mse => DType::F32,
-    };
-    g.input
-        .push(value_info(TARGET, tdtype, &vec![None; target_rank], "N"));
+    let (b, head) = loss_head(model, g, kind, target_rank);
     g.node.extend(b.nodes);
-    g.output.clear();
     g.output
         .push(value_info(&head.loss, DType::F32, &[None], "M"));
     if let Some(c) = &head.correct {
@@ -84,9 +125,7 @@ pub fn eval_graph(model: &Model, kind: LossKind, target_rank: usize) -> Result<E
     }
     Ok(EvalGraph {
         proto,
-        input,
-        target: TARGET.into(),
-        state,
+        inputs,
         loss: head.loss,
         correct: head.correct,
     })

@@ -6,7 +6,9 @@
 //! maximum, as `torch.argmax` does). Squared error for real targets: `l = (z - t)^2` per element.
 //! Both are emitted per element, flattened to [M]; the caller sums them in f64 and divides by the
 //! total element count, so the reported loss is the mean over every target element of the data set.
+use crate::data::check::Targets;
 use crate::model::graph::{attr_int, attr_ints, Builder};
+use crate::tensor::DType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
@@ -19,6 +21,23 @@ impl LossKind {
         match self {
             LossKind::CrossEntropy => "cross_entropy",
             LossKind::Mse => "mse",
+        }
+    }
+
+    /// What the loss needs of the targets: cross-entropy takes class ids, squared error real
+    /// values.
+    pub fn targets(self) -> Targets {
+        match self {
+            LossKind::CrossEntropy => Targets::ClassIds,
+            LossKind::Mse => Targets::Real,
+        }
+    }
+
+    /// The type of the targets the loss head reads: class ids, or real values.
+    pub fn target_dtype(self) -> DType {
+        match self {
+            LossKind::CrossEntropy => DType::I64,
+            LossKind::Mse => DType::F32,
         }
     }
 }

@@ -6,10 +6,10 @@
 //! [`Kernels::ProbeCpu`] some rules emit probe's own CPU ops instead (`probe grad`'s fast path,
 //! which only probe's sessions run).
 use super::grad::{apply_forward_outputs, differentiate_with, Kernels};
-use super::lift::{lift_state, TARGET};
-use super::loss::{self, LossKind};
+use super::lift::{lift_state, loss_head, Inputs};
+use super::loss::LossKind;
 use super::shapes::{Feed, Shapes};
-use crate::model::graph::{attr_int, value_info, Builder};
+use crate::model::graph::{attr_int, value_info};
 use crate::model::Model;
 use crate::tensor::{DType, HostTensor, Values};
 use anyhow::{Context, Result};
@@ -28,10 +28,7 @@ pub struct GradOptions {
 
 pub struct GradGraph {
     pub proto: ModelProto,
-    pub input: String,
-    pub target: String,
-    /// State fed per checkpoint, in input order.
-    pub state: Vec<String>,
+    pub inputs: Inputs,
     pub loss_sum: String,
     pub correct_sum: Option<String>,
     /// (parameter, gradient output), in the model's order.
@@ -104,9 +101,7 @@ pub fn grad_graph(
     opts: &GradOptions,
     samples: &[(HostTensor, HostTensor)],
 ) -> Result<GradGraph> {
-    let input = model.data_input()?.name.clone();
-    let output = model.outputs[0].name.clone();
-    let (mut proto, state) = lift_state(model)?;
+    let (mut proto, inputs) = lift_state(model)?;
     if model.opset() < 15 && opts.bn_train {
         return Err(crate::error::input(format!(
             "{}: --bn train needs opset >= 15 (BatchNormalization's training_mode)",
@@ -140,8 +135,8 @@ pub fn grad_graph(
             n.output.push(format!("{y}/running_var"));
         }
     }
-    let mut b = Builder::new("probe/loss");
-    let head = loss::append(&mut b, &output, TARGET, opts.loss);
+    let target_rank = samples.first().map(|s| s.1.shape.len()).unwrap_or(1);
+    let (mut b, head) = loss_head(model, g, opts.loss, target_rank);
     let ls = b.op("ReduceSum", &[&head.loss], vec![attr_int("keepdims", 0)]);
     b.nodes.push(identity(&ls, LOSS_SUM));
     let mut correct_sum = None;
@@ -150,15 +145,7 @@ pub fn grad_graph(
         b.nodes.push(identity(&cs, CORRECT_SUM));
         correct_sum = Some(CORRECT_SUM.to_string());
     }
-    let target_rank = samples.first().map(|s| s.1.shape.len()).unwrap_or(1);
-    let tdtype = match opts.loss {
-        LossKind::CrossEntropy => DType::I64,
-        LossKind::Mse => DType::F32,
-    };
-    g.input
-        .push(value_info(TARGET, tdtype, &vec![None; target_rank], "N"));
     g.node.extend(b.nodes);
-    g.output.clear();
     g.output.push(value_info(LOSS_SUM, DType::F32, &[], "N"));
     if let Some(c) = &correct_sum {
         g.output.push(value_info(c, DType::F32, &[], "N"));
@@ -168,13 +155,7 @@ pub fn grad_graph(
     let own = model.own_state()?;
     let feeds: Vec<Feed> = samples
         .iter()
-        .map(|(x, t)| {
-            let mut f: Feed = vec![(input.clone(), x.clone()), (TARGET.to_string(), t.clone())];
-            for s in &state {
-                f.push((s.clone(), own[s].clone()));
-            }
-            f
-        })
+        .map(|(x, t)| inputs.feed(x, t, &own))
         .collect();
     let mut shapes = Shapes::observe(&proto, &feeds)?;
     let g = proto.graph.as_mut().unwrap();
@@ -192,9 +173,7 @@ pub fn grad_graph(
     }
     Ok(GradGraph {
         proto,
-        input,
-        target: TARGET.into(),
-        state,
+        inputs,
         loss_sum: LOSS_SUM.into(),
         correct_sum,
         grads,

@@ -1,7 +1,7 @@
 //! `probe eval`: its flags, their plan, and the table of one row per checkpoint.
-use super::flags::{command_line, wrote, Common};
+use super::flags::{wrote, Common};
 use clap::Args;
-use probe::measure::eval::{EvalPlan, EvalRow};
+use probe::measure::eval::EvalRow;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -9,29 +9,9 @@ pub struct EvalArgs {
     pub common: Common,
 }
 
-impl EvalArgs {
-    /// The checked plan.
-    pub fn plan(self, quiet: bool) -> EvalPlan {
-        let c = self.common;
-        EvalPlan {
-            model: c.model,
-            checkpoints: c.ckpt,
-            data: c.data,
-            limit: c.limit.map(|l| l as usize),
-            batch: c.batch as usize,
-            loss: c.loss.into(),
-            threads: c.threads.count(),
-            out: c.out,
-            force: c.force,
-            quiet,
-            command_line: command_line(),
-        }
-    }
-}
-
 /// Evaluates every checkpoint, printing a row as each completes.
 pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
-    let plan = args.plan(quiet);
+    let plan = args.common.pass(quiet);
     println!(
         "{:>8}  {:>12}  {:>9}  {:>8}  {:>7}  checkpoint",
         "step", "loss", "accuracy", "samples", "seconds"

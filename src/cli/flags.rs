@@ -2,6 +2,7 @@
 //! BatchNorm and device choices, the value parsers of numeric flags, and the helpers every
 //! subcommand's run step uses.
 use clap::{Args, ValueEnum};
+use probe::measure::setup::Pass;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -36,6 +37,25 @@ pub struct Common {
     /// Replace --out if it holds results of another run.
     #[arg(long)]
     pub force: bool,
+}
+
+impl Common {
+    /// What the pass is asked, whatever it measures.
+    pub fn pass(self, quiet: bool) -> Pass {
+        Pass {
+            model: self.model,
+            checkpoints: self.ckpt,
+            data: self.data,
+            limit: self.limit.map(|l| l as usize),
+            batch: self.batch as usize,
+            loss: self.loss.into(),
+            threads: self.threads.count(),
+            out: self.out,
+            force: self.force,
+            quiet,
+            command_line: command_line(),
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

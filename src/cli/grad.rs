@@ -1,8 +1,10 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
-use super::flags::{command_line, non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
+use super::flags::{non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
+use probe::measure::hessian::HessianOptions;
+use probe::measure::noise::NoiseOptions;
 
 #[derive(Args, Debug)]
 pub struct GradArgs {
@@ -32,33 +34,40 @@ pub struct GradArgs {
     /// Where --engine torch computes: cpu, or cuda (where libtorch sees a GPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
+    /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
+    /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
+    #[arg(long)]
+    pub standard_ops: bool,
 
+    // Last: flags declared after it would be listed under its heading.
+    #[command(flatten)]
+    pub noise_and_curvature: NoiseAndCurvature,
+}
+
+/// The flags of `--noise` and `--hessian`, under their own heading.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Noise and curvature")]
+pub struct NoiseAndCurvature {
     /// Gradient noise: mean over the --batch minibatches of |g_b|^2 and |g_b - g|^2 (same pass),
     /// and the trace of the per-sample gradient covariance tr(Sigma) (a second pass, one sample
     /// at a time), with B_noise = tr(Sigma)/|g|^2. Exact, not sampled.
-    #[arg(long, help_heading = "Noise and curvature")]
+    #[arg(long)]
     pub noise: bool,
     /// Per-sample part of --noise over the first N samples only (0: skip it). Default: all.
-    #[arg(
-        long,
-        value_name = "N",
-        help_heading = "Noise and curvature",
-        requires = "noise",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, value_name = "N", requires = "noise", allow_hyphen_values = true)]
     pub noise_samples: Option<u64>,
     /// Curvature from exact Hessian-vector products (the gradient graph differentiated again):
     /// top and bottom eigenvalue by Lanczos, directional sharpness g'Hg/|g|^2, Hutchinson trace
     /// with its standard error, per parameter block. Costs about
     /// (--hessian-iters + --hutchinson + 1) passes over --hessian-samples, each about 4-5x a
     /// gradient pass (measured on the shipped ResNet), per checkpoint.
-    #[arg(long, help_heading = "Noise and curvature")]
+    #[arg(long)]
     pub hessian: bool,
     /// Hessian of the mean loss over the first N samples, N >= 1 (default: all).
     #[arg(
         long,
         value_name = "N",
-        help_heading = "Noise and curvature",
         requires = "hessian",
         value_parser = clap::value_parser!(u64).range(1..),
         allow_hyphen_values = true
@@ -69,7 +78,6 @@ pub struct GradArgs {
         long,
         value_name = "K",
         default_value_t = 30,
-        help_heading = "Noise and curvature",
         value_parser = whole_in::<1, 10_000>,
         allow_hyphen_values = true
     )]
@@ -80,7 +88,6 @@ pub struct GradArgs {
         long,
         value_name = "TOL",
         default_value_t = 1e-4,
-        help_heading = "Noise and curvature",
         value_parser = non_negative,
         allow_hyphen_values = true
     )]
@@ -90,34 +97,38 @@ pub struct GradArgs {
         long,
         value_name = "M",
         default_value_t = 10,
-        help_heading = "Noise and curvature",
         value_parser = whole_in::<1, 10_000>,
         allow_hyphen_values = true
     )]
     pub hutchinson: usize,
     /// Restrict the Hessian to these parameters (comma-separated initializer names): the block
     /// H_BB, e.g. one layer's curvature. Default: all trainable parameters.
-    #[arg(
-        long,
-        value_name = "P,..",
-        value_delimiter = ',',
-        help_heading = "Noise and curvature",
-        requires = "hessian"
-    )]
+    #[arg(long, value_name = "P,..", value_delimiter = ',', requires = "hessian")]
     pub hessian_params: Option<Vec<String>>,
     /// Seed of the Lanczos start and the Hutchinson probes (the same at every checkpoint).
-    #[arg(
-        long,
-        default_value_t = 0,
-        help_heading = "Noise and curvature",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub hessian_seed: u64,
-    /// With the ONNX Runtime engine: build the gradient graph from standard ONNX ops only (as
-    /// `probe autodiff` writes it), instead of probe's CPU kernels for convolution gradients
-    /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
-    #[arg(long)]
-    pub standard_ops: bool,
+}
+
+impl NoiseAndCurvature {
+    /// `--noise` and its options.
+    fn noise(&self) -> Option<NoiseOptions> {
+        self.noise.then(|| NoiseOptions {
+            samples: self.noise_samples.map(|n| n as usize),
+        })
+    }
+
+    /// `--hessian` and its options.
+    fn hessian(&self) -> Option<HessianOptions> {
+        self.hessian.then(|| HessianOptions {
+            samples: self.hessian_samples.map(|n| n as usize),
+            iters: self.hessian_iters,
+            tol: self.hessian_tol,
+            probes: self.hutchinson,
+            params: self.hessian_params.clone(),
+            seed: self.hessian_seed,
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,14 +170,8 @@ impl GradArgs {
             }
             (EngineArg::Torch, device) => Engine::Torch(device.into()),
         };
-        let c = self.common;
         Ok(GradPlan {
-            model: c.model,
-            checkpoints: c.ckpt,
-            data: c.data,
-            limit: c.limit.map(|l| l as usize),
-            batch: c.batch as usize,
-            loss: c.loss.into(),
+            pass: self.common.pass(quiet),
             weight_decay: self.weight_decay,
             save_grad: self.save_grad,
             bn_train: self.bn == Bn::Train,
@@ -182,24 +187,8 @@ impl GradArgs {
             } else {
                 OnNonFinite::Continue
             },
-            noise: self.noise.then(|| probe::measure::noise::NoiseOptions {
-                samples: self.noise_samples.map(|n| n as usize),
-            }),
-            hessian: self
-                .hessian
-                .then(|| probe::measure::hessian::HessianOptions {
-                    samples: self.hessian_samples.map(|n| n as usize),
-                    iters: self.hessian_iters,
-                    tol: self.hessian_tol,
-                    probes: self.hutchinson,
-                    params: self.hessian_params.clone(),
-                    seed: self.hessian_seed,
-                }),
-            threads: c.threads.count(),
-            out: c.out,
-            force: c.force,
-            quiet,
-            command_line: command_line(),
+            noise: self.noise_and_curvature.noise(),
+            hessian: self.noise_and_curvature.hessian(),
         })
     }
 }
@@ -241,6 +230,6 @@ pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
         )
     };
     probe::measure::grad::run(&plan, print)?;
-    wrote(quiet, &plan.out);
+    wrote(quiet, &plan.pass.out);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! Each batch's graph run returns the per-element loss and correctness in f32; they are summed in
 //! f64 here, so the mean over N (or N*T) elements carries no accumulated f32 rounding.
 use super::check::{targets_in_range, Fit};
-use super::setup::{self, Setup};
+use super::setup::{self, Pass, Setup};
 use crate::autodiff::EvalGraph;
 use crate::data::{batches, Dataset};
 use crate::model::Checkpoint;
@@ -34,13 +34,13 @@ pub fn evaluate(
     progress: &mut Progress,
 ) -> Result<EvalResult> {
     let t0 = std::time::Instant::now();
-    let state = state_arrays(&graph.state, ckpt)?;
+    let state = state_arrays(&graph.inputs.state, ckpt)?;
     let spec = data.spec().clone();
     let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
     for (start, count) in batches(spec.len, batch) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        let inputs = feed(&graph.input, &graph.target, &b, &graph.state, &state)?;
+        let inputs = feed(&graph.inputs, &b, &state)?;
         let out = session.run(inputs).map_err(|e| {
             anyhow!(
                 "{}: ONNX Runtime failed on samples {}..{}: {e}",
@@ -84,22 +84,6 @@ pub fn evaluate(
     })
 }
 
-/// Everything `probe eval` needs, checked before any work starts.
-pub struct EvalPlan {
-    pub model: std::path::PathBuf,
-    /// Empty: the model's own initializers.
-    pub checkpoints: Vec<std::path::PathBuf>,
-    pub data: String,
-    pub limit: Option<usize>,
-    pub batch: usize,
-    pub loss: crate::autodiff::LossKind,
-    pub threads: usize,
-    pub out: std::path::PathBuf,
-    pub force: bool,
-    pub quiet: bool,
-    pub command_line: String,
-}
-
 /// One printed and stored row.
 pub struct EvalRow {
     pub path: String,
@@ -110,24 +94,10 @@ pub struct EvalRow {
 /// Runs `probe eval`: every checkpoint over the whole data set, one HDF5 row each; checkpoints
 /// already complete in `out` (same file, same hash) are skipped. `on_row` sees each row as it
 /// is committed.
-pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
+pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
     use crate::store::{Cell, Store};
-    let setup = setup::setup(
-        &plan.model,
-        &plan.checkpoints,
-        &plan.data,
-        plan.limit,
-        plan.loss,
-        plan.quiet,
-    )?;
-    let info = setup.run_info(
-        "eval",
-        &plan.command_line,
-        &plan.model,
-        plan.batch,
-        plan.loss,
-        Default::default(),
-    );
+    let setup = setup::setup(plan)?;
+    let info = setup.run_info("eval", plan, Default::default());
     let Setup {
         model,
         mut data,
@@ -143,7 +113,7 @@ pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<Eval
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
         for c in &ckpts {
-            if !setup::pending(c, &done, &plan.out, plan.quiet) {
+            if !setup::pending(c, &done, plan) {
                 continue;
             }
             let (path, label) = (c.path.display().to_string(), setup::label(c));

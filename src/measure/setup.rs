@@ -1,13 +1,29 @@
-//! What every measurement starts from: the model, the data fitted to it and the checkpoints,
-//! read and checked before the first batch; which checkpoints a results file still needs; and
-//! the run's identity as the results file records it.
+//! What every measurement starts from: what a pass over checkpoints is asked, the model, the
+//! data fitted to it and the checkpoints, read and checked before the first batch; and which
+//! checkpoints a results file still needs.
 use crate::autodiff::LossKind;
 use crate::data::{Dataset, Spec};
 use crate::model::{Checkpoint, Model};
 use crate::store::RunInfo;
 use anyhow::Result;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+/// What a pass over checkpoints (`probe eval`, `probe grad`) is asked, whatever it measures.
+pub struct Pass {
+    pub model: PathBuf,
+    /// Empty: the model's own initializers.
+    pub checkpoints: Vec<PathBuf>,
+    pub data: String,
+    pub limit: Option<usize>,
+    pub batch: usize,
+    pub loss: LossKind,
+    pub threads: usize,
+    pub out: PathBuf,
+    pub force: bool,
+    pub quiet: bool,
+    pub command_line: String,
+}
 
 /// What every measurement starts from, all checked before the first batch runs: the model, the
 /// data (fitted to the model's input), and every checkpoint read and matched against the model
@@ -20,32 +36,25 @@ pub struct Setup {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-pub fn setup(
-    model: &Path,
-    checkpoints: &[PathBuf],
-    data: &str,
-    limit: Option<usize>,
-    loss: LossKind,
-    quiet: bool,
-) -> Result<Setup> {
-    let model = Model::load(model)?;
+pub fn setup(pass: &Pass) -> Result<Setup> {
+    let model = Model::load(&pass.model)?;
     let hint = crate::data::Hint {
         x_shape: model.data_input()?.sample_shape(),
     };
-    let mut data = crate::data::open(data, &hint)?;
-    if let Some(l) = limit {
+    let mut data = crate::data::open(&pass.data, &hint)?;
+    if let Some(l) = pass.limit {
         data = Box::new(crate::data::Limited::new(data, l));
     }
     let spec = data.spec().clone();
-    let fit = super::check::data_fits_model(&model, &spec, loss)?;
+    let fit = super::check::data_fits_model(&model, &spec, pass.loss)?;
     // The --ckpt paths as a set: expanded, optimizer state skipped, read, deduped, in step order.
-    let (checkpoints, notes) = if checkpoints.is_empty() {
+    let (checkpoints, notes) = if pass.checkpoints.is_empty() {
         (vec![Checkpoint::from_model(&model)?], vec![])
     } else {
-        let set = crate::model::checkpoint_set::load(checkpoints, &model)?;
+        let set = crate::model::checkpoint_set::load(&pass.checkpoints, &model)?;
         (set.checkpoints, set.notes)
     };
-    if !quiet {
+    if !pass.quiet {
         for n in &notes {
             eprintln!("note: {n}");
         }
@@ -64,18 +73,17 @@ pub fn setup(
     })
 }
 
-/// Whether checkpoint `c` still has to be measured into `out` (its path and hash are not among
-/// the rows `done` there); says `skip:` on stderr when not.
+/// Whether checkpoint `c` still has to be measured into the pass's `out` (its path and hash are
+/// not among the rows `done` there); says `skip:` on stderr when not.
 pub fn pending(
     c: &Checkpoint,
     done: &std::collections::HashSet<(String, String)>,
-    out: &Path,
-    quiet: bool,
+    pass: &Pass,
 ) -> bool {
     let path = c.path.display().to_string();
     if done.contains(&(path.clone(), c.sha256.clone())) {
-        if !quiet {
-            eprintln!("skip: {path} is already complete in {}", out.display());
+        if !pass.quiet {
+            eprintln!("skip: {path} is already complete in {}", pass.out.display());
         }
         return false;
     }
@@ -91,27 +99,17 @@ pub fn label(c: &Checkpoint) -> String {
 }
 
 impl Setup {
-    /// The results file's identity for this run (see `docs/schema.md`): the command, the model
-    /// (path as given, and hash), the data, the batch size, the loss, and `extra` attributes.
-    pub fn run_info(
-        &self,
-        command: &str,
-        command_line: &str,
-        model_path: &Path,
-        batch: usize,
-        loss: LossKind,
-        extra: BTreeMap<String, String>,
-    ) -> RunInfo {
-        RunInfo {
-            command: command.into(),
-            command_line: command_line.to_string(),
-            model_path: model_path.display().to_string(),
-            model_sha256: self.model.sha256.clone(),
-            data: self.spec.identity.clone(),
-            data_samples: self.spec.len as i64,
-            batch_size: batch as i64,
-            loss: loss.name().into(),
+    /// The results file's identity for `command` making `pass` over this setup, with the
+    /// command's own `extra` attributes.
+    pub fn run_info(&self, command: &str, pass: &Pass, extra: BTreeMap<String, String>) -> RunInfo {
+        RunInfo::new(
+            command,
+            &pass.command_line,
+            &self.model,
+            &self.spec,
+            pass.batch,
+            pass.loss.name(),
             extra,
-        }
+        )
     }
 }

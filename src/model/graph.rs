@@ -1,5 +1,6 @@
 //! Small helpers for writing ONNX graphs: deterministic fresh names, nodes, constants,
 //! attributes, and value infos. The loss head and the gradient graph are written with these.
+//! Also how errors name a graph's nodes ([`describe`], [`Lacking`]).
 use crate::tensor::DType;
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, NodeProto,
@@ -50,6 +51,43 @@ pub fn remove_nodes(nodes: &mut Vec<NodeProto>, drop: impl Fn(usize) -> bool) {
         k += 1;
         !drop(k - 1)
     });
+}
+
+/// How a message names node `n`: by its name, else by its first output.
+pub fn describe(n: &NodeProto) -> String {
+    if n.name.is_empty() {
+        format!(
+            "output '{}'",
+            n.output.first().map(|s| s.as_str()).unwrap_or("")
+        )
+    } else {
+        format!("'{}'", n.name)
+    }
+}
+
+/// The nodes that lack something (a gradient rule, a forward), grouped by what, so that one
+/// error lists them all: `Op at 'a', 'b'; Other at output 'c'`.
+#[derive(Default)]
+pub struct Lacking(std::collections::BTreeMap<String, Vec<String>>);
+
+impl Lacking {
+    /// Node `n` lacks `what`.
+    pub fn add(&mut self, what: String, n: &NodeProto) {
+        self.0.entry(what).or_default().push(describe(n));
+    }
+
+    /// The list, or `None` when no node lacks anything.
+    pub fn list(self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let groups: Vec<String> = self
+            .0
+            .into_iter()
+            .map(|(what, nodes)| format!("{what} at {}", nodes.join(", ")))
+            .collect();
+        Some(groups.join("; "))
+    }
 }
 
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {

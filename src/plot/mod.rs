@@ -73,11 +73,40 @@ fn line(label: &str, steps: &[f64], v: &[f64]) -> Line {
     }
 }
 
+/// The panels drawn so far, and notes on what was left out.
+struct Figure {
+    /// The results file, as notes name it.
+    name: String,
+    panels: Vec<Panel>,
+    notes: Vec<String>,
+}
+
+impl Figure {
+    /// Adds panel `title` (y axis `y_desc`, log or linear) of `lines`, if there are any; says
+    /// whether it did.
+    fn panel(&mut self, title: &str, y_desc: &str, log: bool, lines: Vec<Line>) -> bool {
+        if lines.is_empty() {
+            return false;
+        }
+        self.panels.push(Panel::new(title, y_desc, log, lines));
+        true
+    }
+
+    /// Notes that the file has no column `c` (`how` one gets it), so `what` is left out.
+    fn missing(&mut self, c: &str, what: &str, how: &str) {
+        let name = &self.name;
+        self.notes
+            .push(format!("{name} has no /{c} ({how}): {what} left out"));
+    }
+}
+
 /// The panels `res` supports, and notes naming the columns that are missing.
 fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
-    let name = res.path.display().to_string();
-    let mut notes = Vec::new();
-    let mut out = Vec::new();
+    let mut fig = Figure {
+        name: res.path.display().to_string(),
+        panels: Vec::new(),
+        notes: Vec::new(),
+    };
     let steps = res.sorted_steps();
     let col = |c: &str| res.series(c).map(|v| res.sorted(&v));
     // One line per (column, label) the file holds.
@@ -86,23 +115,14 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             .filter_map(|&(c, label)| col(c).map(|v| line(label, &steps, &v)))
             .collect()
     };
-    let missing = |notes: &mut Vec<String>, c: &str, what: &str, how: &str| {
-        notes.push(format!("{name} has no /{c} ({how}): {what} left out"));
-    };
 
-    match col("loss") {
-        Some(v) => out.push(Panel::new(
-            "Full-dataset loss",
-            "loss",
-            true,
-            vec![line("loss", &steps, &v)],
-        )),
-        None => missing(&mut notes, "loss", "the loss panel", "damaged file?"),
+    let loss = lines(&[("loss", "loss")]);
+    if !fig.panel("Full-dataset loss", "loss", true, loss) {
+        fig.missing("loss", "the loss panel", "damaged file?");
     }
-    let mut gl = Vec::new();
-    match col("grad/l2") {
-        Some(v) => gl.push(line("|g|", &steps, &v)),
-        None => missing(&mut notes, "grad/l2", "|g|", "damaged file?"),
+    let mut gl = lines(&[("grad/l2", "|g|")]);
+    if gl.is_empty() {
+        fig.missing("grad/l2", "|g|", "damaged file?");
     }
     match col("grad_reg/l2") {
         Some(v) => {
@@ -116,48 +136,21 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             l.dashed = true;
             gl.push(l)
         }
-        None => missing(
-            &mut notes,
-            "grad_reg/l2",
-            "|g + wd w|",
-            "probe grad --weight-decay L",
-        ),
+        None => fig.missing("grad_reg/l2", "|g + wd w|", "probe grad --weight-decay L"),
     }
-    if !gl.is_empty() {
-        out.push(Panel::new(
-            "Full-dataset gradient norm",
-            "l2 norm",
-            true,
-            gl,
-        ));
-    }
-    match col("accuracy").filter(|v| v.iter().any(|x| x.is_finite())) {
-        Some(v) => out.push(Panel::new(
-            "Full-dataset accuracy",
-            "accuracy",
-            false,
-            vec![line("accuracy", &steps, &v)],
-        )),
-        None => missing(
-            &mut notes,
+    fig.panel("Full-dataset gradient norm", "l2 norm", true, gl);
+    let mut accuracy = lines(&[("accuracy", "accuracy")]);
+    accuracy.retain(|l| l.points.iter().any(|p| p.1.is_finite()));
+    if !fig.panel("Full-dataset accuracy", "accuracy", false, accuracy) {
+        fig.missing(
             "accuracy",
             "the accuracy panel",
             "not defined for --loss mse",
-        ),
+        );
     }
-    match col("weights/l2") {
-        Some(v) => out.push(Panel::new(
-            "Weight norm |w|",
-            "l2 norm",
-            false,
-            vec![line("|w|", &steps, &v)],
-        )),
-        None => missing(
-            &mut notes,
-            "weights/l2",
-            "the weight-norm panel",
-            "damaged file?",
-        ),
+    let norm = lines(&[("weights/l2", "|w|")]);
+    if !fig.panel("Weight norm |w|", "l2 norm", false, norm) {
+        fig.missing("weights/l2", "the weight-norm panel", "damaged file?");
     }
     // Motion between consecutive checkpoints, all per entry so they share an axis:
     // RMS |dw| = dist_prev / sqrt(N) >= mean |dw| >= W1 of the per-tensor distributions.
@@ -173,39 +166,32 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             None => mv.push(line("|w_k - w_(k-1)|", &steps, &v)),
         }
     } else {
-        missing(
-            &mut notes,
-            "weights/dist_prev",
-            "the distance moved",
-            "damaged file?",
-        );
+        fig.missing("weights/dist_prev", "the distance moved", "damaged file?");
     }
     match &a.distribution {
         Some(d) if !d.ratio.is_empty() => {
             mv.push(line("mean |dw|", &steps, &res.sorted(&d.move_prev)));
             mv.push(line("W1 of weight distributions", &steps, &res.sorted(&d.w1_prev)));
         }
-        _ => notes.push(format!(
-            "{name} has no /weights/w1_prev and /weights/per_param_mean_abs_move (schema 2): the Wasserstein distance is left out"
+        _ => fig.notes.push(format!(
+            "{} has no /weights/w1_prev and /weights/per_param_mean_abs_move (schema 2): the Wasserstein distance is left out",
+            fig.name
         )),
     }
-    if !mv.is_empty() {
-        let per_entry = entries.is_some() || mv.len() > 1;
-        // Row 0 has nothing before it: its zeros are not motion.
-        for l in &mut mv {
-            if let Some(&first) = res.order.first() {
-                let s0 = res.step[first] as f64;
-                l.points.retain(|p| p.0 != s0 || p.1 != 0.0);
-            }
+    let per_entry = entries.is_some() || mv.len() > 1;
+    // Row 0 has nothing before it: its zeros are not motion.
+    for l in &mut mv {
+        if let Some(&first) = res.order.first() {
+            let s0 = res.step[first] as f64;
+            l.points.retain(|p| p.0 != s0 || p.1 != 0.0);
         }
-        let y_desc = if per_entry {
-            "per weight"
-        } else {
-            "|w_k - w_(k-1)|"
-        };
-        let title = "Motion between consecutive checkpoints";
-        out.push(Panel::new(title, y_desc, true, mv));
     }
+    let y_desc = if per_entry {
+        "per weight"
+    } else {
+        "|w_k - w_(k-1)|"
+    };
+    fig.panel("Motion between consecutive checkpoints", y_desc, true, mv);
     let mut noise = lines(&[
         ("noise/batch_var", "minibatch gradient variance"),
         (
@@ -213,28 +199,19 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
             "per-sample gradient variance (trace)",
         ),
     ]);
-    if !noise.is_empty() {
-        if let Some(v) = col("grad/l2") {
-            let sq: Vec<f64> = v.iter().map(|x| x * x).collect();
-            noise.push(line("|g|^2", &steps, &sq));
-        }
-        out.push(Panel::new("Gradient noise", "squared norm", true, noise));
-    } else {
-        missing(
-            &mut notes,
+    if let (false, Some(v)) = (noise.is_empty(), col("grad/l2")) {
+        let sq: Vec<f64> = v.iter().map(|x| x * x).collect();
+        noise.push(line("|g|^2", &steps, &sq));
+    }
+    if !fig.panel("Gradient noise", "squared norm", true, noise) {
+        fig.missing(
             "noise/batch_var",
             "the gradient-noise panel",
             "probe grad --noise",
         );
     }
-    if let Some(v) = col("noise/b_noise") {
-        out.push(Panel::new(
-            "Noise scale B_noise",
-            "samples",
-            true,
-            vec![line("B_noise", &steps, &v)],
-        ));
-    }
+    let b_noise = lines(&[("noise/b_noise", "B_noise")]);
+    fig.panel("Noise scale B_noise", "samples", true, b_noise);
     let mut sharp = lines(&[
         ("hessian/top", "top Hessian eigenvalue"),
         ("hessian/sharpness", "sharpness"),
@@ -248,20 +225,16 @@ fn panels(res: &Results, lr: Option<f64>) -> (Vec<Panel>, Vec<String>) {
                 e.dashed = true;
                 sharp.push(e);
             }
-            None => notes.push(format!(
-                "{name}: the learning rate is unknown (no finite /checkpoints/lr): pass --lr for the 2/lr line"
+            None => fig.notes.push(format!(
+                "{}: the learning rate is unknown (no finite /checkpoints/lr): pass --lr for the 2/lr line",
+                fig.name
             )),
         }
-        out.push(Panel::new("Sharpness", "eigenvalue", true, sharp));
-    } else {
-        missing(
-            &mut notes,
-            "hessian/top",
-            "the sharpness panel",
-            "probe grad --hessian",
-        );
     }
-    (out, notes)
+    if !fig.panel("Sharpness", "eigenvalue", true, sharp) {
+        fig.missing("hessian/top", "the sharpness panel", "probe grad --hessian");
+    }
+    (fig.panels, fig.notes)
 }
 
 /// Draws the figure; returns notes on what was left out.

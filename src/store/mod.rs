@@ -46,6 +46,8 @@ pub mod analysis;
 pub mod atomic;
 pub mod lock;
 
+use crate::data::Spec;
+use crate::model::Model;
 use anyhow::Result;
 use hdf5::types::VarLenUnicode;
 use std::collections::{BTreeMap, HashSet};
@@ -66,6 +68,33 @@ pub struct RunInfo {
     pub loss: String,
     /// Further string attributes (engine, bn mode, ...), also required to agree.
     pub extra: BTreeMap<String, String>,
+}
+
+impl RunInfo {
+    /// The identity of a run of `command` (eval, grad, train), as `docs/schema.md` lists it: the
+    /// model (its path as given, and hash), the data `spec` names, the batch size, the loss by
+    /// name, and the command's own `extra` attributes.
+    pub fn new(
+        command: &str,
+        command_line: &str,
+        model: &Model,
+        spec: &Spec,
+        batch: usize,
+        loss: &str,
+        extra: BTreeMap<String, String>,
+    ) -> RunInfo {
+        RunInfo {
+            command: command.into(),
+            command_line: command_line.into(),
+            model_path: model.path.display().to_string(),
+            model_sha256: model.sha256.clone(),
+            data: spec.identity.clone(),
+            data_samples: spec.len as i64,
+            batch_size: batch as i64,
+            loss: loss.into(),
+            extra,
+        }
+    }
 }
 
 /// One cell of a row.

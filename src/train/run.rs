@@ -42,7 +42,7 @@ use super::files::{self, LOG_NAME};
 use super::optim::{OptConfig, Optimizer, Schedule};
 use super::sampler::{InMemory, Sampler};
 use crate::autodiff::LossKind;
-use crate::data::check::{self, Targets};
+use crate::data::check;
 use crate::model::{Checkpoint, Model};
 use crate::progress::Progress;
 use crate::runtime::torch::{Interpreter, Mode, State};
@@ -355,11 +355,7 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
         data = Box::new(crate::data::Limited::new(data, l));
     }
     let spec = data.spec().clone();
-    let targets = match plan.loss {
-        LossKind::CrossEntropy => Targets::ClassIds,
-        LossKind::Mse => Targets::Real,
-    };
-    let fit = check::data_fits_model(&model, &spec, targets)?;
+    let fit = check::data_fits_model(&model, &spec, plan.loss.targets())?;
     let mem = InMemory::load(data.as_mut(), plan.device, |b| {
         check::targets_in_range(b, fit.classes, &spec.identity)
     })?;
@@ -415,26 +411,25 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
         .collect::<Result<_>>()?;
     let named: Vec<(&str, &Tensor)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
 
-    let info = RunInfo {
-        command: "train".into(),
-        command_line: plan.command_line.clone(),
-        model_path: plan.model.display().to_string(),
-        model_sha256: model.sha256.clone(),
-        data: spec.identity.clone(),
-        data_samples: spec.len as i64,
-        batch_size: plan.batch as i64,
-        loss: plan.loss.name().into(),
-        extra: [
-            ("optimizer", plan.opt.describe()),
-            ("schedule", plan.schedule.describe()),
-            ("seed", plan.seed.to_string()),
-            ("shuffle", plan.shuffle.to_string()),
-            ("augment", plan.augment.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    };
+    let extra = [
+        ("optimizer", plan.opt.describe()),
+        ("schedule", plan.schedule.describe()),
+        ("seed", plan.seed.to_string()),
+        ("shuffle", plan.shuffle.to_string()),
+        ("augment", plan.augment.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let info = RunInfo::new(
+        "train",
+        &plan.command_line,
+        &model,
+        &spec,
+        plan.batch,
+        plan.loss.name(),
+        extra,
+    );
     let mut log = Store::open(&dir.join(LOG_NAME), &info, false)?;
     log.truncate(start as usize)?;
     let mut w = Writer {

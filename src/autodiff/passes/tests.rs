@@ -6,7 +6,7 @@ use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{tensor_f32, value_info};
 use crate::ops::testing::check_graph_with;
 use crate::tensor::{DType, HostTensor};
-use onnx_protobuf::GraphProto;
+use onnx_protobuf::{GraphProto, NodeProto};
 
 const X: &[usize] = &[3, 2, 3, 4];
 
@@ -37,30 +37,31 @@ fn block() -> GraphProto {
     g
 }
 
-/// The three fusions against the standard-op gradient and finite differences (f32).
+/// The inputs of [`block`].
+const BLOCK_INPUTS: [(&str, &[usize]); 4] = [("x", X), ("scale", &[2]), ("b", &[2]), ("w", X)];
+
+/// `g`'s gradient with probe's CPU kernels (its fusions) against the standard-op gradient and
+/// finite differences (f32), the loss being sum(`out`).
+fn check(label: &str, g: GraphProto, inputs: &[(&str, &[usize])], out: &str, seed: u64) {
+    check_graph_with(label, g, inputs, &[out], seed, Kernels::ProbeCpu);
+}
+
+/// The three fusions against the standard-op gradient and finite differences.
 #[test]
 fn residual_block_gradients() {
-    check_graph_with(
-        "fused residual block",
-        block(),
-        &[("x", X), ("scale", &[2]), ("b", &[2]), ("w", X)],
-        &["y"],
-        5,
-        Kernels::ProbeCpu,
-    );
+    check("fused residual block", block(), &BLOCK_INPUTS, "y", 5);
 }
 
 /// Just BN -> Relu: the ReluGrad (no Sum) fused into the BatchNormalizationGrad.
 #[test]
 fn bn_relu_gradients() {
-    check_graph_with(
-        "fused BN -> Relu",
-        bn_relu([-0.25, 0.5], [1.5, 0.25]),
-        &[("x", X), ("scale", &[2]), ("b", &[2])],
-        &["r"],
-        7,
-        Kernels::ProbeCpu,
-    );
+    let g = bn_relu([-0.25, 0.5], [1.5, 0.25]);
+    check("fused BN -> Relu", g, &BLOCK_INPUTS[..3], "r", 7);
+}
+
+/// The first node of `g` that runs `op`.
+fn first<'a>(g: &'a GraphProto, op: &str) -> Option<&'a NodeProto> {
+    g.node.iter().find(|n| n.op_type == op)
 }
 
 /// `g` (a forward graph over f32 `inputs`, ending in `out`) with the loss sum(out),
@@ -111,14 +112,7 @@ fn conv_relu_gradients_and_fusion() {
     g.node.push(conv);
     g.node.push(node("Relu", &["z"], "r"));
     let inputs: [(&str, &[usize]); 3] = [("x", X), ("w", &[3, 2, 3, 3]), ("cb", &[3])];
-    check_graph_with(
-        "fused Conv -> Relu",
-        g.clone(),
-        &inputs,
-        &["r"],
-        3,
-        Kernels::ProbeCpu,
-    );
+    check("fused Conv -> Relu", g.clone(), &inputs, "r", 3);
     let (g, unfused, raw) = fused(g, &inputs, "r");
     let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(!ops.contains(&"Relu"), "{ops:?}");
@@ -137,7 +131,7 @@ fn conv_relu_gradients_and_fusion() {
             "fused r {a} vs {b}"
         );
     }
-    let conv = g.node.iter().find(|n| n.op_type == "Conv").unwrap();
+    let conv = first(&g, "Conv").unwrap();
     assert_eq!(conv.domain, crate::runtime::cpu_ops::DOMAIN);
     assert_eq!(conv.output, vec!["r".to_string()]);
     assert!(conv.attribute.iter().any(|a| a.name == "relu" && a.i == 1));
@@ -156,21 +150,11 @@ fn residual_sum_into_layer_norm_grad() {
     g.node.push(node("Add", &["x", "m"], "y"));
     let xd: &[usize] = &[3, 4, 5];
     let inputs: [(&str, &[usize]); 4] = [("x", xd), ("scale", &[5]), ("b", &[5]), ("w", xd)];
-    check_graph_with(
-        "x + LN(x) w",
-        g.clone(),
-        &inputs,
-        &["y"],
-        9,
-        Kernels::ProbeCpu,
-    );
+    check("x + LN(x) w", g.clone(), &inputs, "y", 9);
     let (g, _, _) = fused(g, &inputs, "y");
     let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(!ops.contains(&"Sum"), "{ops:?}");
-    let lng = g
-        .node
-        .iter()
-        .find(|n| n.op_type == "LayerNormalizationGrad");
+    let lng = first(&g, "LayerNormalizationGrad");
     assert_eq!(lng.map(|n| n.input.len()), Some(4), "{ops:?}");
 }
 
@@ -179,33 +163,7 @@ fn residual_sum_into_layer_norm_grad() {
 /// BatchNormalizationGrad.
 #[test]
 fn residual_block_fuses() {
-    let mut g = block();
-    for (name, dims) in [("x", X), ("scale", &[2][..]), ("b", &[2]), ("w", X)] {
-        let d: Vec<Option<i64>> = dims.iter().map(|&v| Some(v as i64)).collect();
-        g.input.push(value_info(name, DType::F32, &d, "N"));
-    }
-    let mut loss = node("ReduceSum", &["y"], "loss");
-    loss.attribute = vec![crate::model::graph::attr_int("keepdims", 0)];
-    g.node.push(loss);
-    g.output.push(value_info("loss", DType::F32, &[], "N"));
-    let m = crate::ops::testing::model_of(g.clone(), 20);
-    let feed = ["x", "scale", "b", "w"]
-        .iter()
-        .map(|&n| {
-            let dims = if n == "x" || n == "w" {
-                X.to_vec()
-            } else {
-                vec![2]
-            };
-            let len = dims.iter().product();
-            (n.to_string(), HostTensor::f32(dims, vec![0.5; len]))
-        })
-        .collect();
-    let mut shapes = Shapes::observe(&m, &[feed]).unwrap();
-    let wrt: Vec<String> = ["x", "scale", "b", "w"].map(String::from).to_vec();
-    let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::ProbeCpu).unwrap();
-    g.node.extend(diff.nodes);
-    after_differentiation(&mut g, &mut shapes, &wrt, Kernels::ProbeCpu);
+    let (g, _, _) = fused(block(), &BLOCK_INPUTS, "y");
     let ops: Vec<String> = g.node.iter().map(|n| n.op_type.clone()).collect();
     let count = |op: &str| ops.iter().filter(|o| *o == op).count();
     assert_eq!(count("Relu"), 0, "{ops:?}");
@@ -214,18 +172,10 @@ fn residual_block_fuses() {
     // y's ReluGrad feeds both of the Add's inputs: it stays.
     assert_eq!(count("ReluGrad"), 1, "{ops:?}");
     assert_eq!(count("BatchNormalizationGrad"), 0, "{ops:?}");
-    let rbg = g
-        .node
-        .iter()
-        .find(|n| n.op_type == "ReluBatchNormalizationGrad")
-        .unwrap();
+    let rbg = first(&g, "ReluBatchNormalizationGrad").unwrap();
     assert_eq!(rbg.input.len(), 6, "r's two contributions: {:?}", rbg.input);
     assert_eq!(count("Sum"), 0, "{ops:?}");
-    let bn = g
-        .node
-        .iter()
-        .find(|n| n.op_type == "BatchNormalization")
-        .unwrap();
+    let bn = first(&g, "BatchNormalization").unwrap();
     assert_eq!(bn.output, vec!["r".to_string()]);
     assert!(bn.attribute.iter().any(|a| a.name == "relu" && a.i == 1));
 }

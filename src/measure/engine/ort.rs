@@ -3,6 +3,7 @@
 //! inputs (the state is fed, not baked into the graph, so one session serves every checkpoint).
 use super::{BatchEngine, BatchGrad, HvpEngine};
 use crate::autodiff::hvp::HvpGraph;
+use crate::autodiff::lift::Inputs;
 use crate::autodiff::model_grad::GradGraph;
 use crate::data::{Array, Batch};
 use crate::model::Checkpoint;
@@ -30,16 +31,14 @@ pub fn state_arrays(
 /// The inputs of one ONNX Runtime run of a graph probe built: the batch's data and targets under
 /// the graph's input names, then every state tensor (the checkpoint, fed, not baked in).
 pub fn feed<'a>(
-    input: &'a str,
-    target: &'a str,
+    names: &'a Inputs,
     b: &'a Batch,
-    state_names: &'a [String],
     state: &'a [ndarray::ArrayD<f32>],
 ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
     let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
-    inputs.push((input.into(), input_value(&b.x)?));
-    inputs.push((target.into(), input_value(&b.y)?));
-    for (name, a) in state_names.iter().zip(state) {
+    inputs.push((names.data.as_str().into(), input_value(&b.x)?));
+    inputs.push((names.target.as_str().into(), input_value(&b.y)?));
+    for (name, a) in names.state.iter().zip(state) {
         inputs.push((
             name.as_str().into(),
             TensorRef::from_array_view(a.view())?.into(),
@@ -80,12 +79,12 @@ impl BatchEngine for OrtEngine {
         &self.params
     }
     fn load(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        self.state = state_arrays(&self.graph.state, ckpt)?;
+        self.state = state_arrays(&self.graph.inputs.state, ckpt)?;
         Ok(())
     }
     fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
         let graph = &self.graph;
-        let inputs = feed(&graph.input, &graph.target, b, &graph.state, &self.state)?;
+        let inputs = feed(&graph.inputs, b, &self.state)?;
         let out = self
             .session
             .run(inputs)
@@ -143,7 +142,7 @@ impl HvpEngine for OrtHvp {
         &self.params
     }
     fn hvp_load(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        self.state = state_arrays(&self.graph.grad.state, ckpt)?;
+        self.state = state_arrays(&self.graph.grad.inputs.state, ckpt)?;
         Ok(())
     }
     fn set_direction(&mut self, v: Vec<Vec<f32>>) -> Result<()> {
@@ -159,7 +158,7 @@ impl HvpEngine for OrtHvp {
     }
     fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
         let g = &self.graph;
-        let mut inputs = feed(&g.grad.input, &g.grad.target, b, &g.grad.state, &self.state)?;
+        let mut inputs = feed(&g.grad.inputs, b, &self.state)?;
         for ((_, name), a) in g.dirs.iter().zip(&self.dirs) {
             inputs.push((
                 name.as_str().into(),

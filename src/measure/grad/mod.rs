@@ -18,7 +18,7 @@
 use super::engine::open::{open, EngineOptions};
 use super::hessian::HessianOptions;
 use super::noise::NoiseOptions;
-use super::setup::{label, pending, setup, Setup};
+use super::setup::{label, pending, setup, Pass, Setup};
 use crate::autodiff::grad::Kernels;
 use crate::model::Model;
 use crate::progress::Progress;
@@ -26,7 +26,6 @@ use crate::store::Store;
 use anyhow::Result;
 use row::History;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 pub mod pass;
 pub mod row;
@@ -36,12 +35,7 @@ pub use pass::{full_gradient, GradResult, OnNonFinite};
 pub use row::GradRow;
 
 pub struct GradPlan {
-    pub model: PathBuf,
-    pub checkpoints: Vec<PathBuf>,
-    pub data: String,
-    pub limit: Option<usize>,
-    pub batch: usize,
-    pub loss: crate::autodiff::LossKind,
+    pub pass: Pass,
     pub weight_decay: Option<f64>,
     pub save_grad: bool,
     pub bn_train: bool,
@@ -54,32 +48,13 @@ pub struct GradPlan {
     pub noise: Option<NoiseOptions>,
     /// `--hessian`: curvature from Hessian-vector products ([`super::hessian`]).
     pub hessian: Option<HessianOptions>,
-    pub threads: usize,
-    pub out: PathBuf,
-    pub force: bool,
-    pub quiet: bool,
-    pub command_line: String,
 }
 
 /// Runs `probe grad` over the plan's checkpoints (this shard's share), one HDF5 row each.
 pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<GradRow>> {
-    let ready = setup(
-        &plan.model,
-        &plan.checkpoints,
-        &plan.data,
-        plan.limit,
-        plan.loss,
-        plan.quiet,
-    )?;
+    let ready = setup(&plan.pass)?;
     check_options(plan, &ready.model)?;
-    let info = ready.run_info(
-        "grad",
-        &plan.command_line,
-        &plan.model,
-        plan.batch,
-        plan.loss,
-        attributes(plan),
-    );
+    let info = ready.run_info("grad", &plan.pass, attributes(plan));
     let Setup {
         model,
         mut data,
@@ -91,13 +66,13 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let opts = EngineOptions {
         engine: plan.engine,
         kernels: plan.kernels,
-        loss: plan.loss,
+        loss: plan.pass.loss,
         bn_train: plan.bn_train,
         hessian: plan.hessian.as_ref(),
-        threads: plan.threads,
+        threads: plan.pass.threads,
     };
     let (mut engine, mut hvp_engine) = open(&model, data.as_mut(), &opts)?;
-    let mut store = Store::open(&plan.out, &info, plan.force)?;
+    let mut store = Store::open(&plan.pass.out, &info, plan.pass.force)?;
     let names: Vec<String> = engine.params().to_vec();
     store.put_strings("params/name", &names)?;
     let done = store.done();
@@ -106,17 +81,17 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let mut nonfinite_rows = 0;
     let result = (|| -> Result<()> {
         for (k, c) in all.iter().enumerate() {
-            if k % shards != shard || !pending(c, &done, &plan.out, plan.quiet) {
+            if k % shards != shard || !pending(c, &done, &plan.pass) {
                 continue;
             }
             let label = label(c);
-            let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            let mut progress = Progress::new(&label, spec.len as u64, plan.pass.quiet);
             let row_start = std::time::Instant::now();
             let r = full_gradient(
                 engine.as_mut(),
                 c,
                 data.as_mut(),
-                plan.batch,
+                plan.pass.batch,
                 fit.classes,
                 plan.on_nonfinite,
                 plan.noise.is_some(),
@@ -130,12 +105,22 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
             if let Some(o) = &plan.noise {
                 let (e, d) = (engine.as_mut(), data.as_mut());
-                let s = pass::sample_noise(e, d, o, &r, c, &label, plan.quiet)?;
+                let s = pass::sample_noise(e, d, o, &r, c, &label, plan.pass.quiet)?;
                 out.b_noise = Some(row::noise(&mut row, &r, s.as_ref(), out.grad_l2));
             }
             if let (Some(h), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
                 let (e, d) = (he.as_mut(), data.as_mut());
-                let cv = pass::curvature(e, c, d, plan.batch, h, &names, &r, &label, plan.quiet)?;
+                let cv = pass::curvature(
+                    e,
+                    c,
+                    d,
+                    plan.pass.batch,
+                    h,
+                    &names,
+                    &r,
+                    &label,
+                    plan.pass.quiet,
+                )?;
                 let block = he.hvp_params().to_vec();
                 out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
             }
@@ -159,7 +144,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     if nonfinite_rows > 0 {
         return Err(crate::error::non_finite(format!(
             "{nonfinite_rows} checkpoint(s) had non-finite losses or gradients; their rows in {} hold NaN",
-            plan.out.display()
+            plan.pass.out.display()
         )));
     }
     Ok(rows)

@@ -18,6 +18,7 @@
 //! - [`State`]: the model's state tensors by initializer name, parameters with `requires_grad`
 //!   set; [`State::from_checkpoint`] / [`State::to_checkpoint`] convert from and to
 //!   `crate::model::Checkpoint` host tensors.
+use crate::model::graph::{describe, Lacking};
 use crate::model::{Checkpoint, Model, Role};
 use crate::ops::torch::{from_proto, kind_of_dtype};
 use crate::ops::{TorchCtx, TorchFwd, Value};
@@ -157,41 +158,22 @@ pub struct Interpreter {
     trainable: Vec<String>,
 }
 
-fn describe(n: &NodeProto) -> String {
-    if n.name.is_empty() {
-        format!(
-            "output '{}'",
-            n.output.first().map(|s| s.as_str()).unwrap_or("")
-        )
-    } else {
-        format!("'{}'", n.name)
-    }
-}
-
 impl Interpreter {
     pub fn new(model: &Model, device: Device) -> Result<Interpreter> {
         let graph = model.graph();
         // Every op must have a forward; all that lack one are listed at once.
-        let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut missing = Lacking::default();
         let mut fwds = Vec::with_capacity(graph.node.len());
         for n in &graph.node {
             match crate::ops::rule(&n.op_type).and_then(|r| r.torch) {
                 Some(f) => fwds.push(f),
-                None => missing
-                    .entry(n.op_type.clone())
-                    .or_default()
-                    .push(describe(n)),
+                None => missing.add(n.op_type.clone(), n),
             }
         }
-        if !missing.is_empty() {
-            let list: Vec<String> = missing
-                .into_iter()
-                .map(|(op, nodes)| format!("{op} at {}", nodes.join(", ")))
-                .collect();
+        if let Some(list) = missing.list() {
             return Err(crate::error::input(format!(
-                "{}: no libtorch forward for: {}",
+                "{}: no libtorch forward for: {list}",
                 model.path.display(),
-                list.join("; ")
             )));
         }
         let input = model.data_input()?.name.clone();
