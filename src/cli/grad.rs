@@ -163,6 +163,9 @@ impl GradArgs {
         Ok(GradPlan {
             model: c.model,
             checkpoints: c.ckpt,
+            ckpt_names: probe::model::CheckpointOptions {
+                strip_prefix: c.strip_prefix,
+            },
             data: c.data,
             limit: c.limit.map(|l| l as usize),
             batch: c.batch as usize,

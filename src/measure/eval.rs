@@ -89,6 +89,8 @@ pub struct EvalPlan {
     pub model: std::path::PathBuf,
     /// Empty: the model's own initializers.
     pub checkpoints: Vec<std::path::PathBuf>,
+    /// How the checkpoints' tensor names map to the model's (`--strip-prefix`).
+    pub ckpt_names: crate::model::CheckpointOptions,
     pub data: String,
     pub limit: Option<usize>,
     pub batch: usize,
@@ -118,6 +120,7 @@ pub fn run(plan: &EvalPlan, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<Eval
         &plan.data,
         plan.limit,
         plan.loss,
+        &plan.ckpt_names,
         plan.quiet,
     )?;
     let info = setup.run_info(

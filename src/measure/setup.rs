@@ -3,7 +3,7 @@
 //! the run's identity as the results file records it.
 use crate::autodiff::LossKind;
 use crate::data::{Dataset, Spec};
-use crate::model::{Checkpoint, Model};
+use crate::model::{Checkpoint, CheckpointOptions, Model};
 use crate::store::RunInfo;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ pub fn setup(
     data: &str,
     limit: Option<usize>,
     loss: LossKind,
+    names: &CheckpointOptions,
     quiet: bool,
 ) -> Result<Setup> {
     let model = Model::load(model)?;
@@ -42,7 +43,7 @@ pub fn setup(
     let (checkpoints, notes) = if checkpoints.is_empty() {
         (vec![Checkpoint::from_model(&model)?], vec![])
     } else {
-        let set = crate::model::checkpoint_set::load(checkpoints, &model)?;
+        let set = crate::model::checkpoint_set::load_with(checkpoints, &model, names)?;
         (set.checkpoints, set.notes)
     };
     if !quiet {

@@ -38,6 +38,8 @@ pub use row::GradRow;
 pub struct GradPlan {
     pub model: PathBuf,
     pub checkpoints: Vec<PathBuf>,
+    /// How the checkpoints' tensor names map to the model's (`--strip-prefix`).
+    pub ckpt_names: crate::model::CheckpointOptions,
     pub data: String,
     pub limit: Option<usize>,
     pub batch: usize,
@@ -69,6 +71,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         &plan.data,
         plan.limit,
         plan.loss,
+        &plan.ckpt_names,
         plan.quiet,
     )?;
     check_options(plan, &ready.model)?;
