@@ -30,7 +30,7 @@ And DIR/tokens.h5 (x, y: [64, 8] int64 token ids; y is x shifted, as a language 
 plus for gpt2 the checkpoints that must be refused or need a flag: ddp.safetensors (every name
 prefixed "module."), untied.safetensors (lm_head.weight differs from transformer.wte.weight),
 torch_save.pt (torch.save of the state dict), no_param.safetensors (a parameter left out); and
-DIR/static/m.onnx, a small model exported with a fixed batch of 2.
+DIR/static/m.onnx, a small model exported with a fixed batch of 2 (and its state, c.safetensors).
 """
 import argparse
 import json
@@ -166,6 +166,7 @@ def prepare(out, which):
     torch.manual_seed(0)
     small = torch.nn.Sequential(torch.nn.Embedding(V, 8), torch.nn.Linear(8, V)).eval()
     export(small, os.path.join(d, "m.onnx"), batch_dim=False)
+    save_file(small.state_dict(), os.path.join(d, "c.safetensors"))
 
 
 def compare(ref_path, h5_path):

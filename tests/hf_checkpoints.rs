@@ -226,7 +226,7 @@ fn checkpoints_users_get_wrong_are_refused_with_the_fix() {
     );
     refused(
         "static",
-        "../gpt2/clone.safetensors",
+        "c.safetensors",
         &[],
         &[
             "m.onnx: the model's input 'x' has a fixed batch size of 2 (shape [2, 8])",
