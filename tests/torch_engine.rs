@@ -85,9 +85,7 @@ fn onnx_side(model: &Model, data: &mut dyn Dataset, b: &Batch, bn_train: bool) -
     for (name, a) in g.inputs.state.iter().zip(&state) {
         inputs.push((
             name.as_str().into(),
-            ort::value::TensorRef::from_array_view(a.view())
-                .unwrap()
-                .into(),
+            probe::measure::eval::input_value(a).unwrap(),
         ));
     }
     let res = session.run(inputs).unwrap();

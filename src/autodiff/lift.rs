@@ -46,7 +46,9 @@ pub const TARGET: &str = "probe/target";
 
 /// Moves every state initializer of `model` to the graph's inputs (keeping its name, type and
 /// shape) and removes the rest of what the caller does not need; the inputs' targets are
-/// [`TARGET`], which [`loss_head`] declares.
+/// [`TARGET`], which [`loss_head`] declares. Float state must be float32; int64 buffers are
+/// lifted too (fed per checkpoint, never differentiated), other integer buffers stay
+/// initializers as the ONNX file holds them (checkpoint matching checks that a checkpoint agrees).
 pub fn lift_state(model: &Model) -> Result<(ModelProto, Inputs)> {
     let data = model.data_input()?.name.clone();
     let mut proto = model.proto.clone();
@@ -54,14 +56,16 @@ pub fn lift_state(model: &Model) -> Result<(ModelProto, Inputs)> {
     let mut state = Vec::new();
     let mut bad = Vec::new();
     for p in model.state() {
-        if p.dtype != DType::F32 {
+        if p.dtype.is_float() && p.dtype != DType::F32 {
             bad.push(format!("'{}' is {}", p.name, p.dtype));
         }
-        state.push(p.name.clone());
+        if p.dtype == DType::F32 || p.dtype == DType::I64 {
+            state.push(p.name.clone());
+        }
     }
     if !bad.is_empty() {
         return Err(crate::error::input(format!(
-            "{}: probe computes in float32 and the model's state must be float32: {}",
+            "{}: probe computes in float32 and the model's float state must be float32: {}",
             model.path.display(),
             bad.join(", ")
         )));
@@ -71,9 +75,9 @@ pub fn lift_state(model: &Model) -> Result<(ModelProto, Inputs)> {
     g.initializer
         .retain(|t| !is_state.contains(t.name.as_str()));
     g.input.retain(|i| !is_state.contains(i.name.as_str()));
-    for p in model.state() {
+    for p in model.state().filter(|p| is_state.contains(p.name.as_str())) {
         let dims: Vec<Option<i64>> = p.shape.iter().map(|&d| Some(d as i64)).collect();
-        g.input.push(value_info(&p.name, DType::F32, &dims, "N"));
+        g.input.push(value_info(&p.name, p.dtype, &dims, "N"));
     }
     let target = TARGET.into();
     Ok((

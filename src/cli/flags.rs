@@ -16,6 +16,10 @@ pub struct Common {
     /// Without --ckpt the model's own initializers are used.
     #[arg(long, value_name = "C.safetensors", num_args = 1..)]
     pub ckpt: Vec<PathBuf>,
+    /// Remove this prefix from the checkpoints' tensor names that start with it (`module.`, as
+    /// DistributedDataParallel saves names; `_orig_mod.`, as torch.compile does).
+    #[arg(long, value_name = "PREFIX")]
+    pub strip_prefix: Option<String>,
     /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, or an HDF5
     /// file with datasets `x` [N, ...] and `y` [N] or [N, T].
     #[arg(long, value_name = "D")]
@@ -45,6 +49,9 @@ impl Common {
         Pass {
             model: self.model,
             checkpoints: self.ckpt,
+            ckpt_names: probe::model::CheckpointOptions {
+                strip_prefix: self.strip_prefix,
+            },
             data: self.data,
             limit: self.limit.map(|l| l as usize),
             batch: self.batch as usize,

@@ -3,7 +3,7 @@
 //! checkpoints a results file still needs.
 use crate::autodiff::LossKind;
 use crate::data::{Dataset, Spec};
-use crate::model::{Checkpoint, Model};
+use crate::model::{Checkpoint, CheckpointOptions, Model};
 use crate::store::RunInfo;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ pub struct Pass {
     pub model: PathBuf,
     /// Empty: the model's own initializers.
     pub checkpoints: Vec<PathBuf>,
+    /// How the checkpoints' tensor names map to the model's (`--strip-prefix`).
+    pub ckpt_names: CheckpointOptions,
     pub data: String,
     pub limit: Option<usize>,
     pub batch: usize,
@@ -51,7 +53,8 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
     let (checkpoints, notes) = if pass.checkpoints.is_empty() {
         (vec![Checkpoint::from_model(&model)?], vec![])
     } else {
-        let set = crate::model::checkpoint_set::load(&pass.checkpoints, &model)?;
+        let set =
+            crate::model::checkpoint_set::load_with(&pass.checkpoints, &model, &pass.ckpt_names)?;
         (set.checkpoints, set.notes)
     };
     if !pass.quiet {

@@ -2,11 +2,13 @@
 //! `safetensors.torch.save_file(model.state_dict(), path)` writes for a model exported with
 //! `dynamo=True, optimize=False`.
 //!
-//! Matching a checkpoint against a model checks every state tensor at once and reports every
-//! problem in one message: names missing from the checkpoint, names the model does not have, shape
-//! and dtype mismatches. Integer buffers (BatchNorm's `num_batches_tracked`) are not part of the
-//! ONNX graph's computation; they are skipped with a note.
-use super::onnx::{file_kind, hash_stream, Model, Role};
+//! Matching a checkpoint against a model ([`super::matching`]) checks every state tensor at once
+//! and reports every problem in one message: names missing from the checkpoint, names the model
+//! does not have, shape and dtype mismatches; it takes checkpoints as users save them (a DDP
+//! prefix with `--strip-prefix`, non-persistent buffers left out, tied weights under one name or
+//! two, integer buffers).
+use super::matching::{match_state, Entry, Matched, Options};
+use super::onnx::{file_kind, hash_stream, Model};
 use crate::tensor::{DType, HostTensor};
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -163,6 +165,25 @@ impl Layout {
     }
 }
 
+/// What a file that is not safetensors is, when it is what `torch.save` writes (a zip archive
+/// since PyTorch 1.6, a pickle before), with how to convert it.
+fn pytorch_file(file: &mut std::fs::File) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 4];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(&mut magic).ok()?;
+    let what = match magic {
+        [b'P', b'K', 3, 4] => "a zip archive, as torch.save writes .pt and .bin files",
+        [0x80, 2..=5, ..] => "a Python pickle, as torch.save wrote before PyTorch 1.6",
+        _ => return None,
+    };
+    Some(format!(
+        "{what}; save checkpoints with safetensors.torch.save_file(model.state_dict(), path) \
+         (save_model(model, path) when weights are tied), or convert this one with \
+         save_file({{k: v.clone() for k, v in torch.load(file).items()}}, path)"
+    ))
+}
+
 /// `step-00000120.safetensors` -> 120.
 pub fn step_from_name(path: &Path) -> Option<i64> {
     let stem = path.file_stem()?.to_str()?;
@@ -221,12 +242,17 @@ impl Checkpoint {
     /// its shape, in checked arithmetic); then only the tensors the model takes are read, each
     /// by its range. The file's sha256 is streamed.
     pub fn load(path: &Path, model: &Model) -> Result<Checkpoint> {
+        Checkpoint::load_with(path, model, &Options::default())
+    }
+
+    /// [`Checkpoint::load`] with names mapped as `opts` says (a prefix stripped).
+    pub fn load_with(path: &Path, model: &Model, opts: &Options) -> Result<Checkpoint> {
         let (mut file, len) = open_regular(path)?;
         let layout = Layout::read(&mut file, len).map_err(|why| {
-            crate::error::input(format!(
-                "{}: not a safetensors file ({why})",
-                path.display()
-            ))
+            crate::error::input(match pytorch_file(&mut file) {
+                Some(what) => format!("{}: not a safetensors file: {what}", path.display()),
+                None => format!("{}: not a safetensors file ({why})", path.display()),
+            })
         })?;
         let sha256 = {
             use sha2::{Digest, Sha256};
@@ -245,102 +271,36 @@ impl Checkpoint {
             .into_iter()
             .collect();
 
-        let mut tensors = BTreeMap::new();
-        let mut ignored = Vec::new();
-        let mut extra = Vec::new();
-        let mut wrong = Vec::new();
-        for (name, view) in layout.meta.tensors() {
-            let dtype = st_dtype(view.dtype);
-            let info = model.param(&name).filter(|p| p.role != Role::Constant);
-            let Some(info) = info else {
-                if dtype.is_some_and(|d| !d.is_float()) {
-                    ignored.push(name);
-                } else {
-                    extra.push(name);
-                }
-                continue;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut infos = BTreeMap::new();
+        for (file_name, view) in layout.meta.tensors() {
+            let name = match &opts.strip_prefix {
+                Some(p) => file_name.strip_prefix(p.as_str()).unwrap_or(&file_name),
+                None => &file_name,
             };
-            let Some(dtype) = dtype else {
-                wrong.push(format!(
-                    "'{name}' has dtype {:?}, model {}",
-                    view.dtype, info.dtype
-                ));
-                continue;
+            entries.push(Entry {
+                name: name.to_string(),
+                file_name: file_name.clone(),
+                dtype: st_dtype(view.dtype),
+                file_dtype: format!("{:?}", view.dtype),
+                shape: view.shape.clone(),
+            });
+            infos.insert(file_name, view);
+        }
+        let read = |e: &Entry| -> Result<HostTensor> {
+            let fail = |why: String| {
+                crate::error::input(format!("{}: '{}': {why}", path.display(), e.file_name))
             };
-            if dtype.is_float() != info.dtype.is_float() {
-                wrong.push(format!(
-                    "'{name}' is {dtype} in the checkpoint, {} in the model",
-                    info.dtype
-                ));
-                continue;
-            }
-            if view.shape != info.shape {
-                wrong.push(format!(
-                    "'{name}' has shape {:?} in the checkpoint, {:?} in the model",
-                    view.shape, info.shape
-                ));
-                continue;
-            }
+            let view = infos[&e.file_name];
             let bytes = layout
                 .tensor_bytes(&mut file, view)
-                .map_err(|e| crate::error::input(format!("{}: '{name}': {e}", path.display())))?;
-            let t = HostTensor::from_le_bytes(dtype, view.shape.clone(), &bytes)
-                .map_err(|e| crate::error::input(format!("{}: '{name}': {e}", path.display())))?;
-            tensors.insert(name, t);
-        }
-        let missing: Vec<&str> = model
-            .state()
-            .map(|p| p.name.as_str())
-            .filter(|n| {
-                !tensors.contains_key(*n) && !wrong.iter().any(|w| w.starts_with(&format!("'{n}'")))
-            })
-            .collect();
-        // safetensors lists tensors in hash order: sort, so the same file gives the same message.
-        extra.sort();
-        wrong.sort();
-        if !missing.is_empty() || !extra.is_empty() || !wrong.is_empty() {
-            let mut parts = Vec::new();
-            if !missing.is_empty() {
-                parts.push(format!(
-                    "missing {} of the model's tensors: {}",
-                    missing.len(),
-                    missing.join(", ")
-                ));
-            }
-            if !extra.is_empty() {
-                let mut s = format!(
-                    "{} tensors the model does not have: {}",
-                    extra.len(),
-                    extra.join(", ")
-                );
-                if extra
-                    .iter()
-                    .any(|n| n.contains("running_mean") || n.contains("running_var"))
-                {
-                    s.push_str(
-                        " (BatchNorm statistics with no match in the graph: was the model exported with \
-                         BatchNorm folded into Conv? export with torch.onnx.export(..., dynamo=True, optimize=False))",
-                    );
-                }
-                parts.push(s);
-            }
-            parts.extend(wrong);
-            return Err(crate::error::input(format!(
-                "{}: checkpoint does not fit {}: {}",
-                path.display(),
-                model.path.display(),
-                parts.join("; ")
-            )));
-        }
-        let mut notes = Vec::new();
-        if !ignored.is_empty() {
-            ignored.sort();
-            notes.push(format!(
-                "ignored {} integer buffer(s) the ONNX graph does not use: {}",
-                ignored.len(),
-                ignored.join(", ")
-            ));
-        }
+                .map_err(|err| fail(err.to_string()))?;
+            // Only entries whose element type probe reads are read.
+            let dtype = e.dtype.ok_or_else(|| fail("unsupported dtype".into()))?;
+            HostTensor::from_le_bytes(dtype, e.shape.clone(), &bytes)
+                .map_err(|err| fail(err.to_string()))
+        };
+        let Matched { tensors, notes } = match_state(path, model, &entries, opts, read)?;
         let step = metadata
             .get("step")
             .and_then(|s| s.parse().ok())

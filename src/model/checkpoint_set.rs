@@ -22,6 +22,7 @@
 //!    whatever order the shell gave: a glob over `step-0`, `step-40`, ..., `step-160` gives 0,
 //!    120, 160, 40, 80. When some file has no step, the order given is kept, with a note.
 use super::checkpoint::Checkpoint;
+use super::matching::Options;
 use super::onnx::Model;
 use crate::error::input;
 use anyhow::Result;
@@ -50,6 +51,11 @@ const OPTIMIZER_SLOTS: [&str; 5] = [
 
 /// Expands, classifies, reads, dedupes and orders the `--ckpt` paths (see the module doc).
 pub fn load(paths: &[PathBuf], model: &Model) -> Result<CheckpointSet> {
+    load_with(paths, model, &Options::default())
+}
+
+/// [`load`] with the checkpoints' names mapped as `opts` says (`--strip-prefix`).
+pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<CheckpointSet> {
     let mut notes = Vec::new();
     let files = expand(paths)?;
     let (optimizer, weights): (Vec<PathBuf>, Vec<PathBuf>) =
@@ -74,7 +80,7 @@ pub fn load(paths: &[PathBuf], model: &Model) -> Result<CheckpointSet> {
     let mut checkpoints = Vec::with_capacity(weights.len());
     let mut errors = Vec::new();
     for p in &weights {
-        match Checkpoint::load(p, model) {
+        match Checkpoint::load_with(p, model, opts) {
             Ok(c) => checkpoints.push(c),
             Err(e) => errors.push(e),
         }

@@ -1,22 +1,13 @@
 //! The ONNX file: parsing, external data confined to the model's folder, initializer roles, and
 //! the [`Model`] the rest of probe works from.
 
+use super::export_info::{ExportInfo, Role};
 use crate::tensor::{DType, HostTensor};
 use anyhow::Result;
 use onnx_protobuf::{Message, ModelProto, TensorProto};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Trained by the optimizer (`nn.Parameter`).
-    Parameter,
-    /// State that is not trained by gradients (BatchNorm running statistics).
-    Buffer,
-    /// Part of the architecture (shape constants, masks): never in a checkpoint.
-    Constant,
-}
 
 /// A dimension of a value's static type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +70,9 @@ pub struct ParamInfo {
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub role: Role,
+    /// False for a buffer the exporter marks `persistent=False`: in the graph, never in
+    /// `state_dict()`, so a checkpoint may lack it (then the ONNX file's values are used).
+    pub persistent: bool,
 }
 
 impl ParamInfo {
@@ -98,10 +92,10 @@ pub struct Model {
     pub outputs: Vec<ValueSpec>,
     /// Every initializer, in graph order.
     pub params: Vec<ParamInfo>,
+    /// What the exporter recorded about the module (roles, its state-dict names, scopes).
+    pub export: ExportInfo,
     index: HashMap<String, usize>,
 }
-
-const ROLE_KEY: &str = "pkg.torch.export.graph_signature.InputSpec.kind";
 
 fn value_spec(v: &onnx_protobuf::ValueInfoProto) -> ValueSpec {
     let mut dtype = None;
@@ -518,17 +512,7 @@ impl Model {
             .map(value_spec)
             .collect();
         let outputs = g.output.iter().map(value_spec).collect();
-        let mut meta_role: HashMap<&str, Role> = HashMap::new();
-        for v in &g.value_info {
-            if let Some(m) = v.metadata_props.iter().find(|m| m.key == ROLE_KEY) {
-                let r = match m.value.as_str() {
-                    "PARAMETER" => Role::Parameter,
-                    "BUFFER" => Role::Buffer,
-                    _ => Role::Constant,
-                };
-                meta_role.insert(v.name.as_str(), r);
-            }
-        }
+        let export = ExportInfo::of(g);
         let bn_stats: std::collections::HashSet<&str> = g
             .node
             .iter()
@@ -562,23 +546,25 @@ impl Model {
                     t.name
                 ))
             })?;
-            let role = if !meta_role.is_empty() {
-                meta_role
+            let (role, persistent) = if !export.roles.is_empty() {
+                export
+                    .roles
                     .get(t.name.as_str())
                     .copied()
-                    .unwrap_or(Role::Constant)
+                    .unwrap_or((Role::Constant, true))
             } else if !dtype.is_float() {
-                Role::Constant
+                (Role::Constant, true)
             } else if bn_stats.contains(t.name.as_str()) {
-                Role::Buffer
+                (Role::Buffer, true)
             } else {
-                Role::Parameter
+                (Role::Parameter, true)
             };
             params.push(ParamInfo {
                 name: t.name.clone(),
                 dtype,
                 shape,
                 role,
+                persistent,
             });
         }
         let index = params
@@ -593,6 +579,7 @@ impl Model {
             inputs,
             outputs,
             params,
+            export,
             index,
         })
     }
@@ -635,10 +622,25 @@ impl Model {
             .collect()
     }
 
-    /// The one data input (probe feeds one tensor per sample).
+    /// The one data input (probe feeds one tensor per sample), whose first axis is the batch.
+    ///
+    /// A fixed first axis (an export without `dynamic_shapes`) is refused whatever `--batch` is:
+    /// probe runs the graph at other batch sizes than the one given (the gradient graph is built
+    /// by running it at batch sizes 2 and 3; a data set's last batch is smaller).
     pub fn data_input(&self) -> Result<&ValueSpec> {
         match self.inputs.as_slice() {
-            [one] => Ok(one),
+            [one] => match one.shape.as_deref() {
+                Some([Dim::Fixed(n), ..]) => Err(crate::error::input(format!(
+                    "{}: the model's input '{}' has a fixed batch size of {n} (shape {}), but probe \
+                     feeds batches of other sizes too (the last batch of a data set, and the \
+                     gradient graph is built at batch sizes 2 and 3); export it with a dynamic batch \
+                     axis: torch.onnx.export(..., dynamic_shapes=({{0: torch.export.Dim(\"N\")}},))",
+                    self.path.display(),
+                    one.name,
+                    fmt_dims(one.shape.as_deref().unwrap_or_default()),
+                ))),
+                _ => Ok(one),
+            },
             [] => Err(crate::error::input(format!(
                 "{}: the graph has no data input",
                 self.path.display()

@@ -12,18 +12,20 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
 
-/// The state of `ckpt` as arrays in the graph's input order.
-pub fn state_arrays(
-    graph_state: &[String],
-    ckpt: &Checkpoint,
-) -> Result<Vec<ndarray::ArrayD<f32>>> {
+/// The state of `ckpt` as arrays in the graph's input order (float32, and int64 buffers).
+pub fn state_arrays(graph_state: &[String], ckpt: &Checkpoint) -> Result<Vec<Array>> {
     graph_state
         .iter()
         .map(|n| {
-            ckpt.tensors
-                .get(n)
-                .and_then(|t| t.to_array_f32())
-                .ok_or_else(|| anyhow!("{}: no float tensor '{n}'", ckpt.path.display()))
+            let t = ckpt.tensors.get(n);
+            let int = t.and_then(|t| {
+                let v = t.as_i64()?.to_vec();
+                ndarray::ArrayD::from_shape_vec(t.shape.clone(), v).ok()
+            });
+            t.and_then(|t| t.to_array_f32())
+                .map(Array::F32)
+                .or(int.map(Array::I64))
+                .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))
         })
         .collect()
 }
@@ -33,16 +35,13 @@ pub fn state_arrays(
 pub fn feed<'a>(
     names: &'a Inputs,
     b: &'a Batch,
-    state: &'a [ndarray::ArrayD<f32>],
+    state: &'a [Array],
 ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
     let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
     inputs.push((names.data.as_str().into(), input_value(&b.x)?));
     inputs.push((names.target.as_str().into(), input_value(&b.y)?));
     for (name, a) in names.state.iter().zip(state) {
-        inputs.push((
-            name.as_str().into(),
-            TensorRef::from_array_view(a.view())?.into(),
-        ));
+        inputs.push((name.as_str().into(), input_value(a)?));
     }
     Ok(inputs)
 }
@@ -59,7 +58,7 @@ pub struct OrtEngine {
     session: Session,
     graph: GradGraph,
     params: Vec<String>,
-    state: Vec<ndarray::ArrayD<f32>>,
+    state: Vec<Array>,
 }
 
 impl OrtEngine {
@@ -119,7 +118,7 @@ pub struct OrtHvp {
     graph: HvpGraph,
     params: Vec<String>,
     shapes: Vec<Vec<usize>>,
-    state: Vec<ndarray::ArrayD<f32>>,
+    state: Vec<Array>,
     dirs: Vec<ndarray::ArrayD<f32>>,
 }
 
