@@ -124,6 +124,9 @@ fn dtype_of(t: ort::value::TensorElementType) -> Option<DType> {
 /// An owned ORT value for a host tensor, in the tensor's recorded element type.
 pub fn to_value(t: &crate::tensor::HostTensor) -> Result<ort::value::DynValue> {
     use crate::tensor::Values;
+    // ort resolves its API on first use; probe's library must be the one loaded (else ort
+    // dlopens a default name, which is not on the loader path).
+    crate::runtime::environment()?;
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     Ok(match (&t.values, t.dtype) {
         (Values::F32(v), DType::F64) => ort::value::Tensor::from_array((

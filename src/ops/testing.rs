@@ -186,6 +186,8 @@ pub(crate) fn run_threads(
     outputs: &[String],
     threads: usize,
 ) -> Vec<Vec<f64>> {
+    // Tensors are built before the session: load probe's ONNX Runtime first (see to_value).
+    crate::runtime::environment().unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, dt, shape, v)| {

@@ -27,6 +27,9 @@ struct Out {
 }
 
 fn ort_outputs(proto: &ModelProto, feed: &Feed, names: &[String]) -> Vec<Out> {
+    // Tensors are built before the session: load probe's ONNX Runtime first, or ort dlopens a
+    // default library name when this is the process's first use of it.
+    crate::runtime::environment().unwrap();
     let values: Vec<(String, ort::value::DynValue)> = feed
         .iter()
         .map(|(n, shape, v)| {
