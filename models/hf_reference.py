@@ -10,6 +10,7 @@ weight and bias, non-persistent int64 position_ids/token_type_ids), under DIR/<m
 
   m.onnx (+ m.onnx.data)  torch.onnx.export(dynamo=True, optimize=False, dynamic batch) of the
                           initial weights
+  m23.onnx                the same with opset_version=23 (an Attention node per layer)
   clone.safetensors       a later "checkpoint" (every weight moved) as
                           save_file({k: v.clone() for k, v in model.state_dict().items()}):
                           every state_dict() name, tied ones twice (plain save_file refuses
@@ -82,10 +83,11 @@ class Perm(torch.nn.Module):
         return self.proj(h) + self.table.index_select(0, self.perm)
 
 
-def export(model, path, batch_dim=True):
+def export(model, path, batch_dim=True, opset=None):
     x = torch.randint(0, V, (2, T))
     torch.onnx.export(model, (x,), path, dynamo=True, optimize=False, input_names=["x"], verbose=False,
-                      dynamic_shapes=({0: torch.export.Dim("N")},) if batch_dim else None)
+                      dynamic_shapes=({0: torch.export.Dim("N")},) if batch_dim else None,
+                      **({"opset_version": opset} if opset else {}))
 
 
 def move(model, seed):
@@ -135,6 +137,9 @@ def prepare(out, which):
         os.makedirs(d, exist_ok=True)
         model = build(name).eval()
         export(model, os.path.join(d, "m.onnx"))
+        if name != "perm":
+            # Opset 23: attention as one Attention node (what sdpa attention exports to).
+            export(model, os.path.join(d, "m23.onnx"), opset=23)
         move(model, 1)
         if name == "perm":
             with torch.no_grad():

@@ -46,13 +46,14 @@ fn prepared() -> &'static Path {
 /// `probe grad --save-grad` of the prepared `model` (a folder name) from `ckpt` (a path under the
 /// prepared folder) on the tokens, batch 24 (64 samples: batches of 24, 24, 16), into `out`.
 fn grad(model: &str, ckpt: &str, out: &Path, extra: &[&str]) -> common::Output {
+    grad_of(&format!("{model}/m.onnx"), ckpt, out, extra)
+}
+
+/// [`grad`] of the ONNX file `onnx` (a path under the prepared folder).
+fn grad_of(onnx: &str, ckpt: &str, out: &Path, extra: &[&str]) -> common::Output {
     let d = prepared();
     let mut args: Vec<String> = vec!["grad".into(), "--model".into()];
-    for p in [
-        d.join(model).join("m.onnx"),
-        d.join(ckpt),
-        d.join("tokens.h5"),
-    ] {
+    for p in [d.join(onnx), d.join(ckpt), d.join("tokens.h5")] {
         args.push(p.to_str().unwrap().into());
     }
     args.insert(3, "--ckpt".into());
@@ -113,29 +114,61 @@ fn checkpoints_saved_every_way_give_pytorchs_gradient() {
     let mut k = 0;
     for m in MODELS {
         for tag in ["clone", "save_model", "pretrained"] {
-            let v: serde_json::Value = serde_json::from_str(lines.lines().nth(k).unwrap()).unwrap();
+            assert_pytorchs(&format!("{m} ({tag})"), lines.lines().nth(k).unwrap());
             k += 1;
-            let (worst, f32_error) = (
-                v["worst"].as_f64().unwrap(),
-                v["f32_error"].as_f64().unwrap(),
-            );
-            let (loss, ref_loss) = (v["loss"].as_f64().unwrap(), v["ref_loss"].as_f64().unwrap());
-            eprintln!(
-                "{m} ({tag}): worst per-tensor relative L2 error {worst:.2e} ({}); PyTorch float32's own {f32_error:.2e}; loss {loss} vs {ref_loss}",
-                v["name"]
-            );
-            let bound = (2.0 * f32_error).max(1e-5);
-            assert!(
-                worst <= bound,
-                "{m} ({tag}): gradient of {} is off by {worst:.2e} relative L2 (bound {bound:.2e})",
-                v["name"]
-            );
-            assert!(
-                (loss - ref_loss).abs() <= 1e-6 * ref_loss,
-                "{m} ({tag}): loss {loss} vs {ref_loss}"
-            );
         }
     }
+}
+
+/// The opset-23 exports (attention as one `Attention` node, GPT-2's LayerNormalization, Llama's
+/// grouped-query heads, BERT's boolean padding mask) from the same checkpoint: PyTorch's gradient
+/// within 2x of its own float32 error, as the opset-18 exports above.
+#[test]
+fn opset_23_attention_nodes_give_pytorchs_gradient() {
+    let d = prepared();
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["compare".to_string()];
+    for m in MODELS {
+        let h5 = out.path().join(format!("{m}-23.h5"));
+        grad_of(
+            &format!("{m}/m23.onnx"),
+            &format!("{m}/clone.safetensors"),
+            &h5,
+            &[],
+        )
+        .ok();
+        args.push(d.join(m).join("ref.safetensors").to_str().unwrap().into());
+        args.push(h5.to_str().unwrap().into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (m, line) in MODELS.iter().zip(helper(&args).lines()) {
+        assert_pytorchs(&format!("{m} (opset 23)"), line);
+    }
+}
+
+/// One line of `hf_reference.py compare`: probe's worst per-tensor error within 2x of PyTorch
+/// float32's own (or 1e-5), and the same loss to 1e-6 relative.
+fn assert_pytorchs(label: &str, line: &str) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let (worst, f32_error) = (
+        v["worst"].as_f64().unwrap(),
+        v["f32_error"].as_f64().unwrap(),
+    );
+    let (loss, ref_loss) = (v["loss"].as_f64().unwrap(), v["ref_loss"].as_f64().unwrap());
+    eprintln!(
+        "{label}: worst per-tensor relative L2 error {worst:.2e} ({}); PyTorch float32's own {f32_error:.2e}; loss {loss} vs {ref_loss}",
+        v["name"]
+    );
+    let bound = (2.0 * f32_error).max(1e-5);
+    assert!(
+        worst <= bound,
+        "{label}: gradient of {} is off by {worst:.2e} relative L2 (bound {bound:.2e})",
+        v["name"]
+    );
+    assert!(
+        (loss - ref_loss).abs() <= 1e-6 * ref_loss,
+        "{label}: loss {loss} vs {ref_loss}"
+    );
 }
 
 /// Runs `probe grad` on `model` (a folder under the prepared one) and `ckpt`, which must fail

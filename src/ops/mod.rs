@@ -27,6 +27,7 @@ macro_rules! op_tests {
 
 pub mod abs;
 pub mod add;
+pub mod attention;
 pub mod attrs;
 pub mod average_pool;
 pub mod batch_normalization;
@@ -61,6 +62,7 @@ pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod rms_normalization;
 pub mod rule;
 pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
@@ -90,6 +92,7 @@ pub static RULES: &[&Rule] = &[
     &abs::RULE,
     &add::ADD,
     &add::SUB,
+    &attention::RULE,
     &average_pool::RULE,
     &batch_normalization::RULE,
     &cast::CAST,
@@ -122,12 +125,16 @@ pub static RULES: &[&Rule] = &[
     &non_differentiable::CONSTANT_OF_SHAPE,
     &non_differentiable::EQUAL,
     &non_differentiable::GREATER,
+    &non_differentiable::GREATER_OR_EQUAL,
     &non_differentiable::LESS,
+    &non_differentiable::LESS_OR_EQUAL,
     &non_differentiable::NON_ZERO,
     &non_differentiable::NOT,
+    &non_differentiable::OR,
     &non_differentiable::RANGE,
     &non_differentiable::SHAPE,
     &non_differentiable::SIZE,
+    &non_differentiable::XOR,
     &pad::RULE,
     &pow::RULE,
     &reciprocal::RULE,
@@ -138,6 +145,7 @@ pub static RULES: &[&Rule] = &[
     &reshape::RESHAPE,
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
+    &rms_normalization::RULE,
     &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,
     &sequence_at::RULE,

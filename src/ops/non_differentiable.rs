@@ -31,6 +31,16 @@ pub static EQUAL: Rule = nd("Equal", |_, v| {
 pub static GREATER: Rule = nd("Greater", |_, v| {
     one(input(&v, 0)?.f_gt_tensor(input(&v, 1)?)?)
 });
+pub static GREATER_OR_EQUAL: Rule = nd("GreaterOrEqual", |_, v| {
+    one(input(&v, 0)?.f_ge_tensor(input(&v, 1)?)?)
+});
+pub static LESS_OR_EQUAL: Rule = nd("LessOrEqual", |_, v| {
+    one(input(&v, 0)?.f_le_tensor(input(&v, 1)?)?)
+});
+pub static OR: Rule = nd("Or", |_, v| one(input(&v, 0)?.f_logical_or(input(&v, 1)?)?));
+pub static XOR: Rule = nd("Xor", |_, v| {
+    one(input(&v, 0)?.f_logical_xor(input(&v, 1)?)?)
+});
 pub static LESS: Rule = nd(
     "Less",
     |_, v| one(input(&v, 0)?.f_lt_tensor(input(&v, 1)?)?),
@@ -201,6 +211,15 @@ mod tests {
             Case::new("Greater").input(&[2, 3, 4]).input(&[3, 1]),
             Case::new("Less").input(&[4]).input(&[2, 3, 4]),
             Case::new("Less").ints(&[3], &[1, 5, 2]).ints(&[], &[2]),
+            // Ties included: v holds 0.5 twice and -1.0 twice.
+            Case::new("LessOrEqual")
+                .values(&[2, 3], &v)
+                .values(&[3], &[0.5, 0.0, -1.0]),
+            Case::new("GreaterOrEqual")
+                .ints(&[3], &[1, 5, 2])
+                .ints(&[], &[2]),
+            Case::new("Or").bools(&[2, 3], &tf).bools(&[3], &ft[..3]),
+            Case::new("Xor").bools(&[2, 3], &tf).bools(&[2, 3], &ft),
             Case::new("ArgMax").input(&[3, 4]),
             Case::new("ArgMax")
                 .input(&[2, 3, 4])
