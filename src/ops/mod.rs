@@ -50,6 +50,7 @@ pub mod identity;
 pub mod layer_normalization;
 pub mod leaky_relu;
 pub mod log;
+pub mod lstm;
 pub mod mat_mul;
 pub mod max_pool;
 pub mod mul;
@@ -58,6 +59,7 @@ pub mod non_differentiable;
 pub mod pad;
 pub mod pow;
 pub mod reciprocal;
+pub mod recurrent;
 pub mod reduce_mean;
 pub mod reduce_sum;
 pub mod relu;
@@ -115,6 +117,7 @@ pub static RULES: &[&Rule] = &[
     &layer_normalization::RULE,
     &leaky_relu::RULE,
     &log::RULE,
+    &lstm::RULE,
     &mat_mul::RULE,
     &max_pool::RULE,
     &mul::RULE,

@@ -1,0 +1,192 @@
+//! What the LSTM and GRU rules share: the attributes they cover, the directions, and node
+//! helpers for time-major sequences.
+//!
+//! Both ops (layout 0) take X [S, B, I], W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] and
+//! optional initial states [D, B, H], and write Y [S, D, B, H] (every step's hidden state) and
+//! Y_h [D, B, H] (the last one processed). The rules never unroll the forward recurrence of the
+//! hidden state: Y holds every h_t, so the gates of all steps come from one product each
+//! (`X W^T + H_prev R^T`, with `H_prev` Y shifted by one step), and only the backward
+//! recurrence (and LSTM's cell state) runs step by step, S steps of a few small nodes. The
+//! sequence length S must therefore be static, as it is in an export with a dynamic batch.
+use super::attrs::Attrs;
+use super::rule::Ctx;
+use crate::model::graph::attr_int;
+use anyhow::{anyhow, bail, Result};
+
+/// The checked shape of a recurrent node: what the rules build on.
+pub struct Dims {
+    pub seq: usize,
+    pub hidden: usize,
+    /// Processing orders, one per direction: 0..S for forward, S-1..0 for reverse.
+    pub dirs: Vec<bool>,
+}
+
+/// The attributes the rules cover (default activations, no clip, layout 0, no sequence_lens,
+/// no peepholes), else the reason; S and H.
+pub fn dims(c: &Ctx, activations: &[&str], peephole_input: Option<usize>) -> Result<Dims> {
+    let what = |m: String| anyhow!("{} node '{}': {m}", c.node.op_type, c.node.name);
+    if let Some(a) = c.attr("activations") {
+        let got: Vec<String> = a
+            .strings
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).to_string())
+            .collect();
+        let default = got
+            .iter()
+            .enumerate()
+            .all(|(k, s)| s.eq_ignore_ascii_case(activations[k % activations.len()]));
+        if !default {
+            return Err(what(format!(
+                "activations {got:?} are not supported (only the default {activations:?})"
+            )));
+        }
+    }
+    if c.attr("clip").is_some() {
+        return Err(what("clip is not supported".into()));
+    }
+    if c.attr_i("layout", 0) != 0 {
+        return Err(what(
+            "layout 1 (batch first) is not supported; PyTorch's exporter writes layout 0".into(),
+        ));
+    }
+    if c.attr_i("input_forget", 0) != 0 {
+        return Err(what("input_forget is not supported".into()));
+    }
+    if c.has_input(4) {
+        return Err(what(
+            "sequence_lens is not supported (pack no sequences)".into(),
+        ));
+    }
+    if peephole_input.is_some_and(|i| c.has_input(i)) {
+        return Err(what("peephole weights are not supported".into()));
+    }
+    let xd = c.dims(c.input(0))?;
+    let seq = xd
+        .first()
+        .copied()
+        .flatten()
+        .ok_or_else(|| what("the sequence length must be static".into()))?;
+    let hidden = c.attr_i("hidden_size", 0);
+    if hidden <= 0 {
+        return Err(what("hidden_size is missing".into()));
+    }
+    let dirs = match c.attr_s("direction").as_deref().unwrap_or("forward") {
+        "forward" => vec![false],
+        "reverse" => vec![true],
+        "bidirectional" => vec![false, true],
+        other => bail!(
+            "{} node '{}': direction '{other}'",
+            c.node.op_type,
+            c.node.name
+        ),
+    };
+    Ok(Dims {
+        seq,
+        hidden: hidden as usize,
+        dirs,
+    })
+}
+
+impl Dims {
+    /// Time steps in processing order for a direction.
+    pub fn order(&self, reverse: bool) -> Vec<usize> {
+        if reverse {
+            (0..self.seq).rev().collect()
+        } else {
+            (0..self.seq).collect()
+        }
+    }
+}
+
+/// `x[start..end]` along `axis`.
+pub fn slice(c: &mut Ctx, x: &str, axis: i64, start: i64, end: i64) -> String {
+    let (s, e, a) = (c.ints(&[start]), c.ints(&[end]), c.ints(&[axis]));
+    c.op("Slice", &[x, &s, &e, &a], vec![])
+}
+
+/// Direction `d` of a [D, ...] tensor, the axis kept: [1, ...].
+pub fn dir(c: &mut Ctx, x: &str, d: usize) -> String {
+    slice(c, x, 0, d as i64, d as i64 + 1)
+}
+
+/// `op(x, a)` with `a` absent meaning `x`.
+pub fn add_opt(c: &mut Ctx, x: Option<String>, a: String) -> String {
+    match x {
+        Some(x) => c.op("Add", &[&x, &a], vec![]),
+        None => a,
+    }
+}
+
+pub fn concat(c: &mut Ctx, parts: &[String], axis: i64) -> String {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    c.op("Concat", &refs, vec![attr_int("axis", axis)])
+}
+
+pub fn mul(c: &mut Ctx, a: &str, b: &str) -> String {
+    c.op("Mul", &[a, b], vec![])
+}
+
+/// `s * (1 - s)`, the derivative of the sigmoid at its output `s`.
+pub fn sigmoid_slope(c: &mut Ctx, s: &str, one: &str) -> String {
+    let r = c.op("Sub", &[one, s], vec![]);
+    mul(c, s, &r)
+}
+
+/// `1 - t^2`, the derivative of tanh at its output `t`.
+pub fn tanh_slope(c: &mut Ctx, t: &str, one: &str) -> String {
+    let t2 = mul(c, t, t);
+    c.op("Sub", &[one, &t2], vec![])
+}
+
+/// Zeros [1, B, H] typed like `like` ([S, B, H] or [1, B, H]).
+pub fn zero_state(c: &mut Ctx, like: &str) -> String {
+    let first = slice(c, like, 0, 0, 1);
+    let x = c.input(0).to_string();
+    let zero = c.scalar(0.0, &x).expect("X's type is observed");
+    c.op("Mul", &[&first, &zero], vec![])
+}
+
+/// `[S, B, K] x [S, B, M] -> [K, M]`: the sum over steps and batch of `a_t^T b_t`, one product.
+pub fn sum_outer(c: &mut Ctx, a: &str, b: &str, k: usize, m: usize) -> String {
+    let (sa, sb) = (c.ints(&[-1, k as i64]), c.ints(&[-1, m as i64]));
+    let a2 = c.op("Reshape", &[a, &sa], vec![]);
+    let b2 = c.op("Reshape", &[b, &sb], vec![]);
+    let at = c.transpose(&a2, &[1, 0]);
+    c.op("MatMul", &[&at, &b2], vec![])
+}
+
+/// The hidden state before each step in time order, [S, B, H]: Y's steps shifted by one in
+/// the processing order, the initial state first.
+pub fn previous_states(c: &mut Ctx, y: &str, h0: &str, seq: usize, reverse: bool) -> String {
+    let s = seq as i64;
+    if seq == 1 {
+        return h0.to_string();
+    }
+    if reverse {
+        let later = slice(c, y, 0, 1, s);
+        concat(c, &[later, h0.to_string()], 0)
+    } else {
+        let earlier = slice(c, y, 0, 0, s - 1);
+        concat(c, &[h0.to_string(), earlier], 0)
+    }
+}
+
+/// Direction `d`'s [S, B, H] of Y [S, D, B, H].
+pub fn y_of(c: &mut Ctx, y: &str, d: usize) -> String {
+    let yd = slice(c, y, 1, d as i64, d as i64 + 1);
+    let ax = c.ints(&[1]);
+    c.op("Squeeze", &[&yd, &ax], vec![])
+}
+
+/// The initial state of direction `d` ([1, B, H]) from input `i`, or zeros like `like`.
+pub fn initial(c: &mut Ctx, i: usize, d: usize, like: &str) -> String {
+    if c.has_input(i) {
+        let x = c.input(i).to_string();
+        dir(c, &x, d)
+    } else {
+        zero_state(c, like)
+    }
+}
