@@ -23,6 +23,9 @@ weight and bias, non-persistent int64 position_ids/token_type_ids), under DIR/<m
                           from float64 (against at least 1e-4 of the whole gradient's norm: BERT's
                           key biases have a zero gradient, up to rounding)
 
+lstm and gru (not Hugging Face's: token embeddings, a 2-layer nn.LSTM, bidirectional, or nn.GRU,
+and a linear head per position, exported as ONNX LSTM/GRU nodes) get what perm gets (below).
+
 perm (not Hugging Face's: a persistent int64 buffer the forward indexes with, reversed in the
 checkpoint, so only a probe that feeds the checkpoint's integer buffer gets PyTorch's gradient)
 gets the same but for pretrained/.
@@ -45,6 +48,9 @@ import torch.nn.functional as F
 V, H, T, N = 64, 32, 8, 64
 
 
+HF = ("gpt2", "llama", "bert")
+
+
 def build(which):
     import transformers as tf
 
@@ -64,6 +70,8 @@ def build(which):
         return tf.BertForMaskedLM(cfg)
     if which == "perm":
         return Perm()
+    if which in ("lstm", "gru"):
+        return Recurrent(which)
     raise SystemExit(f"unknown model {which!r}")
 
 
@@ -81,6 +89,23 @@ class Perm(torch.nn.Module):
     def forward(self, input_ids):
         h = torch.tanh(self.emb(input_ids).index_select(1, self.perm))
         return self.proj(h) + self.table.index_select(0, self.perm)
+
+
+class Recurrent(torch.nn.Module):
+    """Not a Hugging Face model: token embeddings, a 2-layer nn.LSTM (bidirectional) or nn.GRU
+    (one way), a linear head per position; exported as ONNX LSTM/GRU nodes."""
+
+    def __init__(self, kind):
+        super().__init__()
+        bi = kind == "lstm"
+        self.emb = torch.nn.Embedding(V, H)
+        cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+        self.rnn = cls(H, H, num_layers=2, batch_first=True, bidirectional=bi)
+        self.head = torch.nn.Linear(2 * H if bi else H, V)
+
+    def forward(self, input_ids):
+        y, _ = self.rnn(self.emb(input_ids))
+        return self.head(y)
 
 
 def export(model, path, batch_dim=True, opset=None):
@@ -137,7 +162,7 @@ def prepare(out, which):
         os.makedirs(d, exist_ok=True)
         model = build(name).eval()
         export(model, os.path.join(d, "m.onnx"))
-        if name != "perm":
+        if name in HF:
             # Opset 23: attention as one Attention node (what sdpa attention exports to).
             export(model, os.path.join(d, "m23.onnx"), opset=23)
         move(model, 1)
@@ -147,7 +172,7 @@ def prepare(out, which):
         sd = model.state_dict()
         save_file({k: v.clone() for k, v in sd.items()}, os.path.join(d, "clone.safetensors"))
         save_model(model, os.path.join(d, "save_model.safetensors"))
-        if name != "perm":
+        if name in HF:
             model.save_pretrained(os.path.join(d, "pretrained"))
         g64, loss = mean_ce_grads(model, x, y, torch.float64)
         g32, _ = mean_ce_grads(model, x, y, torch.float32)
@@ -204,7 +229,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("prepare")
     s.add_argument("--out", required=True)
-    s.add_argument("--which", default="gpt2,llama,bert,perm")
+    s.add_argument("--which", default="gpt2,llama,bert,perm,lstm,gru")
     s = sub.add_parser("compare")
     s.add_argument("pairs", nargs="+", metavar="REF H5")
     a = p.parse_args()

@@ -146,6 +146,32 @@ fn opset_23_attention_nodes_give_pytorchs_gradient() {
     }
 }
 
+/// nn.LSTM (2 layers, bidirectional) and nn.GRU (2 layers) over token embeddings, exported as
+/// ONNX LSTM and GRU nodes: PyTorch's gradient with the default kernels and with standard ops.
+#[test]
+fn recurrent_layers_give_pytorchs_gradient() {
+    let d = prepared();
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["compare".to_string()];
+    let runs = [
+        ("lstm", ""),
+        ("lstm", "--standard-ops"),
+        ("gru", ""),
+        ("gru", "--standard-ops"),
+    ];
+    for (m, flag) in runs {
+        let h5 = out.path().join(format!("{m}{flag}.h5"));
+        let extra: Vec<&str> = [flag].into_iter().filter(|f| !f.is_empty()).collect();
+        grad(m, &format!("{m}/clone.safetensors"), &h5, &extra).ok();
+        args.push(d.join(m).join("ref.safetensors").to_str().unwrap().into());
+        args.push(h5.to_str().unwrap().into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for ((m, flag), line) in runs.iter().zip(helper(&args).lines()) {
+        assert_pytorchs(&format!("{m} {flag}"), line);
+    }
+}
+
 /// One line of `hf_reference.py compare`: probe's worst per-tensor error within 2x of PyTorch
 /// float32's own (or 1e-5), and the same loss to 1e-6 relative.
 fn assert_pytorchs(label: &str, line: &str) {

@@ -23,8 +23,8 @@
 //! dWb = dRb = sum dZ, and the initial states get the last carries. PyTorch's LSTM computes the
 //! same function (its gate order i, f, g, o is a permutation of W's rows).
 use super::recurrent::{
-    add_opt, concat, dims, initial, mul, previous_states, sigmoid_slope, slice, sum_outer,
-    tanh_slope, y_of,
+    add_opt, concat, dims, gate_inputs, initial, mul, previous_states, sigmoid_slope, slice,
+    step_dh, tanh_slope, y_of, Direction, GateInputs, Grads,
 };
 use super::rule::{Ctx, Kind, Rule};
 use anyhow::Result;
@@ -39,33 +39,18 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let dm = dims(c, &["Sigmoid", "Tanh", "Tanh"], Some(7))?;
     let (s, h) = (dm.seq, dm.hidden);
     let x = c.input(0).to_string();
-    let (w, r) = (c.input(1).to_string(), c.input(2).to_string());
     let i_dim = c.dims(&x)?[2].ok_or_else(|| anyhow::anyhow!("LSTM input size unknown"))?;
     let y = c.require_output(0);
     let one = c.scalar(1.0, &x)?;
-    let (mut dx, mut dws, mut drs, mut dbs, mut dh0s, mut dc0s) =
-        (None, vec![], vec![], vec![], vec![], vec![]);
+    let mut grads = Grads::default();
     for (d, &reverse) in dm.dirs.clone().iter().enumerate() {
         let yd = y_of(c, &y, d);
         let h0 = initial(c, 5, d, &yd);
         let c0 = initial(c, 6, d, &yd);
         let hprev = previous_states(c, &yd, &h0, s, reverse);
         // Gates of every step: z = x W^T + h_prev R^T + Wb + Rb, [S, B, 4H].
-        let wd = super::recurrent::dir(c, &w, d);
-        let rd = super::recurrent::dir(c, &r, d);
-        let wt = c.transpose(&wd, &[0, 2, 1]);
-        let rt = c.transpose(&rd, &[0, 2, 1]);
-        let xw = c.op("MatMul", &[&x, &wt], vec![]);
-        let hr = c.op("MatMul", &[&hprev, &rt], vec![]);
-        let mut z = c.op("Add", &[&xw, &hr], vec![]);
-        if c.has_input(3) {
-            let b = c.input(3).to_string();
-            let bd = super::recurrent::dir(c, &b, d);
-            let wb = slice(c, &bd, 1, 0, 4 * h as i64);
-            let rb = slice(c, &bd, 1, 4 * h as i64, 8 * h as i64);
-            let bb = c.op("Add", &[&wb, &rb], vec![]);
-            z = c.op("Add", &[&z, &bb], vec![]);
-        }
+        let GateInputs { a, u, w: wd, r: rd } = gate_inputs(c, &hprev, d, 4 * h as i64);
+        let z = c.op("Add", &[&a, &u], vec![]);
         let gate = |c: &mut Ctx, k: i64, f: &str| {
             let zk = slice(c, &z, 2, k * h as i64, (k + 1) * h as i64);
             c.op(f, &[&zk], vec![])
@@ -117,14 +102,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         let mut dz: Vec<Option<String>> = vec![None; s];
         for t in dm.order(!reverse) {
             let at = |c: &mut Ctx, v: &str| slice(c, v, 0, t as i64, t as i64 + 1);
-            if let Some(g) = &gyd {
-                let gt = at(c, g);
-                dh = Some(add_opt(c, dh, gt));
-            }
-            let dht = match dh {
-                Some(v) => v,
-                None => super::recurrent::zero_state(c, &yd),
-            };
+            let dht = step_dh(c, dh, gyd.as_deref(), t, &yd);
             let bct = at(c, &b_c);
             let from_h = mul(c, &dht, &bct);
             let dct = add_opt(c, dc, from_h);
@@ -142,40 +120,24 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         }
         let dzs: Vec<String> = dz.into_iter().map(Option::unwrap).collect();
         let dzall = concat(c, &dzs, 0);
-        if c.needs(0) {
-            let dxd = c.op("MatMul", &[&dzall, &wd], vec![]);
-            dx = Some(add_opt(c, dx, dxd));
-        }
-        let ax0 = c.ints(&[0]);
-        if c.needs(1) {
-            let g = sum_outer(c, &dzall, &x, 4 * h, i_dim);
-            dws.push(c.op("Unsqueeze", &[&g, &ax0], vec![]));
-        }
-        if c.needs(2) {
-            let g = sum_outer(c, &dzall, &hprev, 4 * h, h);
-            drs.push(c.op("Unsqueeze", &[&g, &ax0], vec![]));
-        }
-        if c.needs(3) {
-            let db = c.reduce_sum(&dzall, &[0, 1], true);
-            let ax = c.ints(&[0]);
-            let db = c.op("Squeeze", &[&db, &ax], vec![]);
-            dbs.push(concat(c, &[db.clone(), db], 1));
-        }
-        dh0s.push(dh.unwrap());
-        dc0s.push(dc.unwrap());
+        grads.add(
+            c,
+            Direction {
+                da: &dzall,
+                du: &dzall,
+                x: &x,
+                hprev: &hprev,
+                w: &wd,
+                gates: 4,
+                input: i_dim,
+                hidden: h,
+                states: vec![dh.unwrap(), dc.unwrap()],
+            },
+        );
     }
-    if let Some(dx) = dx {
-        c.set(0, dx);
-    }
-    for (i, parts) in [(1, dws), (2, drs), (3, dbs), (5, dh0s), (6, dc0s)] {
-        if c.needs(i) && !parts.is_empty() {
-            let g = concat(c, &parts, 0);
-            c.set(i, g);
-        }
-    }
+    grads.set(c);
     Ok(())
 }
-
 /// No libtorch forward yet (`--engine torch` and `probe train` refuse an LSTM), so only the
 /// gradient check runs.
 #[cfg(test)]

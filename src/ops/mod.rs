@@ -46,6 +46,7 @@ pub mod gather_elements;
 pub mod gelu;
 pub mod gemm;
 pub mod global_average_pool;
+pub mod gru;
 pub mod identity;
 pub mod layer_normalization;
 pub mod leaky_relu;
@@ -113,6 +114,7 @@ pub static RULES: &[&Rule] = &[
     &gelu::RULE,
     &gemm::RULE,
     &global_average_pool::RULE,
+    &gru::RULE,
     &identity::RULE,
     &layer_normalization::RULE,
     &leaky_relu::RULE,

@@ -190,3 +190,126 @@ pub fn initial(c: &mut Ctx, i: usize, d: usize, like: &str) -> String {
         zero_state(c, like)
     }
 }
+
+/// The gradients of X, W, R, B and the initial states, gathered direction by direction and set
+/// at the end (the [D, ...] inputs concatenate their directions).
+#[derive(Default)]
+pub struct Grads {
+    dx: Option<String>,
+    w: Vec<String>,
+    r: Vec<String>,
+    b: Vec<String>,
+    /// Per state input (initial_h, then initial_c for LSTM): one [1, B, H] per direction.
+    states: Vec<Vec<String>>,
+}
+
+/// One direction's parts for [`Grads::add`].
+pub struct Direction<'s> {
+    /// dA [S, B, G*H]: the gradient of the gates' input part `x W^T + Wb`.
+    pub da: &'s str,
+    /// dU [S, B, G*H]: of their hidden part `h_prev R^T + Rb` (dA itself for LSTM).
+    pub du: &'s str,
+    pub x: &'s str,
+    pub hprev: &'s str,
+    /// W of this direction, [1, G*H, I].
+    pub w: &'s str,
+    pub gates: usize,
+    pub input: usize,
+    pub hidden: usize,
+    /// The last carries: the initial states' gradients, in input order.
+    pub states: Vec<String>,
+}
+
+impl Grads {
+    pub fn add(&mut self, c: &mut Ctx, d: Direction) {
+        let gh = d.gates * d.hidden;
+        if c.needs(0) {
+            let dxd = c.op("MatMul", &[d.da, d.w], vec![]);
+            self.dx = Some(add_opt(c, self.dx.take(), dxd));
+        }
+        let ax0 = c.ints(&[0]);
+        if c.needs(1) {
+            let g = sum_outer(c, d.da, d.x, gh, d.input);
+            self.w.push(c.op("Unsqueeze", &[&g, &ax0], vec![]));
+        }
+        if c.needs(2) {
+            let g = sum_outer(c, d.du, d.hprev, gh, d.hidden);
+            self.r.push(c.op("Unsqueeze", &[&g, &ax0], vec![]));
+        }
+        if c.needs(3) {
+            let sa = c.reduce_sum(d.da, &[0, 1], true);
+            let su = c.reduce_sum(d.du, &[0, 1], true);
+            let both = concat(c, &[sa, su], 2);
+            self.b.push(c.op("Squeeze", &[&both, &ax0], vec![]));
+        }
+        self.states.resize(d.states.len(), vec![]);
+        for (k, s) in d.states.into_iter().enumerate() {
+            self.states[k].push(s);
+        }
+    }
+
+    /// Sets every needed gradient; the state inputs are 5 (initial_h) and 6 (initial_c).
+    pub fn set(self, c: &mut Ctx) {
+        if let Some(dx) = self.dx {
+            c.set(0, dx);
+        }
+        let mut parts = vec![(1, self.w), (2, self.r), (3, self.b)];
+        parts.extend(self.states.into_iter().enumerate().map(|(k, s)| (5 + k, s)));
+        for (i, p) in parts {
+            if c.needs(i) && !p.is_empty() {
+                let g = concat(c, &p, 0);
+                c.set(i, g);
+            }
+        }
+    }
+}
+
+/// Direction `d`'s gate inputs over all steps: `A = X W^T + Wb` and `U = H_prev R^T + Rb`
+/// ([S, B, G*H] each, the biases where B is given), with that direction's W and R.
+pub struct GateInputs {
+    pub a: String,
+    pub u: String,
+    pub w: String,
+    pub r: String,
+}
+
+pub fn gate_inputs(c: &mut Ctx, hprev: &str, d: usize, gh: i64) -> GateInputs {
+    let (x, w, r) = (
+        c.input(0).to_string(),
+        c.input(1).to_string(),
+        c.input(2).to_string(),
+    );
+    let (wd, rd) = (dir(c, &w, d), dir(c, &r, d));
+    let wt = c.transpose(&wd, &[0, 2, 1]);
+    let rt = c.transpose(&rd, &[0, 2, 1]);
+    let mut a = c.op("MatMul", &[&x, &wt], vec![]);
+    let mut u = c.op("MatMul", &[hprev, &rt], vec![]);
+    if c.has_input(3) {
+        let b = c.input(3).to_string();
+        let bd = dir(c, &b, d);
+        let wb = slice(c, &bd, 1, 0, gh);
+        let rb = slice(c, &bd, 1, gh, 2 * gh);
+        a = c.op("Add", &[&a, &wb], vec![]);
+        u = c.op("Add", &[&u, &rb], vec![]);
+    }
+    GateInputs { a, u, w: wd, r: rd }
+}
+
+/// The whole hidden-state gradient at step `t`: the carry plus dY_t (direction's [S, B, H]),
+/// zeros when neither reaches it.
+pub fn step_dh(
+    c: &mut Ctx,
+    carry: Option<String>,
+    gy: Option<&str>,
+    t: usize,
+    like: &str,
+) -> String {
+    let carry = match gy {
+        Some(g) => {
+            let gt = slice(c, g, 0, t as i64, t as i64 + 1);
+            Some(add_opt(c, carry, gt))
+        }
+        None => carry,
+    };
+    carry.unwrap_or_else(|| zero_state(c, like))
+}
