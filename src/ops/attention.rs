@@ -38,8 +38,7 @@ pub static RULE: Rule = Rule::new("Attention", Kind::Structured)
 
 /// What the rule and the libtorch forward cover; the reason otherwise.
 fn supported(node: &onnx_protobuf::NodeProto) -> Result<()> {
-    let a = |n: &str| node.attribute.iter().find(|x| x.name == n);
-    if a("softcap").is_some_and(|x| x.f != 0.0) {
+    if node.attr_f("softcap", 0.0) != 0.0 {
         bail!("softcap is not supported");
     }
     for (i, what) in [(4, "past_key"), (5, "past_value"), (6, "nonpad_kv_seqlen")] {
@@ -47,7 +46,7 @@ fn supported(node: &onnx_protobuf::NodeProto) -> Result<()> {
             bail!("a KV cache input ({what}) is not supported (export without a cache)");
         }
     }
-    if a("q_num_heads").is_some() || a("kv_num_heads").is_some() {
+    if node.attr("q_num_heads").is_some() || node.attr("kv_num_heads").is_some() {
         bail!("3-D (packed-head) inputs are not supported; export with 4-D Q, K, V");
     }
     Ok(())
@@ -55,7 +54,7 @@ fn supported(node: &onnx_protobuf::NodeProto) -> Result<()> {
 
 /// The scale factor: the `scale` attribute, else 1/sqrt(E).
 fn scale(node: &onnx_protobuf::NodeProto, e: usize) -> f64 {
-    match node.attribute.iter().find(|x| x.name == "scale") {
+    match node.attr("scale") {
         Some(s) => s.f as f64,
         None => 1.0 / (e as f64).sqrt(),
     }

@@ -116,6 +116,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     grads.set(c);
     Ok(())
 }
+
 /// No libtorch forward yet (`--engine torch` and `probe train` refuse a GRU), so only the
 /// gradient check runs.
 #[cfg(test)]

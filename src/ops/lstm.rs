@@ -138,6 +138,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     grads.set(c);
     Ok(())
 }
+
 /// No libtorch forward yet (`--engine torch` and `probe train` refuse an LSTM), so only the
 /// gradient check runs.
 #[cfg(test)]
@@ -147,7 +148,8 @@ mod tests {
     #[test]
     fn lstm() {
         let cases = [
-            // ONNX Runtime has no f64 LSTM kernel. X [S=3, B=2, I=4], hidden 5, bias, initial states; Y, Y_h and Y_c all in the loss.
+            // ONNX Runtime has no f64 LSTM kernel. X [S=3, B=2, I=4], hidden 5, bias,
+            // initial states; Y, Y_h and Y_c all in the loss.
             Case::new("LSTM")
                 .input(&[3, 2, 4])
                 .input(&[1, 20, 4])

@@ -109,7 +109,7 @@ pub fn dir(c: &mut Ctx, x: &str, d: usize) -> String {
     slice(c, x, 0, d as i64, d as i64 + 1)
 }
 
-/// `op(x, a)` with `a` absent meaning `x`.
+/// `x + a`, or `a` alone when `x` is absent (a carry that has not started yet).
 pub fn add_opt(c: &mut Ctx, x: Option<String>, a: String) -> String {
     match x {
         Some(x) => c.op("Add", &[&x, &a], vec![]),
