@@ -43,6 +43,7 @@ pub mod exp;
 pub mod expand;
 pub mod gather;
 pub mod gather_elements;
+pub mod gather_nd;
 pub mod gelu;
 pub mod gemm;
 pub mod global_average_pool;
@@ -110,6 +111,7 @@ pub static RULES: &[&Rule] = &[
     &expand::RULE,
     &gather::RULE,
     &gather_elements::RULE,
+    &gather_nd::RULE,
     &gelu::RULE,
     &gemm::RULE,
     &global_average_pool::RULE,
