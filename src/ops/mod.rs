@@ -61,7 +61,11 @@ pub mod pad;
 pub mod pow;
 pub mod reciprocal;
 pub mod recurrent;
+pub mod reduce_l2;
+pub mod reduce_log_sum_exp;
+pub mod reduce_max;
 pub mod reduce_mean;
+pub mod reduce_prod;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
@@ -143,7 +147,12 @@ pub static RULES: &[&Rule] = &[
     &pad::RULE,
     &pow::RULE,
     &reciprocal::RULE,
+    &reduce_l2::RULE,
+    &reduce_log_sum_exp::RULE,
+    &reduce_max::MAX,
     &reduce_mean::RULE,
+    &reduce_max::MIN,
+    &reduce_prod::RULE,
     &reduce_sum::RULE,
     &relu::RULE,
     &reshape::FLATTEN,

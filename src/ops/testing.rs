@@ -625,7 +625,8 @@ fn verify(
             feed[fi].3[j] = x0;
             let numeric = (fp - fm) / (2.0 * h);
             let err = (numeric - analytic[wi][j]).abs() / scale;
-            if err > worst.0 {
+            // A NaN (a 0/0 in the rule) is the worst of all and fails the check below.
+            if err > worst.0 || (err.is_nan() && !worst.0.is_nan()) {
                 worst = (err, j, numeric, analytic[wi][j]);
             }
         }
