@@ -47,7 +47,9 @@ pub mod gather_nd;
 pub mod gelu;
 pub mod gemm;
 pub mod global_average_pool;
+pub mod group_normalization;
 pub mod identity;
+pub mod instance_normalization;
 pub mod layer_normalization;
 pub mod leaky_relu;
 pub mod log;
@@ -119,7 +121,9 @@ pub static RULES: &[&Rule] = &[
     &gelu::RULE,
     &gemm::RULE,
     &global_average_pool::RULE,
+    &group_normalization::RULE,
     &identity::RULE,
+    &instance_normalization::RULE,
     &layer_normalization::RULE,
     &leaky_relu::RULE,
     &log::RULE,
