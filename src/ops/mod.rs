@@ -36,6 +36,7 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod depth_to_space;
 pub mod div;
 pub mod dropout;
 pub mod erf;
@@ -80,6 +81,7 @@ pub mod sigmoid;
 pub mod slice;
 pub mod softmax;
 pub mod softplus;
+pub mod space_to_depth;
 pub mod split;
 pub mod split_to_sequence;
 pub mod sqrt;
@@ -110,6 +112,7 @@ pub static RULES: &[&Rule] = &[
     &concat::RULE,
     &conv::RULE,
     &conv_transpose::RULE,
+    &depth_to_space::RULE,
     &div::RULE,
     &dropout::RULE,
     &erf::RULE,
@@ -172,6 +175,7 @@ pub static RULES: &[&Rule] = &[
     &softmax::LOG_SOFTMAX,
     &softmax::SOFTMAX,
     &softplus::RULE,
+    &space_to_depth::RULE,
     &split::RULE,
     &split_to_sequence::RULE,
     &sqrt::RULE,
