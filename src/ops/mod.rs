@@ -72,6 +72,7 @@ pub mod reduce_prod;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod resize;
 pub mod rms_normalization;
 pub mod rule;
 pub mod scaled_dot_product_attention;
@@ -166,6 +167,7 @@ pub static RULES: &[&Rule] = &[
     &reshape::RESHAPE,
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
+    &resize::RULE,
     &rms_normalization::RULE,
     &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,

@@ -103,13 +103,10 @@ fn vjp(c: &mut Ctx, arg: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
-    use crate::autodiff::shapes::Shapes;
-    use crate::model::graph::{attr_int, attr_ints, tensor_i64};
+    use crate::model::graph::{attr_int, attr_ints};
     use crate::ops::reduce_sum::reduce_cases;
-    use crate::ops::testing::{model_of, node, one_op_graph, run_threads, set_outputs, Case, Rng};
-    use crate::tensor::{DType, HostTensor, Values};
-    use onnx_protobuf::{StringStringEntryProto, TensorProto};
+    use crate::ops::testing::{gradient_for, Case};
+    use onnx_protobuf::StringStringEntryProto;
 
     crate::ops::testing::gradient_and_torch_tests!(
         reduce_max = reduce_cases("ReduceMax"),
@@ -138,46 +135,14 @@ mod tests {
             .values(&[2, 3], values)
             .ints(&[1], &[1])
             .attr(attr_int("keepdims", 0));
-        let (mut g, floats) = one_op_graph(&case, DType::F64, &mut Rng(1));
-        if let Some(ns) = namespace {
-            let mut m = StringStringEntryProto::new();
-            m.key = "namespace".into();
-            m.value = ns.into();
-            g.node[0].metadata_props.push(m);
-        }
-        let mut t = TensorProto::new();
-        t.name = "w".into();
-        t.data_type = DType::F64.onnx();
-        t.dims = vec![2];
-        t.raw_data = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        g.initializer.push(t);
-        g.initializer.push(tensor_i64("all", &[1], &[0]));
-        g.node.push(node("Mul", &["out0", "w"], "m"));
-        let mut sum = node("ReduceSum", &["m", "all"], "loss");
-        sum.attribute.push(attr_int("keepdims", 0));
-        g.node.push(sum);
-        set_outputs(&mut g, &["loss".to_string()]);
-        let x = &floats[0];
-        let host = HostTensor {
-            shape: x.shape.clone(),
-            dtype: DType::F64,
-            values: Values::F32(x.values.iter().map(|&v| v as f32).collect()),
-        };
-        let model = model_of(g.clone(), 20);
-        let shapes = Shapes::observe(&model, &[vec![("in0".to_string(), host)]]).unwrap();
-        let wrt = ["in0".to_string()];
-        let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::Standard).unwrap();
-        apply_forward_outputs(&mut g, &diff.forward_outputs);
-        g.node.extend(diff.nodes);
-        let gname = diff.grads[0].1.clone();
-        set_outputs(&mut g, std::slice::from_ref(&gname));
-        let feed = vec![(
-            "in0".to_string(),
-            DType::F64,
-            x.shape.clone(),
-            x.values.clone(),
-        )];
-        run_threads(&model_of(g, 20), &feed, &[gname], 1).remove(0)
+        gradient_for(&case, &w, |n| {
+            if let Some(ns) = namespace {
+                let mut m = StringStringEntryProto::new();
+                m.key = "namespace".into();
+                m.value = ns.into();
+                n.metadata_props.push(m);
+            }
+        })
     }
 
     #[test]
