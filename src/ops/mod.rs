@@ -39,6 +39,7 @@ pub mod conv_transpose;
 pub mod depth_to_space;
 pub mod div;
 pub mod dropout;
+pub mod einsum;
 pub mod erf;
 pub mod exp;
 pub mod expand;
@@ -116,6 +117,7 @@ pub static RULES: &[&Rule] = &[
     &depth_to_space::RULE,
     &div::RULE,
     &dropout::RULE,
+    &einsum::RULE,
     &erf::RULE,
     &exp::RULE,
     &expand::RULE,
