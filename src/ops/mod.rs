@@ -36,18 +36,23 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod depth_to_space;
 pub mod div;
 pub mod dropout;
+pub mod einsum;
 pub mod erf;
 pub mod exp;
 pub mod expand;
 pub mod gather;
 pub mod gather_elements;
+pub mod gather_nd;
 pub mod gelu;
 pub mod gemm;
 pub mod global_average_pool;
+pub mod group_normalization;
 pub mod gru;
 pub mod identity;
+pub mod instance_normalization;
 pub mod layer_normalization;
 pub mod leaky_relu;
 pub mod log;
@@ -61,10 +66,15 @@ pub mod pad;
 pub mod pow;
 pub mod reciprocal;
 pub mod recurrent;
+pub mod reduce_l2;
+pub mod reduce_log_sum_exp;
+pub mod reduce_max;
 pub mod reduce_mean;
+pub mod reduce_prod;
 pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
+pub mod resize;
 pub mod rms_normalization;
 pub mod rule;
 pub mod scaled_dot_product_attention;
@@ -74,6 +84,7 @@ pub mod sigmoid;
 pub mod slice;
 pub mod softmax;
 pub mod softplus;
+pub mod space_to_depth;
 pub mod split;
 pub mod split_to_sequence;
 pub mod sqrt;
@@ -104,18 +115,23 @@ pub static RULES: &[&Rule] = &[
     &concat::RULE,
     &conv::RULE,
     &conv_transpose::RULE,
+    &depth_to_space::RULE,
     &div::RULE,
     &dropout::RULE,
+    &einsum::RULE,
     &erf::RULE,
     &exp::RULE,
     &expand::RULE,
     &gather::RULE,
     &gather_elements::RULE,
+    &gather_nd::RULE,
     &gelu::RULE,
     &gemm::RULE,
     &global_average_pool::RULE,
     &gru::RULE,
+    &group_normalization::RULE,
     &identity::RULE,
+    &instance_normalization::RULE,
     &layer_normalization::RULE,
     &leaky_relu::RULE,
     &log::RULE,
@@ -143,13 +159,19 @@ pub static RULES: &[&Rule] = &[
     &pad::RULE,
     &pow::RULE,
     &reciprocal::RULE,
+    &reduce_l2::RULE,
+    &reduce_log_sum_exp::RULE,
+    &reduce_max::MAX,
     &reduce_mean::RULE,
+    &reduce_max::MIN,
+    &reduce_prod::RULE,
     &reduce_sum::RULE,
     &relu::RULE,
     &reshape::FLATTEN,
     &reshape::RESHAPE,
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
+    &resize::RULE,
     &rms_normalization::RULE,
     &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,
@@ -159,6 +181,7 @@ pub static RULES: &[&Rule] = &[
     &softmax::LOG_SOFTMAX,
     &softmax::SOFTMAX,
     &softplus::RULE,
+    &space_to_depth::RULE,
     &split::RULE,
     &split_to_sequence::RULE,
     &sqrt::RULE,

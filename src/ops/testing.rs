@@ -27,6 +27,8 @@ pub enum In {
     Bools(Vec<usize>, Vec<bool>),
     /// A float input that is not differentiated.
     Fixed(Vec<usize>),
+    /// A float32 constant (Resize's scales): an initializer, not differentiated.
+    F32Const(Vec<usize>, Vec<f32>),
     /// An absent optional input.
     Absent,
 }
@@ -86,6 +88,10 @@ impl Case {
     }
     pub fn bools(mut self, shape: &[usize], v: &[bool]) -> Case {
         self.inputs.push(In::Bools(shape.to_vec(), v.to_vec()));
+        self
+    }
+    pub fn f32_const(mut self, shape: &[usize], v: &[f32]) -> Case {
+        self.inputs.push(In::F32Const(shape.to_vec(), v.to_vec()));
         self
     }
     pub fn absent(mut self) -> Case {
@@ -304,6 +310,13 @@ pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto
                 node.input.push(name);
                 continue;
             }
+            In::F32Const(shape, v) => {
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                g.initializer
+                    .push(crate::model::graph::tensor_f32(&name, &dims, v));
+                node.input.push(name);
+                continue;
+            }
             In::Bools(shape, v) => {
                 let mut t = TensorProto::new();
                 t.name = name.clone();
@@ -438,6 +451,67 @@ pub fn check_graph_with(
         kernels,
         &[],
     );
+}
+
+/// The gradient graph's dL/d(in0) for `L = sum(out0 * w)`, `w` given (shaped like out0), the
+/// case's one node first edited by `edit` (metadata, say), run by ONNX Runtime in f64 (f32
+/// for a case marked [`Case::f32`]). For
+/// checks against a known gradient where finite differences do not apply (ties, kinks) or
+/// against another implementation's backward (libtorch's).
+pub fn gradient_for(case: &Case, w: &[f64], edit: impl FnOnce(&mut NodeProto)) -> Vec<f64> {
+    let mut rng = Rng(case.seed);
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let (mut g, floats) = one_op_graph(case, dt, &mut rng);
+    edit(&mut g.node[0]);
+    let feed: FeedF64 = (floats.iter())
+        .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
+        .collect();
+    let host_feed: Feed = (feed.iter())
+        .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
+        .collect();
+    let out_shape = Shapes::observe(
+        &model_of(with_outputs(&g, &["out0"]), case.opset),
+        &[host_feed.clone()],
+    )
+    .expect("forward graph runs")
+    .static_dims("out0")
+    .expect("out0 has a static shape");
+    let mut t = TensorProto::new();
+    t.name = "w".into();
+    t.data_type = dt.onnx();
+    t.dims = out_shape.iter().map(|&d| d as i64).collect();
+    assert_eq!(
+        w.len(),
+        out_shape.iter().product::<usize>(),
+        "w is shaped like out0"
+    );
+    t.raw_data = match dt {
+        DType::F64 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => w.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+    };
+    g.initializer.push(t);
+    g.node.push(node("Mul", &["out0", "w"], "m"));
+    let mut sum = node("ReduceSum", &["m"], "loss");
+    sum.attribute
+        .push(crate::model::graph::attr_int("keepdims", 0));
+    g.node.push(sum);
+    let g = with_outputs(&g, &["loss"]);
+    let shapes = Shapes::observe(&model_of(g.clone(), case.opset), &[host_feed]).unwrap();
+    let wrt = [floats[0].name.clone()];
+    let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::Standard).unwrap();
+    let mut g = g;
+    apply_forward_outputs(&mut g, &diff.forward_outputs);
+    g.node.extend(diff.nodes);
+    let gname = diff.grads[0].1.clone();
+    set_outputs(&mut g, std::slice::from_ref(&gname));
+    run(&model_of(g, case.opset), &feed, &[gname]).remove(0)
+}
+
+fn with_outputs(g: &GraphProto, names: &[&str]) -> GraphProto {
+    let mut g = g.clone();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    set_outputs(&mut g, &names);
+    g
 }
 
 /// The shared tail of [`check`] and [`check_graph_with`]: adds the loss over `outputs` to `g`,
@@ -625,7 +699,8 @@ fn verify(
             feed[fi].3[j] = x0;
             let numeric = (fp - fm) / (2.0 * h);
             let err = (numeric - analytic[wi][j]).abs() / scale;
-            if err > worst.0 {
+            // A NaN (a 0/0 in the rule) is the worst of all and fails the check below.
+            if err > worst.0 || (err.is_nan() && !worst.0.is_nan()) {
                 worst = (err, j, numeric, analytic[wi][j]);
             }
         }
