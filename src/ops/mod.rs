@@ -36,8 +36,10 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod cum_sum;
 pub mod div;
 pub mod dropout;
+pub mod elu;
 pub mod erf;
 pub mod exp;
 pub mod expand;
@@ -46,18 +48,24 @@ pub mod gather_elements;
 pub mod gelu;
 pub mod gemm;
 pub mod global_average_pool;
+pub mod hard_sigmoid;
+pub mod hard_swish;
 pub mod identity;
 pub mod layer_normalization;
 pub mod leaky_relu;
 pub mod log;
 pub mod lstm;
 pub mod mat_mul;
+pub mod max_min;
 pub mod max_pool;
+pub mod mish;
+pub mod modulo;
 pub mod mul;
 pub mod neg;
 pub mod non_differentiable;
 pub mod pad;
 pub mod pow;
+pub mod prelu;
 pub mod reciprocal;
 pub mod recurrent;
 pub mod reduce_mean;
@@ -65,6 +73,7 @@ pub mod reduce_sum;
 pub mod relu;
 pub mod reshape;
 pub mod rms_normalization;
+pub mod rounding;
 pub mod rule;
 pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
@@ -79,8 +88,10 @@ pub mod sqrt;
 pub mod sum;
 pub mod tanh;
 pub mod tile;
+pub mod top_k;
 pub mod torch;
 pub mod transpose;
+pub mod trig;
 pub mod trilu;
 pub mod unary;
 pub mod r#where;
@@ -103,8 +114,12 @@ pub static RULES: &[&Rule] = &[
     &concat::RULE,
     &conv::RULE,
     &conv_transpose::RULE,
+    &cum_sum::RULE,
     &div::RULE,
     &dropout::RULE,
+    &elu::CELU,
+    &elu::ELU,
+    &elu::SELU,
     &erf::RULE,
     &exp::RULE,
     &expand::RULE,
@@ -113,13 +128,19 @@ pub static RULES: &[&Rule] = &[
     &gelu::RULE,
     &gemm::RULE,
     &global_average_pool::RULE,
+    &hard_sigmoid::RULE,
+    &hard_swish::RULE,
     &identity::RULE,
     &layer_normalization::RULE,
     &leaky_relu::RULE,
     &log::RULE,
     &lstm::RULE,
     &mat_mul::RULE,
+    &max_min::MAX,
+    &max_min::MIN,
     &max_pool::RULE,
+    &mish::RULE,
+    &modulo::RULE,
     &mul::RULE,
     &neg::RULE,
     &non_differentiable::AND,
@@ -140,6 +161,7 @@ pub static RULES: &[&Rule] = &[
     &non_differentiable::XOR,
     &pad::RULE,
     &pow::RULE,
+    &prelu::RULE,
     &reciprocal::RULE,
     &reduce_mean::RULE,
     &reduce_sum::RULE,
@@ -149,6 +171,10 @@ pub static RULES: &[&Rule] = &[
     &reshape::SQUEEZE,
     &reshape::UNSQUEEZE,
     &rms_normalization::RULE,
+    &rounding::CEIL,
+    &rounding::FLOOR,
+    &rounding::ROUND,
+    &rounding::SIGN,
     &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,
     &sequence_at::RULE,
@@ -163,7 +189,10 @@ pub static RULES: &[&Rule] = &[
     &sum::RULE,
     &tanh::RULE,
     &tile::RULE,
+    &top_k::RULE,
     &transpose::RULE,
+    &trig::COS,
+    &trig::SIN,
     &trilu::RULE,
     &r#where::RULE,
 ];
