@@ -11,7 +11,7 @@
 //!
 //! One Python run exports and saves everything (~30 s on 2 cores; the exports dominate).
 mod common;
-use common::{probe, root, run};
+use common::{assert_pytorchs, probe, root, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -170,31 +170,6 @@ fn recurrent_layers_give_pytorchs_gradient() {
     for ((m, flag), line) in runs.iter().zip(helper(&args).lines()) {
         assert_pytorchs(&format!("{m} {flag}"), line);
     }
-}
-
-/// One line of `hf_reference.py compare`: probe's worst per-tensor error within 2x of PyTorch
-/// float32's own (or 1e-5), and the same loss to 1e-6 relative.
-fn assert_pytorchs(label: &str, line: &str) {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    let (worst, f32_error) = (
-        v["worst"].as_f64().unwrap(),
-        v["f32_error"].as_f64().unwrap(),
-    );
-    let (loss, ref_loss) = (v["loss"].as_f64().unwrap(), v["ref_loss"].as_f64().unwrap());
-    eprintln!(
-        "{label}: worst per-tensor relative L2 error {worst:.2e} ({}); PyTorch float32's own {f32_error:.2e}; loss {loss} vs {ref_loss}",
-        v["name"]
-    );
-    let bound = (2.0 * f32_error).max(1e-5);
-    assert!(
-        worst <= bound,
-        "{label}: gradient of {} is off by {worst:.2e} relative L2 (bound {bound:.2e})",
-        v["name"]
-    );
-    assert!(
-        (loss - ref_loss).abs() <= 1e-6 * ref_loss,
-        "{label}: loss {loss} vs {ref_loss}"
-    );
 }
 
 /// Runs `probe grad` on `model` (a folder under the prepared one) and `ckpt`, which must fail

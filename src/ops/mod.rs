@@ -36,10 +36,12 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod cum_sum;
 pub mod depth_to_space;
 pub mod div;
 pub mod dropout;
 pub mod einsum;
+pub mod elu;
 pub mod erf;
 pub mod exp;
 pub mod expand;
@@ -51,6 +53,8 @@ pub mod gemm;
 pub mod global_average_pool;
 pub mod group_normalization;
 pub mod gru;
+pub mod hard_sigmoid;
+pub mod hard_swish;
 pub mod identity;
 pub mod instance_normalization;
 pub mod layer_normalization;
@@ -58,12 +62,16 @@ pub mod leaky_relu;
 pub mod log;
 pub mod lstm;
 pub mod mat_mul;
+pub mod max_min;
 pub mod max_pool;
+pub mod mish;
+pub mod modulo;
 pub mod mul;
 pub mod neg;
 pub mod non_differentiable;
 pub mod pad;
 pub mod pow;
+pub mod prelu;
 pub mod reciprocal;
 pub mod recurrent;
 pub mod reduce_l2;
@@ -76,6 +84,7 @@ pub mod relu;
 pub mod reshape;
 pub mod resize;
 pub mod rms_normalization;
+pub mod rounding;
 pub mod rule;
 pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
@@ -91,8 +100,10 @@ pub mod sqrt;
 pub mod sum;
 pub mod tanh;
 pub mod tile;
+pub mod top_k;
 pub mod torch;
 pub mod transpose;
+pub mod trig;
 pub mod trilu;
 pub mod unary;
 pub mod r#where;
@@ -119,6 +130,10 @@ pub static RULES: &[&Rule] = &[
     &div::RULE,
     &dropout::RULE,
     &einsum::RULE,
+    &cum_sum::RULE,
+    &elu::CELU,
+    &elu::ELU,
+    &elu::SELU,
     &erf::RULE,
     &exp::RULE,
     &expand::RULE,
@@ -130,6 +145,8 @@ pub static RULES: &[&Rule] = &[
     &global_average_pool::RULE,
     &gru::RULE,
     &group_normalization::RULE,
+    &hard_sigmoid::RULE,
+    &hard_swish::RULE,
     &identity::RULE,
     &instance_normalization::RULE,
     &layer_normalization::RULE,
@@ -137,7 +154,11 @@ pub static RULES: &[&Rule] = &[
     &log::RULE,
     &lstm::RULE,
     &mat_mul::RULE,
+    &max_min::MAX,
+    &max_min::MIN,
     &max_pool::RULE,
+    &mish::RULE,
+    &modulo::RULE,
     &mul::RULE,
     &neg::RULE,
     &non_differentiable::AND,
@@ -158,6 +179,7 @@ pub static RULES: &[&Rule] = &[
     &non_differentiable::XOR,
     &pad::RULE,
     &pow::RULE,
+    &prelu::RULE,
     &reciprocal::RULE,
     &reduce_l2::RULE,
     &reduce_log_sum_exp::RULE,
@@ -173,6 +195,10 @@ pub static RULES: &[&Rule] = &[
     &reshape::UNSQUEEZE,
     &resize::RULE,
     &rms_normalization::RULE,
+    &rounding::CEIL,
+    &rounding::FLOOR,
+    &rounding::ROUND,
+    &rounding::SIGN,
     &scaled_dot_product_attention::RULE,
     &scatter_elements::RULE,
     &sequence_at::RULE,
@@ -188,7 +214,10 @@ pub static RULES: &[&Rule] = &[
     &sum::RULE,
     &tanh::RULE,
     &tile::RULE,
+    &top_k::RULE,
     &transpose::RULE,
+    &trig::COS,
+    &trig::SIN,
     &trilu::RULE,
     &r#where::RULE,
 ];

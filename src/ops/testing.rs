@@ -49,6 +49,8 @@ pub struct Case {
     /// Ops the probe.cpu gradient graph must contain (`domain:op`, or `op` for standard ONNX),
     /// so that a case meant for one of the rule's fast forms fails when that form stops firing.
     pub expect_ops: Vec<String>,
+    /// The node's `metadata_props` (what PyTorch's exporter records on a node).
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Case {
@@ -64,6 +66,7 @@ impl Case {
             skip_outputs: vec![],
             probe_cpu: false,
             expect_ops: vec![],
+            metadata: vec![],
         }
     }
     pub fn input(mut self, shape: &[usize]) -> Case {
@@ -123,6 +126,11 @@ impl Case {
     /// The op has no f64 kernel in ONNX Runtime's CPU provider: check in f32.
     pub fn f32(mut self) -> Case {
         self.f64 = false;
+        self
+    }
+    /// A `metadata_props` entry on the node.
+    pub fn metadata(mut self, key: &str, value: &str) -> Case {
+        self.metadata.push((key.into(), value.into()));
         self
     }
     pub fn opset(mut self, v: i64) -> Case {
@@ -256,6 +264,7 @@ pub fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
 }
 
 /// A float input of a test graph: name, shape, values, and whether it is differentiated.
+#[derive(Clone)]
 pub(crate) struct FloatInput {
     pub name: String,
     pub shape: Vec<usize>,
@@ -296,6 +305,12 @@ pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto
     node.op_type = case.op.clone();
     node.name = "op".into();
     node.attribute = case.attrs.clone();
+    for (key, value) in &case.metadata {
+        let mut m = onnx_protobuf::StringStringEntryProto::new();
+        m.key = key.clone();
+        m.value = value.clone();
+        node.metadata_props.push(m);
+    }
     let mut floats = Vec::new();
     for (i, inp) in case.inputs.iter().enumerate() {
         let name = format!("in{i}");
@@ -367,7 +382,7 @@ pub(crate) fn random_inputs(
         .collect()
 }
 
-type FeedF64 = Vec<(String, DType, Vec<usize>, Vec<f64>)>;
+pub(crate) type FeedF64 = Vec<(String, DType, Vec<usize>, Vec<f64>)>;
 
 /// The differentiated inputs' names, and the feed of every float input.
 fn feed_of(floats: Vec<FloatInput>, dt: DType) -> (Vec<String>, FeedF64) {
@@ -514,21 +529,24 @@ fn with_outputs(g: &GraphProto, names: &[&str]) -> GraphProto {
     g
 }
 
-/// The shared tail of [`check`] and [`check_graph_with`]: adds the loss over `outputs` to `g`,
-/// differentiates it with respect to `wrt`, and compares with central finite differences.
-#[allow(clippy::too_many_arguments)]
-fn verify(
-    label: &str,
+/// A one-op (or prebuilt) graph with the test loss `L = sum_k <R_k, Y_k>` added.
+pub(crate) struct LossGraph {
+    /// The graph whose one output is `loss`.
+    pub g: GraphProto,
+    pub shapes: Shapes,
+    /// The float outputs in the loss, and their `R_k` (shape, values), in that order.
+    pub float_outputs: Vec<String>,
+    pub r: Vec<(Vec<usize>, Vec<f64>)>,
+}
+
+/// Adds the loss over `outputs` to `g` (the `R_k` drawn from `rng` in output order).
+pub(crate) fn with_loss(
     mut g: GraphProto,
-    mut feed: FeedF64,
-    wrt: &[String],
+    feed: &FeedF64,
     outputs: &[String],
     rng: &mut Rng,
-    f64: bool,
     opset: i64,
-    kernels: Kernels,
-    expect_ops: &[String],
-) {
+) -> LossGraph {
     // Shapes of the op's outputs, from the runtime.
     let host_feed: Feed = feed
         .iter()
@@ -538,6 +556,8 @@ fn verify(
         .expect("forward graph runs");
     // Loss = sum_k <R_k, Y_k>.
     let mut terms = Vec::new();
+    let mut float_outputs = Vec::new();
+    let mut rs = Vec::new();
     for (k, y) in outputs.iter().enumerate() {
         let y = y.clone();
         let Some(info) = shapes0.get(&y) else {
@@ -572,6 +592,8 @@ fn verify(
         g.node.push(m);
         g.node.push(s);
         terms.push(format!("s{k}"));
+        float_outputs.push(y);
+        rs.push((dims, r));
     }
     let mut sum = NodeProto::new();
     sum.op_type = "Sum".into();
@@ -579,49 +601,101 @@ fn verify(
     sum.output = vec!["loss".into()];
     g.node.push(sum);
     set_outputs(&mut g, &["loss".to_string()]);
-    let fwd = model_of(g.clone(), opset);
-    let shapes = Shapes::observe(&fwd, &[host_feed]).expect("loss graph runs");
-    // The gradient graph with `kernels`' ops, its gradients.
-    let float_outputs: Vec<String> = (outputs.iter())
-        .filter(|o| shapes0.dtype(o).is_some_and(|d| d.is_float()))
-        .cloned()
+    let shapes =
+        Shapes::observe(&model_of(g.clone(), opset), &[host_feed]).expect("loss graph runs");
+    LossGraph {
+        g,
+        shapes,
+        float_outputs,
+        r: rs,
+    }
+}
+
+/// (gradients, the graph's (domain, op) list, float forward outputs)
+type Run = (Vec<Vec<f64>>, Vec<(String, String)>, Vec<Vec<f64>>);
+
+/// The gradient graph of `lg` with respect to `wrt`, with `kernels`' ops, run on `feed`.
+fn gradients(
+    label: &str,
+    lg: &LossGraph,
+    wrt: &[String],
+    feed: &FeedF64,
+    opset: i64,
+    kernels: Kernels,
+) -> Run {
+    let mut gg = lg.g.clone();
+    let mut shapes = lg.shapes.clone();
+    crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
+    let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
+        .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+    apply_forward_outputs(&mut gg, &diff.forward_outputs);
+    gg.node.extend(diff.nodes.clone());
+    for (_, gname) in &diff.grads {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = gname.clone();
+        gg.output.push(v);
+    }
+    crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, wrt, kernels);
+    // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
+    let custom: Vec<(String, String)> = gg
+        .node
+        .iter()
+        .map(|n| (n.domain.clone(), n.op_type.clone()))
         .collect();
-    // (gradients, the graph's (domain, op) list, float forward outputs)
-    type Run = (Vec<Vec<f64>>, Vec<(String, String)>, Vec<Vec<f64>>);
-    let gradients = |kernels: Kernels| -> Run {
-        let mut gg = g.clone();
-        let mut shapes = shapes.clone();
-        crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
-        let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
-            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
-        apply_forward_outputs(&mut gg, &diff.forward_outputs);
-        gg.node.extend(diff.nodes.clone());
-        for (_, gname) in &diff.grads {
-            let mut v = onnx_protobuf::ValueInfoProto::new();
-            v.name = gname.clone();
-            gg.output.push(v);
-        }
-        crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, wrt, kernels);
-        // What the fast path changed shows in the node types (probe.cpu ops, rewrites).
-        let custom: Vec<(String, String)> = gg
-            .node
-            .iter()
-            .map(|n| (n.domain.clone(), n.op_type.clone()))
-            .collect();
-        let mut gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
-        // The forward outputs too: a fused forward value the gradients cannot reveal (a Relu
-        // mask reads the same either way) is held to the standard one as well.
-        for o in &float_outputs {
-            let mut v = onnx_protobuf::ValueInfoProto::new();
-            v.name = o.clone();
-            gg.output.push(v);
-            gnames.push(o.clone());
-        }
-        let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };
-        let mut values = run_threads(&model_of(gg, opset), &feed, &gnames, threads);
-        let forward = values.split_off(diff.grads.len());
-        (values, custom, forward)
-    };
+    let mut gnames: Vec<String> = diff.grads.iter().map(|(_, g)| g.clone()).collect();
+    // The forward outputs too: a fused forward value the gradients cannot reveal (a Relu
+    // mask reads the same either way) is held to the standard one as well.
+    for o in &lg.float_outputs {
+        let mut v = onnx_protobuf::ValueInfoProto::new();
+        v.name = o.clone();
+        gg.output.push(v);
+        gnames.push(o.clone());
+    }
+    let threads = if kernels == Kernels::ProbeCpu { 2 } else { 1 };
+    let mut values = run_threads(&model_of(gg, opset), feed, &gnames, threads);
+    let forward = values.split_off(diff.grads.len());
+    (values, custom, forward)
+}
+
+/// The case's rule gradients with standard ops (f64, or f32 for a case marked so): the
+/// float inputs, the loss's `R_k` per float output, and `dL/dX` per differentiated input.
+/// What [`crate::ops::torch_testing::check_torch_backward`] holds to PyTorch's backward.
+pub(crate) fn rule_gradients(case: &Case) -> (Vec<FloatInput>, LossGraph, Vec<Vec<f64>>) {
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let mut rng = Rng(case.seed);
+    let (mut g, floats) = one_op_graph(case, dt, &mut rng);
+    let all: Vec<String> = (0..case.outputs).map(|k| format!("out{k}")).collect();
+    set_outputs(&mut g, &all);
+    let kept = floats.clone();
+    let (wrt, feed) = feed_of(floats, dt);
+    let outputs: Vec<String> = (0..case.outputs)
+        .filter(|k| !case.skip_outputs.contains(k))
+        .map(|k| format!("out{k}"))
+        .collect();
+    let lg = with_loss(g, &feed, &outputs, &mut rng, case.opset);
+    let (grads, _, _) = gradients(&case.op, &lg, &wrt, &feed, case.opset, Kernels::Standard);
+    (kept, lg, grads)
+}
+
+/// The shared tail of [`check`] and [`check_graph_with`]: adds the loss over `outputs` to `g`,
+/// differentiates it with respect to `wrt`, and compares with central finite differences.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    label: &str,
+    g: GraphProto,
+    mut feed: FeedF64,
+    wrt: &[String],
+    outputs: &[String],
+    rng: &mut Rng,
+    f64: bool,
+    opset: i64,
+    kernels: Kernels,
+    expect_ops: &[String],
+) {
+    let lg = with_loss(g, &feed, outputs, rng, opset);
+    let fwd = model_of(lg.g.clone(), opset);
+    let float_outputs = lg.float_outputs.clone();
+    let gradients = |kernels: Kernels| gradients(label, &lg, wrt, &feed, opset, kernels);
     let (standard, standard_nodes, standard_forward) = gradients(Kernels::Standard);
     let analytic = if kernels == Kernels::ProbeCpu {
         let (fast, fast_nodes, fast_forward) = gradients(Kernels::ProbeCpu);

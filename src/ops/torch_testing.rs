@@ -234,3 +234,74 @@ fn f32_feed(floats: Vec<FloatInput>) -> Feed {
         })
         .collect()
 }
+
+/// PyTorch's own backward for a case: from the case's float inputs (libtorch tensors of the
+/// case's element type, the differentiated ones requiring grad) and the loss's `R_k`, the
+/// gradients of `L = sum_k <R_k, Y_k>` for the differentiated inputs, in order.
+pub type Backward<'a> = &'a dyn Fn(&[Tensor], &[Tensor]) -> Vec<Tensor>;
+
+/// The rule's gradient (standard ops, run by ONNX Runtime, f64 unless the case is f32) against
+/// PyTorch's backward on the same inputs: where a derivative has kinks or ties (inputs exactly
+/// at a bound, equal operands), finite differences cannot say which one-sided value PyTorch
+/// takes, this can. Within 1e-10 (f64) or 1e-5 (f32) of the gradient's largest magnitude.
+pub fn check_torch_backward(case: Case, reference: Backward) {
+    let (floats, lg, ours) = super::testing::rule_gradients(&case);
+    let kind = if case.f64 { Kind::Double } else { Kind::Float };
+    let inputs: Vec<Tensor> = (floats.iter())
+        .map(|f| {
+            let dims: Vec<i64> = f.shape.iter().map(|&d| d as i64).collect();
+            let t = Tensor::from_slice(&f.values).reshape(dims).to_kind(kind);
+            t.set_requires_grad(f.wrt)
+        })
+        .collect();
+    let r: Vec<Tensor> = (lg.r.iter())
+        .map(|(shape, v)| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            Tensor::from_slice(v).reshape(dims).to_kind(kind)
+        })
+        .collect();
+    let theirs = reference(&inputs, &r);
+    let wrt: Vec<&FloatInput> = floats.iter().filter(|f| f.wrt).collect();
+    assert_eq!(
+        theirs.len(),
+        wrt.len(),
+        "{}: one gradient per input",
+        case.op
+    );
+    let tol = if case.f64 { 1e-10 } else { 1e-5 };
+    for ((f, a), b) in wrt.iter().zip(&ours).zip(&theirs) {
+        let b = Vec::<f64>::try_from(&b.reshape([-1]).to_kind(Kind::Double)).unwrap();
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{} input {}: gradient sizes",
+            case.op,
+            f.name
+        );
+        let scale = b.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+        for (j, ((x, y), v)) in a.iter().zip(&b).zip(&f.values).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{} input {}: at element {j} (value {v}) the rule gives {x}, PyTorch's backward {y}",
+                case.op,
+                f.name
+            );
+        }
+    }
+}
+
+/// A [`Backward`] by libtorch autograd through `forward` (PyTorch's ops, whose backward is
+/// the one PyTorch takes).
+pub fn autograd(
+    forward: impl Fn(&[Tensor]) -> Vec<Tensor>,
+) -> impl Fn(&[Tensor], &[Tensor]) -> Vec<Tensor> {
+    move |inputs, r| {
+        let ys = forward(inputs);
+        let loss = (ys.iter().zip(r))
+            .map(|(y, r)| (y * r).sum(y.kind()))
+            .reduce(|a, b| a + b)
+            .unwrap();
+        let wrt: Vec<&Tensor> = inputs.iter().filter(|t| t.requires_grad()).collect();
+        Tensor::run_backward(&[loss], &wrt, false, false)
+    }
+}
