@@ -170,6 +170,8 @@ pub fn rule(op_type: &str) -> Option<&'static Rule> {
 }
 
 #[cfg(test)]
+pub mod kink_testing;
+#[cfg(test)]
 pub mod testing;
 #[cfg(test)]
 pub mod torch_testing;

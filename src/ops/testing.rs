@@ -27,6 +27,8 @@ pub enum In {
     Bools(Vec<usize>, Vec<bool>),
     /// A float input that is not differentiated.
     Fixed(Vec<usize>),
+    /// A float input given exactly, not differentiated (a Clip's bounds).
+    Given(Vec<usize>, Vec<f64>),
     /// An absent optional input.
     Absent,
 }
@@ -47,6 +49,8 @@ pub struct Case {
     /// Ops the probe.cpu gradient graph must contain (`domain:op`, or `op` for standard ONNX),
     /// so that a case meant for one of the rule's fast forms fails when that form stops firing.
     pub expect_ops: Vec<String>,
+    /// The node's metadata (`key`, `value`): what an exporter records beside the op.
+    pub meta: Vec<(String, String)>,
 }
 
 impl Case {
@@ -62,6 +66,7 @@ impl Case {
             skip_outputs: vec![],
             probe_cpu: false,
             expect_ops: vec![],
+            meta: vec![],
         }
     }
     pub fn input(mut self, shape: &[usize]) -> Case {
@@ -78,6 +83,10 @@ impl Case {
     }
     pub fn fixed(mut self, shape: &[usize]) -> Case {
         self.inputs.push(In::Fixed(shape.to_vec()));
+        self
+    }
+    pub fn given(mut self, shape: &[usize], v: &[f64]) -> Case {
+        self.inputs.push(In::Given(shape.to_vec(), v.to_vec()));
         self
     }
     pub fn ints(mut self, shape: &[usize], v: &[i64]) -> Case {
@@ -117,6 +126,11 @@ impl Case {
     /// The op has no f64 kernel in ONNX Runtime's CPU provider: check in f32.
     pub fn f32(mut self) -> Case {
         self.f64 = false;
+        self
+    }
+    /// Node metadata, as an exporter writes it (`pkg.torch.onnx.fx_node`) or probe does.
+    pub fn meta(mut self, key: &str, value: &str) -> Case {
+        self.meta.push((key.into(), value.into()));
         self
     }
     pub fn opset(mut self, v: i64) -> Case {
@@ -290,6 +304,11 @@ pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto
     node.op_type = case.op.clone();
     node.name = "op".into();
     node.attribute = case.attrs.clone();
+    for (k, v) in &case.meta {
+        let mut m = onnx_protobuf::StringStringEntryProto::new();
+        (m.key, m.value) = (k.clone(), v.clone());
+        node.metadata_props.push(m);
+    }
     let mut floats = Vec::new();
     for (i, inp) in case.inputs.iter().enumerate() {
         let name = format!("in{i}");
@@ -317,6 +336,7 @@ pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto
             In::Float(shape, lo, hi) => (shape, draw(rng, shape, *lo, *hi), true),
             In::Values(shape, v) => (shape, v.clone(), true),
             In::Fixed(shape) => (shape, draw(rng, shape, -1.0, 1.0), false),
+            In::Given(shape, v) => (shape, v.clone(), false),
         };
         declare_input(&mut g, &name, dt, shape);
         floats.push(FloatInput {
