@@ -16,6 +16,7 @@
 //! The bounds' own gradients (clamp's tensor bounds; hardtanh's are Python numbers and get
 //! none in PyTorch): dlo = sum(dY * [X < lo] * [lo <= hi]); dhi = sum(dY * [max(X, lo) > hi])
 //! (when lo > hi the output is hi everywhere).
+use super::attrs::{Attrs, Source};
 use super::rule::{Ctx, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
 use crate::model::export_info::FxNode;
@@ -51,24 +52,13 @@ impl ClipAs {
 /// before the exporter's record.
 pub const CLIP_AS_KEY: &str = "probe.clip_as";
 
-/// Where [`clip_as`] read its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Source {
-    /// Probe's own key ([`CLIP_AS_KEY`]), from the command line.
-    Given,
-    /// The exporter's `pkg.torch.onnx.fx_node` (`aten.hardtanh`, `aten.relu6`, `aten.clamp*`).
-    Exporter,
-    /// Nothing recorded (the TorchScript exporter, other producers): hardtanh when the node has
-    /// both bounds (ReLU6 and Hardtanh are where a PyTorch model's two-sided Clip comes from,
-    /// and where a fresh network sits exactly at a bound), clamp with one bound (hardtanh
-    /// always has two).
-    Guessed,
-}
-
-/// Which function node `n` (a Clip) computes, and where that was read.
+/// Which function node `n` (a Clip) computes, and where that was read: probe's own key
+/// ([`CLIP_AS_KEY`], `--clip-grad`), else the exporter's record (`aten.hardtanh`, `aten.relu6`,
+/// `aten.clamp*`), else by its bounds: hardtanh with both (ReLU6 and Hardtanh are where a
+/// PyTorch model's two-sided Clip comes from, and where a fresh network sits exactly on a
+/// bound; the TorchScript exporter records nothing), clamp with one (hardtanh has two).
 pub fn clip_as(n: &NodeProto) -> (ClipAs, Source) {
-    let given = n.metadata_props.iter().find(|m| m.key == CLIP_AS_KEY);
-    if let Some(c) = given.and_then(|m| ClipAs::parse(&m.value)) {
+    if let Some(c) = n.meta(CLIP_AS_KEY).and_then(ClipAs::parse) {
         return (c, Source::Given);
     }
     match FxNode::of(n).as_ref().map(FxNode::op) {
@@ -82,9 +72,9 @@ pub fn clip_as(n: &NodeProto) -> (ClipAs, Source) {
     }
     let present = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty());
     if present(1) && present(2) {
-        (ClipAs::Hardtanh, Source::Guessed)
+        (ClipAs::Hardtanh, Source::Default)
     } else {
-        (ClipAs::Clamp, Source::Guessed)
+        (ClipAs::Clamp, Source::Default)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod conventions;
 pub mod div;
 pub mod dropout;
 pub mod erf;
