@@ -5,9 +5,9 @@
 //! dX[j] = sum of dY over the windows whose maximum is X[j]. On ties the first maximum in the
 //! window's scan order (row-major) takes it all, as PyTorch's CPU max_pool2d_with_indices picks
 //! it (`val > maxval || isnan(val)`: a later equal value does not replace it) and ONNX Runtime's
-//! MaxPool Indices do (`x > max`, strictly), overlapping windows included (one element can be
-//! the first maximum of several). At NaN the two differ: PyTorch picks the NaN, ONNX Runtime
-//! skips it; the loss is NaN then either way. The forward node is made to emit its optional Indices output, the flat
+//! MaxPool Indices do, overlapping windows and padding included (one element can be the first
+//! maximum of several; `ties_as_pytorch` holds it). At NaN PyTorch picks the NaN; what ONNX
+//! Runtime's Indices pick there is not tested (the loss is NaN either way). The forward node is made to emit its optional Indices output, the flat
 //! position of each window's maximum in all of X (N*C*H*W, row-major), and
 //! dX = Reshape(ScatterElements(zeros[numel X], Indices, dY, reduction = add), shape X).
 use super::attrs::Attrs;
