@@ -61,6 +61,42 @@ impl Common {
             force: self.force,
             quiet,
             command_line: command_line(),
+            conventions: Default::default(),
+        }
+    }
+}
+
+/// PyTorch conventions the ONNX graph does not carry; by default each node's is read from the
+/// exporter's record (see the README's "Gradients at kinks").
+#[derive(Args, Debug)]
+pub struct ConventionArgs {
+    /// Every Clip as this PyTorch function: hardtanh (ReLU6, Hardtanh: no gradient at the
+    /// bounds) or clamp (gradient at the bounds). Default: each node as the exporter recorded
+    /// it; with no record, hardtanh when it has both bounds, clamp otherwise.
+    #[arg(long, value_enum, value_name = "F")]
+    pub clip_grad: Option<ClipGrad>,
+    /// An embedding's padding row, which gets no gradient, as in nn.Embedding(padding_idx=IDX):
+    /// NAME=IDX for the table initializer NAME, NAME=none for its every row's gradient, or none
+    /// for every table. Repeatable. Default: as the exporter recorded it.
+    #[arg(long, value_name = "NAME=IDX", value_parser = probe::ops::conventions::parse_padding)]
+    pub padding_idx: Vec<(Option<String>, Option<i64>)>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipGrad {
+    Hardtanh,
+    Clamp,
+}
+
+impl ConventionArgs {
+    pub fn conventions(self) -> probe::ops::conventions::Conventions {
+        use probe::ops::clip::ClipAs;
+        probe::ops::conventions::Conventions {
+            clip: self.clip_grad.map(|c| match c {
+                ClipGrad::Hardtanh => ClipAs::Hardtanh,
+                ClipGrad::Clamp => ClipAs::Clamp,
+            }),
+            padding: self.padding_idx,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
-use super::flags::{non_negative, whole_in, wrote, Bn, Common, Conflict, DeviceArg};
+use super::flags::{
+    non_negative, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
+};
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
 use probe::measure::hessian::HessianOptions;
@@ -39,6 +41,8 @@ pub struct GradArgs {
     /// (libtorch's, as PyTorch runs them; faster). Same results up to f32 rounding.
     #[arg(long)]
     pub standard_ops: bool,
+    #[command(flatten)]
+    pub conventions: ConventionArgs,
 
     // Last: flags declared after it would be listed under its heading.
     #[command(flatten)]
@@ -170,8 +174,10 @@ impl GradArgs {
             }
             (EngineArg::Torch, device) => Engine::Torch(device.into()),
         };
+        let mut pass = self.common.pass(quiet);
+        pass.conventions = self.conventions.conventions();
         Ok(GradPlan {
-            pass: self.common.pass(quiet),
+            pass,
             weight_decay: self.weight_decay,
             save_grad: self.save_grad,
             bn_train: self.bn == Bn::Train,

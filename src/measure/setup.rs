@@ -25,6 +25,9 @@ pub struct Pass {
     pub force: bool,
     pub quiet: bool,
     pub command_line: String,
+    /// PyTorch conventions set on the command line (`--clip-grad`, `--padding-idx`), written
+    /// into the model before anything reads it.
+    pub conventions: crate::ops::conventions::Conventions,
 }
 
 /// What every measurement starts from, all checked before the first batch runs: the model, the
@@ -39,7 +42,10 @@ pub struct Setup {
 }
 
 pub fn setup(pass: &Pass) -> Result<Setup> {
-    let model = Model::load(&pass.model)?;
+    let mut model = Model::load(&pass.model)?;
+    if let Some(g) = model.proto.graph.as_mut() {
+        crate::ops::conventions::apply(g, &pass.conventions)?;
+    }
     let hint = crate::data::Hint {
         x_shape: model.data_input()?.sample_shape(),
     };

@@ -13,7 +13,12 @@
 //!   initializer for both, under the name that comes last in this list);
 //! - on each node, `pkg.torch.onnx.name_scopes`: the module path the node ran in
 //!   (`['', 'transformer', 'transformer.wte', 'embedding']`), which tells a module whose
-//!   parameter has no initializer because the module never ran from one whose parameter is tied.
+//!   parameter has no initializer because the module never ran from one whose parameter is tied;
+//! - on each node, `pkg.torch.onnx.fx_node`: the PyTorch call the node was translated from, e.g.
+//!   `%hardtanh : [num_users=1] = call_function[target=torch.ops.aten.hardtanh.default](args =
+//!   (%x, 0.0, 6.0), kwargs = {})` ([`FxNode`]): what the ONNX op alone does not say, such as
+//!   which of hardtanh and clamp a Clip computes (they differ in their gradient at the bounds) or
+//!   an embedding's padding index (`aten.embedding.default` args `(weight, ids, 1)`).
 use std::collections::{HashMap, HashSet};
 
 /// What an initializer is to the module it was exported from.
@@ -31,6 +36,63 @@ pub const ROLE_KEY: &str = "pkg.torch.export.graph_signature.InputSpec.kind";
 const PERSISTENT_KEY: &str = "pkg.torch.export.graph_signature.InputSpec.persistent";
 const SIGNATURE_KEY: &str = "pkg.torch.export.ExportedProgram.graph_signature";
 const SCOPES_KEY: &str = "pkg.torch.onnx.name_scopes";
+const FX_NODE_KEY: &str = "pkg.torch.onnx.fx_node";
+
+/// The PyTorch call an ONNX node was exported from (`pkg.torch.onnx.fx_node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FxNode {
+    /// The ATen overload without `torch.ops.`, e.g. `aten.hardtanh.default`.
+    pub target: String,
+    /// The positional arguments as printed (`%x`, `0.0`, `None`, `[1, 2]`), in order.
+    pub args: Vec<String>,
+}
+
+impl FxNode {
+    /// The node's record, when the exporter wrote one for a `call_function`.
+    pub fn of(node: &onnx_protobuf::NodeProto) -> Option<FxNode> {
+        let m = node.metadata_props.iter().find(|m| m.key == FX_NODE_KEY)?;
+        parse_fx_node(&m.value)
+    }
+
+    /// The op's name without namespace and overload: `hardtanh` for `aten.hardtanh.default`.
+    pub fn op(&self) -> &str {
+        let t = self.target.strip_prefix("aten.").unwrap_or(&self.target);
+        t.split('.').next().unwrap_or(t)
+    }
+}
+
+/// `... = call_function[target=torch.ops.aten.embedding.default](args = (%w, %x, 1), kwargs =
+/// {})` -> target `aten.embedding.default`, args `["%w", "%x", "1"]`.
+pub fn parse_fx_node(text: &str) -> Option<FxNode> {
+    let t = text.split_once("call_function[target=")?.1;
+    let (target, rest) = t.split_once(']')?;
+    let target = target
+        .strip_prefix("torch.ops.")
+        .unwrap_or(target)
+        .to_string();
+    let inner = rest.split_once("(args = (")?.1;
+    // The argument tuple ends at the parenthesis that closes it; commas split it only outside
+    // brackets (a list argument `[1, 2]`).
+    let (mut depth, mut args, mut cur) = (0i32, Vec::new(), String::new());
+    for ch in inner.chars() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => break,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        args.push(cur.trim().to_string());
+    }
+    Some(FxNode { target, args })
+}
 
 /// One state input of the exported program, in the exporter's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +228,25 @@ mod tests {
                 ("idx", Role::Buffer, true),
                 ("c", Role::Constant, true),
             ]
+        );
+    }
+
+    #[test]
+    fn fx_nodes_as_torch_2_11_writes_them() {
+        let relu6 = "%hardtanh : [num_users=1] = call_function[target=torch.ops.aten.hardtanh.default](args = (%x, 0.0, 6.0), kwargs = {})";
+        let f = parse_fx_node(relu6).unwrap();
+        assert_eq!(f.target, "aten.hardtanh.default");
+        assert_eq!(f.op(), "hardtanh");
+        assert_eq!(f.args, ["%x", "0.0", "6.0"]);
+        let emb = "%embedding : [num_users=1] = call_function[target=torch.ops.aten.embedding.default](args = (%p_e_weight, %x), kwargs = {})";
+        assert_eq!(parse_fx_node(emb).unwrap().args, ["%p_e_weight", "%x"]);
+        let list = "%v : [num_users=1] = call_function[target=torch.ops.aten.view.default](args = (%x, [-1, 4]), kwargs = {})";
+        assert_eq!(parse_fx_node(list).unwrap().args, ["%x", "[-1, 4]"]);
+        let none = "%c : [num_users=1] = call_function[target=torch.ops.aten.clamp.default](args = (%x, None, 1.0), kwargs = {})";
+        assert_eq!(parse_fx_node(none).unwrap().args, ["%x", "None", "1.0"]);
+        assert_eq!(
+            parse_fx_node("%x : [num_users=2] = placeholder[target=x]"),
+            None
         );
     }
 

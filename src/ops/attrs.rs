@@ -22,6 +22,33 @@ pub trait Attrs {
         self.attr(name)
             .map(|a| String::from_utf8_lossy(&a.s).to_string())
     }
+    /// The node's metadata entry `key` (what an exporter recorded, or probe's own keys).
+    fn meta(&self, key: &str) -> Option<&str> {
+        let m = self.node().metadata_props.iter().find(|m| m.key == key);
+        m.map(|m| m.value.as_str())
+    }
+}
+
+/// Where a node's PyTorch convention (one the ONNX op does not carry: which function a Clip
+/// is, an embedding's padding row) was read; see `super::conventions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// Probe's own metadata key on the node, written from the command line.
+    Given,
+    /// The exporter's `pkg.torch.onnx.fx_node` record.
+    Exporter,
+    /// Nothing recorded: the op's default (its file says which, and why).
+    Default,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Given => "given",
+            Source::Exporter => "exporter",
+            Source::Default => "default",
+        }
+    }
 }
 
 impl Attrs for NodeProto {

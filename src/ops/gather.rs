@@ -7,25 +7,86 @@
 //! Negative indices are first normalized (idx < 0 ? idx + dim : idx), as ScatterND requires.
 //! The indices are integers and get no gradient. With probe's CPU kernels (f32, axis 0, an
 //! embedding table's case) one `probe.cpu:GatherGrad` node adds the rows in place.
-use super::attrs::Attrs;
+//!
+//! An embedding with a padding index (`nn.Embedding(padding_idx=p)`, exported as a plain
+//! Gather) gets PyTorch's convention where [`padding_idx`] finds one: `embedding_backward`
+//! skips the positions whose index is p, so row p of dX gets nothing from this node:
+//! dY' = Where(idx == p, 0, dY) before the scatter (idx wrapped first, so -V + p counts too).
+use super::attrs::{Attrs, Source};
 use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{axis, input, one, TorchCtx, Value};
+use crate::model::export_info::FxNode;
 use crate::model::graph::{attr_int, attr_string};
 use crate::ops::rule::kernels::GATHER_GRAD;
 use crate::ops::slice::i64_scalar;
 use crate::ops::transpose::inverse;
 use crate::tensor::DType;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use onnx_protobuf::NodeProto;
 
 pub static RULE: Rule = Rule::new("Gather", Kind::Linear).vjp(vjp).torch(torch);
 
+/// Node metadata probe writes for an embedding's padding row (`--padding-idx`): a row index,
+/// or `none` for the mathematical gradient of every row; read before the exporter's record.
+pub const PADDING_IDX_KEY: &str = "probe.padding_idx";
+
+/// The row of the table (input 0) that gets no gradient from node `n`, as PyTorch's
+/// `embedding(weight, ids, padding_idx)` gives it none, and where that was read: probe's key
+/// ([`PADDING_IDX_KEY`]), else the exporter's record of `aten.embedding` (its third argument;
+/// -1 or absent: none), else none (the Gather's mathematical gradient).
+pub fn padding_idx(n: &NodeProto) -> Result<(Option<i64>, Source)> {
+    let bad = |what: &str| anyhow::anyhow!("Gather node '{}': padding index {what}", n.name);
+    let found = if let Some(v) = n.meta(PADDING_IDX_KEY) {
+        let p = (v != "none")
+            .then(|| {
+                v.parse::<i64>()
+                    .map_err(|_| bad(&format!("'{v}' is not a row")))
+            })
+            .transpose()?;
+        (p, Source::Given)
+    } else {
+        match FxNode::of(n).filter(|f| f.op() == "embedding") {
+            Some(f) => {
+                if f.args.get(3).is_some_and(|a| a == "True") {
+                    bail!(
+                        "Gather node '{}' is an embedding with scale_grad_by_freq=True, whose \
+                         gradient depends on the batch; probe does not support it",
+                        n.name
+                    );
+                }
+                let p = match f.args.get(2) {
+                    Some(a) => a
+                        .parse::<i64>()
+                        .map_err(|_| bad(&format!("'{a}' recorded")))?,
+                    None => -1,
+                };
+                ((p != -1).then_some(p), Source::Exporter)
+            }
+            None => (None, Source::Default),
+        }
+    };
+    if found.0.is_some() && n.attr_i("axis", 0) != 0 {
+        bail!("Gather node '{}': a padding index needs axis 0", n.name);
+    }
+    Ok(found)
+}
+
 /// `index_select` along the axis on the flattened indices (negative ones wrapped), reshaped to
-/// `X.shape[:axis] + indices.shape + X.shape[axis+1:]`.
+/// `X.shape[:axis] + indices.shape + X.shape[axis+1:]`; with a padding row, libtorch's
+/// `embedding` on X as [V, -1], whose backward leaves the padding row out as PyTorch's does.
 fn torch(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let (x, idx) = (input(&v, 0)?, input(&v, 1)?);
     let xs = x.size();
     let a = axis(c.attr_i("axis", 0), xs.len() as i64)?;
     let idx = wrap_negative(idx, xs[a as usize])?;
+    if let (Some(p), _) = padding_idx(c.node)? {
+        let p = if p < 0 { p + xs[0] } else { p };
+        let table = x.f_reshape([xs[0], -1])?;
+        let rows = tch::Tensor::f_embedding(&table, &idx, p, false, false)?;
+        let mut shape = idx.size();
+        shape.extend(&xs[1..]);
+        return one(rows.f_reshape(shape.as_slice())?);
+    }
     let picked = x.f_index_select(a, &idx.f_reshape([-1])?)?;
     let mut shape = xs[..a as usize].to_vec();
     shape.extend(idx.size());
@@ -50,17 +111,6 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let a = if axis < 0 { axis + r } else { axis };
 
     let idx = c.op("Cast", &[&idx], vec![attr_int("to", 7)]);
-    if a == 0 && c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
-        // Rows added in place (runtime/cpu_ops), where the standard form writes a zero
-        // table and runs ScatterElements over [indices, row] copies of the indices.
-        let shape = c.shape_of(&x);
-        let gx = c
-            .probe_cpu_op(GATHER_GRAD, &[&g, &idx, &shape], vec![], 1)
-            .pop()
-            .unwrap();
-        c.set(0, gx);
-        return Ok(());
-    }
     let dim = match c.dims(&x)?[a as usize] {
         Some(d) => i64_scalar(c, d as i64),
         None => {
@@ -73,6 +123,40 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let neg = c.op("Less", &[&idx, &zero], vec![]);
     let wrapped = c.op("Add", &[&idx, &dim], vec![]);
     let idx = c.op("Where", &[&neg, &wrapped, &idx], vec![]);
+    let g = match padding_idx(c.node)?.0 {
+        Some(p) => {
+            // dY rows at the padding index dropped: Where(idx == p, 0, dY), idx unsqueezed
+            // over the row's axes.
+            let p = match c.dims(&x)?[0] {
+                Some(v) if p < 0 => p + v as i64,
+                _ => p,
+            };
+            let pv = i64_scalar(c, p);
+            let at = c.op("Equal", &[&idx, &pv], vec![]);
+            let rows: Vec<i64> = (q..q + r - 1).collect();
+            let at = if rows.is_empty() {
+                at
+            } else {
+                let ax = c.ints(&rows);
+                c.op("Unsqueeze", &[&at, &ax], vec![])
+            };
+            let y = c.output(0).to_string();
+            let z = c.scalar(0.0, &y)?;
+            c.op("Where", &[&at, &z, &g], vec![])
+        }
+        None => g,
+    };
+    if a == 0 && c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // Rows added in place (runtime/cpu_ops), where the standard form writes a zero
+        // table and runs ScatterElements over [indices, row] copies of the indices.
+        let shape = c.shape_of(&x);
+        let gx = c
+            .probe_cpu_op(GATHER_GRAD, &[&g, &idx, &shape], vec![], 1)
+            .pop()
+            .unwrap();
+        c.set(0, gx);
+        return Ok(());
+    }
     let last = c.ints(&[-1]);
     let idx = c.op("Unsqueeze", &[&idx, &last], vec![]);
 
@@ -161,5 +245,38 @@ mod tests {
         for c in gather_embedding_cases() {
             check(c.f32().probe_cpu());
         }
+    }
+
+    /// `nn.Embedding(padding_idx=1)` as exported: the padding row gets no gradient, as in
+    /// libtorch's embedding backward; ids 1 and -4 (row 1 of 5) both skipped. probe's key
+    /// overrides the record: `none` gives the Gather's own gradient, a row that one.
+    #[test]
+    fn padding_row_as_pytorch() {
+        use crate::ops::gather::PADDING_IDX_KEY;
+        use crate::ops::kink_testing::{autograd, check_kinks};
+        use crate::ops::torch_testing::check_torch;
+        let record = "%embedding : [num_users=1] = call_function[target=torch.ops.aten.embedding.default](args = (%p_e_weight, %x, 1), kwargs = {})";
+        let ids = [1i64, 4, 1, -4, 0, 3];
+        let embedding = |p: i64| {
+            let t = tch::Tensor::from_slice(&ids).reshape([2, 3]);
+            let t = t.where_self(&t.ge(0), &(&t + 5));
+            autograd(move |x| tch::Tensor::embedding(&x[0], &t, p, false, false))
+        };
+        let case = || Case::new("Gather").input(&[5, 4]).ints(&[2, 3], &ids);
+        let recorded = case().metadata("pkg.torch.onnx.fx_node", record);
+        check_kinks(recorded.clone(), &embedding(1));
+        check_kinks(recorded.clone().f32().probe_cpu(), &embedding(1));
+        check_torch(recorded.clone());
+        let none = recorded.clone().metadata(PADDING_IDX_KEY, "none");
+        check_kinks(none, &embedding(-1));
+        let other = recorded.metadata(PADDING_IDX_KEY, "3");
+        check_kinks(other.clone(), &embedding(3));
+        check_torch(other);
+        // A 3-D table (rows of [2, 2]) and a scalar index.
+        let t3 = Case::new("Gather").input(&[5, 2, 2]).ints(&[], &[2]);
+        let t3 = t3.metadata(PADDING_IDX_KEY, "2");
+        let zero = |x: &[tch::Tensor], _: &tch::Tensor| vec![x[0].zeros_like()];
+        check_kinks(t3.clone(), &zero);
+        check_torch(t3);
     }
 }

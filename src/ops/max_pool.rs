@@ -2,8 +2,12 @@
 //! `dilations`, `ceil_mode`, `auto_pad`; `storage_order` 0 only.
 //! https://onnx.ai/onnx/operators/onnx__MaxPool.html
 //!
-//! dX[j] = sum of dY over the windows whose maximum is X[j] (the first maximum on ties, as the
-//! runtime picks it). The forward node is made to emit its optional Indices output, the flat
+//! dX[j] = sum of dY over the windows whose maximum is X[j]. On ties the first maximum in the
+//! window's scan order (row-major) takes it all, as PyTorch's CPU max_pool2d_with_indices picks
+//! it (`val > maxval || isnan(val)`: a later equal value does not replace it) and ONNX Runtime's
+//! MaxPool Indices do, overlapping windows and padding included (one element can be the first
+//! maximum of several; `ties_as_pytorch` holds it). At NaN PyTorch picks the NaN; what ONNX
+//! Runtime's Indices pick there is not tested (the loss is NaN either way). The forward node is made to emit its optional Indices output, the flat
 //! position of each window's maximum in all of X (N*C*H*W, row-major), and
 //! dX = Reshape(ScatterElements(zeros[numel X], Indices, dY, reduction = add), shape X).
 use super::attrs::Attrs;
@@ -154,4 +158,34 @@ mod tests {
                 .outputs(2),
         ],
     );
+
+    /// Ties as a fresh network makes them (exact zeros after a Relu, equal plateaus), in
+    /// overlapping windows, with padding, against libtorch's max_pool2d backward.
+    #[test]
+    fn ties_as_pytorch() {
+        use crate::ops::kink_testing::{autograd, check_kinks};
+        #[rustfmt::skip]
+        let plateau = [
+            0.0, 0.0, 0.0, 1.0,
+            0.0, 0.0, 1.0, 1.0,
+            2.0, 2.0, 0.0, 0.0,
+            2.0, 2.0, 0.0, -0.0,
+        ];
+        let x: Vec<f64> = plateau.iter().chain(&[-1.0; 16]).copied().collect();
+        for (k, s, p) in [(2, 1, 0), (3, 1, 1), (3, 2, 1), (2, 2, 0)] {
+            let case = pool(&[1, 2, 4, 4], &[k, k])
+                .attr(attr_ints("strides", &[s, s]))
+                .attr(attr_ints("pads", &[p, p, p, p]));
+            let case = Case {
+                inputs: vec![],
+                ..case
+            }
+            .values(&[1, 2, 4, 4], &x);
+            let reference = autograd(move |x| {
+                x[0].f_max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
+                    .unwrap()
+            });
+            check_kinks(case, &reference);
+        }
+    }
 }

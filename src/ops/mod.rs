@@ -36,6 +36,7 @@ pub mod clip;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod conventions;
 pub mod cum_sum;
 pub mod depth_to_space;
 pub mod div;
@@ -226,6 +227,8 @@ pub fn rule(op_type: &str) -> Option<&'static Rule> {
     RULES.iter().copied().find(|r| r.op == op_type)
 }
 
+#[cfg(test)]
+pub mod kink_testing;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

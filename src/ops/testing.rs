@@ -29,6 +29,8 @@ pub enum In {
     Fixed(Vec<usize>),
     /// A float32 constant (Resize's scales): an initializer, not differentiated.
     F32Const(Vec<usize>, Vec<f32>),
+    /// A float input given exactly, not differentiated (a Clip's bounds).
+    Given(Vec<usize>, Vec<f64>),
     /// An absent optional input.
     Absent,
 }
@@ -83,6 +85,10 @@ impl Case {
     }
     pub fn fixed(mut self, shape: &[usize]) -> Case {
         self.inputs.push(In::Fixed(shape.to_vec()));
+        self
+    }
+    pub fn given(mut self, shape: &[usize], v: &[f64]) -> Case {
+        self.inputs.push(In::Given(shape.to_vec(), v.to_vec()));
         self
     }
     pub fn ints(mut self, shape: &[usize], v: &[i64]) -> Case {
@@ -345,6 +351,7 @@ pub(crate) fn one_op_graph(case: &Case, dt: DType, rng: &mut Rng) -> (GraphProto
             In::Float(shape, lo, hi) => (shape, draw(rng, shape, *lo, *hi), true),
             In::Values(shape, v) => (shape, v.clone(), true),
             In::Fixed(shape) => (shape, draw(rng, shape, -1.0, 1.0), false),
+            In::Given(shape, v) => (shape, v.clone(), false),
         };
         declare_input(&mut g, &name, dt, shape);
         floats.push(FloatInput {

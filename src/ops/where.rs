@@ -58,3 +58,26 @@ op_tests!(
             .fixed(&[3]),
     ],
 );
+
+/// The branch not chosen gets exactly 0, whatever it holds (NaN, infinities: a masked attention
+/// score), and the chosen one dY, against libtorch's where backward.
+#[cfg(test)]
+mod kinks {
+    use crate::ops::kink_testing::{autograd, check_kinks};
+    use crate::ops::testing::Case;
+    #[test]
+    fn unchosen_branch_gets_zero() {
+        let cond = [true, false, true, false, true, false];
+        let a = [f64::NAN, 1.0, 0.0, f64::INFINITY, -0.0, 2.0];
+        let b = [3.0, f64::NEG_INFINITY, f64::NAN, 0.0, 1.0, -0.0];
+        let case = Case::new("Where")
+            .bools(&[2, 3], &cond)
+            .values(&[2, 3], &a)
+            .values(&[2, 3], &b);
+        let c = tch::Tensor::from_slice(&cond).reshape([2, 3]);
+        check_kinks(
+            case,
+            &autograd(move |x| x[0].f_where_self(&c, &x[1]).unwrap()),
+        );
+    }
+}

@@ -54,7 +54,10 @@ pub struct GradPlan {
 pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<GradRow>> {
     let ready = setup(&plan.pass)?;
     check_options(plan, &ready.model)?;
-    let info = ready.run_info("grad", &plan.pass, attributes(plan));
+    let mut attrs = attributes(plan);
+    // Which subgradient each Clip and embedding took (the exporter's records, or the flags).
+    attrs.extend(crate::ops::conventions::attributes(ready.model.graph())?);
+    let info = ready.run_info("grad", &plan.pass, attrs);
     let Setup {
         model,
         mut data,

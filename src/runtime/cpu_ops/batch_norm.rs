@@ -9,7 +9,7 @@
 //!   1, in one pass over dY and X (standard: Mul, ReduceSum, Sub, Mul, Mul, ReduceSum). The
 //!   rule turns the sums into the scale, bias, mean and var gradients.
 //! - `ReluBatchNormalizationGrad(dY, Y, X, k, mean, dY2?) -> (dX?, sum_G?, sum_G_xc?)`:
-//!   BatchNormalizationGrad of `G = (dY + dY2) (Y > 0)` (dY2 absent: 0), the gradient a Relu
+//!   BatchNormalizationGrad of `G = (dY + dY2) [!(Y <= 0)]` (dY2 absent: 0; NaN passes, as in PyTorch's threshold_backward), the gradient a Relu
 //!   after the BatchNormalization passes back (`ReluGrad` or `SumReluGrad`, whose result had
 //!   the BatchNormalizationGrad as its only consumer). G is formed one plane at a time in a
 //!   buffer that stays in L1, so the full-size G is never written and read back.
@@ -121,7 +121,7 @@ fn bn_grad_plane(g: &[f32], x: &[f32], k: f32, mean: f32, dx: Option<&mut [f32]>
     (f64sum(a1), f64sum(a2))
 }
 
-/// The gradient G the backward pass reads: dY, or `(dY + dY2) [Y > 0]` (formed a plane at a
+/// The gradient G the backward pass reads: dY, or `(dY + dY2) [!(Y <= 0)]` (formed a plane at a
 /// time).
 enum Grad<'c> {
     Plain(&'c [f32]),
@@ -140,7 +140,7 @@ impl Grad<'_> {
             Grad::Plain(dy) => &dy[at..at + len],
             Grad::Relu { dy, y, dy2 } => {
                 let (g1, yp) = (&dy[at..at + len], &y[at..at + len]);
-                // G = (dY + dY2) [Y > 0], the ReluGrad (or SumReluGrad) it replaces.
+                // G = (dY + dY2) [!(Y <= 0)], the ReluGrad (or SumReluGrad) it replaces.
                 match dy2 {
                     Some(d2) => sum_relu_mask(buf, g1, &d2[at..at + len], yp),
                     None => relu_mask(buf, g1, yp),
@@ -233,7 +233,7 @@ fn batch_normalization_grad(_: &(), c: &Call) -> ort::Result<()> {
     backward(c, (xs, xv), kv, mv, Grad::Plain(dyv))
 }
 
-/// `probe.cpu:ReluBatchNormalizationGrad`: BatchNormalizationGrad of `G = (dY + dY2) (Y > 0)`.
+/// `probe.cpu:ReluBatchNormalizationGrad`: BatchNormalizationGrad of `G = (dY + dY2) [!(Y <= 0)]`.
 pub static RELU_BATCH_NORMALIZATION_GRAD_OP: CpuOp<()> =
     CpuOp::new(RELU_BATCH_NORMALIZATION_GRAD, relu_batch_normalization_grad)
         .io(&[F32, F32, F32, F32, F32, OptF32], &[OptF32; 3]);
@@ -326,7 +326,7 @@ mod tests {
         }
     }
 
-    /// BatchNormalizationGrad of `g` (ReluBatchNormalizationGrad passes G = (dY + dY2) [Y > 0]):
+    /// BatchNormalizationGrad of `g` (ReluBatchNormalizationGrad passes G = (dY + dY2) [!(Y <= 0)]):
     /// dX = G k, sum G and sum G (X - mean) per channel, the outputs named as `named` says.
     fn expect(n: Node, g: &[f64], x: &[f32], k: &[f32], mean: &[f32], named: [bool; 3]) -> Node {
         let dx: Vec<f64> = (0..N).map(|i| g[i] * k[i / PLANE % C] as f64).collect();
@@ -376,15 +376,15 @@ mod tests {
     fn relu_batch_normalization_grad_masks_by_y() {
         let (dy, dy2, x) = (rand(N, 10), rand(N, 11), rand(N, 12));
         let (k, mean) = (channel(13, -2.0, 2.0), channel(14, -0.5, 0.5));
-        // Y's mask edges (ReluGrad's): 0, -0.0 and NaN block the gradient (PyTorch passes it at
-        // NaN; probe's kernels do not, see relu.rs's tests).
+        // Y's mask edges (ReluGrad's): 0 and -0.0 block the gradient, NaN passes it (PyTorch's
+        // threshold_backward, `y <= 0 ? 0 : dY`).
         let mut y = rand(N, 15);
         y[..4].copy_from_slice(&[0.0, -0.0, f32::NAN, 1e-45]);
         for with_dy2 in [true, false] {
             let g: Vec<f64> = (0..N)
                 .map(|i| {
                     let d2 = if with_dy2 { dy2[i] as f64 } else { 0.0 };
-                    if y[i] > 0.0 {
+                    if !(y[i] <= 0.0) {
                         dy[i] as f64 + d2
                     } else {
                         0.0

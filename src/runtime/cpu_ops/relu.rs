@@ -1,9 +1,9 @@
 //! Relu's kernels, in plain Rust, one pass each where the standard form takes several over the
 //! same large tensors (each pass of a [250, 8, 28, 28] f32 tensor moves 6 MB):
-//! - `ReluGrad(dY, X) -> dX = dY (X > 0)` (standard: Greater, Cast, Mul; X may be the Relu's
-//!   output, see `ops/relu.rs`);
+//! - `ReluGrad(dY, X) -> dX = X <= 0 ? 0 : dY` (PyTorch's `threshold_backward`: NaN passes dY;
+//!   standard: LessOrEqual, Not, Cast, Mul; X may be the Relu's output, see `ops/relu.rs`);
 //! - `AddRelu(A, B) -> Y = max(A + B, 0)`, one shape (a residual Add and its Relu);
-//! - `SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`: a Relu whose output has two
+//! - `SumReluGrad(dY1, dY2, X) -> dX = X <= 0 ? 0 : dY1 + dY2`: a Relu whose output has two
 //!   consumers (a residual block's input feeds the block and its shortcut) gets the sum of
 //!   their gradients; this is that Sum and the ReluGrad in one pass.
 //!
@@ -12,7 +12,7 @@ use super::exec::{bounds, elementwise_parts, split};
 use super::op::{Call, CpuOp, Io::*};
 use crate::ops::rule::kernels::{ADD_RELU, RELU_GRAD, SUM_RELU_GRAD};
 
-/// `out = (a + b) [x > 0]`. The mask is applied as bits (all ones or zero, and-ed with the sum:
+/// `out = x <= 0 ? 0 : a + b` (`[x > 0]`, except that NaN passes, as in PyTorch). The mask is applied as bits (all ones or zero, and-ed with the sum:
 /// the same values as a branch, NaN included) so that the loop compiles to vector compares and
 /// ands; written as `if x > 0 { a + b } else { 0 }` LLVM kept a branch per element (the loads
 /// of a and b sank into it) and ran the loop scalar, ~2x slower than ReluGrad per byte.
@@ -24,7 +24,7 @@ pub fn sum_relu_mask(out: &mut [f32], a: &[f32], b: &[f32], x: &[f32]) {
     }
 }
 
-/// `out = a [x > 0]` (as [`sum_relu_mask`]).
+/// `out = x <= 0 ? 0 : a` (as [`sum_relu_mask`]).
 pub fn relu_mask(out: &mut [f32], a: &[f32], x: &[f32]) {
     let n = out.len();
     let (a, x) = (&a[..n], &x[..n]);
@@ -33,10 +33,10 @@ pub fn relu_mask(out: &mut [f32], a: &[f32], x: &[f32]) {
     }
 }
 
-/// `g` where `x > 0`, else +0.0, without a branch.
+/// +0.0 where `x <= 0`, else `g` (NaN included), without a branch.
 #[inline(always)]
 fn masked(g: f32, x: f32) -> f32 {
-    let m = if x > 0.0 { u32::MAX } else { 0 };
+    let m = if x <= 0.0 { 0 } else { u32::MAX };
     f32::from_bits(g.to_bits() & m)
 }
 
@@ -93,13 +93,13 @@ fn elementwise(
     .map_err(|e| c.fail(e))
 }
 
-/// `probe.cpu:ReluGrad`: `dX = dY * (X > 0)` in one pass.
+/// `probe.cpu:ReluGrad`: `dX = X <= 0 ? 0 : dY` in one pass.
 pub static RELU_GRAD_OP: CpuOp<()> = CpuOp::new(RELU_GRAD, relu_grad).io(&[F32, F32], &[F32]);
 
 fn relu_grad(_: &(), c: &Call) -> ort::Result<()> {
     elementwise(c, &["dY", "X"], " differ", "dX", |out, v| {
         for ((o, &g), &x) in out.iter_mut().zip(v[0]).zip(v[1]) {
-            *o = if x > 0.0 { g } else { 0.0 };
+            *o = if x <= 0.0 { 0.0 } else { g };
         }
     })
 }
@@ -118,7 +118,7 @@ fn add_relu(_: &(), c: &Call) -> ort::Result<()> {
     })
 }
 
-/// `probe.cpu:SumReluGrad(dY1, dY2, X) -> dX = (dY1 + dY2) (X > 0)`.
+/// `probe.cpu:SumReluGrad(dY1, dY2, X) -> dX = X <= 0 ? 0 : dY1 + dY2`.
 pub static SUM_RELU_GRAD_OP: CpuOp<()> =
     CpuOp::new(SUM_RELU_GRAD, sum_relu_grad).io(&[F32, F32, F32], &[F32]);
 
@@ -163,11 +163,10 @@ mod tests {
     }
 
     /// Whether the gradient passes at `x`: PyTorch's relu backward (`threshold_backward`,
-    /// `x <= 0 ? 0 : dY`) at x = 0, -0.0 and the subnormals. At x = NaN PyTorch passes dY
-    /// (NaN <= 0 is false) where these kernels give 0, as probe's standard-op form does
-    /// (Greater, Cast, Mul): a known difference, pinned here.
+    /// `x <= 0 ? 0 : dY`) at x = 0, -0.0, the subnormals, and NaN (NaN <= 0 is false: dY
+    /// passes).
     fn passes(x: f32) -> bool {
-        x > 0.0
+        !(x <= 0.0)
     }
 
     #[test]

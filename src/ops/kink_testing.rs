@@ -1,0 +1,162 @@
+//! Gradients at kinks and ties, against PyTorch's own backward: a one-op [`Case`] whose inputs
+//! sit exactly where the op has no derivative (X = 0 at a Relu, on a Clip's bounds, tied maxima
+//! in a pooling window, NaN), where finite differences say nothing and the convention is the
+//! whole question. The loss is `sum(R * Y)` over output 0 (R fixed, random); three gradients
+//! must equal the reference's: probe's gradient graph run by ONNX Runtime (standard ops; with
+//! [`Case::probe_cpu`] probe's kernels too, in f32), the op's libtorch forward under libtorch
+//! autograd (`--engine torch`), and `reference`, PyTorch's own function (or its backward
+//! kernel), which says what PyTorch's backward takes there.
+use super::testing::{model_of, one_op_graph, run_threads, set_outputs, Case, Rng};
+use super::torch::{from_proto, Value};
+use super::TorchCtx;
+use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
+use crate::autodiff::shapes::Shapes;
+use crate::model::graph::attr_int;
+use crate::tensor::{DType, HostTensor, Values};
+use onnx_protobuf::{NodeProto, TensorProto};
+use tch::{Device, Kind, Tensor};
+
+/// PyTorch's gradient of `sum(R * Y)`: given the differentiated float inputs (leaf tensors
+/// with `requires_grad`, in input order) and R, their gradients.
+pub type Reference<'a> = &'a dyn Fn(&[Tensor], &Tensor) -> Vec<Tensor>;
+
+/// A [`Reference`] by autograd through PyTorch's forward `f`.
+pub fn autograd(f: impl Fn(&[Tensor]) -> Tensor) -> impl Fn(&[Tensor], &Tensor) -> Vec<Tensor> {
+    move |xs, r| {
+        let y = f(xs);
+        y.f_mul(r).unwrap().sum(y.kind()).backward();
+        xs.iter().map(|x| x.grad()).collect()
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.reshape([-1]).to_kind(Kind::Double)).unwrap()
+}
+
+/// The case's gradients by probe, by the op's libtorch forward and by `reference`, compared
+/// element by element: equal up to `1e-12` (f64) or `1e-6` (f32) of the largest magnitude, NaN
+/// matching NaN.
+pub fn check_kinks(case: Case, reference: Reference) {
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let kind = if case.f64 { Kind::Double } else { Kind::Float };
+    let mut rng = Rng(case.seed);
+    let (mut g, floats) = one_op_graph(&case, dt, &mut rng);
+    let label = format!("{} at its kinks", case.op);
+    set_outputs(&mut g, &["out0".to_string()]);
+    let host = |shape: &[usize], v: &[f64]| HostTensor {
+        shape: shape.to_vec(),
+        dtype: dt,
+        // For the observed shapes only (as the gradient check does): f32 values will do.
+        values: Values::F32(v.iter().map(|&x| x as f32).collect()),
+    };
+    let feed: Vec<_> = (floats.iter())
+        .map(|f| (f.name.clone(), host(&f.shape, &f.values)))
+        .collect();
+    let shapes0 = Shapes::observe(&model_of(g.clone(), case.opset), &[feed.clone()]).unwrap();
+    let ydims = shapes0.static_dims("out0").unwrap();
+    let r: Vec<f64> = (0..ydims.iter().product())
+        .map(|_| rng.uniform(-1.0, 1.0))
+        .map(|v| if case.f64 { v } else { v as f32 as f64 })
+        .collect();
+
+    // The loss sum(R * Y) in the graph.
+    let mut rt = TensorProto::new();
+    rt.name = "r".into();
+    rt.data_type = dt.onnx();
+    rt.dims = ydims.iter().map(|&d| d as i64).collect();
+    rt.raw_data = match dt {
+        DType::F64 => r.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => r.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+    };
+    g.initializer.push(rt);
+    let node = |op: &str, ins: &[&str], out: &str| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.into()];
+        n
+    };
+    g.node.push(node("Mul", &["out0", "r"], "m"));
+    let mut s = node("ReduceSum", &["m"], "loss");
+    s.attribute = vec![attr_int("keepdims", 0)];
+    g.node.push(s);
+    set_outputs(&mut g, &["loss".to_string()]);
+    let shapes = Shapes::observe(&model_of(g.clone(), case.opset), &[feed]).unwrap();
+    let wrt: Vec<String> = (floats.iter().filter(|f| f.wrt))
+        .map(|f| f.name.clone())
+        .collect();
+    let f64_feed: Vec<_> = (floats.iter())
+        .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
+        .collect();
+    let probe = |kernels: Kernels| -> Vec<Vec<f64>> {
+        let (mut gg, mut shapes) = (g.clone(), shapes.clone());
+        crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, &wrt, kernels);
+        let diff = differentiate_with(&gg, &shapes, "loss", &wrt, kernels)
+            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        apply_forward_outputs(&mut gg, &diff.forward_outputs);
+        gg.node.extend(diff.nodes.clone());
+        let names: Vec<String> = diff.grads.iter().map(|(_, n)| n.clone()).collect();
+        set_outputs(&mut gg, &names);
+        crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, &wrt, kernels);
+        run_threads(&model_of(gg, case.opset), &f64_feed, &names, 2)
+    };
+
+    // The inputs as libtorch tensors, for the op's forward and the reference.
+    let mut inputs = Vec::new();
+    let mut leaves = Vec::new();
+    let mut fl = floats.iter();
+    for name in &g.node[0].input {
+        if name.is_empty() {
+            inputs.push(Value::None);
+        } else if let Some(t) = g.initializer.iter().find(|t| &t.name == name) {
+            inputs.push(Value::Tensor(from_proto(t, Device::Cpu).unwrap()));
+        } else {
+            let f = fl.next().unwrap();
+            let dims: Vec<i64> = f.shape.iter().map(|&d| d as i64).collect();
+            let t = Tensor::from_slice(&f.values).to_kind(kind);
+            let t = t.reshape(dims.as_slice()).set_requires_grad(f.wrt);
+            if f.wrt {
+                leaves.push(t.shallow_clone());
+            }
+            inputs.push(Value::Tensor(t));
+        }
+    }
+    let rdims: Vec<i64> = ydims.iter().map(|&d| d as i64).collect();
+    let rt = Tensor::from_slice(&r)
+        .to_kind(kind)
+        .reshape(rdims.as_slice());
+    let want: Vec<Vec<f64>> = reference(&leaves, &rt).iter().map(values).collect();
+    for l in &leaves {
+        let _ = l.grad().f_zero_();
+    }
+    let fwd = super::rule(&case.op).and_then(|r| r.torch).unwrap();
+    let y = fwd(&TorchCtx::new(&g.node[0], None, Device::Cpu), inputs).unwrap();
+    let y = y.into_iter().next().unwrap().into_tensor().unwrap();
+    y.f_mul(&rt).unwrap().sum(kind).backward();
+    let torch: Vec<Vec<f64>> = leaves.iter().map(|l| values(&l.grad())).collect();
+
+    let tol = if case.f64 { 1e-12 } else { 1e-6 };
+    let compare = |what: &str, got: &[Vec<f64>]| {
+        for (wi, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.len(), b.len(), "{label}: {what}, input {}", wrt[wi]);
+            let scale = b
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold(1.0f64, |m, v| m.max(v.abs()));
+            for (j, (x, y)) in a.iter().zip(b).enumerate() {
+                let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * scale;
+                assert!(
+                    same,
+                    "{label}: {what} gives {x} for input {} element {j}, PyTorch's backward {y}",
+                    wrt[wi]
+                );
+            }
+        }
+    };
+    compare("probe's gradient graph", &probe(Kernels::Standard));
+    if case.probe_cpu {
+        assert!(!case.f64, "{label}: probe.cpu kernels are f32 only");
+        compare("probe's CPU kernels", &probe(Kernels::ProbeCpu));
+    }
+    compare("the libtorch forward under autograd", &torch);
+}
