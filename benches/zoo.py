@@ -39,6 +39,7 @@ BATCH = 6  # 16 samples: batches of 6, 6, 4 (the f64 sum over batches is exercis
 TRAIN = [  # (model, optimizer flags): probe train against torch.optim
     ("resnet18", ["--opt", "sgd", "--lr", "0.01", "--momentum", "0.9", "--weight-decay", "5e-4"]),
     ("vit-small", ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05"]),
+    ("deit_tiny", ["--opt", "sgd", "--lr", "0.01", "--momentum", "0.9"]),
     ("gpt2", ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.01"]),
 ]
 TRAIN_STEPS, TRAIN_BATCH = 3, 8
@@ -49,7 +50,12 @@ def reason(stderr):
     lines = [l for l in stderr.splitlines() if l.startswith("probe: error:")]
     line = lines[-1] if lines else (stderr.strip().splitlines() or ["(no output)"])[-1]
     line = line.removeprefix("probe: error: ")
-    return re.sub(r"\S*/target/zoo/[^/\s]+/", "", line)
+    line = re.sub(r"\S*/target/zoo/[^/\s]+/", "", line)
+
+    def nodes(m):  # "at 'a', 'b', 'c'" -> "at 'a' and 2 more": the table names ops, not nodes
+        names = re.findall(r"'[^']*'", m.group(0))
+        return f"at {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+    return re.sub(r"at '[^']*'(?:, '[^']*')*", nodes, line)
 
 
 def grad(name, cache, out_dir):
