@@ -88,7 +88,8 @@ def grad(name, cache, out_dir):
                loss_error=max(r["loss_error"] for r in c["rows"]),
                status="exact" if c["exact"] else "OFF", reason="; ".join(c["problems"]))
     if not c["exact"] and not row["reason"]:
-        bad = [f"{zoo_models.CHECKPOINTS[k]}: {r['tensor']} {r['worst']:.1e} (bound {r['bound']:.1e}), "
+        bad = [f"{zoo_models.CHECKPOINTS[k]}: {r['tensor']} {r['worst']:.1e} (bound {r['bound']:.1e}"
+               f"{'; ' + r['where'] if r['where'] else ''}), "
                f"loss {r['loss_error']:.1e} (bound {r['loss_bound']:.1e})"
                for k, r in enumerate(c["rows"])
                if r["worst"] > r["bound"] or r["loss_error"] > r["loss_bound"]]
@@ -131,7 +132,9 @@ def table(rows):
     out = ["| model | library | params | status | probe's error | PyTorch f32's | ratio | loss error | probe s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
+        why = r.get("reason") or ""
+        why = why if len(why) <= 240 else why[:240] + "..."  # the whole line is in --json
+        status = r["status"] + (f": {why}" if why else "")
         ratio = f"{r['worst'] / r['f32_error']:.2f}" if r.get("worst") is not None and r.get("f32_error") else ""
         out.append(f"| {r['model']} | {r['library']} | {r.get('params', ''):,} | {status} | "
                    f"{fmt(r.get('worst'))} | {fmt(r.get('f32_error'))} | {ratio} | "

@@ -370,7 +370,14 @@ def compare(d, h5_path):
                 if float(np.abs(ref[n]).max(initial=0.0)) > 0:
                     out["problems"].append(f"no gradient from probe for parameter {n}")
         loss, ref_loss, loss32 = float(f["loss"][k]), float(rm["loss"]), float(rm["loss32"])
-        out["rows"].append({"worst": worst, "tensor": wname, "f32_error": float(rm["f32_error"]),
+        where = ""
+        if wname and ref[wname].ndim == 2:
+            # An error all in one row of a matrix is the signature of an embedding's padding row
+            # (PyTorch's padding_idx gives it no gradient; the exported Gather does not say so).
+            d2 = ((f["grad/full/" + wname][k].astype(np.float64) - ref[wname]) ** 2).sum(axis=1)
+            if d2.sum() > 0 and d2.max() >= 0.99 * d2.sum():
+                where = f"row {int(d2.argmax())} holds {d2.max() / d2.sum():.0%} of the error"
+        out["rows"].append({"worst": worst, "tensor": wname, "where": where, "f32_error": float(rm["f32_error"]),
                             "loss": loss, "ref_loss": ref_loss, "f32_loss_error":
                             abs(loss32 - ref_loss) / abs(ref_loss)})
     ok = bool(out["rows"]) and not out["problems"]
