@@ -6,14 +6,16 @@
 //! [`Case::probe_cpu`] probe's kernels too, in f32), the op's libtorch forward under libtorch
 //! autograd (`--engine torch`), and `reference`, PyTorch's own function (or its backward
 //! kernel), which says what PyTorch's backward takes there.
-use super::testing::{model_of, one_op_graph, run_threads, set_outputs, Case, Rng};
+use super::testing::{
+    host, model_of, node, one_op_graph, run, run_threads, set_outputs, Case, FeedF64, Rng,
+};
 use super::torch::{from_proto, Value};
 use super::TorchCtx;
 use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
-use crate::autodiff::shapes::Shapes;
+use crate::autodiff::shapes::{Feed, Shapes};
 use crate::model::graph::attr_int;
 use crate::tensor::{DType, HostTensor, Values};
-use onnx_protobuf::{NodeProto, TensorProto};
+use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 use tch::{Device, Kind, Tensor};
 
 /// PyTorch's gradient of `sum(R * Y)`: given the differentiated float inputs (leaf tensors
@@ -159,4 +161,65 @@ pub fn check_kinks(case: Case, reference: Reference) {
         compare("probe's CPU kernels", &probe(Kernels::ProbeCpu));
     }
     compare("the libtorch forward under autograd", &torch);
+}
+
+/// The gradient graph's dL/d(in0) for `L = sum(out0 * w)`, `w` given (shaped like out0), the
+/// case's one node first edited by `edit` (metadata, say), run by ONNX Runtime in f64 (f32
+/// for a case marked [`Case::f32`]). For
+/// checks against a known gradient where finite differences do not apply (ties, kinks) or
+/// against another implementation's backward (libtorch's).
+pub fn gradient_for(case: &Case, w: &[f64], edit: impl FnOnce(&mut NodeProto)) -> Vec<f64> {
+    let mut rng = Rng(case.seed);
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let (mut g, floats) = one_op_graph(case, dt, &mut rng);
+    edit(&mut g.node[0]);
+    let feed: FeedF64 = (floats.iter())
+        .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
+        .collect();
+    let host_feed: Feed = (feed.iter())
+        .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
+        .collect();
+    let out_shape = Shapes::observe(
+        &model_of(with_outputs(&g, &["out0"]), case.opset),
+        &[host_feed.clone()],
+    )
+    .expect("forward graph runs")
+    .static_dims("out0")
+    .expect("out0 has a static shape");
+    let mut t = TensorProto::new();
+    t.name = "w".into();
+    t.data_type = dt.onnx();
+    t.dims = out_shape.iter().map(|&d| d as i64).collect();
+    assert_eq!(
+        w.len(),
+        out_shape.iter().product::<usize>(),
+        "w is shaped like out0"
+    );
+    t.raw_data = match dt {
+        DType::F64 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => w.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+    };
+    g.initializer.push(t);
+    g.node.push(node("Mul", &["out0", "w"], "m"));
+    let mut sum = node("ReduceSum", &["m"], "loss");
+    sum.attribute
+        .push(crate::model::graph::attr_int("keepdims", 0));
+    g.node.push(sum);
+    let g = with_outputs(&g, &["loss"]);
+    let shapes = Shapes::observe(&model_of(g.clone(), case.opset), &[host_feed]).unwrap();
+    let wrt = [floats[0].name.clone()];
+    let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::Standard).unwrap();
+    let mut g = g;
+    apply_forward_outputs(&mut g, &diff.forward_outputs);
+    g.node.extend(diff.nodes);
+    let gname = diff.grads[0].1.clone();
+    set_outputs(&mut g, std::slice::from_ref(&gname));
+    run(&model_of(g, case.opset), &feed, &[gname]).remove(0)
+}
+
+fn with_outputs(g: &GraphProto, names: &[&str]) -> GraphProto {
+    let mut g = g.clone();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    set_outputs(&mut g, &names);
+    g
 }

@@ -104,8 +104,9 @@ fn vjp(c: &mut Ctx, arg: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_int, attr_ints};
+    use crate::ops::kink_testing::gradient_for;
     use crate::ops::reduce_sum::reduce_cases;
-    use crate::ops::testing::{gradient_for, Case};
+    use crate::ops::testing::Case;
     use onnx_protobuf::StringStringEntryProto;
 
     crate::ops::testing::gradient_and_torch_tests!(

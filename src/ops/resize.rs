@@ -318,7 +318,8 @@ fn vjp(c: &mut Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::model::graph::{attr_ints, attr_string};
-    use crate::ops::testing::{gradient_for, Case, Rng};
+    use crate::ops::kink_testing::gradient_for;
+    use crate::ops::testing::{Case, Rng};
     use onnx_protobuf::AttributeProto;
 
     fn modes(mode: &str, transform: &str, nearest: &str) -> Vec<AttributeProto> {

@@ -183,7 +183,7 @@ pub fn model_of(graph: GraphProto, opset: i64) -> ModelProto {
     m
 }
 
-fn host(dt: DType, shape: &[usize], v: &[f64]) -> HostTensor {
+pub(crate) fn host(dt: DType, shape: &[usize], v: &[f64]) -> HostTensor {
     HostTensor {
         shape: shape.to_vec(),
         dtype: dt,
@@ -192,7 +192,7 @@ fn host(dt: DType, shape: &[usize], v: &[f64]) -> HostTensor {
 }
 
 /// Runs `proto` on `feed` (f64 values kept exact) and returns the named outputs as f64.
-fn run(
+pub(crate) fn run(
     proto: &ModelProto,
     feed: &[(String, DType, Vec<usize>, Vec<f64>)],
     outputs: &[String],
@@ -473,67 +473,6 @@ pub fn check_graph_with(
         kernels,
         &[],
     );
-}
-
-/// The gradient graph's dL/d(in0) for `L = sum(out0 * w)`, `w` given (shaped like out0), the
-/// case's one node first edited by `edit` (metadata, say), run by ONNX Runtime in f64 (f32
-/// for a case marked [`Case::f32`]). For
-/// checks against a known gradient where finite differences do not apply (ties, kinks) or
-/// against another implementation's backward (libtorch's).
-pub fn gradient_for(case: &Case, w: &[f64], edit: impl FnOnce(&mut NodeProto)) -> Vec<f64> {
-    let mut rng = Rng(case.seed);
-    let dt = if case.f64 { DType::F64 } else { DType::F32 };
-    let (mut g, floats) = one_op_graph(case, dt, &mut rng);
-    edit(&mut g.node[0]);
-    let feed: FeedF64 = (floats.iter())
-        .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
-        .collect();
-    let host_feed: Feed = (feed.iter())
-        .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
-        .collect();
-    let out_shape = Shapes::observe(
-        &model_of(with_outputs(&g, &["out0"]), case.opset),
-        &[host_feed.clone()],
-    )
-    .expect("forward graph runs")
-    .static_dims("out0")
-    .expect("out0 has a static shape");
-    let mut t = TensorProto::new();
-    t.name = "w".into();
-    t.data_type = dt.onnx();
-    t.dims = out_shape.iter().map(|&d| d as i64).collect();
-    assert_eq!(
-        w.len(),
-        out_shape.iter().product::<usize>(),
-        "w is shaped like out0"
-    );
-    t.raw_data = match dt {
-        DType::F64 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        _ => w.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-    };
-    g.initializer.push(t);
-    g.node.push(node("Mul", &["out0", "w"], "m"));
-    let mut sum = node("ReduceSum", &["m"], "loss");
-    sum.attribute
-        .push(crate::model::graph::attr_int("keepdims", 0));
-    g.node.push(sum);
-    let g = with_outputs(&g, &["loss"]);
-    let shapes = Shapes::observe(&model_of(g.clone(), case.opset), &[host_feed]).unwrap();
-    let wrt = [floats[0].name.clone()];
-    let diff = differentiate_with(&g, &shapes, "loss", &wrt, Kernels::Standard).unwrap();
-    let mut g = g;
-    apply_forward_outputs(&mut g, &diff.forward_outputs);
-    g.node.extend(diff.nodes);
-    let gname = diff.grads[0].1.clone();
-    set_outputs(&mut g, std::slice::from_ref(&gname));
-    run(&model_of(g, case.opset), &feed, &[gname]).remove(0)
-}
-
-fn with_outputs(g: &GraphProto, names: &[&str]) -> GraphProto {
-    let mut g = g.clone();
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    set_outputs(&mut g, &names);
-    g
 }
 
 /// A one-op (or prebuilt) graph with the test loss `L = sum_k <R_k, Y_k>` added.
