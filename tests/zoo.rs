@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 /// with BatchNorm (torchvision MNASNet), dense concatenations (torchvision DenseNet), LayerNorm over
 /// channels (torchvision ConvNeXt), timm's ViT (DeiT) and MLP-Mixer, and three Hugging Face
 /// language models (GPT-2: tied embeddings, `save_pretrained` keeping one name; Llama: rotary
-/// embeddings, grouped-query attention, RMSNorm; Qwen3: per-head q/k norms).
-const SUBSET: [&str; 8] = [
+/// embeddings, grouped-query attention, RMSNorm; Qwen3: per-head q/k norms), and two whose
+/// `save_pretrained` writes transformers' original names, which probe renames as
+/// `from_pretrained` does (GPT-NeoX: `embed_out`; Hugging Face ViT: `encoder.layer.N...`).
+const SUBSET: [&str; 10] = [
     "mnasnet0_5",
     "densenet-small",
     "convnext-small",
@@ -27,6 +29,8 @@ const SUBSET: [&str; 8] = [
     "gpt2",
     "llama",
     "qwen3",
+    "gpt_neox",
+    "hf-vit",
 ];
 
 fn zoo_py(args: &[&str]) -> String {

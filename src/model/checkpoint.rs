@@ -284,6 +284,7 @@ impl Checkpoint {
                 dtype: st_dtype(view.dtype),
                 file_dtype: format!("{:?}", view.dtype),
                 shape: view.shape.clone(),
+                renamed: false,
             });
             infos.insert(file_name, view);
         }

@@ -14,12 +14,17 @@
 //! - on each node, `pkg.torch.onnx.name_scopes`: the module path the node ran in
 //!   (`['', 'transformer', 'transformer.wte', 'embedding']`), which tells a module whose
 //!   parameter has no initializer because the module never ran from one whose parameter is tied;
+//! - on each node, `pkg.torch.onnx.class_hierarchy`: the class of each of those modules, in the
+//!   same order and one longer (the op), e.g. `['transformers.models.vit.modeling_vit.
+//!   ViTForImageClassification', 'transformers.models.vit.modeling_vit.ViTModel', ...,
+//!   'aten.conv2d.default']`: which Hugging Face class sits where, which tells the names its
+//!   `save_pretrained` writes (see `hf_renames`);
 //! - on each node, `pkg.torch.onnx.fx_node`: the PyTorch call the node was translated from, e.g.
 //!   `%hardtanh : [num_users=1] = call_function[target=torch.ops.aten.hardtanh.default](args =
 //!   (%x, 0.0, 6.0), kwargs = {})` ([`FxNode`]): what the ONNX op alone does not say, such as
 //!   which of hardtanh and clamp a Clip computes (they differ in their gradient at the bounds) or
 //!   an embedding's padding index (`aten.embedding.default` args `(weight, ids, 1)`).
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What an initializer is to the module it was exported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,7 @@ const PERSISTENT_KEY: &str = "pkg.torch.export.graph_signature.InputSpec.persist
 const SIGNATURE_KEY: &str = "pkg.torch.export.ExportedProgram.graph_signature";
 const SCOPES_KEY: &str = "pkg.torch.onnx.name_scopes";
 const FX_NODE_KEY: &str = "pkg.torch.onnx.fx_node";
+const CLASSES_KEY: &str = "pkg.torch.onnx.class_hierarchy";
 
 /// The PyTorch call an ONNX node was exported from (`pkg.torch.onnx.fx_node`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +119,9 @@ pub struct ExportInfo {
     pub signature: Vec<SignatureEntry>,
     /// Every module path some node ran in; empty when the graph records none.
     pub scopes: HashSet<String>,
+    /// The class of each module that ran, by module path (`""` is the exported module), without
+    /// its Python package: `ViTModel` for `transformers.models.vit.modeling_vit.ViTModel`.
+    pub classes: BTreeMap<String, String>,
 }
 
 fn role_of(kind: &str) -> Role {
@@ -138,8 +147,12 @@ impl ExportInfo {
             info.signature = parse_signature(&m.value);
         }
         for n in &g.node {
-            if let Some(m) = n.metadata_props.iter().find(|m| m.key == SCOPES_KEY) {
+            let prop = |k: &str| n.metadata_props.iter().find(|m| m.key == k);
+            if let Some(m) = prop(SCOPES_KEY) {
                 info.scopes.extend(parse_scopes(&m.value));
+                if let Some(c) = prop(CLASSES_KEY) {
+                    info.classes.extend(module_classes(&m.value, &c.value));
+                }
             }
         }
         info
@@ -192,13 +205,31 @@ pub fn parse_signature(text: &str) -> Vec<SignatureEntry> {
     out
 }
 
+/// The quoted strings of a printed Python list of strings, empty ones included.
+fn parse_list(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\'').skip(1).step_by(2)
+}
+
 /// `"['', 'transformer', 'transformer.wte', 'embedding']"` -> its non-empty strings.
 fn parse_scopes(text: &str) -> Vec<String> {
-    text.split('\'')
-        .skip(1)
-        .step_by(2)
+    parse_list(text)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+        .collect()
+}
+
+/// A node's module paths and their classes side by side; the last of each names the op, not a
+/// module, and is left out. Lists of unequal length (not as torch 2.11 writes them) give nothing.
+fn module_classes(scopes: &str, classes: &str) -> Vec<(String, String)> {
+    let s: Vec<&str> = parse_list(scopes).collect();
+    let c: Vec<&str> = parse_list(classes).collect();
+    if s.len() != c.len() || s.is_empty() {
+        return vec![];
+    }
+    s.iter()
+        .zip(&c)
+        .take(s.len() - 1)
+        .map(|(m, c)| (m.to_string(), c.rsplit('.').next().unwrap_or(c).to_string()))
         .collect()
 }
 
@@ -257,5 +288,25 @@ mod tests {
             ["transformer", "transformer.wte", "embedding"]
         );
         assert!(parse_scopes("[]").is_empty());
+    }
+
+    #[test]
+    fn classes_of_a_nodes_modules() {
+        let got = module_classes(
+            "['', 'vit', 'vit.embeddings', 'conv2d']",
+            "['transformers.models.vit.modeling_vit.ViTForImageClassification', \
+             'transformers.models.vit.modeling_vit.ViTModel', \
+             'transformers.models.vit.modeling_vit.ViTEmbeddings', 'aten.conv2d.default']",
+        );
+        let want = [
+            ("", "ViTForImageClassification"),
+            ("vit", "ViTModel"),
+            ("vit.embeddings", "ViTEmbeddings"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(m, c)| (m.to_string(), c.to_string())).to_vec()
+        );
+        assert!(module_classes("['', 'a', 'x']", "['A', 'x']").is_empty());
     }
 }

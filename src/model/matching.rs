@@ -21,9 +21,17 @@
 //!   given; int64 ones are fed to the graph per checkpoint, other integer types must equal the
 //!   ONNX file's values (the graph keeps those). Integer tensors the graph does not hold
 //!   (`num_batches_tracked`) are skipped with a note.
+//! - **transformers' renamings.** `save_pretrained` writes some classes' tensors under their
+//!   original checkpoint names (ViT's `encoder.layer.N.attention.attention.query`, GPT-NeoX's
+//!   `embed_out`), which `from_pretrained` renames to the module's (`layers.N.attention.q_proj`,
+//!   `lm_head`). A name the model lacks is renamed as transformers would (see [`hf_renames`]:
+//!   the graph tells which class sits where) when the model has the renamed name, with one note
+//!   saying what was renamed; a renaming onto a name the checkpoint also has, or of two names
+//!   onto one, is refused.
 //!
 //! Every problem is reported at once, in one error line.
 use super::export_info::Role;
+use super::hf_renames;
 use super::onnx::{Model, ParamInfo};
 use crate::tensor::{DType, HostTensor, Values};
 use anyhow::Result;
@@ -38,6 +46,7 @@ pub struct Options {
 }
 
 /// One tensor of a checkpoint file, under the name the model would give it.
+#[derive(Clone)]
 pub struct Entry {
     /// The name with the prefix stripped.
     pub name: String,
@@ -48,6 +57,8 @@ pub struct Entry {
     /// The file's element type, as safetensors names it (for messages).
     pub file_dtype: String,
     pub shape: Vec<usize>,
+    /// Whether `name` is transformers' renaming of the file's name (see [`hf_renames`]).
+    pub renamed: bool,
 }
 
 /// What matching found: the state tensors by initializer name, and notes for the log.
@@ -83,6 +94,8 @@ struct Problems {
     missing: Vec<String>,
     extra: Vec<String>,
     wrong: Vec<String>,
+    /// What was renamed as transformers does, said with the problems (they use those names).
+    renamed: Option<String>,
 }
 
 /// Matches `entries` (the file's tensors) against `model`; `read` gives an entry's values.
@@ -172,12 +185,14 @@ fn strip(e: &Entry, prefix: &str) -> Entry {
         dtype: e.dtype,
         file_dtype: e.file_dtype.clone(),
         shape: e.shape.clone(),
+        renamed: e.renamed,
     }
 }
 
-/// The problems as the error lists them: missing names, extra names, then each wrong tensor.
+/// The problems as the error lists them: missing names, extra names, then each wrong tensor;
+/// first what was renamed, when something was.
 fn listed(p: Problems) -> Vec<String> {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = p.renamed.into_iter().collect();
     if !p.missing.is_empty() {
         parts.push(format!(
             "missing {} of the model's tensors: {}",
@@ -214,6 +229,10 @@ fn try_match(
 ) -> Result<std::result::Result<Matched, Problems>> {
     let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
     let mut problems = Problems::default();
+    let (entries, renamed) = renamed(model, entries);
+    let entries = &entries[..];
+    problems.wrong.extend(renamed.clashes);
+    problems.renamed = renamed.note;
     let mut ignored = vec![];
     // Names the export lists as the module's state with no initializer: tied or unread.
     let mut listed: Vec<(&Entry, HostTensor)> = Vec::new();
@@ -244,7 +263,7 @@ fn try_match(
             }
             continue;
         };
-        if let Some(problem) = type_problem(e, info) {
+        if let Some(problem) = type_problem(e, info, &shown(e)) {
             problems.wrong.push(problem);
             bad.insert(&e.name);
             continue;
@@ -290,7 +309,7 @@ fn try_match(
     for p in &from_file {
         tensors.insert(p.name.clone(), model.initializer(&p.name)?);
     }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = problems.renamed.into_iter().collect();
     if !ignored.is_empty() {
         ignored.sort();
         notes.push(format!(
@@ -389,20 +408,51 @@ fn tie<'a>(
     (aliases, unread)
 }
 
-/// Why entry `e` cannot fill `info`, if it cannot: its element type or shape.
-fn type_problem(e: &Entry, info: &ParamInfo) -> Option<String> {
-    let name = &e.name;
+/// The entries under the names transformers' `from_pretrained` would give them where the model
+/// lacks theirs (see [`hf_renames`]), and what was renamed.
+fn renamed(model: &Model, entries: &[Entry]) -> (Vec<Entry>, hf_renames::Renamed) {
+    let known = |n: &str| {
+        model.param(n).is_some_and(|p| p.role != Role::Constant)
+            || model
+                .export
+                .signature
+                .iter()
+                .any(|s| s.target == n && s.role != Role::Constant)
+    };
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let r = hf_renames::rename(&model.export.classes, &names, known);
+    let mut out = entries.to_vec();
+    for (i, new) in &r.renamed {
+        out[*i].name = new.clone();
+        out[*i].renamed = true;
+    }
+    (out, r)
+}
+
+/// How a message names entry `e`: `'lm_head.weight'`, or `'lm_head.weight' ('embed_out.weight'
+/// in the file)` when it was renamed as transformers does.
+fn shown(e: &Entry) -> String {
+    if e.renamed {
+        format!("'{}' ('{}' in the file)", e.name, e.file_name)
+    } else {
+        format!("'{}'", e.name)
+    }
+}
+
+/// Why entry `e` (named `name` in messages) cannot fill `info`, if it cannot: its element type
+/// or shape.
+fn type_problem(e: &Entry, info: &ParamInfo, name: &str) -> Option<String> {
     match e.dtype {
         None => Some(format!(
-            "'{name}' has dtype {}, model {}",
+            "{name} has dtype {}, model {}",
             e.file_dtype, info.dtype
         )),
         Some(d) if d.is_float() != info.dtype.is_float() => Some(format!(
-            "'{name}' is {d} in the checkpoint, {} in the model",
+            "{name} is {d} in the checkpoint, {} in the model",
             info.dtype
         )),
         _ if e.shape != info.shape => Some(format!(
-            "'{name}' has shape {:?} in the checkpoint, {:?} in the model",
+            "{name} has shape {:?} in the checkpoint, {:?} in the model",
             e.shape, info.shape
         )),
         _ => None,

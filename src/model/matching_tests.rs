@@ -1,7 +1,8 @@
 //! Checkpoints as users save them, against a small graph that carries the metadata PyTorch 2.11's
 //! exporter writes (roles, persistence, the program's signature, node scopes): tied weights under
 //! one name or two, non-persistent and integer buffers, a parameter that is never read, a DDP
-//! prefix, a `torch.save` file, a fixed batch axis.
+//! prefix, a `torch.save` file, a fixed batch axis; and, against graphs that say their modules'
+//! classes, the original names transformers' `save_pretrained` writes (ViT, GPT-NeoX, legacy).
 use super::*;
 use crate::model::graph::{tensor_f32, tensor_i64, value_info};
 use crate::model::{Checkpoint, Model};
@@ -403,4 +404,288 @@ fn a_fixed_batch_axis_is_refused_with_the_fix() {
     );
     let m = Model::load(&write_model(dir.path(), None)).unwrap();
     assert!(m.data_input().is_ok());
+}
+
+/// A model of float parameters `params` (name, shape, all ones) whose modules have the classes
+/// `classes` (module path, class; `""` is the exported module), as a transformers model exports:
+/// each parameter read by a node that ran in its module, whose `class_hierarchy` names the class
+/// of every module on the way (`Linear` where `classes` gives none).
+fn write_classed_model(dir: &Path, params: &[(&str, &[i64])], classes: &[(&str, &str)]) -> PathBuf {
+    let mut g = onnx_protobuf::GraphProto::new();
+    g.name = "m".into();
+    let mut signature = String::from("\n# inputs\n");
+    for (k, (name, dims)) in params.iter().enumerate() {
+        let n: usize = dims.iter().product::<i64>() as usize;
+        let t = tensor_f32(name, dims, &vec![1.0; n]);
+        let d: Vec<Option<i64>> = dims.iter().map(|&d| Some(d)).collect();
+        let mut v = value_info(name, DType::F32, &d, "N");
+        v.metadata_props
+            .push(prop(super::super::export_info::ROLE_KEY, "PARAMETER"));
+        g.value_info.push(v);
+        g.initializer.push(t);
+        signature.push_str(&format!("p_{k}: PARAMETER target='{name}'\n"));
+        // The module path and each of its ancestors, the root first.
+        let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+        let mut scopes = vec![String::new()];
+        for (i, _) in module.match_indices('.') {
+            scopes.push(module[..i].to_string());
+        }
+        scopes.push(module.to_string());
+        let class_of = |m: &str| {
+            let c = classes
+                .iter()
+                .find(|(p, _)| *p == m)
+                .map_or("Linear", |(_, c)| c);
+            format!("'transformers.models.x.modeling_x.{c}'")
+        };
+        let quoted: Vec<String> = scopes.iter().map(|s| format!("'{s}'")).collect();
+        let hier: Vec<String> = scopes.iter().map(|s| class_of(s)).collect();
+        let mut node = NodeProto::new();
+        node.op_type = "Identity".into();
+        node.input = vec![name.to_string()];
+        node.output = vec![format!("o{k}")];
+        node.metadata_props.push(prop(
+            "pkg.torch.onnx.name_scopes",
+            &format!("[{}, 'identity_{k}']", quoted.join(", ")),
+        ));
+        node.metadata_props.push(prop(
+            "pkg.torch.onnx.class_hierarchy",
+            &format!("[{}, 'aten.identity.default']", hier.join(", ")),
+        ));
+        g.node.push(node);
+        g.output
+            .push(value_info(&format!("o{k}"), DType::F32, &[], "N"));
+    }
+    signature.push_str("x: USER_INPUT\n\n# outputs\ny: USER_OUTPUT\n");
+    g.metadata_props.push(prop(
+        "pkg.torch.export.ExportedProgram.graph_signature",
+        &signature,
+    ));
+    g.input
+        .push(value_info("x", DType::F32, &[None, Some(4)], "N"));
+    let mut m = ModelProto::new();
+    m.ir_version = 10;
+    let mut o = OperatorSetIdProto::new();
+    o.version = 20;
+    m.opset_import.push(o);
+    m.graph = protobuf::MessageField::some(g);
+    let path = dir.join("hf.onnx");
+    std::fs::write(&path, protobuf::Message::write_to_bytes(&m).unwrap()).unwrap();
+    path
+}
+
+/// A tiny ViT for image classification as transformers 5 names its tensors: the `ViTModel` at
+/// `vit`, a classifier beside it, and a module outside the ViT whose names look like ViT's old ones.
+const VIT_PARAMS: &[(&str, &[i64])] = &[
+    ("vit.embeddings.cls_token", &[1, 1, 4]),
+    ("vit.layers.0.attention.q_proj.weight", &[4, 4]),
+    ("vit.layers.0.attention.o_proj.weight", &[4, 4]),
+    ("vit.layers.0.mlp.fc1.weight", &[6, 4]),
+    ("vit.layers.0.mlp.fc2.weight", &[4, 6]),
+    ("vit.layers.0.layernorm_before.weight", &[4]),
+    ("head.mlp.fc2.weight", &[3, 4]),
+];
+const VIT_CLASSES: &[(&str, &str)] = &[("", "ViTForImageClassification"), ("vit", "ViTModel")];
+
+/// The names `save_pretrained` writes for [`VIT_PARAMS`], each tensor filled with its index.
+fn vit_saved() -> Vec<(&'static str, Vec<usize>, V)> {
+    [
+        ("vit.embeddings.cls_token", vec![1, 1, 4]),
+        (
+            "vit.encoder.layer.0.attention.attention.query.weight",
+            vec![4, 4],
+        ),
+        (
+            "vit.encoder.layer.0.attention.output.dense.weight",
+            vec![4, 4],
+        ),
+        ("vit.encoder.layer.0.intermediate.dense.weight", vec![6, 4]),
+        ("vit.encoder.layer.0.output.dense.weight", vec![4, 6]),
+        ("vit.encoder.layer.0.layernorm_before.weight", vec![4]),
+        ("head.mlp.fc2.weight", vec![3, 4]),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(k, (n, s))| {
+        let len = s.iter().product();
+        (n, s, V::F(vec![k as f32; len]))
+    })
+    .collect()
+}
+
+fn classed_case(params: &[(&str, &[i64])], classes: &[(&str, &str)]) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(&write_classed_model(dir.path(), params, classes)).unwrap();
+    Case { dir, model }
+}
+
+#[test]
+fn the_graph_tells_which_transformers_class_sits_where() {
+    let c = classed_case(VIT_PARAMS, VIT_CLASSES);
+    let classes = &c.model.export.classes;
+    assert_eq!(classes[""], "ViTForImageClassification");
+    assert_eq!(classes["vit"], "ViTModel");
+    assert_eq!(classes["vit.layers.0.mlp.fc2"], "Linear");
+}
+
+#[test]
+fn save_pretrained_names_are_renamed_as_transformers_loads_them() {
+    let c = classed_case(VIT_PARAMS, VIT_CLASSES);
+    let ck = c.load(&vit_saved(), &Options::default()).unwrap();
+    // `attention.output.dense` is `attention.o_proj` (its rule comes before `output.dense`'s).
+    for (k, n) in [
+        (1, "vit.layers.0.attention.q_proj.weight"),
+        (2, "vit.layers.0.attention.o_proj.weight"),
+        (3, "vit.layers.0.mlp.fc1.weight"),
+        (4, "vit.layers.0.mlp.fc2.weight"),
+        (5, "vit.layers.0.layernorm_before.weight"),
+        (6, "head.mlp.fc2.weight"),
+    ] {
+        assert!(f32s(&ck, n).iter().all(|&v| v == k as f32), "{n}");
+    }
+    assert_eq!(ck.notes.len(), 1, "{:?}", ck.notes);
+    let note = &ck.notes[0];
+    for want in [
+        "renamed 5 tensor name(s) as transformers' from_pretrained does (ViTModel at 'vit.': ",
+        "'encoder.layer.' -> 'layers.' 5x, 'attention.query' -> 'q_proj' 1x",
+        "'attention.output.dense' -> 'attention.o_proj' 1x",
+        "'output.dense' -> 'mlp.fc2' 1x",
+        "vit.encoder.layer.0.attention.attention.query.weight -> vit.layers.0.attention.q_proj.weight and 4 more",
+    ] {
+        assert!(note.contains(want), "{want} not in\n{note}");
+    }
+
+    // GPT-NeoX keeps `lm_head` as `embed_out`, at the start of the name only.
+    let c = classed_case(
+        &[
+            ("gpt_neox.embed_in.weight", &[5, 4]),
+            ("lm_head.weight", &[5, 4]),
+        ],
+        &[("", "GPTNeoXForCausalLM"), ("gpt_neox", "GPTNeoXModel")],
+    );
+    let t = vec![
+        ("gpt_neox.embed_in.weight", vec![5, 4], V::F(vec![1.0; 20])),
+        ("embed_out.weight", vec![5, 4], V::F(vec![2.0; 20])),
+    ];
+    let ck = c.load(&t, &Options::default()).unwrap();
+    assert_eq!(f32s(&ck, "lm_head.weight"), vec![2.0; 20]);
+    assert_eq!(
+        ck.notes,
+        [
+            "renamed 1 tensor name(s) as transformers' from_pretrained does (GPTNeoXForCausalLM: \
+          '^embed_out.' -> 'lm_head.' 1x): embed_out.weight -> lm_head.weight"
+        ]
+    );
+    // Under a DDP prefix: named with the flag, and with it the renaming follows.
+    let wrapped: Vec<String> = t.iter().map(|(n, _, _)| format!("module.{n}")).collect();
+    let t: Vec<_> = t
+        .iter()
+        .zip(&wrapped)
+        .map(|((_, s, v), n)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    let line = c.refused(&t, &Options::default());
+    assert!(
+        line.contains("give --strip-prefix module. (then it fits)"),
+        "{line}"
+    );
+    let strip = Options {
+        strip_prefix: Some("module.".into()),
+    };
+    let ck = c.load(&t, &strip).unwrap();
+    assert_eq!(f32s(&ck, "lm_head.weight"), vec![2.0; 20]);
+    assert!(
+        ck.notes[1].contains("embed_out.weight -> lm_head.weight"),
+        "{:?}",
+        ck.notes
+    );
+
+    // The legacy names of TensorFlow-era checkpoints, whatever the class.
+    let c = classed_case(
+        &[("enc.LayerNorm.weight", &[4]), ("enc.LayerNorm.bias", &[4])],
+        &[],
+    );
+    let t = vec![
+        ("enc.LayerNorm.gamma", vec![4], V::F(vec![3.0; 4])),
+        ("enc.LayerNorm.beta", vec![4], V::F(vec![4.0; 4])),
+    ];
+    let ck = c.load(&t, &Options::default()).unwrap();
+    assert_eq!(f32s(&ck, "enc.LayerNorm.weight"), vec![3.0; 4]);
+    assert_eq!(f32s(&ck, "enc.LayerNorm.bias"), vec![4.0; 4]);
+    assert!(
+        ck.notes[0].contains("(legacy: 'LayerNorm.gamma' -> 'LayerNorm.weight' 1x, 'LayerNorm.beta' -> 'LayerNorm.bias' 1x)"),
+        "{:?}",
+        ck.notes
+    );
+}
+
+#[test]
+fn renamings_apply_only_within_their_class() {
+    // `head` is no ViTModel: its old-looking name stays as it is, and is refused.
+    let c = classed_case(VIT_PARAMS, VIT_CLASSES);
+    let mut t = vit_saved();
+    t[6].0 = "head.output.dense.weight";
+    let line = c.refused(&t, &Options::default());
+    assert!(
+        line.contains("missing 1 of the model's tensors: head.mlp.fc2.weight; 1 tensors the model does not have: head.output.dense.weight"),
+        "{line}"
+    );
+    // A graph that does not say its classes gets no class's renamings.
+    let c = classed_case(VIT_PARAMS, &[]);
+    let line = c.refused(&vit_saved(), &Options::default());
+    assert!(
+        line.contains("missing 5 of the model's tensors") && !line.contains("renamed"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_renamed_checkpoint_that_does_not_fit_is_refused_with_every_problem() {
+    let c = classed_case(VIT_PARAMS, VIT_CLASSES);
+    let mut t = vit_saved();
+    // fc2 of the wrong shape; fc1 missing; the query under its old and its new name; and the
+    // query under a second old name that transformers would rename onto the same one.
+    t[4].1 = vec![6, 4];
+    t.retain(|(n, _, _)| !n.contains("intermediate"));
+    t.push((
+        "vit.layers.0.attention.q_proj.weight",
+        vec![4, 4],
+        V::F(vec![0.0; 16]),
+    ));
+    t.push((
+        "vit.encoder.layer.0.attention.attention.key.weight",
+        vec![4, 4],
+        V::F(vec![0.0; 16]),
+    ));
+    let line = c.refused(&t, &Options::default());
+    for want in [
+        "renamed 3 tensor name(s) as transformers' from_pretrained does",
+        "missing 1 of the model's tensors: vit.layers.0.mlp.fc1.weight",
+        "2 tensors the model does not have: vit.encoder.layer.0.attention.attention.key.weight, \
+         vit.encoder.layer.0.attention.attention.query.weight",
+        "'vit.encoder.layer.0.attention.attention.query.weight' is \
+         'vit.layers.0.attention.q_proj.weight' as transformers renames it, and the checkpoint \
+         has 'vit.layers.0.attention.q_proj.weight' too",
+        "'vit.layers.0.mlp.fc2.weight' ('vit.encoder.layer.0.output.dense.weight' in the file) \
+         has shape [6, 4] in the checkpoint, [4, 6] in the model",
+    ] {
+        assert!(line.contains(want), "{want} not in\n{line}");
+    }
+
+    // Two old names onto one new name: neither is taken.
+    let mut t = vit_saved();
+    t.push((
+        "vit.layers.0.attention.attention.query.weight",
+        vec![4, 4],
+        V::F(vec![0.0; 16]),
+    ));
+    let line = c.refused(&t, &Options::default());
+    assert!(
+        line.contains(
+            "'vit.encoder.layer.0.attention.attention.query.weight', \
+             'vit.layers.0.attention.attention.query.weight' are all \
+             'vit.layers.0.attention.q_proj.weight' as transformers renames them"
+        ) && line
+            .contains("missing 1 of the model's tensors: vit.layers.0.attention.q_proj.weight"),
+        "{line}"
+    );
 }

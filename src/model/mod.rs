@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod checkpoint_set;
 pub mod export_info;
 pub mod graph;
+pub mod hf_renames;
 pub mod matching;
 mod onnx;
 
