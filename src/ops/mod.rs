@@ -94,6 +94,7 @@ pub mod sigmoid;
 pub mod slice;
 pub mod softmax;
 pub mod softplus;
+pub mod softsign;
 pub mod space_to_depth;
 pub mod split;
 pub mod split_to_sequence;
@@ -208,6 +209,7 @@ pub static RULES: &[&Rule] = &[
     &softmax::LOG_SOFTMAX,
     &softmax::SOFTMAX,
     &softplus::RULE,
+    &softsign::RULE,
     &space_to_depth::RULE,
     &split::RULE,
     &split_to_sequence::RULE,
