@@ -413,6 +413,13 @@ def train_ref(d, init, a, dtype, make=None, data=None):
     torch.set_num_threads(a.threads)
     model = make()
     state = load_file(init)
+    # probe's checkpoints hold every buffer of the graph, the non-persistent ones too (rotary
+    # inv_freq), which state_dict() leaves out: they must equal the model's own.
+    sd = model.state_dict()
+    for n, b in model.named_buffers():
+        if n not in sd and n in state:
+            if not torch.equal(state.pop(n).to(b.dtype), b):
+                raise SystemExit(f"{init}: non-persistent buffer {n} differs from the model's")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # What may be missing: a tied name (its partner is in `state`) or an integer buffer.
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)
@@ -424,6 +431,11 @@ def train_ref(d, init, a, dtype, make=None, data=None):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        # Functional dropout with the rate in a float attribute (OPT's `self.dropout =
+        # config.dropout`, its attention's `self.dropout`).
+        for k, v in vars(m).items():
+            if "dropout" in k and isinstance(v, float):
+                setattr(m, k, 0.0)
     opt = make_optimizer(model.parameters(), a)
     with h5py.File(data or os.path.join(d, "data.h5"), "r") as f:
         x, y = torch.from_numpy(f["x"][()]), torch.from_numpy(f["y"][()])

@@ -170,6 +170,8 @@ pub static RULES: &[&Rule] = &[
     &non_differentiable::EQUAL,
     &non_differentiable::GREATER,
     &non_differentiable::GREATER_OR_EQUAL,
+    &non_differentiable::IS_INF,
+    &non_differentiable::IS_NAN,
     &non_differentiable::LESS,
     &non_differentiable::LESS_OR_EQUAL,
     &non_differentiable::NON_ZERO,
