@@ -5,7 +5,7 @@ markdown table.
 
     .venv/bin/python benches/zoo.py                     # the whole zoo
     .venv/bin/python benches/zoo.py resnet18 gpt2       # named models
-    .venv/bin/python benches/zoo.py --train             # also probe train on three models
+    .venv/bin/python benches/zoo.py --train             # also probe train on five models
     .venv/bin/python benches/zoo.py --json out.json     # the numbers, for tools
 
 Status per model:
@@ -41,6 +41,7 @@ TRAIN = [  # (model, optimizer flags): probe train against torch.optim
     ("vit-small", ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05"]),
     ("deit_tiny", ["--opt", "sgd", "--lr", "0.01", "--momentum", "0.9"]),
     ("gpt2", ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.01"]),
+    ("llama", ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.01"]),
 ]
 TRAIN_STEPS, TRAIN_BATCH = 3, 8
 

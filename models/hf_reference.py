@@ -3,6 +3,8 @@ reference gradients (tests/hf_checkpoints.rs).
 
     .venv/bin/python models/hf_reference.py prepare --out DIR [--which gpt2,llama,bert]
     .venv/bin/python models/hf_reference.py compare DIR/<model>/ref.safetensors probe.h5 [...]
+    .venv/bin/python models/hf_reference.py train-ref DIR lstm|gru --init RUN/step-00000000.safetensors \
+        --probe-ckpt RUN/step-<S>.safetensors --steps S --batch B [--opt ... --lr ...]
 
 `prepare` writes, per model (gpt2: GPT2LMHeadModel, tied wte/lm_head; llama: LlamaForCausalLM,
 non-persistent rotary inv_freq, grouped-query attention; bert: BertForMaskedLM, tied decoder
@@ -25,6 +27,9 @@ weight and bias, non-persistent int64 position_ids/token_type_ids), under DIR/<m
 
 lstm and gru (not Hugging Face's: token embeddings, a 2-layer nn.LSTM, bidirectional, or nn.GRU,
 and a linear head per position, exported as ONNX LSTM/GRU nodes) get what perm gets (below).
+`train-ref` takes the steps of a `probe train` run of DIR/<model>/m.onnx on DIR/tokens.h5 (from
+its step-0 checkpoint, file order) with torch.optim, as zoo_models.py's train-ref does, and
+prints the same JSON line.
 
 perm (not Hugging Face's: a persistent int64 buffer the forward indexes with, reversed in the
 checkpoint, so only a probe that feeds the checkpoint's integer buffer gets PyTorch's gradient)
@@ -232,9 +237,18 @@ def main():
     s.add_argument("--which", default="gpt2,llama,bert,perm,lstm,gru")
     s = sub.add_parser("compare")
     s.add_argument("pairs", nargs="+", metavar="REF H5")
+    s = sub.add_parser("train-ref")
+    s.add_argument("dir")
+    s.add_argument("model", choices=["lstm", "gru"])
+    import zoo_models  # not at the top: it imports this file
+
+    zoo_models.train_ref_args(s)
     a = p.parse_args()
     if a.cmd == "prepare":
         prepare(a.out, a.which.split(","))
+    elif a.cmd == "train-ref":
+        c = zoo_models.train_compare(a, lambda: build(a.model), os.path.join(a.dir, "tokens.h5"))
+        print(json.dumps(c))
     else:
         for ref, h5 in zip(a.pairs[::2], a.pairs[1::2]):
             compare(ref, h5)

@@ -394,21 +394,32 @@ def compare(d, h5_path):
 
 
 # --- training against torch.optim -----------------------------------------------------------------
-def train_ref(d, init, a, dtype):
+def train_ref(d, init, a, dtype, make=None, data=None):
     """The PyTorch side of `probe train` on a zoo model: load `init` (probe's step-0 checkpoint,
     keyed by the ONNX names: a tied pair under one name), take `a.steps` steps in `dtype` as
     models/train_reference.py does (its batches, optimizer and step), return the state dict and
-    the losses. Dropout is off: the graph probe trains is the eval-mode export, which has none."""
+    the losses. Dropout is off: the graph probe trains is the eval-mode export, which has none.
+    Another model than the zoo's: `make()` builds it, `data` is its HDF5 file (hf_reference.py's
+    recurrent models)."""
     from safetensors.torch import load_file
     from train_reference import batch_of, make_optimizer, train_step
 
     import h5py
 
-    with open(os.path.join(d, "meta.json")) as f:
-        meta = json.load(f)
+    if make is None:
+        with open(os.path.join(d, "meta.json")) as f:
+            meta = json.load(f)
+        make = lambda: build(meta["name"])  # noqa: E731
     torch.set_num_threads(a.threads)
-    model = build(meta["name"])
+    model = make()
     state = load_file(init)
+    # probe's checkpoints hold every buffer of the graph, the non-persistent ones too (rotary
+    # inv_freq), which state_dict() leaves out: they must equal the model's own.
+    sd = model.state_dict()
+    for n, b in model.named_buffers():
+        if n not in sd and n in state:
+            if not torch.equal(state.pop(n).to(b.dtype), b):
+                raise SystemExit(f"{init}: non-persistent buffer {n} differs from the model's")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # What may be missing: a tied name (its partner is in `state`) or an integer buffer.
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)
@@ -420,8 +431,13 @@ def train_ref(d, init, a, dtype):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        # Functional dropout with the rate in a float attribute (OPT's `self.dropout =
+        # config.dropout`, its attention's `self.dropout`).
+        for k, v in vars(m).items():
+            if "dropout" in k and isinstance(v, float):
+                setattr(m, k, 0.0)
     opt = make_optimizer(model.parameters(), a)
-    with h5py.File(os.path.join(d, "data.h5"), "r") as f:
+    with h5py.File(data or os.path.join(d, "data.h5"), "r") as f:
         x, y = torch.from_numpy(f["x"][()]), torch.from_numpy(f["y"][()])
     if x.is_floating_point():
         x = x.to(dtype)
@@ -443,7 +459,7 @@ class _Logits(torch.nn.Module):
         return logits_of(self.m, x)
 
 
-def train_compare(a):
+def train_compare(a, make=None, data=None):
     """probe's weights after the steps against PyTorch's in float64, and PyTorch float32's own
     error from float64 the same way: per float tensor of probe's checkpoint (parameters and
     BatchNorm statistics), |w - w64| / max(|w64 - w0|, 1e-4 |all of w64 - w0|) in the L2 norm:
@@ -451,8 +467,8 @@ def train_compare(a):
     update off by 1% of a small step would hide in 1e-5), the worst of each."""
     from safetensors.torch import load_file
 
-    w64, losses = train_ref(a.dir, a.init, a, torch.float64)
-    w32, _ = train_ref(a.dir, a.init, a, torch.float32)
+    w64, losses = train_ref(a.dir, a.init, a, torch.float64, make, data)
+    w32, _ = train_ref(a.dir, a.init, a, torch.float32, make, data)
     got, w0 = load_file(a.probe_ckpt), load_file(a.init)
     names = [n for n, g in got.items() if g.is_floating_point() and n in w64]
     moved = {n: (w64[n] - w0[n].double()).numpy() for n in names}
@@ -468,6 +484,20 @@ def train_compare(a):
             "tensors": len(names), "losses": losses, "exact": worst <= max(2 * f32_error, 1e-5)}
 
 
+def train_ref_args(s):
+    """The options of `train-ref` after its positionals: probe's run and its optimizer flags
+    (hf_reference.py's train-ref takes them too)."""
+    s.add_argument("--init", required=True)
+    s.add_argument("--probe-ckpt", required=True, help="probe's last checkpoint, to compare with")
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--batch", type=int, required=True)
+    s.add_argument("--opt", choices=["sgd", "adam", "adamw"], default="sgd")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--momentum", type=float)
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--threads", type=int, default=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -480,15 +510,7 @@ def main():
     s.add_argument("pairs", nargs="+", metavar="DIR H5")
     s = sub.add_parser("train-ref")
     s.add_argument("dir")
-    s.add_argument("--init", required=True)
-    s.add_argument("--probe-ckpt", required=True, help="probe's last checkpoint, to compare with")
-    s.add_argument("--steps", type=int, required=True)
-    s.add_argument("--batch", type=int, required=True)
-    s.add_argument("--opt", choices=["sgd", "adam", "adamw"], default="sgd")
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--momentum", type=float)
-    s.add_argument("--weight-decay", type=float)
-    s.add_argument("--threads", type=int, default=1)
+    train_ref_args(s)
     a = p.parse_args()
     if a.cmd == "list":
         for n, e in ZOO.items():

@@ -7,7 +7,9 @@
 //! PyTorch float64 autograd on the same weights and tokens (`models/hf_reference.py`) within 2x of
 //! PyTorch float32's own error, or 1e-5; and the checkpoints users get wrong are refused with the
 //! fix: a DDP `module.` prefix (then `--strip-prefix` takes it), tied names whose values differ, a
-//! `torch.save` file, a missing parameter, a model exported with a fixed batch.
+//! `torch.save` file, a missing parameter, a model exported with a fixed batch. Beside them, two
+//! recurrent models (nn.LSTM, nn.GRU) get the same gradient check on every engine, and `probe
+//! train` on them takes torch.optim's steps.
 //!
 //! One Python run exports and saves everything (~30 s on 2 cores; the exports dominate).
 mod common;
@@ -147,28 +149,86 @@ fn opset_23_attention_nodes_give_pytorchs_gradient() {
 }
 
 /// nn.LSTM (2 layers, bidirectional) and nn.GRU (2 layers) over token embeddings, exported as
-/// ONNX LSTM and GRU nodes: PyTorch's gradient with the default kernels and with standard ops.
+/// ONNX LSTM and GRU nodes: PyTorch's gradient with the default kernels, with standard ops, and
+/// by libtorch autograd through the ops' torch forwards (`--engine torch`).
 #[test]
 fn recurrent_layers_give_pytorchs_gradient() {
     let d = prepared();
     let out = tempfile::tempdir().unwrap();
     let mut args = vec!["compare".to_string()];
-    let runs = [
-        ("lstm", ""),
-        ("lstm", "--standard-ops"),
-        ("gru", ""),
-        ("gru", "--standard-ops"),
+    let runs: [(&str, &[&str]); 6] = [
+        ("lstm", &[]),
+        ("lstm", &["--standard-ops"]),
+        ("lstm", &["--engine", "torch"]),
+        ("gru", &[]),
+        ("gru", &["--standard-ops"]),
+        ("gru", &["--engine", "torch"]),
     ];
-    for (m, flag) in runs {
-        let h5 = out.path().join(format!("{m}{flag}.h5"));
-        let extra: Vec<&str> = [flag].into_iter().filter(|f| !f.is_empty()).collect();
-        grad(m, &format!("{m}/clone.safetensors"), &h5, &extra).ok();
+    for (k, (m, extra)) in runs.iter().enumerate() {
+        let h5 = out.path().join(format!("{m}-{k}.h5"));
+        grad(m, &format!("{m}/clone.safetensors"), &h5, extra).ok();
         args.push(d.join(m).join("ref.safetensors").to_str().unwrap().into());
         args.push(h5.to_str().unwrap().into());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    for ((m, flag), line) in runs.iter().zip(helper(&args).lines()) {
-        assert_pytorchs(&format!("{m} {flag}"), line);
+    for ((m, extra), line) in runs.iter().zip(helper(&args).lines()) {
+        assert_pytorchs(format!("{m} {}", extra.join(" ")).trim_end(), line);
+    }
+}
+
+/// `probe train` of the same two models (3 SGD steps with momentum, 24 of the 64 sequences a
+/// step, file order, one thread) from the export's weights, against torch.optim's steps in
+/// float64 (`hf_reference.py train-ref`): every weight within 2x of PyTorch float32's own error
+/// (or 1e-5), errors against how far the steps moved each tensor.
+#[test]
+fn recurrent_layers_train_as_torch_optim() {
+    let d = prepared();
+    let out = tempfile::tempdir().unwrap();
+    let flags = ["--opt", "sgd", "--lr", "0.1", "--momentum", "0.9"];
+    let tokens = d.join("tokens.h5");
+    for m in ["lstm", "gru"] {
+        let run = out.path().join(m);
+        let onnx = d.join(m).join("m.onnx");
+        let mut args = vec!["train", "--model", onnx.to_str().unwrap(), "--data"];
+        args.push(tokens.to_str().unwrap());
+        args.extend([
+            "--steps",
+            "3",
+            "--batch",
+            "24",
+            "--no-shuffle",
+            "--threads",
+            "1",
+        ]);
+        args.extend(["--quiet", "--out", run.to_str().unwrap()]);
+        args.extend(flags);
+        probe(&args).ok();
+        let (init, last) = (
+            run.join("step-00000000.safetensors"),
+            run.join("step-00000003.safetensors"),
+        );
+        let mut ref_args = vec!["train-ref", d.to_str().unwrap(), m, "--init"];
+        ref_args.extend([
+            init.to_str().unwrap(),
+            "--probe-ckpt",
+            last.to_str().unwrap(),
+        ]);
+        ref_args.extend(["--steps", "3", "--batch", "24"]);
+        ref_args.extend(flags);
+        let line = helper(&ref_args);
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        eprintln!(
+            "{m} train: worst {:.2e} ({}), PyTorch float32 {:.2e} ({}), {} tensors",
+            v["worst"].as_f64().unwrap(),
+            v["tensor"].as_str().unwrap(),
+            v["f32_error"].as_f64().unwrap(),
+            v["f32_tensor"].as_str().unwrap(),
+            v["tensors"]
+        );
+        assert_eq!(
+            v["exact"], true,
+            "{m}: probe train is not torch.optim's: {line}"
+        );
     }
 }
 

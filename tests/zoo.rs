@@ -4,7 +4,7 @@
 //! model.state_dict())`, `save_pretrained`), at the initial weights and two SGD steps later.
 //! probe's full gradient at both checkpoints must match PyTorch float64 autograd within 2x of
 //! PyTorch float32's own error from float64 (or 1e-5), per tensor, and its loss likewise
-//! (`models/zoo_models.py compare`). And `probe train` on three of them equals torch.optim's steps
+//! (`models/zoo_models.py compare`). And `probe train` on five of them equals torch.optim's steps
 //! in float64 within 2x of PyTorch float32's own error.
 //!
 //! The exports, checkpoints and references are made once and cached under target/zoo/ by a hash of
@@ -118,12 +118,12 @@ fn zoo_subset_gives_pytorchs_gradient() {
 /// `probe train` (3 steps of 8 of the 16 samples, file order, one thread) from the export's own
 /// weights, against the same steps by torch.optim in float64 (`zoo_models.py train-ref`): every
 /// weight and BatchNorm statistic within 2x of PyTorch float32's own error (or 1e-5), errors
-/// measured against how far the steps moved each tensor. GPT-2 is left out today: probe train
-/// refuses it, having no libtorch forward for the CumSum, GatherND, IsNaN and Max of its mask
-/// (`benches/zoo.py --train` tries it).
+/// measured against how far the steps moved each tensor. GPT-2 and Llama (AdamW) run through
+/// transformers' mask code (CumSum, GatherND, Max, and the IsNaN of the exported
+/// scaled_dot_product_attention) and Llama's rotary embedding.
 #[test]
 fn zoo_models_train_as_torch_optim() {
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 5] = [
         (
             "resnet18",
             &[
@@ -144,6 +144,14 @@ fn zoo_models_train_as_torch_optim() {
         (
             "deit_tiny",
             &["--opt", "sgd", "--lr", "0.01", "--momentum", "0.9"],
+        ),
+        (
+            "gpt2",
+            &["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.01"],
+        ),
+        (
+            "llama",
+            &["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.01"],
         ),
     ];
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();

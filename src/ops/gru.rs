@@ -28,21 +28,49 @@ use super::recurrent::{
 };
 use super::rule::{Ctx, Kind, Rule};
 use anyhow::{anyhow, Result};
+use tch::Tensor;
 
-pub static RULE: Rule = Rule::new("GRU", Kind::Structured).vjp(vjp);
+pub static RULE: Rule = Rule::new("GRU", Kind::Structured).vjp(vjp).torch(|c, v| {
+    reset_after(c)?;
+    super::recurrent::torch(c, &v, &ACTIVATIONS, None, 3, 1, step)
+});
+
+/// The default activations f, g (the only ones covered).
+const ACTIVATIONS: [&str; 2] = ["Sigmoid", "Tanh"];
+
+/// `linear_before_reset = 1` (PyTorch's GRU), the one form covered.
+fn reset_after(c: &impl Attrs) -> Result<()> {
+    if c.attr_i("linear_before_reset", 0) != 1 {
+        return Err(anyhow!(
+            "GRU node '{}': linear_before_reset = 0 is not supported (PyTorch's GRU exports 1)",
+            c.node().name
+        ));
+    }
+    Ok(())
+}
+
+/// One step on libtorch tensors, from the module's equations: [h] to [h_t].
+fn step(a: &Tensor, u: &Tensor, s: &[Tensor]) -> Result<Vec<Tensor>> {
+    let (a, u) = (a.f_chunk(3, -1)?, u.f_chunk(3, -1)?);
+    let z = a[0].f_add(&u[0])?.f_sigmoid()?;
+    let r = a[1].f_add(&u[1])?.f_sigmoid()?;
+    let n = a[2].f_add(&r.f_mul(&u[2])?)?.f_tanh()?;
+    // (1 - z) n + z h_{t-1}
+    let h = z
+        .f_neg()?
+        .f_add_scalar(1.0)?
+        .f_mul(&n)?
+        .f_add(&z.f_mul(&s[0])?)?;
+    Ok(vec![h])
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let (gy, gyh) = (c.go(0), c.go(1));
     if gy.is_none() && gyh.is_none() {
         return Ok(());
     }
-    let dm = dims(c, &["Sigmoid", "Tanh"], None)?;
-    if c.attr_i("linear_before_reset", 0) != 1 {
-        return Err(anyhow!(
-            "GRU node '{}': linear_before_reset = 0 is not supported (PyTorch's GRU exports 1)",
-            c.node.name
-        ));
-    }
+    let dm = dims(c, &ACTIVATIONS, None)?;
+    reset_after(c)?;
     let (s, h) = (dm.seq, dm.hidden as i64);
     let x = c.input(0).to_string();
     let i_dim = c.dims(&x)?[2].ok_or_else(|| anyhow!("GRU input size unknown"))?;
@@ -117,16 +145,25 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// No libtorch forward yet (`--engine torch` and `probe train` refuse a GRU), so only the
-/// gradient check runs.
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, prelude::*};
+    use crate::ops::testing::prelude::*;
+    use crate::ops::torch_testing::check_torch_autograd;
 
+    crate::ops::testing::gradient_and_torch_tests!(gru = cases());
+
+    /// The rule's gradient against libtorch autograd through the torch forward (what
+    /// `--engine torch` and `probe train` differentiate).
     #[test]
-    fn gru() {
+    fn torch_autograd() {
+        for case in cases() {
+            check_torch_autograd(case);
+        }
+    }
+
+    fn cases() -> Vec<Case> {
         let lbr = || attr_int("linear_before_reset", 1);
-        let cases = [
+        vec![
             // ONNX Runtime has no f64 GRU kernel. X [S=3, B=2, I=4], hidden 5, bias, initial
             // state; Y and Y_h both in the loss.
             Case::new("GRU")
@@ -162,9 +199,6 @@ mod tests {
                 .outputs(2)
                 .skip_output(0)
                 .f32(),
-        ];
-        for case in cases {
-            check(case);
-        }
+        ]
     }
 }

@@ -28,15 +28,31 @@ use super::recurrent::{
 };
 use super::rule::{Ctx, Kind, Rule};
 use anyhow::Result;
+use tch::Tensor;
 
-pub static RULE: Rule = Rule::new("LSTM", Kind::Structured).vjp(vjp);
+pub static RULE: Rule = Rule::new("LSTM", Kind::Structured)
+    .vjp(vjp)
+    .torch(|c, v| super::recurrent::torch(c, &v, &ACTIVATIONS, Some(7), 4, 2, step));
+
+/// The default activations f, g, h (the only ones covered); input 7 holds the peepholes.
+const ACTIVATIONS: [&str; 3] = ["Sigmoid", "Tanh", "Tanh"];
+
+/// One step on libtorch tensors, from the module's equations: states [h, c] to [h_t, c_t].
+fn step(a: &Tensor, u: &Tensor, s: &[Tensor]) -> Result<Vec<Tensor>> {
+    let z = a.f_add(u)?.f_chunk(4, -1)?;
+    let (i, o, f) = (z[0].f_sigmoid()?, z[1].f_sigmoid()?, z[2].f_sigmoid()?);
+    let g = z[3].f_tanh()?;
+    let c = f.f_mul(&s[1])?.f_add(&i.f_mul(&g)?)?;
+    let h = o.f_mul(&c.f_tanh()?)?;
+    Ok(vec![h, c])
+}
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let (gy, gyh, gyc) = (c.go(0), c.go(1), c.go(2));
     if gy.is_none() && gyh.is_none() && gyc.is_none() {
         return Ok(());
     }
-    let dm = dims(c, &["Sigmoid", "Tanh", "Tanh"], Some(7))?;
+    let dm = dims(c, &ACTIVATIONS, Some(7))?;
     let (s, h) = (dm.seq, dm.hidden);
     let x = c.input(0).to_string();
     let i_dim = c.dims(&x)?[2].ok_or_else(|| anyhow::anyhow!("LSTM input size unknown"))?;
@@ -139,15 +155,24 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// No libtorch forward yet (`--engine torch` and `probe train` refuse an LSTM), so only the
-/// gradient check runs.
 #[cfg(test)]
 mod tests {
-    use crate::ops::testing::{check, prelude::*};
+    use crate::ops::testing::prelude::*;
+    use crate::ops::torch_testing::check_torch_autograd;
 
+    crate::ops::testing::gradient_and_torch_tests!(lstm = cases());
+
+    /// The rule's gradient against libtorch autograd through the torch forward (what
+    /// `--engine torch` and `probe train` differentiate).
     #[test]
-    fn lstm() {
-        let cases = [
+    fn torch_autograd() {
+        for case in cases() {
+            check_torch_autograd(case);
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
             // ONNX Runtime has no f64 LSTM kernel. X [S=3, B=2, I=4], hidden 5, bias,
             // initial states; Y, Y_h and Y_c all in the loss.
             Case::new("LSTM")
@@ -181,9 +206,6 @@ mod tests {
                 .outputs(2)
                 .skip_output(0)
                 .f32(),
-        ];
-        for case in cases {
-            check(case);
-        }
+        ]
     }
 }

@@ -94,6 +94,7 @@ pub mod sigmoid;
 pub mod slice;
 pub mod softmax;
 pub mod softplus;
+pub mod softsign;
 pub mod space_to_depth;
 pub mod split;
 pub mod split_to_sequence;
@@ -169,6 +170,8 @@ pub static RULES: &[&Rule] = &[
     &non_differentiable::EQUAL,
     &non_differentiable::GREATER,
     &non_differentiable::GREATER_OR_EQUAL,
+    &non_differentiable::IS_INF,
+    &non_differentiable::IS_NAN,
     &non_differentiable::LESS,
     &non_differentiable::LESS_OR_EQUAL,
     &non_differentiable::NON_ZERO,
@@ -208,6 +211,7 @@ pub static RULES: &[&Rule] = &[
     &softmax::LOG_SOFTMAX,
     &softmax::SOFTMAX,
     &softplus::RULE,
+    &softsign::RULE,
     &space_to_depth::RULE,
     &split::RULE,
     &split_to_sequence::RULE,

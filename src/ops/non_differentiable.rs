@@ -5,6 +5,8 @@
 //! has, except Range with float start/delta: that one would silently get no gradient (models
 //! build index ranges from integers or constants).
 //! - Equal, Greater, Less, Not, And: https://onnx.ai/onnx/operators/onnx__Equal.html etc.
+//! - IsNaN (opset 20), IsInf (opset 20; detect_negative, detect_positive, default 1): the
+//!   exporter's scaled_dot_product_attention masks a fully masked row's NaN softmax with them.
 //! - Shape (opset 19), Size (opset 19), NonZero (opset 13), ArgMax (opset 13).
 //! - Range (opset 11), ConstantOfShape (opset 20), Constant (opset 19).
 use super::attrs::Attrs;
@@ -34,6 +36,8 @@ pub static GREATER: Rule = nd("Greater", |_, v| {
 pub static GREATER_OR_EQUAL: Rule = nd("GreaterOrEqual", |_, v| {
     one(input(&v, 0)?.f_ge_tensor(input(&v, 1)?)?)
 });
+pub static IS_INF: Rule = nd("IsInf", is_inf);
+pub static IS_NAN: Rule = nd("IsNaN", |_, v| one(input(&v, 0)?.f_isnan()?));
 pub static LESS_OR_EQUAL: Rule = nd("LessOrEqual", |_, v| {
     one(input(&v, 0)?.f_le_tensor(input(&v, 1)?)?)
 });
@@ -62,6 +66,19 @@ fn arg_max(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
     let d = x.size()[a as usize];
     let i = x.f_flip([a])?.f_argmax(a, keep)?;
     one(i.f_neg()?.f_add_scalar(d - 1)?)
+}
+
+/// Which infinities count: both by default.
+fn is_inf(c: &TorchCtx, v: Vec<Value>) -> Result<Vec<Value>> {
+    let x = input(&v, 0)?;
+    let pos = c.attr_i("detect_positive", 1) != 0;
+    let neg = c.attr_i("detect_negative", 1) != 0;
+    one(match (pos, neg) {
+        (true, true) => x.f_isinf()?,
+        (true, false) => x.f_isposinf()?,
+        (false, true) => x.f_isneginf()?,
+        (false, false) => Tensor::f_zeros(x.size(), (tch::Kind::Bool, x.device()))?,
+    })
 }
 
 fn constant(c: &TorchCtx, _: Vec<Value>) -> Result<Vec<Value>> {
@@ -169,6 +186,8 @@ mod tests {
             "ConstantOfShape",
             "Equal",
             "Greater",
+            "IsInf",
+            "IsNaN",
             "Less",
             "NonZero",
             "Not",
@@ -191,6 +210,9 @@ mod tests {
         let ft = [false, false, true, false, true, false];
         let v = [0.5, -1.0, 0.5, 2.0, 0.0, -1.0];
         let ties = [1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 1.0];
+        let (inf, nan) = (f64::INFINITY, f64::NAN);
+        // The largest finite f32 too.
+        let special = [1.0, inf, -inf, nan, -0.0, f32::MAX as f64];
         let value = |t| attr_tensor("value", t);
         let range = |start, limit, delta| {
             Case::new("Range")
@@ -210,6 +232,18 @@ mod tests {
                 .ints(&[2], &[1, 4]),
             Case::new("Greater").input(&[2, 3, 4]).input(&[3, 1]),
             Case::new("Less").input(&[4]).input(&[2, 3, 4]),
+            Case::new("IsNaN").values(&[6], &special),
+            Case::new("IsInf").values(&[6], &special),
+            Case::new("IsInf")
+                .values(&[6], &special)
+                .attr(attr_int("detect_negative", 0)),
+            Case::new("IsInf")
+                .values(&[6], &special)
+                .attr(attr_int("detect_positive", 0)),
+            Case::new("IsInf")
+                .values(&[6], &special)
+                .attr(attr_int("detect_positive", 0))
+                .attr(attr_int("detect_negative", 0)),
             Case::new("Less").ints(&[3], &[1, 5, 2]).ints(&[], &[2]),
             // Ties included: v holds 0.5 twice and -1.0 twice.
             Case::new("LessOrEqual")

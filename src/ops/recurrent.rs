@@ -1,5 +1,5 @@
-//! What the LSTM and GRU rules share: the attributes they cover, the directions, and node
-//! helpers for time-major sequences.
+//! What the LSTM and GRU rules share: the attributes they cover, the directions, node helpers
+//! for time-major sequences, and the libtorch forward ([`torch`]) around each op's step.
 //!
 //! Both ops (layout 0) take X [S, B, I], W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] and
 //! optional initial states [D, B, H], and write Y [S, D, B, H] (every step's hidden state) and
@@ -10,8 +10,10 @@
 //! sequence length S must therefore be static, as it is in an export with a dynamic batch.
 use super::attrs::Attrs;
 use super::rule::Ctx;
+use super::torch::{input, opt_input, TorchCtx, Value};
 use crate::model::graph::attr_int;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
+use tch::Tensor;
 
 /// The checked shape of a recurrent node: what the rules build on.
 pub struct Dims {
@@ -21,10 +23,17 @@ pub struct Dims {
     pub dirs: Vec<bool>,
 }
 
-/// The attributes the rules cover (default activations, no clip, layout 0, no sequence_lens,
-/// no peepholes), else the reason; S and H.
-pub fn dims(c: &Ctx, activations: &[&str], peephole_input: Option<usize>) -> Result<Dims> {
-    let what = |m: String| anyhow!("{} node '{}': {m}", c.node.op_type, c.node.name);
+/// The attributes and inputs the rules and the libtorch forwards cover (default activations, no
+/// clip, layout 0, no sequence_lens, no peepholes), else the reason; H and the directions
+/// ([`Dims::dirs`]).
+pub fn covered(
+    c: &impl Attrs,
+    activations: &[&str],
+    peephole_input: Option<usize>,
+) -> Result<(usize, Vec<bool>)> {
+    let n = c.node();
+    let what = |m: String| anyhow!("{} node '{}': {m}", n.op_type, n.name);
+    let has_input = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty());
     if let Some(a) = c.attr("activations") {
         let got: Vec<String> = a
             .strings
@@ -52,20 +61,14 @@ pub fn dims(c: &Ctx, activations: &[&str], peephole_input: Option<usize>) -> Res
     if c.attr_i("input_forget", 0) != 0 {
         return Err(what("input_forget is not supported".into()));
     }
-    if c.has_input(4) {
+    if has_input(4) {
         return Err(what(
             "sequence_lens is not supported (pack no sequences)".into(),
         ));
     }
-    if peephole_input.is_some_and(|i| c.has_input(i)) {
+    if peephole_input.is_some_and(has_input) {
         return Err(what("peephole weights are not supported".into()));
     }
-    let xd = c.dims(c.input(0))?;
-    let seq = xd
-        .first()
-        .copied()
-        .flatten()
-        .ok_or_else(|| what("the sequence length must be static".into()))?;
     let hidden = c.attr_i("hidden_size", 0);
     if hidden <= 0 {
         return Err(what("hidden_size is missing".into()));
@@ -74,17 +77,23 @@ pub fn dims(c: &Ctx, activations: &[&str], peephole_input: Option<usize>) -> Res
         "forward" => vec![false],
         "reverse" => vec![true],
         "bidirectional" => vec![false, true],
-        other => bail!(
-            "{} node '{}': direction '{other}'",
+        other => return Err(what(format!("direction '{other}'"))),
+    };
+    Ok((hidden as usize, dirs))
+}
+
+/// [`covered`], and the static sequence length the rules unroll over.
+pub fn dims(c: &Ctx, activations: &[&str], peephole_input: Option<usize>) -> Result<Dims> {
+    let (hidden, dirs) = covered(c, activations, peephole_input)?;
+    let xd = c.dims(c.input(0))?;
+    let seq = xd.first().copied().flatten().ok_or_else(|| {
+        anyhow!(
+            "{} node '{}': the sequence length must be static",
             c.node.op_type,
             c.node.name
-        ),
-    };
-    Ok(Dims {
-        seq,
-        hidden: hidden as usize,
-        dirs,
-    })
+        )
+    })?;
+    Ok(Dims { seq, hidden, dirs })
 }
 
 impl Dims {
@@ -312,4 +321,135 @@ pub fn step_dh(
         None => carry,
     };
     carry.unwrap_or_else(|| zero_state(c, like))
+}
+
+/// One step of a recurrence on libtorch tensors: from the gates' input part `a = x_t W^T + Wb`
+/// and hidden part `u = h_{t-1} R^T + Rb` ([B, G*H] each, gates in ONNX's order) and the
+/// states before the step (h first, then LSTM's c), the states after it.
+pub type TorchStep = fn(&Tensor, &Tensor, &[Tensor]) -> Result<Vec<Tensor>>;
+
+/// The libtorch forward both ops share (layout 0): the attributes checked as the rules check
+/// them, then per direction `A = X W^T + Wb` for all steps at once and the recurrence step by
+/// step in the direction's processing order, `states` states (h, then LSTM's c) starting from
+/// inputs 5, 6, ... or zeros. Returns Y [S, D, B, H] and the last states processed, [D, B, H]
+/// each (Y_h, then Y_c). Plain tensor ops, so libtorch autograd differentiates it.
+pub fn torch(
+    c: &TorchCtx,
+    v: &[Value],
+    activations: &[&str],
+    peephole_input: Option<usize>,
+    gates: i64,
+    states: usize,
+    step: TorchStep,
+) -> Result<Vec<Value>> {
+    let (hidden, dirs) = covered(c, activations, peephole_input)?;
+    let (x, w, r) = (input(v, 0)?, input(v, 1)?, input(v, 2)?);
+    let (seq, batch, _) = x.size3()?;
+    let gh = gates * hidden as i64;
+    if w.size().get(1) != Some(&gh) {
+        let n = c.node();
+        return Err(anyhow!(
+            "{} node '{}': W has shape {:?}, {gates} gates of hidden_size {hidden} need [D, {gh}, I]",
+            n.op_type,
+            n.name,
+            w.size()
+        ));
+    }
+    let mut ys = Vec::with_capacity(dirs.len());
+    let mut last: Vec<Vec<Tensor>> = (0..states).map(|_| Vec::new()).collect();
+    for (d, &reverse) in dirs.iter().enumerate() {
+        let d = d as i64;
+        let mut a = x.f_matmul(&w.f_select(0, d)?.f_transpose(0, 1)?)?;
+        let rt = r.f_select(0, d)?.f_transpose(0, 1)?;
+        let mut rb = None;
+        if let Some(b) = opt_input(v, 3) {
+            let bd = b.f_select(0, d)?;
+            a = a.f_add(&bd.f_narrow(0, 0, gh)?)?;
+            rb = Some(bd.f_narrow(0, gh, gh)?);
+        }
+        let mut s: Vec<Tensor> = (0..states)
+            .map(|k| match opt_input(v, 5 + k) {
+                Some(t) => t.f_select(0, d),
+                None => Tensor::f_zeros([batch, hidden as i64], (x.kind(), x.device())),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut hs: Vec<Option<Tensor>> = (0..seq).map(|_| None).collect();
+        let order: Vec<i64> = if reverse {
+            (0..seq).rev().collect()
+        } else {
+            (0..seq).collect()
+        };
+        for t in order {
+            let mut u = s[0].f_matmul(&rt)?;
+            if let Some(rb) = &rb {
+                u = u.f_add(rb)?;
+            }
+            s = step(&a.f_select(0, t)?, &u, &s)?;
+            hs[t as usize] = Some(s[0].shallow_clone());
+        }
+        let hs: Vec<Tensor> = hs.into_iter().map(Option::unwrap).collect();
+        ys.push(Tensor::f_stack(&hs, 0)?);
+        for (k, t) in s.into_iter().enumerate() {
+            last[k].push(t);
+        }
+    }
+    let mut out = vec![Value::Tensor(Tensor::f_stack(&ys, 1)?)];
+    for l in last {
+        out.push(Value::Tensor(Tensor::f_stack(&l, 0)?));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::graph::{attr_int, attr_string};
+    use crate::ops::{rule, TorchCtx, Value};
+    use onnx_protobuf::{AttributeProto, NodeProto};
+    use tch::{Device, Tensor};
+
+    /// What the libtorch forward of `op` says of a node with `inputs` (empty: absent) and
+    /// `attrs`, hidden size 2, on X [2, 1, 3].
+    fn refusal(op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let mut n = NodeProto::new();
+        (n.op_type, n.name) = (op.into(), "r".into());
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec!["y".into()];
+        n.attribute = attrs;
+        n.attribute.push(attr_int("hidden_size", 2));
+        let g = if op == "LSTM" { 4 } else { 3 };
+        let shapes = [vec![2, 1, 3], vec![1, g * 2, 3], vec![1, g * 2, 2]];
+        let v: Vec<Value> = (n.input.iter().enumerate())
+            .map(|(k, s)| match (s.is_empty(), shapes.get(k)) {
+                (true, _) => Value::None,
+                (false, Some(d)) => {
+                    Value::Tensor(Tensor::zeros(d.as_slice(), tch::kind::FLOAT_CPU))
+                }
+                (false, None) => Value::Tensor(Tensor::zeros([1], tch::kind::FLOAT_CPU)),
+            })
+            .collect();
+        let fwd = rule(op).and_then(|r| r.torch).unwrap();
+        let out = fwd(&TorchCtx::new(&n, None, Device::Cpu), v);
+        format!("{:#}", out.expect_err("refused"))
+    }
+
+    /// The forwards refuse, with the rules' reasons, what the rules do not cover.
+    #[test]
+    fn torch_forwards_refuse_what_the_rules_refuse() {
+        let xwr = ["x", "w", "r"];
+        let gru = |attrs| refusal("GRU", &xwr, attrs);
+        assert!(gru(vec![]).contains("linear_before_reset = 0 is not supported"));
+        let lbr = || attr_int("linear_before_reset", 1);
+        assert!(gru(vec![lbr(), attr_int("layout", 1)]).contains("layout 1"));
+        let lens = refusal("GRU", &["x", "w", "r", "", "lens"], vec![lbr()]);
+        assert!(lens.contains("sequence_lens is not supported"), "{lens}");
+        let peep = refusal("LSTM", &["x", "w", "r", "", "", "", "", "p"], vec![]);
+        assert!(
+            peep.contains("peephole weights are not supported"),
+            "{peep}"
+        );
+        let dir = refusal("LSTM", &xwr, vec![attr_string("direction", "sideways")]);
+        assert!(dir.contains("direction 'sideways'"), "{dir}");
+        let w = refusal("LSTM", &xwr, vec![attr_int("hidden_size", 3)]);
+        assert!(w.contains("need [D, 12, I]"), "{w}");
+    }
 }

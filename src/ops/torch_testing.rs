@@ -290,6 +290,39 @@ pub fn check_torch_backward(case: Case, reference: Backward) {
     }
 }
 
+/// The rule's gradient against libtorch autograd through the op's own torch forward (what
+/// `--engine torch` and `probe train` differentiate), compared as [`check_torch_backward`]
+/// does: the two differentiations of one op agree, for forwards composed of tensor ops
+/// (LSTM's, GRU's) whose backward is not one PyTorch kernel.
+pub fn check_torch_autograd(case: Case) {
+    let dt = if case.f64 { DType::F64 } else { DType::F32 };
+    let (g, _) = one_op_graph(&case, dt, &mut Rng(case.seed));
+    let node = g.node[0].clone();
+    let fwd = (super::rule(&case.op).and_then(|r| r.torch))
+        .unwrap_or_else(|| panic!("{} has no torch forward", case.op));
+    let kept: Vec<usize> = (0..case.outputs)
+        .filter(|k| !case.skip_outputs.contains(k))
+        .collect();
+    let forward = |floats: &[Tensor]| {
+        let mut fl = floats.iter();
+        let inputs: Vec<Value> = (node.input.iter())
+            .map(
+                |name| match g.initializer.iter().find(|t| &t.name == name) {
+                    _ if name.is_empty() => Value::None,
+                    Some(t) => Value::Tensor(from_proto(t, Device::Cpu).unwrap()),
+                    None => Value::Tensor(fl.next().unwrap().shallow_clone()),
+                },
+            )
+            .collect();
+        let outs = fwd(&TorchCtx::new(&node, None, Device::Cpu), inputs)
+            .unwrap_or_else(|e| panic!("torch forward of {}: {e:#}", node.op_type));
+        (kept.iter())
+            .map(|&k| outs[k].tensor().unwrap().shallow_clone())
+            .collect()
+    };
+    check_torch_backward(case.clone(), &autograd(forward));
+}
+
 /// A [`Backward`] by libtorch autograd through `forward` (PyTorch's ops, whose backward is
 /// the one PyTorch takes).
 pub fn autograd(
