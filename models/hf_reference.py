@@ -224,9 +224,12 @@ def compare(ref_path, h5_path):
         e = rel(g, r, floor)
         if e > worst:
             worst, wname = e, n
-    print(json.dumps({"worst": worst, "name": wname, "tensors": len(names),
-                      "f32_error": float(meta["f32_error"]), "loss": float(f["loss"][0]),
-                      "ref_loss": float(meta["loss"])}))
+    out = {"worst": worst, "name": wname, "tensors": len(names),
+           "f32_error": float(meta["f32_error"]), "loss": float(f["loss"][0]),
+           "ref_loss": float(meta["loss"])}
+    if "f32_batch1_error" in meta:
+        out["f32_batch1_error"] = float(meta["f32_batch1_error"])
+    print(json.dumps(out))
 
 
 def main():

@@ -3,7 +3,9 @@
 //! whose BatchNorms put exact zeros on its ReLU6 (Clip) bounds, in all three engines; and tiny
 //! OPT and BERT, whose `nn.Embedding(padding_idx=..)` gives the padding row no gradient in
 //! PyTorch, by default as the export records it and with `--padding-idx none` as the
-//! mathematical gradient. Pass: within 2x of PyTorch float32's own error from float64, or 1e-5.
+//! mathematical gradient. Pass: within 2x of PyTorch float32's own error from float64, or 1e-5
+//! (for mobilenet_v2 with the default kernels, the larger of PyTorch float32's errors at batch
+//! 64 and at batch 1: a near-zero value's float32 sign at a ReLU6 follows the summation order).
 //!
 //! One Python run exports everything and computes the references (~40 s of CPU, 1.5 min wall
 //! on a loaded machine); mobilenet_v2 in three engines takes minutes more: both tests are
@@ -51,19 +53,25 @@ fn grad(model: &str, data: &str, out: &Path, extra: &[&str]) -> String {
 }
 
 /// The compare line of `helper compare`: worst per-tensor relative L2 error within 2x of
-/// PyTorch float32's own, or 1e-5; the loss to 1e-6.
-fn assert_pytorchs(label: &str, line: &str, bound: Option<f64>) {
+/// PyTorch float32's own, or 1e-5; the loss to 1e-6. With `batch1`, PyTorch float32's own is
+/// the larger of its errors at batch 64 and at batch 1 (`f32_batch1_error`).
+fn assert_pytorchs(label: &str, line: &str, batch1: bool) {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    let (worst, f32_error) = (
+    let (worst, mut f32_error) = (
         v["worst"].as_f64().unwrap(),
         v["f32_error"].as_f64().unwrap(),
     );
     let (loss, ref_loss) = (v["loss"].as_f64().unwrap(), v["ref_loss"].as_f64().unwrap());
+    if batch1 {
+        let b1 = v["f32_batch1_error"].as_f64().expect("f32_batch1_error");
+        eprintln!("{label}: PyTorch float32's own at batch 1: {b1:.2e}");
+        f32_error = f32_error.max(b1);
+    }
     eprintln!(
         "{label}: worst per-tensor relative L2 error {worst:.2e} ({}); PyTorch float32's own {f32_error:.2e}",
         v["name"]
     );
-    let bound = bound.unwrap_or((2.0 * f32_error).max(1e-5));
+    let bound = (2.0 * f32_error).max(1e-5);
     assert!(
         worst <= bound,
         "{label}: gradient of {} is off by {worst:.2e} relative L2 (bound {bound:.2e})",
@@ -106,12 +114,19 @@ fn fresh_mobilenet_v2_in_every_engine() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let lines = helper(&args);
     for ((tag, _), line) in engines.iter().zip(lines.lines()) {
-        // The default kernels are 3.2e-4 off (features.9.conv.1.1.bias; PyTorch float32 6.2e-7,
-        // --standard-ops 5.2e-7, --engine torch 6.4e-7); not yet understood (the forward fold
-        // of each BatchNormalization into its Conv moves values across the ReLU6 kink?), held
-        // to 1e-3 until then: before the hardtanh rule every engine was 1.5 off.
-        let bound = (*tag == "probe.cpu").then_some(1e-3);
-        assert_pytorchs(&format!("mobilenet_v2 ({tag})"), line, bound);
+        // The default kernels are 3.2e-4 off on features.9.conv.1.1.bias (a tensor of norm
+        // 6e-7; PyTorch float32 at batch 64 6.2e-7, --standard-ops 5.2e-7, --engine torch
+        // 6.4e-7), as PyTorch float32 itself is at batch 1 (3.17e-4, the same tensor): not a
+        // convention. Sample 63's pre-activation at features.9.conv.0, channel 92, is 6.7e-12
+        // in float64, a cancellation of terms ~1e-5 whose float32 sign follows the summation
+        // order (PyTorch: +8.4e-12 at batch 64, -4.3e-12 at batch 1; probe's Conv with the
+        // BatchNormalization folded into its weight: about -2e-11, its activations otherwise as
+        // close to float64 as unfolded). Below 0 the ReLU6 passes nothing, the depthwise
+        // Conv's window is all zero and that channel's bias gets none of the gradient float64
+        // sends through its 1e-13 outputs. So the default kernels are held to float32's
+        // spread over summation orders, the others to PyTorch's at batch 64.
+        let batch1 = *tag == "probe.cpu";
+        assert_pytorchs(&format!("mobilenet_v2 ({tag})"), line, batch1);
     }
 }
 
@@ -148,7 +163,7 @@ fn embedding_padding_rows_as_pytorch_and_as_asked() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let lines = helper(&args);
     for (label, line) in labels.iter().zip(lines.lines()) {
-        assert_pytorchs(label, line, None);
+        assert_pytorchs(label, line, false);
     }
     // A table no Gather reads is refused with the tables there are.
     let o = probe(&[

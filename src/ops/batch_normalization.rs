@@ -452,6 +452,129 @@ mod tests {
         }
     }
 
+    /// A fresh network's kink through the default kernels: a freshly initialized BatchNorm
+    /// (scale 1, bias 0, mean 0, var 1) maps an all-zero window of its Conv to exactly 0, where
+    /// PyTorch's ReLU6 (hardtanh_backward) and Relu (threshold_backward) pass no gradient. Three
+    /// chains on one input whose first sample is zero but for two corners (and a -0.0): Conv ->
+    /// BN -> Clip(0, 6) recorded as aten.hardtanh (the BN folded into the Conv, run by libtorch),
+    /// Conv -> BN -> Relu (folded, the Relu fused into the Conv) and BN -> Relu (probe.cpu's
+    /// BatchNormalization with the Relu fused in, and ReluBatchNormalizationGrad); every
+    /// gradient against PyTorch autograd through conv2d, batch_norm, relu6 and relu.
+    #[test]
+    fn fresh_batch_norm_zeros_at_relu6_and_relu_pass_nothing() {
+        use crate::model::graph::{attr_ints, attr_tensor, tensor_f32};
+        use crate::ops::kink_testing::check_graph_kinks;
+        use crate::ops::testing::node;
+        use tch::{Kind, Tensor};
+        const RELU6: &str = "%hardtanh : [num_users=1] = call_function[target=torch.ops.aten.\
+                             hardtanh.default](args = (%getitem, 0.0, 6.0), kwargs = {})";
+        let mut g = onnx_protobuf::GraphProto::new();
+        let constant = |g: &mut onnx_protobuf::GraphProto, name: &str, dims: &[i64], v: f32| {
+            let len = dims.iter().product::<i64>() as usize;
+            let mut c = node("Constant", &[], name);
+            c.attribute = vec![attr_tensor("value", tensor_f32("", dims, &vec![v; len]))];
+            g.node.push(c);
+        };
+        for (name, dims, v) in [
+            ("mean3", &[3i64][..], 0.0),
+            ("var3", &[3], 1.0),
+            ("mean2", &[2], 0.0),
+            ("var2", &[2], 1.0),
+            ("lo", &[], 0.0),
+            ("hi", &[], 6.0),
+        ] {
+            constant(&mut g, name, dims, v);
+        }
+        let conv = |x: &str, w: &str, y: &str| {
+            let mut c = node("Conv", &[x, w], y);
+            c.attribute = vec![attr_ints("pads", &[1, 1, 1, 1])];
+            c
+        };
+        g.node.push(conv("x", "wa", "za"));
+        g.node.push(node(
+            "BatchNormalization",
+            &["za", "sa", "ba", "mean3", "var3"],
+            "ua",
+        ));
+        let mut clip = node("Clip", &["ua", "lo", "hi"], "ya");
+        let mut record = onnx_protobuf::StringStringEntryProto::new();
+        (record.key, record.value) = ("pkg.torch.onnx.fx_node".into(), RELU6.into());
+        clip.metadata_props.push(record);
+        g.node.push(clip);
+        g.node.push(conv("x", "wb", "zb"));
+        g.node.push(node(
+            "BatchNormalization",
+            &["zb", "sb", "bb", "mean3", "var3"],
+            "ub",
+        ));
+        g.node.push(node("Relu", &["ub"], "yb"));
+        g.node.push(node(
+            "BatchNormalization",
+            &["x", "sc", "bc", "mean2", "var2"],
+            "uc",
+        ));
+        g.node.push(node("Relu", &["uc"], "yc"));
+
+        // Sample 0: zero but for two corners, so 17 of each channel's 25 windows are all zero;
+        // sample 1: values in (-1, 1).
+        let mut x = vec![0.0; 2 * 2 * 25];
+        (x[0], x[25 + 24], x[12]) = (0.7, -0.9, -0.0);
+        for (i, v) in x[50..].iter_mut().enumerate() {
+            *v = (i as f64 * 0.61 + 0.3).sin();
+        }
+        let wa: Vec<f64> = (0..54).map(|i| (i as f64 * 0.37).sin() * 0.8).collect();
+        let wb: Vec<f64> = (0..54)
+            .map(|i| (i as f64 * 0.53 + 1.0).cos() * 0.8)
+            .collect();
+        let (ones3, zeros3, ones2, zeros2) = ([1.0; 3], [0.0; 3], [1.0; 2], [0.0; 2]);
+        let inputs: [(&str, &[usize], &[f64]); 9] = [
+            ("x", &[2, 2, 5, 5], &x),
+            ("wa", &[3, 2, 3, 3], &wa),
+            ("sa", &[3], &ones3),
+            ("ba", &[3], &zeros3),
+            ("wb", &[3, 2, 3, 3], &wb),
+            ("sb", &[3], &ones3),
+            ("bb", &[3], &zeros3),
+            ("sc", &[2], &ones2),
+            ("bc", &[2], &zeros2),
+        ];
+        let forward = |t: &[Tensor]| -> Vec<Tensor> {
+            let opts = (Kind::Double, tch::Device::Cpu);
+            let bn = |z: &Tensor, s: &Tensor, b: &Tensor, c: i64| {
+                let (mean, var) = (Tensor::zeros([c], opts), Tensor::ones([c], opts));
+                z.batch_norm(
+                    Some(s),
+                    Some(b),
+                    Some(&mean),
+                    Some(&var),
+                    false,
+                    0.1,
+                    1e-5,
+                    false,
+                )
+            };
+            let conv = |w: &Tensor| t[0].conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+            vec![
+                bn(&conv(&t[1]), &t[2], &t[3], 3).relu6(),
+                bn(&conv(&t[4]), &t[5], &t[6], 3).relu(),
+                bn(&t[0], &t[7], &t[8], 2).relu(),
+            ]
+        };
+        check_graph_kinks(
+            "fresh BatchNorm at ReLU6 and Relu",
+            g,
+            &inputs,
+            &["ya", "yb", "yc"],
+            &forward,
+            &[
+                "probe.cpu:Conv",
+                "probe.cpu:BatchNormalization",
+                "probe.cpu:ReluGrad",
+                "probe.cpu:ReluBatchNormalizationGrad",
+            ],
+        );
+    }
+
     /// The rewrite itself: the BN is gone and the Conv (moved to the BN's place) writes Y from
     /// the scaled weight and the shifted bias; training mode and a second reader are refused.
     #[test]

@@ -5,15 +5,18 @@
 //! must equal the reference's: probe's gradient graph run by ONNX Runtime (standard ops; with
 //! [`Case::probe_cpu`] probe's kernels too, in f32), the op's libtorch forward under libtorch
 //! autograd (`--engine torch`), and `reference`, PyTorch's own function (or its backward
-//! kernel), which says what PyTorch's backward takes there.
+//! kernel), which says what PyTorch's backward takes there. [`check_graph_kinks`] does the
+//! same for a graph of several nodes that probe's CPU kernels rewrite as a whole (folds,
+//! fusions), against PyTorch autograd through the same graph.
 use super::testing::{
-    host, model_of, node, one_op_graph, run, run_threads, set_outputs, Case, FeedF64, Rng,
+    host, model_of, node, one_op_graph, run, run_threads, set_outputs, with_loss, Case, FeedF64,
+    Rng,
 };
 use super::torch::{from_proto, Value};
 use super::TorchCtx;
 use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
 use crate::autodiff::shapes::{Feed, Shapes};
-use crate::model::graph::attr_int;
+use crate::model::graph::{attr_int, value_info};
 use crate::tensor::{DType, HostTensor, Values};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 use tch::{Device, Kind, Tensor};
@@ -90,18 +93,8 @@ pub fn check_kinks(case: Case, reference: Reference) {
     let f64_feed: Vec<_> = (floats.iter())
         .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
         .collect();
-    let probe = |kernels: Kernels| -> Vec<Vec<f64>> {
-        let (mut gg, mut shapes) = (g.clone(), shapes.clone());
-        crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, &wrt, kernels);
-        let diff = differentiate_with(&gg, &shapes, "loss", &wrt, kernels)
-            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
-        apply_forward_outputs(&mut gg, &diff.forward_outputs);
-        gg.node.extend(diff.nodes.clone());
-        let names: Vec<String> = diff.grads.iter().map(|(_, n)| n.clone()).collect();
-        set_outputs(&mut gg, &names);
-        crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, &wrt, kernels);
-        run_threads(&model_of(gg, case.opset), &f64_feed, &names, 2)
-    };
+    let probe =
+        |kernels: Kernels| gradients(&label, &g, &shapes, &wrt, &f64_feed, case.opset, kernels).0;
 
     // The inputs as libtorch tensors, for the op's forward and the reference.
     let mut inputs = Vec::new();
@@ -138,29 +131,143 @@ pub fn check_kinks(case: Case, reference: Reference) {
     let torch: Vec<Vec<f64>> = leaves.iter().map(|l| values(&l.grad())).collect();
 
     let tol = if case.f64 { 1e-12 } else { 1e-6 };
-    let compare = |what: &str, got: &[Vec<f64>]| {
-        for (wi, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(a.len(), b.len(), "{label}: {what}, input {}", wrt[wi]);
-            let scale = b
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold(1.0f64, |m, v| m.max(v.abs()));
-            for (j, (x, y)) in a.iter().zip(b).enumerate() {
-                let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * scale;
-                assert!(
-                    same,
-                    "{label}: {what} gives {x} for input {} element {j}, PyTorch's backward {y}",
-                    wrt[wi]
-                );
-            }
-        }
-    };
+    let compare = |what: &str, got: &[Vec<f64>]| same(&label, what, &wrt, got, &want, tol);
     compare("probe's gradient graph", &probe(Kernels::Standard));
     if case.probe_cpu {
         assert!(!case.f64, "{label}: probe.cpu kernels are f32 only");
         compare("probe's CPU kernels", &probe(Kernels::ProbeCpu));
     }
     compare("the libtorch forward under autograd", &torch);
+}
+
+/// The gradients of `g`'s output `loss` with respect to `wrt`, with `kernels`' ops and
+/// passes (as `probe grad` builds them), run by ONNX Runtime on 2 threads; and the gradient
+/// graph's ops (`domain:op`, or `op` for standard ONNX).
+fn gradients(
+    label: &str,
+    g: &GraphProto,
+    shapes: &Shapes,
+    wrt: &[String],
+    feed: &FeedF64,
+    opset: i64,
+    kernels: Kernels,
+) -> (Vec<Vec<f64>>, Vec<String>) {
+    let (mut gg, mut shapes) = (g.clone(), shapes.clone());
+    crate::autodiff::passes::before_differentiation(&mut gg, &mut shapes, wrt, kernels);
+    let diff = differentiate_with(&gg, &shapes, "loss", wrt, kernels)
+        .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+    apply_forward_outputs(&mut gg, &diff.forward_outputs);
+    gg.node.extend(diff.nodes.clone());
+    let names: Vec<String> = diff.grads.iter().map(|(_, n)| n.clone()).collect();
+    set_outputs(&mut gg, &names);
+    crate::autodiff::passes::after_differentiation(&mut gg, &mut shapes, wrt, kernels);
+    let ops = (gg.node.iter())
+        .map(|n| match n.domain.as_str() {
+            "" => n.op_type.clone(),
+            d => format!("{d}:{}", n.op_type),
+        })
+        .collect();
+    (run_threads(&model_of(gg, opset), feed, &names, 2), ops)
+}
+
+/// `got` against `want`, input by input, element by element: equal up to `tol` of the largest
+/// finite magnitude of `want`'s (at least 1), NaN matching NaN.
+fn same(label: &str, what: &str, wrt: &[String], got: &[Vec<f64>], want: &[Vec<f64>], tol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{label}: {what}, one gradient per input"
+    );
+    for (wi, (a, b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(a.len(), b.len(), "{label}: {what}, input {}", wrt[wi]);
+        let scale = (b.iter())
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, |m, v| m.max(v.abs()));
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * scale;
+            assert!(
+                same,
+                "{label}: {what} gives {x} for input {} element {j}, PyTorch's backward {y}",
+                wrt[wi]
+            );
+        }
+    }
+}
+
+/// [`check_kinks`] for a graph of several nodes, where a pass of probe's CPU kernels rewrites
+/// the pattern the kink sits in (a BatchNormalization folded into its Conv, a Relu fused into
+/// the node before it), so the one-op cases do not see what the rewritten graph does there.
+/// `inputs` (name, shape, values) are f32 graph inputs, all differentiated; constants are the
+/// graph's own (Constant nodes). `forward` is PyTorch's forward of the same graph, from the
+/// inputs (f64 leaf tensors, in order) to `outputs` (in order). The loss is
+/// `sum_k <R_k, Y_k>`, R random; probe's gradients, with standard ops and with probe's CPU
+/// kernels, must equal PyTorch autograd's in f64 to 1e-5 of each input's largest magnitude (or
+/// of 1; the graph runs in f32): a kink taken the other way gives a whole R there, far above.
+/// The probe.cpu graph must contain each of `expect` (`domain:op`), so that the check fails when
+/// the rewrite it is about stops firing.
+pub fn check_graph_kinks(
+    label: &str,
+    mut g: GraphProto,
+    inputs: &[(&str, &[usize], &[f64])],
+    outputs: &[&str],
+    forward: &dyn Fn(&[Tensor]) -> Vec<Tensor>,
+    expect: &[&str],
+) {
+    let opset = 20;
+    let mut rng = Rng(7);
+    let mut feed: FeedF64 = Vec::new();
+    for (name, shape, v) in inputs {
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "{label}: {name}");
+        let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
+        g.input.push(value_info(name, DType::F32, &dims, "N"));
+        let v32: Vec<f64> = v.iter().map(|&x| x as f32 as f64).collect();
+        feed.push((name.to_string(), DType::F32, shape.to_vec(), v32));
+    }
+    let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    set_outputs(&mut g, &outputs);
+    let lg = with_loss(g, &feed, &outputs, &mut rng, opset);
+    assert_eq!(
+        lg.float_outputs, outputs,
+        "{label}: every output is a float in the loss"
+    );
+    let wrt: Vec<String> = feed.iter().map(|f| f.0.clone()).collect();
+
+    let leaves: Vec<Tensor> = (feed.iter())
+        .map(|(_, _, shape, v)| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let t = Tensor::from_slice(v).reshape(dims.as_slice());
+            t.set_requires_grad(true)
+        })
+        .collect();
+    let ys = forward(&leaves);
+    assert_eq!(
+        ys.len(),
+        outputs.len(),
+        "{label}: one PyTorch output per output"
+    );
+    let loss = (ys.iter().zip(&lg.r))
+        .map(|(y, (shape, r))| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            assert_eq!(y.size(), dims, "{label}: PyTorch's output shape");
+            (y * Tensor::from_slice(r).reshape(dims.as_slice())).sum(Kind::Double)
+        })
+        .reduce(|a, b| a + b)
+        .unwrap();
+    let refs: Vec<&Tensor> = leaves.iter().collect();
+    let want: Vec<Vec<f64>> = Tensor::run_backward(&[loss], &refs, false, false)
+        .iter()
+        .map(values)
+        .collect();
+    for kernels in [Kernels::Standard, Kernels::ProbeCpu] {
+        let (got, ops) = gradients(label, &lg.g, &lg.shapes, &wrt, &feed, opset, kernels);
+        if kernels == Kernels::ProbeCpu {
+            for op in expect {
+                assert!(ops.iter().any(|o| o == op), "{label}: no {op} in {ops:?}");
+            }
+        }
+        let what = format!("probe's gradient graph ({kernels:?})");
+        same(label, &what, &wrt, &got, &want, 1e-5);
+    }
 }
 
 /// The gradient graph's dL/d(in0) for `L = sum(out0 * w)`, `w` given (shaped like out0), the
