@@ -137,7 +137,10 @@ fn embedding_padding_rows_as_pytorch_and_as_asked() {
     let out = tempfile::tempdir().unwrap();
     let mut args = vec!["compare".to_string()];
     let mut labels = Vec::new();
-    let tables = [("bert", "bert.embeddings.word_embeddings.weight=0")];
+    // BERT's word embeddings are tied to its decoder: the exporter keeps one initializer for
+    // the pair and names it after either (`cls.predictions.decoder.weight` with the pinned
+    // versions), and the results file names the graph's.
+    let tables = [("bert", "cls.predictions.decoder.weight=0")];
     for (m, table) in tables {
         for (tag, extra) in [
             ("recorded", &[][..]),
@@ -153,7 +156,9 @@ fn embedding_padding_rows_as_pytorch_and_as_asked() {
                 ),
                 _ => (format!("{table} (exporter)"), "ref"),
             };
-            assert_eq!(attr(&h5, "padding_idx"), want, "{m} {tag}");
+            // `none` sets every table, and the attribute lists each.
+            let got = attr(&h5, "padding_idx");
+            assert!(got.split(", ").any(|e| e == want), "{m} {tag}: {got}");
             let r = d.join(m).join(format!("{reference}.safetensors"));
             args.push(r.to_str().unwrap().into());
             args.push(h5.to_str().unwrap().into());
