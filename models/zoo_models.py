@@ -228,14 +228,14 @@ NAMES = list(ZOO)
 
 
 # --- what prepare writes --------------------------------------------------------------------------
-def build(name):
+def build(name, seed=0):
     e = ZOO[name]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return e.build(**e.cfg).eval()
 
 
-def data(e):
-    g = torch.Generator().manual_seed(0)
+def data(e, seed=0):
+    g = torch.Generator().manual_seed(seed)
     if e.inp[0] == "image":
         x = torch.randn((N_IMAGES,) + tuple(e.inp[1:]), generator=g)
         return x, torch.randint(0, CLASSES, (N_IMAGES,), generator=g)
@@ -292,23 +292,33 @@ def sgd_steps(model, x, y):
     return model.eval()
 
 
-def prepare(name, cache):
-    """Everything probe and the comparison need for `name`, made once (see the module doc)."""
+def prepare(name, cache, seed=0):
+    """Everything probe and the comparison need for `name`, made once (see the module doc). A
+    `seed` other than 0 (benches/zoo_seeds.py) draws the initial weights and the data from it,
+    in <name>-<hash>-seed<seed>, with seed 0's export copied (the same graph)."""
     from safetensors.torch import save_file
     import h5py
 
     e = ZOO[name]
-    d = os.path.join(cache, f"{name}-{e.key()}")
+    d = os.path.join(cache, f"{name}-{e.key()}" + (f"-seed{seed}" if seed else ""))
     if os.path.exists(os.path.join(d, "meta.json")):
         return d
     os.makedirs(d, exist_ok=True)
-    model = build(name)
-    x, y = data(e)
+    model = build(name, seed)
+    x, y = data(e, seed)
     with h5py.File(os.path.join(d, "data.h5"), "w") as f:
         f["x"], f["y"] = x.numpy(), y.numpy()
     t0 = time.time()
-    with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress; stdout names the dirs
-        export_onnx(model, x[:2], os.path.join(d, "m.onnx"))
+    if seed:
+        import shutil
+
+        first = prepare(name, cache)
+        for f in os.listdir(first):
+            if f.startswith("m.onnx"):
+                shutil.copy(os.path.join(first, f), d)
+    else:
+        with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress; stdout names the dirs
+            export_onnx(model, x[:2], os.path.join(d, "m.onnx"))
     export_s = time.time() - t0
     ckpts = []
     for k, tag in enumerate(CHECKPOINTS):
