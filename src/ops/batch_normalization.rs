@@ -298,39 +298,81 @@ pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes
         let wd = shapes.static_dims(&w).unwrap();
         let y = bn.output[0].clone();
         let mut g = Builder::new(&format!("{y}/fold"));
-        let eps = g.scalar(bn.attr_f("epsilon", 1e-5));
-        let ve = g.op("Add", &[var, &eps], vec![]);
+        // The parameter arithmetic runs in float64 and is rounded to float32 once, at W s and
+        // at the folded bias: in float32, s = scale / sqrt(var + eps) and (b - mean) s + B
+        // round three and five times, and a folded Conv then differs from PyTorch's Conv-then-BN
+        // by more than that Conv's own rounding. Its gradients come back through the same f64
+        // arithmetic (dW = s dW', ds = sum W dW') and are rounded once into float32.
+        let f64 = |g: &mut Builder, v: &str| {
+            g.op("Cast", &[v], vec![attr_int("to", DType::F64.onnx() as i64)])
+        };
+        let (scale, b, mean, var) = (
+            f64(&mut g, scale),
+            f64(&mut g, b),
+            f64(&mut g, mean),
+            f64(&mut g, var),
+        );
+        let eps32 = g.scalar(bn.attr_f("epsilon", 1e-5));
+        let eps = f64(&mut g, &eps32);
+        let ve = g.op("Add", &[&var, &eps], vec![]);
         let sd = g.op("Sqrt", &[&ve], vec![]);
-        let s = g.op("Div", &[scale, &sd], vec![]);
+        let s = g.op("Div", &[&scale, &sd], vec![]);
         let axes = g.ints(&(1..wd.len() as i64).collect::<Vec<_>>());
         let sw = g.op("Unsqueeze", &[&s, &axes], vec![]);
-        let w2 = g.op("Mul", &[&w, &sw], vec![]);
-        let centred = match conv.input.get(2).filter(|b| !b.is_empty()) {
-            Some(cb) => g.op("Sub", &[cb, mean], vec![]),
-            None => g.op("Neg", &[mean], vec![]),
+        let w64 = f64(&mut g, &w);
+        let w2_64 = g.op("Mul", &[&w64, &sw], vec![]);
+        let w2 = g.op(
+            "Cast",
+            &[&w2_64],
+            vec![attr_int("to", DType::F32.onnx() as i64)],
+        );
+        let cb64 = conv
+            .input
+            .get(2)
+            .filter(|b| !b.is_empty())
+            .map(|cb| f64(&mut g, cb));
+        let centred = match &cb64 {
+            Some(cb) => g.op("Sub", &[cb, &mean], vec![]),
+            None => g.op("Neg", &[&mean], vec![]),
         };
         let shifted = g.op("Mul", &[&centred, &s], vec![]);
-        let b2 = g.op("Add", &[&shifted, b], vec![]);
-        let info = |dims: &[usize]| Info {
-            dtype: DType::F32,
+        let b2_64 = g.op("Add", &[&shifted, &b], vec![]);
+        let b2 = g.op(
+            "Cast",
+            &[&b2_64],
+            vec![attr_int("to", DType::F32.onnx() as i64)],
+        );
+        let info = |dtype: DType, dims: &[usize]| Info {
+            dtype,
             dims: dims.iter().map(|&d| Some(d)).collect(),
         };
         let ch = [wd[0]];
         let mut sw_dims = vec![1; wd.len()];
         sw_dims[0] = wd[0];
         for (v, dims) in [
-            (&ve, &ch[..]),
+            (&scale, &ch[..]),
+            (&b, &ch),
+            (&mean, &ch),
+            (&var, &ch),
+            (&ve, &ch),
             (&sd, &ch),
             (&s, &ch),
             (&sw, &sw_dims),
-            (&w2, &wd),
+            (&w64, &wd),
+            (&w2_64, &wd),
             (&centred, &ch),
             (&shifted, &ch),
-            (&b2, &ch),
+            (&b2_64, &ch),
         ] {
-            shapes.map.insert(v.clone(), info(dims));
+            shapes.map.insert(v.clone(), info(DType::F64, dims));
         }
-        shapes.map.insert(eps.clone(), info(&[]));
+        if let Some(cb) = cb64 {
+            shapes.map.insert(cb, info(DType::F64, &ch));
+        }
+        shapes.map.insert(w2.clone(), info(DType::F32, &wd));
+        shapes.map.insert(b2.clone(), info(DType::F32, &ch));
+        shapes.map.insert(eps32.clone(), info(DType::F32, &[]));
+        shapes.map.insert(eps.clone(), info(DType::F64, &[]));
         shapes.map.insert(
             axes.clone(),
             Info {
