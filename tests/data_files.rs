@@ -70,7 +70,10 @@ fn same_batches(a: &mut dyn Dataset, b: &mut dyn Dataset, what: &str) {
                 (Array::I64(u), Array::I64(v)) => assert_eq!(u, v, "{what}: {name} at {s}"),
                 (Array::F32(u), Array::F32(v)) => {
                     assert_eq!(u.shape(), v.shape(), "{what}: {name} at {s}");
-                    let diff = u.iter().zip(v.iter()).filter(|(p, q)| p.to_bits() != q.to_bits());
+                    let diff = u
+                        .iter()
+                        .zip(v.iter())
+                        .filter(|(p, q)| p.to_bits() != q.to_bits());
                     assert_eq!(diff.count(), 0, "{what}: {name} at {s} differs");
                 }
                 _ => panic!("{what}: {name} kinds differ"),
@@ -89,6 +92,28 @@ fn probe_ok(args: &[&str]) -> Output {
     let mut all = vec!["--quiet"];
     all.extend(args);
     probe(&all).ok()
+}
+
+#[test]
+fn token_spec_options_parse_from_the_right() {
+    use probe::data::npy::IntType;
+    use probe::data::tokens::parse;
+    let p = parse("s", "a:b.bin:64:stride=16").unwrap();
+    assert_eq!(p.path, Path::new("a:b.bin"));
+    assert_eq!((p.window, p.stride, p.dtype), (Some(64), Some(16), None));
+    let p = parse("s", "d.bin:dtype=uint32:T=8").unwrap();
+    assert_eq!((p.window, p.dtype), (Some(8), Some(IntType::U32)));
+    assert_eq!(parse("s", "d.npy").unwrap().window, None);
+    for bad in [
+        "d.bin:T=0",
+        "d.bin:8:9",
+        "d.bin:dtype=int8",
+        "d.bin:foo=1",
+        ":8",
+        "d.bin:stride=x",
+    ] {
+        assert!(parse("s", bad).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -114,15 +139,21 @@ fn token_streams_are_the_windows_numpy_cuts() {
     }
     let spec = format!("tokens:{d}/s.npy:{T}:stride={STRIDE}");
     let mut t = open(&spec, &Hint::default());
-    assert_eq!(t.spec().identity, format!("tokens:{d}/s.npy:T={T}:stride={STRIDE}"));
+    assert_eq!(
+        t.spec().identity,
+        format!("tokens:{d}/s.npy:T={T}:stride={STRIDE}")
+    );
     same_batches(t.as_mut(), ws.as_mut(), &spec);
     // Far-apart windows are read one by one.
     let spec = format!("tokens:{d}/s.bin:8:stride=50");
     let mut t = open(&spec, &Hint::default());
-    let s: Vec<i64> = match &open(&format!("tokens:{d}/s.bin:{}", TOKENS - 1), &Hint::default())
-        .read(0, 1)
-        .unwrap()
-        .x
+    let s: Vec<i64> = match &open(
+        &format!("tokens:{d}/s.bin:{}", TOKENS - 1),
+        &Hint::default(),
+    )
+    .read(0, 1)
+    .unwrap()
+    .x
     {
         Array::I64(a) => a.iter().copied().collect(),
         _ => unreachable!(),
@@ -132,12 +163,18 @@ fn token_streams_are_the_windows_numpy_cuts() {
     let Array::I64(y) = &b.y else { unreachable!() };
     assert_eq!(y.iter().copied().collect::<Vec<_>>()[..8], s[151..159]);
     // --samples over tokens.
-    let mut r = probe::data::open_restricted(&format!("tokens:{d}/s.bin"), &model_t, Some((5, 40)), None)
-        .unwrap();
+    let mut r =
+        probe::data::open_restricted(&format!("tokens:{d}/s.bin"), &model_t, Some((5, 40)), None)
+            .unwrap();
     assert_eq!(r.spec().len, 35);
-    assert_eq!(r.spec().identity, format!("tokens:{d}/s.bin:T={T}:dtype=uint16[5:40]"));
+    assert_eq!(
+        r.spec().identity,
+        format!("tokens:{d}/s.bin:T={T}:dtype=uint16[5:40]")
+    );
     let (a, b) = (r.read(0, 35).unwrap(), w.read(5, 35).unwrap());
-    let (Array::I64(a), Array::I64(b)) = (&a.x, &b.x) else { unreachable!() };
+    let (Array::I64(a), Array::I64(b)) = (&a.x, &b.x) else {
+        unreachable!()
+    };
     assert_eq!(a, b);
 }
 
@@ -200,13 +237,18 @@ print(json.dumps([worst, wname, float(f["loss"][0]), float(ref["loss"]), int(f["
     assert_eq!(v[4].as_i64(), Some(96));
     assert!(v[5].as_str().unwrap().starts_with("tokens:"), "{}", v[5]);
     assert!(worst <= 1e-4, "gradient of {} differs by {worst:.2e}", v[1]);
-    assert!((loss - rloss).abs() <= 1e-5 * rloss, "loss {loss} vs {rloss}");
+    assert!(
+        (loss - rloss).abs() <= 1e-5 * rloss,
+        "loss {loss} vs {rloss}"
+    );
 }
 
 fn images_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    fixture(&["images", "--n", "300", "--a", "50", "--b", "170", "--out", out]);
+    fixture(&[
+        "images", "--n", "300", "--a", "50", "--b", "170", "--out", out,
+    ]);
     dir
 }
 
@@ -265,9 +307,21 @@ fn samples_equal_a_file_of_those_samples() {
     let mlp = model("mlp.onnx");
     let grad = |data: &Path, extra: &[&str], out: &str| {
         let out = p.join(out);
-        let mut args = vec!["grad", "--model", mlp.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        let mut args = vec![
+            "grad",
+            "--model",
+            mlp.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
         args.extend(extra);
-        args.extend(["--batch", "64", "--save-grad", "--out", out.to_str().unwrap()]);
+        args.extend([
+            "--batch",
+            "64",
+            "--save-grad",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         probe_ok(&args);
         h5_dump(&out)
     };
@@ -281,19 +335,35 @@ fn samples_equal_a_file_of_those_samples() {
     let attrs = &part["attrs"];
     assert_eq!(attrs["data_range"], "50:170");
     assert_eq!(attrs["data_samples"], 120);
-    assert!(attrs["data"].as_str().unwrap().ends_with("f32.h5[50:170]"), "{}", attrs["data"]);
+    assert!(
+        attrs["data"].as_str().unwrap().ends_with("f32.h5[50:170]"),
+        "{}",
+        attrs["data"]
+    );
 
     // A range past the data set is bad input (exit 3); an empty one a bad flag (exit 2).
     let f32 = p.join("f32.h5");
     let run = |range: &str| {
         probe(&[
-            "eval", "--model", mlp.to_str().unwrap(), "--data", f32.to_str().unwrap(), "--samples",
-            range, "--out", p.join("bad.h5").to_str().unwrap(),
+            "eval",
+            "--model",
+            mlp.to_str().unwrap(),
+            "--data",
+            f32.to_str().unwrap(),
+            "--samples",
+            range,
+            "--out",
+            p.join("bad.h5").to_str().unwrap(),
         ])
     };
     let o = run("250:301");
     assert_eq!(o.code, 3, "{}", o.stderr);
-    assert!(o.stderr.contains("has 300 samples; a range A:B needs A < B <= 300"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("has 300 samples; a range A:B needs A < B <= 300"),
+        "{}",
+        o.stderr
+    );
     assert_eq!(run("9:9").code, 2);
     assert_eq!(run("x:9").code, 2);
 }
@@ -306,11 +376,20 @@ fn files_that_do_not_fit_say_why() {
     let none = Hint::default();
     // A missing key, or group, lists what is there.
     let e = err_of(&format!("{d}/u8.h5:train:x=imgs,y=labels"), &none);
-    assert!(e.contains("no dataset 'imgs' in group 'train' (it holds 'images', 'labels')"), "{e}");
+    assert!(
+        e.contains("no dataset 'imgs' in group 'train' (it holds 'images', 'labels')"),
+        "{e}"
+    );
     let e = err_of(&format!("{d}/u8.h5"), &none);
-    assert!(e.contains("no dataset 'x' at the root (it holds 'readme', 'train')"), "{e}");
+    assert!(
+        e.contains("no dataset 'x' at the root (it holds 'readme', 'train')"),
+        "{e}"
+    );
     let e = err_of(&format!("{d}/u8.h5:test"), &none);
-    assert!(e.contains("no group 'test' (it holds 'readme', 'train' at the root)"), "{e}");
+    assert!(
+        e.contains("no group 'test' (it holds 'readme', 'train' at the root)"),
+        "{e}"
+    );
     let e = err_of(&format!("{d}/u8.h5:train:z=images"), &none);
     assert!(e.contains("unknown option 'z'"), "{e}");
     // --mean/--std that do not fit the data.
@@ -322,8 +401,12 @@ fn files_that_do_not_fit_say_why() {
         ..Hint::default()
     };
     let e = err_of(&format!("{d}/u8.h5:train:x=images,y=labels"), &two);
-    assert!(e.contains("--mean has 2 values but x has 1 channels"), "{e}");
-    assert!(err_of("fashion-mnist", &two).contains("--mean/--std normalize images stored in an HDF5 file"));
+    assert!(
+        e.contains("--mean has 2 values but x has 1 channels"),
+        "{e}"
+    );
+    assert!(err_of("fashion-mnist", &two)
+        .contains("--mean/--std normalize images stored in an HDF5 file"));
 
     // Token files.
     let write = |name: &str, bytes: &[u8]| {
@@ -333,13 +416,22 @@ fn files_that_do_not_fit_say_why() {
     };
     let odd = write("odd.bin", &[1, 0, 2, 0, 3]);
     let e = err_of(&format!("tokens:{odd}:1"), &none);
-    assert!(e.contains("odd.bin: 5 bytes is not a whole number of uint16 tokens"), "{e}");
+    assert!(
+        e.contains("odd.bin: 5 bytes is not a whole number of uint16 tokens"),
+        "{e}"
+    );
     let short = write("short.bin", &[1, 0, 2, 0, 3, 0]);
     let e = err_of(&format!("tokens:{short}:3"), &none);
-    assert!(e.contains("short.bin: 3 tokens, too few for one window of T = 3"), "{e}");
+    assert!(
+        e.contains("short.bin: 3 tokens, too few for one window of T = 3"),
+        "{e}"
+    );
     assert_eq!(open(&format!("tokens:{short}:2"), &none).spec().len, 1);
     let e = err_of(&format!("tokens:{short}"), &none);
-    assert!(e.contains("short.bin: the model's input has no fixed sequence length"), "{e}");
+    assert!(
+        e.contains("short.bin: the model's input has no fixed sequence length"),
+        "{e}"
+    );
     let e = err_of(&format!("tokens:{short}:2:T=2"), &none);
     assert!(e.contains("'T' is given twice"), "{e}");
     let e = err_of(&format!("tokens:{d}/nothere.bin:2"), &none);
@@ -356,15 +448,26 @@ open(d + "/cut.npy", "wb").write(open(d + "/u8.npy", "rb").read()[:-1])
 "#;
     py(&["-c", script, &d.to_string()]);
     let e = err_of(&format!("tokens:{d}/f.npy:2"), &none);
-    assert!(e.contains("f.npy: dtype '<f4' is not an integer type"), "{e}");
+    assert!(
+        e.contains("f.npy: dtype '<f4' is not an integer type"),
+        "{e}"
+    );
     let e = err_of(&format!("tokens:{d}/m.npy:2"), &none);
-    assert!(e.contains("m.npy: has shape [2, 5]; a token file holds one flat stream"), "{e}");
+    assert!(
+        e.contains("m.npy: has shape [2, 5]; a token file holds one flat stream"),
+        "{e}"
+    );
     let e = err_of(&format!("tokens:{d}/cut.npy:2"), &none);
-    assert!(e.contains("cut.npy: its header says 10 uint8 tokens") && e.contains("cut short"), "{e}");
+    assert!(
+        e.contains("cut.npy: its header says 10 uint8 tokens") && e.contains("cut short"),
+        "{e}"
+    );
     let e = err_of(&format!("tokens:{d}/u8.npy:2:dtype=uint32"), &none);
     assert!(e.contains("dtype= is for raw token files"), "{e}");
     let mut u8 = open(&format!("tokens:{d}/u8.npy:2:stride=3"), &none);
-    let Array::I64(y) = u8.read(2, 1).unwrap().y else { unreachable!() };
+    let Array::I64(y) = u8.read(2, 1).unwrap().y else {
+        unreachable!()
+    };
     assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![7, 8]);
     let mut neg = open(&format!("tokens:{d}/neg.npy:1"), &none);
     let e = format!("{:#}", neg.read(0, 3).unwrap_err());

@@ -95,7 +95,11 @@ impl H5Spec {
         if self.group.is_none() && self.x == "x" && self.y == "y" {
             return path.to_string();
         }
-        let group = self.group.as_ref().map(|g| format!(":{g}")).unwrap_or_default();
+        let group = self
+            .group
+            .as_ref()
+            .map(|g| format!(":{g}"))
+            .unwrap_or_default();
         format!("{path}{group}:x={},y={}", self.x, self.y)
     }
 }
@@ -519,8 +523,8 @@ impl Hdf5Data {
                     Ok(TypeDescriptor::Float(_)) => false,
                     Ok(other) => {
                         return Err(bad(format!(
-                            "has type {other:?}; --mean/--std normalize uint8 images (or float data)"
-                        )))
+                        "has type {other:?}; --mean/--std normalize uint8 images (or float data)"
+                    )))
                     }
                     Err(e) => return Err(bad(format!("has an unreadable type: {e}"))),
                 };

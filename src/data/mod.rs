@@ -30,8 +30,8 @@ pub mod shakespeare;
 pub mod tokens;
 
 pub use batch::{batches, Array, Batch, Dataset, Kind, Limited, Samples, Spec};
-pub use normalize::Normalize;
 pub use memory::{memory_limit, sample_bytes, samples_bytes};
+pub use normalize::Normalize;
 
 use anyhow::Result;
 
@@ -98,10 +98,12 @@ pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
         }
         "tokens" => {
             let ts = tokens::parse(spec, split.unwrap_or(""))?;
-            Ok(Box::new(tokens::Tokens::open(
-                &ts,
-                tokens::model_window(hint),
-            )?))
+            // The window a model fixes: its per-sample input shape [T].
+            let model_window = match hint.x_shape.as_deref() {
+                Some([t]) => Some(*t),
+                _ => None,
+            };
+            Ok(Box::new(tokens::Tokens::open(&ts, model_window)?))
         }
         _ => Err(crate::error::input(format!(
             "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], tokens:FILE[:T], or an .h5 file with x and y)"

@@ -54,7 +54,12 @@ impl Normalize {
 
     /// How the results file names it, after the data set's own name.
     pub fn describe(&self) -> String {
-        let list = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let list = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         format!("mean={},std={}", list(&self.mean), list(&self.std))
     }
 }

@@ -76,7 +76,10 @@ pub struct Header {
 /// header for it to succeed; 64 KiB covers every header `np.save` writes for a plain array).
 pub fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
     let bad = |why: &str| {
-        crate::error::input(format!("{}: not a readable .npy file: {why}", path.display()))
+        crate::error::input(format!(
+            "{}: not a readable .npy file: {why}",
+            path.display()
+        ))
     };
     if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
         return Err(bad("it does not start with the .npy magic \\x93NUMPY"));
@@ -87,12 +90,21 @@ pub fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
             u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
             12,
         ),
-        v => return Err(bad(&format!("format version {v}.{} is not 1, 2 or 3", head[7]))),
+        v => {
+            return Err(bad(&format!(
+                "format version {v}.{} is not 1, 2 or 3",
+                head[7]
+            )))
+        }
     };
     let end = start
         .checked_add(len)
         .filter(|&e| e <= head.len())
-        .ok_or_else(|| bad(&format!("its header of {len} bytes runs past the file's end")))?;
+        .ok_or_else(|| {
+            bad(&format!(
+                "its header of {len} bytes runs past the file's end"
+            ))
+        })?;
     let dict = std::str::from_utf8(&head[start..end])
         .map_err(|_| bad("its header is not text"))?
         .trim();
@@ -105,7 +117,8 @@ pub fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
             .map_or(descr, |(d, _)| d)
             .to_string(),
     };
-    let fortran = value_of(dict, "fortran_order").ok_or_else(|| bad("its header has no 'fortran_order'"))?;
+    let fortran =
+        value_of(dict, "fortran_order").ok_or_else(|| bad("its header has no 'fortran_order'"))?;
     let shape_text = value_of(dict, "shape").ok_or_else(|| bad("its header has no 'shape'"))?;
     let inner = shape_text
         .strip_prefix('(')
@@ -118,7 +131,11 @@ pub fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
         .filter(|s| !s.is_empty())
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| bad(&format!("its shape ({inner}) is not a tuple of whole numbers")))?;
+        .map_err(|_| {
+            bad(&format!(
+                "its shape ({inner}) is not a tuple of whole numbers"
+            ))
+        })?;
     Ok(Header {
         data_offset: end as u64,
         int: int_type(&descr),
@@ -131,7 +148,9 @@ pub fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
 /// The text after `'key':` in a dict literal, up to the end of the dict.
 fn value_of<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
     let quoted = [format!("'{key}'"), format!("\"{key}\"")];
-    let at = quoted.iter().find_map(|q| dict.find(q.as_str()).map(|i| i + q.len()))?;
+    let at = quoted
+        .iter()
+        .find_map(|q| dict.find(q.as_str()).map(|i| i + q.len()))?;
     Some(dict[at..].trim_start().strip_prefix(':')?.trim_start())
 }
 

@@ -170,12 +170,10 @@ impl Tokens {
         };
         let window = match ts.window.or(model_window) {
             Some(t) => t,
-            None => {
-                return Err(at(
-                    "the model's input has no fixed sequence length; give the window as tokens:FILE:T"
-                        .into(),
-                ))
-            }
+            None => return Err(at(
+                "the model's input has no fixed sequence length; give the window as tokens:FILE:T"
+                    .into(),
+            )),
         };
         let stride = ts.stride.unwrap_or(window);
         let span = window as u64 + 1;
@@ -277,33 +275,5 @@ impl Dataset for Tokens {
             x: Array::I64(ArrayD::from_shape_vec(IxDyn(&[count, t]), x)?),
             y: Array::I64(ArrayD::from_shape_vec(IxDyn(&[count, t]), y)?),
         })
-    }
-}
-
-/// The window length a model fixes: its per-sample input shape `[T]`.
-pub fn model_window(hint: &super::Hint) -> Option<usize> {
-    match hint.x_shape.as_deref() {
-        Some([t]) => Some(*t),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_parse_from_the_right() {
-        let p = parse("s", "a:b.bin:64:stride=16").unwrap();
-        assert_eq!(p.path, PathBuf::from("a:b.bin"));
-        assert_eq!((p.window, p.stride, p.dtype), (Some(64), Some(16), None));
-        let p = parse("s", "d.bin:dtype=uint32:T=8").unwrap();
-        assert_eq!((p.window, p.dtype), (Some(8), Some(IntType::U32)));
-        assert_eq!(parse("s", "d.npy").unwrap().window, None);
-        assert!(parse("s", "d.bin:T=0").is_err());
-        assert!(parse("s", "d.bin:8:9").is_err());
-        assert!(parse("s", "d.bin:dtype=int8").is_err());
-        assert!(parse("s", "d.bin:foo=1").is_err());
-        assert!(parse("s", ":8").is_err());
     }
 }
