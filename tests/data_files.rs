@@ -341,6 +341,31 @@ fn samples_equal_a_file_of_those_samples() {
         attrs["data"]
     );
 
+    // probe train takes it too, and records it in its log and checkpoints.
+    let run = p.join("run");
+    probe_ok(&[
+        "train",
+        "--model",
+        mlp.to_str().unwrap(),
+        "--data",
+        p.join("f32.h5").to_str().unwrap(),
+        "--samples",
+        "50:170",
+        "--steps",
+        "1",
+        "--batch",
+        "64",
+        "--opt",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let log = h5_dump(&run.join("train.h5"));
+    assert_eq!(log["attrs"]["data_range"], "50:170");
+    assert_eq!(log["attrs"]["data_samples"], 120);
+
     // A range past the data set is bad input (exit 3); an empty one a bad flag (exit 2).
     let f32 = p.join("f32.h5");
     let run = |range: &str| {

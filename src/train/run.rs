@@ -135,6 +135,10 @@ fn identity(plan: &TrainPlan, model: &Model, data: &crate::data::Spec) -> BTreeM
         ("loss", plan.loss.name().to_string()),
     ]
     .into_iter()
+    .chain(
+        plan.samples
+            .map(|(a, b)| ("data_range", format!("{a}:{b}"))),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
@@ -421,6 +425,10 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
         ("augment", plan.augment.to_string()),
     ]
     .into_iter()
+    .chain(
+        plan.samples
+            .map(|(a, b)| ("data_range", format!("{a}:{b}"))),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let info = RunInfo::new(
