@@ -342,8 +342,9 @@ fn check_storage(
 /// How long the preflight child may take to open a file's metadata.
 const PREFLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Opens the file, its `x` and `y` (wherever the spec puts them) and their layouts once in a forked child process, so that a
-/// file on which the HDF5 library (1.10) crashes or loops while opening becomes an input error
+/// Opens the file, its `x` and `y` (wherever the spec puts them), the names of the group holding
+/// them (listed when one is missing) and their layouts once in a forked child process, so that
+/// a file on which the HDF5 library (1.10) crashes or loops while opening becomes an input error
 /// instead of killing probe. Found by tests/fuzz_inputs.rs: corrupt symbol tables (SIGSEGV in
 /// `H5F__accum_read` under `H5G__stab_lookup`), a chunk dimension of 0 in a layout (SIGFPE in
 /// `H5D__chunk_set_info`), heap corruption detected by malloc, all inside `H5Dopen` — before
