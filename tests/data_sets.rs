@@ -242,6 +242,7 @@ fn shakespeare_windows() {
         "shakespeare",
         &Hint {
             x_shape: Some(vec![64]),
+            ..Hint::default()
         },
     )
     .unwrap();

@@ -27,6 +27,7 @@ fn model_path(name: &str) -> PathBuf {
 fn open_data(model: &Model, name: &str) -> Box<dyn Dataset> {
     let hint = probe::data::Hint {
         x_shape: model.data_input().unwrap().sample_shape(),
+        ..Default::default()
     };
     probe::data::open(name, &hint).unwrap()
 }

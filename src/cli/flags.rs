@@ -20,10 +20,16 @@ pub struct Common {
     /// DistributedDataParallel saves names; `_orig_mod.`, as torch.compile does).
     #[arg(long, value_name = "PREFIX")]
     pub strip_prefix: Option<String>,
-    /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, or an HDF5
-    /// file with datasets `x` [N, ...] and `y` [N] or [N, T].
+    /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, an HDF5
+    /// file with datasets `x` [N, ...] and `y` [N] or [N, T] (`FILE.h5`, or
+    /// `FILE.h5:GROUP:x=KEY,y=KEY` for other names), or a token stream
+    /// `tokens:FILE[:T][:stride=S][:dtype=uint16|uint32]` (`.bin` as nanoGPT writes it, or
+    /// `.npy`). Examples: `--data runs/val.h5:val:x=images,y=labels --mean 0.485,0.456,0.406
+    /// --std 0.229,0.224,0.225`; `--data tokens:owt/val.bin:1024:stride=512`.
     #[arg(long, value_name = "D")]
     pub data: String,
+    #[command(flatten)]
+    pub prep: DataPrep,
     /// Samples per batch (does not change the result; larger is faster until memory runs out).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub batch: u64,
@@ -53,6 +59,8 @@ impl Common {
                 strip_prefix: self.strip_prefix,
             },
             data: self.data,
+            samples: self.prep.samples,
+            normalize: self.prep.normalize(),
             limit: self.limit.map(|l| l as usize),
             batch: self.batch as usize,
             loss: self.loss.into(),
@@ -64,6 +72,60 @@ impl Common {
             conventions: Default::default(),
         }
     }
+}
+
+/// Which samples of `--data` and how its inputs are prepared: the same flags in every
+/// subcommand that reads data.
+#[derive(Args, Debug)]
+pub struct DataPrep {
+    /// Use only samples A..B of the data set (0-based, B excluded, A < B <= N), e.g.
+    /// `--samples 0:50000` and `--samples 50000:100000` on two jobs; the range is recorded in the
+    /// results (`data` ends in `[A:B]`, attribute `data_range`). --limit then counts from A.
+    #[arg(long, value_name = "A:B", value_parser = parse_range, allow_hyphen_values = true)]
+    pub samples: Option<(usize, usize)>,
+    /// Per-channel means (one value, or one per channel of x [N, C, ...], comma-separated) of
+    /// uint8 images in an HDF5 file: x = (px/255 - mean) / std, as torchvision's ToTensor and
+    /// Normalize (float data: (x - mean) / std). E.g. `--mean 0.485,0.456,0.406 --std
+    /// 0.229,0.224,0.225`.
+    #[arg(long, value_name = "M,..", value_delimiter = ',', requires = "std", value_parser = finite_f32, allow_hyphen_values = true)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviations, each > 0 (see --mean).
+    #[arg(long, value_name = "S,..", value_delimiter = ',', requires = "mean", value_parser = positive_f32, allow_hyphen_values = true)]
+    pub std: Option<Vec<f32>>,
+}
+
+impl DataPrep {
+    pub fn normalize(&self) -> Option<probe::data::Normalize> {
+        Some(probe::data::Normalize {
+            mean: self.mean.clone()?,
+            std: self.std.clone()?,
+        })
+    }
+}
+
+/// `A:B` with A < B (B <= N is checked against the data set).
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or("expected A:B, e.g. 0:1000 (samples A..B, B excluded)")?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{v}' is not a sample index (a whole number >= 0)"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    if a >= b {
+        return Err(format!("{a}:{b} is empty: need A < B"));
+    }
+    Ok((a, b))
+}
+
+fn finite_f32(s: &str) -> Result<f32, String> {
+    finite(s, |_| true, "needs a finite number").map(|v| v as f32)
+}
+
+fn positive_f32(s: &str) -> Result<f32, String> {
+    positive(s).map(|v| v as f32)
 }
 
 /// PyTorch conventions the ONNX graph does not carry; by default each node's is read from the

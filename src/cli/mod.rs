@@ -72,7 +72,9 @@ Batch use: --shard i/n takes every n-th checkpoint starting at i; rerunning with
 checkpoints already complete there; a killed run leaves only complete rows.",
         after_help = "Examples:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5\n  \
 probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --batch 128 --noise --noise-samples 1000 \\\n      --hessian --hessian-samples 512 --out runs/demo/curv.h5\n  \
-probe grad --model models/mlp.onnx --data fashion-mnist --limit 64 --hessian \\\n      --hessian-params fc3.weight,fc3.bias --out block.h5     # one layer's Hessian block"
+probe grad --model models/mlp.onnx --data fashion-mnist --limit 64 --hessian \\\n      --hessian-params fc3.weight,fc3.bias --out block.h5     # one layer's Hessian block\n  \
+probe grad --model models/gpt.onnx --data tokens:val.bin:32:stride=16 --samples 0:5000 \\\n      --out shard0.h5     # a nanoGPT token file, overlapping windows, one shard\n  \
+probe grad --model resnet.onnx --data val.h5:val:x=images,y=labels \\\n      --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out val.h5     # uint8 images"
     )]
     Grad(GradArgs),
     /// Trains an ONNX model with libtorch and writes checkpoints probe eval/grad read.

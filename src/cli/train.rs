@@ -1,6 +1,6 @@
 //! `probe train`: its flags, their plan (optimizer, schedule, length, checkpoints), and the
 //! table of one row per checkpoint written.
-use super::flags::{command_line, non_negative, Conflict, DeviceArg, Loss, Threads};
+use super::flags::{command_line, non_negative, Conflict, DataPrep, DeviceArg, Loss, Threads};
 use clap::{Args, ValueEnum};
 use probe::train::run::{CkptRow, TrainPlan};
 use std::path::PathBuf;
@@ -21,10 +21,13 @@ pub struct TrainArgs {
     /// The ONNX model; its initializers are the initial weights (step 0).
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
-    /// Training data: `fashion-mnist`, `shakespeare[:T]`, or an HDF5 file with `x` and `y`
-    /// (held in memory while training).
+    /// Training data: `fashion-mnist`, `shakespeare[:T]`, an HDF5 file with `x` and `y`
+    /// (`FILE.h5[:GROUP][:x=KEY,y=KEY]`), or `tokens:FILE[:T][:stride=S]` (held in memory while
+    /// training).
     #[arg(long, value_name = "D")]
     pub data: String,
+    #[command(flatten)]
+    pub prep: DataPrep,
     /// The run folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -123,6 +126,8 @@ impl TrainArgs {
         Ok(TrainPlan {
             model: self.model,
             data: self.data,
+            samples: self.prep.samples,
+            normalize: self.prep.normalize(),
             limit: self.limit.map(|l| l as usize),
             out: self.out,
             length: match (self.steps, self.epochs) {

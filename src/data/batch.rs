@@ -121,6 +121,46 @@ impl Dataset for Limited {
     }
 }
 
+/// Samples `A..B` of a data set (`--samples A:B`), numbered from 0 again: the basis of shards
+/// of one data set across jobs. The results name the range after the data set
+/// (`fashion-mnist:train[1000:2000]`).
+pub struct Samples {
+    inner: Box<dyn Dataset>,
+    spec: Spec,
+    first: usize,
+}
+
+impl Samples {
+    /// Fails (an input error) unless `a < b <= N`.
+    pub fn new(inner: Box<dyn Dataset>, a: usize, b: usize) -> Result<Samples> {
+        let mut spec = inner.spec().clone();
+        if a >= b || b > spec.len {
+            return Err(crate::error::input(format!(
+                "--samples {a}:{b}: {} has {} samples; a range A:B needs A < B <= {}",
+                spec.identity, spec.len, spec.len
+            )));
+        }
+        spec.identity = format!("{}[{a}:{b}]", spec.identity);
+        spec.len = b - a;
+        Ok(Samples {
+            inner,
+            spec,
+            first: a,
+        })
+    }
+}
+
+impl Dataset for Samples {
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+    fn read(&mut self, start: usize, count: usize) -> Result<Batch> {
+        let mut b = self.inner.read(self.first + start, count)?;
+        b.start = start;
+        Ok(b)
+    }
+}
+
 /// The batches of a full pass: `(start, count)` for every batch, the last one possibly smaller.
 pub fn batches(len: usize, batch: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..len)

@@ -46,7 +46,7 @@ pub fn data_fits_model(model: &Model, spec: &Spec, targets: Targets) -> Result<F
                 input.name,
                 dt,
                 if dt.is_float() {
-                    "normalized float values"
+                    "normalized float values, or give --mean/--std for uint8 images"
                 } else {
                     "integer ids"
                 }

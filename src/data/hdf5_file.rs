@@ -2,12 +2,18 @@
 //! dataset `y` (targets: [N] class ids, [N, T] token ids, or real values for `--loss mse`).
 //! Batches are read as hyperslabs of the first axis, so memory does not grow with N.
 //!
+//! Named `FILE.h5` (datasets `x` and `y` at the file's root) or `FILE.h5:OPTIONS`, the options
+//! separated by `,` or `:`: a bare name is the group holding the datasets, `x=KEY` and `y=KEY`
+//! name them (`data.h5:train:x=images,y=labels`). Images stored as uint8 become float input
+//! through `--mean/--std` ([`Normalize`]).
+//!
 //! Sizes the file declares are checked before anything is read: every count in checked
 //! arithmetic, the raw data held in the file itself (no external storage, no virtual dataset
 //! drawing from other files), and every sample's data actually stored (a contiguous dataset's
 //! whole extent allocated within the file, every chunk of a chunked one written), so a file
 //! that declares 10^8 samples but holds ten is an error, not 10^8 samples of fill values.
 use super::batch::{Array, Batch, Dataset, Kind, Spec};
+use super::normalize::Normalize;
 use anyhow::Result;
 use hdf5::types::TypeDescriptor;
 use ndarray::IxDyn;
@@ -16,8 +22,111 @@ use std::path::{Path, PathBuf};
 pub struct Hdf5Data {
     spec: Spec,
     path: PathBuf,
+    /// The datasets' paths in the file, for messages (`x`, `train/images`).
+    names: [String; 2],
     x: hdf5::Dataset,
     y: hdf5::Dataset,
+    /// `--mean/--std`, and whether x holds bytes to scale by 1/255 first.
+    normalize: Option<(Normalize, bool)>,
+}
+
+/// Where in an HDF5 file the data are: `FILE.h5[:GROUP][:x=KEY,y=KEY]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H5Spec {
+    pub path: PathBuf,
+    pub group: Option<String>,
+    pub x: String,
+    pub y: String,
+}
+
+impl H5Spec {
+    pub fn plain(path: &Path) -> H5Spec {
+        H5Spec {
+            path: path.to_path_buf(),
+            group: None,
+            x: "x".into(),
+            y: "y".into(),
+        }
+    }
+
+    /// `spec` split after its `.h5`/`.hdf5` file name, if it has options there.
+    pub fn parse(spec: &str) -> Option<Result<H5Spec>> {
+        let lower = spec.to_ascii_lowercase();
+        let cut = [".h5:", ".hdf5:"]
+            .iter()
+            .filter_map(|e| lower.find(e).map(|i| i + e.len() - 1))
+            .min()?;
+        let mut out = H5Spec::plain(Path::new(&spec[..cut]));
+        let usage = |why: String| {
+            crate::error::input(format!(
+                "--data {spec}: {why} (expected FILE.h5[:GROUP][:x=KEY,y=KEY])"
+            ))
+        };
+        let (mut x, mut y) = (None, None);
+        for item in spec[cut + 1..].split([',', ':']).filter(|s| !s.is_empty()) {
+            let slot = match item.split_once('=') {
+                Some(("x", k)) => (&mut x, k),
+                Some(("y", k)) => (&mut y, k),
+                Some((other, _)) => return Some(Err(usage(format!("unknown option '{other}'")))),
+                None => (&mut out.group, item),
+            };
+            if slot.1.is_empty() || slot.0.is_some() {
+                return Some(Err(usage(format!("'{item}' is empty or given twice"))));
+            }
+            *slot.0 = Some(slot.1.to_string());
+        }
+        out.x = x.unwrap_or(out.x);
+        out.y = y.unwrap_or(out.y);
+        Some(Ok(out))
+    }
+
+    /// A dataset's path in the file.
+    fn full(&self, key: &str) -> String {
+        match &self.group {
+            Some(g) => format!("{}/{key}", g.trim_end_matches('/')),
+            None => key.to_string(),
+        }
+    }
+
+    /// How the results name it: the file alone for the plain layout (as before), else with the
+    /// options spelled out in a fixed order.
+    fn identity(&self) -> String {
+        let path = self.path.display();
+        if self.group.is_none() && self.x == "x" && self.y == "y" {
+            return path.to_string();
+        }
+        let group = self
+            .group
+            .as_ref()
+            .map(|g| format!(":{g}"))
+            .unwrap_or_default();
+        format!("{path}{group}:x={},y={}", self.x, self.y)
+    }
+}
+
+/// The names a group holds, sorted, for the message about a missing one.
+fn members(file: &hdf5::File, group: Option<&str>) -> String {
+    let names = match group {
+        Some(g) => file.group(g).and_then(|g| g.member_names()),
+        None => file.member_names(),
+    };
+    match names {
+        Ok(mut n) if !n.is_empty() => {
+            n.sort();
+            let more = n.len().saturating_sub(20);
+            let mut list = n
+                .iter()
+                .take(20)
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if more > 0 {
+                list += &format!(" and {more} more");
+            }
+            format!("it holds {list}")
+        }
+        _ => "it holds nothing".into(),
+    }
 }
 
 fn kind_of(path: &Path, name: &str, ds: &hdf5::Dataset) -> Result<Kind> {
@@ -233,21 +342,25 @@ fn check_storage(
 /// How long the preflight child may take to open a file's metadata.
 const PREFLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Opens the file, its `x` and `y` and their layouts once in a forked child process, so that a
-/// file on which the HDF5 library (1.10) crashes or loops while opening becomes an input error
+/// Opens the file, its `x` and `y` (wherever the spec puts them), the names of the group holding
+/// them (listed when one is missing) and their layouts once in a forked child process, so that
+/// a file on which the HDF5 library (1.10) crashes or loops while opening becomes an input error
 /// instead of killing probe. Found by tests/fuzz_inputs.rs: corrupt symbol tables (SIGSEGV in
 /// `H5F__accum_read` under `H5G__stab_lookup`), a chunk dimension of 0 in a layout (SIGFPE in
 /// `H5D__chunk_set_info`), heap corruption detected by malloc, all inside `H5Dopen` — before
 /// probe has any handle to check. The child only opens (metadata, no data) and ends with
 /// `_exit`; the parent then opens the file itself, so an ordinary error is reported as usual.
 /// The fork happens under the HDF5 lock, so no other thread is inside the library then.
-fn preflight(path: &Path) -> Result<()> {
-    fn look(path: &Path) -> bool {
+fn preflight(at: &H5Spec) -> Result<()> {
+    let path = at.path.as_path();
+    let look = || -> bool {
         let Ok(file) = hdf5::File::open(path) else {
             return false;
         };
-        for name in ["x", "y"] {
-            let Ok(ds) = file.dataset(name) else {
+        // What the message about a missing dataset lists, walked here first for the same reason.
+        let _ = members(&file, at.group.as_deref());
+        for name in [at.full(&at.x), at.full(&at.y)] {
+            let Ok(ds) = file.dataset(&name) else {
                 return false;
             };
             let _ = ds.shape();
@@ -258,13 +371,13 @@ fn preflight(path: &Path) -> Result<()> {
             let _ = ds.storage_size();
         }
         true
-    }
+    };
     // SAFETY: the child calls only HDF5 (whose lock this thread holds, reentrantly) and malloc
     // (made fork-safe by glibc), then `_exit`s without running destructors or atexit handlers.
     let pid = hdf5::sync::sync(|| unsafe {
         let pid = libc::fork();
         if pid == 0 {
-            let ok = std::panic::catch_unwind(|| look(path)).unwrap_or(false);
+            let ok = std::panic::catch_unwind(look).unwrap_or(false);
             libc::_exit(if ok { 0 } else { 1 });
         }
         pid
@@ -318,7 +431,14 @@ fn preflight(path: &Path) -> Result<()> {
 }
 
 impl Hdf5Data {
+    /// A file with `x` and `y` at its root.
     pub fn open(path: &Path) -> Result<Hdf5Data> {
+        Self::open_at(&H5Spec::plain(path), None)
+    }
+
+    /// The datasets `at` names, normalized by `normalize` where given.
+    pub fn open_at(at: &H5Spec, normalize: Option<&Normalize>) -> Result<Hdf5Data> {
+        let path = at.path.as_path();
         let meta = std::fs::metadata(path).map_err(|e| {
             crate::error::input(if e.kind() == std::io::ErrorKind::NotFound {
                 format!("{}: no such file", path.display())
@@ -334,41 +454,58 @@ impl Hdf5Data {
                 crate::model::file_kind(&meta)
             )));
         }
-        preflight(path)?;
+        preflight(at)?;
         let file = hdf5::File::open(path).map_err(|e| {
             crate::error::input(format!("{}: not a readable HDF5 file: {e}", path.display()))
         })?;
-        let get = |name: &str| {
+        if let Some(g) = &at.group {
+            if file.group(g).is_err() {
+                return Err(crate::error::input(format!(
+                    "{}: no group '{g}' ({} at the root)",
+                    path.display(),
+                    members(&file, None)
+                )));
+            }
+        }
+        let names = [at.full(&at.x), at.full(&at.y)];
+        let get = |name: &str, key: &str| {
             file.dataset(name).map_err(|_| {
+                let place = match &at.group {
+                    Some(g) => format!("in group '{g}'"),
+                    None => "at the root".into(),
+                };
                 crate::error::input(format!(
-                    "{}: no dataset '{name}' (a data file holds 'x' [N, ...] inputs and 'y' [N] or [N, T] targets)",
-                    path.display()
+                    "{}: no dataset '{key}' {place} ({}); name the inputs [N, ...] and targets [N] or [N, T] as FILE.h5[:GROUP]:x=KEY,y=KEY",
+                    path.display(),
+                    members(&file, at.group.as_deref())
                 ))
             })
         };
-        let x = get("x")?;
-        let y = get("y")?;
+        let x = get(&names[0], &at.x)?;
+        let y = get(&names[1], &at.y)?;
         let (xs, ys) = (x.shape(), y.shape());
         if xs.is_empty() || ys.is_empty() || xs[0] != ys[0] {
             return Err(crate::error::input(format!(
-                "{}: 'x' has shape {:?} and 'y' {:?}; both need the same first dimension N",
+                "{}: '{}' has shape {:?} and '{}' {:?}; both need the same first dimension N",
                 path.display(),
+                names[0],
                 xs,
+                names[1],
                 ys
             )));
         }
-        let spec = Spec {
-            identity: path.display().to_string(),
+        let mut spec = Spec {
+            identity: at.identity(),
             len: xs[0],
             x_shape: xs[1..].to_vec(),
-            x_kind: kind_of(path, "x", &x)?,
+            x_kind: kind_of(path, &names[0], &x)?,
             y_shape: ys[1..].to_vec(),
-            y_kind: kind_of(path, "y", &y)?,
+            y_kind: kind_of(path, &names[1], &y)?,
         };
-        check_storage(path, meta.len(), "x", &x, &xs)?;
-        check_storage(path, meta.len(), "y", &y, &ys)?;
+        check_storage(path, meta.len(), &names[0], &x, &xs)?;
+        check_storage(path, meta.len(), &names[1], &y, &ys)?;
         // A sample as read (f32 or i64) must be addressable too.
-        for (name, shape) in [("x", &spec.x_shape), ("y", &spec.y_shape)] {
+        for (name, shape) in [(&names[0], &spec.x_shape), (&names[1], &spec.y_shape)] {
             if super::memory::sample_bytes(shape, 8).is_none() {
                 return Err(crate::error::input(format!(
                     "{}: dataset '{name}' has samples of shape {shape:?}, too large to address",
@@ -376,11 +513,35 @@ impl Hdf5Data {
                 )));
             }
         }
+        let normalize = match normalize {
+            None => None,
+            Some(n) => {
+                let bad = |why: String| {
+                    crate::error::input(format!("{}: '{}' {why}", path.display(), names[0]))
+                };
+                let bytes = match x.dtype().and_then(|t| t.to_descriptor()) {
+                    Ok(TypeDescriptor::Unsigned(hdf5::types::IntSize::U1)) => true,
+                    Ok(TypeDescriptor::Float(_)) => false,
+                    Ok(other) => {
+                        return Err(bad(format!(
+                        "has type {other:?}; --mean/--std normalize uint8 images (or float data)"
+                    )))
+                    }
+                    Err(e) => return Err(bad(format!("has an unreadable type: {e}"))),
+                };
+                n.check(&spec.x_shape).map_err(bad)?;
+                spec.x_kind = Kind::Float;
+                spec.identity = format!("{}:{}", spec.identity, n.describe());
+                Some((n.clone(), bytes))
+            }
+        };
         Ok(Hdf5Data {
             spec,
             path: path.to_path_buf(),
+            names,
             x,
             y,
+            normalize,
         })
     }
 }
@@ -440,8 +601,12 @@ impl Dataset for Hdf5Data {
         &self.spec
     }
     fn read(&mut self, start: usize, count: usize) -> Result<Batch> {
-        let x = read_rows(&self.path, "x", &self.x, self.spec.x_kind, start, count)?;
-        let y = read_rows(&self.path, "y", &self.y, self.spec.y_kind, start, count)?;
+        let [xn, yn] = &self.names;
+        let mut x = read_rows(&self.path, xn, &self.x, self.spec.x_kind, start, count)?;
+        if let (Some((n, bytes)), Array::F32(a)) = (&self.normalize, &mut x) {
+            n.apply(a, *bytes);
+        }
+        let y = read_rows(&self.path, yn, &self.y, self.spec.y_kind, start, count)?;
         Ok(Batch { start, x, y })
     }
 }

@@ -11,35 +11,61 @@
 //! - `shakespeare`: 42 plays and poems as one character stream, windows of `T` (see
 //!   [`shakespeare`]).
 //! - any path ending in `.h5` / `.hdf5`: a file with datasets `x` [N, ...] and `y` [N] or [N, T],
-//!   read by slices so memory does not grow with N.
+//!   read by slices so memory does not grow with N; `FILE.h5:GROUP:x=KEY,y=KEY` names other
+//!   datasets (see [`hdf5_file`]).
+//! - `tokens:FILE[:T][:stride=S][:dtype=uint16|uint32]`: a flat token stream (`.bin`, `.npy`)
+//!   cut into windows (see [`tokens`]).
+//!
+//! `--samples A:B` ([`Samples`]) and `--limit` ([`Limited`]) restrict any of them.
 
 pub mod batch;
 pub mod check;
 pub mod fashion_mnist;
 pub mod hdf5_file;
 pub mod memory;
+pub mod normalize;
+pub mod npy;
 pub mod rng;
 pub mod shakespeare;
+pub mod tokens;
 
-pub use batch::{batches, Array, Batch, Dataset, Kind, Limited, Spec};
+pub use batch::{batches, Array, Batch, Dataset, Kind, Limited, Samples, Spec};
 pub use memory::{memory_limit, sample_bytes, samples_bytes};
+pub use normalize::Normalize;
 
 use anyhow::Result;
 
 /// What the model expects, so a data set with a free parameter (Shakespeare's window length) can
-/// fit it: the model's per-sample input shape where it is static.
+/// fit it: the model's per-sample input shape where it is static; and how the command line asks
+/// for the input to be prepared.
 #[derive(Debug, Clone, Default)]
 pub struct Hint {
     pub x_shape: Option<Vec<usize>>,
+    /// `--mean/--std`.
+    pub normalize: Option<Normalize>,
 }
 
 /// Opens a data set by name or path (see the module docs).
 pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
     let lower = spec.to_ascii_lowercase();
     if lower.ends_with(".h5") || lower.ends_with(".hdf5") || std::path::Path::new(spec).is_file() {
-        return Ok(Box::new(hdf5_file::Hdf5Data::open(std::path::Path::new(
-            spec,
-        ))?));
+        return Ok(Box::new(hdf5_file::Hdf5Data::open_at(
+            &hdf5_file::H5Spec::plain(std::path::Path::new(spec)),
+            hint.normalize.as_ref(),
+        )?));
+    }
+    if !lower.starts_with("tokens:") {
+        if let Some(at) = hdf5_file::H5Spec::parse(spec) {
+            return Ok(Box::new(hdf5_file::Hdf5Data::open_at(
+                &at?,
+                hint.normalize.as_ref(),
+            )?));
+        }
+    }
+    if hint.normalize.is_some() {
+        return Err(crate::error::input(format!(
+            "--data {spec}: --mean/--std normalize images stored in an HDF5 file; this data set is not one"
+        )));
     }
     let (name, split) = match spec.split_once(':') {
         Some((n, s)) => (n, Some(s)),
@@ -70,8 +96,34 @@ pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
             };
             Ok(Box::new(shakespeare::Shakespeare::open(t)?))
         }
+        "tokens" => {
+            let ts = tokens::parse(spec, split.unwrap_or(""))?;
+            // The window a model fixes: its per-sample input shape [T].
+            let model_window = match hint.x_shape.as_deref() {
+                Some([t]) => Some(*t),
+                _ => None,
+            };
+            Ok(Box::new(tokens::Tokens::open(&ts, model_window)?))
+        }
         _ => Err(crate::error::input(format!(
-            "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], or an .h5 file with x and y)"
+            "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], tokens:FILE[:T], or an .h5 file with x and y)"
         ))),
     }
+}
+
+/// [`open`], then `--samples A:B` (samples A..B), then `--limit N` (the first N of what is left).
+pub fn open_restricted(
+    spec: &str,
+    hint: &Hint,
+    samples: Option<(usize, usize)>,
+    limit: Option<usize>,
+) -> Result<Box<dyn Dataset>> {
+    let mut data = open(spec, hint)?;
+    if let Some((a, b)) = samples {
+        data = Box::new(Samples::new(data, a, b)?);
+    }
+    if let Some(l) = limit {
+        data = Box::new(Limited::new(data, l));
+    }
+    Ok(data)
 }

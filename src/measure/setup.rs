@@ -17,6 +17,10 @@ pub struct Pass {
     /// How the checkpoints' tensor names map to the model's (`--strip-prefix`).
     pub ckpt_names: CheckpointOptions,
     pub data: String,
+    /// `--samples A:B`: samples A..B, applied before `limit`.
+    pub samples: Option<(usize, usize)>,
+    /// `--mean/--std`.
+    pub normalize: Option<crate::data::Normalize>,
     pub limit: Option<usize>,
     pub batch: usize,
     pub loss: LossKind,
@@ -48,11 +52,9 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
     }
     let hint = crate::data::Hint {
         x_shape: model.data_input()?.sample_shape(),
+        normalize: pass.normalize.clone(),
     };
-    let mut data = crate::data::open(&pass.data, &hint)?;
-    if let Some(l) = pass.limit {
-        data = Box::new(crate::data::Limited::new(data, l));
-    }
+    let data = crate::data::open_restricted(&pass.data, &hint, pass.samples, pass.limit)?;
     let spec = data.spec().clone();
     let fit = super::check::data_fits_model(&model, &spec, pass.loss)?;
     // The --ckpt paths as a set: expanded, optimizer state skipped, read, deduped, in step order.
@@ -110,7 +112,16 @@ pub fn label(c: &Checkpoint) -> String {
 impl Setup {
     /// The results file's identity for `command` making `pass` over this setup, with the
     /// command's own `extra` attributes.
-    pub fn run_info(&self, command: &str, pass: &Pass, extra: BTreeMap<String, String>) -> RunInfo {
+    pub fn run_info(
+        &self,
+        command: &str,
+        pass: &Pass,
+        mut extra: BTreeMap<String, String>,
+    ) -> RunInfo {
+        if let Some((a, b)) = pass.samples {
+            // Also in `data` ("...[A:B]"); here as its own attribute for scripts joining shards.
+            extra.insert("data_range".into(), format!("{a}:{b}"));
+        }
         RunInfo::new(
             command,
             &pass.command_line,

@@ -67,6 +67,10 @@ pub enum Length {
 pub struct TrainPlan {
     pub model: PathBuf,
     pub data: String,
+    /// `--samples A:B`, applied before `limit`.
+    pub samples: Option<(usize, usize)>,
+    /// `--mean/--std`.
+    pub normalize: Option<crate::data::Normalize>,
     pub limit: Option<usize>,
     pub out: PathBuf,
     pub length: Length,
@@ -131,6 +135,10 @@ fn identity(plan: &TrainPlan, model: &Model, data: &crate::data::Spec) -> BTreeM
         ("loss", plan.loss.name().to_string()),
     ]
     .into_iter()
+    .chain(
+        plan.samples
+            .map(|(a, b)| ("data_range", format!("{a}:{b}"))),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
@@ -349,11 +357,9 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
     let input = model.data_input()?;
     let hint = crate::data::Hint {
         x_shape: input.sample_shape(),
+        normalize: plan.normalize.clone(),
     };
-    let mut data = crate::data::open(&data_name, &hint)?;
-    if let Some(l) = plan.limit {
-        data = Box::new(crate::data::Limited::new(data, l));
-    }
+    let mut data = crate::data::open_restricted(&data_name, &hint, plan.samples, plan.limit)?;
     let spec = data.spec().clone();
     let fit = check::data_fits_model(&model, &spec, plan.loss.targets())?;
     let mem = InMemory::load(data.as_mut(), plan.device, |b| {
@@ -419,6 +425,10 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
         ("augment", plan.augment.to_string()),
     ]
     .into_iter()
+    .chain(
+        plan.samples
+            .map(|(a, b)| ("data_range", format!("{a}:{b}"))),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let info = RunInfo::new(
