@@ -12,11 +12,16 @@
 //!   [`shakespeare`]).
 //! - any path ending in `.h5` / `.hdf5`: a file with datasets `x` [N, ...] and `y` [N] or [N, T],
 //!   read by slices so memory does not grow with N.
+//! - `imagefolder:DIR[:resize=256,crop=224,...]`: an ImageNet-layout folder of JPEG and PNG files
+//!   through torchvision's evaluation transform (see [`imagefolder`]).
 
 pub mod batch;
 pub mod check;
 pub mod fashion_mnist;
 pub mod hdf5_file;
+pub mod image_decode;
+pub mod image_ops;
+pub mod imagefolder;
 pub mod memory;
 pub mod rng;
 pub mod shakespeare;
@@ -70,6 +75,10 @@ pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
             };
             Ok(Box::new(shakespeare::Shakespeare::open(t)?))
         }
+        "imagefolder" => Ok(Box::new(imagefolder::ImageFolder::open(
+            spec,
+            split.unwrap_or(""),
+        )?)),
         _ => Err(crate::error::input(format!(
             "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], or an .h5 file with x and y)"
         ))),
