@@ -47,7 +47,7 @@ def tinted(g, i):
 def save_variant(g, i, folder):
     """Fashion-MNIST image `g` (28x28 uint8) written the i-th way; returns the file name."""
     L = Image.fromarray(g, "L")
-    v = i % 14
+    v = i % 15
     name = f"fm{i:03d}"
     up = lambda im, w, h: im.resize((w, h), Image.BICUBIC)  # noqa: E731
     if v == 0:
@@ -79,13 +79,16 @@ def save_variant(g, i, folder):
     elif v == 10:
         a = np.asarray(up(L, 64, 80)).astype(np.uint16)
         # Mostly above 255 (PIL clips I;16 to 255 in convert("RGB")), some below.
-        Image.fromarray(a * 3, "I;16").save(os.path.join(folder, name + ".png"))
+        Image.fromarray(a * 3).save(os.path.join(folder, name + ".png"))
     elif v == 11:
         up(L, 50, 50).convert("1").save(os.path.join(folder, name + ".png"))
     elif v == 12:
         up(tinted(g, i), 256, 256).save(os.path.join(folder, name + ".jpg"), quality=75)
-    else:
+    elif v == 13:
         tinted(g, i).resize((10, 7)).save(os.path.join(folder, name + ".jpg"), quality=100)
+    else:
+        # More than twice as tall as wide, shrunk: Pillow 13 resizes it vertical pass first.
+        up(tinted(g, i), 300, 700).save(os.path.join(folder, name + ".jpg"), quality=88)
 
 
 def tree(args):
@@ -115,7 +118,11 @@ def transform(args):
     steps = []
     if args.resize != "none":
         r = args.resize
-        steps.append(T.Resize(int(r) if "x" not in r else tuple(int(v) for v in r.split("x"))))
+        size = int(r) if "x" not in r else tuple(int(v) for v in r.split("x"))
+        if args.pillow == "12":
+            steps.append(lambda im: pillow12_resize(im, size))
+        else:
+            steps.append(T.Resize(size))
     if args.crop != "none":
         c = args.crop
         steps.append(T.CenterCrop(int(c) if "x" not in c else tuple(int(v) for v in c.split("x"))))
@@ -124,6 +131,14 @@ def transform(args):
     std = [float(v) for v in args.std.split("/")]
     tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     return pixels, tensor, torch
+
+
+def pillow12_resize(im, size):
+    """T.Resize(size) as Pillow 12 and older compute it: the horizontal pass, then the vertical
+    one (two resize calls, each skipping the pass whose size stays, give exactly that)."""
+    from torchvision.transforms.functional import _compute_resized_output_size
+    h, w = _compute_resized_output_size((im.height, im.width), [size] if isinstance(size, int) else list(size))
+    return im.resize((w, im.height), Image.BILINEAR).resize((w, h), Image.BILINEAR)
 
 
 def compare(args):
@@ -218,6 +233,7 @@ def main():
         s.add_argument("--crop", default="224")
         s.add_argument("--mean", default="0.485/0.456/0.406")
         s.add_argument("--std", default="0.229/0.224/0.225")
+        s.add_argument("--pillow", default="13")
     args = ap.parse_args()
     {"tree": tree, "compare": compare, "eval": eval_}[args.cmd](args)
 

@@ -120,66 +120,96 @@ fn clip8(ss: i32) -> u8 {
     (ss >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `img.resize((w, h), Image.BILINEAR)` for an RGB image, as PIL computes it: a horizontal pass
-/// over only the rows the vertical pass will read, then the vertical pass; a pass is skipped when
-/// its size does not change (PIL's `need_horizontal` / `need_vertical`).
-pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
-    if (width, height) == (img.width, img.height) {
+/// Which of Pillow's rules orders the two passes. The arithmetic of each pass is the same in
+/// every Pillow since 4.x; only the order differs, and the order changes the result by ±1 where
+/// a pass's rounding lands differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassOrder {
+    /// Pillow 13: vertical first when the height shrinks by more than twice the width does
+    /// (`dh > 0 && dh > 2 dw`, in pixels), horizontal first otherwise. For an aspect-keeping
+    /// resize that is a downscale of an image more than twice as tall as wide.
+    #[default]
+    Pillow13,
+    /// Pillow 12 and older: always horizontal first.
+    Pillow12,
+}
+
+/// `img.resize((w, h), Image.BILINEAR)` for an RGB image, as PIL computes it: two passes, each
+/// rounding to 8 bits; when the horizontal pass goes first it only resamples the rows the
+/// vertical pass will read. A pass is skipped when its size does not change (PIL's
+/// `need_horizontal` / `need_vertical`).
+pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize, order: PassOrder) -> Rgb8 {
+    let (need_h, need_v) = (width != img.width, height != img.height);
+    if !need_h && !need_v {
         return img.clone();
     }
-    let vert = coeffs(img.height, height);
-    let (first_row, rows) = if height == img.height {
-        (0, img.height)
-    } else {
-        let first = vert.bounds[0].0;
-        let (lf, lc) = vert.bounds[height - 1];
-        (first, lf + lc - first)
-    };
-    let horiz_out = if width != img.width {
-        let c = coeffs(img.width, width);
-        let mut out = Rgb8::new(width, rows);
-        for y in 0..rows {
-            let line = &img.data[(y + first_row) * img.width * 3..][..img.width * 3];
-            let dst = &mut out.data[y * width * 3..][..width * 3];
-            for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
-                let k = &c.k[xx * c.ksize..][..count];
-                let half = 1i32 << (PRECISION_BITS - 1);
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                let src = &line[xmin * 3..(xmin + count) * 3];
-                for (p, &kx) in src.chunks_exact(3).zip(k) {
-                    s0 += p[0] as i32 * kx;
-                    s1 += p[1] as i32 * kx;
-                    s2 += p[2] as i32 * kx;
-                }
-                dst[xx * 3] = clip8(s0);
-                dst[xx * 3 + 1] = clip8(s1);
-                dst[xx * 3 + 2] = clip8(s2);
-            }
-        }
-        out
-    } else {
-        // No horizontal pass: the vertical one reads the original rows (PIL's offset stays 0).
-        Rgb8 {
-            width: img.width,
-            height: img.height,
-            data: img.data.clone(),
-        }
-    };
-    if height == img.height {
-        return horiz_out;
+    let (dh, dw) = (
+        img.height as i64 - height as i64,
+        img.width as i64 - width as i64,
+    );
+    let vertical_first = order == PassOrder::Pillow13 && dh > 0 && dh > dw * 2;
+    if vertical_first {
+        let v = vertical(img, &coeffs(img.height, height), 0);
+        return if need_h {
+            horizontal(&v, &coeffs(img.width, width), 0, height)
+        } else {
+            v
+        };
     }
-    // Row offsets relative to the rows the horizontal pass kept (PIL's "shift bounds").
-    let shift = if width != img.width { first_row } else { 0 };
-    let w3 = horiz_out.width * 3;
-    let mut out = Rgb8::new(horiz_out.width, height);
+    let vert = coeffs(img.height, height);
+    if !need_h {
+        return vertical(img, &vert, 0);
+    }
+    // Only the rows from the first one the vertical pass reads to the last.
+    let first = vert.bounds[0].0;
+    let (lf, lc) = vert.bounds[height - 1];
+    let h = horizontal(img, &coeffs(img.width, width), first, lf + lc - first);
+    if need_v {
+        vertical(&h, &vert, first)
+    } else {
+        h
+    }
+}
+
+/// PIL's `_ImagingResampleHorizontal_8bpc`: rows `first..first + rows` of `img`, each output
+/// value `clip8(2^21 + sum_x p[x] k[x])`.
+fn horizontal(img: &Rgb8, c: &Coeffs, first: usize, rows: usize) -> Rgb8 {
+    let width = c.bounds.len();
+    let mut out = Rgb8::new(width, rows);
+    let half = 1i32 << (PRECISION_BITS - 1);
+    for y in 0..rows {
+        let line = &img.data[(y + first) * img.width * 3..][..img.width * 3];
+        let dst = &mut out.data[y * width * 3..][..width * 3];
+        for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
+            let k = &c.k[xx * c.ksize..][..count];
+            let (mut s0, mut s1, mut s2) = (half, half, half);
+            let src = &line[xmin * 3..(xmin + count) * 3];
+            for (p, &kx) in src.chunks_exact(3).zip(k) {
+                s0 += p[0] as i32 * kx;
+                s1 += p[1] as i32 * kx;
+                s2 += p[2] as i32 * kx;
+            }
+            dst[xx * 3] = clip8(s0);
+            dst[xx * 3 + 1] = clip8(s1);
+            dst[xx * 3 + 2] = clip8(s2);
+        }
+    }
+    out
+}
+
+/// PIL's `_ImagingResampleVertical_8bpc` over an image whose row 0 is source row `shift` (the
+/// horizontal pass kept only the rows needed).
+fn vertical(img: &Rgb8, c: &Coeffs, shift: usize) -> Rgb8 {
+    let w3 = img.width * 3;
+    let mut out = Rgb8::new(img.width, c.bounds.len());
     let mut acc = vec![0i32; w3];
-    for (yy, &(ymin, count)) in vert.bounds.iter().enumerate() {
-        let k = &vert.k[yy * vert.ksize..][..count];
+    for (yy, &(ymin, count)) in c.bounds.iter().enumerate() {
+        let k = &c.k[yy * c.ksize..][..count];
         acc.fill(1 << (PRECISION_BITS - 1));
         // Row by row rather than PIL's column by column: the same integer sums, added in the
         // same order for each output value, so the result is identical and the reads sequential.
         for (y, &ky) in k.iter().enumerate() {
-            let row = &horiz_out.data[(ymin - shift + y) * w3..][..w3];
+            let row = &img.data[(ymin - shift + y) * w3..][..w3];
             for (a, &p) in acc.iter_mut().zip(row) {
                 *a += p as i32 * ky;
             }

@@ -12,15 +12,17 @@
 //!
 //! OPTIONS, comma-separated `key=value` (defaults: torchvision's ImageNet evaluation):
 //! `resize=256` (shorter side; `HxW` for an exact size; `none`), `crop=224` (`HxW`; `none`),
-//! `mean=0.485/0.456/0.406`, `std=0.229/0.224/0.225` (one value or three), `workers=K` (decoding
-//! threads; default: the available cores).
+//! `mean=0.485/0.456/0.406`, `std=0.229/0.224/0.225` (one value or three), `pillow=13` (whose
+//! resize to match: Pillow 13 runs the vertical pass first when the height shrinks more than
+//! twice as much as the width, Pillow 12 and older never do; the two differ by ±1 in such
+//! images), `workers=K` (decoding threads; default: the available cores).
 //!
 //! Decoding and resizing run on worker threads ahead of the pass: while the model runs on one
 //! batch the workers decode the next (at most one batch ahead, so memory stays flat in N). A
 //! sample is the same floats whichever thread decoded it.
 use super::batch::{Array, Batch, Dataset, Kind, Spec};
 use super::image_decode;
-use super::image_ops::{self, Resize, Rgb8};
+use super::image_ops::{self, PassOrder, Resize, Rgb8};
 use anyhow::{Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
@@ -42,6 +44,8 @@ pub struct Transform {
     pub crop: Option<(usize, usize)>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// The Pillow release whose resize pass order to follow (`pillow=12|13`).
+    pub pillow: PassOrder,
 }
 
 impl Default for Transform {
@@ -51,6 +55,7 @@ impl Default for Transform {
             crop: Some((224, 224)),
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            pillow: PassOrder::default(),
         }
     }
 }
@@ -61,7 +66,7 @@ impl Transform {
         let img = match self.resize {
             Some(r) => {
                 let (w, h) = r.output_size(img.width, img.height);
-                image_ops::resize_bilinear(&img, w, h)
+                image_ops::resize_bilinear(&img, w, h, self.pillow)
             }
             None => img,
         };
@@ -95,8 +100,12 @@ impl Transform {
         };
         let crop = self.crop.map_or("none".into(), |(w, h)| size(w, h));
         let three = |v: [f32; 3]| v.map(|x| x.to_string()).join("/");
+        let pillow = match self.pillow {
+            PassOrder::Pillow13 => "",
+            PassOrder::Pillow12 => ",pillow=12",
+        };
         format!(
-            "resize={resize},crop={crop},mean={},std={}",
+            "resize={resize},crop={crop},mean={},std={}{pillow}",
             three(self.mean),
             three(self.std)
         )
@@ -172,6 +181,13 @@ pub fn parse(spec: &str, rest: &str) -> Result<Options> {
                     return Err(bad(format!("std={v}: a standard deviation of 0")));
                 }
             }
+            "pillow" => {
+                t.pillow = match v {
+                    "13" => PassOrder::Pillow13,
+                    "12" => PassOrder::Pillow12,
+                    _ => return Err(bad(format!("pillow={v}: expected 12 or 13"))),
+                }
+            }
             "workers" => {
                 workers = v
                     .parse::<usize>()
@@ -181,7 +197,7 @@ pub fn parse(spec: &str, rest: &str) -> Result<Options> {
             }
             _ => {
                 return Err(bad(format!(
-                    "unknown option '{k}' (resize, crop, mean, std, workers)"
+                    "unknown option '{k}' (resize, crop, mean, std, pillow, workers)"
                 )))
             }
         }
