@@ -99,17 +99,19 @@ def tree(args):
         for i in range(len(x)):
             save_variant(x[i], i + k * len(x), os.path.join(args.out, CLASSES[y[i]]))
     photos = sorted(os.listdir(args.photos)) if args.photos else []
-    for j, p in enumerate(photos):
-        folder = os.path.join(args.out, CLASSES[j % len(CLASSES)])
-        if j % 7 == 3:  # a nested folder: ImageFolder walks it, sorted by path
-            folder = os.path.join(folder, "more")
-            os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(args.photos, p), "rb") as src, \
-                open(os.path.join(folder, "photo-" + p), "wb") as dst:
-            dst.write(src.read())
+    for k in range(args.copies):
+        for j, p in enumerate(photos):
+            folder = os.path.join(args.out, CLASSES[(j + k) % len(CLASSES)])
+            if j % 7 == 3:  # a nested folder: ImageFolder walks it, sorted by path
+                folder = os.path.join(folder, "more")
+                os.makedirs(folder, exist_ok=True)
+            name = f"photo-{p}" if k == 0 else f"photo{k}-{p}"
+            with open(os.path.join(args.photos, p), "rb") as src, \
+                    open(os.path.join(folder, name), "wb") as dst:
+                dst.write(src.read())
     with open(os.path.join(args.out, CLASSES[0], "notes.txt"), "w") as f:
         f.write("not an image: ImageFolder skips it by its extension\n")
-    print(json.dumps({"fmnist": len(x) * args.copies, "photos": len(photos)}))
+    print(json.dumps({"fmnist": len(x) * args.copies, "photos": len(photos) * args.copies}))
 
 
 def transform(args):

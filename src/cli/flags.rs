@@ -20,8 +20,10 @@ pub struct Common {
     /// DistributedDataParallel saves names; `_orig_mod.`, as torch.compile does).
     #[arg(long, value_name = "PREFIX")]
     pub strip_prefix: Option<String>,
-    /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, or an HDF5
-    /// file with datasets `x` [N, ...] and `y` [N] or [N, T].
+    /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, an HDF5
+    /// file with datasets `x` [N, ...] and `y` [N] or [N, T], or `imagefolder:DIR` (ImageNet
+    /// layout, JPEG/PNG, torchvision's Resize(256) CenterCrop(224) ToTensor Normalize; options
+    /// after a colon, e.g. `imagefolder:/data/val:resize=288,crop=256,mean=0.5,std=0.5`).
     #[arg(long, value_name = "D")]
     pub data: String,
     /// Samples per batch (does not change the result; larger is faster until memory runs out).

@@ -337,7 +337,10 @@ mod tests {
             let c = coeffs(i, o);
             for (xx, &(_, n)) in c.bounds.iter().enumerate() {
                 let s: i64 = c.k[xx * c.ksize..][..n].iter().map(|&v| v as i64).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i64, "{i}->{o} at {xx}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{i}->{o} at {xx}: {s}"
+                );
             }
         }
     }

@@ -128,7 +128,9 @@ pub fn parse(spec: &str, rest: &str) -> Result<Options> {
         _ => (rest, ""),
     };
     if dir.is_empty() {
-        return Err(bad("expected imagefolder:DIR[:resize=256,crop=224,...]".into()));
+        return Err(bad(
+            "expected imagefolder:DIR[:resize=256,crop=224,...]".into()
+        ));
     }
     let mut t = Transform::default();
     let mut workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -141,8 +143,11 @@ pub fn parse(spec: &str, rest: &str) -> Result<Options> {
             Some((h, w)) => num(h).zip(num(w)),
             None => num(v).map(|s| (s, s)),
         };
-        hw.map(|(h, w)| Some((w, h)))
-            .ok_or_else(|| bad(format!("{key}={v}: expected a size in pixels, HxW, or none")))
+        hw.map(|(h, w)| Some((w, h))).ok_or_else(|| {
+            bad(format!(
+                "{key}={v}: expected a size in pixels, HxW, or none"
+            ))
+        })
     };
     let three = |v: &str, key: &str| -> Result<[f32; 3]> {
         let xs: Vec<f32> = v
@@ -153,7 +158,9 @@ pub fn parse(spec: &str, rest: &str) -> Result<Options> {
         match xs[..] {
             [a] => Ok([a; 3]),
             [a, b, c] => Ok([a, b, c]),
-            _ => Err(bad(format!("{key}={v}: expected one value or three (R/G/B)"))),
+            _ => Err(bad(format!(
+                "{key}={v}: expected one value or three (R/G/B)"
+            ))),
         }
     };
     for kv in opts.split(',').filter(|s| !s.is_empty()) {
@@ -496,7 +503,11 @@ mod tests {
         let o = parse("imagefolder:/d", "/d").unwrap();
         assert_eq!(o.dir, PathBuf::from("/d"));
         assert_eq!(o.transform, Transform::default());
-        let o = parse("s", "/a:b/d:resize=288x320,crop=none,mean=0.5,std=0.5/0.25/1").unwrap();
+        let o = parse(
+            "s",
+            "/a:b/d:resize=288x320,crop=none,mean=0.5,std=0.5/0.25/1",
+        )
+        .unwrap();
         assert_eq!(o.dir, PathBuf::from("/a:b/d"));
         assert_eq!(
             o.transform.resize,
