@@ -52,7 +52,9 @@ fn cmyk_to_rgb(cmyk: &[u8], out: &mut [u8]) {
 }
 
 mod jpeg {
-    use super::{cmyk_to_rgb, DecodeError, Rgb8};
+    // Named from the crate root: `super` here is this file, not the `data` folder.
+    use crate::data::image_decode::{cmyk_to_rgb, DecodeError};
+    use crate::data::image_ops::Rgb8;
     use std::ffi::{c_char, c_int, c_uchar, c_ulong, c_void, CStr};
 
     // The TurboJPEG 2.1 API (turbojpeg.h), only what decoding needs.

@@ -26,6 +26,7 @@ use super::image_ops::{self, PassOrder, Resize, Rgb8};
 use anyhow::{Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -228,14 +229,18 @@ fn is_image_name(name: &str) -> bool {
 }
 
 /// The classes (sorted subfolder names) and the samples `(file, class)` in `ImageFolder`'s order.
+///
+/// Names are compared as bytes (`OsString`'s order), which for UTF-8 names is Python's order of
+/// `str` (code points); folder paths as whole strings, as `sorted(os.walk(..))` compares its
+/// roots (so `a.b` comes before `a/b`, not after as a component-wise `Path` order would put it).
 pub fn list(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
     let io = |p: &Path, e: std::io::Error| crate::error::input(format!("{}: {e}", p.display()));
-    let mut classes = Vec::new();
+    let mut classes: Vec<OsString> = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let e = e.map_err(|e| io(dir, e))?;
         // `entry.is_dir()` in find_classes follows symlinks: std::fs::metadata does too.
         if std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()) {
-            classes.push(e.file_name().to_string_lossy().into_owned());
+            classes.push(e.file_name());
         }
     }
     classes.sort();
@@ -249,27 +254,24 @@ pub fn list(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
     let mut empty = Vec::new();
     for (ci, c) in classes.iter().enumerate() {
         let top = dir.join(c);
-        // (relative folder path, file names): sorted by the path string as os.walk's roots are.
-        let mut folders: Vec<(String, Vec<String>)> = Vec::new();
-        let mut stack = vec![String::new()];
+        // (folder path relative to the class folder, its file names).
+        let mut folders: Vec<(OsString, Vec<OsString>)> = Vec::new();
+        let mut stack = vec![OsString::new()];
         while let Some(rel) = stack.pop() {
-            let here = if rel.is_empty() {
-                top.clone()
-            } else {
-                top.join(&rel)
-            };
+            let here = top.join(&rel);
             let mut names = Vec::new();
             for e in std::fs::read_dir(&here).map_err(|e| io(&here, e))? {
                 let e = e.map_err(|e| io(&here, e))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let sub = if rel.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{rel}/{name}")
-                };
                 match std::fs::metadata(e.path()) {
-                    Ok(m) if m.is_dir() => stack.push(sub),
-                    _ => names.push(name),
+                    Ok(m) if m.is_dir() => {
+                        let mut sub = rel.clone();
+                        if !sub.is_empty() {
+                            sub.push("/");
+                        }
+                        sub.push(e.file_name());
+                        stack.push(sub);
+                    }
+                    _ => names.push(e.file_name()),
                 }
             }
             folders.push((rel, names));
@@ -278,17 +280,15 @@ pub fn list(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
         let before = samples.len();
         for (rel, mut names) in folders {
             names.sort();
-            for n in names.into_iter().filter(|n| is_image_name(n)) {
-                let p = if rel.is_empty() {
-                    top.join(&n)
-                } else {
-                    top.join(&rel).join(&n)
-                };
-                samples.push((p, ci));
+            for n in names
+                .into_iter()
+                .filter(|n| is_image_name(&n.to_string_lossy()))
+            {
+                samples.push((top.join(&rel).join(n), ci));
             }
         }
         if samples.len() == before {
-            empty.push(c.as_str());
+            empty.push(c.to_string_lossy());
         }
     }
     if !empty.is_empty() {
@@ -299,6 +299,10 @@ pub fn list(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
             empty.join(", ")
         )));
     }
+    let classes = classes
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
     Ok((classes, samples))
 }
 
@@ -470,11 +474,17 @@ impl Shared {
             let generation = st.generation;
             drop(st);
             let (path, class) = &self.samples[idx];
-            let r = load(path, &self.transform).map(|img| {
-                let mut x = vec![0f32; img.width * img.height * 3];
-                image_ops::normalize_into(&img, self.transform.mean, self.transform.std, &mut x);
-                Sample { x, class: *class }
-            });
+            // A panic in a decoder must reach the reader as an error: a sample that never
+            // arrives would leave it waiting forever.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load(path, &self.transform).map(|img| {
+                    let mut x = vec![0f32; img.width * img.height * 3];
+                    let (m, s) = (self.transform.mean, self.transform.std);
+                    image_ops::normalize_into(&img, m, s, &mut x);
+                    Sample { x, class: *class }
+                })
+            }))
+            .unwrap_or_else(|_| Err(format!("{}: the decoder failed", path.display())));
             st = self.state.lock().unwrap();
             if st.generation == generation {
                 st.done.insert(idx, r);
