@@ -268,3 +268,44 @@ fn tiny_cnn(dir: &Path) -> PathBuf {
     ]);
     onnx
 }
+
+#[test]
+fn unreadable_samples_are_input_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = root().join("data/cache/photos");
+    let png = std::fs::read(photos.join("chelsea.png")).unwrap();
+    let jpg = std::fs::read(photos.join("rocket.jpg")).unwrap();
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("cut.png", png[..png.len() / 2].to_vec()),
+        ("empty.jpg", vec![]),
+        ("header-only.jpg", jpg[..200].to_vec()),
+        ("text.png", b"not an image at all".to_vec()),
+    ];
+    let mut files = Vec::new();
+    for (i, (name, bytes)) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("set{i}"));
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::write(dir.join("a/good.jpg"), &jpg).unwrap();
+        let bad = dir.join("a").join(name);
+        std::fs::write(&bad, bytes).unwrap();
+        let mut data =
+            probe::data::open(&format!("imagefolder:{}", dir.display()), &Hint::default()).unwrap();
+        let e = data.read(0, 2).err().expect("an error");
+        assert_eq!(
+            probe::error::fault_of(&e),
+            Some(probe::error::Fault::Input),
+            "{e:#}"
+        );
+        let m = format!("{e:#}");
+        assert!(m.contains(&bad.display().to_string()), "{name}: {m}");
+        files.push(bad);
+    }
+    // PIL refuses every one of them too.
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        "import sys\nfrom PIL import Image\nfor p in sys.argv[1:]:\n    try:\n        Image.open(p).convert('RGB'); print('read', p)\n    except Exception as e:\n        print('refused', p)".into(),
+    ];
+    args.extend(files.iter().map(|f| f.into()));
+    let pil = py(&args);
+    assert!(!pil.contains("read "), "{pil}");
+}

@@ -147,7 +147,13 @@ mod jpeg {
                 &mut cs,
             )
         };
-        if let Some(m) = h.fatal(rc) {
+        // Any complaint about the header is fatal: with no complete header there is no image.
+        if rc != 0 || w <= 0 || ht <= 0 {
+            let m = if rc != 0 {
+                h.message()
+            } else {
+                "no image size".into()
+            };
             return Err(format!("not a readable JPEG file ({m})"));
         }
         let (w, ht) = (w as usize, ht as usize);
