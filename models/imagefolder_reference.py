@@ -13,7 +13,8 @@ images, unpacked by data/fetch.sh into data/cache/photos), a non-image file (not
 nested folder (os.walk order). `compare` reads probe's dump of the same folder (see
 tests/imagefolder.rs) and prints per-sample pixel differences as JSON. `eval` builds a seeded
 CNN for 3x224x224 inputs, exports it as models/export.py does, and writes PyTorch's mean
-cross-entropy and accuracy over the folder.
+cross-entropy and accuracy over the folder (OUT.json) and the mean loss's gradient per parameter
+(OUT.json.grad.npz).
 """
 import argparse
 import gzip
@@ -204,13 +205,21 @@ def eval_(args):
     loss = 0.0
     correct = 0
     n = 0
-    with torch.no_grad():
-        for xb, yb in loader:
-            logits = model(xb)
-            loss += torch.nn.functional.cross_entropy(logits, yb, reduction="sum").double().item()
-            correct += int((logits.argmax(1) == yb).sum())
-            n += len(yb)
+    # The gradient of the mean loss over the folder: per-batch gradients of the summed loss,
+    # added in float64, divided by N once (what probe grad computes).
+    grads = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in model.named_parameters()}
+    for xb, yb in loader:
+        logits = model(xb)
+        s = torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+        model.zero_grad()
+        s.backward()
+        for k, p in model.named_parameters():
+            grads[k] += p.grad.double()
+        loss += s.double().item()
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(yb)
     export_onnx(model, torch.randn(2, 3, 224, 224), args.onnx)
+    np.savez(args.out + ".grad.npz", **{k: (g / n).numpy() for k, g in grads.items()})
     json.dump({"loss": loss / n, "accuracy": correct / n, "n": n}, open(args.out, "w"))
     print(json.dumps({"loss": loss / n, "accuracy": correct / n, "n": n}))
 

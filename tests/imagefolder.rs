@@ -3,8 +3,9 @@
 //! scikit-learn / scikit-image sample photographs), read by probe and by `ImageFolder` with
 //! `Resize(256)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(...)`
 //! (`models/imagefolder_reference.py`). Held to: the same files in the same order with the same
-//! labels, every 8-bit pixel after resize and crop equal, every normalized float equal, and a
-//! CNN's loss through `probe eval` equal to PyTorch's to 1e-5 with the same accuracy.
+//! labels, every 8-bit pixel after resize and crop equal, every normalized float equal, a CNN's
+//! loss through `probe eval` equal to PyTorch's to 1e-5 with the same accuracy, and its
+//! full-data gradient through `probe grad` equal to PyTorch's to 1e-5 of each tensor's largest.
 mod common;
 
 use common::*;
@@ -148,7 +149,7 @@ fn other_sizes_and_normalization_equal_torchvisions() {
 }
 
 #[test]
-fn eval_loss_equals_pytorchs() {
+fn eval_loss_and_grad_equal_pytorchs() {
     let dir = tree();
     let tmp = tempfile::tempdir().unwrap();
     let onnx = tmp.path().join("cnn.onnx");
@@ -195,6 +196,30 @@ fn eval_loss_equals_pytorchs() {
         "{}",
         d["attrs"]["data"]
     );
+    // probe grad on the same folder: every parameter's full-data gradient against PyTorch's.
+    let g = tmp.path().join("grad.h5");
+    probe(&[
+        "grad".as_ref(),
+        "--model".as_ref(),
+        onnx.as_os_str(),
+        "--data".as_ref(),
+        data.as_ref(),
+        "--batch".as_ref(),
+        "16".as_ref(),
+        "--save-grad".as_ref(),
+        "--out".as_ref(),
+        g.as_os_str(),
+    ])
+    .ok();
+    let worst = py(&[
+        "-c".as_ref(),
+        "import sys, h5py, numpy as np\nref = np.load(sys.argv[2])\nworst = 0.0\nwith h5py.File(sys.argv[1]) as f:\n    for k in ref.files:\n        got = f['grad/full/' + k][0]\n        worst = max(worst, float(np.abs(got - ref[k]).max() / np.abs(ref[k]).max()))\nprint(worst)".as_ref(),
+        g.as_os_str(),
+        std::ffi::OsString::from(format!("{}.grad.npz", refj.display())).as_os_str(),
+    ]);
+    let worst: f64 = worst.trim().parse().unwrap();
+    eprintln!("probe grad vs PyTorch: max |diff| / max |grad| over tensors {worst:.2e}");
+    assert!(worst < 1e-5, "gradient differs from PyTorch's by {worst:e}");
 }
 
 #[test]
