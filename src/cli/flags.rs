@@ -22,10 +22,13 @@ pub struct Common {
     pub strip_prefix: Option<String>,
     /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, an HDF5
     /// file with datasets `x` [N, ...] and `y` [N] or [N, T] (`FILE.h5`, or
-    /// `FILE.h5:GROUP:x=KEY,y=KEY` for other names), or a token stream
+    /// `FILE.h5:GROUP:x=KEY,y=KEY` for other names), a token stream
     /// `tokens:FILE[:T][:stride=S][:dtype=uint16|uint32]` (`.bin` as nanoGPT writes it, or
-    /// `.npy`). Examples: `--data runs/val.h5:val:x=images,y=labels --mean 0.485,0.456,0.406
-    /// --std 0.229,0.224,0.225`; `--data tokens:owt/val.bin:1024:stride=512`.
+    /// `.npy`), or `imagefolder:DIR` (ImageNet layout, JPEG/PNG, torchvision's Resize(256)
+    /// CenterCrop(224) ToTensor Normalize; options after a colon). Examples: `--data
+    /// runs/val.h5:val:x=images,y=labels --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225`;
+    /// `--data tokens:owt/val.bin:1024:stride=512`;
+    /// `--data imagefolder:/data/imagenet/val:resize=288,crop=256`.
     #[arg(long, value_name = "D")]
     pub data: String,
     #[command(flatten)]

@@ -15,6 +15,8 @@
 //!   datasets (see [`hdf5_file`]).
 //! - `tokens:FILE[:T][:stride=S][:dtype=uint16|uint32]`: a flat token stream (`.bin`, `.npy`)
 //!   cut into windows (see [`tokens`]).
+//! - `imagefolder:DIR[:resize=256,crop=224,...]`: an ImageNet-layout folder of JPEG and PNG files
+//!   through torchvision's evaluation transform (see [`imagefolder`]).
 //!
 //! `--samples A:B` ([`Samples`]) and `--limit` ([`Limited`]) restrict any of them.
 
@@ -22,6 +24,9 @@ pub mod batch;
 pub mod check;
 pub mod fashion_mnist;
 pub mod hdf5_file;
+pub mod image_decode;
+pub mod image_ops;
+pub mod imagefolder;
 pub mod memory;
 pub mod normalize;
 pub mod npy;
@@ -105,8 +110,12 @@ pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
             };
             Ok(Box::new(tokens::Tokens::open(&ts, model_window)?))
         }
+        "imagefolder" => Ok(Box::new(imagefolder::ImageFolder::open(
+            spec,
+            split.unwrap_or(""),
+        )?)),
         _ => Err(crate::error::input(format!(
-            "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], tokens:FILE[:T], or an .h5 file with x and y)"
+            "--data {spec}: no such file, and not a data set probe knows (fashion-mnist[:train|:test], shakespeare[:T], tokens:FILE[:T], imagefolder:DIR, or an .h5 file with x and y)"
         ))),
     }
 }
