@@ -606,3 +606,84 @@ fn many_unusable_checkpoints_give_one_short_error() {
         );
     }
 }
+
+/// `--ckpts-per-pass`: checkpoints measured together in one pass over the data give exactly the
+/// rows of one pass each (every dataset but the timing, --noise's moments and --save-grad's full
+/// gradients included), in groups of all of them and in groups that do not divide them.
+#[test]
+fn several_checkpoints_in_one_pass_equal_one_pass_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = model("mlp.onnx");
+    let data = fm(130, dir.path());
+    let mut ckpts = Vec::new();
+    for (k, s) in [1.0f32, 0.9, 1.3, 1.1].iter().enumerate() {
+        let p = dir.path().join(format!("step-{:08}.safetensors", 5 * k));
+        write_ckpt(&p, &own_state(&mlp, |x| x * s + 0.01 * k as f32), &[]);
+        ckpts.push(p.to_str().unwrap().to_string());
+    }
+    let run = |group: &str, out: &Path| {
+        let mut a: Vec<String> = [
+            "grad",
+            "--model",
+            mlp.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--batch",
+            "32",
+            "--noise",
+            "--save-grad",
+            "--ckpts-per-pass",
+            group,
+            "--out",
+            out.to_str().unwrap(),
+            "--ckpt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(ckpts.iter().cloned());
+        probe(&a).ok()
+    };
+    let dump = |group: &str| {
+        let out = dir.path().join(format!("g{group}.h5"));
+        let o = run(group, &out);
+        let mut d = h5_dump(&out);
+        let ds = d["datasets"].as_object_mut().unwrap();
+        ds.retain(|k, _| k != "seconds");
+        (d, o.stdout)
+    };
+    let (one, _) = dump("1");
+    assert_eq!(
+        i64s(&one["datasets"]["checkpoints/step"]),
+        vec![0, 5, 10, 15]
+    );
+    assert!(one["datasets"].as_object().unwrap().len() > 10);
+    for group in ["4", "3"] {
+        let (d, _) = dump(group);
+        assert_eq!(d["datasets"], one["datasets"], "--ckpts-per-pass {group}");
+    }
+    // probe eval the same way.
+    let eval = |group: &str| {
+        let out = dir.path().join(format!("e{group}.h5"));
+        let mut a: Vec<String> = ["eval", "--model", mlp.to_str().unwrap(), "--data"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let tail = ["--batch", "32", "--ckpts-per-pass", group, "--out"];
+        a.push(data.to_str().unwrap().into());
+        a.extend(tail.iter().map(|s| s.to_string()));
+        a.push(out.to_str().unwrap().into());
+        a.push("--ckpt".into());
+        a.extend(ckpts.iter().cloned());
+        probe(&a).ok();
+        let mut d = h5_dump(&out);
+        d["datasets"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| k != "seconds");
+        d["datasets"].clone()
+    };
+    let e1 = eval("1");
+    assert_eq!(i64s(&e1["checkpoints/step"]), vec![0, 5, 10, 15]);
+    assert_eq!(eval("3"), e1, "probe eval --ckpts-per-pass 3");
+}

@@ -44,6 +44,13 @@ pub struct Common {
     pub loss: Loss,
     #[command(flatten)]
     pub threads: Threads,
+    /// Checkpoints measured together in one pass over the data: each batch is read and decoded
+    /// once and every checkpoint of the group computed on it (results identical to one pass
+    /// each; worth it where reading the data costs, as with an image folder). Default: as many
+    /// as fit in 2 GiB or a quarter of free memory (grad: their f64 gradient sums; eval: their
+    /// weights), at most 8. Rows are written when their group's pass ends.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub ckpts_per_pass: Option<u64>,
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
     #[arg(long, value_name = "R.h5")]
     pub out: PathBuf,
@@ -66,6 +73,7 @@ impl Common {
             normalize: self.prep.normalize(),
             limit: self.limit.map(|l| l as usize),
             batch: self.batch as usize,
+            ckpts_per_pass: self.ckpts_per_pass.map(|k| k as usize),
             loss: self.loss.into(),
             threads: self.threads.count(),
             out: self.out,

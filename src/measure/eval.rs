@@ -33,55 +33,84 @@ pub fn evaluate(
     fit: &Fit,
     progress: &mut Progress,
 ) -> Result<EvalResult> {
+    let mut r = evaluate_many(session, graph, &[ckpt], data, batch, fit, progress)?;
+    Ok(r.remove(0))
+}
+
+/// One pass over the data for several checkpoints: each batch is read (and decoded) once and
+/// run with every checkpoint's weights in turn. Each checkpoint sees the same batches in the
+/// same order as a pass of its own, so its result is identical to [`evaluate`]; `seconds` is
+/// the pass's time divided among the checkpoints.
+pub fn evaluate_many(
+    session: &mut Session,
+    graph: &EvalGraph,
+    ckpts: &[&Checkpoint],
+    data: &mut dyn Dataset,
+    batch: usize,
+    fit: &Fit,
+    progress: &mut Progress,
+) -> Result<Vec<EvalResult>> {
     let t0 = std::time::Instant::now();
-    let state = state_arrays(&graph.inputs.state, ckpt)?;
+    let states = ckpts
+        .iter()
+        .map(|c| state_arrays(&graph.inputs.state, c))
+        .collect::<Result<Vec<_>>>()?;
     let spec = data.spec().clone();
-    let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
+    // Per checkpoint: loss sum, correct sum, elements.
+    let mut sums = vec![(0f64, 0f64, 0usize); ckpts.len()];
     for (start, count) in batches(spec.len, batch) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        let inputs = feed(&graph.inputs, &b, &state)?;
-        let out = session.run(inputs).map_err(|e| {
-            anyhow!(
-                "{}: ONNX Runtime failed on samples {}..{}: {e}",
-                ckpt.path.display(),
-                start,
-                start + count
-            )
-        })?;
-        let l = out[graph.loss.as_str()].try_extract_array::<f32>()?;
-        let s: f64 = l.iter().map(|&v| v as f64).sum();
-        if !s.is_finite() {
-            return Err(crate::error::non_finite(format!(
-                "{}: non-finite loss ({s}) on samples {}..{} of {}",
-                ckpt.path.display(),
-                start,
-                start + count,
-                spec.identity
-            )));
-        }
-        loss_sum += s;
-        elements += l.len();
-        if let Some(c) = &graph.correct {
-            correct_sum += out[c.as_str()]
-                .try_extract_array::<f32>()?
-                .iter()
-                .map(|&v| v as f64)
-                .sum::<f64>();
+        for ((ckpt, state), (loss_sum, correct_sum, elements)) in
+            ckpts.iter().zip(&states).zip(sums.iter_mut())
+        {
+            let inputs = feed(&graph.inputs, &b, state)?;
+            let out = session.run(inputs).map_err(|e| {
+                anyhow!(
+                    "{}: ONNX Runtime failed on samples {}..{}: {e}",
+                    ckpt.path.display(),
+                    start,
+                    start + count
+                )
+            })?;
+            let l = out[graph.loss.as_str()].try_extract_array::<f32>()?;
+            let s: f64 = l.iter().map(|&v| v as f64).sum();
+            if !s.is_finite() {
+                return Err(crate::error::non_finite(format!(
+                    "{}: non-finite loss ({s}) on samples {}..{} of {}",
+                    ckpt.path.display(),
+                    start,
+                    start + count,
+                    spec.identity
+                )));
+            }
+            *loss_sum += s;
+            *elements += l.len();
+            if let Some(c) = &graph.correct {
+                *correct_sum += out[c.as_str()]
+                    .try_extract_array::<f32>()?
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
         }
         progress.inc(count as u64);
     }
-    Ok(EvalResult {
-        loss: loss_sum / elements as f64,
-        accuracy: if graph.correct.is_some() {
-            correct_sum / elements as f64
-        } else {
-            f64::NAN
-        },
-        samples: spec.len,
-        elements,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
+    Ok(sums
+        .into_iter()
+        .map(|(loss_sum, correct_sum, elements)| EvalResult {
+            loss: loss_sum / elements as f64,
+            accuracy: if graph.correct.is_some() {
+                correct_sum / elements as f64
+            } else {
+                f64::NAN
+            },
+            samples: spec.len,
+            elements,
+            seconds,
+        })
+        .collect())
 }
 
 /// One printed and stored row.
@@ -112,39 +141,58 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
     let done = store.done();
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
-        for c in &ckpts {
-            if !setup::pending(c, &done, plan) {
-                continue;
-            }
-            let (path, label) = (c.path.display().to_string(), setup::label(c));
+        let todo: Vec<&Checkpoint> = ckpts
+            .iter()
+            .filter(|c| setup::pending(c, &done, plan))
+            .collect();
+        let numel: u64 = graph
+            .inputs
+            .state
+            .iter()
+            .filter_map(|n| ckpts.first()?.tensors.get(n))
+            .map(|t| t.numel() as u64)
+            .sum();
+        let group = plan
+            .ckpts_per_pass
+            .unwrap_or_else(|| setup::group_size(numel * 4))
+            .max(1);
+        for chunk in todo.chunks(group) {
+            let first = setup::label(chunk[0]);
+            let label = match chunk.len() {
+                1 => first,
+                n => format!("{first} and {} more", n - 1),
+            };
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
-            let r = evaluate(
+            let results = evaluate_many(
                 &mut session,
                 &graph,
-                c,
+                chunk,
                 data.as_mut(),
                 plan.batch,
                 &fit,
                 &mut progress,
             )?;
             progress.finish();
-            store.append(&vec![
-                ("loss".into(), Cell::F64(r.loss)),
-                ("accuracy".into(), Cell::F64(r.accuracy)),
-                ("samples".into(), Cell::I64(r.samples as i64)),
-                ("elements".into(), Cell::I64(r.elements as i64)),
-                ("seconds".into(), Cell::F64(r.seconds)),
-                ("checkpoints/path".into(), Cell::Str(path.clone())),
-                ("checkpoints/step".into(), Cell::I64(c.step)),
-                ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
-            ])?;
-            let row = EvalRow {
-                path,
-                step: c.step,
-                result: r,
-            };
-            on_row(&row);
-            rows.push(row);
+            for (c, r) in chunk.iter().zip(results) {
+                let path = c.path.display().to_string();
+                store.append(&vec![
+                    ("loss".into(), Cell::F64(r.loss)),
+                    ("accuracy".into(), Cell::F64(r.accuracy)),
+                    ("samples".into(), Cell::I64(r.samples as i64)),
+                    ("elements".into(), Cell::I64(r.elements as i64)),
+                    ("seconds".into(), Cell::F64(r.seconds)),
+                    ("checkpoints/path".into(), Cell::Str(path.clone())),
+                    ("checkpoints/step".into(), Cell::I64(c.step)),
+                    ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
+                ])?;
+                let row = EvalRow {
+                    path,
+                    step: c.step,
+                    result: r,
+                };
+                on_row(&row);
+                rows.push(row);
+            }
         }
         Ok(())
     })();

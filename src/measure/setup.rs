@@ -23,6 +23,9 @@ pub struct Pass {
     pub normalize: Option<crate::data::Normalize>,
     pub limit: Option<usize>,
     pub batch: usize,
+    /// `--ckpts-per-pass`: checkpoints measured together in one pass over the data (None: as
+    /// many as fit the memory budget of the measurement).
+    pub ckpts_per_pass: Option<usize>,
     pub loss: LossKind,
     pub threads: usize,
     pub out: PathBuf,
@@ -132,4 +135,15 @@ impl Setup {
             extra,
         )
     }
+}
+
+/// How many checkpoints share a pass by default (`--ckpts-per-pass`), each holding `bytes` of
+/// its own for the whole pass: as many as fit in 2 GiB or a quarter of the memory still free,
+/// at most 8, at least 1.
+pub fn group_size(bytes: u64) -> usize {
+    let budget = crate::data::memory_limit()
+        .map(|m| m / 4)
+        .unwrap_or(u64::MAX)
+        .min(2 << 30);
+    ((budget / bytes.max(1)) as usize).clamp(1, 8)
 }

@@ -18,7 +18,7 @@
 use super::engine::open::{open, EngineOptions};
 use super::hessian::HessianOptions;
 use super::noise::NoiseOptions;
-use super::setup::{label, pending, setup, Pass, Setup};
+use super::setup::{group_size, label, pending, setup, Pass, Setup};
 use crate::autodiff::grad::Kernels;
 use crate::model::Model;
 use crate::progress::Progress;
@@ -31,7 +31,7 @@ pub mod pass;
 pub mod row;
 
 pub use super::engine::Engine;
-pub use pass::{full_gradient, GradResult, OnNonFinite};
+pub use pass::{full_gradient, full_gradients, GradResult, OnNonFinite};
 pub use row::GradRow;
 
 pub struct GradPlan {
@@ -82,17 +82,30 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let mut history = History::new(&names, &all[0]);
     let mut rows = Vec::new();
     let mut nonfinite_rows = 0;
+    let todo: Vec<usize> = (0..all.len())
+        .filter(|&k| k % shards == shard && pending(&all[k], &done, &plan.pass))
+        .collect();
+    let numel: usize = names
+        .iter()
+        .map(|n| all[0].tensors.get(n).map(|t| t.numel()).unwrap_or(0))
+        .sum();
+    let group = plan
+        .pass
+        .ckpts_per_pass
+        .unwrap_or_else(|| group_size(numel as u64 * 8 * if plan.noise.is_some() { 2 } else { 1 }))
+        .max(1);
     let result = (|| -> Result<()> {
-        for (k, c) in all.iter().enumerate() {
-            if k % shards != shard || !pending(c, &done, &plan.pass) {
-                continue;
-            }
-            let label = label(c);
-            let mut progress = Progress::new(&label, spec.len as u64, plan.pass.quiet);
-            let row_start = std::time::Instant::now();
-            let r = full_gradient(
+        for chunk in todo.chunks(group) {
+            let first = label(&all[chunk[0]]);
+            let group_label = match chunk.len() {
+                1 => first,
+                n => format!("{first} and {} more", n - 1),
+            };
+            let mut progress = Progress::new(&group_label, spec.len as u64, plan.pass.quiet);
+            let ckpts: Vec<&crate::model::Checkpoint> = chunk.iter().map(|&k| &all[k]).collect();
+            let results = full_gradients(
                 engine.as_mut(),
-                c,
+                &ckpts,
                 data.as_mut(),
                 plan.pass.batch,
                 fit.classes,
@@ -101,44 +114,54 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 &mut progress,
             )?;
             progress.finish();
-            if !r.nonfinite_batches.is_empty() {
-                nonfinite_rows += 1;
+            for (&k, r) in chunk.iter().zip(results) {
+                let c = &all[k];
+                let label = label(c);
+                let row_start = std::time::Instant::now();
+                if !r.nonfinite_batches.is_empty() {
+                    nonfinite_rows += 1;
+                }
+                let weights = history.at(&names, &all, k);
+                let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
+                if let Some(o) = &plan.noise {
+                    let (e, d) = (engine.as_mut(), data.as_mut());
+                    // The group's pass left the engine holding its last checkpoint.
+                    if chunk.len() > 1 {
+                        e.load(c)?;
+                    }
+                    let s = pass::sample_noise(e, d, o, &r, c, &label, plan.pass.quiet)?;
+                    out.b_noise = Some(row::noise(&mut row, &r, s.as_ref(), out.grad_l2));
+                }
+                if let (Some(h), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
+                    let (e, d) = (he.as_mut(), data.as_mut());
+                    let cv = pass::curvature(
+                        e,
+                        c,
+                        d,
+                        plan.pass.batch,
+                        h,
+                        &names,
+                        &r,
+                        &label,
+                        plan.pass.quiet,
+                    )?;
+                    let block = he.hvp_params().to_vec();
+                    out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
+                }
+                if let Some(l) = plan.weight_decay {
+                    out.grad_reg_l2 = Some(row::weight_decay(&mut row, &r.grads, &weights.w, l));
+                }
+                if plan.save_grad {
+                    row::full_gradient(&mut row, &names, &r.grads, c);
+                }
+                // The pass's share (its time over the group's checkpoints) and this row's own work.
+                out.seconds = r.seconds + row_start.elapsed().as_secs_f64();
+                row::set_seconds(&mut row, out.seconds);
+                store.append(&row)?;
+                history.keep(k, weights);
+                on_row(&out);
+                rows.push(out);
             }
-            let weights = history.at(&names, &all, k);
-            let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
-            if let Some(o) = &plan.noise {
-                let (e, d) = (engine.as_mut(), data.as_mut());
-                let s = pass::sample_noise(e, d, o, &r, c, &label, plan.pass.quiet)?;
-                out.b_noise = Some(row::noise(&mut row, &r, s.as_ref(), out.grad_l2));
-            }
-            if let (Some(h), Some(he)) = (&plan.hessian, hvp_engine.as_mut()) {
-                let (e, d) = (he.as_mut(), data.as_mut());
-                let cv = pass::curvature(
-                    e,
-                    c,
-                    d,
-                    plan.pass.batch,
-                    h,
-                    &names,
-                    &r,
-                    &label,
-                    plan.pass.quiet,
-                )?;
-                let block = he.hvp_params().to_vec();
-                out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
-            }
-            if let Some(l) = plan.weight_decay {
-                out.grad_reg_l2 = Some(row::weight_decay(&mut row, &r.grads, &weights.w, l));
-            }
-            if plan.save_grad {
-                row::full_gradient(&mut row, &names, &r.grads, c);
-            }
-            out.seconds = row_start.elapsed().as_secs_f64();
-            row::set_seconds(&mut row, out.seconds);
-            store.append(&row)?;
-            history.keep(k, weights);
-            on_row(&out);
-            rows.push(out);
         }
         Ok(())
     })();

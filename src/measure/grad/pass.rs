@@ -48,86 +48,149 @@ pub fn full_gradient(
     noise: bool,
     progress: &mut Progress,
 ) -> Result<GradResult> {
+    let mut r = full_gradients(
+        engine,
+        &[ckpt],
+        data,
+        batch,
+        classes,
+        on_nonfinite,
+        noise,
+        progress,
+    )?;
+    Ok(r.remove(0))
+}
+
+/// One checkpoint's running sums over the batches.
+struct Sums {
+    acc: Vec<Vec<f64>>,
+    noise: Option<BatchSums>,
+    loss: f64,
+    correct: f64,
+    has_correct: bool,
+    elements: usize,
+    nonfinite: Vec<usize>,
+}
+
+/// One pass over the data for several checkpoints at once: each batch is read (and decoded)
+/// once and every checkpoint's gradient computed on it in turn, so the data's cost is paid once
+/// for all of them. Each checkpoint's sums see exactly the batches, in the same order, with the
+/// same engine, as a pass of its own: the results are identical to [`full_gradient`] per
+/// checkpoint. `seconds` of each result is the pass's time divided among its checkpoints.
+#[allow(clippy::too_many_arguments)]
+pub fn full_gradients(
+    engine: &mut dyn BatchEngine,
+    ckpts: &[&Checkpoint],
+    data: &mut dyn Dataset,
+    batch: usize,
+    classes: Option<usize>,
+    on_nonfinite: OnNonFinite,
+    noise: bool,
+    progress: &mut Progress,
+) -> Result<Vec<GradResult>> {
     let t0 = std::time::Instant::now();
-    engine.load(ckpt)?;
     let spec = data.spec().clone();
-    let mut acc: Vec<Vec<f64>> = engine
-        .params()
+    let mut sums: Vec<Sums> = ckpts
         .iter()
-        .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
+        .map(|ckpt| {
+            let acc: Vec<Vec<f64>> = engine
+                .params()
+                .iter()
+                .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
+                .collect();
+            Sums {
+                noise: noise.then(|| BatchSums::new(&acc)),
+                acc,
+                loss: 0.0,
+                correct: 0.0,
+                has_correct: false,
+                elements: 0,
+                nonfinite: Vec::new(),
+            }
+        })
         .collect();
-    let mut sums = noise.then(|| BatchSums::new(&acc));
-    let (mut loss_sum, mut correct_sum, mut elements) = (0f64, 0f64, 0usize);
-    let mut has_correct = false;
-    let mut nonfinite = Vec::new();
+    if let [only] = ckpts {
+        engine.load(only)?;
+    }
     for (bi, (start, count)) in batches(spec.len, batch).enumerate() {
         let b = data.read(start, count)?;
         targets_in_range(&b, classes, &spec.identity)?;
         let per_sample: usize = b.y.shape()[1..].iter().product();
-        let r = engine.batch(&b).with_context(|| {
-            format!(
-                "{}: samples {}..{}",
-                ckpt.path.display(),
-                start,
-                start + count
-            )
-        })?;
-        let finite = r.loss.is_finite() && r.grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
-        if !finite {
-            let msg = format!(
-                "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
-                ckpt.path.display(),
-                start,
-                start + count,
-                spec.identity
-            );
-            if on_nonfinite == OnNonFinite::Stop {
-                return Err(crate::error::non_finite(format!(
-                    "{msg} (--on-nonfinite continue records NaN and goes on)"
-                )));
+        for (ckpt, s) in ckpts.iter().zip(sums.iter_mut()) {
+            if ckpts.len() > 1 {
+                engine.load(ckpt)?;
             }
-            eprintln!("warning: {msg}");
-            nonfinite.push(bi);
-            progress.inc(count as u64);
-            continue;
-        }
-        for (a, v) in acc.iter_mut().zip(&r.grads) {
-            for (s, &x) in a.iter_mut().zip(v.iter()) {
-                *s += x as f64;
+            let r = engine.batch(&b).with_context(|| {
+                format!(
+                    "{}: samples {}..{}",
+                    ckpt.path.display(),
+                    start,
+                    start + count
+                )
+            })?;
+            let finite =
+                r.loss.is_finite() && r.grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
+            if !finite {
+                let msg = format!(
+                    "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
+                    ckpt.path.display(),
+                    start,
+                    start + count,
+                    spec.identity
+                );
+                if on_nonfinite == OnNonFinite::Stop {
+                    return Err(crate::error::non_finite(format!(
+                        "{msg} (--on-nonfinite continue records NaN and goes on)"
+                    )));
+                }
+                eprintln!("warning: {msg}");
+                s.nonfinite.push(bi);
+                continue;
             }
-        }
-        if let Some(n) = sums.as_mut() {
-            n.add(&r.grads, (count * per_sample.max(1)) as f64);
-        }
-        loss_sum += r.loss;
-        elements += count * per_sample.max(1);
-        if let Some(c) = r.correct {
-            correct_sum += c;
-            has_correct = true;
+            for (a, v) in s.acc.iter_mut().zip(&r.grads) {
+                for (x, &g) in a.iter_mut().zip(v.iter()) {
+                    *x += g as f64;
+                }
+            }
+            if let Some(n) = s.noise.as_mut() {
+                n.add(&r.grads, (count * per_sample.max(1)) as f64);
+            }
+            s.loss += r.loss;
+            s.elements += count * per_sample.max(1);
+            if let Some(c) = r.correct {
+                s.correct += c;
+                s.has_correct = true;
+            }
         }
         progress.inc(count as u64);
     }
-    let m = elements.max(1) as f64;
-    let nan = !nonfinite.is_empty();
-    for a in acc.iter_mut() {
-        for s in a.iter_mut() {
-            *s = if nan { f64::NAN } else { *s / m };
-        }
-    }
-    Ok(GradResult {
-        loss: if nan { f64::NAN } else { loss_sum / m },
-        accuracy: if has_correct && !nan {
-            correct_sum / m
-        } else {
-            f64::NAN
-        },
-        samples: spec.len,
-        elements,
-        grads: acc,
-        nonfinite_batches: nonfinite,
-        batch_noise: sums,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
+    Ok(sums
+        .into_iter()
+        .map(|mut s| {
+            let m = s.elements.max(1) as f64;
+            let nan = !s.nonfinite.is_empty();
+            for a in s.acc.iter_mut() {
+                for x in a.iter_mut() {
+                    *x = if nan { f64::NAN } else { *x / m };
+                }
+            }
+            GradResult {
+                loss: if nan { f64::NAN } else { s.loss / m },
+                accuracy: if s.has_correct && !nan {
+                    s.correct / m
+                } else {
+                    f64::NAN
+                },
+                samples: spec.len,
+                elements: s.elements,
+                grads: s.acc,
+                nonfinite_batches: s.nonfinite,
+                batch_noise: s.noise,
+                seconds,
+            }
+        })
+        .collect())
 }
 
 /// The per-sample part of `--noise` over the first samples of the data (none when the gradient
