@@ -188,40 +188,63 @@ def build_cnn(seed=0):
     ).eval()
 
 
+def build_resnet18(n_classes, seed=0):
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=n_classes).eval()
+
+
 def eval_(args):
+    """PyTorch's full-data loss, accuracy and gradient of a model on the folder (float32, as
+    researchers run it; with --f64 also in float64 on the same inputs, the reference the
+    float32 results are held to). Writes the model as ONNX, the numbers as JSON to `out`, the
+    gradients to `out`.grad.npz (and `out`.grad64.npz)."""
     import torch
     from torchvision.datasets import ImageFolder
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from export import export_onnx
     pixels, tensor, _ = transform(args)
-    model = build_cnn()
-    with torch.no_grad():
-        # Larger weights than the default init, so the loss is far from log(10) and a pixel off
-        # anywhere would show.
-        for p in model.parameters():
-            p.mul_(4.0)
     ds = ImageFolder(args.dir, transform=lambda im: tensor(pixels(im)))
+    if args.arch == "resnet18":
+        model = build_resnet18(len(ds.classes))
+    else:
+        model = build_cnn()
+        with torch.no_grad():
+            # Larger weights than the default init, so the loss is far from log(10) and a pixel
+            # off anywhere would show.
+            for p in model.parameters():
+                p.mul_(4.0)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=False)
-    loss = 0.0
-    correct = 0
-    n = 0
-    # The gradient of the mean loss over the folder: per-batch gradients of the summed loss,
-    # added in float64, divided by N once (what probe grad computes).
-    grads = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in model.named_parameters()}
-    for xb, yb in loader:
-        logits = model(xb)
-        s = torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
-        model.zero_grad()
-        s.backward()
-        for k, p in model.named_parameters():
-            grads[k] += p.grad.double()
-        loss += s.double().item()
-        correct += int((logits.argmax(1) == yb).sum())
-        n += len(yb)
+
+    def full(m, dtype):
+        # The gradient of the mean loss over the folder: per-batch gradients of the summed
+        # loss, added in float64, divided by N once (what probe grad computes).
+        loss, correct, n = 0.0, 0, 0
+        grads = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in m.named_parameters()}
+        for xb, yb in loader:
+            logits = m(xb.to(dtype))
+            s = torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+            m.zero_grad()
+            s.backward()
+            for k, p in m.named_parameters():
+                grads[k] += p.grad.double()
+            loss += s.double().item()
+            correct += int((logits.argmax(1) == yb).sum())
+            n += len(yb)
+        return loss / n, correct / n, n, {k: (g / n).numpy() for k, g in grads.items()}
+
     export_onnx(model, torch.randn(2, 3, 224, 224), args.onnx)
-    np.savez(args.out + ".grad.npz", **{k: (g / n).numpy() for k, g in grads.items()})
-    json.dump({"loss": loss / n, "accuracy": correct / n, "n": n}, open(args.out, "w"))
-    print(json.dumps({"loss": loss / n, "accuracy": correct / n, "n": n}))
+    loss, acc, n, grads = full(model, torch.float32)
+    np.savez(args.out + ".grad.npz", **grads)
+    r = {"loss": loss, "accuracy": acc, "n": n}
+    if args.f64:
+        import copy
+        loss64, acc64, _, grads64 = full(copy.deepcopy(model).double(), torch.float64)
+        np.savez(args.out + ".grad64.npz", **grads64)
+        r.update(loss64=loss64, accuracy64=acc64)
+    json.dump(r, open(args.out, "w"))
+    print(json.dumps(r))
 
 
 def main():
@@ -240,6 +263,8 @@ def main():
         else:
             s.add_argument("onnx")
             s.add_argument("out")
+            s.add_argument("--arch", choices=["cnn", "resnet18"], default="cnn")
+            s.add_argument("--f64", action="store_true")
         s.add_argument("--resize", default="256")
         s.add_argument("--crop", default="224")
         s.add_argument("--mean", default="0.485/0.456/0.406")

@@ -334,3 +334,102 @@ fn unreadable_samples_are_input_errors_naming_the_file() {
     let pil = py(&args);
     assert!(!pil.contains("read "), "{pil}");
 }
+
+/// The acceptance: torchvision's resnet18 (random init, 10 classes, eval mode) on a few
+/// hundred real images (200 Fashion-MNIST re-encodings and the 28 photographs twice) through
+/// the default transform: `probe eval`'s loss equal to PyTorch's to 1e-5 with the same
+/// accuracy, and `probe grad`'s gradient as close to PyTorch float64's as PyTorch float32's is:
+/// the worst tensor's relative L2 error within 2x of float32's worst (the zoo's rule, README).
+#[test]
+fn resnet18_on_a_few_hundred_images_equals_pytorch() {
+    let photos = root().join("data/cache/photos");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("imagenet");
+    let s = |v: &str| std::ffi::OsString::from(v);
+    let counts = py(&[
+        model("imagefolder_reference.py").into_os_string(),
+        s("tree"),
+        dir.clone().into_os_string(),
+        s("--photos"),
+        photos.into_os_string(),
+        s("--fmnist"),
+        s("100"),
+        s("--copies"),
+        s("2"),
+    ]);
+    eprintln!("tree: {counts}");
+    let onnx = tmp.path().join("resnet18.onnx");
+    let refj = tmp.path().join("ref.json");
+    py(&[
+        model("imagefolder_reference.py").into_os_string(),
+        s("eval"),
+        dir.clone().into_os_string(),
+        onnx.clone().into_os_string(),
+        refj.clone().into_os_string(),
+        s("--arch"),
+        s("resnet18"),
+        s("--f64"),
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refj).unwrap()).unwrap();
+    let n = r["n"].as_i64().unwrap();
+    assert!(n >= 200, "{n} images");
+    let data = format!("imagefolder:{}", dir.display());
+    let out = tmp.path().join("eval.h5");
+    let g = tmp.path().join("grad.h5");
+    for (cmd, file) in [("eval", &out), ("grad", &g)] {
+        let mut a = vec![
+            s(cmd),
+            s("--model"),
+            onnx.clone().into_os_string(),
+            s("--data"),
+            s(&data),
+            s("--batch"),
+            s("32"),
+            s("--out"),
+            file.clone().into_os_string(),
+        ];
+        if cmd == "grad" {
+            a.push(s("--save-grad"));
+        }
+        probe(&a).ok();
+    }
+    let d = h5_dump(&out);
+    assert_eq!(i64s(&d["datasets"]["samples"]), vec![n]);
+    let loss = f64s(&d["datasets"]["loss"])[0];
+    let acc = f64s(&d["datasets"]["accuracy"])[0];
+    eprintln!("probe loss {loss} accuracy {acc}; PyTorch {r}");
+    assert_rel(
+        loss,
+        r["loss"].as_f64().unwrap(),
+        1e-5,
+        "loss against PyTorch float32",
+    );
+    assert_rel(
+        loss,
+        r["loss64"].as_f64().unwrap(),
+        1e-5,
+        "loss against PyTorch float64",
+    );
+    assert_eq!(acc, r["accuracy"].as_f64().unwrap(), "accuracy");
+    let report = py(&[
+        s("-c"),
+        s("import sys, h5py, numpy as np\nr32 = np.load(sys.argv[2] + '.grad.npz')\nr64 = np.load(sys.argv[2] + '.grad64.npz')\nwhole = np.sqrt(sum(float((r64[k] ** 2).sum()) for k in r64.files))\nworst = [0.0, 0.0]\nwith h5py.File(sys.argv[1]) as f:\n    for k in r64.files:\n        got = f['grad/full/' + k][0]\n        d = max(np.linalg.norm(r64[k]), 1e-4 * whole)\n        e, t = np.linalg.norm(got - r64[k]) / d, np.linalg.norm(r32[k] - r64[k]) / d\n        print(f'{k} probe {e:.2e} torch32 {t:.2e}')\n        worst = [max(worst[0], e), max(worst[1], t)]\nprint(worst[0], worst[1])"),
+        g.into_os_string(),
+        refj.into_os_string(),
+    ]);
+    eprintln!("{report}");
+    let last: Vec<f64> = report
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (ours, torch32) = (last[0], last[1]);
+    eprintln!("worst tensor: probe {ours:.2e}, PyTorch float32 {torch32:.2e} (from float64)");
+    assert!(
+        ours <= 2.0 * torch32 || ours <= 1e-5,
+        "probe's worst tensor {ours:e} is beyond 2x PyTorch float32's {torch32:e}"
+    );
+}
