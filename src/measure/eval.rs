@@ -157,11 +157,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
             .unwrap_or_else(|| setup::group_size(numel * 4))
             .max(1);
         for chunk in todo.chunks(group) {
-            let first = setup::label(chunk[0]);
-            let label = match chunk.len() {
-                1 => first,
-                n => format!("{first} and {} more", n - 1),
-            };
+            let label = setup::group_label(chunk[0], chunk.len());
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
             let results = evaluate_many(
                 &mut session,

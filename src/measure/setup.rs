@@ -112,6 +112,15 @@ pub fn label(c: &Checkpoint) -> String {
         .unwrap_or_default()
 }
 
+/// The progress label of a group of checkpoints sharing one pass (`--ckpts-per-pass`): the
+/// first one's, and how many more.
+pub fn group_label(first: &Checkpoint, count: usize) -> String {
+    match count {
+        0 | 1 => label(first),
+        n => format!("{} and {} more", label(first), n - 1),
+    }
+}
+
 impl Setup {
     /// The results file's identity for `command` making `pass` over this setup, with the
     /// command's own `extra` attributes.

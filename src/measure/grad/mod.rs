@@ -18,7 +18,7 @@
 use super::engine::open::{open, EngineOptions};
 use super::hessian::HessianOptions;
 use super::noise::NoiseOptions;
-use super::setup::{group_size, label, pending, setup, Pass, Setup};
+use super::setup::{group_label, group_size, label, pending, setup, Pass, Setup};
 use crate::autodiff::grad::Kernels;
 use crate::model::Model;
 use crate::progress::Progress;
@@ -96,11 +96,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         .max(1);
     let result = (|| -> Result<()> {
         for chunk in todo.chunks(group) {
-            let first = label(&all[chunk[0]]);
-            let group_label = match chunk.len() {
-                1 => first,
-                n => format!("{first} and {} more", n - 1),
-            };
+            let group_label = group_label(&all[chunk[0]], chunk.len());
             let mut progress = Progress::new(&group_label, spec.len as u64, plan.pass.quiet);
             let ckpts: Vec<&crate::model::Checkpoint> = chunk.iter().map(|&k| &all[k]).collect();
             let results = full_gradients(
