@@ -12,6 +12,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => cli::eval::run(a, quiet),
         Command::Grad(a) => cli::grad::run(a, quiet),
         Command::Train(a) => cli::train::run(a, quiet),
+        Command::Merge(a) => cli::merge::run(a, quiet),
         Command::Analyze(a) => cli::analyze::run(a, quiet),
         Command::Plot(a) => cli::plot::run(a, quiet),
         Command::Autodiff(a) => cli::autodiff::run(a),

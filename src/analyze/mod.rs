@@ -44,6 +44,8 @@ pub struct AnalyzePlan {
     /// `--lr`: the learning rate for the edge-of-stability comparison, overriding
     /// `/checkpoints/lr`.
     pub lr: Option<f64>,
+    /// Accept a lone data shard (`--allow-partial`).
+    pub allow_partial: bool,
     pub command_line: String,
 }
 
@@ -57,7 +59,7 @@ pub fn run(plan: &AnalyzePlan) -> Result<Analysis> {
     // `/analysis` is written like a row (crate::store): under the writer lock, so not while a
     // probe grad appends to the file, and by an atomic commit, so a kill cannot damage it.
     let _lock = crate::store::lock::WriterLock::acquire(&plan.path)?;
-    let res = Results::open(&plan.path, 2)?;
+    let res = Results::open(&plan.path, 2, plan.allow_partial)?;
     let a = analyze(&res, plan.lr);
     drop(res);
     group::write(&a.path, &record(&a, &plan.command_line))?;

@@ -30,8 +30,9 @@ pub struct Results {
 
 impl Results {
     /// Opens `path` for reading and checks it is a `probe grad` file with at least `min_rows`
-    /// complete rows. Every failure is an input error (exit 3) naming the file.
-    pub fn open(path: &Path, min_rows: usize) -> Result<Results> {
+    /// complete rows. Every failure is an input error (exit 3) naming the file. A data shard
+    /// (`--data-shard`: sums over part of the data, no means) is refused unless `allow_partial`.
+    pub fn open(path: &Path, min_rows: usize, allow_partial: bool) -> Result<Results> {
         let name = path.display();
         if !path.is_file() {
             return Err(input(format!("{name}: no such file")));
@@ -46,6 +47,12 @@ impl Results {
                 ),
                 None => format!("{name}: not a results file of `probe grad` (no `command` attribute)"),
             }));
+        }
+        if let (Some(shard), false) = (read_str_attr(&file, "data_shard"), allow_partial) {
+            return Err(input(format!(
+                "{name}: is data shard {shard} of a run (its rows hold sums over part of the data, not the full loss and gradient): \
+                 merge the shards first (probe merge --out R.h5 FILES...), or pass --allow-partial to look at this one alone"
+            )));
         }
         let schema_version = read_i64_attr(&file, "schema_version").unwrap_or(0);
         let rows = read_i64_attr(&file, "rows").unwrap_or(0).max(0) as usize;

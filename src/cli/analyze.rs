@@ -12,6 +12,10 @@ pub struct AnalyzeArgs {
     /// Learning rate for the edge-of-stability comparison (default: /checkpoints/lr).
     #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     pub lr: Option<f64>,
+    /// Accept a data shard of `probe grad --data-shard` (sums over part of the data) on its
+    /// own; without it such a file is refused: merge the shards first (`probe merge`).
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 /// Analyses the file, prints the table and the verdict on stdout and the notes on stderr.
@@ -19,6 +23,7 @@ pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
     let plan = AnalyzePlan {
         path: args.results,
         lr: args.lr,
+        allow_partial: args.allow_partial,
         command_line: command_line(),
     };
     let r = probe::analyze::run(&plan)?;

@@ -39,6 +39,12 @@ pub struct Common {
     /// Use only the first N samples.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub limit: Option<u64>,
+    /// Only shard i of n (0-based) of the data set (after --samples and --limit): n contiguous
+    /// runs of whole --batch batches, their lengths differing by at most one batch. The rows then
+    /// hold raw f64 sums, not means (the file is marked `partial`); `probe merge` adds the n
+    /// files into the rows one process writes. E.g. `--data-shard 2/4`.
+    #[arg(long, value_name = "i/n", value_parser = parse_shard, allow_hyphen_values = true)]
+    pub data_shard: Option<(usize, usize)>,
     /// Loss: cross-entropy from logits on class ids, or mean squared error on real targets.
     #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
@@ -70,6 +76,7 @@ impl Common {
             },
             data: self.data,
             samples: self.prep.samples,
+            data_shard: self.data_shard,
             normalize: self.prep.normalize(),
             limit: self.limit.map(|l| l as usize),
             batch: self.batch as usize,
@@ -112,6 +119,21 @@ impl DataPrep {
             std: self.std.clone()?,
         })
     }
+}
+
+/// `i/n` with 0 <= i < n: a shard (`--shard`, `--data-shard`).
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
+    let i: usize = i
+        .parse()
+        .map_err(|_| format!("'{i}' is not a shard index"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("'{n}' is not a shard count"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 /// `A:B` with A < B (B <= N is checked against the data set).

@@ -1,7 +1,7 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
 use super::flags::{
-    non_negative, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
+    non_negative, parse_shard, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
 };
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
@@ -147,20 +147,6 @@ pub enum NonFinite {
     Continue,
 }
 
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
-    let i: usize = i
-        .parse()
-        .map_err(|_| format!("'{i}' is not a shard index"))?;
-    let n: usize = n
-        .parse()
-        .map_err(|_| format!("'{n}' is not a shard count"))?;
-    if n == 0 || i >= n {
-        return Err(format!("shard {i}/{n}: need 0 <= i < n"));
-    }
-    Ok((i, n))
-}
-
 impl GradArgs {
     /// The checked plan; `--device cuda` with the ONNX Runtime engine is a [`Conflict`].
     pub fn plan(self, quiet: bool) -> anyhow::Result<GradPlan> {
@@ -174,6 +160,21 @@ impl GradArgs {
             }
             (EngineArg::Torch, device) => Engine::Torch(device.into()),
         };
+        if self.common.data_shard.is_some() {
+            let nc = &self.noise_and_curvature;
+            if nc.hessian {
+                return Err(Conflict(
+                    "--hessian cannot be split with --data-shard: each Lanczos step needs a full pass over the data (run it without --data-shard, or on --samples/--hessian-samples)",
+                )
+                .into());
+            }
+            if nc.noise && nc.noise_samples != Some(0) {
+                return Err(Conflict(
+                    "--noise's per-sample part cannot be split with --data-shard: its pass needs the full gradient first (add --noise-samples 0: the minibatch noise merges exactly)",
+                )
+                .into());
+            }
+        }
         let mut pass = self.common.pass(quiet);
         pass.conventions = self.conventions.conventions();
         Ok(GradPlan {

@@ -7,6 +7,7 @@ pub mod autodiff;
 pub mod eval;
 pub mod flags;
 pub mod grad;
+pub mod merge;
 pub mod plot;
 pub mod train;
 
@@ -15,6 +16,7 @@ use autodiff::AutodiffArgs;
 use clap::{Parser, Subcommand};
 use eval::EvalArgs;
 use grad::GradArgs;
+use merge::MergeArgs;
 use plot::PlotArgs;
 use train::TrainArgs;
 
@@ -77,6 +79,22 @@ probe grad --model models/gpt.onnx --data tokens:val.bin:32:stride=16 --samples 
 probe grad --model resnet.onnx --data val.h5:val:x=images,y=labels \\\n      --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out val.h5     # uint8 images"
     )]
     Grad(GradArgs),
+    /// Combines the results files of one run split across jobs (data and checkpoint shards).
+    #[command(
+        long_about = "Merges results files of one run of `probe grad` or `probe eval` into the file one \
+process writes. Data shards (--data-shard i/n, rows of raw f64 sums): for each checkpoint the n \
+shards' sums are added in shard order in f64, divided by the total number of target elements and \
+turned into the full row (loss, accuracy, |g|, |g + wd w|, --noise's minibatch moments, --save-grad's \
+gradient), equal to a single pass to f64 rounding of the sums (to the bit while f32 batch sums add \
+exactly in f64). Files of whole rows (--shard i/n) are copied. Rows come out in step order. Refused, \
+naming the files: files of another model, data set, batch size, loss or flags; a data shard given \
+twice; a checkpoint in two files; a checkpoint missing some of its data shards.\n\n\
+Not splittable by data: --hessian (each Lanczos step is a full pass) and --noise's per-sample part.",
+        after_help = "Examples:\n  for i in 0 1 2 3; do\n    probe grad --model m.onnx --ckpt runs/r/step-*.safetensors --data d.h5 \\\n        --data-shard $i/4 --out part-$i.h5\n  done\n  \
+probe merge --out grad.h5 part-*.h5\n  \
+probe merge --out grad.h5 grad-shard-*.h5     # files of probe grad --shard i/n"
+    )]
+    Merge(MergeArgs),
     /// Trains an ONNX model with libtorch and writes checkpoints probe eval/grad read.
     #[command(
         long_about = "Trains the model of an ONNX file (its initializers are the initial weights) with \

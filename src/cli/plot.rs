@@ -15,6 +15,10 @@ pub struct PlotArgs {
     /// Learning rate for the 2/lr line (default: /checkpoints/lr).
     #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     pub lr: Option<f64>,
+    /// Accept a data shard of `probe grad --data-shard` (sums over part of the data) on its
+    /// own; without it such a file is refused: merge the shards first (`probe merge`).
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 /// Draws the figure; notes on stderr name the panels left out.
@@ -23,6 +27,7 @@ pub fn run(args: PlotArgs, quiet: bool) -> anyhow::Result<()> {
         path: args.results,
         out: args.out,
         lr: args.lr,
+        allow_partial: args.allow_partial,
     };
     let notes = probe::plot::run(&plan)?;
     if !quiet {

@@ -24,6 +24,38 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
+/// One checkpoint's sums over a pass, before the division: what a data shard stores and
+/// `probe merge` adds up (`correct` is NaN where accuracy does not apply).
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSums {
+    pub loss: f64,
+    pub correct: f64,
+    pub samples: usize,
+    pub elements: usize,
+    pub seconds: f64,
+}
+
+impl EvalSums {
+    /// Adds the next data shard's sums.
+    pub fn add(&mut self, next: &EvalSums) {
+        self.loss += next.loss;
+        self.correct += next.correct;
+        self.samples += next.samples;
+        self.elements += next.elements;
+        self.seconds += next.seconds;
+    }
+
+    pub fn mean(&self) -> EvalResult {
+        EvalResult {
+            loss: self.loss / self.elements as f64,
+            accuracy: self.correct / self.elements as f64,
+            samples: self.samples,
+            elements: self.elements,
+            seconds: self.seconds,
+        }
+    }
+}
+
 pub fn evaluate(
     session: &mut Session,
     graph: &EvalGraph,
@@ -33,14 +65,14 @@ pub fn evaluate(
     fit: &Fit,
     progress: &mut Progress,
 ) -> Result<EvalResult> {
-    let mut r = evaluate_many(session, graph, &[ckpt], data, batch, fit, progress)?;
-    Ok(r.remove(0))
+    let r = evaluate_many(session, graph, &[ckpt], data, batch, fit, progress)?;
+    Ok(r[0].mean())
 }
 
 /// One pass over the data for several checkpoints: each batch is read (and decoded) once and
 /// run with every checkpoint's weights in turn. Each checkpoint sees the same batches in the
 /// same order as a pass of its own, so its result is identical to [`evaluate`]; `seconds` is
-/// the pass's time divided among the checkpoints.
+/// the pass's time divided among the checkpoints. Returns the sums ([`EvalSums::mean`]).
 pub fn evaluate_many(
     session: &mut Session,
     graph: &EvalGraph,
@@ -49,7 +81,7 @@ pub fn evaluate_many(
     batch: usize,
     fit: &Fit,
     progress: &mut Progress,
-) -> Result<Vec<EvalResult>> {
+) -> Result<Vec<EvalSums>> {
     let t0 = std::time::Instant::now();
     let states = ckpts
         .iter()
@@ -99,10 +131,10 @@ pub fn evaluate_many(
     let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
     Ok(sums
         .into_iter()
-        .map(|(loss_sum, correct_sum, elements)| EvalResult {
-            loss: loss_sum / elements as f64,
-            accuracy: if graph.correct.is_some() {
-                correct_sum / elements as f64
+        .map(|(loss_sum, correct_sum, elements)| EvalSums {
+            loss: loss_sum,
+            correct: if graph.correct.is_some() {
+                correct_sum
             } else {
                 f64::NAN
             },
@@ -133,6 +165,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
         spec,
         fit,
         checkpoints: ckpts,
+        data_shard,
     } = setup;
     let graph = crate::autodiff::eval_graph(&model, plan.loss, fit.target_rank)?;
     let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
@@ -169,11 +202,20 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
                 &mut progress,
             )?;
             progress.finish();
-            for (c, r) in chunk.iter().zip(results) {
+            for (c, sums) in chunk.iter().zip(results) {
                 let path = c.path.display().to_string();
+                let r = sums.mean();
+                // A data shard stores its sums (`probe merge` divides), a full pass its means.
+                let (loss, accuracy) = match data_shard {
+                    Some(_) => (
+                        ("partial/loss_sum", sums.loss),
+                        ("partial/correct_sum", sums.correct),
+                    ),
+                    None => (("loss", r.loss), ("accuracy", r.accuracy)),
+                };
                 store.append(&vec![
-                    ("loss".into(), Cell::F64(r.loss)),
-                    ("accuracy".into(), Cell::F64(r.accuracy)),
+                    (loss.0.into(), Cell::F64(loss.1)),
+                    (accuracy.0.into(), Cell::F64(accuracy.1)),
                     ("samples".into(), Cell::I64(r.samples as i64)),
                     ("elements".into(), Cell::I64(r.elements as i64)),
                     ("seconds".into(), Cell::F64(r.seconds)),

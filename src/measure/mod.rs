@@ -10,6 +10,7 @@ pub mod engine;
 pub mod eval;
 pub mod grad;
 pub mod hessian;
+pub mod merge;
 pub mod noise;
 pub mod setup;
 pub mod weights;

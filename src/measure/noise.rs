@@ -68,6 +68,18 @@ impl BatchSums {
         }
         self.batches += 1;
     }
+    /// Adds the sums over the batches that follow (the next data shard's).
+    pub fn add_sums(&mut self, next: &BatchSums) {
+        self.batches += next.batches;
+        for (a, b) in self.sq.iter_mut().zip(&next.sq) {
+            *a += b;
+        }
+        for (a, b) in self.sum.iter_mut().zip(&next.sum) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
     /// Per parameter: (mean_b |g_b,p|^2, mean_b |g_b,p - g_p|^2), given the full gradient g.
     pub fn finish(&self, g: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
         let k = self.batches.max(1) as f64;

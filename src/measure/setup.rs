@@ -19,6 +19,9 @@ pub struct Pass {
     pub data: String,
     /// `--samples A:B`: samples A..B, applied before `limit`.
     pub samples: Option<(usize, usize)>,
+    /// `--data-shard i/n`: shard i of n of the (`--samples`/`--limit`-restricted) data set,
+    /// whose rows then hold the raw f64 sums `probe merge` combines ([`DataShard`]).
+    pub data_shard: Option<(usize, usize)>,
     /// `--mean/--std`.
     pub normalize: Option<crate::data::Normalize>,
     pub limit: Option<usize>,
@@ -46,6 +49,30 @@ pub struct Setup {
     pub spec: Spec,
     pub fit: super::check::Fit,
     pub checkpoints: Vec<Checkpoint>,
+    /// With `--data-shard`: which part of the data `data` and `spec` are.
+    pub data_shard: Option<DataShard>,
+}
+
+/// One data shard (`--data-shard i/n`): samples `start..end` of the data set `full`, whole
+/// batches of the pass over `full`, so that its batches are exactly that pass's batches there.
+#[derive(Debug, Clone)]
+pub struct DataShard {
+    pub index: usize,
+    pub count: usize,
+    pub start: usize,
+    pub end: usize,
+    pub full: Spec,
+}
+
+/// Samples `start..end` of shard `i` of `n` over `len` samples in batches of `batch`: the
+/// ceil(len/batch) batches split into n contiguous runs whose lengths differ by at most one
+/// (shard i takes batches floor(i K/n)..floor((i+1) K/n)). Splitting between batches keeps each
+/// batch whole, so each batch's f32 sums, its minibatch noise term and its BatchNorm statistics
+/// (`--bn train`) are the ones a single pass computes; `None` when a shard would be empty.
+pub fn data_shard_range(len: usize, batch: usize, i: usize, n: usize) -> Option<(usize, usize)> {
+    let k = len.div_ceil(batch.max(1));
+    let (b0, b1) = (i * k / n, (i + 1) * k / n);
+    (b0 < b1).then(|| (b0 * batch, (b1 * batch).min(len)))
 }
 
 pub fn setup(pass: &Pass) -> Result<Setup> {
@@ -57,7 +84,28 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
         x_shape: model.data_input()?.sample_shape(),
         normalize: pass.normalize.clone(),
     };
-    let data = crate::data::open_restricted(&pass.data, &hint, pass.samples, pass.limit)?;
+    let mut data = crate::data::open_restricted(&pass.data, &hint, pass.samples, pass.limit)?;
+    let mut data_shard = None;
+    if let Some((i, n)) = pass.data_shard {
+        let full = data.spec().clone();
+        let (start, end) = data_shard_range(full.len, pass.batch, i, n).ok_or_else(|| {
+            crate::error::input(format!(
+                "--data-shard {i}/{n}: {} has {} samples, {} batches of --batch {}: fewer batches than shards (shards split between batches)",
+                full.identity,
+                full.len,
+                full.len.div_ceil(pass.batch.max(1)),
+                pass.batch
+            ))
+        })?;
+        data = Box::new(crate::data::Samples::new(data, start, end)?);
+        data_shard = Some(DataShard {
+            index: i,
+            count: n,
+            start,
+            end,
+            full,
+        });
+    }
     let spec = data.spec().clone();
     let fit = super::check::data_fits_model(&model, &spec, pass.loss)?;
     // The --ckpt paths as a set: expanded, optimizer state skipped, read, deduped, in step order.
@@ -84,6 +132,7 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
         spec,
         fit,
         checkpoints,
+        data_shard,
     })
 }
 
@@ -134,11 +183,22 @@ impl Setup {
             // Also in `data` ("...[A:B]"); here as its own attribute for scripts joining shards.
             extra.insert("data_range".into(), format!("{a}:{b}"));
         }
+        // A data shard's file names the whole data set (what `probe merge` checks the shards
+        // against) and which part of it its rows sum over.
+        let spec = match &self.data_shard {
+            Some(d) => {
+                extra.insert("partial".into(), "true".into());
+                extra.insert("data_shard".into(), format!("{}/{}", d.index, d.count));
+                extra.insert("data_shard_range".into(), format!("{}:{}", d.start, d.end));
+                &d.full
+            }
+            None => &self.spec,
+        };
         RunInfo::new(
             command,
             &pass.command_line,
             &self.model,
-            &self.spec,
+            spec,
             pass.batch,
             pass.loss.name(),
             extra,

@@ -19,6 +19,8 @@ pub struct PlotPlan {
     pub out: PathBuf,
     /// Learning rate for the 2/lr line, overriding `/checkpoints/lr`.
     pub lr: Option<f64>,
+    /// Accept a lone data shard (`--allow-partial`).
+    pub allow_partial: bool,
 }
 
 /// DejaVu Sans 2.37 (Bitstream Vera license, `assets/fonts/LICENSE`).
@@ -263,7 +265,7 @@ pub fn run(plan: &PlotPlan) -> Result<Vec<String>> {
             )));
         }
     }
-    let res = Results::open(&plan.path, 1)?;
+    let res = Results::open(&plan.path, 1, plan.allow_partial)?;
     let (panels, notes) = panels(&res, plan.lr);
     if panels.is_empty() {
         return Err(input(format!("{}: nothing to plot", plan.path.display())));

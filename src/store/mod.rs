@@ -45,6 +45,7 @@
 pub mod analysis;
 pub mod atomic;
 pub mod lock;
+pub mod read;
 
 use crate::data::Spec;
 use crate::model::Model;
@@ -152,7 +153,7 @@ pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Option<i64> {
 }
 
 /// Every dataset below `group`, by full path.
-fn datasets(
+pub(crate) fn datasets(
     group: &hdf5::Group,
     prefix: &str,
     out: &mut Vec<(String, hdf5::Dataset)>,

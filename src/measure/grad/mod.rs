@@ -22,7 +22,7 @@ use super::setup::{group_label, group_size, label, pending, setup, Pass, Setup};
 use crate::autodiff::grad::Kernels;
 use crate::model::Model;
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::store::{self, Store};
 use anyhow::Result;
 use row::History;
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ pub mod pass;
 pub mod row;
 
 pub use super::engine::Engine;
-pub use pass::{full_gradient, full_gradients, GradResult, OnNonFinite};
+pub use pass::{full_gradient, full_gradients, GradResult, OnNonFinite, PassSums};
 pub use row::GradRow;
 
 pub struct GradPlan {
@@ -64,6 +64,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         spec,
         fit,
         checkpoints: all,
+        data_shard,
     } = ready;
     let (shard, shards) = plan.shard;
     let opts = EngineOptions {
@@ -110,13 +111,32 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 &mut progress,
             )?;
             progress.finish();
-            for (&k, r) in chunk.iter().zip(results) {
+            for (&k, sums) in chunk.iter().zip(results) {
                 let c = &all[k];
                 let label = label(c);
                 let row_start = std::time::Instant::now();
-                if !r.nonfinite_batches.is_empty() {
+                if !sums.nonfinite.is_empty() {
                     nonfinite_rows += 1;
                 }
+                if let Some(d) = &data_shard {
+                    let weights = history.at(&names, &all, k);
+                    let w = (plan.weight_decay.is_some() && d.index == 0).then_some(&weights.w[..]);
+                    let mut row = row::partial(&sums, &names, c, w);
+                    let (w_row, w_l2, dist_prev) = row::weight_columns(c, &history, &weights);
+                    row.extend(w_row);
+                    let r = sums.mean();
+                    let g_l2 = r.grads.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+                    // Printed: this shard's own means.
+                    let mut out = row::printed(&r, c, g_l2, w_l2, dist_prev);
+                    out.seconds = r.seconds + row_start.elapsed().as_secs_f64();
+                    row.push(("seconds".into(), store::Cell::F64(out.seconds)));
+                    store.append(&row)?;
+                    history.keep(k, weights);
+                    on_row(&out);
+                    rows.push(out);
+                    continue;
+                }
+                let r = sums.mean();
                 let weights = history.at(&names, &all, k);
                 let (mut row, mut out) = row::gradient(&r, c, &history, &weights);
                 if let Some(o) = &plan.noise {
@@ -191,6 +211,10 @@ fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
         .to_string(),
     );
     extra.insert("device".to_string(), plan.engine.device_name().to_string());
+    if plan.pass.data_shard.is_some() {
+        // A data shard's rows hold sums; whether the merged rows get /grad/full is its to say.
+        extra.insert("save_grad".to_string(), plan.save_grad.to_string());
+    }
     extra.insert(
         "weight_decay".to_string(),
         plan.weight_decay.map(|l| l.to_string()).unwrap_or_default(),

@@ -58,18 +58,74 @@ pub fn full_gradient(
         noise,
         progress,
     )?;
-    Ok(r.remove(0))
+    Ok(r.remove(0).mean())
 }
 
-/// One checkpoint's running sums over the batches.
-struct Sums {
-    acc: Vec<Vec<f64>>,
-    noise: Option<BatchSums>,
-    loss: f64,
-    correct: f64,
-    has_correct: bool,
-    elements: usize,
-    nonfinite: Vec<usize>,
+/// One checkpoint's sums over the batches of a pass, in f64, before the division by the number
+/// of target elements: what a data shard (`--data-shard`) stores, and what `probe merge` adds
+/// up, shard after shard, into the sums of the whole pass.
+#[derive(Debug, Clone)]
+pub struct PassSums {
+    /// Per parameter (the engine's order): the sum over batches of each batch's summed-loss
+    /// gradient.
+    pub acc: Vec<Vec<f64>>,
+    pub noise: Option<BatchSums>,
+    pub loss: f64,
+    pub correct: f64,
+    pub has_correct: bool,
+    pub samples: usize,
+    pub elements: usize,
+    /// Batches (their index in the pass) whose loss or gradient was not finite.
+    pub nonfinite: Vec<usize>,
+    pub seconds: f64,
+}
+
+impl PassSums {
+    /// Adds the sums of the pass over the samples that follow (the next data shard): each sum
+    /// gets `next`'s in f64, element by element.
+    pub fn add(&mut self, next: &PassSums) {
+        for (a, b) in self.acc.iter_mut().zip(&next.acc) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        if let (Some(n), Some(m)) = (self.noise.as_mut(), next.noise.as_ref()) {
+            n.add_sums(m);
+        }
+        self.loss += next.loss;
+        self.correct += next.correct;
+        self.has_correct |= next.has_correct;
+        self.samples += next.samples;
+        self.elements += next.elements;
+        self.nonfinite.extend(&next.nonfinite);
+        self.seconds += next.seconds;
+    }
+
+    /// The pass's means: sums divided by the number of target elements (NaN throughout when a
+    /// batch was not finite).
+    pub fn mean(mut self) -> GradResult {
+        let m = self.elements.max(1) as f64;
+        let nan = !self.nonfinite.is_empty();
+        for a in self.acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x = if nan { f64::NAN } else { *x / m };
+            }
+        }
+        GradResult {
+            loss: if nan { f64::NAN } else { self.loss / m },
+            accuracy: if self.has_correct && !nan {
+                self.correct / m
+            } else {
+                f64::NAN
+            },
+            samples: self.samples,
+            elements: self.elements,
+            grads: self.acc,
+            nonfinite_batches: self.nonfinite,
+            batch_noise: self.noise,
+            seconds: self.seconds,
+        }
+    }
 }
 
 /// One pass over the data for several checkpoints at once: each batch is read (and decoded)
@@ -77,6 +133,7 @@ struct Sums {
 /// for all of them. Each checkpoint's sums see exactly the batches, in the same order, with the
 /// same engine, as a pass of its own: the results are identical to [`full_gradient`] per
 /// checkpoint. `seconds` of each result is the pass's time divided among its checkpoints.
+/// Returns the sums ([`PassSums::mean`] gives the gradient).
 #[allow(clippy::too_many_arguments)]
 pub fn full_gradients(
     engine: &mut dyn BatchEngine,
@@ -87,10 +144,10 @@ pub fn full_gradients(
     on_nonfinite: OnNonFinite,
     noise: bool,
     progress: &mut Progress,
-) -> Result<Vec<GradResult>> {
+) -> Result<Vec<PassSums>> {
     let t0 = std::time::Instant::now();
     let spec = data.spec().clone();
-    let mut sums: Vec<Sums> = ckpts
+    let mut sums: Vec<PassSums> = ckpts
         .iter()
         .map(|ckpt| {
             let acc: Vec<Vec<f64>> = engine
@@ -98,14 +155,16 @@ pub fn full_gradients(
                 .iter()
                 .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
                 .collect();
-            Sums {
+            PassSums {
                 noise: noise.then(|| BatchSums::new(&acc)),
                 acc,
                 loss: 0.0,
                 correct: 0.0,
                 has_correct: false,
+                samples: spec.len,
                 elements: 0,
                 nonfinite: Vec::new(),
+                seconds: 0.0,
             }
         })
         .collect();
@@ -165,32 +224,10 @@ pub fn full_gradients(
         progress.inc(count as u64);
     }
     let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
-    Ok(sums
-        .into_iter()
-        .map(|mut s| {
-            let m = s.elements.max(1) as f64;
-            let nan = !s.nonfinite.is_empty();
-            for a in s.acc.iter_mut() {
-                for x in a.iter_mut() {
-                    *x = if nan { f64::NAN } else { *x / m };
-                }
-            }
-            GradResult {
-                loss: if nan { f64::NAN } else { s.loss / m },
-                accuracy: if s.has_correct && !nan {
-                    s.correct / m
-                } else {
-                    f64::NAN
-                },
-                samples: spec.len,
-                elements: s.elements,
-                grads: s.acc,
-                nonfinite_batches: s.nonfinite,
-                batch_noise: s.noise,
-                seconds,
-            }
-        })
-        .collect())
+    for s in sums.iter_mut() {
+        s.seconds = seconds;
+    }
+    Ok(sums)
 }
 
 /// The per-sample part of `--noise` over the first samples of the data (none when the gradient

@@ -2,7 +2,7 @@
 //! accuracy, the norms of the gradient and of the weights, the weights' distances and
 //! distribution against the previous and the first checkpoint, and the optional parts
 //! (`--noise`, `--hessian`, `--weight-decay`, `--save-grad`), each from what its pass gave.
-use super::pass::GradResult;
+use super::pass::{GradResult, PassSums};
 use crate::measure::hessian::Curvature;
 use crate::measure::noise::SampleNoise;
 use crate::measure::weights::{self, Distribution};
@@ -90,19 +90,37 @@ impl History {
 /// The columns every row has, from the gradient pass `r` at checkpoint `c`, and the printed row
 /// as far as they go (the optional parts and the row's time are the caller's to fill in).
 pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, GradRow) {
-    let Weights {
-        w,
-        dist,
-        prev_w,
-        prev_dist,
-    } = cur;
+    let (mut row, g_l2) = gradient_columns(r);
+    let (w_row, w_l2, dist_prev) = weight_columns(c, hist, cur);
+    row.extend(w_row);
+    row.push(("seconds".into(), Cell::F64(r.seconds)));
+    (row, printed(r, c, g_l2, w_l2, dist_prev))
+}
+
+/// The printed row of `r` at `c`, as far as the columns every row has go.
+pub fn printed(r: &GradResult, c: &Checkpoint, g_l2: f64, w_l2: f64, dist_prev: f64) -> GradRow {
+    GradRow {
+        path: c.path.display().to_string(),
+        step: c.step,
+        loss: r.loss,
+        accuracy: r.accuracy,
+        grad_l2: g_l2,
+        grad_reg_l2: None,
+        weights_l2: w_l2,
+        dist_prev,
+        b_noise: None,
+        hessian_top: None,
+        seconds: r.seconds,
+    }
+}
+
+/// The columns that come from the data: loss, accuracy, counts and the gradient's norms (what
+/// `probe merge` computes again from the shards' sums). Returns them and |g|.
+pub fn gradient_columns(r: &GradResult) -> (Row, f64) {
     let flat_g: Vec<f64> = r.grads.iter().flatten().copied().collect();
     let per_g: Vec<f64> = r.grads.iter().map(|g| l2(g)).collect();
-    let per_w: Vec<f64> = w.iter().map(|x| l2(x)).collect();
     let g_l2 = l2(&flat_g);
-    let w_l2 = per_w.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let dist_prev = distance(w, prev_w);
-    let mut row: Row = vec![
+    let row: Row = vec![
         ("loss".into(), Cell::F64(r.loss)),
         ("accuracy".into(), Cell::F64(r.accuracy)),
         ("samples".into(), Cell::I64(r.samples as i64)),
@@ -124,8 +142,30 @@ pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -
         ),
         (
             "grad/per_param_l2".into(),
-            Cell::F64s(vec![per_g.len()], per_g.clone()),
+            Cell::F64s(vec![per_g.len()], per_g),
         ),
+        (
+            "nonfinite_batches".into(),
+            Cell::I64(r.nonfinite_batches.len() as i64),
+        ),
+    ];
+    (row, g_l2)
+}
+
+/// The columns that come from the weights alone (the checkpoint, its norms, its distances and
+/// distribution against the previous and the first checkpoint): the same in every data shard.
+/// Returns them, |w| and the distance to the previous checkpoint.
+pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f64, f64) {
+    let Weights {
+        w,
+        dist,
+        prev_w,
+        prev_dist,
+    } = cur;
+    let per_w: Vec<f64> = w.iter().map(|x| l2(x)).collect();
+    let w_l2 = per_w.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let dist_prev = distance(w, prev_w);
+    let mut row: Row = vec![
         ("weights/l2".into(), Cell::F64(w_l2)),
         (
             "weights/per_param_l2".into(),
@@ -136,11 +176,6 @@ pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -
             "weights/dist_first".into(),
             Cell::F64(distance(w, &hist.first_w)),
         ),
-        (
-            "nonfinite_batches".into(),
-            Cell::I64(r.nonfinite_batches.len() as i64),
-        ),
-        ("seconds".into(), Cell::F64(r.seconds)),
         (
             "checkpoints/path".into(),
             Cell::Str(c.path.display().to_string()),
@@ -187,20 +222,55 @@ pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -
             Cell::F64s(vec![p, weights::HIST_BINS + 1], dist.hist_edges.clone()),
         ),
     ]);
-    let printed = GradRow {
-        path: c.path.display().to_string(),
-        step: c.step,
-        loss: r.loss,
-        accuracy: r.accuracy,
-        grad_l2: g_l2,
-        grad_reg_l2: None,
-        weights_l2: w_l2,
-        dist_prev,
-        b_noise: None,
-        hessian_top: None,
-        seconds: r.seconds,
-    };
-    (row, printed)
+    (row, w_l2, dist_prev)
+}
+
+/// A data shard's row (`--data-shard`): the pass's raw f64 sums under `/partial` in place of
+/// the columns that come from the data, with this shard's `samples`, `elements` and
+/// `nonfinite_batches`, and the weight columns as in a full row. With `w` (`--weight-decay`, on
+/// shard 0 only) the weights too, which |g + L w| needs at the merge.
+pub fn partial(s: &PassSums, names: &[String], c: &Checkpoint, w: Option<&[Vec<f64>]>) -> Row {
+    let mut row: Row = vec![
+        ("partial/loss_sum".into(), Cell::F64(s.loss)),
+        (
+            "partial/correct_sum".into(),
+            Cell::F64(if s.has_correct { s.correct } else { f64::NAN }),
+        ),
+        ("samples".into(), Cell::I64(s.samples as i64)),
+        ("elements".into(), Cell::I64(s.elements as i64)),
+        (
+            "nonfinite_batches".into(),
+            Cell::I64(s.nonfinite.len() as i64),
+        ),
+    ];
+    let shape = |p: &String| c.tensors[p].shape.clone();
+    for (p, g) in names.iter().zip(&s.acc) {
+        row.push((
+            format!("partial/grad_sum/{p}"),
+            Cell::F64s(shape(p), g.clone()),
+        ));
+    }
+    if let Some(n) = &s.noise {
+        row.push(("partial/noise/batches".into(), Cell::I64(n.batches as i64)));
+        row.push((
+            "partial/noise/sq_sum".into(),
+            Cell::F64s(vec![n.sq.len()], n.sq.clone()),
+        ));
+        for (p, g) in names.iter().zip(&n.sum) {
+            row.push((
+                format!("partial/noise/batch_grad_sum/{p}"),
+                Cell::F64s(shape(p), g.clone()),
+            ));
+        }
+    }
+    if let Some(w) = w {
+        // The checkpoint's f32 weights, exactly (weights_of widened them).
+        for (p, v) in names.iter().zip(w) {
+            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            row.push((format!("partial/weights/{p}"), Cell::F32s(vec![f.len()], f)));
+        }
+    }
+    row
 }
 
 /// `--noise`'s columns: the minibatch part from the gradient pass's sums, the per-sample part
