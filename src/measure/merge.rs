@@ -24,7 +24,7 @@
 use super::eval::EvalSums;
 use super::grad::row;
 use super::grad::PassSums;
-use super::noise::BatchSums;
+use super::noise::{BatchSums, Dd};
 use crate::error::input;
 use crate::store::read::{Attr, ResultsFile};
 use crate::store::{Cell, Row, RunInfo, Store};
@@ -416,13 +416,37 @@ fn grad_sums(row: &Row, names: &[String], noise: bool) -> Result<PassSums> {
         .map(|p| tensor_of(row, &format!("partial/grad_sum/{p}")).map(|t| t.1))
         .collect::<Result<Vec<_>>>()?;
     let noise = if noise {
+        let sq = tensor_of(row, "partial/noise/sq_sum")?.1;
+        let sizes = match get(row, "partial/noise/batch_elements") {
+            Some(Cell::I64s(_, v)) => v.clone(),
+            _ => {
+                return Err(input(
+                    "a data shard's row has no /partial/noise/batch_elements",
+                ))
+            }
+        };
+        let by_param = names
+            .iter()
+            .map(|p| tensor_of(row, &format!("partial/noise/grad_sum_by_size/{p}")).map(|t| t.1))
+            .collect::<Result<Vec<_>>>()?;
+        let by_size = sizes
+            .iter()
+            .enumerate()
+            .map(|(j, &e)| {
+                let per: Vec<Vec<f64>> = by_param
+                    .iter()
+                    .map(|v| {
+                        let n = v.len() / sizes.len();
+                        v[j * n..(j + 1) * n].to_vec()
+                    })
+                    .collect();
+                (e as usize, per)
+            })
+            .collect();
         Some(BatchSums {
             batches: i64_of(row, "partial/noise/batches")? as usize,
-            sq: tensor_of(row, "partial/noise/sq_sum")?.1,
-            sum: names
-                .iter()
-                .map(|p| tensor_of(row, &format!("partial/noise/batch_grad_sum/{p}")).map(|t| t.1))
-                .collect::<Result<Vec<_>>>()?,
+            sq: sq.chunks(2).map(|c| Dd { hi: c[0], lo: c[1] }).collect(),
+            by_size,
         })
     } else {
         None

@@ -37,57 +37,117 @@ pub struct NoiseOptions {
     pub samples: Option<usize>,
 }
 
-/// Minibatch sums collected during the gradient pass.
+/// Minibatch sums collected during the gradient pass, kept so that the sums of consecutive
+/// runs of batches (data shards) add up to the sums of the whole pass, not only up to rounding:
+/// sum_b g_b is kept as the sum of the batches' summed-loss gradients (f32 values added in
+/// f64, like the full gradient) per batch size, divided only at the end; sum_b |g_b,p|^2 in
+/// double-double ([`Dd`]), whose 106 bits make the order of the additions invisible after the
+/// final rounding to f64.
 #[derive(Debug, Clone)]
 pub struct BatchSums {
     pub batches: usize,
     /// sum_b |g_b,p|^2 per parameter.
-    pub sq: Vec<f64>,
-    /// sum_b g_b,p per parameter.
-    pub sum: Vec<Vec<f64>>,
+    pub sq: Vec<Dd>,
+    /// Per distinct batch size E (target elements; a pass has at most two: --batch and its
+    /// last batch), in ascending E: sum over those batches of the summed-loss gradient, per
+    /// parameter. sum_b g_b = sum_E S_E / E.
+    pub by_size: Vec<(usize, Vec<Vec<f64>>)>,
+}
+
+/// A double-double: the unevaluated sum hi + lo, |lo| <= ulp(hi)/2, accumulated with
+/// Knuth's TwoSum so that each addition's rounding error is carried, not lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Dd {
+    pub hi: f64,
+    pub lo: f64,
+}
+
+impl Dd {
+    pub fn add(&mut self, x: f64) {
+        // TwoSum: s + e == hi + x exactly.
+        let s = self.hi + x;
+        let bb = s - self.hi;
+        let e = (self.hi - (s - bb)) + (x - bb);
+        self.hi = s;
+        self.lo += e;
+    }
+    pub fn add_dd(&mut self, o: Dd) {
+        self.add(o.hi);
+        self.lo += o.lo;
+    }
+    pub fn value(self) -> f64 {
+        self.hi + self.lo
+    }
 }
 
 impl BatchSums {
     pub fn new(like: &[Vec<f64>]) -> BatchSums {
         BatchSums {
             batches: 0,
-            sq: vec![0.0; like.len()],
-            sum: like.iter().map(|v| vec![0.0; v.len()]).collect(),
+            sq: vec![Dd::default(); like.len()],
+            by_size: Vec::new(),
         }
     }
-    /// Adds one batch, given the gradient of its *summed* loss over `elements` target elements.
-    pub fn add(&mut self, summed: &[Vec<f32>], elements: f64) {
-        for (p, g) in summed.iter().enumerate() {
-            let mut sq = 0.0;
-            for (s, &x) in self.sum[p].iter_mut().zip(g) {
-                let gb = x as f64 / elements;
-                *s += gb;
-                sq += gb * gb;
+
+    /// The sums of batches of `elements` target elements, created zero where new.
+    fn of_size(&mut self, elements: usize, like: &[Vec<f32>]) -> &mut Vec<Vec<f64>> {
+        let i = match self.by_size.binary_search_by_key(&elements, |(e, _)| *e) {
+            Ok(i) => i,
+            Err(i) => {
+                let zero = like.iter().map(|v| vec![0.0; v.len()]).collect();
+                self.by_size.insert(i, (elements, zero));
+                i
             }
-            self.sq[p] += sq;
+        };
+        &mut self.by_size[i].1
+    }
+
+    /// Adds one batch, given the gradient of its *summed* loss over `elements` target elements.
+    pub fn add(&mut self, summed: &[Vec<f32>], elements: usize) {
+        let e = elements as f64;
+        for (p, g) in summed.iter().enumerate() {
+            let sq: f64 = g.iter().map(|&x| (x as f64 / e) * (x as f64 / e)).sum();
+            self.sq[p].add(sq);
+        }
+        let sums = self.of_size(elements, summed);
+        for (s, g) in sums.iter_mut().zip(summed) {
+            for (a, &x) in s.iter_mut().zip(g) {
+                *a += x as f64;
+            }
         }
         self.batches += 1;
     }
+
     /// Adds the sums over the batches that follow (the next data shard's).
     pub fn add_sums(&mut self, next: &BatchSums) {
         self.batches += next.batches;
         for (a, b) in self.sq.iter_mut().zip(&next.sq) {
-            *a += b;
+            a.add_dd(*b);
         }
-        for (a, b) in self.sum.iter_mut().zip(&next.sum) {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
+        for (e, sums) in &next.by_size {
+            let like: Vec<Vec<f32>> = sums.iter().map(|v| vec![0.0; v.len()]).collect();
+            let mine = self.of_size(*e, &like);
+            for (a, b) in mine.iter_mut().zip(sums) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
             }
         }
     }
+
     /// Per parameter: (mean_b |g_b,p|^2, mean_b |g_b,p - g_p|^2), given the full gradient g.
     pub fn finish(&self, g: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
         let k = self.batches.max(1) as f64;
         let mut sq_mean = Vec::with_capacity(g.len());
         let mut var = Vec::with_capacity(g.len());
         for (p, gp) in g.iter().enumerate() {
-            let m = self.sq[p] / k;
-            let cross: f64 = gp.iter().zip(&self.sum[p]).map(|(a, b)| a * b / k).sum();
+            let m = self.sq[p].value() / k;
+            let mut cross = 0.0;
+            for (i, gi) in gp.iter().enumerate() {
+                // sum_b g_b at this entry, batch sizes in ascending order.
+                let sum_gb: f64 = self.by_size.iter().map(|(e, s)| s[p][i] / *e as f64).sum();
+                cross += gi * sum_gb / k;
+            }
             let gg: f64 = gp.iter().map(|x| x * x).sum();
             sq_mean.push(m);
             // Rounding can leave a tiny negative where the variance is ~0.

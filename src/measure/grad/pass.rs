@@ -212,7 +212,7 @@ pub fn full_gradients(
                 }
             }
             if let Some(n) = s.noise.as_mut() {
-                n.add(&r.grads, (count * per_sample.max(1)) as f64);
+                n.add(&r.grads, count * per_sample.max(1));
             }
             s.loss += r.loss;
             s.elements += count * per_sample.max(1);

@@ -252,14 +252,27 @@ pub fn partial(s: &PassSums, names: &[String], c: &Checkpoint, w: Option<&[Vec<f
     }
     if let Some(n) = &s.noise {
         row.push(("partial/noise/batches".into(), Cell::I64(n.batches as i64)));
+        let sq: Vec<f64> = n.sq.iter().flat_map(|d| [d.hi, d.lo]).collect();
         row.push((
             "partial/noise/sq_sum".into(),
-            Cell::F64s(vec![n.sq.len()], n.sq.clone()),
+            Cell::F64s(vec![n.sq.len(), 2], sq),
         ));
-        for (p, g) in names.iter().zip(&n.sum) {
+        let sizes: Vec<i64> = n.by_size.iter().map(|(e, _)| *e as i64).collect();
+        row.push((
+            "partial/noise/batch_elements".into(),
+            Cell::I64s(vec![sizes.len()], sizes),
+        ));
+        for (i, p) in names.iter().enumerate() {
+            let mut dims = vec![n.by_size.len()];
+            dims.extend(shape(p));
+            let v: Vec<f64> = n
+                .by_size
+                .iter()
+                .flat_map(|(_, g)| g[i].iter().copied())
+                .collect();
             row.push((
-                format!("partial/noise/batch_grad_sum/{p}"),
-                Cell::F64s(shape(p), g.clone()),
+                format!("partial/noise/grad_sum_by_size/{p}"),
+                Cell::F64s(dims, v),
             ));
         }
     }
