@@ -38,6 +38,7 @@ probe grad --model models/resnet.onnx --ckpt runs/r/step-*.safetensors --data fa
 --weight-decay 5e-4 --out runs/r/grad.h5\n  \
 probe eval --model m.onnx --ckpt ckpts/*.safetensors --data d.h5 --batch 500 --out run.h5\n  \
 probe autodiff m.onnx -o m.grad.onnx\n  \
+probe merge --out runs/r/grad.h5 part-*.h5     # data shards of --data-shard i/n\n  \
 probe analyze runs/r/grad.h5\n  \
 probe plot runs/r/grad.h5 -o fig.png\n\n\
 scripts/demo.sh runs train, grad (with --noise --hessian), analyze and plot on the shipped ResNet."
@@ -70,13 +71,17 @@ elements: the gradient of the mean loss over the whole data set. Stored per chec
 |g| (l2, l1, linf, per parameter), |w|, distance to the previous and first checkpoint, and with \
 --weight-decay L the norm |g + L w| of the gradient of the objective SGD with weight decay minimizes \
 (at its stationary points this, not |g|, is zero). --save-grad also stores the full gradient.\n\n\
-Batch use: --shard i/n takes every n-th checkpoint starting at i; rerunning with the same --out skips \
-checkpoints already complete there; a killed run leaves only complete rows.",
+Batch use: --shard i/n takes every n-th checkpoint starting at i; --data-shard i/n takes the i-th of n \
+contiguous runs of whole batches of the data and stores raw f64 sums, which `probe merge` adds into the \
+rows of one pass (--hessian cannot be split that way: each Lanczos step needs a full pass; nor can \
+--noise's per-sample part: use --noise-samples 0 with --data-shard); rerunning with the same --out \
+skips checkpoints already complete there; a killed run leaves only complete rows.",
         after_help = "Examples:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5\n  \
 probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --batch 128 --noise --noise-samples 1000 \\\n      --hessian --hessian-samples 512 --out runs/demo/curv.h5\n  \
 probe grad --model models/mlp.onnx --data fashion-mnist --limit 64 --hessian \\\n      --hessian-params fc3.weight,fc3.bias --out block.h5     # one layer's Hessian block\n  \
 probe grad --model models/gpt.onnx --data tokens:val.bin:32:stride=16 --samples 0:5000 \\\n      --out shard0.h5     # a nanoGPT token file, overlapping windows, one shard\n  \
-probe grad --model resnet.onnx --data val.h5:val:x=images,y=labels \\\n      --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out val.h5     # uint8 images"
+probe grad --model resnet.onnx --data val.h5:val:x=images,y=labels \\\n      --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out val.h5     # uint8 images\n  \
+for i in 0 1 2 3; do probe grad --model m.onnx --ckpt runs/r/step-*.safetensors --data d.h5 \\\n      --data-shard $i/4 --out part-$i.h5; done; probe merge --out grad.h5 part-*.h5"
     )]
     Grad(GradArgs),
     /// Combines the results files of one run split across jobs (data and checkpoint shards).

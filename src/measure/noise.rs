@@ -228,10 +228,10 @@ mod tests {
     #[test]
     fn batch_identity_matches_direct_sum() {
         // Three batches of different sizes (2, 2, 1 elements), one parameter of 3 entries.
-        let batches: Vec<(Vec<f32>, f64)> = vec![
-            (vec![1.0, -2.0, 0.5], 2.0),
-            (vec![0.25, 4.0, -1.0], 2.0),
-            (vec![3.0, 0.0, 1.5], 1.0),
+        let batches: Vec<(Vec<f32>, usize)> = vec![
+            (vec![1.0, -2.0, 0.5], 2),
+            (vec![0.25, 4.0, -1.0], 2),
+            (vec![3.0, 0.0, 1.5], 1),
         ];
         let mut s = BatchSums::new(&[vec![0.0; 3]]);
         let mut total = vec![0.0f64; 3];
@@ -248,17 +248,58 @@ mod tests {
             .map(|(gb, m)| {
                 gb.iter()
                     .zip(&g)
-                    .map(|(&x, y)| (x as f64 / m - y).powi(2))
+                    .map(|(&x, y)| (x as f64 / *m as f64 - y).powi(2))
                     .sum::<f64>()
             })
             .sum::<f64>()
             / 3.0;
         let direct_sq: f64 = batches
             .iter()
-            .map(|(gb, m)| gb.iter().map(|&x| (x as f64 / m).powi(2)).sum::<f64>())
+            .map(|(gb, m)| {
+                gb.iter()
+                    .map(|&x| (x as f64 / *m as f64).powi(2))
+                    .sum::<f64>()
+            })
             .sum::<f64>()
             / 3.0;
         assert!((var[0] - direct_var).abs() < 1e-12 * direct_var);
         assert!((sq[0] - direct_sq).abs() < 1e-12 * direct_sq);
+    }
+
+    /// Data shards: the sums of runs of consecutive batches, added run after run, give the
+    /// moments of the whole pass to the bit (with these values plain f64 sums of the squares
+    /// round differently in the two orders).
+    #[test]
+    fn shard_sums_add_up_to_the_whole_pass() {
+        let batch = |k: usize| -> (Vec<f32>, usize) {
+            let scale = [0.01f32, 0.1, 1.0, 10.0, 100.0][k % 5];
+            let v = (0..5)
+                .map(|i| (((k * 7 + i * 3) as f64 * 0.37).sin() as f32) * scale)
+                .collect();
+            (v, if k == 10 { 3 } else { 4 })
+        };
+        let whole = {
+            let mut s = BatchSums::new(&[vec![0.0; 5]]);
+            (0..11).for_each(|k| {
+                let (g, e) = batch(k);
+                s.add(&[g], e)
+            });
+            s
+        };
+        let mut parts = Vec::new();
+        for range in [0..3, 3..6, 6..11] {
+            let mut s = BatchSums::new(&[vec![0.0; 5]]);
+            for k in range {
+                let (g, e) = batch(k);
+                s.add(&[g], e);
+            }
+            parts.push(s);
+        }
+        let mut merged = parts[0].clone();
+        merged.add_sums(&parts[1]);
+        merged.add_sums(&parts[2]);
+        let g = vec![vec![0.1, -0.2, 0.3, 0.05, 1.0]];
+        assert_eq!(merged.finish(&g), whole.finish(&g));
+        assert_eq!(merged.batches, 11);
     }
 }
