@@ -39,6 +39,10 @@ impl Progress {
         }
     }
 
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     pub fn inc(&mut self, n: u64) {
         self.done += n;
         if let Some(b) = &self.bar {

@@ -35,6 +35,25 @@ pub struct EvalSums {
     pub seconds: f64,
 }
 
+impl crate::measure::resume::Saved for EvalSums {
+    fn save(&self, w: &mut crate::measure::resume::Writer) {
+        w.f64(self.loss);
+        w.f64(self.correct);
+        w.u64(self.samples as u64);
+        w.u64(self.elements as u64);
+        w.f64(self.seconds);
+    }
+    fn restore(r: &mut crate::measure::resume::Reader) -> Result<EvalSums> {
+        Ok(EvalSums {
+            loss: r.f64()?,
+            correct: r.f64()?,
+            samples: r.usize()?,
+            elements: r.usize()?,
+            seconds: r.f64()?,
+        })
+    }
+}
+
 impl EvalSums {
     /// Adds the next data shard's sums.
     pub fn add(&mut self, next: &EvalSums) {
@@ -65,14 +84,17 @@ pub fn evaluate(
     fit: &Fit,
     progress: &mut Progress,
 ) -> Result<EvalResult> {
-    let r = evaluate_many(session, graph, &[ckpt], data, batch, fit, progress)?;
+    let r = evaluate_many(session, graph, &[ckpt], data, batch, fit, progress, None)?;
     Ok(r[0].mean())
 }
 
 /// One pass over the data for several checkpoints: each batch is read (and decoded) once and
 /// run with every checkpoint's weights in turn. Each checkpoint sees the same batches in the
 /// same order as a pass of its own, so its result is identical to [`evaluate`]; `seconds` is
-/// the pass's time divided among the checkpoints. Returns the sums ([`EvalSums::mean`]).
+/// the pass's time divided among the checkpoints. With `resume`, the pass starts where a saved
+/// state of the same pass stood and saves its own as it goes ([`crate::measure::resume`]).
+/// Returns the sums ([`EvalSums::mean`]).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_many(
     session: &mut Session,
     graph: &EvalGraph,
@@ -81,6 +103,7 @@ pub fn evaluate_many(
     batch: usize,
     fit: &Fit,
     progress: &mut Progress,
+    mut resume: Option<&mut crate::measure::resume::Resume>,
 ) -> Result<Vec<EvalSums>> {
     let t0 = std::time::Instant::now();
     let states = ckpts
@@ -88,14 +111,39 @@ pub fn evaluate_many(
         .map(|c| state_arrays(&graph.inputs.state, c))
         .collect::<Result<Vec<_>>>()?;
     let spec = data.spec().clone();
-    // Per checkpoint: loss sum, correct sum, elements.
-    let mut sums = vec![(0f64, 0f64, 0usize); ckpts.len()];
-    for (start, count) in batches(spec.len, batch) {
+    let fresh = EvalSums {
+        loss: 0.0,
+        correct: 0.0,
+        samples: spec.len,
+        elements: 0,
+        seconds: 0.0,
+    };
+    let mut sums = vec![fresh; ckpts.len()];
+    let (mut first, mut before) = (0, 0.0);
+    let saved = resume
+        .as_deref()
+        .and_then(|r| r.restore::<EvalSums>(ckpts.len()));
+    if let Some(saved) = saved.filter(|s| s.sums.iter().all(|x| x.samples == spec.len)) {
+        (first, before) = (saved.at.next_batch, saved.at.seconds);
+        progress.inc(saved.at.samples_done as u64);
+        if !progress.quiet() {
+            eprintln!(
+                "resume: {}: going on from sample {} of {} (saved after {:.0} s)",
+                resume
+                    .as_deref()
+                    .map(|r| r.path().display().to_string())
+                    .unwrap_or_default(),
+                saved.at.samples_done,
+                spec.len,
+                saved.at.seconds
+            );
+        }
+        sums = saved.sums;
+    }
+    for (bi, (start, count)) in batches(spec.len, batch).enumerate().skip(first) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        for ((ckpt, state), (loss_sum, correct_sum, elements)) in
-            ckpts.iter().zip(&states).zip(sums.iter_mut())
-        {
+        for ((ckpt, state), sum) in ckpts.iter().zip(&states).zip(sums.iter_mut()) {
             let inputs = feed(&graph.inputs, &b, state)?;
             let out = session.run(inputs).map_err(|e| {
                 anyhow!(
@@ -116,10 +164,10 @@ pub fn evaluate_many(
                     spec.identity
                 )));
             }
-            *loss_sum += s;
-            *elements += l.len();
+            sum.loss += s;
+            sum.elements += l.len();
             if let Some(c) = &graph.correct {
-                *correct_sum += out[c.as_str()]
+                sum.correct += out[c.as_str()]
                     .try_extract_array::<f32>()?
                     .iter()
                     .map(|&v| v as f64)
@@ -127,22 +175,23 @@ pub fn evaluate_many(
             }
         }
         progress.inc(count as u64);
+        if let Some(r) = resume.as_deref_mut() {
+            let at = crate::measure::resume::Progress {
+                next_batch: bi + 1,
+                samples_done: start + count,
+                seconds: before + t0.elapsed().as_secs_f64(),
+            };
+            r.tick(at, &sums);
+        }
     }
-    let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
-    Ok(sums
-        .into_iter()
-        .map(|(loss_sum, correct_sum, elements)| EvalSums {
-            loss: loss_sum,
-            correct: if graph.correct.is_some() {
-                correct_sum
-            } else {
-                f64::NAN
-            },
-            samples: spec.len,
-            elements,
-            seconds,
-        })
-        .collect())
+    let seconds = (before + t0.elapsed().as_secs_f64()) / ckpts.len().max(1) as f64;
+    for s in sums.iter_mut() {
+        s.seconds = seconds;
+        if graph.correct.is_none() {
+            s.correct = f64::NAN;
+        }
+    }
+    Ok(sums)
 }
 
 /// One printed and stored row.
@@ -159,6 +208,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
     use crate::store::{Cell, Store};
     let setup = setup::setup(plan)?;
     let info = setup.run_info("eval", plan, Default::default());
+    let run_key = info.clone();
     let Setup {
         model,
         mut data,
@@ -192,6 +242,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
         for chunk in todo.chunks(group) {
             let label = setup::group_label(chunk[0], chunk.len());
             let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            let mut resume = setup::resume(plan, &run_key, chunk);
             let results = evaluate_many(
                 &mut session,
                 &graph,
@@ -200,6 +251,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
                 plan.batch,
                 &fit,
                 &mut progress,
+                Some(&mut resume),
             )?;
             progress.finish();
             for (c, sums) in chunk.iter().zip(results) {
@@ -231,6 +283,7 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
                 on_row(&row);
                 rows.push(row);
             }
+            resume.done();
         }
         Ok(())
     })();

@@ -12,6 +12,7 @@ pub mod grad;
 pub mod hessian;
 pub mod merge;
 pub mod noise;
+pub mod resume;
 pub mod setup;
 pub mod weights;
 

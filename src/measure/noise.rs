@@ -80,6 +80,45 @@ impl Dd {
     }
 }
 
+impl crate::measure::resume::Saved for BatchSums {
+    fn save(&self, w: &mut crate::measure::resume::Writer) {
+        w.u64(self.batches as u64);
+        let (hi, lo): (Vec<f64>, Vec<f64>) = self.sq.iter().map(|d| (d.hi, d.lo)).unzip();
+        w.f64s(&hi);
+        w.f64s(&lo);
+        w.u64(self.by_size.len() as u64);
+        for (e, vs) in &self.by_size {
+            w.u64(*e as u64);
+            w.u64(vs.len() as u64);
+            for v in vs {
+                w.f64s(v);
+            }
+        }
+    }
+    fn restore(r: &mut crate::measure::resume::Reader) -> Result<BatchSums> {
+        let batches = r.usize()?;
+        let (hi, lo) = (r.f64s()?, r.f64s()?);
+        anyhow::ensure!(hi.len() == lo.len(), "noise sums of two lengths");
+        let sq = hi
+            .into_iter()
+            .zip(lo)
+            .map(|(hi, lo)| Dd { hi, lo })
+            .collect();
+        let sizes = r.count(16)?;
+        let mut by_size = Vec::with_capacity(sizes);
+        for _ in 0..sizes {
+            let e = r.usize()?;
+            let n = r.count(8)?;
+            by_size.push((e, (0..n).map(|_| r.f64s()).collect::<Result<Vec<_>>>()?));
+        }
+        Ok(BatchSums {
+            batches,
+            sq,
+            by_size,
+        })
+    }
+}
+
 impl BatchSums {
     pub fn new(like: &[Vec<f64>]) -> BatchSums {
         BatchSums {

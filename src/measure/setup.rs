@@ -32,6 +32,9 @@ pub struct Pass {
     pub loss: LossKind,
     pub threads: usize,
     pub out: PathBuf,
+    /// `--save-every`: how often a pass's partial sums are saved beside `out` to resume inside
+    /// it ([`super::resume`]); None: never.
+    pub save_every: Option<std::time::Duration>,
     pub force: bool,
     pub quiet: bool,
     pub command_line: String,
@@ -151,6 +154,21 @@ pub fn pending(
         return false;
     }
     true
+}
+
+/// The saved-sums side of a pass over the group `ckpts` into `pass.out` for the run `info`:
+/// keyed by the run and the group's checkpoints (path and hash), so that only the same pass
+/// resumes from it.
+pub fn resume(
+    pass: &Pass,
+    info: &RunInfo,
+    ckpts: &[&Checkpoint],
+) -> crate::measure::resume::Resume {
+    let mut key = info.key();
+    for c in ckpts {
+        key.push_str(&format!(" {}:{}", c.path.display(), c.sha256));
+    }
+    crate::measure::resume::Resume::new(&pass.out, &key, pass.save_every, pass.quiet)
 }
 
 /// A checkpoint's progress-bar label: its file name.

@@ -101,6 +101,26 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Writes `bytes` as the file at `path`, whole or not at all: under a temporary name, synced,
+/// renamed over `path`, the folder synced. A kill or an error leaves the previous file.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let w = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsync_dir(path)
+    };
+    w().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        out_err(path, "writing", e)
+    })
+}
+
 /// HDF5 file options under which closing a file closes every object in it (the close is where
 /// HDF5 writes its metadata, and where its errors must be seen).
 fn strong_close() -> hdf5::file::FileBuilder {

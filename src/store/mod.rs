@@ -96,6 +96,25 @@ impl RunInfo {
             extra,
         }
     }
+
+    /// Everything about the run that the numbers depend on, as text (the command line aside:
+    /// `--threads` or `--quiet` on a rerun change nothing).
+    pub fn key(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.command,
+            self.model_sha256,
+            self.data,
+            self.data_samples,
+            self.batch_size,
+            self.loss,
+            self.extra
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
 }
 
 /// One cell of a row.

@@ -58,6 +58,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     // Which subgradient each Clip and embedding took (the exporter's records, or the flags).
     attrs.extend(crate::ops::conventions::attributes(ready.model.graph())?);
     let info = ready.run_info("grad", &plan.pass, attrs);
+    let run_key = info.clone();
     let Setup {
         model,
         mut data,
@@ -100,6 +101,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
             let group_label = group_label(&all[chunk[0]], chunk.len());
             let mut progress = Progress::new(&group_label, spec.len as u64, plan.pass.quiet);
             let ckpts: Vec<&crate::model::Checkpoint> = chunk.iter().map(|&k| &all[k]).collect();
+            let mut resume = super::setup::resume(&plan.pass, &run_key, &ckpts);
             let results = full_gradients(
                 engine.as_mut(),
                 &ckpts,
@@ -109,6 +111,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 plan.on_nonfinite,
                 plan.noise.is_some(),
                 &mut progress,
+                Some(&mut resume),
             )?;
             progress.finish();
             for (&k, sums) in chunk.iter().zip(results) {
@@ -178,6 +181,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 on_row(&out);
                 rows.push(out);
             }
+            resume.done();
         }
         Ok(())
     })();

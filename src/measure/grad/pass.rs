@@ -7,6 +7,7 @@ use crate::data::{batches, Dataset};
 use crate::measure::engine::{BatchEngine, HvpEngine};
 use crate::measure::hessian::{Curvature, HessianOptions};
 use crate::measure::noise::{BatchSums, NoiseOptions, SampleNoise};
+use crate::measure::resume::{self, Resume, Saved};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use anyhow::{Context, Result};
@@ -57,6 +58,7 @@ pub fn full_gradient(
         on_nonfinite,
         noise,
         progress,
+        None,
     )?;
     Ok(r.remove(0).mean())
 }
@@ -78,6 +80,52 @@ pub struct PassSums {
     /// Batches (their index in the pass) whose loss or gradient was not finite.
     pub nonfinite: Vec<usize>,
     pub seconds: f64,
+}
+
+impl Saved for PassSums {
+    fn save(&self, w: &mut resume::Writer) {
+        w.u64(self.acc.len() as u64);
+        for a in &self.acc {
+            w.f64s(a);
+        }
+        w.u64(self.noise.is_some() as u64);
+        if let Some(n) = &self.noise {
+            n.save(w);
+        }
+        w.f64(self.loss);
+        w.f64(self.correct);
+        w.u64(self.has_correct as u64);
+        w.u64(self.samples as u64);
+        w.u64(self.elements as u64);
+        w.u64(self.nonfinite.len() as u64);
+        for &b in &self.nonfinite {
+            w.u64(b as u64);
+        }
+        w.f64(self.seconds);
+    }
+    fn restore(r: &mut resume::Reader) -> Result<PassSums> {
+        let n = r.count(8)?;
+        let acc = (0..n).map(|_| r.f64s()).collect::<Result<Vec<_>>>()?;
+        let noise = match r.u64()? {
+            0 => None,
+            _ => Some(BatchSums::restore(r)?),
+        };
+        let (loss, correct, has_correct) = (r.f64()?, r.f64()?, r.u64()? != 0);
+        let (samples, elements) = (r.usize()?, r.usize()?);
+        let k = r.count(8)?;
+        let nonfinite = (0..k).map(|_| r.usize()).collect::<Result<Vec<_>>>()?;
+        Ok(PassSums {
+            acc,
+            noise,
+            loss,
+            correct,
+            has_correct,
+            samples,
+            elements,
+            nonfinite,
+            seconds: r.f64()?,
+        })
+    }
 }
 
 impl PassSums {
@@ -133,7 +181,9 @@ impl PassSums {
 /// for all of them. Each checkpoint's sums see exactly the batches, in the same order, with the
 /// same engine, as a pass of its own: the results are identical to [`full_gradient`] per
 /// checkpoint. `seconds` of each result is the pass's time divided among its checkpoints.
-/// Returns the sums ([`PassSums::mean`] gives the gradient).
+/// With `resume`, the pass starts where a saved state of the same pass stood and saves its own
+/// as it goes ([`resume`]): same sums, bit for bit. Returns the sums ([`PassSums::mean`] gives
+/// the gradient).
 #[allow(clippy::too_many_arguments)]
 pub fn full_gradients(
     engine: &mut dyn BatchEngine,
@@ -144,6 +194,7 @@ pub fn full_gradients(
     on_nonfinite: OnNonFinite,
     noise: bool,
     progress: &mut Progress,
+    mut resume: Option<&mut Resume>,
 ) -> Result<Vec<PassSums>> {
     let t0 = std::time::Instant::now();
     let spec = data.spec().clone();
@@ -168,10 +219,30 @@ pub fn full_gradients(
             }
         })
         .collect();
+    let mut before = 0.0;
+    let mut first = 0;
+    if let Some(saved) = resume.as_deref().and_then(|r| restored(r, &sums)) {
+        first = saved.at.next_batch;
+        before = saved.at.seconds;
+        progress.inc(saved.at.samples_done as u64);
+        if !progress.quiet() {
+            eprintln!(
+                "resume: {}: going on from sample {} of {} (saved after {:.0} s)",
+                resume
+                    .as_deref()
+                    .map(|r| r.path().display().to_string())
+                    .unwrap_or_default(),
+                saved.at.samples_done,
+                spec.len,
+                saved.at.seconds
+            );
+        }
+        sums = saved.sums;
+    }
     if let [only] = ckpts {
         engine.load(only)?;
     }
-    for (bi, (start, count)) in batches(spec.len, batch).enumerate() {
+    for (bi, (start, count)) in batches(spec.len, batch).enumerate().skip(first) {
         let b = data.read(start, count)?;
         targets_in_range(&b, classes, &spec.identity)?;
         let per_sample: usize = b.y.shape()[1..].iter().product();
@@ -222,12 +293,40 @@ pub fn full_gradients(
             }
         }
         progress.inc(count as u64);
+        if let Some(r) = resume.as_deref_mut() {
+            let at = resume::Progress {
+                next_batch: bi + 1,
+                samples_done: start + count,
+                seconds: before + t0.elapsed().as_secs_f64(),
+            };
+            r.tick(at, &sums);
+        }
     }
-    let seconds = t0.elapsed().as_secs_f64() / ckpts.len().max(1) as f64;
+    let seconds = (before + t0.elapsed().as_secs_f64()) / ckpts.len().max(1) as f64;
     for s in sums.iter_mut() {
         s.seconds = seconds;
     }
     Ok(sums)
+}
+
+/// A saved state whose sums have the shapes of `fresh` (the same parameters, the same noise
+/// parts): anything else is another pass's, and ignored.
+fn restored(r: &Resume, fresh: &[PassSums]) -> Option<resume::State<PassSums>> {
+    let s = r.restore::<PassSums>(fresh.len())?;
+    let same = s.sums.iter().zip(fresh).all(|(a, b)| {
+        a.acc.len() == b.acc.len()
+            && a.acc.iter().zip(&b.acc).all(|(x, y)| x.len() == y.len())
+            && a.noise.is_some() == b.noise.is_some()
+            && a.samples == b.samples
+    });
+    if !same {
+        eprintln!(
+            "warning: {}: saved sums of another shape; starting this pass over",
+            r.path().display()
+        );
+        return None;
+    }
+    Some(s)
 }
 
 /// The per-sample part of `--noise` over the first samples of the data (none when the gradient
