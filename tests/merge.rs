@@ -275,4 +275,58 @@ fn checkpoint_shards_merge_into_step_order() {
     assert_eq!(i64s(&got["datasets"]["checkpoints/step"]), vec![0, 10, 20]);
     // Whole rows are copied: identical, not merely close.
     same_datasets(&got, &want, 0.0);
+    assert_eq!(
+        got["attrs"].get("ckpt_shard"),
+        None,
+        "the merged file is no shard"
+    );
+
+    // A missing checkpoint shard is named, not silently left out of the series.
+    let lone = probe(&[
+        "merge",
+        "--out",
+        d.join("lone.h5").to_str().unwrap(),
+        d.join("shard-1.h5").to_str().unwrap(),
+    ]);
+    assert_eq!(lone.code, 3, "{}", lone.stderr);
+    assert!(
+        lone.stderr
+            .contains("checkpoint shard 0/2 (--shard) missing"),
+        "{}",
+        lone.stderr
+    );
+
+    // Each task reads only its own checkpoints, the one before each and the first: with a
+    // damaged step-30 in the folder, shard 0/2 (steps 0 and 20; reads 0, 10, 20) runs, and
+    // shard 1/2 (10 and 30) names it.
+    let bad = d.join("step-00000030.safetensors");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let mut all = ckpts.clone();
+    all.push(bad.to_str().unwrap().into());
+    let a = probe(&args(
+        "grad",
+        &data,
+        &d.join("s0.h5"),
+        &all,
+        &["--shard", "0/2"],
+    ))
+    .ok();
+    assert!(!a.stderr.contains("step-00000030"), "{}", a.stderr);
+    assert_eq!(
+        i64s(&h5_dump(&d.join("s0.h5"))["datasets"]["checkpoints/step"]),
+        vec![0, 20]
+    );
+    let b = probe(&args(
+        "grad",
+        &data,
+        &d.join("s1.h5"),
+        &all,
+        &["--shard", "1/2"],
+    ));
+    assert_eq!(b.code, 3, "{}", b.stderr);
+    assert!(
+        b.stderr.contains("step-00000030.safetensors"),
+        "{}",
+        b.stderr
+    );
 }

@@ -39,6 +39,11 @@ pub struct Common {
     /// Use only the first N samples.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub limit: Option<u64>,
+    /// Only the checkpoints of shard i of n (in step order, every n-th starting at the i-th;
+    /// 0-based), e.g. `--shard 3/8`: one task of a job array. The task reads only its own
+    /// checkpoints (and the one before each, and the first, which the distances need).
+    #[arg(long, value_name = "i/n", value_parser = parse_shard, allow_hyphen_values = true)]
+    pub shard: Option<(usize, usize)>,
     /// Only shard i of n (0-based) of the data set (after --samples and --limit): n contiguous
     /// runs of whole --batch batches, their lengths differing by at most one batch. The rows then
     /// hold raw f64 sums, not means (the file is marked `partial`); `probe merge` adds the n
@@ -82,6 +87,7 @@ impl Common {
             },
             data: self.data,
             samples: self.prep.samples,
+            shard: self.shard.unwrap_or((0, 1)),
             data_shard: self.data_shard,
             normalize: self.prep.normalize(),
             limit: self.limit.map(|l| l as usize),

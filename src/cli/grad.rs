@@ -1,7 +1,7 @@
 //! `probe grad`: its flags, their plan (engine, noise and curvature options), and the table of
 //! one row per checkpoint.
 use super::flags::{
-    non_negative, parse_shard, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
+    non_negative, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
 };
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
@@ -23,9 +23,6 @@ pub struct GradArgs {
     /// `train` uses each batch's statistics, so the batch size becomes part of the result.
     #[arg(long, value_enum, default_value_t = Bn::Eval)]
     pub bn: Bn,
-    /// Take only the checkpoints of shard i of n (every n-th, starting at i; 0-based), e.g. 3/8.
-    #[arg(long, value_name = "i/n", value_parser = parse_shard, allow_hyphen_values = true)]
-    pub shard: Option<(usize, usize)>,
     /// On a non-finite loss or gradient: stop (exit 4), or record NaN for that checkpoint and go on.
     #[arg(long, value_enum, default_value_t = NonFinite::Stop)]
     pub on_nonfinite: NonFinite,
@@ -188,7 +185,6 @@ impl GradArgs {
             } else {
                 probe::autodiff::grad::Kernels::ProbeCpu
             },
-            shard: self.shard.unwrap_or((0, 1)),
             on_nonfinite: if self.on_nonfinite == NonFinite::Stop {
                 OnNonFinite::Stop
             } else {

@@ -226,7 +226,9 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
     let result = (|| -> Result<()> {
         let todo: Vec<&Checkpoint> = ckpts
             .iter()
-            .filter(|c| setup::pending(c, &done, plan))
+            .enumerate()
+            .filter(|&(k, c)| setup::mine(plan, k) && setup::pending(c, &done, plan))
+            .map(|(_, c)| c)
             .collect();
         let numel: u64 = graph
             .inputs

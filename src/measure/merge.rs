@@ -54,8 +54,9 @@ pub struct MergedRow {
 
 /// Attributes that may differ between the files of one run: how each job was started and how
 /// far it got, and which data shard it is.
-const PER_JOB: [&str; 6] = [
+const PER_JOB: [&str; 7] = [
     "command_line",
+    "ckpt_shard",
     "rows",
     "complete",
     "partial",
@@ -97,6 +98,7 @@ pub fn run(plan: &MergePlan, mut on_row: impl FnMut(&MergedRow)) -> Result<Vec<M
         )));
     }
     let shards = data_shards(&files)?;
+    checkpoint_shards(&files)?;
     let sources = checkpoints(&files, &shards)?;
 
     let info = merged_info(&files[0], &plan.command_line);
@@ -194,6 +196,53 @@ fn same_run(files: &[ResultsFile]) -> Result<()> {
                 first.path.display(),
                 f.path.display(),
                 diffs.join("; ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checkpoint shards (`--shard i/n`, attribute `ckpt_shard`): one count for all, and every
+/// shard 0..n among the files; a missing one is named (its checkpoints would be missing from
+/// the series without a trace).
+fn checkpoint_shards(files: &[ResultsFile]) -> Result<()> {
+    let mut count: Option<(usize, &ResultsFile)> = None;
+    let mut have = std::collections::BTreeSet::new();
+    for f in files {
+        let Some(s) = f.str_attr("ckpt_shard") else {
+            continue;
+        };
+        let bad = || {
+            input(format!(
+                "{}: bad ckpt_shard attribute '{s}'",
+                f.path.display()
+            ))
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if let Some((m, g)) = count {
+            if m != n {
+                return Err(input(format!(
+                    "{} is checkpoint shard {i}/{n} but {} is of {m} shards: merge shards of one split",
+                    f.path.display(),
+                    g.path.display()
+                )));
+            }
+        }
+        count = Some((n, f));
+        have.insert(i);
+    }
+    if let Some((n, _)) = count {
+        let missing: Vec<String> = (0..n)
+            .filter(|i| !have.contains(i))
+            .map(|i| format!("{i}/{n}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(input(format!(
+                "checkpoint shard{} {} (--shard) missing among the {} files given",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                files.len()
             )));
         }
     }

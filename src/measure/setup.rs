@@ -19,6 +19,8 @@ pub struct Pass {
     pub data: String,
     /// `--samples A:B`: samples A..B, applied before `limit`.
     pub samples: Option<(usize, usize)>,
+    /// `--shard i/n`: every n-th checkpoint (in step order) from the i-th; (0, 1) for all.
+    pub shard: (usize, usize),
     /// `--data-shard i/n`: shard i of n of the (`--samples`/`--limit`-restricted) data set,
     /// whose rows then hold the raw f64 sums `probe merge` combines ([`DataShard`]).
     pub data_shard: Option<(usize, usize)>,
@@ -115,8 +117,12 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
     let (checkpoints, notes) = if pass.checkpoints.is_empty() {
         (vec![Checkpoint::from_model(&model)?], vec![])
     } else {
-        let set =
-            crate::model::checkpoint_set::load_with(&pass.checkpoints, &model, &pass.ckpt_names)?;
+        let set = crate::model::checkpoint_set::load_shard(
+            &pass.checkpoints,
+            &model,
+            &pass.ckpt_names,
+            pass.shard,
+        )?;
         (set.checkpoints, set.notes)
     };
     if !pass.quiet {
@@ -137,6 +143,11 @@ pub fn setup(pass: &Pass) -> Result<Setup> {
         checkpoints,
         data_shard,
     })
+}
+
+/// Whether checkpoint `k` of the set is this pass's (its `--shard`).
+pub fn mine(pass: &Pass, k: usize) -> bool {
+    k % pass.shard.1 == pass.shard.0
 }
 
 /// Whether checkpoint `c` still has to be measured into the pass's `out` (its path and hash are
@@ -197,6 +208,13 @@ impl Setup {
         pass: &Pass,
         mut extra: BTreeMap<String, String>,
     ) -> RunInfo {
+        if pass.shard.1 > 1 {
+            // Which checkpoints this file's rows are: `probe merge` checks that all n are given.
+            extra.insert(
+                "ckpt_shard".into(),
+                format!("{}/{}", pass.shard.0, pass.shard.1),
+            );
+        }
         if let Some((a, b)) = pass.samples {
             // Also in `data` ("...[A:B]"); here as its own attribute for scripts joining shards.
             extra.insert("data_range".into(), format!("{a}:{b}"));

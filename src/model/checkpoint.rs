@@ -196,6 +196,33 @@ pub fn step_from_name(path: &Path) -> Option<i64> {
 }
 
 impl Checkpoint {
+    /// A checkpoint's step: its metadata's `step`, else its file name's, else -1.
+    pub fn step_of(path: &Path, metadata: &BTreeMap<String, String>) -> i64 {
+        metadata
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .or_else(|| step_from_name(path))
+            .unwrap_or(-1)
+    }
+
+    /// A checkpoint of the set that this command does not read (another `--shard`'s): its
+    /// place, path, step and metadata, no tensors and no hash.
+    pub fn unread(path: PathBuf, step: i64, metadata: BTreeMap<String, String>) -> Checkpoint {
+        Checkpoint {
+            path,
+            step,
+            metadata,
+            tensors: BTreeMap::new(),
+            notes: vec![],
+            sha256: String::new(),
+        }
+    }
+
+    /// Whether the file was read (see [`Checkpoint::unread`]).
+    pub fn is_read(&self) -> bool {
+        !self.sha256.is_empty()
+    }
+
     /// The model's own initializers as a checkpoint (no `--ckpt`).
     pub fn from_model(model: &Model) -> Result<Checkpoint> {
         Ok(Checkpoint {
@@ -302,11 +329,7 @@ impl Checkpoint {
                 .map_err(|err| fail(err.to_string()))
         };
         let Matched { tensors, notes } = match_state(path, model, &entries, opts, read)?;
-        let step = metadata
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .or_else(|| step_from_name(path))
-            .unwrap_or(-1);
+        let step = Checkpoint::step_of(path, &metadata);
         Ok(Checkpoint {
             path: path.to_path_buf(),
             step,

@@ -12,15 +12,18 @@
 //!    `DIR/step-<n>.optim.safetensors` of runs made before that layout), recognized by its
 //!    header alone: metadata `format` = `probe-optimizer-state-1`, or every tensor named
 //!    `momentum_buffer/...`, `exp_avg/...`, `exp_avg_sq/...`, `max_exp_avg_sq/...` or `step/...`.
-//! 3. **Read and match** every file against the model before any work. When several cannot be
-//!    used, the error says so once: the count and the first file's problem.
-//! 4. **Dedupe.** The same bytes twice (same sha256, under one name or two) are refused, naming
-//!    both paths: the second row would silently repeat the first.
-//! 5. **Order by step** (metadata `step`, else the number in the file name; see
+//! 3. **Order by step** (metadata `step` from the header, else the number in the file name; see
 //!    [`Checkpoint::step`]), stably, so the columns computed against a neighbour (`moved` =
 //!    `/weights/dist_prev`, `/weights/w1_prev`, the distances to the first) follow training
 //!    whatever order the shell gave: a glob over `step-0`, `step-40`, ..., `step-160` gives 0,
 //!    120, 160, 40, 80. When some file has no step, the order given is kept, with a note.
+//! 4. **Read and match** against the model, before any work, every file the command needs: all
+//!    of them, or with `--shard i/n` the shard's own, each one's predecessor and the first
+//!    ([`load_shard`]), so that a task of a large job array reads and holds only its share.
+//!    When several cannot be used, the error says so once: the count and the first file's
+//!    problem.
+//! 5. **Dedupe.** The same bytes twice (same sha256, under one name or two) among the files
+//!    read are refused, naming both paths: the second row would silently repeat the first.
 use super::checkpoint::Checkpoint;
 use super::matching::Options;
 use super::onnx::Model;
@@ -56,6 +59,20 @@ pub fn load(paths: &[PathBuf], model: &Model) -> Result<CheckpointSet> {
 
 /// [`load`] with the checkpoints' names mapped as `opts` says (`--strip-prefix`).
 pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<CheckpointSet> {
+    load_shard(paths, model, opts, (0, 1))
+}
+
+/// [`load_with`] for checkpoint shard `i/n` (`--shard`): the whole set is ordered from the
+/// files' headers and names alone, and only what the shard needs is read: its own checkpoints
+/// (every n-th from the i-th), the one before each (`moved`, the W1 distances) and the first
+/// (the distances to it). The others are in the set, in their place, as [`Checkpoint::unread`]
+/// (path, step and metadata, no tensors). Duplicates are found among the checkpoints read.
+pub fn load_shard(
+    paths: &[PathBuf],
+    model: &Model,
+    opts: &Options,
+    (shard, shards): (usize, usize),
+) -> Result<CheckpointSet> {
     let mut notes = Vec::new();
     let files = expand(paths)?;
     let (optimizer, weights): (Vec<PathBuf>, Vec<PathBuf>) =
@@ -77,10 +94,49 @@ pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<Che
         ));
     }
 
-    let mut checkpoints = Vec::with_capacity(weights.len());
+    // Order first, from headers: a file whose header cannot be read gets the step of its name
+    // (reading it, if this shard needs it, gives the precise error).
+    let mut order: Vec<(PathBuf, i64, BTreeMap<String, String>)> = weights
+        .into_iter()
+        .map(|p| {
+            let metadata = header(&p).map(|h| h.1).unwrap_or_default();
+            let step = Checkpoint::step_of(&p, &metadata);
+            (p, step, metadata)
+        })
+        .collect();
+    if let Some((p, _, _)) = order.iter().find(|c| c.1 < 0) {
+        if order.len() > 1 {
+            notes.push(format!(
+                "{} has no step (metadata 'step' or a step-<n> file name): the checkpoints are taken \
+                 in the order given, and moved/dist_prev compare each with the one given before it",
+                p.display()
+            ));
+        }
+    } else {
+        order.sort_by_key(|c| c.1);
+        if let Some(w) = order.windows(2).find(|w| w[0].1 == w[1].1) {
+            notes.push(format!(
+                "{} and {} are both step {}: moved/dist_prev compare them in the order given",
+                w[0].0.display(),
+                w[1].0.display(),
+                w[0].1
+            ));
+        }
+    }
+
+    let len = order.len();
+    let own = |k: usize| k % shards == shard;
+    let needed = |k: usize| k == 0 || own(k) || (k + 1 < len && own(k + 1));
+    let mut checkpoints = Vec::with_capacity(order.len());
     let mut errors = Vec::new();
-    for p in &weights {
-        match Checkpoint::load_with(p, model, opts) {
+    let mut read = 0;
+    for (k, (p, step, metadata)) in order.into_iter().enumerate() {
+        if !needed(k) {
+            checkpoints.push(Checkpoint::unread(p, step, metadata));
+            continue;
+        }
+        read += 1;
+        match Checkpoint::load_with(&p, model, opts) {
             Ok(c) => checkpoints.push(c),
             Err(e) => errors.push(e),
         }
@@ -90,8 +146,7 @@ pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<Che
         1 => return Err(errors.remove(0)),
         n => {
             return Err(input(format!(
-                "{n} of the {} checkpoints cannot be used; the first: {:#}",
-                weights.len(),
+                "{n} of the {read} checkpoints cannot be used; the first: {:#}",
                 errors[0]
             )))
         }
@@ -99,7 +154,7 @@ pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<Che
 
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut twice = Vec::new();
-    for (k, c) in checkpoints.iter().enumerate() {
+    for (k, c) in checkpoints.iter().enumerate().filter(|(_, c)| c.is_read()) {
         if let Some(&j) = seen.get(c.sha256.as_str()) {
             twice.push((j, k));
         } else {
@@ -118,26 +173,6 @@ pub fn load_with(paths: &[PathBuf], model: &Model, opts: &Options) -> Result<Che
                 n => format!(", and {} more file(s) repeat another", n - 1),
             }
         )));
-    }
-
-    if let Some(c) = checkpoints.iter().find(|c| c.step < 0) {
-        if checkpoints.len() > 1 {
-            notes.push(format!(
-                "{} has no step (metadata 'step' or a step-<n> file name): the checkpoints are taken \
-                 in the order given, and moved/dist_prev compare each with the one given before it",
-                c.path.display()
-            ));
-        }
-    } else {
-        checkpoints.sort_by_key(|c| c.step);
-        if let Some(w) = checkpoints.windows(2).find(|w| w[0].step == w[1].step) {
-            notes.push(format!(
-                "{} and {} are both step {}: moved/dist_prev compare them in the order given",
-                w[0].path.display(),
-                w[1].path.display(),
-                w[0].step
-            ));
-        }
     }
     Ok(CheckpointSet { checkpoints, notes })
 }

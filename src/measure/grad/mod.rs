@@ -42,7 +42,6 @@ pub struct GradPlan {
     pub engine: Engine,
     /// With [`Engine::OnnxRuntime`]: standard ONNX ops only, or probe's CPU kernels where faster.
     pub kernels: Kernels,
-    pub shard: (usize, usize),
     pub on_nonfinite: OnNonFinite,
     /// `--noise`: minibatch and per-sample gradient noise ([`super::noise`]).
     pub noise: Option<NoiseOptions>,
@@ -67,7 +66,6 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         checkpoints: all,
         data_shard,
     } = ready;
-    let (shard, shards) = plan.shard;
     let opts = EngineOptions {
         engine: plan.engine,
         kernels: plan.kernels,
@@ -85,7 +83,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let mut rows = Vec::new();
     let mut nonfinite_rows = 0;
     let todo: Vec<usize> = (0..all.len())
-        .filter(|&k| k % shards == shard && pending(&all[k], &done, &plan.pass))
+        .filter(|&k| super::setup::mine(&plan.pass, k) && pending(&all[k], &done, &plan.pass))
         .collect();
     let numel: usize = names
         .iter()
