@@ -31,6 +31,7 @@ pub mod autodiff;
 pub mod data;
 pub mod error;
 pub mod interrupt;
+pub mod log;
 pub mod measure;
 pub mod model;
 pub mod ops;

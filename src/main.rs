@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet;
+    probe::progress::set_every(std::time::Duration::from_secs_f64(
+        cli.progress_every.min(1e9),
+    ));
+    if let Some(log) = &cli.log_json {
+        probe::log::open(log)?;
+    }
     match cli.command {
         Command::Eval(a) => cli::eval::run(a, quiet),
         Command::Grad(a) => cli::grad::run(a, quiet),
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
     // Before any thread starts: SIGINT/SIGTERM end probe with one line (see probe::interrupt).
     probe::interrupt::install();
     let cli = Cli::parse();
+    let t0 = std::time::Instant::now();
     let code = match run(cli) {
         Ok(()) => 0,
         // Contradicting flags are bad flags: clap's message and usage line, exit 2.
@@ -41,11 +48,16 @@ fn main() -> ExitCode {
             // One line, the whole chain: "probe: error: <file>: <problem>: <cause>".
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("probe: error: {msg}");
+            probe::log::event("error", serde_json::json!({ "message": msg }));
             probe::error::fault_of(&e)
                 .map(|f| f.exit_code())
                 .unwrap_or(1) as u8
         }
     };
+    probe::log::event(
+        "exit",
+        serde_json::json!({"code": code, "seconds": t0.elapsed().as_secs_f64()}),
+    );
     quick_exit(code)
 }
 

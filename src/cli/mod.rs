@@ -49,6 +49,15 @@ pub struct Cli {
     /// No progress bars or notes on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Also write a machine-readable log: JSON lines (time, event: start, progress every 10 s
+    /// with the whole run's fraction and ETA, one per results row, finish, exit), appended to
+    /// FILE, or `-` for stderr. E.g. `--log-json runs/r/grad.log.jsonl`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_json: Option<std::path::PathBuf>,
+    /// Seconds between progress lines (without a terminal: timestamped lines on stderr with the
+    /// checkpoint, rate, and the whole run's fraction and ETA) and `--log-json` progress events.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0, value_parser = flags::non_negative)]
+    pub progress_every: f64,
 }
 
 #[derive(Subcommand, Debug)]

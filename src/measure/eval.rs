@@ -125,7 +125,7 @@ pub fn evaluate_many(
         .and_then(|r| r.restore::<EvalSums>(ckpts.len()));
     if let Some(saved) = saved.filter(|s| s.sums.iter().all(|x| x.samples == spec.len)) {
         (first, before) = (saved.at.next_batch, saved.at.seconds);
-        progress.inc(saved.at.samples_done as u64);
+        progress.skip(saved.at.samples_done as u64);
         if !progress.quiet() {
             eprintln!(
                 "resume: {}: going on from sample {} of {} (saved after {:.0} s)",
@@ -241,9 +241,19 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
             .ckpts_per_pass
             .unwrap_or_else(|| setup::group_size(numel * 4))
             .max(1);
+        crate::progress::plan("eval", (todo.len() * spec.len) as u64, todo.len());
+        crate::log::event(
+            "start",
+            serde_json::json!({"command": "eval", "out": plan.out, "checkpoints": todo.len(),
+                "samples": spec.len, "rows_before": store.rows()}),
+        );
+        let mut started = 0;
         for chunk in todo.chunks(group) {
             let label = setup::group_label(chunk[0], chunk.len());
-            let mut progress = Progress::new(&label, spec.len as u64, plan.quiet);
+            crate::progress::at_checkpoint(started + 1, chunk.len());
+            started += chunk.len();
+            let mut progress = Progress::of_phase("eval", &label, spec.len as u64, plan.quiet)
+                .weighted(chunk.len() as u64);
             let mut resume = setup::resume(plan, &run_key, chunk);
             let results = evaluate_many(
                 &mut session,
@@ -277,6 +287,12 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
                     ("checkpoints/step".into(), Cell::I64(c.step)),
                     ("checkpoints/sha256".into(), Cell::Str(c.sha256.clone())),
                 ])?;
+                crate::log::event(
+                    "row",
+                    serde_json::json!({"checkpoint": path, "step": c.step, "loss": r.loss,
+                        "accuracy": r.accuracy, "samples": r.samples, "seconds": r.seconds,
+                        "rows": store.rows()}),
+                );
                 let row = EvalRow {
                     path,
                     step: c.step,
@@ -289,6 +305,12 @@ pub fn run(plan: &Pass, mut on_row: impl FnMut(&EvalRow)) -> Result<Vec<EvalRow>
         }
         Ok(())
     })();
+    let rows_in_file = store.rows();
     store.finish(result.is_ok())?;
+    crate::log::event(
+        "finish",
+        serde_json::json!({"out": plan.out, "rows_written": rows.len(), "rows": rows_in_file,
+            "complete": result.is_ok()}),
+    );
     result.map(|_| rows)
 }

@@ -333,13 +333,19 @@ pub fn curvature(
     let n = opts.samples.unwrap_or(spec.len).min(spec.len);
     let per_sample: usize = spec.y_shape.iter().product::<usize>().max(1);
     let passes = opts.iters + opts.probes + 1;
+    crate::progress::add_work((n * passes) as u64);
     let mut pass = HvpPass {
         engine,
         data,
         samples: n,
         batch,
         per_sample,
-        progress: Progress::new(&format!("{label} hessian"), (n * passes) as u64, quiet),
+        progress: Progress::of_phase(
+            "hessian",
+            &format!("{label} hessian (at most {passes} passes)"),
+            (n * passes) as u64,
+            quiet,
+        ),
         products: 0,
     };
     let dim: usize = sizes.iter().sum();
@@ -366,6 +372,8 @@ pub fn curvature(
         at += s;
     }
     let products = pass.products;
+    // Lanczos may converge before its budget: the passes not made leave the run's count.
+    crate::progress::drop_work((n * passes).saturating_sub(n * products) as u64);
     pass.progress.finish();
     Ok(Curvature {
         lanczos: lz,

@@ -220,7 +220,7 @@ pub fn per_sample(
     let spec = data.spec().clone();
     let n = n.min(spec.len);
     let per: f64 = spec.y_shape.iter().product::<usize>().max(1) as f64;
-    let mut progress = Progress::new(&format!("{label} per-sample"), n as u64, quiet);
+    let mut progress = Progress::of_phase("noise", &format!("{label} per-sample"), n as u64, quiet);
     let mut sq = vec![0f64; g.len()];
     let mut dev: Vec<Vec<f64>> = g.iter().map(|v| vec![0.0; v.len()]).collect();
     for i in 0..n {

@@ -486,7 +486,8 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
             (spec.len - b * plan.batch).min(plan.batch) as u64
         })
         .sum();
-    let mut progress = Progress::new("train", samples, plan.quiet);
+    crate::progress::plan("train", samples, 0);
+    let mut progress = Progress::of_phase("train", "train", samples, plan.quiet);
     let t_run = Instant::now();
     let mut t_ckpt = Instant::now();
     let (mut loss_sum, mut loss_n) = (0f64, 0u64);

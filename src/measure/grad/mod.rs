@@ -94,10 +94,30 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         .ckpts_per_pass
         .unwrap_or_else(|| group_size(numel as u64 * 8 * if plan.noise.is_some() { 2 } else { 1 }))
         .max(1);
+    let per_sample_noise = plan
+        .noise
+        .as_ref()
+        .map(|o| o.samples.unwrap_or(spec.len).min(spec.len))
+        .unwrap_or(0);
+    crate::progress::plan(
+        "grad",
+        (todo.len() * (spec.len + per_sample_noise)) as u64,
+        todo.len(),
+    );
+    crate::log::event(
+        "start",
+        serde_json::json!({"command": "grad", "out": plan.pass.out, "checkpoints": todo.len(),
+            "samples": spec.len, "rows_before": store.rows()}),
+    );
+    let mut done_checkpoints = 0;
     let result = (|| -> Result<()> {
         for chunk in todo.chunks(group) {
             let group_label = group_label(&all[chunk[0]], chunk.len());
-            let mut progress = Progress::new(&group_label, spec.len as u64, plan.pass.quiet);
+            crate::progress::at_checkpoint(done_checkpoints + 1, chunk.len());
+            done_checkpoints += chunk.len();
+            let mut progress =
+                Progress::of_phase("grad", &group_label, spec.len as u64, plan.pass.quiet)
+                    .weighted(chunk.len() as u64);
             let ckpts: Vec<&crate::model::Checkpoint> = chunk.iter().map(|&k| &all[k]).collect();
             let mut resume = super::setup::resume(&plan.pass, &run_key, &ckpts);
             let results = full_gradients(
@@ -112,8 +132,11 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 Some(&mut resume),
             )?;
             progress.finish();
-            for (&k, sums) in chunk.iter().zip(results) {
+            let first_index = done_checkpoints - chunk.len() + 1;
+            for (j, (&k, sums)) in chunk.iter().zip(results).enumerate() {
                 let c = &all[k];
+                // The per-sample noise and Hessian passes that follow are this checkpoint's.
+                crate::progress::at_checkpoint(first_index + j, 1);
                 let label = label(c);
                 let row_start = std::time::Instant::now();
                 if !sums.nonfinite.is_empty() {
@@ -133,6 +156,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     row.push(("seconds".into(), store::Cell::F64(out.seconds)));
                     store.append(&row)?;
                     history.keep(k, weights);
+                    row::log(&out, store.rows());
                     on_row(&out);
                     rows.push(out);
                     continue;
@@ -176,6 +200,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 row::set_seconds(&mut row, out.seconds);
                 store.append(&row)?;
                 history.keep(k, weights);
+                row::log(&out, store.rows());
                 on_row(&out);
                 rows.push(out);
             }
@@ -183,7 +208,14 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         }
         Ok(())
     })();
-    store.finish(result.is_ok() && nonfinite_rows == 0)?;
+    let rows_in_file = store.rows();
+    let complete = result.is_ok() && nonfinite_rows == 0;
+    store.finish(complete)?;
+    crate::log::event(
+        "finish",
+        serde_json::json!({"out": plan.pass.out, "rows_written": rows.len(), "rows": rows_in_file,
+            "complete": complete, "nonfinite_rows": nonfinite_rows}),
+    );
     result?;
     if nonfinite_rows > 0 {
         return Err(crate::error::non_finite(format!(

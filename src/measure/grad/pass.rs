@@ -224,7 +224,7 @@ pub fn full_gradients(
     if let Some(saved) = resume.as_deref().and_then(|r| restored(r, &sums)) {
         first = saved.at.next_batch;
         before = saved.at.seconds;
-        progress.inc(saved.at.samples_done as u64);
+        progress.skip(saved.at.samples_done as u64);
         if !progress.quiet() {
             eprintln!(
                 "resume: {}: going on from sample {} of {} (saved after {:.0} s)",

@@ -87,6 +87,20 @@ impl History {
     }
 }
 
+/// The row's `row` event in the JSON log (`--log-json`): its printed numbers, and how many rows
+/// the results file holds with it.
+pub fn log(r: &GradRow, rows: usize) {
+    crate::log::event(
+        "row",
+        serde_json::json!({
+            "checkpoint": r.path, "step": r.step, "loss": r.loss, "accuracy": r.accuracy,
+            "grad_l2": r.grad_l2, "grad_reg_l2": r.grad_reg_l2, "weights_l2": r.weights_l2,
+            "dist_prev": r.dist_prev, "b_noise": r.b_noise, "hessian_top": r.hessian_top,
+            "seconds": r.seconds, "rows": rows,
+        }),
+    );
+}
+
 /// The columns every row has, from the gradient pass `r` at checkpoint `c`, and the printed row
 /// as far as they go (the optional parts and the row's time are the caller's to fill in).
 pub fn gradient(r: &GradResult, c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, GradRow) {
