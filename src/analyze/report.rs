@@ -248,7 +248,9 @@ impl Analysis {
             "; checkpoint-to-checkpoint change {} of its level",
             pct(s.mean_abs_change_rel)
         ));
-        if let Some(n) = self.get("noise/batch_var") {
+        // Only for |g| itself: the variance is of the loss's minibatch gradients, not of the
+        // regularized objective's.
+        if let Some(n) = self.get("noise/batch_var").filter(|_| s.name == "grad/l2") {
             // |g|^2 against E|g_B - g|^2: below 1 the minibatch gradient is mostly noise.
             let snr = s.half_mean * s.half_mean / n.half_mean;
             v.push_str(&format!(

@@ -20,6 +20,12 @@ pub struct Common {
     /// DistributedDataParallel saves names; `_orig_mod.`, as torch.compile does).
     #[arg(long, value_name = "PREFIX")]
     pub strip_prefix: Option<String>,
+    /// The step of each checkpoint from its path: the first capture group of REGEX (else the
+    /// whole match), instead of the metadata's `step` or the name (which probe reads as
+    /// `step-N`, `stepN`, `iter_N`, `epochE_iterI`, `checkpoint-N/`, ...). E.g. `--step-from
+    /// 'ep(\d+)'` for `ep12.safetensors`.
+    #[arg(long, value_name = "REGEX", value_parser = regex_pattern)]
+    pub step_from: Option<String>,
     /// Data: `fashion-mnist` (train split), `fashion-mnist:test`, `shakespeare[:T]`, an HDF5
     /// file with datasets `x` [N, ...] and `y` [N] or [N, T] (`FILE.h5`, or
     /// `FILE.h5:GROUP:x=KEY,y=KEY` for other names), a token stream
@@ -33,7 +39,10 @@ pub struct Common {
     pub data: String,
     #[command(flatten)]
     pub prep: DataPrep,
-    /// Samples per batch (does not change the result; larger is faster until memory runs out).
+    /// Samples per batch: larger is faster until memory runs out. It does not change the loss,
+    /// accuracy or gradient (beyond float32 rounding inside a batch), but it is part of what
+    /// `--bn train` computes (batch statistics) and of `--noise`'s minibatch variance (of
+    /// batches of this size), and of how `--data-shard` splits.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub batch: u64,
     /// Use only the first N samples.
@@ -84,6 +93,7 @@ impl Common {
             checkpoints: self.ckpt,
             ckpt_names: probe::model::CheckpointOptions {
                 strip_prefix: self.strip_prefix,
+                step_from: self.step_from,
             },
             data: self.data,
             samples: self.prep.samples,
@@ -306,6 +316,13 @@ fn finite(s: &str, ok: fn(f64) -> bool, needs: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && ok(v) => Ok(v),
         _ => Err(needs.into()),
     }
+}
+
+/// A regular expression that compiles.
+pub fn regex_pattern(s: &str) -> Result<String, String> {
+    regex::Regex::new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string().lines().last().unwrap_or_default().to_string())
 }
 
 /// A finite number >= 0.

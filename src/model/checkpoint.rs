@@ -184,25 +184,96 @@ fn pytorch_file(file: &mut std::fs::File) -> Option<String> {
     ))
 }
 
-/// `step-00000120.safetensors` -> 120.
+/// The step in a checkpoint's name, as training loops name them: `step-00000120`, `step_7`,
+/// `step120`, `global_step120`, `iter_40`, `iteration-40`, `epoch1_iter40` and `epoch1_step40`
+/// (the iteration or step, not the epoch), `model_step=40`, `checkpoint-500` and `ckpt_3` (a
+/// Hugging Face Trainer folder `checkpoint-500/model.safetensors` too: the folder's name when the
+/// file's has none). A step or iteration wins over a checkpoint number; the last one in the
+/// name wins among equals.
 pub fn step_from_name(path: &Path) -> Option<i64> {
     let stem = path.file_stem()?.to_str()?;
-    let digits = stem.rsplit(['-', '_']).next()?;
-    if stem.len() > digits.len() && stem[..stem.len() - digits.len() - 1].ends_with("step") {
-        digits.parse().ok()
-    } else {
-        None
+    step_in(stem).or_else(|| step_in(path.parent()?.file_name()?.to_str()?))
+}
+
+fn step_in(name: &str) -> Option<i64> {
+    let lower = name.to_ascii_lowercase();
+    let b = lower.as_bytes();
+    // Keyword, and its rank: steps and iterations before checkpoint numbers.
+    const KEYS: [(&str, u8); 6] = [
+        ("step", 2),
+        ("iteration", 2),
+        ("iter", 2),
+        ("it", 2),
+        ("checkpoint", 1),
+        ("ckpt", 1),
+    ];
+    let mut best: Option<(u8, usize, i64)> = None;
+    for (key, rank) in KEYS {
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(key).map(|i| i + from) {
+            from = i + 1;
+            // The keyword starts a word (`global_step` counts, `restep` does not)...
+            if i > 0 && b[i - 1].is_ascii_alphabetic() && !lower[..i].ends_with("global_") {
+                continue;
+            }
+            // ...and is followed by an optional separator and digits that end the number.
+            let mut j = i + key.len();
+            if j < b.len() && matches!(b[j], b'-' | b'_' | b'=') {
+                j += 1;
+            }
+            let end = j + b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if end == j || (end < b.len() && b[end].is_ascii_alphabetic()) {
+                continue;
+            }
+            let Ok(n) = lower[j..end].parse::<i64>() else {
+                continue;
+            };
+            if best.is_none_or(|(r, at, _)| (rank, i) > (r, at)) {
+                best = Some((rank, i, n));
+            }
+        }
     }
+    best.map(|(_, _, n)| n)
+}
+
+/// `--step-from REGEX` applied to `path` as given: the first capture group, else the whole match,
+/// as a whole number.
+pub fn step_by_pattern(path: &Path, pattern: &str) -> Result<i64> {
+    let re = regex::Regex::new(pattern)
+        .map_err(|e| crate::error::input(format!("--step-from '{pattern}': {e}")))?;
+    let text = path.to_string_lossy();
+    let caps = re.captures(&text).ok_or_else(|| {
+        crate::error::input(format!(
+            "{}: --step-from '{pattern}' does not match this path",
+            path.display()
+        ))
+    })?;
+    let m = caps.get(1).or_else(|| caps.get(0)).unwrap();
+    m.as_str().parse().map_err(|_| {
+        crate::error::input(format!(
+            "{}: --step-from '{pattern}' matched '{}', not a whole number",
+            path.display(),
+            m.as_str()
+        ))
+    })
 }
 
 impl Checkpoint {
-    /// A checkpoint's step: its metadata's `step`, else its file name's, else -1.
-    pub fn step_of(path: &Path, metadata: &BTreeMap<String, String>) -> i64 {
-        metadata
+    /// A checkpoint's step: `--step-from`'s match in its path when given, else its metadata's
+    /// `step`, else its name's ([`step_from_name`]), else -1.
+    pub fn step_of(
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+        opts: &Options,
+    ) -> Result<i64> {
+        if let Some(p) = &opts.step_from {
+            return step_by_pattern(path, p);
+        }
+        Ok(metadata
             .get("step")
             .and_then(|s| s.parse().ok())
             .or_else(|| step_from_name(path))
-            .unwrap_or(-1)
+            .unwrap_or(-1))
     }
 
     /// A checkpoint of the set that this command does not read (another `--shard`'s): its
@@ -329,7 +400,7 @@ impl Checkpoint {
                 .map_err(|err| fail(err.to_string()))
         };
         let Matched { tensors, notes } = match_state(path, model, &entries, opts, read)?;
-        let step = Checkpoint::step_of(path, &metadata);
+        let step = Checkpoint::step_of(path, &metadata, opts)?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
             step,
@@ -353,5 +424,27 @@ mod tests {
         assert_eq!(step_from_name(Path::new("step_7.safetensors")), Some(7));
         assert_eq!(step_from_name(Path::new("epoch-3.safetensors")), None);
         assert_eq!(step_from_name(Path::new("model.safetensors")), None);
+        for (name, want) in [
+            ("step120.safetensors", Some(120)),
+            ("global_step300.safetensors", Some(300)),
+            ("iter_40.safetensors", Some(40)),
+            ("iteration-41.safetensors", Some(41)),
+            ("epoch1_iter40.safetensors", Some(40)),
+            ("epoch2_step77.safetensors", Some(77)),
+            ("model_step=9.safetensors", Some(9)),
+            ("ckpt_3.safetensors", Some(3)),
+            ("runs/r/checkpoint-500/model.safetensors", Some(500)),
+            ("checkpoint-500_step-20.safetensors", Some(20)),
+            ("restep5.safetensors", None),
+            ("step-5a.safetensors", None),
+            ("steps.safetensors", None),
+            ("split_3.safetensors", None),
+        ] {
+            assert_eq!(step_from_name(Path::new(name)), want, "{name}");
+        }
+        let p = Path::new("runs/ep12.safetensors");
+        assert_eq!(step_by_pattern(p, r"ep(\d+)").unwrap(), 12);
+        assert!(step_by_pattern(p, r"x(\d+)").is_err());
+        assert!(step_by_pattern(p, r"ep").is_err());
     }
 }

@@ -100,15 +100,16 @@ pub fn load_shard(
         .into_iter()
         .map(|p| {
             let metadata = header(&p).map(|h| h.1).unwrap_or_default();
-            let step = Checkpoint::step_of(&p, &metadata);
-            (p, step, metadata)
+            let step = Checkpoint::step_of(&p, &metadata, opts)?;
+            Ok((p, step, metadata))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if let Some((p, _, _)) = order.iter().find(|c| c.1 < 0) {
         if order.len() > 1 {
             notes.push(format!(
-                "{} has no step (metadata 'step' or a step-<n> file name): the checkpoints are taken \
-                 in the order given, and moved/dist_prev compare each with the one given before it",
+                "{} has no step (metadata 'step', or a name such as step-<n>, iter_<n>, \
+                 checkpoint-<n>; or give --step-from REGEX): the checkpoints are taken in the \
+                 order given, and moved/dist_prev compare each with the one given before it",
                 p.display()
             ));
         }

@@ -43,6 +43,9 @@ use std::path::Path;
 pub struct Options {
     /// Removed from the start of every name that has it (`module.`).
     pub strip_prefix: Option<String>,
+    /// `--step-from REGEX`: the step is the first capture group (else the whole match) of this
+    /// pattern in the checkpoint's path as given; checked when the flag is parsed.
+    pub step_from: Option<String>,
 }
 
 /// One tensor of a checkpoint file, under the name the model would give it.

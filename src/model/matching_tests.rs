@@ -330,6 +330,7 @@ fn a_common_prefix_is_named_with_the_flag_and_the_flag_strips_it() {
     );
     let strip = Options {
         strip_prefix: Some("module.".into()),
+        ..Default::default()
     };
     let ck = c.load(&t, &strip).unwrap();
     assert_eq!(f32s(&ck, "a.weight"), vec![1.5; 16]);
@@ -350,6 +351,7 @@ fn a_common_prefix_is_named_with_the_flag_and_the_flag_strips_it() {
         &state_dict()[..2],
         &Options {
             strip_prefix: Some("_orig_mod.".into()),
+            ..Default::default()
         },
     );
     assert!(
@@ -590,6 +592,7 @@ fn save_pretrained_names_are_renamed_as_transformers_loads_them() {
     );
     let strip = Options {
         strip_prefix: Some("module.".into()),
+        ..Default::default()
     };
     let ck = c.load(&t, &strip).unwrap();
     assert_eq!(f32s(&ck, "lm_head.weight"), vec![2.0; 20]);
