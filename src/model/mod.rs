@@ -19,6 +19,7 @@ pub mod graph;
 pub mod hf_renames;
 pub mod matching;
 mod onnx;
+pub mod optimizer_meta;
 
 pub use checkpoint::Checkpoint;
 pub use export_info::Role;
