@@ -242,7 +242,10 @@ impl Cluster {
 
     /// A job's (or array task's, `ID_I`) state and reason, as `scontrol show job` says.
     fn state(&self, id: &str) -> String {
-        let o = self.run("scontrol", &["show", "job", "-o", id]).ok();
+        let o = self.run("scontrol", &["show", "job", "-o", id]);
+        if o.code != 0 {
+            return format!("{} {}", o.stdout.trim(), o.stderr.trim());
+        }
         o.stdout
             .split_whitespace()
             .filter(|w| w.starts_with("JobState=") || w.starts_with("Reason="))
@@ -280,6 +283,18 @@ impl Drop for Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// A child process killed if the test ends (or panics) before waiting for it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -371,40 +386,53 @@ fn job_array_with_a_cancelled_task_rerun_merges_into_one_process_file() {
     // Meanwhile, one process over the same inputs, one thread as every task (the thread count
     // changes f32 rounding inside a batch; see docs/cluster.md).
     let one = d.join("one.h5");
-    let reference = {
-        let mut a: Vec<String> = vec!["grad".into(), "--model".into(), mlp.display().to_string()];
-        a.extend(["--ckpt".into(), ckpts.display().to_string()]);
-        a.extend(["--data".into(), "fashion-mnist".into()]);
-        a.extend(["--threads".into(), "1".into(), "--out".into()]);
-        a.push(one.display().to_string());
-        a.extend(flags.iter().cloned());
-        std::thread::spawn(move || {
-            probe(&a).ok();
-            one
-        })
+    let mut reference = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_probe"));
+        cmd.args(["grad", "--model"])
+            .arg(&mlp)
+            .arg("--ckpt")
+            .arg(&ckpts);
+        cmd.args(["--data", "fashion-mnist", "--threads", "1", "--out"]);
+        cmd.arg(&one).args(&flags);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.stderr(File::create(d.join("one.err")).unwrap());
+        let _g = hdf5_guard();
+        KillOnDrop(cmd.spawn().unwrap())
     };
 
     // Task 5 = (c 1, d 1): cancelled once probe has opened its file.
     let victim = out.join("grad-c1-d1.h5");
     let task5 = format!("{array}_5");
-    c.until(Duration::from_secs(120), || victim.exists())
-        .unwrap_or_else(|_| panic!("task 5 never started: {:?}", c.queue()));
+    let log = |name: &str| std::fs::read_to_string(out.join("logs").join(name)).unwrap_or_default();
+    let log5 = format!("grad-{array}_5.log");
+    c.until(Duration::from_secs(120), || {
+        // The task's first line names its file: it must be (c 1, d 1)'s.
+        if let Some(l) = log(&log5).lines().find(|l| l.starts_with("task 5 of 12")) {
+            assert!(
+                l.ends_with(&format!("-> {}", victim.display())),
+                "task 5 should write {}: {l}",
+                victim.display()
+            );
+            return victim.exists();
+        }
+        false
+    })
+    .unwrap_or_else(|_| panic!("task 5 never started: {:?}", c.queue()));
     std::thread::sleep(Duration::from_millis(200));
     c.run("scancel", &[task5.as_str()]).ok();
     eprintln!("cancelled task 5 at {:.1} s", t0.elapsed().as_secs_f64());
     c.drain(Duration::from_secs(180));
     eprintln!("first array done at {:.1} s", t0.elapsed().as_secs_f64());
-    let log = |name: &str| std::fs::read_to_string(out.join("logs").join(name)).unwrap_or_default();
     assert!(
         c.state(&task5).contains("JobState=CANCELLED"),
         "task 5 should have been cancelled mid-pass, not {} (make its pass longer)\n{}",
         c.state(&task5),
-        log(&format!("grad-{array}_5.log"))
+        log(&log5)
     );
     assert!(
-        log(&format!("grad-{array}_5.log")).contains("stopped by SIGTERM"),
+        log(&log5).contains("stopped by SIGTERM"),
         "probe in task 5 should have been stopped by SIGTERM:\n{}",
-        log(&format!("grad-{array}_5.log"))
+        log(&log5)
     );
     assert_eq!(
         c.state(&merge),
@@ -481,7 +509,12 @@ fn job_array_with_a_cancelled_task_rerun_merges_into_one_process_file() {
         assert_eq!(dump["attrs"]["complete"], 1, "{}", f.display());
     }
 
-    let one = reference.join().unwrap();
+    let status = reference.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "probe grad in one process: {status}\n{}",
+        std::fs::read_to_string(d.join("one.err")).unwrap_or_default()
+    );
     eprintln!("one process done by {:.1} s", t0.elapsed().as_secs_f64());
     let (got, want) = (h5_dump(&out.join("grad.h5")), h5_dump(&one));
     assert_eq!(i64s(&got["datasets"]["checkpoints/step"]), vec![0, 10, 20]);
