@@ -259,8 +259,13 @@ fn a_failed_run_leaves_no_file_it_created_without_rows() {
     );
 }
 
+/// probes/slurm_eval.sh (slurm_grad.sh --command eval) run by hand as array tasks 0 and 1 of
+/// `--data-shards 2`, then probes/slurm_merge.sh: every checkpoint of the folder in step order,
+/// the optimizer's state in it skipped. Refused (exit 2): checkpoint shards (probe eval has no
+/// --shard), an index outside 0..C*D, a `--threads` of the user's. (tests/slurm.rs runs the
+/// scripts under a real SLURM.)
 #[test]
-fn slurm_array_script_shards_checkpoints_in_step_order() {
+fn slurm_eval_script_shards_the_data_of_every_checkpoint_in_step_order() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ck_dir = d.join("ckpts");
@@ -274,27 +279,70 @@ fn slurm_array_script_shards_checkpoints_in_step_order() {
             &[],
         );
     }
+    write_ckpt(
+        &ck_dir.join("optimizer-10.safetensors"),
+        &[("m".to_string(), CkptTensor::f32(vec![1], &[0.0]))],
+        &[("format", "probe-optimizer-state-1")],
+    );
     let out = d.join("out");
-    for (id, want) in [(5, vec![1, 10]), (6, vec![2])] {
+    let script = |name: &str, id: &str, args: &[&str], positional: bool, flags: &[&str]| {
         let mut cmd = std::process::Command::new("bash");
         cmd.current_dir(d)
-            .arg(root().join("probes/slurm_eval.sh"))
-            .args([model("mlp.onnx"), ck_dir.clone(), data.clone(), out.clone()])
+            .arg(root().join("probes").join(name))
+            .args(args);
+        if positional {
+            cmd.args([model("mlp.onnx"), ck_dir.clone(), data.clone()]);
+        }
+        cmd.arg(&out)
             .arg("--quiet")
+            .args(flags)
             .env("PROBE", env!("CARGO_BIN_EXE_probe"))
-            .env("SLURM_ARRAY_TASK_ID", id.to_string())
-            .env("SLURM_ARRAY_TASK_MIN", "5")
-            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_ARRAY_TASK_ID", id)
             .env("SLURM_CPUS_PER_TASK", "1");
-        run(cmd).ok();
-        let f = out.join(format!("eval-{:03}.h5", id - 5));
+        run(cmd)
+    };
+    let task =
+        |id: &str, args: &[&str], flags: &[&str]| script("slurm_eval.sh", id, args, true, flags);
+    let mut rows = 0;
+    for id in ["0", "1"] {
+        task(id, &["--data-shards", "2"], &["--batch", "25"]).ok();
+        let f = out.join(format!("eval-c0-d{id}.h5"));
         let dump = h5_dump(&f);
-        assert_eq!(
-            i64s(&dump["datasets"]["checkpoints/step"]),
-            want,
-            "{}",
-            f.display()
-        );
-        assert_eq!(dump["attrs"]["complete"], 1);
+        assert_eq!(i64s(&dump["datasets"]["checkpoints/step"]), vec![1, 2, 10]);
+        assert_eq!(dump["attrs"]["data_shard"], format!("{id}/2"));
+        rows += i64s(&dump["datasets"]["samples"]).iter().sum::<i64>();
+        assert!(out.join(format!("eval-c0-d{id}.done")).exists());
+    }
+    assert_eq!(rows, 3 * 100, "each checkpoint's samples, split in two");
+    script(
+        "slurm_merge.sh",
+        "",
+        &["--command", "eval", "--data-shards", "2"],
+        false,
+        &[],
+    )
+    .ok();
+    let dump = h5_dump(&out.join("eval.h5"));
+    assert_eq!(i64s(&dump["datasets"]["checkpoints/step"]), vec![1, 2, 10]);
+    assert_eq!(dump["attrs"]["complete"], 1);
+
+    for (id, args, flags, needle) in [
+        (
+            "1",
+            &["--ckpt-shards", "2"][..],
+            &[][..],
+            "probe eval has no --shard",
+        ),
+        (
+            "2",
+            &["--data-shards", "2"],
+            &[],
+            "task 2 is not one of 0..1",
+        ),
+        ("0", &[], &["--threads", "4"], "--cpus-per-task"),
+    ] {
+        let o = task(id, args, flags);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(needle), "{args:?}: {}", o.stderr);
     }
 }
