@@ -73,7 +73,8 @@ done
 probe=${PROBE:-$(dirname "$here")/target/release/probe}
 [ -x "$probe" ] || die 3 "no probe binary at $probe: run cargo build --release, or set PROBE=/path/to/probe"
 probe=$(cd "$(dirname "$probe")" && pwd)/$(basename "$probe")
-if [ "$ckpt_shards" -gt 1 ] && ! "$probe" "$cmd" --help 2>/dev/null | grep -q -- '--shard <'; then
+# (The help read whole: `probe --help | grep -q` fails under pipefail when grep quits early.)
+if [ "$ckpt_shards" -gt 1 ] && [[ $("$probe" "$cmd" --help 2>/dev/null || true) != *"--shard <"* ]]; then
   die 2 "probe $cmd has no --shard, so no checkpoint shards: use --ckpt-shards 1 and --data-shards D (every task then takes every checkpoint on its share of the data; the merge adds the shares up)"
 fi
 command -v sbatch >/dev/null || die 3 "no sbatch on PATH: run this on a SLURM login node"
