@@ -2,7 +2,7 @@
 #SBATCH --job-name=probe-eval
 #SBATCH --cpus-per-task=2
 #SBATCH --time=04:00:00
-#SBATCH --output=probe-%x-%A_%a.log
+#SBATCH --output=%x-%A_%a.log
 # `probe eval` over a training run's checkpoints as a SLURM job array: probes/slurm_grad.sh with
 # --command eval (same options, same task numbering, files OUT_DIR/eval-c<c>-d<d>.h5). Easiest
 # through probes/submit.sh --command eval, which also submits the merge; see probes/README.md.

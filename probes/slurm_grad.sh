@@ -2,7 +2,7 @@
 #SBATCH --job-name=probe-grad
 #SBATCH --cpus-per-task=2
 #SBATCH --time=04:00:00
-#SBATCH --output=probe-%x-%A_%a.log
+#SBATCH --output=%x-%A_%a.log
 # One task of a SLURM job array running `probe grad` (or `probe eval`) over a training run, split
 # C ways by checkpoint (--shard c/C: every C-th checkpoint in step order, from the c-th) and D ways
 # by data (--data-shard d/D: the d-th of D contiguous runs of whole batches, raw f64 sums).

@@ -2,7 +2,7 @@
 #SBATCH --job-name=probe-merge
 #SBATCH --cpus-per-task=1
 #SBATCH --time=01:00:00
-#SBATCH --output=probe-%x-%j.log
+#SBATCH --output=%x-%j.log
 # After the job array of probes/slurm_grad.sh: `probe merge` of its C*D files,
 # OUT_DIR/<command>-c<c>-d<d>.h5, into OUT_DIR/<command>.h5. probes/submit.sh submits it with
 # --dependency=afterok on the array; see probes/README.md.
