@@ -79,8 +79,9 @@ if [ -z "$task" ]; then
   [ "$tasks" -eq 1 ] || die 2 "no SLURM_ARRAY_TASK_ID: submit with sbatch --array=0-$((tasks - 1)), or give --task I to run one task by hand"
   task=0
 fi
-[[ $task =~ ^[0-9]+$ ]] && [ "$task" -lt "$tasks" ] ||
+if ! [[ $task =~ ^[0-9]+$ ]] || [ "$task" -ge "$tasks" ]; then
   die 2 "task $task is not one of 0..$((tasks - 1)) ($ckpt_shards checkpoint shards x $data_shards data shards): submit with --array=0-$((tasks - 1)) or a part of it"
+fi
 c=$((task / data_shards)) d=$((task % data_shards))
 
 probe=${PROBE:-${SLURM_SUBMIT_DIR:-$PWD}/target/release/probe}

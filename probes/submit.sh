@@ -55,6 +55,7 @@ else
   # Every index named must be a task: 0..n-1 (ranges by their ends, a :step aside).
   [[ $tasks =~ ^[0-9]+(-[0-9]+(:[0-9]+)?)?(,[0-9]+(-[0-9]+(:[0-9]+)?)?)*$ ]] ||
     die 2 "--tasks takes indices and ranges like 5 or 2,7 or 0-5, got '$tasks'"
+  # shellcheck disable=SC2013 # words wanted: the indices
   for i in $(sed -E 's/:[0-9]+//g; s/[,-]/ /g' <<<"$tasks"); do
     [ "$i" -lt "$n" ] || die 2 "--tasks $tasks: $i is not a task; there are $n (0..$((n - 1)))"
   done
@@ -80,6 +81,7 @@ fi
 command -v sbatch >/dev/null || die 3 "no sbatch on PATH: run this on a SLURM login node"
 mkdir -p "$out/logs"
 
+# shellcheck disable=SC2054 # the comma is sbatch's, inside one --export value
 common=(--export=ALL,PROBE="$probe" "${sbatch_args[@]}")
 shards=(--command "$cmd" --ckpt-shards "$ckpt_shards" --data-shards "$data_shards")
 array=$(sbatch --parsable --array="$tasks" --job-name="probe-$cmd" \
@@ -93,9 +95,9 @@ merge=$(sbatch --parsable --dependency=afterok:"$array" --kill-on-invalid-dep=ye
 merge=${merge%%;*}
 
 # The same submission, less --tasks, for the message.
-again=("${shards[@]}" ${cpus:+--cpus "$cpus"})
-for a in "${sbatch_args[@]}"; do again+=(--sbatch "$a"); done
-again=$(printf ' %q' "${again[@]}" "$model" "$ckpts" "$data" "$out" "$@")
+same=("${shards[@]}" ${cpus:+--cpus "$cpus"})
+for a in "${sbatch_args[@]}"; do same+=(--sbatch "$a"); done
+again=$(printf ' %q' "${same[@]}" "$model" "$ckpts" "$data" "$out" "$@")
 cat <<EOF
 array job $array: tasks $tasks of $n ($ckpt_shards checkpoint shards x $data_shards data shards) -> $out/$cmd-c<c>-d<d>.h5
 merge job $merge (once every task has succeeded) -> $out/$cmd.h5
