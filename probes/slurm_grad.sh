@@ -101,10 +101,11 @@ rm -f "$out/$name.done"
 echo "task $task of $tasks: checkpoint shard $c/$ckpt_shards, data shard $d/$data_shards -> $out/$name.h5" >&2
 # probe runs as a child (not exec'd) so that this script can mark success; on scancel SLURM
 # signals every process of the job, and the no-op trap keeps this shell waiting until probe has
-# closed its file (else SLURM would kill probe as soon as the script ended).
+# closed its file (else SLURM would kill probe as soon as the script ended). A trap that runs
+# a command is not inherited: probe gets the signals as usual.
+trap : TERM INT
 "$probe" "$cmd" "${args[@]}" --out "$out/$name.h5" "$@" &
 pid=$!
-trap : TERM INT
 rc=0
 wait "$pid" || rc=$?
 while kill -0 "$pid" 2>/dev/null; do
