@@ -33,6 +33,18 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Polls `ready` every 0.1 s until it holds (Ok) or `limit` has passed (Err).
+fn until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -143,21 +155,30 @@ impl Cluster {
                 format!("--seed-file={}", p("munged.seed")),
             ],
         );
-        c.until(Duration::from_secs(10), || socket.exists())
+        until(Duration::from_secs(10), || socket.exists())
             .map_err(|_| format!("munged did not start: {}", c.tail("munged.out")))?;
         c.spawn("slurmctld", &["-D".into(), "-i".into()]);
         c.spawn("slurmd", &["-D".into()]);
-        c.until(Duration::from_secs(30), || {
+        // Up: the node idle. Given up on (the test skips): a daemon that exited, or a minute.
+        let mut state = String::new();
+        let mut exited = None;
+        let _ = until(Duration::from_secs(60), || {
             let o = c.cmd("sinfo").args(["-h", "-o", "%T"]).output().unwrap();
-            String::from_utf8_lossy(&o.stdout).trim() == "idle"
-        })
-        .map_err(|_| {
-            format!(
-                "the node did not come up idle in 30 s:\nslurmctld: {}\nslurmd: {}",
+            state = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            exited = c.daemons.iter_mut().find_map(|(name, child)| {
+                let status = child.try_wait().ok().flatten()?;
+                Some(format!("{name} exited ({status})"))
+            });
+            state == "idle" || exited.is_some()
+        });
+        if state != "idle" {
+            return Err(format!(
+                "{}; the node is '{state}':\nslurmctld: {}\nslurmd: {}",
+                exited.unwrap_or_else(|| "the node did not come up idle in 60 s".into()),
                 c.tail("slurmctld.out"),
                 c.tail("slurmd.out")
-            )
-        })?;
+            ));
+        }
         Ok(c)
     }
 
@@ -198,17 +219,6 @@ impl Cluster {
         let mut cmd = self.cmd(name);
         cmd.args(args);
         run(cmd)
-    }
-
-    fn until(&self, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if ready() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(())
     }
 
     fn tail(&self, file: &str) -> String {
@@ -265,7 +275,7 @@ impl Drop for Cluster {
             let mut a = vec!["--full"];
             a.extend(ids.iter().map(String::as_str));
             self.run("scancel", &a);
-            let _ = self.until(Duration::from_secs(20), || self.queue().is_empty());
+            let _ = until(Duration::from_secs(20), || self.queue().is_empty());
         }
         self.run("scontrol", &["shutdown"]);
         let t = Instant::now();
@@ -405,7 +415,7 @@ fn job_array_with_a_cancelled_task_rerun_merges_into_one_process_file() {
     let task5 = format!("{array}_5");
     let log = |name: &str| std::fs::read_to_string(out.join("logs").join(name)).unwrap_or_default();
     let log5 = format!("grad-{array}_5.log");
-    c.until(Duration::from_secs(120), || {
+    until(Duration::from_secs(120), || {
         // The task's first line names its file: it must be (c 1, d 1)'s.
         if let Some(l) = log(&log5).lines().find(|l| l.starts_with("task 5 of 12")) {
             assert!(
