@@ -20,7 +20,7 @@
 # Options (before the positional arguments):
 #   --ckpt-shards C   checkpoint shards (default 1: every task takes every checkpoint)
 #   --data-shards D   data shards (default 1: every task reads the whole data set)
-#   --command CMD     grad (default) or eval (probe eval has no --shard: data shards only)
+#   --command CMD     grad (default) or eval
 #   --task I          the task index, instead of SLURM_ARRAY_TASK_ID (to run one task by hand)
 #
 # Threads: probe gets `--threads $SLURM_CPUS_PER_TASK` (sbatch --cpus-per-task, 2 by default).
@@ -87,10 +87,6 @@ c=$((task / data_shards)) d=$((task % data_shards))
 probe=${PROBE:-${SLURM_SUBMIT_DIR:-$PWD}/target/release/probe}
 [ -x "$probe" ] || die 3 "no probe binary at $probe: run cargo build --release in the repository, submit from its root, or set PROBE=/path/to/probe"
 
-# (The help read whole: `probe --help | grep -q` fails under pipefail when grep quits early.)
-if [ "$ckpt_shards" -gt 1 ] && [[ $("$probe" "$cmd" --help 2>/dev/null || true) != *"--shard <"* ]]; then
-  die 2 "probe $cmd has no --shard, so no checkpoint shards: use --ckpt-shards 1 and --data-shards D (every task then takes every checkpoint on its share of the data; the merge adds the shares up)"
-fi
 args=(--model "$model" --ckpt "$ckpts" --data "$data")
 [ "$ckpt_shards" -eq 1 ] || args+=(--shard "$c/$ckpt_shards")
 [ "$data_shards" -eq 1 ] || args+=(--data-shard "$d/$data_shards")

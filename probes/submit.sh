@@ -8,7 +8,7 @@
 # Options (before the positional arguments):
 #   --ckpt-shards C   checkpoint shards (default 1)
 #   --data-shards D   data shards (default 1); --hessian and --noise's per-sample part need D = 1
-#   --command CMD     grad (default) or eval (probe eval has no --shard: data shards only)
+#   --command CMD     grad (default) or eval
 #   --cpus N          cores per task, given to probe as --threads (default: the scripts' 2)
 #   --tasks LIST      submit only these array indices (sbatch --array syntax: 5 or 2,7 or 0-5),
 #                     e.g. to rerun failed tasks; default 0-(C*D-1)
@@ -74,10 +74,6 @@ done
 probe=${PROBE:-$(dirname "$here")/target/release/probe}
 [ -x "$probe" ] || die 3 "no probe binary at $probe: run cargo build --release, or set PROBE=/path/to/probe"
 probe=$(cd "$(dirname "$probe")" && pwd)/$(basename "$probe")
-# (The help read whole: `probe --help | grep -q` fails under pipefail when grep quits early.)
-if [ "$ckpt_shards" -gt 1 ] && [[ $("$probe" "$cmd" --help 2>/dev/null || true) != *"--shard <"* ]]; then
-  die 2 "probe $cmd has no --shard, so no checkpoint shards: use --ckpt-shards 1 and --data-shards D (every task then takes every checkpoint on its share of the data; the merge adds the shares up)"
-fi
 command -v sbatch >/dev/null || die 3 "no sbatch on PATH: run this on a SLURM login node"
 mkdir -p "$out/logs"
 

@@ -259,13 +259,13 @@ fn a_failed_run_leaves_no_file_it_created_without_rows() {
     );
 }
 
-/// probes/slurm_eval.sh (slurm_grad.sh --command eval) run by hand as array tasks 0 and 1 of
-/// `--data-shards 2`, then probes/slurm_merge.sh: every checkpoint of the folder in step order,
-/// the optimizer's state in it skipped. Refused (exit 2): checkpoint shards (probe eval has no
-/// --shard), an index outside 0..C*D, a `--threads` of the user's. (tests/slurm.rs runs the
-/// scripts under a real SLURM.)
+/// probes/slurm_eval.sh (slurm_grad.sh --command eval) run by hand as array tasks 0..3 of
+/// `--ckpt-shards 2 --data-shards 2`, then probes/slurm_merge.sh: task i takes checkpoint shard
+/// i / 2 (the folder's checkpoints in step order, its optimizer's state skipped) and data shard
+/// i % 2, and the merge holds every checkpoint in step order. Refused (exit 2): an index outside
+/// 0..C*D, a `--threads` of the user's. (tests/slurm.rs runs the scripts under a real SLURM.)
 #[test]
-fn slurm_eval_script_shards_the_data_of_every_checkpoint_in_step_order() {
+fn slurm_eval_script_shards_checkpoints_in_step_order_and_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ck_dir = d.join("ckpts");
@@ -303,42 +303,38 @@ fn slurm_eval_script_shards_the_data_of_every_checkpoint_in_step_order() {
     };
     let task =
         |id: &str, args: &[&str], flags: &[&str]| script("slurm_eval.sh", id, args, true, flags);
+    let shards = ["--ckpt-shards", "2", "--data-shards", "2"];
     let mut rows = 0;
-    for id in ["0", "1"] {
-        task(id, &["--data-shards", "2"], &["--batch", "25"]).ok();
-        let f = out.join(format!("eval-c0-d{id}.h5"));
-        let dump = h5_dump(&f);
-        assert_eq!(i64s(&dump["datasets"]["checkpoints/step"]), vec![1, 2, 10]);
-        assert_eq!(dump["attrs"]["data_shard"], format!("{id}/2"));
+    for (i, steps) in [vec![1, 10], vec![1, 10], vec![2], vec![2]]
+        .iter()
+        .enumerate()
+    {
+        task(&i.to_string(), &shards, &["--batch", "25"]).ok();
+        let name = format!("eval-c{}-d{}", i / 2, i % 2);
+        let dump = h5_dump(&out.join(format!("{name}.h5")));
+        assert_eq!(
+            &i64s(&dump["datasets"]["checkpoints/step"]),
+            steps,
+            "{name}"
+        );
+        assert_eq!(
+            dump["attrs"]["data_shard"],
+            format!("{}/2", i % 2),
+            "{name}"
+        );
         rows += i64s(&dump["datasets"]["samples"]).iter().sum::<i64>();
-        assert!(out.join(format!("eval-c0-d{id}.done")).exists());
+        assert!(out.join(format!("{name}.done")).exists());
     }
     assert_eq!(rows, 3 * 100, "each checkpoint's samples, split in two");
-    script(
-        "slurm_merge.sh",
-        "",
-        &["--command", "eval", "--data-shards", "2"],
-        false,
-        &[],
-    )
-    .ok();
+    let mut merge = vec!["--command", "eval"];
+    merge.extend(shards);
+    script("slurm_merge.sh", "", &merge, false, &[]).ok();
     let dump = h5_dump(&out.join("eval.h5"));
     assert_eq!(i64s(&dump["datasets"]["checkpoints/step"]), vec![1, 2, 10]);
     assert_eq!(dump["attrs"]["complete"], 1);
 
     for (id, args, flags, needle) in [
-        (
-            "1",
-            &["--ckpt-shards", "2"][..],
-            &[][..],
-            "probe eval has no --shard",
-        ),
-        (
-            "2",
-            &["--data-shards", "2"],
-            &[],
-            "task 2 is not one of 0..1",
-        ),
+        ("4", &shards[..], &[][..], "task 4 is not one of 0..3"),
         ("0", &[], &["--threads", "4"], "--cpus-per-task"),
     ] {
         let o = task(id, args, flags);

@@ -455,39 +455,3 @@ pub fn assert_pytorchs(label: &str, line: &str) {
         "{label}: loss {loss} vs {ref_loss}"
     );
 }
-
-/// Every dataset of `got` equals `want`'s to `rel` relative, element by element (NaN = NaN,
-/// strings and integers exactly), `/seconds` aside. Returns the largest relative difference.
-pub fn same_datasets(got: &serde_json::Value, want: &serde_json::Value, rel: f64) -> f64 {
-    use serde_json::Value;
-    let (g, w) = (
-        got["datasets"].as_object().unwrap(),
-        want["datasets"].as_object().unwrap(),
-    );
-    let names = |m: &serde_json::Map<String, Value>| -> Vec<String> {
-        m.keys().filter(|k| *k != "seconds").cloned().collect()
-    };
-    assert_eq!(names(g), names(w), "the same datasets");
-    let mut worst = 0f64;
-    fn walk(a: &Value, b: &Value, name: &str, rel: f64, worst: &mut f64) {
-        match (a, b) {
-            (Value::Array(x), Value::Array(y)) => {
-                assert_eq!(x.len(), y.len(), "/{name}: shapes");
-                for (p, q) in x.iter().zip(y) {
-                    walk(p, q, name, rel, worst);
-                }
-            }
-            (Value::Number(_), Value::Number(_)) if a.is_f64() || b.is_f64() => {
-                let (p, q) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-                let d = (p - q).abs() / p.abs().max(q.abs()).max(f64::MIN_POSITIVE);
-                *worst = worst.max(d);
-                assert!(d <= rel, "/{name}: {p:e} vs {q:e} (relative {d:e})");
-            }
-            _ => assert_eq!(a, b, "/{name}"),
-        }
-    }
-    for n in names(w) {
-        walk(&g[&n], &w[&n], &n, rel, &mut worst);
-    }
-    worst
-}
