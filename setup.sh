@@ -4,7 +4,9 @@
 # Installs, from the package registries only (Debian, PyPI, crates.io):
 #   - apt: libhdf5-dev + pkg-config (for the hdf5 crate), dataset-fashion-mnist (the data),
 #          strace (the fault-injection tests kill probe inside its writes), libturbojpeg0-dev
-#          (libjpeg-turbo, the JPEG decoder PIL uses, for `--data imagefolder:`)
+#          (libjpeg-turbo, the JPEG decoder PIL uses, for `--data imagefolder:`); as root also
+#          slurmctld slurmd slurm-client munge (tests/slurm.rs starts a private single-node
+#          SLURM to run probes/submit.sh for real; it skips itself without them)
 #   - .libtorch/   libtorch from the torch==2.11.0 wheel (for tch), no Python deps
 #   - .onnxruntime/ libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel (for ort, load-dynamic)
 #   - .venv/       Python with torch, onnx, onnxscript, safetensors, h5py, transformers, timm:
@@ -21,7 +23,10 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages ---------------------------------------------------------------------------
 need_apt=""
-for p in libhdf5-dev pkg-config dataset-fashion-mnist strace libturbojpeg0-dev; do
+wanted="libhdf5-dev pkg-config dataset-fashion-mnist strace libturbojpeg0-dev"
+# SLURM (not slurm-wlm, which pulls in plugins nobody needs here); its daemons run as root only.
+[ "$(id -u)" != 0 ] || wanted="$wanted slurmctld slurmd slurm-client munge"
+for p in $wanted; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt="$need_apt $p"
 done
 if [ -n "$need_apt" ]; then

@@ -259,8 +259,13 @@ fn a_failed_run_leaves_no_file_it_created_without_rows() {
     );
 }
 
+/// probes/slurm_eval.sh (slurm_grad.sh --command eval) run by hand as array tasks 0..3 of
+/// `--ckpt-shards 2 --data-shards 2`, then probes/slurm_merge.sh: task i takes checkpoint shard
+/// i / 2 (the folder's checkpoints in step order, its optimizer's state skipped) and data shard
+/// i % 2, and the merge holds every checkpoint in step order. Refused (exit 2): an index outside
+/// 0..C*D, a `--threads` of the user's. (tests/slurm.rs runs the scripts under a real SLURM.)
 #[test]
-fn slurm_array_script_shards_checkpoints_in_step_order() {
+fn slurm_eval_script_shards_checkpoints_in_step_order_and_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ck_dir = d.join("ckpts");
@@ -274,27 +279,66 @@ fn slurm_array_script_shards_checkpoints_in_step_order() {
             &[],
         );
     }
+    write_ckpt(
+        &ck_dir.join("optimizer-10.safetensors"),
+        &[("m".to_string(), CkptTensor::f32(vec![1], &[0.0]))],
+        &[("format", "probe-optimizer-state-1")],
+    );
     let out = d.join("out");
-    for (id, want) in [(5, vec![1, 10]), (6, vec![2])] {
+    let script = |name: &str, id: &str, args: &[&str], positional: bool, flags: &[&str]| {
         let mut cmd = std::process::Command::new("bash");
         cmd.current_dir(d)
-            .arg(root().join("probes/slurm_eval.sh"))
-            .args([model("mlp.onnx"), ck_dir.clone(), data.clone(), out.clone()])
+            .arg(root().join("probes").join(name))
+            .args(args);
+        if positional {
+            cmd.args([model("mlp.onnx"), ck_dir.clone(), data.clone()]);
+        }
+        cmd.arg(&out)
             .arg("--quiet")
+            .args(flags)
             .env("PROBE", env!("CARGO_BIN_EXE_probe"))
-            .env("SLURM_ARRAY_TASK_ID", id.to_string())
-            .env("SLURM_ARRAY_TASK_MIN", "5")
-            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_ARRAY_TASK_ID", id)
             .env("SLURM_CPUS_PER_TASK", "1");
-        run(cmd).ok();
-        let f = out.join(format!("eval-{:03}.h5", id - 5));
-        let dump = h5_dump(&f);
+        run(cmd)
+    };
+    let task =
+        |id: &str, args: &[&str], flags: &[&str]| script("slurm_eval.sh", id, args, true, flags);
+    let shards = ["--ckpt-shards", "2", "--data-shards", "2"];
+    let mut rows = 0;
+    for (i, steps) in [vec![1, 10], vec![1, 10], vec![2], vec![2]]
+        .iter()
+        .enumerate()
+    {
+        task(&i.to_string(), &shards, &["--batch", "25"]).ok();
+        let name = format!("eval-c{}-d{}", i / 2, i % 2);
+        let dump = h5_dump(&out.join(format!("{name}.h5")));
         assert_eq!(
-            i64s(&dump["datasets"]["checkpoints/step"]),
-            want,
-            "{}",
-            f.display()
+            &i64s(&dump["datasets"]["checkpoints/step"]),
+            steps,
+            "{name}"
         );
-        assert_eq!(dump["attrs"]["complete"], 1);
+        assert_eq!(
+            dump["attrs"]["data_shard"],
+            format!("{}/2", i % 2),
+            "{name}"
+        );
+        rows += i64s(&dump["datasets"]["samples"]).iter().sum::<i64>();
+        assert!(out.join(format!("{name}.done")).exists());
+    }
+    assert_eq!(rows, 3 * 100, "each checkpoint's samples, split in two");
+    let mut merge = vec!["--command", "eval"];
+    merge.extend(shards);
+    script("slurm_merge.sh", "", &merge, false, &[]).ok();
+    let dump = h5_dump(&out.join("eval.h5"));
+    assert_eq!(i64s(&dump["datasets"]["checkpoints/step"]), vec![1, 2, 10]);
+    assert_eq!(dump["attrs"]["complete"], 1);
+
+    for (id, args, flags, needle) in [
+        ("4", &shards[..], &[][..], "task 4 is not one of 0..3"),
+        ("0", &[], &["--threads", "4"], "--cpus-per-task"),
+    ] {
+        let o = task(id, args, flags);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(needle), "{args:?}: {}", o.stderr);
     }
 }

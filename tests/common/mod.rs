@@ -3,6 +3,7 @@
 //! small data and checkpoint files from Rust.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,6 +182,64 @@ print(json.dumps(out))
 "#;
     let text = py(&[OsStr::new("-c"), OsStr::new(SCRIPT), path.as_os_str()]);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("h5 dump of {}: {e}", path.display()))
+}
+
+/// Every dataset of `got` equals `want`'s to `rel` relative, element by element (NaN = NaN,
+/// strings and integers exactly), `/seconds` aside. Returns the largest relative difference.
+pub fn same_datasets(got: &Value, want: &Value, rel: f64) -> f64 {
+    compare_datasets(got, want, rel, false)
+}
+
+/// As [`same_datasets`], but each float differs by at most `rel` times the largest magnitude in
+/// its dataset: for sums taken in another order, where entries that nearly cancel differ by
+/// more than `rel` of themselves. Returns the largest difference so scaled.
+pub fn close_datasets(got: &Value, want: &Value, rel: f64) -> f64 {
+    compare_datasets(got, want, rel, true)
+}
+
+fn compare_datasets(got: &Value, want: &Value, rel: f64, per_dataset: bool) -> f64 {
+    let (g, w) = (
+        got["datasets"].as_object().unwrap(),
+        want["datasets"].as_object().unwrap(),
+    );
+    let names = |m: &serde_json::Map<String, Value>| -> Vec<String> {
+        m.keys().filter(|k| *k != "seconds").cloned().collect()
+    };
+    assert_eq!(names(g), names(w), "the same datasets");
+    let mut worst = 0f64;
+    fn largest(v: &Value) -> f64 {
+        match v {
+            Value::Array(x) => x.iter().map(largest).fold(0.0, f64::max),
+            _ => v.as_f64().map_or(0.0, f64::abs),
+        }
+    }
+    fn walk(a: &Value, b: &Value, name: &str, rel: f64, scale: f64, worst: &mut f64) {
+        match (a, b) {
+            (Value::Array(x), Value::Array(y)) => {
+                assert_eq!(x.len(), y.len(), "/{name}: shapes");
+                for (p, q) in x.iter().zip(y) {
+                    walk(p, q, name, rel, scale, worst);
+                }
+            }
+            (Value::Number(_), Value::Number(_)) if a.is_f64() || b.is_f64() => {
+                let (p, q) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                let s = if scale > 0.0 {
+                    scale
+                } else {
+                    p.abs().max(q.abs())
+                };
+                let d = (p - q).abs() / s.max(f64::MIN_POSITIVE);
+                *worst = worst.max(d);
+                assert!(d <= rel, "/{name}: {p:e} vs {q:e} (relative {d:e})");
+            }
+            _ => assert_eq!(a, b, "/{name}"),
+        }
+    }
+    for n in names(w) {
+        let scale = if per_dataset { largest(&w[&n]) } else { 0.0 };
+        walk(&g[&n], &w[&n], &n, rel, scale, &mut worst);
+    }
+    worst
 }
 
 pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
@@ -395,40 +454,4 @@ pub fn assert_pytorchs(label: &str, line: &str) {
         (loss - ref_loss).abs() <= 1e-6 * ref_loss,
         "{label}: loss {loss} vs {ref_loss}"
     );
-}
-
-/// Every dataset of `got` equals `want`'s to `rel` relative, element by element (NaN = NaN,
-/// strings and integers exactly), `/seconds` aside. Returns the largest relative difference.
-pub fn same_datasets(got: &serde_json::Value, want: &serde_json::Value, rel: f64) -> f64 {
-    use serde_json::Value;
-    let (g, w) = (
-        got["datasets"].as_object().unwrap(),
-        want["datasets"].as_object().unwrap(),
-    );
-    let names = |m: &serde_json::Map<String, Value>| -> Vec<String> {
-        m.keys().filter(|k| *k != "seconds").cloned().collect()
-    };
-    assert_eq!(names(g), names(w), "the same datasets");
-    let mut worst = 0f64;
-    fn walk(a: &Value, b: &Value, name: &str, rel: f64, worst: &mut f64) {
-        match (a, b) {
-            (Value::Array(x), Value::Array(y)) => {
-                assert_eq!(x.len(), y.len(), "/{name}: shapes");
-                for (p, q) in x.iter().zip(y) {
-                    walk(p, q, name, rel, worst);
-                }
-            }
-            (Value::Number(_), Value::Number(_)) if a.is_f64() || b.is_f64() => {
-                let (p, q) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-                let d = (p - q).abs() / p.abs().max(q.abs()).max(f64::MIN_POSITIVE);
-                *worst = worst.max(d);
-                assert!(d <= rel, "/{name}: {p:e} vs {q:e} (relative {d:e})");
-            }
-            _ => assert_eq!(a, b, "/{name}"),
-        }
-    }
-    for n in names(w) {
-        walk(&g[&n], &w[&n], &n, rel, &mut worst);
-    }
-    worst
 }
