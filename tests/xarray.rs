@@ -174,8 +174,15 @@ fn every_subcommand_with_an_output_takes_o_and_shows_an_example() {
         "eval", "grad", "train", "merge", "autodiff", "analyze", "plot",
     ] {
         let o = probe(&[cmd, "--help"]).ok();
+        // An "Example(s):" section that runs this subcommand.
+        let lines: Vec<&str> = o.stdout.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == "Example:" || *l == "Examples:");
         assert!(
-            o.stdout.contains("Example"),
+            at.is_some_and(|i| lines[i..]
+                .iter()
+                .any(|l| l.contains(&format!("probe {cmd} ")))),
             "probe {cmd} --help has no example:\n{}",
             o.stdout
         );
