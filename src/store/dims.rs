@@ -18,6 +18,11 @@
 //! | `/weights/bin`, `/weights/bin_edge` | `bin` [64], `bin_edge` [65] | nothing: a netCDF "dimension but not a variable" |
 //! | `/grad/<p>_<i>`, `/partial/<p>_<i>` | axis i of parameter p's shape | nothing (`/grad/full/<p>`, `/partial/grad_sum/<p>`) |
 //! | `/partial/<p>_entries`, `/partial/batch_size`, `/partial/hi_lo` | | nothing (the data shards' sums) |
+//! | `/analysis/series/name`, `/analysis/distribution/windows/name` | `name` | the series', the windows' names |
+//! | `/analysis/distribution/windows/bound` | `bound` [4] | nothing |
+//!
+//! The library is Debian's `libhdf5_hl` (libhdf5-dev installs it beside `libhdf5`; the hdf5
+//! crate binds the core library only, so the four functions are declared here).
 //!
 //! A dataset is labelled when it is created, in the same commit (so both copies of
 //! [`super::atomic`] get it); every axis or none (netCDF readers refuse a half-labelled one).
