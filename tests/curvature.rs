@@ -92,7 +92,10 @@ fn mlp_noise_and_curvature_match_brute_force() {
         h5_dump(out)
     };
     let full = run(&[], &dir.path().join("full.h5"));
-    assert_eq!(full["attrs"]["schema_version"], 2);
+    assert_eq!(
+        full["attrs"]["schema_version"],
+        probe::store::SCHEMA_VERSION
+    );
     assert_eq!(row0(&full, "hessian/converged"), 1.0);
     // (probe column, reference key, relative bound)
     for (col, key, rel) in [

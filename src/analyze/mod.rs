@@ -108,6 +108,14 @@ fn record<'a>(a: &'a Analysis, command_line: &'a str) -> group::Analysis<'a> {
     }
 }
 
+impl Analysis {
+    /// The series as `/analysis/series` stores them, and as `probe analyze --format csv|json`
+    /// prints them (one row each: `name`, then [`group::Series::FIELDS`]).
+    pub fn records(&self) -> Vec<group::Series> {
+        self.series.iter().map(series_record).collect()
+    }
+}
+
 fn series_record(s: &SeriesStats) -> group::Series {
     let (t, k) = (&s.trend, &s.kpss);
     let (fit, lo, hi) = s.ci_change();

@@ -1,7 +1,9 @@
 //! `probe analyze`: its flags, their plan, and the printed table, verdict and notes.
 use super::flags::{command_line, positive};
+use super::format::{print_header, print_row, Format, Val};
 use clap::Args;
 use probe::analyze::AnalyzePlan;
+use probe::store::analysis::{Field, Series};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -16,9 +18,16 @@ pub struct AnalyzeArgs {
     /// own; without it such a file is refused: merge the shards first (`probe merge`).
     #[arg(long)]
     pub allow_partial: bool,
+    /// What stdout gets: `table` (the series table and the verdict), or the series alone, one
+    /// row each with the columns of /analysis/series (name, half_n, ..., kpss_reject_5pct):
+    /// `csv` (with a header line) or `json` (one object per line); the verdict then goes to
+    /// stderr (it is also the /analysis attribute `verdict`).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
-/// Analyses the file, prints the table and the verdict on stdout and the notes on stderr.
+/// Analyses the file, prints the table and the verdict on stdout (csv/json: the series on
+/// stdout, the verdict on stderr) and the notes on stderr.
 pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
     let plan = AnalyzePlan {
         path: args.results,
@@ -39,12 +48,31 @@ pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
             );
         }
     }
-    for line in r.table() {
-        println!("{line}");
-    }
-    println!();
-    for line in r.verdict() {
-        println!("{line}");
+    if args.format == Format::Table {
+        for line in r.table() {
+            println!("{line}");
+        }
+        println!();
+        for line in r.verdict() {
+            println!("{line}");
+        }
+    } else {
+        let mut columns = vec!["name"];
+        columns.extend(Series::FIELDS);
+        print_header(args.format, &columns);
+        for s in r.records() {
+            let mut v = vec![Val::S(s.name.clone())];
+            v.extend(s.values().iter().map(|f| match *f {
+                Field::I64(i) => Val::I(i),
+                Field::F64(x) => Val::F(x),
+            }));
+            print_row(args.format, &columns, &v);
+        }
+        if !quiet {
+            for line in r.verdict() {
+                eprintln!("{line}");
+            }
+        }
     }
     if !quiet {
         eprintln!("wrote /analysis into {path}");

@@ -72,7 +72,7 @@ pub struct Common {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub ckpts_per_pass: Option<u64>,
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
-    #[arg(long, value_name = "R.h5")]
+    #[arg(short, long, value_name = "R.h5")]
     pub out: PathBuf,
     /// Save the running pass's partial sums beside --out (`R.h5.pass`) every SECONDS (0: after
     /// every batch; `never`: not at all), so that a job killed inside a long pass (a time limit)

@@ -3,6 +3,7 @@
 use super::flags::{
     non_negative, whole_in, wrote, Bn, Common, Conflict, ConventionArgs, DeviceArg,
 };
+use super::format::{print_header, print_row, Format, Val};
 use clap::{Args, ValueEnum};
 use probe::measure::grad::{Engine, GradPlan, GradRow, OnNonFinite};
 use probe::measure::hessian::HessianOptions;
@@ -40,6 +41,12 @@ pub struct GradArgs {
     pub standard_ops: bool,
     #[command(flatten)]
     pub conventions: ConventionArgs,
+    /// What stdout gets: `table`, `csv` (with a header line) or `json` (one object per line);
+    /// csv and json name the columns step, loss, accuracy, grad_l2, [grad_reg_l2], weights_l2,
+    /// dist_prev, [b_noise], [hessian_top], seconds, checkpoint (the bracketed ones with
+    /// --weight-decay, --noise, --hessian).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 
     // Last: flags declared after it would be listed under its heading.
     #[command(flatten)]
@@ -199,23 +206,67 @@ impl GradArgs {
 /// Measures every checkpoint, printing a row as each completes; the optional columns
 /// (|g + wd w|, B_noise, lambda_max) appear only when their flags ask for them.
 pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
+    let format = args.format;
     let plan = args.plan(quiet)?;
     let wd = plan.weight_decay.is_some();
     let (noise, hess) = (plan.noise.is_some(), plan.hessian.is_some());
-    println!(
-        "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
-        "step",
-        "loss",
-        "accuracy",
-        "|grad|",
-        if wd { "|grad+wd*w|  " } else { "" },
-        "|w|",
-        "moved",
-        if noise { "   B_noise  " } else { "" },
-        if hess { "  lambda_max  " } else { "" },
-        "seconds"
-    );
+    let columns: Vec<&str> = [
+        ("step", true),
+        ("loss", true),
+        ("accuracy", true),
+        ("grad_l2", true),
+        ("grad_reg_l2", wd),
+        ("weights_l2", true),
+        ("dist_prev", true),
+        ("b_noise", noise),
+        ("hessian_top", hess),
+        ("seconds", true),
+        ("checkpoint", true),
+    ]
+    .iter()
+    .filter(|c| c.1)
+    .map(|c| c.0)
+    .collect();
+    if format != Format::Table {
+        print_header(format, &columns);
+    } else {
+        println!(
+            "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
+            "step",
+            "loss",
+            "accuracy",
+            "|grad|",
+            if wd { "|grad+wd*w|  " } else { "" },
+            "|w|",
+            "moved",
+            if noise { "   B_noise  " } else { "" },
+            if hess { "  lambda_max  " } else { "" },
+            "seconds"
+        );
+    }
     let print = |r: &GradRow| {
+        if format != Format::Table {
+            let mut v = vec![
+                Val::I(r.step),
+                Val::F(r.loss),
+                Val::F(r.accuracy),
+                Val::F(r.grad_l2),
+            ];
+            // An optional column the flags asked for holds NaN where the row has no value.
+            let opt = |x: Option<f64>| Val::F(x.unwrap_or(f64::NAN));
+            if wd {
+                v.push(opt(r.grad_reg_l2));
+            }
+            v.extend([Val::F(r.weights_l2), Val::F(r.dist_prev)]);
+            if noise {
+                v.push(opt(r.b_noise));
+            }
+            if hess {
+                v.push(opt(r.hessian_top));
+            }
+            v.extend([Val::F(r.seconds), Val::from(r.path.as_str())]);
+            return print_row(format, &columns, &v);
+        }
         let opt = |v: Option<f64>, w: usize| v.map(|v| format!("{v:>w$.4e}  ")).unwrap_or_default();
         println!(
             "{:>8}  {:>10.6}  {:>8.4}  {:>11.4e}  {}{:>10.4}  {:>10.4}  {}{}{:>7.1}  {}",

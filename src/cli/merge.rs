@@ -11,7 +11,7 @@ pub struct MergeArgs {
     #[arg(value_name = "FILES", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// The merged results file (appended to if it holds earlier rows of the same run).
-    #[arg(long, value_name = "R.h5")]
+    #[arg(short, long, value_name = "R.h5")]
     pub out: PathBuf,
     /// Replace --out if it holds results of another run.
     #[arg(long)]

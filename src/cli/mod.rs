@@ -6,6 +6,7 @@ pub mod analyze;
 pub mod autodiff;
 pub mod eval;
 pub mod flags;
+pub mod format;
 pub mod grad;
 pub mod merge;
 pub mod plot;
@@ -68,7 +69,9 @@ pub enum Command {
 (cross-entropy from logits for class targets, or --loss mse), the accuracy (argmax == target), and the \
 sample count, computed by ONNX Runtime on CPU. BatchNorm runs as exported (eval mode uses the \
 checkpoint's running statistics). One row per checkpoint is appended to --out; rerunning with the same \
---out skips checkpoints already complete there."
+--out skips checkpoints already complete there.",
+        after_help = "Examples:\n  probe eval --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist:test -o runs/demo/test.h5\n  \
+probe eval --model m.onnx --ckpt ckpts/ --data d.h5 --batch 500 -o run.h5 --format csv > run.csv"
     )]
     Eval(EvalArgs),
     /// The exact gradient of the full-dataset mean loss at each checkpoint, written to HDF5.
@@ -86,6 +89,7 @@ rows of one pass (--hessian cannot be split that way: each Lanczos step needs a 
 --noise's per-sample part: use --noise-samples 0 with --data-shard); rerunning with the same --out \
 skips checkpoints already complete there; a killed run leaves only complete rows.",
         after_help = "Examples:\n  probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --weight-decay 5e-4 --out runs/demo/grad.h5\n  \
+probe grad --model models/mlp.onnx --data fashion-mnist --limit 1000 -o g.h5 --format csv > g.csv\n  \
 probe grad --model models/resnet.onnx --ckpt runs/demo/step-*.safetensors \\\n      --data fashion-mnist --batch 128 --noise --noise-samples 1000 \\\n      --hessian --hessian-samples 512 --out runs/demo/curv.h5\n  \
 probe grad --model models/mlp.onnx --data fashion-mnist --limit 64 --hessian \\\n      --hessian-params fc3.weight,fc3.bias --out block.h5     # one layer's Hessian block\n  \
 probe grad --model models/gpt.onnx --data tokens:val.bin:32:stride=16 --samples 0:5000 \\\n      --out shard0.h5     # a nanoGPT token file, overlapping windows, one shard\n  \
@@ -133,7 +137,8 @@ total steps, eta_min 0).",
         long_about = "Writes the ONNX graph probe differentiates a model into: inputs are the data, the \
 targets ('probe/target') and every state tensor (so a checkpoint is fed as inputs); outputs are the batch's \
 summed loss ('probe/loss_sum'), its correct count ('probe/correct_sum') and 'grad/<parameter>' for every \
-trainable parameter. Standard ONNX ops only; the file passes onnx.checker."
+trainable parameter. Standard ONNX ops only; the file passes onnx.checker.",
+        after_help = "Example:\n  probe autodiff models/mlp.onnx -o mlp.grad.onnx"
     )]
     Autodiff(AutodiffArgs),
     /// Trends, stationarity and the weight distribution's motion in a `probe grad` results file.
@@ -147,7 +152,8 @@ distance the weights moved, and W1 between windows of checkpoints (halves, quart
 Hessian eigenvalue with 2/lr when both are known. Writes everything into the same file under \
 /analysis (replaced on rerun; see docs/schema.md) and prints a verdict: did |g| go to zero, did the \
 loss settle, did the weight distribution settle while the weights kept moving.",
-        after_help = "Example:\n  probe analyze runs/demo/grad.h5"
+        after_help = "Examples:\n  probe analyze runs/demo/grad.h5\n  \
+probe analyze runs/demo/grad.h5 --format json > series.jsonl     # one line per series"
     )]
     Analyze(AnalyzeArgs),
     /// Figure of a `probe grad` results file: loss, |g|, accuracy, weights, noise, sharpness.

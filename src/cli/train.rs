@@ -29,7 +29,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub prep: DataPrep,
     /// The run folder (created if missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR")]
     pub out: PathBuf,
     /// Train this many epochs (ceil(N / B) steps each).
     #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]

@@ -16,6 +16,7 @@
 //! ([`super::lock`]) and by one atomic commit ([`super::atomic`]), so a kill leaves either the
 //! previous analysis or the new one.
 use super::atomic::Shadowed;
+use super::dims::{coordinate, detach, label_analysis};
 use super::{write_i64_attr, write_str_attr};
 use crate::error::output;
 use anyhow::Result;
@@ -65,6 +66,79 @@ pub struct Series {
     pub kpss_lags: usize,
     /// 1 rejected, 0 not, -1 not computed.
     pub kpss_reject_5pct: i64,
+}
+
+/// One value of a [`Series`] field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field {
+    I64(i64),
+    F64(f64),
+}
+
+impl Series {
+    /// The fields after `name`, in the order of `/analysis/series/<field>` and of the columns
+    /// `probe analyze --format csv|json` prints.
+    pub const FIELDS: [&'static str; 22] = [
+        "half_n",
+        "half_step_first",
+        "half_step_last",
+        "first",
+        "last",
+        "half_start",
+        "half_mean",
+        "slope",
+        "slope_se",
+        "slope_lo",
+        "slope_hi",
+        "intercept",
+        "rel_change",
+        "fit_change",
+        "fit_change_lo",
+        "fit_change_hi",
+        "mean_abs_change",
+        "mean_abs_change_rel",
+        "kpss_stat",
+        "kpss_p",
+        "kpss_lags",
+        "kpss_reject_5pct",
+    ];
+    /// The fields stored as i64 (the others as f64).
+    const INTEGER: [&'static str; 5] = [
+        "half_n",
+        "half_step_first",
+        "half_step_last",
+        "kpss_lags",
+        "kpss_reject_5pct",
+    ];
+
+    /// The values of [`Series::FIELDS`].
+    pub fn values(&self) -> [Field; 22] {
+        use Field::{F64, I64};
+        [
+            I64(self.half_n as i64),
+            I64(self.half_step_first),
+            I64(self.half_step_last),
+            F64(self.first),
+            F64(self.last),
+            F64(self.half_start),
+            F64(self.half_mean),
+            F64(self.slope),
+            F64(self.slope_se),
+            F64(self.slope_lo),
+            F64(self.slope_hi),
+            F64(self.intercept),
+            F64(self.rel_change),
+            F64(self.fit_change),
+            F64(self.fit_change_lo),
+            F64(self.fit_change_hi),
+            F64(self.mean_abs_change),
+            F64(self.mean_abs_change_rel),
+            F64(self.kpss_stat),
+            F64(self.kpss_p),
+            I64(self.kpss_lags as i64),
+            I64(self.kpss_reject_5pct),
+        ]
+    }
 }
 
 /// `/analysis/distribution`.
@@ -125,6 +199,10 @@ fn f64_attr(loc: &hdf5::Location, name: &str, value: f64) -> hdf5::Result<()> {
 
 fn write_group(f: &hdf5::File, a: &Analysis) -> hdf5::Result<()> {
     if f.link_exists("analysis") {
+        // Its datasets are attached to /step and /param: they must forget them first.
+        let mut all = Vec::new();
+        super::datasets(&f.group("analysis")?, "", &mut all)?;
+        detach(f, all.iter().map(|(_, ds)| ds))?;
         f.unlink("analysis")?;
     }
     let g = f.create_group("analysis")?;
@@ -135,76 +213,75 @@ fn write_group(f: &hdf5::File, a: &Analysis) -> hdf5::Result<()> {
     write_str_attr(&g, "missing", &a.missing)?;
     write_str_attr(&g, "verdict", &a.verdict)?;
     let order: Vec<i64> = a.order.iter().map(|&r| r as i64).collect();
-    g.new_dataset_builder().with_data(&order).create("order")?;
-    write_series(&g.create_group("series")?, &a.series)?;
+    let ds = g.new_dataset_builder().with_data(&order).create("order")?;
+    label_analysis(f, &g, &ds, &["step"])?;
+    write_series(f, &g.create_group("series")?, &a.series)?;
     if let Some(d) = &a.distribution {
-        write_distribution(&g.create_group("distribution")?, d)?;
+        write_distribution(f, &g.create_group("distribution")?, d)?;
     }
     if let Some(e) = &a.edge_of_stability {
         let eg = g.create_group("edge_of_stability")?;
         write_str_attr(&eg, "lr_source", e.lr_source)?;
-        eg.new_dataset_builder().with_data(e.lr).create("lr")?;
-        eg.new_dataset_builder()
-            .with_data(e.ratio)
-            .create("ratio")?;
+        for (name, v) in [("lr", e.lr), ("ratio", e.ratio)] {
+            let ds = eg.new_dataset_builder().with_data(v).create(name)?;
+            label_analysis(f, &eg, &ds, &["step"])?;
+        }
     }
     f.flush()
 }
 
-fn write_series(s: &hdf5::Group, series: &[Series]) -> hdf5::Result<()> {
+/// `/analysis/series`: one entry per series in each dataset, `name` the coordinate.
+fn write_series(file: &hdf5::File, s: &hdf5::Group, series: &[Series]) -> hdf5::Result<()> {
     let names = strings(series.iter().map(|x| x.name.as_str()));
-    s.new_dataset_builder().with_data(&names).create("name")?;
+    coordinate(
+        &s.new_dataset_builder().with_data(&names).create("name")?,
+        "name",
+    )?;
     let col = |name: &str, f: &dyn Fn(&Series) -> f64| -> hdf5::Result<()> {
         let v: Vec<f64> = series.iter().map(f).collect();
-        s.new_dataset_builder().with_data(&v).create(name)?;
-        Ok(())
+        let ds = s.new_dataset_builder().with_data(&v).create(name)?;
+        label_analysis(file, s, &ds, &["name"])
     };
     let icol = |name: &str, f: &dyn Fn(&Series) -> i64| -> hdf5::Result<()> {
         let v: Vec<i64> = series.iter().map(f).collect();
-        s.new_dataset_builder().with_data(&v).create(name)?;
-        Ok(())
+        let ds = s.new_dataset_builder().with_data(&v).create(name)?;
+        label_analysis(file, s, &ds, &["name"])
     };
-    icol("half_n", &|x| x.half_n as i64)?;
-    icol("half_step_first", &|x| x.half_step_first)?;
-    icol("half_step_last", &|x| x.half_step_last)?;
-    col("first", &|x| x.first)?;
-    col("last", &|x| x.last)?;
-    col("half_start", &|x| x.half_start)?;
-    col("half_mean", &|x| x.half_mean)?;
-    col("slope", &|x| x.slope)?;
-    col("slope_se", &|x| x.slope_se)?;
-    col("slope_lo", &|x| x.slope_lo)?;
-    col("slope_hi", &|x| x.slope_hi)?;
-    col("intercept", &|x| x.intercept)?;
-    col("rel_change", &|x| x.rel_change)?;
-    col("fit_change", &|x| x.fit_change)?;
-    col("fit_change_lo", &|x| x.fit_change_lo)?;
-    col("fit_change_hi", &|x| x.fit_change_hi)?;
-    col("mean_abs_change", &|x| x.mean_abs_change)?;
-    col("mean_abs_change_rel", &|x| x.mean_abs_change_rel)?;
-    col("kpss_stat", &|x| x.kpss_stat)?;
-    col("kpss_p", &|x| x.kpss_p)?;
-    icol("kpss_lags", &|x| x.kpss_lags as i64)?;
-    icol("kpss_reject_5pct", &|x| x.kpss_reject_5pct)
+    for (j, field) in Series::FIELDS.iter().enumerate() {
+        let value = |x: &Series| x.values()[j];
+        if Series::INTEGER.contains(field) {
+            icol(field, &|x| match value(x) {
+                Field::I64(v) => v,
+                Field::F64(v) => v as i64,
+            })?;
+        } else {
+            col(field, &|x| match value(x) {
+                Field::I64(v) => v as f64,
+                Field::F64(v) => v,
+            })?;
+        }
+    }
+    Ok(())
 }
 
-fn write_distribution(dg: &hdf5::Group, d: &Distribution) -> hdf5::Result<()> {
+fn write_distribution(file: &hdf5::File, dg: &hdf5::Group, d: &Distribution) -> hdf5::Result<()> {
     write_i64_attr(dg, "by_entries", d.by_entries as i64)?;
     write_str_attr(dg, "notes", &d.notes)?;
     if let Some(m) = &d.motion {
-        dg.new_dataset_builder()
-            .with_data(m.w1_prev)
-            .create("w1_prev")?;
-        dg.new_dataset_builder()
-            .with_data(m.mean_abs_move)
-            .create("mean_abs_move")?;
-        dg.new_dataset_builder()
-            .with_data(m.ratio)
-            .create("ratio")?;
+        for (name, v) in [
+            ("w1_prev", m.w1_prev),
+            ("mean_abs_move", m.mean_abs_move),
+            ("ratio", m.ratio),
+        ] {
+            let ds = dg.new_dataset_builder().with_data(v).create(name)?;
+            label_analysis(file, dg, &ds, &["step"])?;
+        }
         if let Some(r) = m.ratio_per_param {
-            dg.new_dataset_builder()
+            let ds = dg
+                .new_dataset_builder()
                 .with_data(r)
                 .create("ratio_per_param")?;
+            label_analysis(file, dg, &ds, &["step", "param"])?;
         }
         f64_attr(dg, "half_ratio", m.half_ratio)?;
         f64_attr(dg, "half_path_rel", m.half_path_rel)?;
@@ -215,18 +292,23 @@ fn write_distribution(dg: &hdf5::Group, d: &Distribution) -> hdf5::Result<()> {
         return Ok(());
     }
     let wg = dg.create_group("windows")?;
-    wg.new_dataset_builder()
-        .with_data(&strings(w.iter().map(|w| w.name)))
-        .create("name")?;
+    coordinate(
+        &wg.new_dataset_builder()
+            .with_data(&strings(w.iter().map(|w| w.name)))
+            .create("name")?,
+        "name",
+    )?;
     let bounds: Vec<i64> = w.iter().flat_map(|w| w.bounds).map(|x| x as i64).collect();
     let bounds = Array2::from_shape_vec((w.len(), 4), bounds).unwrap();
-    wg.new_dataset_builder()
+    let ds = wg
+        .new_dataset_builder()
         .with_data(&bounds)
         .create("bounds")?;
+    label_analysis(file, &wg, &ds, &["name", "bound"])?;
     let column = |name: &str, f: &dyn Fn(&Window) -> f64| -> hdf5::Result<()> {
         let v: Vec<f64> = w.iter().map(f).collect();
-        wg.new_dataset_builder().with_data(&v).create(name)?;
-        Ok(())
+        let ds = wg.new_dataset_builder().with_data(&v).create(name)?;
+        label_analysis(file, &wg, &ds, &["name"])
     };
     column("w1", &|w| w.w1)?;
     column("rms", &|w| w.rms)?;
@@ -237,8 +319,9 @@ fn write_distribution(dg: &hdf5::Group, d: &Distribution) -> hdf5::Result<()> {
         .flat_map(|w| w.w1_per_param.iter().copied())
         .collect();
     let per = Array2::from_shape_vec((w.len(), p), per).unwrap();
-    wg.new_dataset_builder()
+    let ds = wg
+        .new_dataset_builder()
         .with_data(&per)
         .create("w1_per_param")?;
-    Ok(())
+    label_analysis(file, &wg, &ds, &["name", "param"])
 }

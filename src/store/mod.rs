@@ -1,4 +1,4 @@
-//! The HDF5 results store. Schema version 2 (documented in full in `docs/schema.md`, which also
+//! The HDF5 results store. Schema version 3 (documented in full in `docs/schema.md`, which also
 //! lists the `--noise`, `--hessian` and weight-distribution columns of `probe grad`):
 //!
 //! One row per checkpoint along the first axis of every dataset, appended as each checkpoint
@@ -41,9 +41,15 @@
 //! time writes a results file ([`lock`]): `<out>.lock` is held while it runs, and `<out>.next`
 //! (the copy the next change is written into) exists only while it runs.
 //!
+//! Every axis is a named dimension ([`dims`], new in version 3): `/step` [K] (a copy of
+//! `/checkpoints/step`, or the train log's own `/step`) is the rows' dimension scale and
+//! coordinate, `/param` [P] (a copy of `/params/name`) the parameters', so that xarray
+//! (`engine="h5netcdf"`) reads the file as labelled data with no glue.
+//!
 //! `probe analyze` adds the group `/analysis` to a `probe grad` file ([`analysis`]).
 pub mod analysis;
 pub mod atomic;
+pub mod dims;
 pub mod lock;
 pub mod read;
 
@@ -54,7 +60,7 @@ use hdf5::types::VarLenUnicode;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// What a results file is about; two runs may share a file only if these agree.
 #[derive(Debug, Clone)]
@@ -303,12 +309,38 @@ fn dataset_for(file: &hdf5::File, name: &str, cell: &Cell) -> hdf5::Result<hdf5:
         Cell::I64(_) | Cell::I64s(..) => file.new_dataset::<i64>(),
         Cell::Str(_) => file.new_dataset::<VarLenUnicode>(),
     };
-    b.chunk(chunk).shape(shape).create(name)
+    let ds = b.chunk(chunk).shape(shape).create(name)?;
+    dims::label_row(file, name, &ds)?;
+    Ok(ds)
+}
+
+/// `row`'s cells with the rows' coordinate `step` first (the dimension scale the others are
+/// attached to): the row's own `step` (the train log's), else its `checkpoints/step`, else `k`.
+fn step_first<'r>(
+    row: &'r Row,
+    derived: &'r mut Option<Cell>,
+    k: usize,
+) -> impl Iterator<Item = (&'r str, &'r Cell)> {
+    let cell = |name: &str| row.iter().find(|(n, _)| n == name).map(|(_, c)| c);
+    let step: &Cell = match cell("step") {
+        Some(c) => c,
+        None => derived.insert(
+            cell("checkpoints/step")
+                .cloned()
+                .unwrap_or(Cell::I64(k as i64)),
+        ),
+    };
+    std::iter::once(("step", step)).chain(
+        row.iter()
+            .filter(|(n, _)| n != "step")
+            .map(|(n, c)| (n.as_str(), c)),
+    )
 }
 
 /// Writes `row` as row `k` (every dataset grown to k + 1).
 fn write_row(file: &hdf5::File, k: usize, row: &Row) -> Result<()> {
-    for (name, cell) in row {
+    let mut derived = None;
+    for (name, cell) in step_first(row, &mut derived, k) {
         let w = || -> hdf5::Result<()> {
             let ds = dataset_for(file, name, cell)?;
             let mut shape = ds.shape();
@@ -517,7 +549,8 @@ impl Store {
                     .iter()
                     .map(|s| s.parse().unwrap_or_default())
                     .collect();
-                f.new_dataset_builder().with_data(&v).create(name)?;
+                let ds = f.new_dataset_builder().with_data(&v).create(name)?;
+                dims::label_fixed(f, name, &ds, &v)?;
                 Ok(())
             })
     }
