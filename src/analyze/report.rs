@@ -144,15 +144,28 @@ impl Analysis {
                 } else {
                     "below the edge of stability"
                 };
-                out.push(format!(
-                    "Edge of stability: lambda_max * lr / 2 = {} on average over the last half (max {}; lambda_max {} vs 2/lr {}, lr from {}): {at}. With heavy-ball momentum b the threshold is 2(1+b)/lr instead (e.g. {} for b = 0.9).",
-                    g(e.half_mean),
-                    g(e.half_max),
-                    g(top),
-                    g(2.0 / e.lr[*self.order.last().unwrap()]),
-                    e.lr_source,
-                    g(3.8 / e.lr[*self.order.last().unwrap()])
-                ));
+                let lr = e.lr[*self.order.last().unwrap()];
+                let b = e.momentum;
+                out.push(if e.momentum_known {
+                    format!(
+                        "Edge of stability: lambda_max * lr / (2(1+b)) = {} on average over the last half (max {}; lambda_max {} vs 2(1+b)/lr {} for the checkpoints' momentum b = {b}, lr from {}): {at}.",
+                        g(e.half_mean),
+                        g(e.half_max),
+                        g(top),
+                        g(2.0 * (1.0 + b) / lr),
+                        e.lr_source,
+                    )
+                } else {
+                    format!(
+                        "Edge of stability: lambda_max * lr / 2 = {} on average over the last half (max {}; lambda_max {} vs 2/lr {}, lr from {}): {at}. The file does not say the optimizer: with heavy-ball momentum b the threshold is 2(1+b)/lr instead (e.g. {} for b = 0.9).",
+                        g(e.half_mean),
+                        g(e.half_max),
+                        g(top),
+                        g(2.0 / lr),
+                        e.lr_source,
+                        g(3.8 / lr)
+                    )
+                });
             }
             (None, Some(why)) if self.get("hessian/top").is_some() => {
                 out.push(format!("Edge of stability: not compared: {why}."))

@@ -24,6 +24,8 @@ pub struct Results {
     pub params: Vec<String>,
     /// The `weight_decay` attribute ("" without --weight-decay).
     pub weight_decay: String,
+    /// The `optimizer` attribute (from the checkpoints' metadata; `sgd momentum=0.9`, `adamw`).
+    pub optimizer: Option<crate::model::optimizer_meta::OptimizerMeta>,
     /// The `complete` attribute: 0 while `probe grad` is still writing, or after it failed.
     pub complete: bool,
 }
@@ -82,6 +84,8 @@ impl Results {
             .map(|v| v.iter().map(|s| s.as_str().to_string()).collect())
             .unwrap_or_default();
         let weight_decay = read_str_attr(&file, "weight_decay").unwrap_or_default();
+        let optimizer = read_str_attr(&file, "optimizer")
+            .and_then(|s| crate::model::optimizer_meta::OptimizerMeta::parse_described(&s));
         let complete = read_i64_attr(&file, "complete") == Some(1);
         Ok(Results {
             complete,
@@ -94,6 +98,7 @@ impl Results {
             order,
             params,
             weight_decay,
+            optimizer,
         })
     }
 

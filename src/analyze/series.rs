@@ -61,6 +61,10 @@ impl SeriesStats {
 #[derive(Debug, Clone)]
 pub struct EdgeOfStability {
     pub lr_source: String,
+    /// Heavy-ball momentum b (0 for plain SGD or when unknown): the threshold is 2(1+b)/lr.
+    pub momentum: f64,
+    /// Whether the momentum came from the file (the checkpoints' optimizer metadata).
+    pub momentum_known: bool,
     /// Per row (file order): lr and hessian/top * lr / 2 (1 = at the edge).
     pub lr: Vec<f64>,
     pub ratio: Vec<f64>,
@@ -124,6 +128,21 @@ pub fn edge_of_stability(
     let Some(top) = res.series("hessian/top") else {
         return (None, Some("no /hessian/top (probe grad --hessian)".into()));
     };
+    if let Some(o) = res.optimizer.as_ref().filter(|o| o.adaptive()) {
+        return (
+            None,
+            Some(format!(
+                "the checkpoints were trained with {}, whose steps are preconditioned: its edge of stability \
+                 is on the preconditioned sharpness (the top eigenvalue of P^-1 H, P = diag(sqrt(v)+eps); \
+                 Cohen et al. 2022), not on lambda_max of H, which probe measures; 2/lr does not apply",
+                o.kind
+            )),
+        );
+    }
+    let (momentum, momentum_known) = match res.optimizer.as_ref().and_then(|o| o.momentum) {
+        Some(b) => (b, true),
+        None => (0.0, false),
+    };
     let (lrs, source) = match (lr, res.lr()) {
         (Some(l), _) => (vec![l; res.rows], format!("--lr {l}")),
         (None, Some(v)) => (v, "/checkpoints/lr".to_string()),
@@ -134,7 +153,12 @@ pub fn edge_of_stability(
             )
         }
     };
-    let ratio: Vec<f64> = top.iter().zip(&lrs).map(|(t, l)| t * l / 2.0).collect();
+    // lambda_max against the threshold 2(1+b)/lr of heavy-ball GD on a quadratic: 1 = at the edge.
+    let ratio: Vec<f64> = top
+        .iter()
+        .zip(&lrs)
+        .map(|(t, l)| t * l / (2.0 * (1.0 + momentum)))
+        .collect();
     let h: Vec<f64> = res.order[half..]
         .iter()
         .map(|&r| ratio[r])
@@ -143,6 +167,8 @@ pub fn edge_of_stability(
     (
         Some(EdgeOfStability {
             lr_source: source,
+            momentum,
+            momentum_known,
             lr: lrs,
             half_mean: stats::mean(&h),
             half_max: h.iter().copied().fold(f64::NAN, f64::max),

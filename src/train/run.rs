@@ -354,6 +354,16 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
             plan.model.display()
         )));
     }
+    // An export in eval mode (model.eval(), the default for inference) drops Dropout nodes:
+    // training that graph trains without dropout, silently. Say so when there is none.
+    let has_dropout = model.graph().node.iter().any(|n| n.op_type == "Dropout");
+    if !has_dropout {
+        note(format!(
+            "note: {} has no Dropout node: probe trains it without dropout. If the PyTorch model \
+             has dropout, export it in training mode (model.train() before torch.onnx.export) to train with it",
+            plan.model.display()
+        ));
+    }
     let input = model.data_input()?;
     let hint = crate::data::Hint {
         x_shape: input.sample_shape(),

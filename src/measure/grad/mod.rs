@@ -20,6 +20,7 @@ use super::hessian::HessianOptions;
 use super::noise::NoiseOptions;
 use super::setup::{group_label, group_size, label, pending, setup, Pass, Setup};
 use crate::autodiff::grad::Kernels;
+use crate::model::optimizer_meta::OptimizerMeta;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::store::{self, Store};
@@ -53,7 +54,8 @@ pub struct GradPlan {
 pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<GradRow>> {
     let ready = setup(&plan.pass)?;
     check_options(plan, &ready.model)?;
-    let mut attrs = attributes(plan);
+    let (weight_decay, optimizer) = run_optimizer(plan, &ready.checkpoints);
+    let mut attrs = attributes(plan, weight_decay, optimizer.as_ref());
     // Which subgradient each Clip and embedding took (the exporter's records, or the flags).
     attrs.extend(crate::ops::conventions::attributes(ready.model.graph())?);
     let info = ready.run_info("grad", &plan.pass, attrs);
@@ -144,7 +146,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                 }
                 if let Some(d) = &data_shard {
                     let weights = history.at(&names, &all, k);
-                    let w = (plan.weight_decay.is_some() && d.index == 0).then_some(&weights.w[..]);
+                    let w = (weight_decay.is_some() && d.index == 0).then_some(&weights.w[..]);
                     let mut row = row::partial(&sums, &names, c, w);
                     let (w_row, w_l2, dist_prev) = row::weight_columns(c, &history, &weights);
                     row.extend(w_row);
@@ -189,7 +191,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
                     let block = he.hvp_params().to_vec();
                     out.hessian_top = Some(row::hessian(&mut row, &names, &block, cv.as_ref()));
                 }
-                if let Some(l) = plan.weight_decay {
+                if let Some(l) = weight_decay {
                     out.grad_reg_l2 = Some(row::weight_decay(&mut row, &r.grads, &weights.w, l));
                 }
                 if plan.save_grad {
@@ -228,8 +230,16 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
 
 /// The results file's attributes beyond the common ones: how the rows were computed. The rows of
 /// one file must agree on them (--noise and --hessian included).
-fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
+fn attributes(
+    plan: &GradPlan,
+    weight_decay: Option<f64>,
+    optimizer: Option<&OptimizerMeta>,
+) -> BTreeMap<String, String> {
     let mut extra = BTreeMap::new();
+    if let Some(o) = optimizer {
+        // What `probe analyze` needs to say what stationarity and the edge of stability mean.
+        extra.insert("optimizer".to_string(), o.describe());
+    }
     extra.insert(
         "bn".to_string(),
         if plan.bn_train { "train" } else { "eval" }.to_string(),
@@ -251,7 +261,7 @@ fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
     }
     extra.insert(
         "weight_decay".to_string(),
-        plan.weight_decay.map(|l| l.to_string()).unwrap_or_default(),
+        weight_decay.map(|l| l.to_string()).unwrap_or_default(),
     );
     extra.insert(
         "noise".to_string(),
@@ -284,6 +294,62 @@ fn attributes(plan: &GradPlan) -> BTreeMap<String, String> {
             .unwrap_or_default(),
     );
     extra
+}
+
+/// The weight decay the rows use (`|g + wd w|`) and the optimizer the checkpoints record
+/// ([`OptimizerMeta`]). Without `--weight-decay`, a coupled (L2) decay recorded in the
+/// checkpoints' metadata is used, with a note; AdamW's decoupled decay is not (its stationarity
+/// condition is not `g + wd w = 0`), with a note saying so. A flag that disagrees with the
+/// metadata is used, with a warning; `--weight-decay 0` turns it off.
+fn run_optimizer(
+    plan: &GradPlan,
+    ckpts: &[crate::model::Checkpoint],
+) -> (Option<f64>, Option<OptimizerMeta>) {
+    let found = ckpts
+        .iter()
+        .filter(|c| c.is_read())
+        .find_map(|c| Some((c, OptimizerMeta::of(&c.metadata)?)));
+    let flag = plan.weight_decay.filter(|&l| l > 0.0);
+    let Some((c, o)) = found else {
+        return (flag, None);
+    };
+    let text = c.metadata.get("optimizer").cloned().unwrap_or_default();
+    let path = c.path.display();
+    let say = |s: String| {
+        if !plan.pass.quiet {
+            eprintln!("{s}");
+        }
+    };
+    let recorded = o.weight_decay.filter(|&m| m > 0.0);
+    let adamw = "AdamW decays the weights outside its preconditioner, so its fixed points satisfy \
+                 m/(sqrt(v)+eps) = -wd w (the optimizer's moments), not g + wd w = 0";
+    match (plan.weight_decay, recorded) {
+        (Some(l), m) => {
+            if m.unwrap_or(0.0) != l {
+                eprintln!(
+                    "warning: --weight-decay {l}, but {path} records weight_decay={} ({text}); using {l}",
+                    m.unwrap_or(0.0)
+                );
+            }
+            if flag.is_some() && !o.coupled_decay() {
+                eprintln!("warning: {path}: trained with {text}: {adamw}; |g + wd w| is computed as asked");
+            }
+            (flag, Some(o))
+        }
+        (None, Some(m)) if o.coupled_decay() => {
+            say(format!(
+                "note: weight decay {m} from {path}'s metadata ({text}): rows get |g + wd w| (--weight-decay 0 leaves it out)"
+            ));
+            (Some(m), Some(o))
+        }
+        (None, Some(m)) => {
+            say(format!(
+                "note: {path}: {text}: {adamw}; |g + wd w| is not computed (--weight-decay {m} computes it anyway)"
+            ));
+            (None, Some(o))
+        }
+        (None, None) => (None, Some(o)),
+    }
 }
 
 /// Options checked against the model and data before any work: every problem at once.
