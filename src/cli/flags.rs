@@ -74,10 +74,11 @@ pub struct Common {
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
     #[arg(short, long, value_name = "R.h5")]
     pub out: PathBuf,
-    /// Save the running pass's partial sums beside --out (`R.h5.pass`) every SECONDS (0: after
-    /// every batch; `never`: not at all), so that a job killed inside a long pass (a time limit)
-    /// goes on from the last save when rerun with the same command, with the same result to
-    /// the bit. Saves are spaced so that they cost at most ~5% of the pass.
+    /// Save the running pass's partial sums beside --out (`R.h5.pass`) every SECONDS (`never`:
+    /// not at all), so that a job killed inside a long pass (a time limit) goes on from the last
+    /// save when rerun with the same command, with the same result to the bit. Saves are spaced
+    /// to at least 20 times the last save's duration (at most ~5% of the pass), except with 0,
+    /// which saves after every batch whatever it costs (for tests: each save is synced to disk).
     #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = probe::measure::resume::parse_every)]
     pub save_every: probe::measure::resume::Every,
     /// Replace --out if it holds results of another run.
