@@ -27,6 +27,7 @@ const COLUMNS: [&str; 6] = [
 /// Evaluates every checkpoint, printing a row as each completes.
 pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let format = args.format;
+    let follow = args.common.follow_options(quiet)?;
     let plan = args.common.pass(quiet);
     match format {
         Format::Table => println!(
@@ -35,7 +36,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         ),
         _ => print_header(format, &COLUMNS),
     }
-    let print = |r: &EvalRow| match format {
+    let mut print = |r: &EvalRow| match format {
         Format::Table => println!(
             "{:>8}  {:>12.6}  {:>9.4}  {:>8}  {:>7.1}  {}",
             r.step, r.result.loss, r.result.accuracy, r.result.samples, r.result.seconds, r.path
@@ -53,7 +54,16 @@ pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
             ],
         ),
     };
-    probe::measure::eval::run(&plan, print)?;
+    match follow {
+        Some(f) => probe::measure::follow::follow(&f, |paths| {
+            let mut p = plan.clone();
+            p.checkpoints = paths.to_vec();
+            probe::measure::eval::run(&p, &mut print).map(|_| ())
+        })?,
+        None => {
+            probe::measure::eval::run(&plan, &mut print)?;
+        }
+    }
     wrote(quiet, &plan.out);
     Ok(())
 }

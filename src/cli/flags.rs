@@ -71,6 +71,21 @@ pub struct Common {
     /// weights), at most 8. Rows are written when their group's pass ends.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub ckpts_per_pass: Option<u64>,
+    /// Follow a training run: measure the checkpoints already in DIR, then each new one as it is
+    /// written (only whole files: size and time unchanged for --settle seconds, header and data
+    /// complete), appending rows to --out, until --until-step, the trainer's `DIR/DONE` marker
+    /// (`probe train` writes it when it ends) or --idle-timeout. Instead of --ckpt.
+    #[arg(long, value_name = "DIR", conflicts_with = "ckpt")]
+    pub follow: Option<PathBuf>,
+    /// With --follow: stop once a checkpoint at this step or later is measured.
+    #[arg(long, value_name = "N", requires = "follow")]
+    pub until_step: Option<i64>,
+    /// With --follow: stop after this many seconds without a new checkpoint.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600.0, value_parser = non_negative)]
+    pub idle_timeout: f64,
+    /// With --follow: how long a file's size and time must stay unchanged before it is read.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = non_negative)]
+    pub settle: f64,
     /// Results file (HDF5); appended to if it holds earlier rows of the same run.
     #[arg(short, long, value_name = "R.h5")]
     pub out: PathBuf,
@@ -87,6 +102,31 @@ pub struct Common {
 }
 
 impl Common {
+    /// `--follow`'s options (None without it).
+    pub fn follow_options(
+        &self,
+        quiet: bool,
+    ) -> anyhow::Result<Option<probe::measure::follow::FollowOptions>> {
+        let secs = |s: f64| std::time::Duration::from_secs_f64(s.min(1e9));
+        if self.follow.is_some() && self.shard.is_some_and(|s| s.1 > 1) {
+            return Err(Conflict(
+                "--follow takes every checkpoint as it comes; split a follower's work with --data-shard, not --shard",
+            )
+            .into());
+        }
+        Ok(self
+            .follow
+            .as_ref()
+            .map(|d| probe::measure::follow::FollowOptions {
+                dir: d.clone(),
+                until_step: self.until_step,
+                idle_timeout: secs(self.idle_timeout),
+                settle: secs(self.settle),
+                poll: std::time::Duration::from_millis(500).min(secs(self.settle).max(secs(0.05))),
+                quiet,
+            }))
+    }
+
     /// What the pass is asked, whatever it measures.
     pub fn pass(self, quiet: bool) -> Pass {
         Pass {

@@ -207,44 +207,51 @@ impl GradArgs {
 /// (|g + wd w|, B_noise, lambda_max) appear only when their flags ask for them.
 pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
     let format = args.format;
+    let args_follow = args.common.follow_options(quiet)?;
     let plan = args.plan(quiet)?;
-    let wd = plan.weight_decay.is_some();
     let (noise, hess) = (plan.noise.is_some(), plan.hessian.is_some());
-    let columns: Vec<&str> = [
-        ("step", true),
-        ("loss", true),
-        ("accuracy", true),
-        ("grad_l2", true),
-        ("grad_reg_l2", wd),
-        ("weights_l2", true),
-        ("dist_prev", true),
-        ("b_noise", noise),
-        ("hessian_top", hess),
-        ("seconds", true),
-        ("checkpoint", true),
-    ]
-    .iter()
-    .filter(|c| c.1)
-    .map(|c| c.0)
-    .collect();
-    if format != Format::Table {
-        print_header(format, &columns);
-    } else {
-        println!(
-            "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
-            "step",
-            "loss",
-            "accuracy",
-            "|grad|",
-            if wd { "|grad+wd*w|  " } else { "" },
-            "|w|",
-            "moved",
-            if noise { "   B_noise  " } else { "" },
-            if hess { "  lambda_max  " } else { "" },
-            "seconds"
-        );
-    }
-    let print = |r: &GradRow| {
+    // |g + wd w| may come from the checkpoints' metadata: the header waits for the first row.
+    let wd_flag = plan.weight_decay.is_some_and(|l| l > 0.0);
+    let mut columns: Vec<&str> = Vec::new();
+    let mut wd = wd_flag;
+    let mut print = move |r: &GradRow| {
+        if columns.is_empty() {
+            wd = wd_flag || r.grad_reg_l2.is_some();
+            columns = [
+                ("step", true),
+                ("loss", true),
+                ("accuracy", true),
+                ("grad_l2", true),
+                ("grad_reg_l2", wd),
+                ("weights_l2", true),
+                ("dist_prev", true),
+                ("b_noise", noise),
+                ("hessian_top", hess),
+                ("seconds", true),
+                ("checkpoint", true),
+            ]
+            .iter()
+            .filter(|c| c.1)
+            .map(|c| c.0)
+            .collect();
+            if format != Format::Table {
+                print_header(format, &columns);
+            } else {
+                println!(
+                    "{:>8}  {:>10}  {:>8}  {:>11}  {}{:>10}  {:>10}  {}{}{:>7}  checkpoint",
+                    "step",
+                    "loss",
+                    "accuracy",
+                    "|grad|",
+                    if wd { "|grad+wd*w|  " } else { "" },
+                    "|w|",
+                    "moved",
+                    if noise { "   B_noise  " } else { "" },
+                    if hess { "  lambda_max  " } else { "" },
+                    "seconds"
+                );
+            }
+        }
         if format != Format::Table {
             let mut v = vec![
                 Val::I(r.step),
@@ -283,7 +290,16 @@ pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
             r.path
         )
     };
-    probe::measure::grad::run(&plan, print)?;
+    match args_follow {
+        Some(f) => probe::measure::follow::follow(&f, |paths| {
+            let mut p = plan.clone();
+            p.pass.checkpoints = paths.to_vec();
+            probe::measure::grad::run(&p, &mut print).map(|_| ())
+        })?,
+        None => {
+            probe::measure::grad::run(&plan, &mut print)?;
+        }
+    }
     wrote(quiet, &plan.pass.out);
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod engine;
 pub mod eval;
+pub mod follow;
 pub mod grad;
 pub mod hessian;
 pub mod merge;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// What a pass over checkpoints (`probe eval`, `probe grad`) is asked, whatever it measures.
+#[derive(Clone)]
 pub struct Pass {
     pub model: PathBuf,
     /// Empty: the model's own initializers.

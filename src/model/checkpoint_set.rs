@@ -198,7 +198,11 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 Box::new(|n: &str| matches(&name, n)),
             )
         } else {
-            (p.as_path(), Box::new(|n: &str| n.ends_with(".safetensors")))
+            // Not hidden files: writers' temporaries (`.probe-tmp-...safetensors`, probe train's).
+            (
+                p.as_path(),
+                Box::new(|n: &str| n.ends_with(".safetensors") && !n.starts_with('.')),
+            )
         };
         let rd = std::fs::read_dir(dir).map_err(|e| input(format!("{}: {e}", dir.display())))?;
         let mut found: Vec<PathBuf> = rd
@@ -266,7 +270,7 @@ pub fn is_optimizer_state(path: &Path) -> bool {
 }
 
 /// A safetensors file's tensor names and metadata: the 8-byte header length, then the JSON.
-fn header(path: &Path) -> Option<(Vec<String>, BTreeMap<String, String>)> {
+pub(crate) fn header(path: &Path) -> Option<(Vec<String>, BTreeMap<String, String>)> {
     // Regular files only: opening a FIFO blocks; the weights reader then says what it is.
     let (mut f, len) = super::checkpoint::open_regular(path).ok()?;
     let mut n = [0u8; 8];

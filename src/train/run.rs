@@ -236,6 +236,8 @@ fn claim_folder(plan: &TrainPlan, note: &dyn Fn(String)) -> Result<Option<(u64, 
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::error::output(format!("{}: {e}", dir.display())))?;
     files::remove_stale_temporaries(dir);
+    // A run that goes on (--resume with more steps) is not done any more.
+    let _ = std::fs::remove_file(dir.join(crate::measure::follow::DONE_MARKER));
     let existing = files::list_checkpoints(dir)?;
     let others = files::run_files(dir)?;
     if !plan.resume && !others.is_empty() {
@@ -353,16 +355,6 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
             "{}: the model has no trainable parameters (no floating-point initializer is a parameter), so there is nothing to train",
             plan.model.display()
         )));
-    }
-    // An export in eval mode (model.eval(), the default for inference) drops Dropout nodes:
-    // training that graph trains without dropout, silently. Say so when there is none.
-    let has_dropout = model.graph().node.iter().any(|n| n.op_type == "Dropout");
-    if !has_dropout {
-        note(format!(
-            "note: {} has no Dropout node: probe trains it without dropout. If the PyTorch model \
-             has dropout, export it in training mode (model.train() before torch.onnx.export) to train with it",
-            plan.model.display()
-        ));
     }
     let input = model.data_input()?;
     let hint = crate::data::Hint {
@@ -496,6 +488,17 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
             (spec.len - b * plan.batch).min(plan.batch) as u64
         })
         .sum();
+    // An export in eval mode (model.eval(), the default for inference) drops Dropout nodes:
+    // training that graph trains without dropout, silently. Say so when there is none.
+    // Said here, once everything is checked: a refused run prints its one error line only.
+    let has_dropout = model.graph().node.iter().any(|n| n.op_type == "Dropout");
+    if !has_dropout {
+        note(format!(
+            "note: {} has no Dropout node: probe trains it without dropout. If the PyTorch model \
+             has dropout, export it in training mode (model.train() before torch.onnx.export) to train with it",
+            plan.model.display()
+        ));
+    }
     crate::progress::plan("train", samples, 0);
     let mut progress = Progress::of_phase("train", "train", samples, plan.quiet);
     let t_run = Instant::now();
@@ -568,6 +571,11 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
     match result {
         Ok(()) => {
             w.log.finish(true)?;
+            // For followers (`probe grad --follow`): every checkpoint of the run is written.
+            files::write_atomic(
+                &dir.join(crate::measure::follow::DONE_MARKER),
+                format!("probe train finished at step {total}\n").as_bytes(),
+            )?;
             Ok(TrainSummary {
                 first_step: start,
                 last_step: total,

@@ -35,6 +35,7 @@ pub use super::engine::Engine;
 pub use pass::{full_gradient, full_gradients, GradResult, OnNonFinite, PassSums};
 pub use row::GradRow;
 
+#[derive(Clone)]
 pub struct GradPlan {
     pub pass: Pass,
     pub weight_decay: Option<f64>,
