@@ -117,11 +117,24 @@ fn nice_steps(span: f64) -> impl Iterator<Item = f64> {
     })
 }
 
+/// The first and last k with k * step in [lo, hi].
+fn span_of(lo: f64, hi: f64, step: f64) -> (i64, i64) {
+    (
+        (lo / step - 1e-9).ceil() as i64,
+        (hi / step + 1e-9).floor() as i64,
+    )
+}
+
+/// How many multiples of `step` lie in [lo, hi].
+fn count(lo: f64, hi: f64, step: f64) -> usize {
+    let (a, b) = span_of(lo, hi, step);
+    (b - a + 1).max(0) as usize
+}
+
 /// The multiples of `step` in [lo, hi].
 fn multiples(lo: f64, hi: f64, step: f64) -> Vec<f64> {
-    let first = (lo / step - 1e-9).ceil() as i64;
-    let last = (hi / step + 1e-9).floor() as i64;
-    (first..=last).map(|k| k as f64 * step).collect()
+    let (a, b) = span_of(lo, hi, step);
+    (a..=b).map(|k| k as f64 * step).collect()
 }
 
 /// Labelled ticks on a linear axis: the largest step of 1, 2 or 5 times a power of ten that
@@ -129,14 +142,16 @@ fn multiples(lo: f64, hi: f64, step: f64) -> Vec<f64> {
 /// giving at least `want`.
 pub fn linear_ticks(lo: f64, hi: f64, want: usize) -> Vec<Tick> {
     let want = want.max(3);
-    let count = |s: f64| multiples(lo, hi, s).len();
-    let step = nice_steps(hi - lo)
+    let n = |s: f64| count(lo, hi, s);
+    // Steps from large to small, while they give few enough ticks to look at.
+    let steps = || nice_steps(hi - lo).take_while(|&s| n(s) <= 4 * want);
+    let step = steps()
         .filter(|s| {
             let m = s / 10f64.powi(s.log10().floor() as i32);
             (m - 2.5).abs() > 1e-9
         })
-        .find(|&s| (want..=want + 3).contains(&count(s)))
-        .or_else(|| nice_steps(hi - lo).find(|&s| count(s) >= want))
+        .find(|&s| (want..=want + 3).contains(&n(s)))
+        .or_else(|| steps().find(|&s| n(s) >= want))
         .unwrap_or((hi - lo) / want as f64);
     let values = multiples(lo, hi, step);
     let labels = linear_labels(&values, step);
@@ -329,6 +344,11 @@ mod tests {
             (12.0, 130.0),
             (1e-9, 2e-9),
             (0.0, 200_000.0),
+            (0.0, 60.0),
+            (0.12, 0.89),
+            (13.0, 88.0),
+            (-7.3, 41.9),
+            (-7.5822, 9.0592),
         ] {
             let (lo, hi) = (f64::min(a, b), f64::max(a, b));
             for log_ok in [false, true] {

@@ -21,47 +21,47 @@ pub struct Spec {
 pub const PANELS: &[Spec] = &[
     Spec {
         name: "loss",
-        about: "full-dataset loss (grad, eval files) and minibatch loss (train logs)",
+        about: "full-dataset loss of grad and eval files, minibatch loss of train logs",
         qs: &[Q::Loss, Q::TrainLoss],
     },
     Spec {
         name: "accuracy",
-        about: "full-dataset accuracy (grad, eval)",
+        about: "full-dataset accuracy of grad and eval files",
         qs: &[Q::Accuracy],
     },
     Spec {
         name: "grad",
-        about: "full-dataset gradient norm |g| and |g + wd w| (grad)",
+        about: "full-dataset gradient norm |g| and |g + wd w| of grad files",
         qs: &[Q::Grad, Q::GradReg],
     },
     Spec {
         name: "weights",
-        about: "weight norm |w| (grad)",
+        about: "weight norm |w| of grad files",
         qs: &[Q::Weights],
     },
     Spec {
         name: "motion",
-        about: "the weights' motion between checkpoints and the W1 distance of their distributions (grad)",
+        about: "the weights' motion between checkpoints and the W1 distance of their distributions, of grad files",
         qs: &[Q::MoveRms, Q::MoveMean, Q::W1],
     },
     Spec {
         name: "noise",
-        about: "minibatch and per-sample gradient variance against |g|^2 (grad --noise)",
+        about: "minibatch and per-sample gradient variance against |g|^2, of grad --noise files",
         qs: &[Q::BatchVar, Q::SampleVar, Q::GradSq],
     },
     Spec {
         name: "bnoise",
-        about: "the gradient-noise scale B_noise (grad --noise)",
+        about: "the gradient-noise scale B_noise, of grad --noise files",
         qs: &[Q::BNoise],
     },
     Spec {
         name: "sharpness",
-        about: "top Hessian eigenvalue and directional sharpness against 2/lr (grad --hessian)",
+        about: "top Hessian eigenvalue and directional sharpness against 2/lr, of grad --hessian files",
         qs: &[Q::Top, Q::Sharpness, Q::TwoOverLr],
     },
     Spec {
         name: "lr",
-        about: "learning rate per step (train logs)",
+        about: "learning rate per step, of train logs",
         qs: &[Q::Lr],
     },
 ];
@@ -223,7 +223,7 @@ pub fn figure(
         if present.is_empty() {
             if chosen.is_some() {
                 return Err(input(format!(
-                    "--panels {}: none of the files has it ({}: {})",
+                    "--panels {}: none of the files has data for it ({}: {})",
                     spec.name, spec.name, spec.about
                 )));
             }
