@@ -10,11 +10,13 @@ pub struct Tick {
     pub label: Option<Label>,
 }
 
-/// A tick label: plain text, or a power of ten set as "10" with a raised exponent.
+/// A tick label: plain text, or a power of ten set as "10" with a raised exponent, or a
+/// mantissa times one ("3x10" and the exponent).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Label {
     Text(String),
     Pow10(i32),
+    Sci(String, i32),
 }
 
 #[derive(Debug, Clone)]
@@ -224,8 +226,9 @@ fn decimals(step: f64) -> usize {
 }
 
 /// Ticks of a log axis over [lo, hi]: labels at powers of ten where at least 3 fall in the
-/// range (every n-th of them over many decades), else at 1-2-5 per decade, else at every
-/// integer multiple; grid lines at every integer multiple of a power of ten.
+/// range (every n-th decade over many), else at 1-2-5 or 1-3 per decade, else at every integer
+/// multiple; grid lines at every integer multiple of a power of ten. Labels far from 1 (below
+/// 0.01 or from 10^4) are all set as powers of ten: "10^-3", "3x10^-4".
 pub fn log_ticks(lo: f64, hi: f64, want: usize) -> Vec<Tick> {
     let within = |mults: &[f64]| -> Vec<f64> {
         let mut out = Vec::new();
@@ -241,20 +244,22 @@ pub fn log_ticks(lo: f64, hi: f64, want: usize) -> Vec<Tick> {
         out
     };
     let all: Vec<f64> = (1..10).map(|m| m as f64).collect();
-    let mut major = within(&[1.0]);
-    if major.len() < 3 {
-        major = within(&[1.0, 2.0, 5.0]);
-    }
-    if major.len() < 3 {
-        major = within(&all);
-    }
     let most = want.max(3) + 2;
+    let mut major = within(&[1.0]);
     if major.len() > most {
-        let n = major.len().div_ceil(most);
-        // Keep the decades whose exponent is a multiple of n: 1e-6, 1e-3, 1, 1e3.
-        major.retain(|v| (v.log10().round() as i64).rem_euclid(n as i64) == 0);
+        // Every n-th decade, those whose exponent is a multiple of n: 1e-6, 1e-3, 1, 1e3.
+        let n = major.len().div_ceil(most) as i64;
+        major.retain(|v| (v.log10().round() as i64).rem_euclid(n) == 0);
     }
-    let powers = major.iter().all(|v| is_pow10(*v));
+    for mults in [&[1.0, 2.0, 5.0][..], &[1.0, 3.0][..], &all[..]] {
+        if major.len() >= 3 {
+            break;
+        }
+        let m = within(mults);
+        if m.len() > major.len() && (m.len() <= most || mults == &all[..]) {
+            major = m;
+        }
+    }
     let far = major.iter().any(|v| *v < 1e-2 || *v >= 1e4);
     let mut ticks: Vec<Tick> = within(&all)
         .into_iter()
@@ -262,18 +267,16 @@ pub fn log_ticks(lo: f64, hi: f64, want: usize) -> Vec<Tick> {
         .collect();
     for t in &mut ticks {
         if major.iter().any(|m| (m / t.value - 1.0).abs() < 1e-9) {
-            t.label = Some(if powers && far {
-                Label::Pow10(t.value.log10().round() as i32)
-            } else {
-                Label::Text(short(t.value))
+            let e = t.value.log10().floor() as i32;
+            let m = (t.value / 10f64.powi(e) * 1e6).round() / 1e6;
+            t.label = Some(match (far, m == 1.0) {
+                (true, true) => Label::Pow10(e),
+                (true, false) => Label::Sci(format!("{m}"), e),
+                (false, _) => Label::Text(short(t.value)),
             });
         }
     }
     ticks
-}
-
-fn is_pow10(v: f64) -> bool {
-    (v.log10() - v.log10().round()).abs() < 1e-9
 }
 
 /// A value in at most 4 significant digits, no trailing zeros; e-notation outside [1e-3, 1e5).
@@ -306,6 +309,7 @@ mod tests {
             .filter_map(|t| match &t.label {
                 Some(Label::Text(s)) => Some(s.clone()),
                 Some(Label::Pow10(e)) => Some(format!("10^{e}")),
+                Some(Label::Sci(m, e)) => Some(format!("{m}x10^{e}")),
                 None => None,
             })
             .collect()
@@ -398,6 +402,11 @@ mod tests {
     fn log_labels_are_decades_or_1_2_5() {
         assert_eq!(labels(&log_ticks(0.15, 2.5, 4)), ["0.2", "0.5", "1", "2"]);
         assert_eq!(labels(&log_ticks(0.05, 30.0, 4)), ["0.1", "1", "10"]);
+        // Two decades: 1-2-5 would be 7 labels, 1-3 gives 5; far from 1, all as powers.
+        assert_eq!(
+            labels(&log_ticks(1.6e-4, 0.035, 4)),
+            ["3x10^-4", "10^-3", "3x10^-3", "10^-2", "3x10^-2"]
+        );
         assert_eq!(
             labels(&log_ticks(1e-6, 1e3, 4)),
             ["10^-6", "10^-4", "10^-2", "10^0", "10^2"]

@@ -7,18 +7,22 @@
 //! other, one colour and marker shape per file, named in a legend under the title.
 //!
 //! The way through: [`source`] reads each file into a `Run` of series; [`panels`] picks the
-//! panels (`--panels`, or every one some file has data for) and styles the lines; [`draw`]
-//! lays the figure out in points and draws it through plotters, whose backend the output's
-//! extension picks: PNG (plotters' bitmap, DejaVu Sans embedded in the binary, so no system
-//! font lookup happens), or PDF and SVG from [`vector`]'s page (vector paths; text in Helvetica
-//! measured with its AFM widths in the PDF, in DejaVu Sans in the SVG), written by [`pdf`] and
-//! [`svg`]. [`axis`] places ticks.
+//! panels (`--panels`, or every one some file has data for) and styles the lines into a
+//! [`figure::Figure`]; [`draw`] lays it out in points (with `pen`'s primitives and `legend`'s
+//! placement) and draws it through plotters on the backend the output's extension picks: PNG
+//! ([`raster`]: plotters' bitmap, supersampled, DejaVu Sans embedded in the binary, so no system
+//! font lookup happens), or PDF and SVG from [`vector`]'s page of vector paths and text
+//! (Helvetica measured with its AFM widths in the PDF, DejaVu Sans in the SVG), written by
+//! [`pdf`] and [`svg`]. [`axis`] places the ticks.
 //!
 //! Panels and lines a file cannot give are left out and named in the returned notes.
 pub mod axis;
 pub mod draw;
+pub mod figure;
+mod legend;
 pub mod panels;
 pub mod pdf;
+mod pen;
 pub mod raster;
 pub mod source;
 pub mod svg;
@@ -153,7 +157,7 @@ pub fn run(plan: &PlotPlan) -> Result<Vec<String>> {
     }
     let (fig, notes) = panels::figure(&runs, plan.panels.as_deref(), plan.title.clone())?;
     register_font();
-    let page = draw::PageSize {
+    let page = figure::PageSize {
         width: plan.width * 72.0,
         height: plan.height.map(|h| h * 72.0),
         font: plan.font,

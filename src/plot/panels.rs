@@ -5,7 +5,7 @@
 //! (file) has its colour and marker shape, and the quantities of a panel differ by dash. In
 //! both, a panel's quantities are solid, dashed, dotted in the order below, and drawn in that
 //! order.
-use super::draw::{Dash, Figure, Line, Marker, Panel, Style};
+use super::figure::{Dash, Figure, Line, Marker, Panel, Style};
 use super::source::{Kind, Run, Q};
 use crate::error::input;
 use anyhow::Result;
