@@ -72,9 +72,9 @@ impl Axis {
 
     /// Grows the range upwards so the top `share` of it is free (room for a legend).
     pub fn grow_top(&mut self, share: f64, want: usize) {
-        let (l0, l1) = (self.to_lin(self.lo), self.to_lin(self.hi));
+        let (l0, l1) = (self.lin(self.lo), self.lin(self.hi));
         let l1 = l1 + (l1 - l0) * share / (1.0 - share);
-        self.hi = self.from_lin(l1);
+        self.hi = self.unlin(l1);
         self.ticks = if self.log {
             log_ticks(self.lo, self.hi, want)
         } else {
@@ -84,11 +84,11 @@ impl Axis {
 
     /// The value's place along the axis, 0 at `lo` and 1 at `hi`.
     pub fn frac(&self, v: f64) -> f64 {
-        let (a, b) = (self.to_lin(self.lo), self.to_lin(self.hi));
-        (self.to_lin(v) - a) / (b - a)
+        let (a, b) = (self.lin(self.lo), self.lin(self.hi));
+        (self.lin(v) - a) / (b - a)
     }
 
-    fn to_lin(&self, v: f64) -> f64 {
+    fn lin(&self, v: f64) -> f64 {
         if self.log {
             v.ln()
         } else {
@@ -96,7 +96,7 @@ impl Axis {
         }
     }
 
-    fn from_lin(&self, v: f64) -> f64 {
+    fn unlin(&self, v: f64) -> f64 {
         if self.log {
             v.exp()
         } else {
@@ -196,7 +196,7 @@ fn linear_labels(values: &[f64], step: f64) -> Vec<String> {
             s
         }
     };
-    if top >= 1e6 || top < 1e-3 {
+    if !(1e-3..1e6).contains(&top) {
         let e = top.log10().floor() as i32;
         let p = 10f64.powi(e);
         let d = decimals(step / p);

@@ -130,13 +130,9 @@ fn draw_all<DB: DrawingBackend>(
     area.fill(&WHITE)?;
     let mut y = lay.pad;
     if !fig.title.is_empty() {
-        pen.text(
-            &fig.title,
-            page.width / 2.0,
-            y + 1.0 * f,
-            1.1 * f,
-            HPos::Center,
-        )?;
+        let titles = [fig.title.clone()];
+        let (title, size) = fitting(&pen, &titles, 1.1 * f, page.width - 2.0 * lay.pad);
+        pen.text(title, page.width / 2.0, y + 1.0 * f, size, HPos::Center)?;
         y += 1.6 * f;
     }
     for row in &lay.run_rows {

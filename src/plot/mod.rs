@@ -187,7 +187,7 @@ pub fn run(plan: &PlotPlan) -> Result<Vec<String>> {
                 } else {
                     let font = ab_glyph::FontRef::try_from_slice(FONT)
                         .map_err(|e| err(format!("the embedded font: {e}")))?;
-                    vector::Metrics::Font(font)
+                    vector::Metrics::Font(Box::new(font))
                 };
                 let root = vector::VectorBackend::new(&mut p, metrics).into_drawing_area();
                 draw::draw(&root, &fig, &page, u).map_err(err)?;

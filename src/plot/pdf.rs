@@ -74,7 +74,7 @@ pub fn write(page: &Page, title: &str) -> Vec<u8> {
     let mut x = format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1);
     for o in offsets {
         // Each entry exactly 20 bytes: 10-digit offset, 5-digit generation, 'n', CR LF or SP LF.
-        let _ = write!(x, "{o:010} 00000 n \n");
+        let _ = writeln!(x, "{o:010} 00000 n ");
     }
     let _ = write!(
         x,

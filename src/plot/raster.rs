@@ -192,7 +192,7 @@ pub fn png(
     // The mean of each s x s block.
     let (w, h) = (size.0 as usize, size.1 as usize);
     let mut out = vec![0u8; w * h * 3];
-    let (bw, n) = (big.0 as usize, (s * s) as u32);
+    let (bw, n) = (big.0 as usize, s * s);
     for y in 0..h {
         for x in 0..w {
             for c in 0..3 {

@@ -109,7 +109,7 @@ impl Page {
 /// own advances and kerning (the SVG names DejaVu Sans, measured with the embedded copy).
 pub enum Metrics {
     Helvetica,
-    Font(FontRef<'static>),
+    Font(Box<FontRef<'static>>),
 }
 
 impl Metrics {
