@@ -304,7 +304,8 @@ fn fitting<'t, DB: DrawingBackend>(
     (last, (size * room / w).clamp(0.75 * size, size))
 }
 
-/// The y axis of a panel: over its drawable values, log where they span a decade.
+/// The y axis of a panel: over its drawable values, log where they span a decade (and the
+/// panel allows it).
 fn y_axis(p: &Panel) -> Axis {
     let ys = || {
         p.lines
@@ -319,7 +320,7 @@ fn y_axis(p: &Panel) -> Axis {
     if !lo.is_finite() {
         return Axis::fit(0.0, 1.0, false, 0.06, 4);
     }
-    Axis::fit(lo, hi, true, 0.06, 4)
+    Axis::fit(lo, hi, p.log_ok, 0.06, 4)
 }
 
 /// Frame, grid, ticks and lines of one panel.

@@ -50,6 +50,9 @@ pub struct Panel {
     /// none does, the last, made smaller to fit (down to 3/4).
     pub titles: Vec<String>,
     pub y_labels: Vec<String>,
+    /// Whether the y axis may be logarithmic (where the values span a decade): not for
+    /// percentages.
+    pub log_ok: bool,
     /// Drawn in this order.
     pub lines: Vec<Line>,
     pub legend: Vec<(String, Style)>,

@@ -320,6 +320,8 @@ pub fn figure(
         panels.push(Panel {
             titles: titles.into_iter().map(String::from).collect(),
             y_labels: y_labels.into_iter().map(String::from).collect(),
+            // Accuracy in % reads on a linear axis, however far from 0 it starts.
+            log_ok: spec.name != "accuracy",
             lines: under,
             legend,
         });
