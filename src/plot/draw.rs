@@ -168,6 +168,14 @@ fn draw_all<DB: DrawingBackend>(
         (a.min(x), b.max(x))
     });
     let (x0, x1) = if x0.is_finite() { (x0, x1) } else { (0.0, 1.0) };
+    // Steps are whole: a range under 4 steps (one checkpoint) widens to 4, so the ticks do not
+    // fall between steps.
+    let (x0, x1) = if x1 - x0 < 4.0 {
+        let m = (0.5 * (x0 + x1)).round();
+        (m - 2.0, m + 2.0)
+    } else {
+        (x0, x1)
+    };
     let x_axis = Axis::fit(x0, x1, false, 0.03, 4);
     let x_label_w = x_axis
         .ticks
