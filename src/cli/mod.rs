@@ -156,13 +156,22 @@ loss settle, did the weight distribution settle while the weights kept moving.",
 probe analyze runs/demo/grad.h5 --format json > series.jsonl     # one line per series"
     )]
     Analyze(AnalyzeArgs),
-    /// Figure of a `probe grad` results file: loss, |g|, accuracy, weights, noise, sharpness.
+    /// Figure of results files (grad, eval, train log), several overlaid: PNG, SVG or PDF.
     #[command(
-        long_about = "Draws one panel per quantity the results file holds, against step: full-dataset \
-loss, gradient norm (with |g + wd w|), accuracy, weight norm, distance moved against the Wasserstein \
-distance of the weight distributions, gradient noise, and sharpness with the 2/lr line. Panels whose \
-columns are missing are left out with a note on stderr. PNG or SVG, by the file name's extension.",
-        after_help = "Example:\n  probe plot runs/demo/grad.h5 -o runs/demo/grad.png"
+        long_about = "Draws a figure of one or more results files against the training step, one \
+panel per quantity: from `probe grad` files the full-dataset loss, accuracy, gradient norm (with \
+|g + wd w|), weight norm, distance moved against the Wasserstein distance of the weight distributions, \
+gradient noise and B_noise, and sharpness with the 2/lr line; from `probe eval` files the loss and \
+accuracy; from a `probe train` log (DIR/train.h5) the minibatch loss and learning rate per step. Several \
+files are drawn over each other, one colour and marker shape per file, named in a legend (--label, or \
+the file's stem). --panels picks panels and their order. Sized for print: --width in inches (6.75 \
+for a page of two columns, 3.25 for one column) with text at --font-size points at that width. The \
+format follows the extension of -o: .png (raster, --dpi), .svg or .pdf (vector; the PDF sets \
+Helvetica). Panels and lines a file cannot give are left out with a note on stderr.",
+        after_help = "Examples:\n  probe plot runs/demo/grad.h5 -o runs/demo/grad.png\n  \
+probe plot sgd.h5 adam.h5 --panels loss,grad -o fig.pdf     # two runs, two panels\n  \
+probe plot sgd.h5 runs/sgd/train.h5 --panels loss --width 3.25 -o loss.pdf\n  \
+probe plot a.h5 b.h5 --label 'lr 0.1' --label 'lr 0.01' --title '' -o fig.svg"
     )]
     Plot(PlotArgs),
 }
