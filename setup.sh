@@ -3,6 +3,7 @@
 #
 # Installs, from the package registries only (Debian, PyPI, crates.io):
 #   - apt: libhdf5-dev + pkg-config (for the hdf5 crate), dataset-fashion-mnist (the data),
+#          qpdf + poppler-utils (tests read the PDFs probe plot writes with real PDF tools),
 #          strace (the fault-injection tests kill probe inside its writes), libturbojpeg0-dev
 #          (libjpeg-turbo, the JPEG decoder PIL uses, for `--data imagefolder:`); as root also
 #          slurmctld slurmd slurm-client munge (tests/slurm.rs starts a private single-node
@@ -24,7 +25,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- Debian packages ---------------------------------------------------------------------------
 need_apt=""
-wanted="libhdf5-dev pkg-config dataset-fashion-mnist strace libturbojpeg0-dev"
+wanted="libhdf5-dev pkg-config dataset-fashion-mnist strace libturbojpeg0-dev qpdf poppler-utils"
 # SLURM (not slurm-wlm, which pulls in plugins nobody needs here); its daemons run as root only.
 [ "$(id -u)" != 0 ] || wanted="$wanted slurmctld slurmd slurm-client munge"
 for p in $wanted; do
