@@ -486,6 +486,7 @@ fn a_folder_holding_another_run_is_refused_unless_resume_or_force() {
     assert_eq!(
         files(&out),
         [
+            "DONE",
             "optim",
             "step-00000000.safetensors",
             "step-00000002.safetensors",
@@ -519,6 +520,7 @@ fn a_folder_holding_another_run_is_refused_unless_resume_or_force() {
     assert_eq!(
         files(&out),
         [
+            "DONE",
             "optim",
             "step-00000000.safetensors",
             "step-00000003.safetensors",

@@ -113,6 +113,7 @@ pub fn run_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let name = entry.file_name().to_string_lossy().to_string();
             let ours = (name.starts_with("step-") && name.ends_with(".safetensors"))
                 || (name == LOG_NAME && d == dir)
+                || (name == crate::measure::follow::DONE_MARKER && d == dir)
                 || name.starts_with(TMP_PREFIX);
             if ours {
                 out.push(entry.path());

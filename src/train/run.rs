@@ -236,8 +236,6 @@ fn claim_folder(plan: &TrainPlan, note: &dyn Fn(String)) -> Result<Option<(u64, 
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::error::output(format!("{}: {e}", dir.display())))?;
     files::remove_stale_temporaries(dir);
-    // A run that goes on (--resume with more steps) is not done any more.
-    let _ = std::fs::remove_file(dir.join(crate::measure::follow::DONE_MARKER));
     let existing = files::list_checkpoints(dir)?;
     let others = files::run_files(dir)?;
     if !plan.resume && !others.is_empty() {
@@ -279,6 +277,8 @@ fn claim_folder(plan: &TrainPlan, note: &dyn Fn(String)) -> Result<Option<(u64, 
             dir.display()
         ));
     }
+    // The folder is this run's now: one that goes on (--resume with more steps) is not done.
+    let _ = std::fs::remove_file(dir.join(crate::measure::follow::DONE_MARKER));
     Ok(resume_from)
 }
 
