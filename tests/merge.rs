@@ -4,21 +4,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-
-fn fm(n: usize, dir: &Path) -> PathBuf {
-    let p = dir.join(format!("fm{n}.h5"));
-    reference(&[
-        "make-data",
-        "--dataset",
-        "fashion-mnist",
-        "--n",
-        &n.to_string(),
-        "--out",
-        p.to_str().unwrap(),
-    ]);
-    p
-}
+use std::path::Path;
 
 /// Three checkpoints of the committed MLP (scaled and shifted weights), in a scrambled order.
 fn checkpoints(dir: &Path) -> Vec<String> {

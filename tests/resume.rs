@@ -9,20 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fm(n: usize, dir: &Path) -> PathBuf {
-    let p = dir.join(format!("fm{n}.h5"));
-    reference(&[
-        "make-data",
-        "--dataset",
-        "fashion-mnist",
-        "--n",
-        &n.to_string(),
-        "--out",
-        p.to_str().unwrap(),
-    ]);
-    p
-}
-
 fn checkpoints(dir: &Path) -> Vec<String> {
     let mlp = model("mlp.onnx");
     (0..3)

@@ -119,27 +119,15 @@ pub fn evaluate_many(
         seconds: 0.0,
     };
     let mut sums = vec![fresh; ckpts.len()];
-    let (mut first, mut before) = (0, 0.0);
-    let saved = resume
-        .as_deref()
-        .and_then(|r| r.restore::<EvalSums>(ckpts.len()));
-    if let Some(saved) = saved.filter(|s| s.sums.iter().all(|x| x.samples == spec.len)) {
-        (first, before) = (saved.at.next_batch, saved.at.seconds);
-        progress.skip(saved.at.samples_done as u64);
-        if !progress.quiet() {
-            eprintln!(
-                "resume: {}: going on from sample {} of {} (saved after {:.0} s)",
-                resume
-                    .as_deref()
-                    .map(|r| r.path().display().to_string())
-                    .unwrap_or_default(),
-                saved.at.samples_done,
-                spec.len,
-                saved.at.seconds
-            );
-        }
-        sums = saved.sums;
-    }
+    let (first, before) = match resume.as_deref() {
+        Some(r) => r.start(
+            &mut sums,
+            |s| s.iter().all(|x| x.samples == spec.len),
+            progress,
+            spec.len,
+        ),
+        None => (0, 0.0),
+    };
     for (bi, (start, count)) in batches(spec.len, batch).enumerate().skip(first) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;

@@ -202,37 +202,46 @@ fn same_run(files: &[ResultsFile]) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoint shards (`--shard i/n`, attribute `ckpt_shard`): one count for all, and every
-/// shard 0..n among the files; a missing one is named (its checkpoints would be missing from
-/// the series without a trace).
-fn checkpoint_shards(files: &[ResultsFile]) -> Result<()> {
+/// Each file's shard `i/n` from its attribute `key` (None where it has none), checked: well
+/// formed, and one count n for all the files that have one.
+fn shard_attrs(
+    files: &[ResultsFile],
+    key: &str,
+    what: &str,
+) -> Result<Vec<Option<(usize, usize)>>> {
     let mut count: Option<(usize, &ResultsFile)> = None;
-    let mut have = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
     for f in files {
-        let Some(s) = f.str_attr("ckpt_shard") else {
+        let Some(s) = f.str_attr(key) else {
+            out.push(None);
             continue;
         };
-        let bad = || {
-            input(format!(
-                "{}: bad ckpt_shard attribute '{s}'",
-                f.path.display()
-            ))
-        };
+        let bad = || input(format!("{}: bad {key} attribute '{s}'", f.path.display()));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
         if let Some((m, g)) = count {
             if m != n {
                 return Err(input(format!(
-                    "{} is checkpoint shard {i}/{n} but {} is of {m} shards: merge shards of one split",
+                    "{} is {what} {i}/{n} but {} is of {m} shards: merge shards of one split",
                     f.path.display(),
                     g.path.display()
                 )));
             }
         }
         count = Some((n, f));
-        have.insert(i);
+        out.push(Some((i, n)));
     }
-    if let Some((n, _)) = count {
+    Ok(out)
+}
+
+/// Checkpoint shards (`--shard i/n`, attribute `ckpt_shard`): one count for all, and every
+/// shard 0..n among the files; a missing one is named (its checkpoints would be missing from
+/// the series without a trace).
+fn checkpoint_shards(files: &[ResultsFile]) -> Result<()> {
+    let shards = shard_attrs(files, "ckpt_shard", "checkpoint shard")?;
+    let have: std::collections::BTreeSet<usize> = shards.iter().flatten().map(|s| s.0).collect();
+    let count = shards.iter().flatten().next().copied();
+    if let Some((_, n)) = count {
         let missing: Vec<String> = (0..n)
             .filter(|i| !have.contains(i))
             .map(|i| format!("{i}/{n}"))
@@ -256,31 +265,11 @@ fn is_partial(f: &ResultsFile) -> bool {
 /// Each file's data shard (None for full files), checked: one shard count for all, and each
 /// file's sample range the one that count gives.
 fn data_shards(files: &[ResultsFile]) -> Result<Vec<Option<(usize, usize)>>> {
-    let mut count: Option<(usize, &ResultsFile)> = None;
-    let mut out = Vec::new();
-    for f in files {
-        let Some(s) = f.str_attr("data_shard") else {
-            out.push(None);
+    let shards = shard_attrs(files, "data_shard", "data shard")?;
+    for (f, shard) in files.iter().zip(&shards) {
+        let Some((i, n)) = *shard else {
             continue;
         };
-        let bad = || {
-            input(format!(
-                "{}: bad data_shard attribute '{s}'",
-                f.path.display()
-            ))
-        };
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-        if let Some((m, g)) = count {
-            if m != n {
-                return Err(input(format!(
-                    "{} is data shard {i}/{n} but {} is of {m} shards: merge shards of one split",
-                    f.path.display(),
-                    g.path.display()
-                )));
-            }
-        }
-        count = Some((n, f));
         let attr_i64 = |k: &str| match f.attrs.get(k) {
             Some(Attr::I64(v)) => *v as usize,
             _ => 0,
@@ -296,9 +285,8 @@ fn data_shards(files: &[ResultsFile]) -> Result<Vec<Option<(usize, usize)>>> {
                 want.unwrap_or("none".into())
             )));
         }
-        out.push(Some((i, n)));
     }
-    Ok(out)
+    Ok(shards)
 }
 
 /// Every checkpoint of the files, keyed by (path, sha256), with its step and where its rows are,

@@ -109,6 +109,33 @@ impl Resume {
         }
     }
 
+    /// Starts a pass from its save: when there is one for this key whose sums `fit` accepts
+    /// (the pass's shapes), it replaces `sums`, counts its samples as done in `progress`, says
+    /// so on stderr, and returns where the pass goes on (next batch, seconds so far); else
+    /// (0, 0.0) and `sums` stay.
+    pub fn start<T: Saved>(
+        &self,
+        sums: &mut Vec<T>,
+        fit: impl Fn(&[T]) -> bool,
+        progress: &mut crate::progress::Progress,
+        len: usize,
+    ) -> (usize, f64) {
+        let Some(saved) = self.restore::<T>(sums.len()).filter(|s| fit(&s.sums)) else {
+            return (0, 0.0);
+        };
+        progress.skip(saved.at.samples_done as u64);
+        if !progress.quiet() {
+            eprintln!(
+                "resume: {}: going on from sample {} of {len} (saved after {:.0} s)",
+                self.path.display(),
+                saved.at.samples_done,
+                saved.at.seconds
+            );
+        }
+        *sums = saved.sums;
+        (saved.at.next_batch, saved.at.seconds)
+    }
+
     /// Saves the state (`at`, and the sums of the batches before it) when it is time (see the
     /// module doc). A failed save (a full disk) warns once and lets the pass go on: it only
     /// costs the resume.

@@ -455,3 +455,18 @@ pub fn assert_pytorchs(label: &str, line: &str) {
         "{label}: loss {loss} vs {ref_loss}"
     );
 }
+
+/// The first `n` Fashion-MNIST training images as an HDF5 file in `dir` (`fm<n>.h5`).
+pub fn fm(n: usize, dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join(format!("fm{n}.h5"));
+    reference(&[
+        "make-data",
+        "--dataset",
+        "fashion-mnist",
+        "--n",
+        &n.to_string(),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    p
+}

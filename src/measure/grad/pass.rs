@@ -219,26 +219,13 @@ pub fn full_gradients(
             }
         })
         .collect();
-    let mut before = 0.0;
-    let mut first = 0;
-    if let Some(saved) = resume.as_deref().and_then(|r| restored(r, &sums)) {
-        first = saved.at.next_batch;
-        before = saved.at.seconds;
-        progress.skip(saved.at.samples_done as u64);
-        if !progress.quiet() {
-            eprintln!(
-                "resume: {}: going on from sample {} of {} (saved after {:.0} s)",
-                resume
-                    .as_deref()
-                    .map(|r| r.path().display().to_string())
-                    .unwrap_or_default(),
-                saved.at.samples_done,
-                spec.len,
-                saved.at.seconds
-            );
+    let (first, before) = match resume.as_deref() {
+        Some(r) => {
+            let want: Vec<Shape> = sums.iter().map(shape).collect();
+            r.start(&mut sums, |s| same_shapes(r, s, &want), progress, spec.len)
         }
-        sums = saved.sums;
-    }
+        None => (0, 0.0),
+    };
     if let [only] = ckpts {
         engine.load(only)?;
     }
@@ -309,24 +296,29 @@ pub fn full_gradients(
     Ok(sums)
 }
 
-/// A saved state whose sums have the shapes of `fresh` (the same parameters, the same noise
-/// parts): anything else is another pass's, and ignored.
-fn restored(r: &Resume, fresh: &[PassSums]) -> Option<resume::State<PassSums>> {
-    let s = r.restore::<PassSums>(fresh.len())?;
-    let same = s.sums.iter().zip(fresh).all(|(a, b)| {
-        a.acc.len() == b.acc.len()
-            && a.acc.iter().zip(&b.acc).all(|(x, y)| x.len() == y.len())
-            && a.noise.is_some() == b.noise.is_some()
-            && a.samples == b.samples
-    });
+/// What must agree between a saved pass and this one: per-parameter sizes, whether the noise
+/// parts are kept, the number of samples.
+type Shape = (Vec<usize>, bool, usize);
+
+fn shape(s: &PassSums) -> Shape {
+    (
+        s.acc.iter().map(Vec::len).collect(),
+        s.noise.is_some(),
+        s.samples,
+    )
+}
+
+/// Whether saved sums have this pass's shapes: anything else is another pass's, and ignored
+/// with a warning.
+fn same_shapes(r: &Resume, saved: &[PassSums], want: &[Shape]) -> bool {
+    let same = saved.iter().map(shape).eq(want.iter().cloned());
     if !same {
         eprintln!(
             "warning: {}: saved sums of another shape; starting this pass over",
             r.path().display()
         );
-        return None;
     }
-    Some(s)
+    same
 }
 
 /// The per-sample part of `--noise` over the first samples of the data (none when the gradient
