@@ -8,6 +8,7 @@ use crate::measure::noise::SampleNoise;
 use crate::measure::weights::{self, Distribution};
 use crate::model::Checkpoint;
 use crate::store::{Cell, Row};
+use std::sync::Arc;
 
 /// A printed row.
 pub struct GradRow {
@@ -31,45 +32,48 @@ pub struct GradRow {
 /// tensor is the costly part); a previous checkpoint that was not a row here (another shard's,
 /// or already complete) is read afresh.
 pub struct History {
-    first_w: Vec<Vec<f64>>,
-    first_dist: Distribution,
-    last: Option<(usize, Vec<Vec<f64>>, Distribution)>,
+    first_w: Arc<Vec<Vec<f64>>>,
+    first_dist: Arc<Distribution>,
+    last: Option<(usize, Arc<Vec<Vec<f64>>>, Arc<Distribution>)>,
 }
 
 /// Checkpoint `k`'s weights (f64, per parameter) and the previous checkpoint's, with their
-/// distributions.
+/// distributions. Shared, not copied: a model's weights in f64, and again sorted, are each
+/// 8 bytes a parameter (2 GB for GPT-2 small), and the first checkpoint's serve every row.
 pub struct Weights {
-    pub w: Vec<Vec<f64>>,
-    pub dist: Distribution,
-    pub prev_w: Vec<Vec<f64>>,
-    pub prev_dist: Distribution,
+    pub w: Arc<Vec<Vec<f64>>>,
+    pub dist: Arc<Distribution>,
+    pub prev_w: Arc<Vec<Vec<f64>>>,
+    pub prev_dist: Arc<Distribution>,
 }
 
 impl History {
+    /// `first` is checkpoint 0 of the run's set.
     pub fn new(names: &[String], first: &Checkpoint) -> History {
         let first_w = weights_of(names, first);
         let first_dist = Distribution::of(&first_w);
         History {
-            first_w,
-            first_dist,
+            first_w: Arc::new(first_w),
+            first_dist: Arc::new(first_dist),
             last: None,
         }
     }
 
     /// The weights of checkpoint `k` of `all` and of the one before it.
     pub fn at(&mut self, names: &[String], all: &[Checkpoint], k: usize) -> Weights {
-        let w = weights_of(names, &all[k]);
-        let dist = if k == 0 {
-            self.first_dist.clone()
+        let (w, dist) = if k == 0 {
+            (self.first_w.clone(), self.first_dist.clone())
         } else {
-            Distribution::of(&w)
+            let w = weights_of(names, &all[k]);
+            let dist = Distribution::of(&w);
+            (Arc::new(w), Arc::new(dist))
         };
         let (prev_w, prev_dist) = match self.last.take() {
             Some((j, pw, pd)) if j + 1 == k => (pw, pd),
             _ if k > 0 => {
                 let pw = weights_of(names, &all[k - 1]);
                 let pd = Distribution::of(&pw);
-                (pw, pd)
+                (Arc::new(pw), Arc::new(pd))
             }
             _ => (w.clone(), dist.clone()),
         };
@@ -131,38 +135,36 @@ pub fn printed(r: &GradResult, c: &Checkpoint, g_l2: f64, w_l2: f64, dist_prev: 
 /// The columns that come from the data: loss, accuracy, counts and the gradient's norms (what
 /// `probe merge` computes again from the shards' sums). Returns them and |g|.
 pub fn gradient_columns(r: &GradResult) -> (Row, f64) {
-    let flat_g: Vec<f64> = r.grads.iter().flatten().copied().collect();
+    let flat_g = || r.grads.iter().flatten();
     let per_g: Vec<f64> = r.grads.iter().map(|g| l2(g)).collect();
-    let g_l2 = l2(&flat_g);
-    let row: Row = vec![
-        ("loss".into(), Cell::F64(r.loss)),
-        ("accuracy".into(), Cell::F64(r.accuracy)),
-        ("samples".into(), Cell::I64(r.samples as i64)),
-        ("elements".into(), Cell::I64(r.elements as i64)),
-        ("grad/l2".into(), Cell::F64(g_l2)),
-        (
-            "grad/l1".into(),
-            Cell::F64(flat_g.iter().map(|x| x.abs()).sum()),
-        ),
-        (
-            "grad/linf".into(),
-            Cell::F64(flat_g.iter().fold(0.0f64, |m, x| {
-                if x.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(x.abs())
-                }
-            })),
-        ),
-        (
-            "grad/per_param_l2".into(),
-            Cell::F64s(vec![per_g.len()], per_g),
-        ),
-        (
-            "nonfinite_batches".into(),
-            Cell::I64(r.nonfinite_batches.len() as i64),
-        ),
-    ];
+    let g_l2 = flat_g().map(|x| x * x).sum::<f64>().sqrt();
+    let row: Row =
+        vec![
+            ("loss".into(), Cell::F64(r.loss)),
+            ("accuracy".into(), Cell::F64(r.accuracy)),
+            ("samples".into(), Cell::I64(r.samples as i64)),
+            ("elements".into(), Cell::I64(r.elements as i64)),
+            ("grad/l2".into(), Cell::F64(g_l2)),
+            ("grad/l1".into(), Cell::F64(flat_g().map(|x| x.abs()).sum())),
+            (
+                "grad/linf".into(),
+                Cell::F64(flat_g().fold(0.0f64, |m, x| {
+                    if x.is_nan() {
+                        f64::NAN
+                    } else {
+                        m.max(x.abs())
+                    }
+                })),
+            ),
+            (
+                "grad/per_param_l2".into(),
+                Cell::F64s(vec![per_g.len()], per_g),
+            ),
+            (
+                "nonfinite_batches".into(),
+                Cell::I64(r.nonfinite_batches.len() as i64),
+            ),
+        ];
     (row, g_l2)
 }
 
@@ -202,7 +204,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
     let per_dist_prev = per_param_norm(w, prev_w, |x, y| (x - y) * (x - y));
     let per_move: Vec<f64> = w
         .iter()
-        .zip(prev_w)
+        .zip(prev_w.iter())
         .map(|(a, b)| weights::mean_abs_move(a, b))
         .collect();
     row.extend([
