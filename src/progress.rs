@@ -48,6 +48,11 @@ pub fn set_every(every: Duration) {
     run().every = every;
 }
 
+/// How often plain progress lines and log events are written.
+pub fn every() -> Duration {
+    run().every
+}
+
 fn run() -> std::sync::MutexGuard<'static, Run> {
     RUN.lock().unwrap_or_else(|e| e.into_inner())
 }

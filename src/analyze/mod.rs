@@ -49,21 +49,38 @@ pub struct AnalyzePlan {
     pub command_line: String,
 }
 
-/// Runs the analysis, writes `/analysis`, and returns it for printing.
-pub fn run(plan: &AnalyzePlan) -> Result<Analysis> {
+/// Where the analysis went besides the caller's printout.
+pub enum Stored {
+    /// `/analysis` was written into the file.
+    Written,
+    /// Another process (its pid and host) holds the file's writer lock, e.g. a `probe grad
+    /// --follow` still appending rows: the file was only read, `/analysis` not written.
+    Busy(String),
+}
+
+/// Runs the analysis and writes `/analysis`, or, while another probe writes the file, only
+/// reads it ([`Stored::Busy`]); returns it for printing.
+pub fn run(plan: &AnalyzePlan) -> Result<(Analysis, Stored)> {
     if let Some(lr) = plan.lr {
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(input(format!("--lr {lr}: need a positive learning rate")));
         }
     }
     // `/analysis` is written like a row (crate::store): under the writer lock, so not while a
-    // probe grad appends to the file, and by an atomic commit, so a kill cannot damage it.
-    let _lock = crate::store::lock::WriterLock::acquire(&plan.path)?;
+    // probe grad appends to the file, and by an atomic commit, so a kill cannot damage it. A
+    // writer replaces the file only by renaming a whole closed file over it (store::atomic), so
+    // reading it without the lock sees the complete rows of one commit.
+    let lock = crate::store::lock::WriterLock::try_acquire(&plan.path)?;
     let res = Results::open(&plan.path, 2, plan.allow_partial)?;
     let a = analyze(&res, plan.lr);
     drop(res);
-    group::write(&a.path, &record(&a, &plan.command_line))?;
-    Ok(a)
+    match lock {
+        Ok(_lock) => {
+            group::write(&a.path, &record(&a, &plan.command_line))?;
+            Ok((a, Stored::Written))
+        }
+        Err(holder) => Ok((a, Stored::Busy(holder))),
+    }
 }
 
 /// The analysis as the store writes it under `/analysis`.

@@ -2,13 +2,15 @@
 use super::flags::{command_line, positive};
 use super::format::{print_header, print_row, Format, Val};
 use clap::Args;
-use probe::analyze::AnalyzePlan;
+use probe::analyze::{AnalyzePlan, Stored};
 use probe::store::analysis::{Field, Series};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct AnalyzeArgs {
-    /// The results file of `probe grad` (the analysis is written into it, under /analysis).
+    /// The results file of `probe grad` (the analysis is written into it, under /analysis;
+    /// while another probe writes the file, e.g. `probe grad --follow`, it is only read and a
+    /// note says so).
     #[arg(value_name = "R.h5")]
     pub results: PathBuf,
     /// Learning rate for the edge-of-stability comparison (default: /checkpoints/lr).
@@ -35,7 +37,7 @@ pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
         allow_partial: args.allow_partial,
         command_line: command_line(),
     };
-    let r = probe::analyze::run(&plan)?;
+    let (r, stored) = probe::analyze::run(&plan)?;
     let path = plan.path.display();
     if !quiet {
         for m in &r.missing {
@@ -74,8 +76,14 @@ pub fn run(args: AnalyzeArgs, quiet: bool) -> anyhow::Result<()> {
             }
         }
     }
-    if !quiet {
-        eprintln!("wrote /analysis into {path}");
+    match stored {
+        Stored::Written if !quiet => eprintln!("wrote /analysis into {path}"),
+        Stored::Written => {}
+        // Said even with --quiet: the file lacks what a run without a writer would store.
+        Stored::Busy(holder) => eprintln!(
+            "note: {path} is being written by another probe ({holder}): /analysis not written into it (the analysis above is of its {} complete rows); run probe analyze again once that probe has ended to store it",
+            r.rows
+        ),
     }
     Ok(())
 }

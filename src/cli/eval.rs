@@ -55,11 +55,17 @@ pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         ),
     };
     match follow {
-        Some(f) => probe::measure::follow::follow(&f, |paths| {
-            let mut p = plan.clone();
-            p.checkpoints = paths.to_vec();
-            probe::measure::eval::run(&p, &mut print).map(|_| ())
-        })?,
+        Some(f) => {
+            // The follower holds its results file for its whole life, not only while a round
+            // writes: `probe analyze` then knows not to write into it, and no second writer
+            // slips in between rounds.
+            let _held = probe::store::lock::WriterLock::acquire(&plan.out)?;
+            probe::measure::follow::follow(&f, |paths| {
+                let mut p = plan.clone();
+                p.checkpoints = paths.to_vec();
+                probe::measure::eval::run(&p, &mut print).map(|_| ())
+            })?
+        }
         None => {
             probe::measure::eval::run(&plan, &mut print)?;
         }

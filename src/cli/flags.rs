@@ -77,7 +77,8 @@ pub struct Common {
     /// (`probe train` writes it when it ends) or --idle-timeout. Instead of --ckpt.
     #[arg(long, value_name = "DIR", conflicts_with = "ckpt")]
     pub follow: Option<PathBuf>,
-    /// With --follow: stop once a checkpoint at this step or later is measured.
+    /// With --follow: stop once a checkpoint at this step or later is measured (its step as
+    /// the rows take it: --step-from, else the metadata's `step`, else the name).
     #[arg(long, value_name = "N", requires = "follow")]
     pub until_step: Option<i64>,
     /// With --follow: stop after this many seconds without a new checkpoint.
@@ -123,6 +124,8 @@ impl Common {
                 idle_timeout: secs(self.idle_timeout),
                 settle: secs(self.settle),
                 poll: std::time::Duration::from_millis(500).min(secs(self.settle).max(secs(0.05))),
+                note_every: probe::progress::every(),
+                step_from: self.step_from.clone(),
                 quiet,
             }))
     }

@@ -291,11 +291,17 @@ pub fn run(args: GradArgs, quiet: bool) -> anyhow::Result<()> {
         )
     };
     match args_follow {
-        Some(f) => probe::measure::follow::follow(&f, |paths| {
-            let mut p = plan.clone();
-            p.pass.checkpoints = paths.to_vec();
-            probe::measure::grad::run(&p, &mut print).map(|_| ())
-        })?,
+        Some(f) => {
+            // The follower holds its results file for its whole life, not only while a round
+            // writes: `probe analyze` then knows not to write into it, and no second writer
+            // slips in between rounds.
+            let _held = probe::store::lock::WriterLock::acquire(&plan.pass.out)?;
+            probe::measure::follow::follow(&f, |paths| {
+                let mut p = plan.clone();
+                p.pass.checkpoints = paths.to_vec();
+                probe::measure::grad::run(&p, &mut print).map(|_| ())
+            })?
+        }
         None => {
             probe::measure::grad::run(&plan, &mut print)?;
         }

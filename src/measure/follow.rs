@@ -15,8 +15,14 @@
 //! `probe train` when it ends; `touch DIR/DONE` from any loop) and every whole checkpoint is
 //! done, or no new checkpoint has come for `--idle-timeout` seconds. A file that changes after it
 //! was measured is reported (its row stays: it is of the content whose sha256 it records).
-use crate::model::checkpoint::step_from_name;
+//!
+//! What the follower does, and what it waits for since when, goes to stderr (timestamped lines,
+//! unless `--quiet`) and to the JSON log as `follow` events ([`Say`]): when it starts, while the
+//! folder does not exist yet, when new checkpoints are taken, each time it starts waiting and then
+//! every `--progress-every` seconds while it waits, and why it stops.
+use crate::model::checkpoint::{step_by_pattern, step_from_name};
 use anyhow::Result;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +38,11 @@ pub struct FollowOptions {
     /// How long a file's size and time must hold still.
     pub settle: Duration,
     pub poll: Duration,
+    /// How often a wait is logged again (`--progress-every`).
+    pub note_every: Duration,
+    /// `--step-from REGEX`: the steps (order, `--until-step`) come from the path, as the
+    /// measurement takes them.
+    pub step_from: Option<String>,
     pub quiet: bool,
 }
 
@@ -75,9 +86,13 @@ pub fn is_whole(path: &Path) -> bool {
     8 + n + end == len
 }
 
-/// The step of a followed checkpoint: its header's metadata `step`, else its name's, else -1
-/// (as the measurement orders them, `--step-from` aside).
-fn step_of(path: &Path) -> i64 {
+/// The step of a followed checkpoint as the measurement takes it: `--step-from`'s match when
+/// given, else its header's metadata `step`, else its name's, else -1 (also where `--step-from`
+/// does not match: the measurement then says so).
+fn step_of(path: &Path, step_from: Option<&str>) -> i64 {
+    if let Some(p) = step_from {
+        return step_by_pattern(path, p).unwrap_or(-1);
+    }
     let meta = crate::model::checkpoint_set::header(path)
         .map(|h| h.1)
         .unwrap_or_default();
@@ -91,8 +106,13 @@ fn step_of(path: &Path) -> i64 {
 /// the W1 distances need it) and the first (the distances to it), so that a round reads a few
 /// files, not the whole run. Where a step is unknown, every checkpoint taken (the order is then
 /// the names').
-fn to_measure(taken: &BTreeMap<PathBuf, Seen>, fresh: &[PathBuf]) -> Vec<PathBuf> {
-    let mut order: Vec<(i64, &PathBuf)> = taken.keys().map(|p| (step_of(p), p)).collect();
+fn to_measure(
+    taken: &BTreeMap<PathBuf, Seen>,
+    fresh: &[PathBuf],
+    step_from: Option<&str>,
+) -> Vec<PathBuf> {
+    let mut order: Vec<(i64, &PathBuf)> =
+        taken.keys().map(|p| (step_of(p, step_from), p)).collect();
     if order.iter().any(|(s, _)| *s < 0) {
         return taken.keys().cloned().collect();
     }
@@ -115,32 +135,74 @@ fn to_measure(taken: &BTreeMap<PathBuf, Seen>, fresh: &[PathBuf]) -> Vec<PathBuf
         .collect()
 }
 
+/// The follower's log: a timestamped line on stderr (unless `--quiet`) and a `follow` event in
+/// the JSON log, whose `state` is `watching`, `waiting`, `new`, `changed` or `done`.
+struct Say {
+    quiet: bool,
+}
+
+impl Say {
+    fn say(&self, state: &str, line: &str, mut fields: serde_json::Value) {
+        if !self.quiet {
+            eprintln!("[{}] follow: {line}", crate::log::utc_now());
+        }
+        fields["state"] = json!(state);
+        fields["message"] = json!(line);
+        crate::log::event("follow", fields);
+    }
+
+    /// What the follower waits for, since when (UTC), and for how long so far.
+    fn waiting(&self, what: &str, dir: &Path, since: &str, waited: Duration, more: Value) {
+        let mut fields = json!({
+            "waiting_for": what,
+            "dir": dir.display().to_string(),
+            "since": since,
+            "waited_seconds": waited.as_secs(),
+        });
+        if let (Value::Object(f), Value::Object(m)) = (&mut fields, more) {
+            f.extend(m);
+        }
+        let line = format!("waiting for {what} since {since} ({} s)", waited.as_secs());
+        self.say("waiting", &line, fields);
+    }
+}
+
+fn file_names(paths: &[&PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap_or_default().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Follows `opts.dir`, calling `measure` with the checkpoints to measure ([`to_measure`]; the
-/// command skips those already in its results file) each time new ones are whole. Returns when a stop condition holds (see the module doc).
+/// command skips those already in its results file) each time new ones are whole. Returns when
+/// a stop condition holds (see the module doc).
 pub fn follow(
     opts: &FollowOptions,
     mut measure: impl FnMut(&[PathBuf]) -> Result<()>,
 ) -> Result<()> {
-    let say = |s: String| {
-        if !opts.quiet {
-            eprintln!("[{}] follow: {s}", crate::log::utc_now());
-        }
-    };
+    let log = Say { quiet: opts.quiet };
+    let dir = opts.dir.display().to_string();
+    let step_from = opts.step_from.as_deref();
     // The trainer may not have made its folder yet.
     let t0 = Instant::now();
+    let started = crate::log::utc_now();
+    let mut last_note: Option<Instant> = None;
     while !opts.dir.is_dir() {
         if opts.dir.exists() {
-            return Err(crate::error::input(format!(
-                "--follow {}: not a folder",
-                opts.dir.display()
-            )));
+            return Err(crate::error::input(format!("--follow {dir}: not a folder")));
         }
         if t0.elapsed() >= opts.idle_timeout {
             return Err(crate::error::input(format!(
-                "--follow {}: no such folder after {} s (--idle-timeout)",
-                opts.dir.display(),
+                "--follow {dir}: no such folder after {} s (--idle-timeout)",
                 opts.idle_timeout.as_secs()
             )));
+        }
+        if last_note.is_none_or(|t| t.elapsed() >= opts.note_every) {
+            let what = format!("{dir} to be created");
+            log.waiting(&what, &opts.dir, &started, t0.elapsed(), json!({}));
+            last_note = Some(Instant::now());
         }
         std::thread::sleep(opts.poll);
     }
@@ -150,20 +212,30 @@ pub fn follow(
     let mut reported_changed: std::collections::HashSet<PathBuf> = Default::default();
     let mut last_new = Instant::now();
     let mut waiting_since = crate::log::utc_now();
-    let mut last_wait_note = Instant::now();
-    say(format!(
-        "watching {} (stops at {}, or {} s without a new checkpoint)",
-        opts.dir.display(),
-        match opts.until_step {
-            Some(s) => format!("step {s}, at {DONE_MARKER}"),
-            None => format!("{DONE_MARKER}"),
-        },
-        opts.idle_timeout.as_secs()
-    ));
+    let mut last_note: Option<Instant> = None;
+    let changed = |p: &Path, line: String| {
+        eprintln!("warning: {line}");
+        crate::log::event(
+            "follow",
+            json!({"state": "changed", "file": p.display().to_string(), "message": line}),
+        );
+    };
+    let stops = match opts.until_step {
+        Some(s) => format!("step {s}, at {DONE_MARKER}"),
+        None => DONE_MARKER.to_string(),
+    };
+    log.say(
+        "watching",
+        &format!(
+            "watching {dir} (stops at {stops}, or {} s without a new checkpoint)",
+            opts.idle_timeout.as_secs()
+        ),
+        json!({"dir": dir, "until_step": opts.until_step, "idle_timeout": opts.idle_timeout.as_secs_f64()}),
+    );
     loop {
         let done_marker = opts.dir.join(DONE_MARKER).exists();
         let mut names: Vec<PathBuf> = std::fs::read_dir(&opts.dir)
-            .map_err(|e| crate::error::input(format!("{}: {e}", opts.dir.display())))?
+            .map_err(|e| crate::error::input(format!("{dir}: {e}")))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
@@ -179,10 +251,10 @@ pub fn follow(
             let Some(now) = look(p) else { continue };
             if let Some(seen) = taken.get(p) {
                 if *seen != now && reported_changed.insert(p.clone()) {
-                    eprintln!(
-                        "warning: {} changed after it was measured; its row is of the content measured (see /checkpoints/sha256)",
+                    changed(p, format!(
+                        "{} changed after it was measured; its row is of the content measured (see /checkpoints/sha256)",
                         p.display()
-                    );
+                    ));
                 }
                 continue;
             }
@@ -202,57 +274,74 @@ pub fn follow(
                 let (seen, _) = pending.remove(p).unwrap();
                 taken.insert(p.clone(), seen);
             }
-            say(format!(
-                "{} new checkpoint(s): {}",
-                fresh.len(),
-                fresh
-                    .iter()
-                    .map(|p| p.file_name().unwrap_or_default().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            measure(&to_measure(&taken, &fresh))?;
+            let list = file_names(&fresh.iter().collect::<Vec<_>>());
+            log.say(
+                "new",
+                &format!("{} new checkpoint(s): {list}", fresh.len()),
+                json!({"dir": dir, "new": fresh.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()}),
+            );
+            measure(&to_measure(&taken, &fresh, step_from))?;
             // A file that changed while it was measured: its row may be of either content.
             for p in &fresh {
                 if look(p) != taken.get(p).copied() && reported_changed.insert(p.clone()) {
-                    eprintln!(
-                        "warning: {} changed while it was measured; its row is of the content whose sha256 it records",
+                    changed(p, format!(
+                        "{} changed while it was measured; its row is of the content whose sha256 it records",
                         p.display()
-                    );
+                    ));
                 }
             }
             last_new = Instant::now();
             waiting_since = crate::log::utc_now();
+            last_note = None;
         }
-        let top = taken.keys().map(|p| step_of(p)).max();
+        let top = taken.keys().map(|p| step_of(p, step_from)).max();
+        let done = |why: String| {
+            log.say(
+                "done",
+                &format!("{why}: done"),
+                json!({"dir": dir, "measured": taken.len()}),
+            );
+        };
         if let (Some(u), Some(t)) = (opts.until_step, top) {
             if t >= u {
-                say(format!("step {t} reached --until-step {u}: done"));
+                done(format!("step {t} reached --until-step {u}"));
                 return Ok(());
             }
         }
         // Done when the trainer says so and nothing it wrote is still waiting to settle.
-        if done_marker && pending.keys().all(|p| !names.contains(p)) {
-            say(format!(
-                "{DONE_MARKER} found and every checkpoint measured: done"
-            ));
+        let settling: Vec<&PathBuf> = names.iter().filter(|p| pending.contains_key(*p)).collect();
+        if done_marker && settling.is_empty() {
+            done(format!("{DONE_MARKER} found and every checkpoint measured"));
             return Ok(());
         }
         if last_new.elapsed() >= opts.idle_timeout {
-            say(format!(
-                "no new checkpoint for {} s (--idle-timeout): done",
+            done(format!(
+                "no new checkpoint for {} s (--idle-timeout)",
                 opts.idle_timeout.as_secs()
             ));
             return Ok(());
         }
-        if last_wait_note.elapsed() >= Duration::from_secs(60) {
-            say(format!(
-                "waiting for a new checkpoint in {} since {waiting_since} ({} measured, {} settling)",
-                opts.dir.display(),
-                taken.len(),
-                pending.len()
-            ));
-            last_wait_note = Instant::now();
+        if fresh.is_empty() && last_note.is_none_or(|t| t.elapsed() >= opts.note_every) {
+            let what = if settling.is_empty() {
+                format!("a new checkpoint in {dir} (or {DONE_MARKER})")
+            } else {
+                format!(
+                    "{} to be whole (unchanged for {} s, data complete) in {dir}",
+                    file_names(&settling),
+                    opts.settle.as_secs_f64()
+                )
+            };
+            log.waiting(
+                &what,
+                &opts.dir,
+                &waiting_since,
+                last_new.elapsed(),
+                json!({
+                    "measured": taken.len(),
+                    "settling": settling.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                }),
+            );
+            last_note = Some(Instant::now());
         }
         std::thread::sleep(opts.poll);
     }

@@ -10,6 +10,10 @@
 //! locks it; C then creates a new file and locks that too). So a taker checks, once it holds the
 //! lock, that the path still names the file it locked, and starts over if not; the holder unlinks
 //! the file while it still holds the lock.
+//!
+//! A process may take the lock again for a file it already holds (a `probe grad --follow` holds
+//! its `--out` for its whole life, and each round's store takes it once more): the inner lock is
+//! a no-op that leaves the file to the outer one.
 use anyhow::Result;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -19,7 +23,15 @@ use std::path::{Path, PathBuf};
 
 pub struct WriterLock {
     path: PathBuf,
+    /// The locked file; None for a lock this process already held (see the module comment).
     file: Option<File>,
+}
+
+/// The lock files this process holds.
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `<out>.lock`.
@@ -38,7 +50,21 @@ fn host() -> String {
 impl WriterLock {
     /// Takes the lock for `out`, or fails (exit 3) naming the file and the holder.
     pub fn acquire(out: &Path) -> Result<WriterLock> {
+        Self::try_acquire(out)?.map_err(|holder| {
+            crate::error::input(format!(
+                "{}: another probe is writing this file ({holder}); wait for it to end or choose another --out",
+                out.display()
+            ))
+        })
+    }
+
+    /// Takes the lock for `out`; `Ok(Err(holder))` where another live process holds it (its
+    /// pid and host, as it wrote them). Never waits.
+    pub fn try_acquire(out: &Path) -> Result<std::result::Result<WriterLock, String>> {
         let path = lock_path(out);
+        if held().contains(&path) {
+            return Ok(Ok(WriterLock { path, file: None }));
+        }
         let io = |e: std::io::Error| {
             crate::error::output(format!(
                 "{}: cannot take the writer lock {}: {e}",
@@ -62,15 +88,11 @@ impl WriterLock {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
                     let holder = holder.trim();
-                    return Err(crate::error::input(format!(
-                        "{}: another probe is writing this file ({}); wait for it to end or choose another --out",
-                        out.display(),
-                        if holder.is_empty() {
-                            "pid not yet recorded".to_string()
-                        } else {
-                            holder.to_string()
-                        }
-                    )));
+                    return Ok(Err(if holder.is_empty() {
+                        "pid not yet recorded".to_string()
+                    } else {
+                        holder.to_string()
+                    }));
                 }
                 // A file system without flock (some NFS/Lustre mounts): say so rather than write
                 // unprotected.
@@ -92,10 +114,11 @@ impl WriterLock {
             file.set_len(0).map_err(io)?;
             file.rewind().map_err(io)?;
             file.write_all(me.as_bytes()).map_err(io)?;
-            return Ok(WriterLock {
+            held().push(path.clone());
+            return Ok(Ok(WriterLock {
                 path,
                 file: Some(file),
-            });
+            }));
         }
         Err(crate::error::output(format!(
             "{}: the writer lock {} keeps being replaced by other processes",
@@ -107,8 +130,10 @@ impl WriterLock {
 
 impl Drop for WriterLock {
     fn drop(&mut self) {
+        let Some(file) = self.file.take() else { return };
         // Unlink while still holding the lock (see the module comment), then release it.
         let _ = std::fs::remove_file(&self.path);
-        drop(self.file.take());
+        held().retain(|p| p != &self.path);
+        drop(file);
     }
 }

@@ -470,3 +470,15 @@ pub fn fm(n: usize, dir: &std::path::Path) -> std::path::PathBuf {
     ]);
     p
 }
+
+/// `probe grad` of the MLP on [`fmnist_2000`] at batch 100 with one thread into `out`, then
+/// `more` (the checkpoints: `--ckpt DIR`, `--follow DIR`, ...).
+pub fn mlp_grad_args(out: &Path, more: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["grad", "--model"].map(String::from).to_vec();
+    a.push(model("mlp.onnx").to_str().unwrap().into());
+    a.extend(["--data".into(), fmnist_2000().to_str().unwrap().into()]);
+    a.extend(["--batch", "100", "--threads", "1", "--out"].map(String::from));
+    a.push(out.to_str().unwrap().into());
+    a.extend(more.iter().map(|s| s.to_string()));
+    a
+}
