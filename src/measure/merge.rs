@@ -531,12 +531,12 @@ fn merge_grad(first: &ResultsFile, names: &[String], rows: &[Row]) -> Result<Row
         let w = names
             .iter()
             .map(|p| match get(&rows[0], &format!("partial/weights/{p}")) {
-                Some(Cell::F32s(_, v)) => Ok(v.iter().map(|&x| x as f64).collect()),
+                Some(Cell::F32s(_, v)) => Ok(&v[..]),
                 _ => Err(input(format!(
                     "data shard 0 has no /partial/weights/{p}, which --weight-decay needs"
                 ))),
             })
-            .collect::<Result<Vec<Vec<f64>>>>()?;
+            .collect::<Result<Vec<&[f32]>>>()?;
         row::weight_decay(&mut row, &r.grads, &w, lambda);
     }
     if first.str_attr("save_grad") == Some("true") {

@@ -129,11 +129,12 @@ impl BatchSums {
     }
 
     /// The sums of batches of `elements` target elements, created zero where new.
-    fn of_size(&mut self, elements: usize, like: &[Vec<f32>]) -> &mut Vec<Vec<f64>> {
+    /// The sums of batches of `elements` target elements, zeros of the lengths `lens` if new.
+    fn of_size(&mut self, elements: usize, lens: &[usize]) -> &mut Vec<Vec<f64>> {
         let i = match self.by_size.binary_search_by_key(&elements, |(e, _)| *e) {
             Ok(i) => i,
             Err(i) => {
-                let zero = like.iter().map(|v| vec![0.0; v.len()]).collect();
+                let zero = lens.iter().map(|&n| vec![0.0; n]).collect();
                 self.by_size.insert(i, (elements, zero));
                 i
             }
@@ -142,15 +143,16 @@ impl BatchSums {
     }
 
     /// Adds one batch, given the gradient of its *summed* loss over `elements` target elements.
-    pub fn add(&mut self, summed: &[Vec<f32>], elements: usize) {
+    pub fn add(&mut self, summed: &[&[f32]], elements: usize) {
         let e = elements as f64;
         for (p, g) in summed.iter().enumerate() {
             let sq: f64 = g.iter().map(|&x| (x as f64 / e) * (x as f64 / e)).sum();
             self.sq[p].add(sq);
         }
-        let sums = self.of_size(elements, summed);
+        let lens: Vec<usize> = summed.iter().map(|g| g.len()).collect();
+        let sums = self.of_size(elements, &lens);
         for (s, g) in sums.iter_mut().zip(summed) {
-            for (a, &x) in s.iter_mut().zip(g) {
+            for (a, &x) in s.iter_mut().zip(g.iter()) {
                 *a += x as f64;
             }
         }
@@ -164,8 +166,8 @@ impl BatchSums {
             a.add_dd(*b);
         }
         for (e, sums) in &next.by_size {
-            let like: Vec<Vec<f32>> = sums.iter().map(|v| vec![0.0; v.len()]).collect();
-            let mine = self.of_size(*e, &like);
+            let lens: Vec<usize> = sums.iter().map(|v| v.len()).collect();
+            let mine = self.of_size(*e, &lens);
             for (a, b) in mine.iter_mut().zip(sums) {
                 for (x, y) in a.iter_mut().zip(b) {
                     *x += y;
@@ -228,7 +230,7 @@ pub fn per_sample(
         let r = engine
             .batch(&b)
             .with_context(|| format!("per-sample gradient of sample {i}"))?;
-        for (p, gi) in r.grads.iter().enumerate() {
+        for (p, gi) in r.grads.slices()?.into_iter().enumerate() {
             let mut s = 0.0;
             for ((d, &x), &gf) in dev[p].iter_mut().zip(gi).zip(&g[p]) {
                 let e = x as f64 / per - gf;
@@ -275,7 +277,7 @@ mod tests {
         let mut s = BatchSums::new(&[vec![0.0; 3]]);
         let mut total = vec![0.0f64; 3];
         for (g, m) in &batches {
-            s.add(&[g.clone()], *m);
+            s.add(&[&g[..]], *m);
             for (t, &x) in total.iter_mut().zip(g) {
                 *t += x as f64;
             }
@@ -321,7 +323,7 @@ mod tests {
             let mut s = BatchSums::new(&[vec![0.0; 5]]);
             (0..11).for_each(|k| {
                 let (g, e) = batch(k);
-                s.add(&[g], e)
+                s.add(&[&g], e)
             });
             s
         };
@@ -330,7 +332,7 @@ mod tests {
             let mut s = BatchSums::new(&[vec![0.0; 5]]);
             for k in range {
                 let (g, e) = batch(k);
-                s.add(&[g], e);
+                s.add(&[&g], e);
             }
             parts.push(s);
         }

@@ -16,21 +16,23 @@
 pub const QUANTILE_LEVELS: usize = 257;
 pub const HIST_BINS: usize = 64;
 
-/// One tensor's entries, sorted in IEEE 754 total order (`f64::total_cmp`: -NaN, -inf, finite
-/// values, +inf, +NaN; -0 before +0).
+/// One tensor's entries, sorted in IEEE 754 total order (`f32::total_cmp`: -NaN, -inf, finite
+/// values, +inf, +NaN; -0 before +0). Weights are read as f32 and every statistic below widens
+/// each entry to f64 before any arithmetic, so nothing is lost by keeping them in f32 (half the
+/// memory of a widened copy: a model's sorted weights are held for the first and the previous
+/// checkpoint).
 ///
-/// An LSD radix sort on 16-bit digits of the order-preserving key ([`total_key`]): 4 passes at
-/// most, and a digit every entry shares is skipped, so weights widened from f32 (whose low 29
-/// bits are 0) take 3. Equal keys are equal bit patterns, so the result is exactly what a
-/// comparison sort by `total_cmp` gives; it is linear in n where the comparison sort was
-/// n log n on tensors of tens of millions of entries, the costly part of a row.
-pub fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut keys: Vec<u64> = v.iter().map(|&x| total_key(x)).collect();
+/// An LSD radix sort on 16-bit digits of the order-preserving key ([`total_key`]), two passes at
+/// most (a digit every entry shares is skipped). Equal keys are equal bit patterns, so the result
+/// is exactly what a comparison sort by `total_cmp` gives; it is linear in n where the
+/// comparison sort was n log n on tensors of tens of millions of entries.
+pub fn sorted(v: &[f32]) -> Vec<f32> {
+    let mut keys: Vec<u32> = v.iter().map(|&x| total_key(x)).collect();
     if keys.len() <= 1 << 12 {
         keys.sort_unstable();
     } else {
-        let mut buf = vec![0u64; keys.len()];
-        for shift in [0u32, 16, 32, 48] {
+        let mut buf = vec![0u32; keys.len()];
+        for shift in [0u32, 16] {
             let mut count = vec![0usize; 1 << 16];
             for &k in &keys {
                 count[((k >> shift) & 0xffff) as usize] += 1;
@@ -55,24 +57,24 @@ pub fn sorted(v: &[f64]) -> Vec<f64> {
     keys.into_iter().map(from_total_key).collect()
 }
 
-/// An unsigned key whose order is `f64::total_cmp`'s: negative numbers have all but the sign
+/// An unsigned key whose order is `f32::total_cmp`'s: negative numbers have all but the sign
 /// bit flipped (larger magnitude, smaller key), then the sign bit is flipped so that negatives
 /// come first.
-fn total_key(x: f64) -> u64 {
+fn total_key(x: f32) -> u32 {
     let b = x.to_bits();
-    let flip = (((b as i64) >> 63) as u64) >> 1;
-    (b ^ flip) ^ (1 << 63)
+    let flip = (((b as i32) >> 31) as u32) >> 1;
+    (b ^ flip) ^ (1 << 31)
 }
 
-fn from_total_key(k: u64) -> f64 {
-    let b = k ^ (1 << 63);
-    let flip = (((b as i64) >> 63) as u64) >> 1;
-    f64::from_bits(b ^ flip)
+fn from_total_key(k: u32) -> f32 {
+    let b = k ^ (1 << 31);
+    let flip = (((b as i32) >> 31) as u32) >> 1;
+    f32::from_bits(b ^ flip)
 }
 
 /// Quantiles of sorted values at levels j/(Q-1), j = 0..Q-1: position h = (n-1) u, linear
 /// between the order statistics around it.
-pub fn quantiles(sorted: &[f64]) -> Vec<f64> {
+pub fn quantiles(sorted: &[f32]) -> Vec<f64> {
     let n = sorted.len();
     if n == 0 {
         return vec![f64::NAN; QUANTILE_LEVELS];
@@ -83,27 +85,28 @@ pub fn quantiles(sorted: &[f64]) -> Vec<f64> {
             let lo = h.floor() as usize;
             let hi = (lo + 1).min(n - 1);
             let t = h - lo as f64;
-            sorted[lo] + t * (sorted[hi] - sorted[lo])
+            let (a, b) = (sorted[lo] as f64, sorted[hi] as f64);
+            a + t * (b - a)
         })
         .collect()
 }
 
 /// Counts in [`HIST_BINS`] equal bins between min and max (the max falls in the last bin), and
 /// the bins' edges. A constant tensor gets edges around its value, all counts in the middle.
-pub fn histogram(sorted: &[f64]) -> (Vec<i64>, Vec<f64>) {
+pub fn histogram(sorted: &[f32]) -> (Vec<i64>, Vec<f64>) {
     let mut counts = vec![0i64; HIST_BINS];
     // In total order the finite values are one run: after -NaN and -inf, before +inf and +NaN.
     let start = sorted.partition_point(|x| !x.is_finite() && x.is_sign_negative());
     let end = start + sorted[start..].partition_point(|x| x.is_finite());
     let finite = &sorted[start..end];
     let (lo, hi) = match (finite.first(), finite.last()) {
-        (Some(&a), Some(&b)) if b > a => (a, b),
-        (Some(&a), Some(_)) => (a - 0.5, a + 0.5),
+        (Some(&a), Some(&b)) if b > a => (a as f64, b as f64),
+        (Some(&a), Some(_)) => (a as f64 - 0.5, a as f64 + 0.5),
         _ => return (counts, vec![f64::NAN; HIST_BINS + 1]),
     };
     let w = (hi - lo) / HIST_BINS as f64;
     for &x in finite {
-        let k = (((x - lo) / w) as usize).min(HIST_BINS - 1);
+        let k = (((x as f64 - lo) / w) as usize).min(HIST_BINS - 1);
         counts[k] += 1;
     }
     let edges = (0..=HIST_BINS).map(|k| lo + w * k as f64).collect();
@@ -111,38 +114,39 @@ pub fn histogram(sorted: &[f64]) -> (Vec<i64>, Vec<f64>) {
 }
 
 /// Exact W1 between the empirical distributions of two equally long sorted vectors.
-pub fn w1_sorted(a: &[f64], b: &[f64]) -> f64 {
-    if a.is_empty() || a.len() != b.len() {
-        return f64::NAN;
-    }
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+pub fn w1_sorted(a: &[f32], b: &[f32]) -> f64 {
+    mean_abs_move(a, b)
 }
 
 /// (1/n) sum |a_i - b_i|, entry by entry.
-pub fn mean_abs_move(a: &[f64], b: &[f64]) -> f64 {
+pub fn mean_abs_move(a: &[f32], b: &[f32]) -> f64 {
     if a.is_empty() || a.len() != b.len() {
         return f64::NAN;
     }
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// Everything above for one checkpoint, per tensor, in order.
 #[derive(Debug, Clone)]
 pub struct Distribution {
-    pub sorted: Vec<Vec<f64>>,
+    pub sorted: Vec<Vec<f32>>,
     pub quantiles: Vec<f64>,
     pub hist_counts: Vec<i64>,
     pub hist_edges: Vec<f64>,
 }
 
 impl Distribution {
-    pub fn of(weights: &[Vec<f64>]) -> Distribution {
+    pub fn of(weights: &[&[f32]]) -> Distribution {
         // Tensors are sorted on every core, largest first; the result is per tensor, in order.
         let mut order: Vec<usize> = (0..weights.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(weights[i].len()));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let threads = crate::runtime::default_threads().min(weights.len()).max(1);
-        let mut done: Vec<(usize, Vec<f64>)> = std::thread::scope(|s| {
+        let mut done: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
@@ -150,7 +154,7 @@ impl Distribution {
                         loop {
                             let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(&i) = order.get(j) else { break };
-                            mine.push((i, self::sorted(&weights[i])));
+                            mine.push((i, self::sorted(weights[i])));
                         }
                         mine
                     })
@@ -161,7 +165,7 @@ impl Distribution {
                 .collect()
         });
         done.sort_by_key(|(i, _)| *i);
-        let sorted: Vec<Vec<f64>> = done.into_iter().map(|(_, v)| v).collect();
+        let sorted: Vec<Vec<f32>> = done.into_iter().map(|(_, v)| v).collect();
         let mut q = Vec::with_capacity(sorted.len() * QUANTILE_LEVELS);
         let mut hc = Vec::with_capacity(sorted.len() * HIST_BINS);
         let mut he = Vec::with_capacity(sorted.len() * (HIST_BINS + 1));
@@ -206,22 +210,22 @@ mod tests {
     #[test]
     fn w1_is_the_sorted_pairing_and_below_the_move() {
         // A permutation moves every entry but leaves the distribution: W1 = 0.
-        let a = [0.0, 1.0, 2.0, 3.0];
-        let b = [3.0, 2.0, 1.0, 0.0];
+        let a = [0.0f32, 1.0, 2.0, 3.0];
+        let b = [3.0f32, 2.0, 1.0, 0.0];
         let (sa, sb) = (sorted(&a), sorted(&b));
         assert_eq!(w1_sorted(&sa, &sb), 0.0);
         assert_eq!(mean_abs_move(&a, &b), 2.0);
         // A shift by c moves the distribution by exactly c.
-        let c: Vec<f64> = a.iter().map(|x| x + 0.25).collect();
+        let c: Vec<f32> = a.iter().map(|x| x + 0.25).collect();
         assert!((w1_sorted(&sa, &sorted(&c)) - 0.25).abs() < 1e-15);
         // W1 <= mean |Δ| on arbitrary data.
-        let x: Vec<f64> = (0..100).map(|i| ((i * 37 % 101) as f64).sin()).collect();
-        let y: Vec<f64> = (0..100).map(|i| ((i * 53 % 97) as f64).cos()).collect();
+        let x: Vec<f32> = (0..100).map(|i| ((i * 37 % 101) as f32).sin()).collect();
+        let y: Vec<f32> = (0..100).map(|i| ((i * 53 % 97) as f32).cos()).collect();
         assert!(w1_sorted(&sorted(&x), &sorted(&y)) <= mean_abs_move(&x, &y) + 1e-15);
     }
 
     /// The radix sort against the comparison sort it replaced, bit for bit, on data with every
-    /// kind of value the order distinguishes, and on widened f32 (the skipped digit).
+    /// kind of value the order distinguishes, and on data whose low digit is shared (skipped).
     #[test]
     fn radix_sort_is_total_cmp_order() {
         let mut state = 0x9e3779b97f4a7c15u64;
@@ -234,40 +238,41 @@ mod tests {
         let special = [
             0.0,
             -0.0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-            -f64::NAN,
-            f64::MIN_POSITIVE,
-            -f64::MIN_POSITIVE,
-            1e-310,
-            -1e-310,
-            f64::MAX,
-            f64::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            f32::MAX,
+            f32::MIN,
         ];
         for n in [0usize, 1, 7, 5000, 70_000] {
-            let mut v: Vec<f64> = (0..n)
-                .map(|i| match rnd() % 5 {
+            let mut v: Vec<f32> = (0..n)
+                .map(|i| match rnd() % 4 {
                     0 => special[i % special.len()],
-                    1 => f64::from_bits(rnd()),
-                    2 => ((rnd() % 2001) as f64 - 1000.0) * 0.5,
-                    _ => (f64::from_bits(rnd()) as f32) as f64,
+                    1 => f32::from_bits(rnd() as u32),
+                    _ => ((rnd() % 2001) as f32 - 1000.0) * 0.5,
                 })
                 .collect();
+            let bits = |x: &[f32]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
             let mut want = v.clone();
             want.sort_by(|a, b| a.total_cmp(b));
-            let bits = |x: &[f64]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&sorted(&v)), bits(&want), "n = {n}");
-            v.iter_mut().for_each(|x| *x = (*x as f32) as f64);
+            // Low 16 bits all zero: the first pass is skipped.
+            v.iter_mut()
+                .for_each(|x| *x = f32::from_bits(x.to_bits() & 0xffff_0000));
             let mut want = v.clone();
             want.sort_by(|a, b| a.total_cmp(b));
-            assert_eq!(bits(&sorted(&v)), bits(&want), "widened f32, n = {n}");
+            assert_eq!(bits(&sorted(&v)), bits(&want), "shared low digit, n = {n}");
         }
     }
 
     #[test]
     fn histogram_counts_everything() {
-        let v: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin()).collect();
+        let v: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let (c, e) = histogram(&sorted(&v));
         assert_eq!(c.iter().sum::<i64>(), 1000);
         assert_eq!(e.len(), HIST_BINS + 1);

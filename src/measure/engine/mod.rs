@@ -45,7 +45,27 @@ pub struct BatchGrad {
     /// Its correct count (cross-entropy).
     pub correct: Option<f64>,
     /// The gradient of the summed loss per parameter, in [`BatchEngine::params`] order.
-    pub grads: Vec<Vec<f32>>,
+    pub grads: Grads,
+}
+
+/// A batch's gradients, where the engine left them: ONNX Runtime's output tensors are read in
+/// place (a copy would be a model's size in fresh memory every batch), libtorch's are copied out.
+pub enum Grads {
+    Owned(Vec<Vec<f32>>),
+    Ort(Vec<::ort::value::DynValue>),
+}
+
+impl Grads {
+    /// One slice per parameter, in order.
+    pub fn slices(&self) -> Result<Vec<&[f32]>> {
+        match self {
+            Grads::Owned(v) => Ok(v.iter().map(|g| &g[..]).collect()),
+            Grads::Ort(v) => v
+                .iter()
+                .map(|x| Ok(x.try_extract_tensor::<f32>()?.1))
+                .collect(),
+        }
+    }
 }
 
 /// What computes one batch's loss and gradient at one checkpoint; everything around it (the pass

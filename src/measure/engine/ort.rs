@@ -1,7 +1,7 @@
 //! The ONNX Runtime engines: probe's gradient graph ([`OrtEngine`]) and Hessian-vector-product
 //! graph ([`OrtHvp`]) in ONNX Runtime sessions, fed the batch and the checkpoint's state as
 //! inputs (the state is fed, not baked into the graph, so one session serves every checkpoint).
-use super::{BatchEngine, BatchGrad, HvpEngine};
+use super::{BatchEngine, BatchGrad, Grads, HvpEngine};
 use crate::autodiff::hvp::HvpGraph;
 use crate::autodiff::lift::Inputs;
 use crate::autodiff::model_grad::GradGraph;
@@ -84,7 +84,7 @@ impl BatchEngine for OrtEngine {
     fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
         let graph = &self.graph;
         let inputs = feed(&graph.inputs, b, &self.state)?;
-        let out = self
+        let mut out = self
             .session
             .run(inputs)
             .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
@@ -96,18 +96,23 @@ impl BatchEngine for OrtEngine {
                 .copied()
                 .unwrap_or(f32::NAN) as f64)
         };
-        let mut grads = Vec::with_capacity(graph.grads.len());
-        for (_, gname) in &graph.grads {
-            let (_, v) = out[gname.as_str()].try_extract_tensor::<f32>()?;
-            grads.push(v.to_vec());
-        }
+        let loss = scalar(&graph.loss_sum)?;
+        let correct = match &graph.correct_sum {
+            Some(c) => Some(scalar(c)?),
+            None => None,
+        };
+        let grads = graph
+            .grads
+            .iter()
+            .map(|(_, g)| {
+                out.remove(g.as_str())
+                    .ok_or_else(|| anyhow!("ONNX Runtime gave no output '{g}'"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(BatchGrad {
-            loss: scalar(&graph.loss_sum)?,
-            correct: match &graph.correct_sum {
-                Some(c) => Some(scalar(c)?),
-                None => None,
-            },
-            grads,
+            loss,
+            correct,
+            grads: Grads::Ort(grads),
         })
     }
 }

@@ -106,7 +106,7 @@ impl BatchEngine for TorchEngine<'_> {
         Ok(BatchGrad {
             loss: f32::try_from(&loss)? as f64,
             correct,
-            grads,
+            grads: super::Grads::Owned(grads),
         })
     }
 }

@@ -245,8 +245,9 @@ pub fn full_gradients(
                     start + count
                 )
             })?;
+            let grads = r.grads.slices()?;
             let finite =
-                r.loss.is_finite() && r.grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
+                r.loss.is_finite() && grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
             if !finite {
                 let msg = format!(
                     "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
@@ -264,13 +265,13 @@ pub fn full_gradients(
                 s.nonfinite.push(bi);
                 continue;
             }
-            for (a, v) in s.acc.iter_mut().zip(&r.grads) {
+            for (a, v) in s.acc.iter_mut().zip(&grads) {
                 for (x, &g) in a.iter_mut().zip(v.iter()) {
                     *x += g as f64;
                 }
             }
             if let Some(n) = s.noise.as_mut() {
-                n.add(&r.grads, count * per_sample.max(1));
+                n.add(&grads, count * per_sample.max(1));
             }
             s.loss += r.loss;
             s.elements += count * per_sample.max(1);

@@ -31,49 +31,48 @@ pub struct GradRow {
 /// one's, each with its distribution. The last row's are kept for the next (sorting every
 /// tensor is the costly part); a previous checkpoint that was not a row here (another shard's,
 /// or already complete) is read afresh.
-pub struct History {
-    first_w: Arc<Vec<Vec<f64>>>,
+pub struct History<'a> {
+    first_w: Vec<&'a [f32]>,
     first_dist: Arc<Distribution>,
-    last: Option<(usize, Arc<Vec<Vec<f64>>>, Arc<Distribution>)>,
+    last: Option<(usize, Vec<&'a [f32]>, Arc<Distribution>)>,
 }
 
-/// Checkpoint `k`'s weights (f64, per parameter) and the previous checkpoint's, with their
-/// distributions. Shared, not copied: a model's weights in f64, and again sorted, are each
-/// 8 bytes a parameter (2 GB for GPT-2 small), and the first checkpoint's serve every row.
-pub struct Weights {
-    pub w: Arc<Vec<Vec<f64>>>,
+/// Checkpoint `k`'s weights (its own f32 tensors, per parameter) and the previous checkpoint's,
+/// with their distributions. Borrowed and shared, not copied: a model's weights sorted are 4
+/// bytes a parameter (0.5 GB for GPT-2 small), and the first checkpoint's serve every row.
+pub struct Weights<'a> {
+    pub w: Vec<&'a [f32]>,
     pub dist: Arc<Distribution>,
-    pub prev_w: Arc<Vec<Vec<f64>>>,
+    pub prev_w: Vec<&'a [f32]>,
     pub prev_dist: Arc<Distribution>,
 }
 
-impl History {
+impl<'a> History<'a> {
     /// `first` is checkpoint 0 of the run's set.
-    pub fn new(names: &[String], first: &Checkpoint) -> History {
+    pub fn new(names: &[String], first: &'a Checkpoint) -> History<'a> {
         let first_w = weights_of(names, first);
-        let first_dist = Distribution::of(&first_w);
+        let first_dist = Arc::new(Distribution::of(&first_w));
         History {
-            first_w: Arc::new(first_w),
-            first_dist: Arc::new(first_dist),
+            first_w,
+            first_dist,
             last: None,
         }
     }
 
     /// The weights of checkpoint `k` of `all` and of the one before it.
-    pub fn at(&mut self, names: &[String], all: &[Checkpoint], k: usize) -> Weights {
-        let (w, dist) = if k == 0 {
-            (self.first_w.clone(), self.first_dist.clone())
+    pub fn at(&mut self, names: &[String], all: &'a [Checkpoint], k: usize) -> Weights<'a> {
+        let w = weights_of(names, &all[k]);
+        let dist = if k == 0 {
+            self.first_dist.clone()
         } else {
-            let w = weights_of(names, &all[k]);
-            let dist = Distribution::of(&w);
-            (Arc::new(w), Arc::new(dist))
+            Arc::new(Distribution::of(&w))
         };
         let (prev_w, prev_dist) = match self.last.take() {
             Some((j, pw, pd)) if j + 1 == k => (pw, pd),
             _ if k > 0 => {
                 let pw = weights_of(names, &all[k - 1]);
-                let pd = Distribution::of(&pw);
-                (Arc::new(pw), Arc::new(pd))
+                let pd = Arc::new(Distribution::of(&pw));
+                (pw, pd)
             }
             _ => (w.clone(), dist.clone()),
         };
@@ -86,7 +85,7 @@ impl History {
     }
 
     /// Keeps checkpoint `k`'s weights, written to a row, for the next checkpoint.
-    pub fn keep(&mut self, k: usize, w: Weights) {
+    pub fn keep(&mut self, k: usize, w: Weights<'a>) {
         self.last = Some((k, w.w, w.dist));
     }
 }
@@ -245,7 +244,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
 /// the columns that come from the data, with this shard's `samples`, `elements` and
 /// `nonfinite_batches`, and the weight columns as in a full row. With `w` (`--weight-decay`, on
 /// shard 0 only) the weights too, which |g + L w| needs at the merge.
-pub fn partial(s: &PassSums, names: &[String], c: &Checkpoint, w: Option<&[Vec<f64>]>) -> Row {
+pub fn partial(s: &PassSums, names: &[String], c: &Checkpoint, w: Option<&[&[f32]]>) -> Row {
     let mut row: Row = vec![
         ("partial/loss_sum".into(), Cell::F64(s.loss)),
         (
@@ -293,10 +292,12 @@ pub fn partial(s: &PassSums, names: &[String], c: &Checkpoint, w: Option<&[Vec<f
         }
     }
     if let Some(w) = w {
-        // The checkpoint's f32 weights, exactly (weights_of widened them).
+        // The checkpoint's f32 weights, exactly.
         for (p, v) in names.iter().zip(w) {
-            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            row.push((format!("partial/weights/{p}"), Cell::F32s(vec![f.len()], f)));
+            row.push((
+                format!("partial/weights/{p}"),
+                Cell::F32s(vec![v.len()], v.to_vec()),
+            ));
         }
     }
     row
@@ -395,7 +396,7 @@ pub fn hessian(row: &mut Row, names: &[String], block: &[String], cv: Option<&Cu
 
 /// `--weight-decay lambda`'s columns: the gradient of L(w) + (lambda/2)|w|^2, which is
 /// g + lambda w, in total and per parameter. Returns its norm.
-pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[Vec<f64>], lambda: f64) -> f64 {
+pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[&[f32]], lambda: f64) -> f64 {
     let per = per_param_norm(grads, w, |a, b| (a + lambda * b).powi(2));
     let total = per.iter().map(|x| x * x).sum::<f64>().sqrt();
     row.push(("grad_reg/l2".into(), Cell::F64(total)));
@@ -423,36 +424,58 @@ pub fn set_seconds(row: &mut Row, seconds: f64) {
     }
 }
 
-/// Per parameter, sqrt(sum_i sq(a_i, b_i)) over its entries; `sq` gives the squared term.
-fn per_param_norm(a: &[Vec<f64>], b: &[Vec<f64>], sq: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+/// Per parameter, sqrt(sum_i sq(a_i, b_i)) over its entries (each widened to f64 first); `sq`
+/// gives the squared term.
+fn per_param_norm<A, B>(
+    a: &[impl AsRef<[A]>],
+    b: &[impl AsRef<[B]>],
+    sq: impl Fn(f64, f64) -> f64,
+) -> Vec<f64>
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
     a.iter()
         .zip(b)
-        .map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| sq(p, q)).sum::<f64>().sqrt())
-        .collect()
-}
-
-fn l2(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-/// The named parameters of a checkpoint, as f64.
-pub fn weights_of(names: &[String], c: &Checkpoint) -> Vec<Vec<f64>> {
-    names
-        .iter()
-        .map(|p| {
-            c.tensors
-                .get(p)
-                .and_then(|t| t.as_f32())
-                .map(|v| v.iter().map(|&x| x as f64).collect())
-                .unwrap_or_default()
+        .map(|(x, y)| {
+            let (x, y) = (x.as_ref(), y.as_ref());
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| sq(p.into(), q.into()))
+                .sum::<f64>()
+                .sqrt()
         })
         .collect()
 }
 
-fn distance(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+fn l2<A: Copy + Into<f64>>(v: &[A]) -> f64 {
+    v.iter()
+        .map(|&x| {
+            let x: f64 = x.into();
+            x * x
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The named parameters of a checkpoint: its own f32 tensors (empty where it has none).
+pub fn weights_of<'a>(names: &[String], c: &'a Checkpoint) -> Vec<&'a [f32]> {
+    names
+        .iter()
+        .map(|p| c.tensors.get(p).and_then(|t| t.as_f32()).unwrap_or(&[]))
+        .collect()
+}
+
+/// |a - b| over every entry of every parameter, in f64.
+fn distance(a: &[&[f32]], b: &[&[f32]]) -> f64 {
     a.iter()
         .zip(b)
-        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f64>())
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y.iter())
+                .map(|(&p, &q)| (p as f64 - q as f64) * (p as f64 - q as f64))
+                .sum::<f64>()
+        })
         .sum::<f64>()
         .sqrt()
 }
