@@ -72,23 +72,8 @@ fn onnx_side(model: &Model, data: &mut dyn Dataset, b: &Batch, bn_train: bool) -
     let bytes = protobuf::Message::write_to_bytes(&g.proto).unwrap();
     let mut session = probe::runtime::session(&bytes, 2, "gradient").unwrap();
     let ckpt = Checkpoint::from_model(model).unwrap();
-    let state = probe::measure::eval::state_arrays(&g.inputs.state, &ckpt).unwrap();
-    let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
-        (
-            g.inputs.data.as_str().into(),
-            probe::measure::eval::input_value(&b.x).unwrap(),
-        ),
-        (
-            g.inputs.target.as_str().into(),
-            probe::measure::eval::input_value(&b.y).unwrap(),
-        ),
-    ];
-    for (name, a) in g.inputs.state.iter().zip(&state) {
-        inputs.push((
-            name.as_str().into(),
-            probe::measure::eval::input_value(a).unwrap(),
-        ));
-    }
+    let state = probe::measure::eval::state_values(&g.inputs.state, &ckpt).unwrap();
+    let inputs = probe::measure::eval::feed(&g.inputs, &b, state).unwrap();
     let res = session.run(inputs).unwrap();
     let scalar = |name: &str| {
         res[name]

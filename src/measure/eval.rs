@@ -12,7 +12,7 @@ use anyhow::{anyhow, Result};
 use ort::session::Session;
 
 /// The ONNX Runtime feeding helpers, where they were first written.
-pub use super::engine::ort::{feed, input_value, state_arrays};
+pub use super::engine::ort::{feed, input_value, state_values};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EvalResult {
@@ -106,10 +106,10 @@ pub fn evaluate_many(
     mut resume: Option<&mut crate::measure::resume::Resume>,
 ) -> Result<Vec<EvalSums>> {
     let t0 = std::time::Instant::now();
-    let states = ckpts
-        .iter()
-        .map(|c| state_arrays(&graph.inputs.state, c))
-        .collect::<Result<Vec<_>>>()?;
+    for c in ckpts {
+        // Checked before the first batch; read in place at each.
+        state_values(&graph.inputs.state, c)?;
+    }
     let spec = data.spec().clone();
     let fresh = EvalSums {
         loss: 0.0,
@@ -131,8 +131,8 @@ pub fn evaluate_many(
     for (bi, (start, count)) in batches(spec.len, batch).enumerate().skip(first) {
         let b = data.read(start, count)?;
         targets_in_range(&b, fit.classes, &spec.identity)?;
-        for ((ckpt, state), sum) in ckpts.iter().zip(&states).zip(sums.iter_mut()) {
-            let inputs = feed(&graph.inputs, &b, state)?;
+        for (ckpt, sum) in ckpts.iter().zip(sums.iter_mut()) {
+            let inputs = feed(&graph.inputs, &b, state_values(&graph.inputs.state, ckpt)?)?;
             let out = session.run(inputs).map_err(|e| {
                 anyhow!(
                     "{}: ONNX Runtime failed on samples {}..{}: {e}",

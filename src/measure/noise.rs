@@ -213,6 +213,7 @@ impl SampleNoise {
 
 pub fn per_sample(
     engine: &mut dyn BatchEngine,
+    ckpt: &crate::model::Checkpoint,
     data: &mut dyn Dataset,
     n: usize,
     g: &[Vec<f64>],
@@ -228,7 +229,7 @@ pub fn per_sample(
     for i in 0..n {
         let b = data.read(i, 1)?;
         let r = engine
-            .batch(&b)
+            .batch(ckpt, &b)
             .with_context(|| format!("per-sample gradient of sample {i}"))?;
         for (p, gi) in r.grads.slices()?.into_iter().enumerate() {
             let mut s = 0.0;

@@ -76,7 +76,9 @@ pub trait BatchEngine {
     fn params(&self) -> &[String];
     /// Takes `ckpt`'s state for the batches that follow.
     fn load(&mut self, ckpt: &Checkpoint) -> Result<()>;
-    fn batch(&mut self, b: &Batch) -> Result<BatchGrad>;
+    /// The batch's loss and gradient at `ckpt`, the checkpoint last given to
+    /// [`BatchEngine::load`].
+    fn batch(&mut self, ckpt: &Checkpoint, b: &Batch) -> Result<BatchGrad>;
 }
 
 /// Computes one batch's Hessian-vector product.

@@ -12,20 +12,33 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
 
-/// The state of `ckpt` as arrays in the graph's input order (float32, and int64 buffers).
-pub fn state_arrays(graph_state: &[String], ckpt: &Checkpoint) -> Result<Vec<Array>> {
+/// The state of `ckpt` in the graph's input order, as ONNX Runtime inputs that read the
+/// checkpoint's own tensors (float32, and int64 buffers) in place: a copy would be a model's
+/// size again, for every checkpoint a pass holds.
+pub fn state_values<'a>(
+    graph_state: &[String],
+    ckpt: &'a Checkpoint,
+) -> Result<Vec<SessionInputValue<'a>>> {
     graph_state
         .iter()
         .map(|n| {
-            let t = ckpt.tensors.get(n);
-            let int = t.and_then(|t| {
-                let v = t.as_i64()?.to_vec();
-                ndarray::ArrayD::from_shape_vec(t.shape.clone(), v).ok()
-            });
-            t.and_then(|t| t.to_array_f32())
-                .map(Array::F32)
-                .or(int.map(Array::I64))
-                .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))
+            let t = ckpt
+                .tensors
+                .get(n)
+                .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))?;
+            let shape = ndarray::IxDyn(&t.shape);
+            let bad = |e| anyhow!("{}: tensor '{n}': {e}", ckpt.path.display());
+            Ok(match (t.as_f32(), t.as_i64()) {
+                (Some(v), _) => {
+                    let view = ndarray::ArrayViewD::from_shape(shape, v).map_err(bad)?;
+                    TensorRef::from_array_view(view)?.into()
+                }
+                (None, Some(v)) => {
+                    let view = ndarray::ArrayViewD::from_shape(shape, v).map_err(bad)?;
+                    TensorRef::from_array_view(view)?.into()
+                }
+                (None, None) => unreachable!("a tensor's values are f32 or i64"),
+            })
         })
         .collect()
 }
@@ -35,15 +48,39 @@ pub fn state_arrays(graph_state: &[String], ckpt: &Checkpoint) -> Result<Vec<Arr
 pub fn feed<'a>(
     names: &'a Inputs,
     b: &'a Batch,
-    state: &'a [Array],
+    state: Vec<SessionInputValue<'a>>,
 ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
-    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
+    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + names.state.len());
     inputs.push((names.data.as_str().into(), input_value(&b.x)?));
     inputs.push((names.target.as_str().into(), input_value(&b.y)?));
-    for (name, a) in names.state.iter().zip(state) {
-        inputs.push((name.as_str().into(), input_value(a)?));
+    for (name, v) in names.state.iter().zip(state) {
+        inputs.push((name.as_str().into(), v));
     }
     Ok(inputs)
+}
+
+/// The state of `ckpt` as owned arrays, for an engine that keeps it across calls.
+fn state_arrays(graph_state: &[String], ckpt: &Checkpoint) -> Result<Vec<Array>> {
+    graph_state
+        .iter()
+        .map(|n| {
+            let t = ckpt
+                .tensors
+                .get(n)
+                .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))?;
+            let shape = ndarray::IxDyn(&t.shape);
+            let bad = |e| anyhow!("{}: tensor '{n}': {e}", ckpt.path.display());
+            Ok(match (t.as_f32(), t.as_i64()) {
+                (Some(v), _) => {
+                    Array::F32(ndarray::ArrayD::from_shape_vec(shape, v.to_vec()).map_err(bad)?)
+                }
+                (None, Some(v)) => {
+                    Array::I64(ndarray::ArrayD::from_shape_vec(shape, v.to_vec()).map_err(bad)?)
+                }
+                (None, None) => unreachable!("a tensor's values are f32 or i64"),
+            })
+        })
+        .collect()
 }
 
 pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
@@ -58,7 +95,6 @@ pub struct OrtEngine {
     session: Session,
     graph: GradGraph,
     params: Vec<String>,
-    state: Vec<Array>,
 }
 
 impl OrtEngine {
@@ -68,7 +104,6 @@ impl OrtEngine {
             session,
             graph,
             params,
-            state: vec![],
         }
     }
 }
@@ -78,12 +113,12 @@ impl BatchEngine for OrtEngine {
         &self.params
     }
     fn load(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        self.state = state_arrays(&self.graph.inputs.state, ckpt)?;
-        Ok(())
+        // The state is read in place at each batch; here it is only checked.
+        state_values(&self.graph.inputs.state, ckpt).map(|_| ())
     }
-    fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
+    fn batch(&mut self, ckpt: &Checkpoint, b: &Batch) -> Result<BatchGrad> {
         let graph = &self.graph;
-        let inputs = feed(&graph.inputs, b, &self.state)?;
+        let inputs = feed(&graph.inputs, b, state_values(&graph.inputs.state, ckpt)?)?;
         let mut out = self
             .session
             .run(inputs)
@@ -162,7 +197,8 @@ impl HvpEngine for OrtHvp {
     }
     fn hvp(&mut self, b: &Batch) -> Result<Vec<Vec<f32>>> {
         let g = &self.graph;
-        let mut inputs = feed(&g.grad.inputs, b, &self.state)?;
+        let state = self.state.iter().map(input_value).collect::<Result<_>>()?;
+        let mut inputs = feed(&g.grad.inputs, b, state)?;
         for ((_, name), a) in g.dirs.iter().zip(&self.dirs) {
             inputs.push((
                 name.as_str().into(),

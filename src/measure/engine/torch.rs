@@ -86,7 +86,7 @@ impl BatchEngine for TorchEngine<'_> {
         self.state = State::from_checkpoint(self.model, ckpt, self.interp.device())?;
         Ok(())
     }
-    fn batch(&mut self, b: &Batch) -> Result<BatchGrad> {
+    fn batch(&mut self, _ckpt: &Checkpoint, b: &Batch) -> Result<BatchGrad> {
         use tch::Tensor;
         let (loss, correct) = self.summed_loss(b)?;
         let inputs: Vec<&Tensor> = self.params.iter().map(|p| &self.state[p]).collect();

@@ -237,7 +237,7 @@ pub fn full_gradients(
             if ckpts.len() > 1 {
                 engine.load(ckpt)?;
             }
-            let r = engine.batch(&b).with_context(|| {
+            let r = engine.batch(ckpt, &b).with_context(|| {
                 format!(
                     "{}: samples {}..{}",
                     ckpt.path.display(),
@@ -339,7 +339,7 @@ pub fn sample_noise(
     if !(r.nonfinite_batches.is_empty() && want > 0) {
         return Ok(None);
     }
-    let s = crate::measure::noise::per_sample(engine, data, want, &r.grads, label, quiet)
+    let s = crate::measure::noise::per_sample(engine, c, data, want, &r.grads, label, quiet)
         .with_context(|| format!("{}: --noise", c.path.display()))?;
     Ok(Some(s))
 }

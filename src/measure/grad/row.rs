@@ -33,7 +33,8 @@ pub struct GradRow {
 /// or already complete) is read afresh.
 pub struct History<'a> {
     first_w: Vec<&'a [f32]>,
-    first_dist: Arc<Distribution>,
+    /// Sorted at the first row, not before the first pass (a model's size in memory).
+    first_dist: Option<Arc<Distribution>>,
     last: Option<(usize, Vec<&'a [f32]>, Arc<Distribution>)>,
 }
 
@@ -45,16 +46,16 @@ pub struct Weights<'a> {
     pub dist: Arc<Distribution>,
     pub prev_w: Vec<&'a [f32]>,
     pub prev_dist: Arc<Distribution>,
+    /// The first checkpoint's.
+    pub first_dist: Arc<Distribution>,
 }
 
 impl<'a> History<'a> {
     /// `first` is checkpoint 0 of the run's set.
     pub fn new(names: &[String], first: &'a Checkpoint) -> History<'a> {
-        let first_w = weights_of(names, first);
-        let first_dist = Arc::new(Distribution::of(&first_w));
         History {
-            first_w,
-            first_dist,
+            first_w: weights_of(names, first),
+            first_dist: None,
             last: None,
         }
     }
@@ -62,8 +63,13 @@ impl<'a> History<'a> {
     /// The weights of checkpoint `k` of `all` and of the one before it.
     pub fn at(&mut self, names: &[String], all: &'a [Checkpoint], k: usize) -> Weights<'a> {
         let w = weights_of(names, &all[k]);
+        let first_w = &self.first_w;
+        let first_dist = self
+            .first_dist
+            .get_or_insert_with(|| Arc::new(Distribution::of(first_w)))
+            .clone();
         let dist = if k == 0 {
-            self.first_dist.clone()
+            first_dist.clone()
         } else {
             Arc::new(Distribution::of(&w))
         };
@@ -81,6 +87,7 @@ impl<'a> History<'a> {
             dist,
             prev_w,
             prev_dist,
+            first_dist,
         }
     }
 
@@ -176,6 +183,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
         dist,
         prev_w,
         prev_dist,
+        first_dist,
     } = cur;
     let per_w: Vec<f64> = w.iter().map(|x| l2(x)).collect();
     let w_l2 = per_w.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -214,7 +222,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
         ),
         (
             "weights/w1_first".into(),
-            Cell::F64s(vec![p], dist.w1(&hist.first_dist)),
+            Cell::F64s(vec![p], dist.w1(first_dist)),
         ),
         (
             "weights/per_param_mean_abs_move".into(),
