@@ -19,6 +19,25 @@ pub fn state_values<'a>(
     graph_state: &[String],
     ckpt: &'a Checkpoint,
 ) -> Result<Vec<SessionInputValue<'a>>> {
+    each_state(
+        graph_state,
+        ckpt,
+        |shape, v| {
+            Ok(TensorRef::from_array_view(ndarray::ArrayViewD::from_shape(shape, v)?)?.into())
+        },
+        |shape, v| {
+            Ok(TensorRef::from_array_view(ndarray::ArrayViewD::from_shape(shape, v)?)?.into())
+        },
+    )
+}
+
+/// `f32` or `i64` of each state tensor's shape and values, in the graph's input order.
+fn each_state<'a, T>(
+    graph_state: &[String],
+    ckpt: &'a Checkpoint,
+    f32: impl Fn(ndarray::IxDyn, &'a [f32]) -> Result<T>,
+    i64: impl Fn(ndarray::IxDyn, &'a [i64]) -> Result<T>,
+) -> Result<Vec<T>> {
     graph_state
         .iter()
         .map(|n| {
@@ -27,18 +46,12 @@ pub fn state_values<'a>(
                 .get(n)
                 .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))?;
             let shape = ndarray::IxDyn(&t.shape);
-            let bad = |e| anyhow!("{}: tensor '{n}': {e}", ckpt.path.display());
-            Ok(match (t.as_f32(), t.as_i64()) {
-                (Some(v), _) => {
-                    let view = ndarray::ArrayViewD::from_shape(shape, v).map_err(bad)?;
-                    TensorRef::from_array_view(view)?.into()
-                }
-                (None, Some(v)) => {
-                    let view = ndarray::ArrayViewD::from_shape(shape, v).map_err(bad)?;
-                    TensorRef::from_array_view(view)?.into()
-                }
+            match (t.as_f32(), t.as_i64()) {
+                (Some(v), _) => f32(shape, v),
+                (None, Some(v)) => i64(shape, v),
                 (None, None) => unreachable!("a tensor's values are f32 or i64"),
-            })
+            }
+            .map_err(|e| anyhow!("{}: tensor '{n}': {e}", ckpt.path.display()))
         })
         .collect()
 }
@@ -61,26 +74,22 @@ pub fn feed<'a>(
 
 /// The state of `ckpt` as owned arrays, for an engine that keeps it across calls.
 fn state_arrays(graph_state: &[String], ckpt: &Checkpoint) -> Result<Vec<Array>> {
-    graph_state
-        .iter()
-        .map(|n| {
-            let t = ckpt
-                .tensors
-                .get(n)
-                .ok_or_else(|| anyhow!("{}: no tensor '{n}'", ckpt.path.display()))?;
-            let shape = ndarray::IxDyn(&t.shape);
-            let bad = |e| anyhow!("{}: tensor '{n}': {e}", ckpt.path.display());
-            Ok(match (t.as_f32(), t.as_i64()) {
-                (Some(v), _) => {
-                    Array::F32(ndarray::ArrayD::from_shape_vec(shape, v.to_vec()).map_err(bad)?)
-                }
-                (None, Some(v)) => {
-                    Array::I64(ndarray::ArrayD::from_shape_vec(shape, v.to_vec()).map_err(bad)?)
-                }
-                (None, None) => unreachable!("a tensor's values are f32 or i64"),
-            })
-        })
-        .collect()
+    each_state(
+        graph_state,
+        ckpt,
+        |shape, v| {
+            Ok(Array::F32(ndarray::ArrayD::from_shape_vec(
+                shape,
+                v.to_vec(),
+            )?))
+        },
+        |shape, v| {
+            Ok(Array::I64(ndarray::ArrayD::from_shape_vec(
+                shape,
+                v.to_vec(),
+            )?))
+        },
+    )
 }
 
 pub fn input_value<'a>(a: &'a Array) -> Result<SessionInputValue<'a>> {
