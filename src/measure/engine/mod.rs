@@ -9,6 +9,7 @@ use crate::data::Batch;
 use crate::model::Checkpoint;
 use anyhow::Result;
 
+pub mod hoist;
 pub mod open;
 pub mod ort;
 pub mod torch;

@@ -1,6 +1,6 @@
 //! Builds the engines a run asks for (`--engine`, `--ops`, `--bn`, `--hessian`), checking what
 //! can be checked before the first batch: the device, and the graphs ONNX Runtime is given.
-use super::ort::{OrtEngine, OrtHvp};
+use super::ort::{Hoist, OrtEngine, OrtHvp};
 use super::torch::{TorchEngine, TorchHvp};
 use super::{BatchEngine, Engine, HvpEngine};
 use crate::autodiff::grad::Kernels;
@@ -58,8 +58,34 @@ fn onnx_runtime<'m>(
         kernels: opts.kernels,
     };
     let graph = grad_graph(model, &gopts, &samples)?;
-    let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
-    let session = crate::runtime::session(&bytes, opts.threads, "gradient")?;
+    // What depends on the weights alone runs once per checkpoint (see `hoist`).
+    let (session, batch_state, hoist) = match super::hoist::split(&graph.proto, &graph.inputs.state)
+    {
+        Some(sp) => {
+            let bytes = protobuf::Message::write_to_bytes(&sp.weights)?;
+            let ws = crate::runtime::session(&bytes, opts.threads, "weights")?;
+            let types = ws
+                .outputs()
+                .iter()
+                .map(|o| match o.dtype() {
+                    ort::value::ValueType::Tensor { ty, .. } => {
+                        Ok(ort::sys::ONNXTensorElementDataType::from(*ty) as i32)
+                    }
+                    t => Err(anyhow!("weights graph output '{}' is a {t:?}", o.name())),
+                })
+                .collect::<Result<Vec<i32>>>()?;
+            let (wstate, hoisted) = (sp.weights_state.clone(), sp.hoisted.clone());
+            let (batch, batch_state) = sp.batch_with_types(&types);
+            let bytes = protobuf::Message::write_to_bytes(&batch)?;
+            let bs = crate::runtime::session(&bytes, opts.threads, "gradient")?;
+            (bs, batch_state, Some(Hoist::new(ws, wstate, hoisted)))
+        }
+        None => {
+            let bytes = protobuf::Message::write_to_bytes(&graph.proto)?;
+            let s = crate::runtime::session(&bytes, opts.threads, "gradient")?;
+            (s, graph.inputs.state.clone(), None)
+        }
+    };
     let mut hvp: Option<Box<dyn HvpEngine + 'm>> = None;
     if let Some(h) = opts.hessian {
         // The second sweep needs a rule for every op of the first: standard ops only.
@@ -77,7 +103,10 @@ fn onnx_runtime<'m>(
     // The probe.cpu kernels split their work over ONNX Runtime's threads and call
     // libtorch single-threaded on each (see runtime::cpu_ops).
     tch::set_num_threads(1);
-    Ok((Box::new(OrtEngine::new(session, graph)), hvp))
+    Ok((
+        Box::new(OrtEngine::new(session, graph, batch_state, hoist)),
+        hvp,
+    ))
 }
 
 fn torch<'m>(model: &'m Model, device: tch::Device, opts: &EngineOptions) -> Result<Engines<'m>> {

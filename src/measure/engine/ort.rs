@@ -104,15 +104,75 @@ pub struct OrtEngine {
     session: Session,
     graph: GradGraph,
     params: Vec<String>,
+    /// The state inputs the session reads (all of them, or those the hoisting left).
+    batch_state: Vec<String>,
+    hoist: Option<Hoist>,
+}
+
+/// The weights graph of [`super::hoist::split`] in its own session, and its outputs for the
+/// checkpoint it last ran on.
+pub struct Hoist {
+    pub session: Session,
+    pub state: Vec<String>,
+    pub hoisted: Vec<String>,
+    cache: Option<(String, Vec<ort::value::DynValue>)>,
+}
+
+impl Hoist {
+    pub fn new(session: Session, state: Vec<String>, hoisted: Vec<String>) -> Hoist {
+        Hoist {
+            session,
+            state,
+            hoisted,
+            cache: None,
+        }
+    }
+
+    /// The hoisted values at `ckpt`, computed when the checkpoint changes.
+    fn values(&mut self, ckpt: &Checkpoint) -> Result<&[ort::value::DynValue]> {
+        let key = format!("{}\0{}", ckpt.path.display(), ckpt.sha256);
+        if self.cache.as_ref().map(|c| &c.0) != Some(&key) {
+            self.cache = None;
+            let inputs: Vec<(Cow<str>, SessionInputValue)> = self
+                .state
+                .iter()
+                .map(|n| Cow::from(n.as_str()))
+                .zip(state_values(&self.state, ckpt)?)
+                .collect();
+            let mut out = self
+                .session
+                .run(inputs)
+                .map_err(|e| anyhow!("ONNX Runtime (the weights' part): {e}"))?;
+            let vals = self
+                .hoisted
+                .iter()
+                .map(|h| {
+                    out.remove(h.as_str())
+                        .ok_or_else(|| anyhow!("ONNX Runtime gave no output '{h}'"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.cache = Some((key, vals));
+        }
+        Ok(&self.cache.as_ref().expect("just set").1)
+    }
 }
 
 impl OrtEngine {
-    pub fn new(session: Session, graph: GradGraph) -> OrtEngine {
+    /// `session` runs `graph`'s nodes, or with `hoist` those the weights graph left, reading
+    /// `batch_state` of the state.
+    pub fn new(
+        session: Session,
+        graph: GradGraph,
+        batch_state: Vec<String>,
+        hoist: Option<Hoist>,
+    ) -> OrtEngine {
         let params = graph.grads.iter().map(|(p, _)| p.clone()).collect();
         OrtEngine {
             session,
             graph,
             params,
+            batch_state,
+            hoist,
         }
     }
 }
@@ -126,8 +186,28 @@ impl BatchEngine for OrtEngine {
         state_values(&self.graph.inputs.state, ckpt).map(|_| ())
     }
     fn batch(&mut self, ckpt: &Checkpoint, b: &Batch) -> Result<BatchGrad> {
+        let hoisted = match self.hoist.as_mut() {
+            Some(h) => Some((h.hoisted.clone(), h.values(ckpt)?)),
+            None => None,
+        };
         let graph = &self.graph;
-        let inputs = feed(&graph.inputs, b, state_values(&graph.inputs.state, ckpt)?)?;
+        let names = &graph.inputs;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
+            (names.data.as_str().into(), input_value(&b.x)?),
+            (names.target.as_str().into(), input_value(&b.y)?),
+        ];
+        for (n, v) in self
+            .batch_state
+            .iter()
+            .zip(state_values(&self.batch_state, ckpt)?)
+        {
+            inputs.push((n.as_str().into(), v));
+        }
+        if let Some((hn, hv)) = &hoisted {
+            for (n, v) in hn.iter().zip(hv.iter()) {
+                inputs.push((n.clone().into(), v.into()));
+            }
+        }
         let mut out = self
             .session
             .run(inputs)
