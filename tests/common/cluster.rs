@@ -19,7 +19,12 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     conf: PathBuf,
     daemons: Vec<(&'static str, Child)>,
+    /// One cluster at a time per test binary: a second slurmd on the same node name does not
+    /// come up, and the test that started it would skip (dropped after `drop` has shut down).
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The daemons and commands the cluster needs, found on PATH or in /usr/sbin.
 pub fn tool(name: &str) -> Option<PathBuf> {
@@ -53,6 +58,7 @@ pub fn free_port() -> u16 {
 impl Cluster {
     /// Starts the cluster, or says why it cannot be started here.
     pub fn start() -> Result<Cluster, String> {
+        let alone = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
         if unsafe { libc::geteuid() } != 0 {
             return Err("not root (the daemons run as root here)".into());
         }
@@ -139,6 +145,7 @@ impl Cluster {
             dir,
             conf,
             daemons: Vec::new(),
+            _alone: alone,
         };
         let socket = d.join("munge.socket");
         c.spawn(
