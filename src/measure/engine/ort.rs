@@ -63,13 +63,29 @@ pub fn feed<'a>(
     b: &'a Batch,
     state: Vec<SessionInputValue<'a>>,
 ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
-    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + names.state.len());
+    feed_as(names, &names.state, b, state)
+}
+
+/// [`feed`] of a graph that reads only the state inputs `state_names` (see [`Hoist`]).
+fn feed_as<'a>(
+    names: &'a Inputs,
+    state_names: &'a [String],
+    b: &'a Batch,
+    state: Vec<SessionInputValue<'a>>,
+) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
+    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + state.len());
     inputs.push((names.data.as_str().into(), input_value(&b.x)?));
     inputs.push((names.target.as_str().into(), input_value(&b.y)?));
-    for (name, v) in names.state.iter().zip(state) {
-        inputs.push((name.as_str().into(), v));
-    }
+    inputs.extend(named(state_names, state));
     Ok(inputs)
+}
+
+/// Values under their input names.
+fn named<'a, V>(
+    names: &'a [String],
+    values: impl IntoIterator<Item = V>,
+) -> impl Iterator<Item = (Cow<'a, str>, V)> {
+    names.iter().map(|n| Cow::from(n.as_str())).zip(values)
 }
 
 /// The state of `ckpt` as owned arrays, for an engine that keeps it across calls.
@@ -115,7 +131,8 @@ pub struct Hoist {
     pub session: Session,
     pub state: Vec<String>,
     pub hoisted: Vec<String>,
-    cache: Option<(String, Vec<ort::value::DynValue>)>,
+    /// The checkpoint (path, sha256) the values are of, and the values.
+    cache: Option<(std::path::PathBuf, String, Vec<ort::value::DynValue>)>,
 }
 
 impl Hoist {
@@ -128,17 +145,13 @@ impl Hoist {
         }
     }
 
-    /// The hoisted values at `ckpt`, computed when the checkpoint changes.
-    fn values(&mut self, ckpt: &Checkpoint) -> Result<&[ort::value::DynValue]> {
-        let key = format!("{}\0{}", ckpt.path.display(), ckpt.sha256);
-        if self.cache.as_ref().map(|c| &c.0) != Some(&key) {
+    /// The hoisted values at `ckpt` under their names, computed when the checkpoint changes.
+    fn values(&mut self, ckpt: &Checkpoint) -> Result<(&[String], &[ort::value::DynValue])> {
+        let fresh =
+            matches!(&self.cache, Some((p, sha, _)) if *p == ckpt.path && *sha == ckpt.sha256);
+        if !fresh {
             self.cache = None;
-            let inputs: Vec<(Cow<str>, SessionInputValue)> = self
-                .state
-                .iter()
-                .map(|n| Cow::from(n.as_str()))
-                .zip(state_values(&self.state, ckpt)?)
-                .collect();
+            let inputs: Vec<_> = named(&self.state, state_values(&self.state, ckpt)?).collect();
             let mut out = self
                 .session
                 .run(inputs)
@@ -151,9 +164,10 @@ impl Hoist {
                         .ok_or_else(|| anyhow!("ONNX Runtime gave no output '{h}'"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.cache = Some((key, vals));
+            self.cache = Some((ckpt.path.clone(), ckpt.sha256.clone(), vals));
         }
-        Ok(&self.cache.as_ref().expect("just set").1)
+        let vals = &self.cache.as_ref().expect("just set").2;
+        Ok((&self.hoisted, vals))
     }
 }
 
@@ -186,27 +200,12 @@ impl BatchEngine for OrtEngine {
         state_values(&self.graph.inputs.state, ckpt).map(|_| ())
     }
     fn batch(&mut self, ckpt: &Checkpoint, b: &Batch) -> Result<BatchGrad> {
-        let hoisted = match self.hoist.as_mut() {
-            Some(h) => Some((h.hoisted.clone(), h.values(ckpt)?)),
-            None => None,
-        };
         let graph = &self.graph;
-        let names = &graph.inputs;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
-            (names.data.as_str().into(), input_value(&b.x)?),
-            (names.target.as_str().into(), input_value(&b.y)?),
-        ];
-        for (n, v) in self
-            .batch_state
-            .iter()
-            .zip(state_values(&self.batch_state, ckpt)?)
-        {
-            inputs.push((n.as_str().into(), v));
-        }
-        if let Some((hn, hv)) = &hoisted {
-            for (n, v) in hn.iter().zip(hv.iter()) {
-                inputs.push((n.clone().into(), v.into()));
-            }
+        let state = state_values(&self.batch_state, ckpt)?;
+        let mut inputs = feed_as(&graph.inputs, &self.batch_state, b, state)?;
+        if let Some(h) = self.hoist.as_mut() {
+            let (names, values) = h.values(ckpt)?;
+            inputs.extend(named(names, values.iter().map(SessionInputValue::from)));
         }
         let mut out = self
             .session
