@@ -113,16 +113,7 @@ impl Results {
     /// A per-row scalar column, file order, first `rows` entries, as f64 (integer columns
     /// converted); `None` if absent, unreadable or short.
     pub fn series(&self, name: &str) -> Option<Vec<f64>> {
-        let ds = self.file.dataset(name).ok()?;
-        if ds.ndim() != 1 || ds.shape()[0] < self.rows {
-            return None;
-        }
-        if let Ok(v) = ds.read_slice_1d::<f64, _>(s![..self.rows]) {
-            return Some(v.to_vec());
-        }
-        ds.read_slice_1d::<i64, _>(s![..self.rows])
-            .ok()
-            .map(|v| v.iter().map(|&x| x as f64).collect())
+        series(&self.file, name, self.rows)
     }
 
     /// A per-row, per-tensor column [rows, P].
@@ -190,4 +181,19 @@ impl Results {
     pub fn sorted_steps(&self) -> Vec<f64> {
         self.order.iter().map(|&r| self.step[r] as f64).collect()
     }
+}
+
+/// Dataset `name` of `file` as a per-row scalar column: its first `rows` entries as f64 (integer
+/// columns converted); `None` if absent, not 1-D, unreadable or shorter than `rows`.
+pub fn series(file: &hdf5::File, name: &str, rows: usize) -> Option<Vec<f64>> {
+    let ds = file.dataset(name).ok()?;
+    if ds.ndim() != 1 || ds.shape()[0] < rows {
+        return None;
+    }
+    if let Ok(v) = ds.read_slice_1d::<f64, _>(s![..rows]) {
+        return Some(v.to_vec());
+    }
+    ds.read_slice_1d::<i64, _>(s![..rows])
+        .ok()
+        .map(|v| v.iter().map(|&x| x as f64).collect())
 }

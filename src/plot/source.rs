@@ -12,7 +12,6 @@ use crate::analyze::results::Results;
 use crate::error::input;
 use crate::store::{read_i64_attr, read_str_attr};
 use anyhow::Result;
-use ndarray::s;
 use std::path::{Path, PathBuf};
 
 /// A quantity a panel can show. Its place in [`super::panels::PANELS`] sets its line style.
@@ -332,16 +331,7 @@ impl Table {
     }
 
     fn col(&self, name: &str) -> Option<Vec<f64>> {
-        let ds = self.file.dataset(name).ok()?;
-        if ds.ndim() != 1 || ds.shape()[0] < self.rows {
-            return None;
-        }
-        if let Ok(v) = ds.read_slice_1d::<f64, _>(s![..self.rows]) {
-            return Some(v.to_vec());
-        }
-        ds.read_slice_1d::<i64, _>(s![..self.rows])
-            .ok()
-            .map(|v| v.iter().map(|&x| x as f64).collect())
+        crate::analyze::results::series(&self.file, name, self.rows)
     }
 
     /// Column `name`, or an input error naming it.
