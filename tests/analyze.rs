@@ -13,24 +13,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
-    assert_eq!(
-        o.code, code,
-        "exit code; stdout: {}\nstderr: {}",
-        o.stdout, o.stderr
-    );
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {}", o.stderr);
-    assert!(lines[0].starts_with("probe: error: "), "{}", lines[0]);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "error should mention {n:?}: {}",
-            lines[0]
-        );
-    }
-}
-
 fn venv() -> Option<PathBuf> {
     let p = root().join(".venv/bin/python");
     if p.exists() {

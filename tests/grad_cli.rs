@@ -6,34 +6,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn fm(n: usize, dir: &Path) -> std::path::PathBuf {
-    let p = dir.join(format!("fm{n}.h5"));
-    reference(&[
-        "make-data",
-        "--dataset",
-        "fashion-mnist",
-        "--n",
-        &n.to_string(),
-        "--out",
-        p.to_str().unwrap(),
-    ]);
-    p
-}
-
-fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
-    assert_eq!(o.code, code, "exit code; stderr: {}", o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {}", o.stderr);
-    assert!(lines[0].starts_with("probe: error: "), "{}", lines[0]);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "error should mention {n:?}: {}",
-            lines[0]
-        );
-    }
-}
-
 #[test]
 fn autodiff_writes_a_checked_deterministic_standard_onnx_graph() {
     let dir = tempfile::tempdir().unwrap();

@@ -353,28 +353,10 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     other[i + 1] = "12".into();
     other.push("--resume".into());
     let o = probe(&other);
-    one_line_error(&o, 3, &["--resume", "seed", "'11' there, '12' here"]);
+    one_line_error_after_notes(&o, 3, &["--resume", "seed", "'11' there, '12' here"]);
 }
 
 // --- bad input --------------------------------------------------------------------------------
-
-fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
-    assert_eq!(o.code, code, "exit code; stderr: {}", o.stderr);
-    let lines: Vec<&str> = o
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("note:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {}", o.stderr);
-    assert!(lines[0].starts_with("probe: error: "), "{}", lines[0]);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "error should mention {n:?}: {}",
-            lines[0]
-        );
-    }
-}
 
 /// `n` samples of noise with labels `i % 3`; sample `poison` holds a NaN.
 fn tiny_data(dir: &Path, n: usize, poison: Option<usize>) -> PathBuf {
@@ -436,7 +418,7 @@ fn a_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint() {
             "0.1",
         ],
     ));
-    one_line_error(
+    one_line_error_after_notes(
         &o,
         4,
         &["non-finite loss", "step 4", "step-00000002.safetensors"],
@@ -504,7 +486,7 @@ fn a_folder_holding_another_run_is_refused_unless_resume_or_force() {
     );
     let before = std::fs::read(out.join("step-00000004.safetensors")).unwrap();
     let o = probe(&train_args(&m, &d, &out, &["--steps", "3", "--lr", "0.5"]));
-    one_line_error(&o, 3, &["run", "another run", "--resume", "--force"]);
+    one_line_error_after_notes(&o, 3, &["run", "another run", "--resume", "--force"]);
     assert_eq!(
         std::fs::read(out.join("step-00000004.safetensors")).unwrap(),
         before
@@ -542,7 +524,7 @@ fn a_model_without_trainable_parameters_is_refused() {
     let d = tiny_data(dir.path(), 10, None);
     let out = dir.path().join("run");
     let o = probe(&train_args(&m, &d, &out, &["--steps", "2"]));
-    one_line_error(&o, 3, &["noparams.onnx", "no trainable parameters"]);
+    one_line_error_after_notes(&o, 3, &["noparams.onnx", "no trainable parameters"]);
     assert!(!out.exists() || files(&out).is_empty());
 }
 
@@ -584,7 +566,7 @@ fn flags_that_do_not_apply_are_refused() {
     }
     // A flag that does not fit the data: an input error (exit 3).
     let o = probe(&train_args(&m, &d, &out, &["--steps", "2", "--augment"]));
-    one_line_error(&o, 3, &["--augment", "[N, C, H, W]", "[N, 4]"]);
+    one_line_error_after_notes(&o, 3, &["--augment", "[N, C, H, W]", "[N, 4]"]);
     assert!(!out.join("step-00000000.safetensors").exists());
     // Neither --steps nor --epochs: a usage error (clap, exit 2).
     let o = probe(&train_args(&m, &d, &out, &[]));

@@ -482,3 +482,36 @@ pub fn mlp_grad_args(out: &Path, more: &[&str]) -> Vec<String> {
     a.extend(more.iter().map(|s| s.to_string()));
     a
 }
+
+/// `o` exited `code` with exactly one line on stderr, probe's error line, mentioning every needle.
+pub fn one_line_error(o: &Output, code: i32, needles: &[&str]) {
+    error_line(o, code, needles, |_| true);
+}
+
+/// [`one_line_error`] where `note:` lines may come before the error (`probe train` notes what it
+/// found in the graph before its checks run).
+pub fn one_line_error_after_notes(o: &Output, code: i32, needles: &[&str]) {
+    error_line(o, code, needles, |l| !l.starts_with("note:"));
+}
+
+fn error_line(o: &Output, code: i32, needles: &[&str], counts: impl Fn(&str) -> bool) {
+    assert_eq!(
+        o.code, code,
+        "exit code; stdout: {}\nstderr: {}",
+        o.stdout, o.stderr
+    );
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && counts(l))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {}", o.stderr);
+    assert!(lines[0].starts_with("probe: error: "), "{}", lines[0]);
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error should mention {n:?}: {}",
+            lines[0]
+        );
+    }
+}
