@@ -17,9 +17,12 @@
 //! none in PyTorch): dlo = sum(dY * [X < lo] * [lo <= hi]); dhi = sum(dY * [max(X, lo) > hi])
 //! (when lo > hi the output is hi everywhere).
 use super::attrs::{Attrs, Source};
-use super::rule::{Ctx, Kind, Rule};
+use super::rule::kernels::CLIP_GRAD;
+use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{input, one, opt_input, TorchCtx, Value};
 use crate::model::export_info::FxNode;
+use crate::model::graph::attr_int;
+use crate::tensor::DType;
 use anyhow::Result;
 use onnx_protobuf::NodeProto;
 
@@ -114,7 +117,15 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         Some(a) => c.op("And", &[&a, &b], vec![]),
         None => b,
     };
-    if c.needs(0) {
+    let fast = c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32;
+    if c.needs(0) && fast && (lo.is_some() || hi.is_some()) {
+        // One pass instead of up to four (`probe.cpu:ClipGrad`, the same masks).
+        let inclusive = clip_as(c.node).0 == ClipAs::Clamp;
+        let (lo_s, hi_s) = (lo.as_deref().unwrap_or(""), hi.as_deref().unwrap_or(""));
+        let attrs = vec![attr_int("inclusive", inclusive as i64)];
+        let gx = c.probe_cpu_op(CLIP_GRAD, &[&g, &x, lo_s, hi_s], attrs, 1);
+        c.set(0, gx[0].clone());
+    } else if c.needs(0) {
         let gx = match clip_as(c.node).0 {
             ClipAs::Hardtanh => {
                 // dX = pass ? dY : 0, pass = lo < X && X < hi (false at NaN).
@@ -196,6 +207,29 @@ op_tests!(
         // No bounds at all: the identity.
         Case::new("Clip").input(&[2, 3]),
     ],
+    // probe's CPU kernel (ClipGrad) for dX, as clamp and as hardtanh, one bound or two; the
+    // bounds' own gradients stay standard ops.
+    clip_probe_cpu = [
+        Case::new("Clip")
+            .input(&[3, 4])
+            .values(&[], &[-0.4])
+            .values(&[], &[0.3])
+            .f32()
+            .probe_cpu(),
+        Case::new("Clip")
+            .input(&[3, 4])
+            .values(&[], &[-0.4])
+            .values(&[], &[0.3])
+            .metadata(crate::ops::clip::CLIP_AS_KEY, "hardtanh")
+            .f32()
+            .probe_cpu(),
+        Case::new("Clip")
+            .input(&[3, 4])
+            .absent()
+            .values(&[], &[0.1])
+            .f32()
+            .probe_cpu(),
+    ],
 );
 
 /// At the bounds, against PyTorch's backward: X exactly 0 and 6 (a fresh network's ReLU6 input),
@@ -261,16 +295,26 @@ mod kinks {
     #[test]
     fn clamp_as_exported_passes_the_gradient_at_its_bounds() {
         let both = clip(Some(0.0), Some(6.0)).metadata("pkg.torch.onnx.fx_node", CLAMP);
-        check_kinks(both, &autograd(|x| x[0].f_clamp(0.0, 6.0).unwrap()));
+        let clamp = autograd(|x| x[0].f_clamp(0.0, 6.0).unwrap());
+        check_kinks(both.clone(), &clamp);
+        check_kinks(both.f32().probe_cpu(), &clamp);
         // One bound: clamp whatever the record says (hardtanh has two).
-        check_kinks(
+        let (min, max) = (
+            autograd(|x| x[0].f_clamp_min(0.0).unwrap()),
+            autograd(|x| x[0].f_clamp_max(6.0).unwrap()),
+        );
+        for case in [
             clip(Some(0.0), None),
-            &autograd(|x| x[0].f_clamp_min(0.0).unwrap()),
-        );
-        check_kinks(
+            clip(Some(0.0), None).f32().probe_cpu(),
+        ] {
+            check_kinks(case, &min);
+        }
+        for case in [
             clip(None, Some(6.0)),
-            &autograd(|x| x[0].f_clamp_max(6.0).unwrap()),
-        );
+            clip(None, Some(6.0)).f32().probe_cpu(),
+        ] {
+            check_kinks(case, &max);
+        }
         let given = clip(Some(0.0), Some(6.0))
             .metadata("pkg.torch.onnx.fx_node", RELU6)
             .metadata(crate::ops::clip::CLIP_AS_KEY, "clamp");

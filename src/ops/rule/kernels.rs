@@ -25,6 +25,8 @@ pub const MAT_MUL: &str = "MatMul";
 pub const MAT_MUL_ADD: &str = "MatMulAdd";
 /// `dX = dY (X > 0)` (`runtime/cpu_ops/relu.rs`).
 pub const RELU_GRAD: &str = "ReluGrad";
+/// `dX = dY [lo < X < hi]` (or `<=`): Clip's input gradient (`runtime/cpu_ops/clip.rs`).
+pub const CLIP_GRAD: &str = "ClipGrad";
 /// A residual `Add` and its `Relu` in one pass.
 pub const ADD_RELU: &str = "AddRelu";
 /// `dX = (dY1 + dY2) (X > 0)`: a two-consumer Relu's gradient sum and mask in one pass.

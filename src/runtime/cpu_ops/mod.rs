@@ -14,7 +14,7 @@
 //! `crate::ops::rule::kernels` (domain `probe.cpu`, version 1):
 //! - [`conv`]: `Conv`, `ConvGrad`, `ConvGradX`; [`interleave`]: `Interleave` (the strided dX's
 //!   phase assembly); [`matmul`]: `MatMul`, `MatMulAdd`;
-//! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`batch_norm`]: `BatchNormalization`,
+//! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`clip`]: `ClipGrad`; [`batch_norm`]: `BatchNormalization`,
 //!   `BatchNormalizationGrad`, `ReluBatchNormalizationGrad`;
 //! - [`softmax`]: `Softmax`, `SoftmaxGrad`, `LogSoftmaxGrad`; [`layer_norm`]:
 //!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`attention`]:
@@ -34,6 +34,7 @@
 //! spinning threads as cores, would oversubscribe the cores.
 pub mod attention;
 pub mod batch_norm;
+pub mod clip;
 pub mod conv;
 pub mod exec;
 pub mod ffi;
@@ -87,5 +88,6 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&matmul::MAT_MUL_OP, p))?
         .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_OP, p))?
         .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_GRAD_OP, p))?
-        .add(op(&interleave::INTERLEAVE_OP, p))?)
+        .add(op(&interleave::INTERLEAVE_OP, p))?
+        .add(op(&clip::CLIP_GRAD_OP, p))?)
 }
