@@ -91,6 +91,7 @@ pub mod scaled_dot_product_attention;
 pub mod scatter_elements;
 pub mod sequence_at;
 pub mod sigmoid;
+pub mod silu;
 pub mod slice;
 pub mod softmax;
 pub mod softplus;
@@ -207,6 +208,7 @@ pub static RULES: &[&Rule] = &[
     &scatter_elements::RULE,
     &sequence_at::RULE,
     &sigmoid::RULE,
+    &silu::RULE,
     &slice::RULE,
     &softmax::LOG_SOFTMAX,
     &softmax::SOFTMAX,

@@ -15,6 +15,8 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
 // The flash attention kernels' per-CPU entries (see cpu_kernel below).
 #define HAVE_AVX512_CPU_DEFINITION
 #define HAVE_AVX2_CPU_DEFINITION
@@ -161,6 +163,27 @@ extern "C" int probe_gelu_grad(const float* dy, const float* x, int64_t n, int32
       [&] {
         at::Tensor out = view(dx, &n, 1);
         at::gelu_backward_out(out, view(dy, &n, 1), view(x, &n, 1), tanh ? "tanh" : "none");
+      },
+      err, err_len);
+}
+
+// Y = silu(X) = X sigmoid(X) and dX = silu_backward(dY, X) = dY s (1 + X (1 - s)) over n
+// elements (libtorch's vectorized kernels, what PyTorch runs for nn.SiLU).
+extern "C" int probe_silu(const float* x, int64_t n, float* y, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        at::Tensor out = view(y, &n, 1);
+        at::silu_out(out, view(x, &n, 1));
+      },
+      err, err_len);
+}
+
+extern "C" int probe_silu_grad(const float* dy, const float* x, int64_t n, float* dx, char* err,
+                               size_t err_len) {
+  return guarded(
+      [&] {
+        at::Tensor out = view(dx, &n, 1);
+        at::silu_backward_out(out, view(dy, &n, 1), view(x, &n, 1));
       },
       err, err_len);
 }

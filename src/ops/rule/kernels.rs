@@ -47,6 +47,11 @@ pub const LOG_SOFTMAX_GRAD: &str = "LogSoftmaxGrad";
 pub const LAYER_NORMALIZATION: &str = "LayerNormalization";
 /// LayerNormalization's gradients (dX, dScale, dB).
 pub const LAYER_NORMALIZATION_GRAD: &str = "LayerNormalizationGrad";
+/// `Y = X sigmoid(X)`, a Sigmoid and the Mul by its input fused (`ops/silu.rs`,
+/// `runtime/cpu_ops/silu.rs`).
+pub const SILU: &str = "Silu";
+/// Silu's input gradient.
+pub const SILU_GRAD: &str = "SiluGrad";
 /// Gelu's input gradient (`runtime/cpu_ops/gelu.rs`).
 pub const GELU_GRAD: &str = "GeluGrad";
 /// The fused attention kernel: the op type the attention fusion writes and the op's rule

@@ -46,6 +46,15 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn probe_silu(x: *const f32, n: i64, y: *mut f32, err: *mut c_char, err_len: usize) -> i32;
+    fn probe_silu_grad(
+        dy: *const f32,
+        x: *const f32,
+        n: i64,
+        dx: *mut f32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn probe_gelu_grad(
         dy: *const f32,
         x: *const f32,
@@ -295,6 +304,30 @@ pub fn conv_grad(
             mut_or_null(dx),
             mut_or_null(dw),
             mut_or_null(db),
+            e,
+            el,
+        )
+    })
+}
+
+/// libtorch's silu over flat buffers.
+pub fn silu(x: &[f32], y: &mut [f32]) -> Result<(), String> {
+    holds("X", x.len(), y.len())?;
+    // SAFETY: the module doc: both buffers hold n elements.
+    c_call(|e, el| unsafe { probe_silu(x.as_ptr(), y.len() as i64, y.as_mut_ptr(), e, el) })
+}
+
+/// libtorch's silu_backward over flat buffers.
+pub fn silu_grad(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<(), String> {
+    holds("dY", dy.len(), dx.len())?;
+    holds("X", x.len(), dx.len())?;
+    // SAFETY: the module doc: the three buffers hold n elements.
+    c_call(|e, el| unsafe {
+        probe_silu_grad(
+            dy.as_ptr(),
+            x.as_ptr(),
+            dx.len() as i64,
+            dx.as_mut_ptr(),
             e,
             el,
         )

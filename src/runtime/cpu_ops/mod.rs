@@ -17,7 +17,7 @@
 //! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`clip`]: `ClipGrad`; [`batch_norm`]: `BatchNormalization`,
 //!   `BatchNormalizationGrad`, `ReluBatchNormalizationGrad`;
 //! - [`softmax`]: `Softmax`, `SoftmaxGrad`, `LogSoftmaxGrad`; [`layer_norm`]:
-//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`attention`]:
+//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`silu`]: `Silu`, `SiluGrad`; [`attention`]:
 //!   `ScaledDotProductAttention`, `ScaledDotProductAttentionGrad`; [`gather`]: `GatherGrad`,
 //!   `GatherElementsGrad`; [`transpose`]: `Transpose`; [`reduce`]: `ReduceSumLeading`;
 //! - the machinery: [`op`] (the kernel trait and its one adapter to ONNX Runtime), [`exec`]
@@ -48,6 +48,7 @@ pub mod memory;
 pub mod op;
 pub mod reduce;
 pub mod relu;
+pub mod silu;
 pub mod softmax;
 #[cfg(test)]
 mod testing;
@@ -89,5 +90,7 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_OP, p))?
         .add(op(&attention::SCALED_DOT_PRODUCT_ATTENTION_GRAD_OP, p))?
         .add(op(&interleave::INTERLEAVE_OP, p))?
-        .add(op(&clip::CLIP_GRAD_OP, p))?)
+        .add(op(&clip::CLIP_GRAD_OP, p))?
+        .add(op(&silu::SILU_OP, p))?
+        .add(op(&silu::SILU_GRAD_OP, p))?)
 }
