@@ -11,10 +11,12 @@
 //! position of each window's maximum in all of X (N*C*H*W, row-major), and
 //! dX = Reshape(ScatterElements(zeros[numel X], Indices, dY, reduction = add), shape X).
 use super::attrs::Attrs;
-use super::rule::{Ctx, Kind, Rule};
+use super::rule::kernels::MAX_POOL_GRAD;
+use super::rule::{Ctx, Kernels, Kind, Rule};
 use super::torch::{input, TorchCtx, Value};
 use super::window::{sizes, Window};
 use crate::model::graph::{attr_int, attr_string};
+use crate::tensor::DType;
 use anyhow::{anyhow, bail, Result};
 
 pub static RULE: Rule = Rule::new("MaxPool", Kind::Structured).vjp(vjp).torch(torch);
@@ -89,6 +91,12 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     }
     let x = c.input(0).to_string();
     let idx = c.require_output(1);
+    if c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32 {
+        // The same adds in one pass (`probe.cpu:MaxPoolGrad`).
+        let gx = c.probe_cpu_op(MAX_POOL_GRAD, &[&g, &idx, &x], vec![], 1);
+        c.set(0, gx[0].clone());
+        return Ok(());
+    }
     let flat = c.ints(&[-1]);
     let z = c.zeros_like(&x)?;
     let z = c.op("Reshape", &[&z, &flat], vec![]);
@@ -112,6 +120,19 @@ mod tests {
         Case::new("MaxPool")
             .input(x)
             .attr(attr_ints("kernel_shape", k))
+    }
+    /// X of shape `x` holding -1 + 0.01 k for k = 0, 1, ... in a scrambled order (37 k mod n),
+    /// f32, with probe's kernels.
+    fn spread(x: &[usize], k: &[i64]) -> Case {
+        let n: usize = x.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| -1.0 + 0.01 * ((37 * i) % n) as f64)
+            .collect();
+        Case::new("MaxPool")
+            .values(x, &v)
+            .attr(attr_ints("kernel_shape", k))
+            .f32()
+            .probe_cpu()
     }
     /// Indices asked for, with `strides` and `pads` (integer: not in the loss).
     fn with_indices(x: &[usize], k: &[i64], strides: &[i64], pads: &[i64]) -> Case {
@@ -147,6 +168,17 @@ mod tests {
                 .attr(attr_ints("strides", &[2, 2]))
                 .attr(attr_ints("pads", &[1, 0, 0, 0]))
                 .attr(attr_int("ceil_mode", 1)),
+        ],
+        // probe's kernel (MaxPoolGrad) for dX: disjoint and overlapping windows, padding, 1-D,
+        // three samples over two threads; distinct values 0.01 or more apart, so that f32's
+        // finite-difference steps change no window's maximum.
+        max_pool_probe_cpu = [
+            spread(&[3, 2, 4, 4], &[2, 2]).attr(attr_ints("strides", &[2, 2])),
+            spread(&[3, 2, 5, 4], &[3, 2]),
+            spread(&[3, 2, 7, 6], &[3, 3])
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 0])),
+            spread(&[3, 3, 9], &[3]).attr(attr_ints("strides", &[2])),
         ],
         max_pool_1d_and_given_indices = [
             pool(&[2, 3, 9], &[3])
@@ -185,7 +217,8 @@ mod tests {
                 x[0].f_max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
                     .unwrap()
             });
-            check_kinks(case, &reference);
+            check_kinks(case.clone(), &reference);
+            check_kinks(case.f32().probe_cpu(), &reference);
         }
     }
 }

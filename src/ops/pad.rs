@@ -10,14 +10,14 @@
 //!   dX = ScatterElements(zeros, flat idx, flat dY, reduction = add).
 use super::attrs::Attrs;
 use super::rule::{const_ints, constants, Ctx, Kind, Rule, Shapes, Stage};
-use crate::model::graph::{attr_int, remove_nodes, Uses};
-use onnx_protobuf::{GraphProto, NodeProto};
-use std::collections::HashSet;
 use super::torch::{axis, floats, input, ints, one, opt_input, TorchCtx, Value};
 use crate::model::graph::attr_string;
+use crate::model::graph::{attr_int, remove_nodes, Uses};
 use crate::ops::reshape::reshape_like;
 use crate::ops::slice::{flat_positions, scatter_back};
 use anyhow::{bail, Result};
+use onnx_protobuf::{GraphProto, NodeProto};
+use std::collections::HashSet;
 
 pub static RULE: Rule = Rule::new("Pad", Kind::Linear)
     .vjp(vjp)
@@ -70,7 +70,11 @@ pub fn sums_of_pads_as_concat(graph: &mut GraphProto, shapes: &Shapes) -> usize 
         if n.op_type != "Sum" || !n.domain.is_empty() || n.input.len() < 2 {
             continue;
         }
-        let Some(mut pieces) = n.input.iter().map(|v| piece(v, k)).collect::<Option<Vec<_>>>()
+        let Some(mut pieces) = n
+            .input
+            .iter()
+            .map(|v| piece(v, k))
+            .collect::<Option<Vec<_>>>()
         else {
             continue;
         };
@@ -272,8 +276,11 @@ mod concat_tests {
         let mut g = GraphProto::new();
         for (i, p) in pads.iter().enumerate() {
             g.initializer.push(tensor_i64(&format!("pads{i}"), &[4], p));
-            g.node
-                .push(node("Pad", &[&format!("x{i}"), &format!("pads{i}")], &format!("p{i}")));
+            g.node.push(node(
+                "Pad",
+                &[&format!("x{i}"), &format!("pads{i}")],
+                &format!("p{i}"),
+            ));
         }
         g.node.push(node("Sum", &["p2", "p0", "p1"], "dx"));
         g.node.extend(extra.iter().cloned());

@@ -19,11 +19,12 @@ use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::GraphProto;
 
-pub static RULE: Rule = Rule::new(SILU, Kind::Elementwise)
-    .vjp(vjp)
-    .rewrite(Stage::Forward, |g, s, _| {
-        fuse(g, s);
-    });
+pub static RULE: Rule =
+    Rule::new(SILU, Kind::Elementwise)
+        .vjp(vjp)
+        .rewrite(Stage::Forward, |g, s, _| {
+            fuse(g, s);
+        });
 
 fn vjp(c: &mut Ctx) -> Result<()> {
     let Some(g) = c.go(0) else { return Ok(()) };

@@ -52,6 +52,8 @@ pub const LAYER_NORMALIZATION_GRAD: &str = "LayerNormalizationGrad";
 pub const SILU: &str = "Silu";
 /// Silu's input gradient.
 pub const SILU_GRAD: &str = "SiluGrad";
+/// MaxPool's input gradient from its Indices (`runtime/cpu_ops/max_pool.rs`).
+pub const MAX_POOL_GRAD: &str = "MaxPoolGrad";
 /// Gelu's input gradient (`runtime/cpu_ops/gelu.rs`).
 pub const GELU_GRAD: &str = "GeluGrad";
 /// The fused attention kernel: the op type the attention fusion writes and the op's rule

@@ -17,7 +17,7 @@
 //! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`clip`]: `ClipGrad`; [`batch_norm`]: `BatchNormalization`,
 //!   `BatchNormalizationGrad`, `ReluBatchNormalizationGrad`;
 //! - [`softmax`]: `Softmax`, `SoftmaxGrad`, `LogSoftmaxGrad`; [`layer_norm`]:
-//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`silu`]: `Silu`, `SiluGrad`; [`attention`]:
+//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`silu`]: `Silu`, `SiluGrad`; [`max_pool`]: `MaxPoolGrad`; [`attention`]:
 //!   `ScaledDotProductAttention`, `ScaledDotProductAttentionGrad`; [`gather`]: `GatherGrad`,
 //!   `GatherElementsGrad`; [`transpose`]: `Transpose`; [`reduce`]: `ReduceSumLeading`;
 //! - the machinery: [`op`] (the kernel trait and its one adapter to ONNX Runtime), [`exec`]
@@ -44,6 +44,7 @@ pub mod interleave;
 pub mod lanes;
 pub mod layer_norm;
 pub mod matmul;
+pub mod max_pool;
 pub mod memory;
 pub mod op;
 pub mod reduce;
@@ -92,5 +93,6 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&interleave::INTERLEAVE_OP, p))?
         .add(op(&clip::CLIP_GRAD_OP, p))?
         .add(op(&silu::SILU_OP, p))?
-        .add(op(&silu::SILU_GRAD_OP, p))?)
+        .add(op(&silu::SILU_GRAD_OP, p))?
+        .add(op(&max_pool::MAX_POOL_GRAD_OP, p))?)
 }

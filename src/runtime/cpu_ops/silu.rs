@@ -19,8 +19,10 @@ fn silu(_: &(), c: &Call) -> ort::Result<()> {
     let len = xv.len();
     let b = bounds(len, c.parts_for(len, len));
     let pieces = split(y, 1, &b).into_iter().zip(b.iter().copied());
-    c.run(pieces.collect(), |_, (y, (lo, hi))| ffi::silu(&xv[lo..hi], y))
-        .map_err(|e| c.torch(e))
+    c.run(pieces.collect(), |_, (y, (lo, hi))| {
+        ffi::silu(&xv[lo..hi], y)
+    })
+    .map_err(|e| c.torch(e))
 }
 
 /// `probe.cpu:SiluGrad`.
@@ -66,7 +68,10 @@ mod tests {
         let x = x();
         let want: Vec<f64> = f64s(&x).iter().map(|&x| x * sigmoid(x)).collect();
         // A few roundings of exp and a division in f32.
-        Node::new(SILU).input(&[N], &x).output(&[N], &want, 8.0 * EPS).check();
+        Node::new(SILU)
+            .input(&[N], &x)
+            .output(&[N], &want, 8.0 * EPS)
+            .check();
     }
 
     #[test]
@@ -87,7 +92,10 @@ mod tests {
 
     #[test]
     fn shape_checks() {
-        let node = Node::new(SILU_GRAD).input(&[3], &[0.0; 3]).input(&[4], &[0.0; 4]);
-        node.output(&[3], &[0.0; 3], 0.0).fails("dY [3] and X [4] differ");
+        let node = Node::new(SILU_GRAD)
+            .input(&[3], &[0.0; 3])
+            .input(&[4], &[0.0; 4]);
+        node.output(&[3], &[0.0; 3], 0.0)
+            .fails("dY [3] and X [4] differ");
     }
 }
