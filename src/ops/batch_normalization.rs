@@ -22,7 +22,8 @@ use super::attrs::Attrs;
 use super::rule::{Ctx, Kernels, Kind, Rule, Shapes, Stage};
 use super::torch::{f32_as_written, input, one, TorchCtx, Value};
 use crate::model::graph::{attr_float, attr_int};
-use crate::ops::rule::kernels::BATCH_NORMALIZATION_GRAD;
+use crate::ops::rule::kernels::{BATCH_NORMALIZATION_GRAD, FOLD_SCALE};
+use crate::ops::rule::PROBE_CPU_DOMAIN;
 use crate::tensor::DType;
 use anyhow::{bail, Result};
 use onnx_protobuf::NodeProto;
@@ -317,15 +318,11 @@ pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes
         let ve = g.op("Add", &[&var, &eps], vec![]);
         let sd = g.op("Sqrt", &[&ve], vec![]);
         let s = g.op("Div", &[&scale, &sd], vec![]);
-        let axes = g.ints(&(1..wd.len() as i64).collect::<Vec<_>>());
-        let sw = g.op("Unsqueeze", &[&s, &axes], vec![]);
-        let w64 = f64(&mut g, &w);
-        let w2_64 = g.op("Mul", &[&w64, &sw], vec![]);
-        let w2 = g.op(
-            "Cast",
-            &[&w2_64],
-            vec![attr_int("to", DType::F32.onnx() as i64)],
-        );
+        // W' = f32(f64(W) s) as one node (its gradient one pass, `ops/fold_scale.rs`).
+        let w2 = g
+            .op_n_in(PROBE_CPU_DOMAIN, FOLD_SCALE, &[&w, &s], vec![], 1)
+            .pop()
+            .unwrap();
         let cb64 = conv
             .input
             .get(2)
@@ -347,8 +344,6 @@ pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes
             dims: dims.iter().map(|&d| Some(d)).collect(),
         };
         let ch = [wd[0]];
-        let mut sw_dims = vec![1; wd.len()];
-        sw_dims[0] = wd[0];
         for (v, dims) in [
             (&scale, &ch[..]),
             (&b, &ch),
@@ -357,9 +352,6 @@ pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes
             (&ve, &ch),
             (&sd, &ch),
             (&s, &ch),
-            (&sw, &sw_dims),
-            (&w64, &wd),
-            (&w2_64, &wd),
             (&centred, &ch),
             (&shifted, &ch),
             (&b2_64, &ch),
@@ -373,16 +365,6 @@ pub fn fold_into_conv(graph: &mut onnx_protobuf::GraphProto, shapes: &mut Shapes
         shapes.map.insert(b2.clone(), info(DType::F32, &ch));
         shapes.map.insert(eps32.clone(), info(DType::F32, &[]));
         shapes.map.insert(eps.clone(), info(DType::F64, &[]));
-        shapes.map.insert(
-            axes.clone(),
-            Info {
-                dtype: DType::I64,
-                dims: vec![Some(wd.len() - 1)],
-            },
-        );
-        shapes
-            .ints
-            .insert(axes.clone(), (1..wd.len() as i64).collect());
         conv.input.truncate(1);
         conv.input.extend([w2, b2]);
         conv.output = vec![y];

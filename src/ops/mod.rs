@@ -46,6 +46,7 @@ pub mod elu;
 pub mod erf;
 pub mod exp;
 pub mod expand;
+pub mod fold_scale;
 pub mod gather;
 pub mod gather_elements;
 pub mod gather_nd;
@@ -140,6 +141,7 @@ pub static RULES: &[&Rule] = &[
     &erf::RULE,
     &exp::RULE,
     &expand::RULE,
+    &fold_scale::RULE,
     &gather::RULE,
     &gather_elements::RULE,
     &gather_nd::RULE,

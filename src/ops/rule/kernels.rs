@@ -54,6 +54,11 @@ pub const SILU: &str = "Silu";
 pub const SILU_GRAD: &str = "SiluGrad";
 /// MaxPool's input gradient from its Indices (`runtime/cpu_ops/max_pool.rs`).
 pub const MAX_POOL_GRAD: &str = "MaxPoolGrad";
+/// `W' = f32(f64(W) s)` per output channel: the BatchNormalization fold's weight
+/// (`ops/fold_scale.rs`, `runtime/cpu_ops/fold.rs`).
+pub const FOLD_SCALE: &str = "FoldScale";
+/// FoldScale's gradients (dW, ds).
+pub const FOLD_SCALE_GRAD: &str = "FoldScaleGrad";
 /// Gelu's input gradient (`runtime/cpu_ops/gelu.rs`).
 pub const GELU_GRAD: &str = "GeluGrad";
 /// The fused attention kernel: the op type the attention fusion writes and the op's rule

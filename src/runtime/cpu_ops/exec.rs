@@ -192,7 +192,11 @@ impl<'c> Outputs<'c> {
 
     /// Output `i` of `shape` as a slice, `None` when the node leaves it unnamed; an error when
     /// output `i` was already taken.
-    pub fn take(&self, i: usize, shape: Vec<i64>) -> ort::Result<Option<&'c mut [f32]>> {
+    pub fn take<T: PrimitiveTensorElementType + 'c>(
+        &self,
+        i: usize,
+        shape: Vec<i64>,
+    ) -> ort::Result<Option<&'c mut [T]>> {
         if i >= 64 || self.taken.get() & (1u64 << i) != 0 {
             return Err(ort::Error::new(format!("output {i} taken twice")));
         }
@@ -201,7 +205,7 @@ impl<'c> Outputs<'c> {
         let Some(mut v) = v else {
             return Ok(None);
         };
-        let data = v.try_extract_tensor_mut::<f32>()?.1;
+        let data = v.try_extract_tensor_mut::<T>()?.1;
         let (p, len) = (data.as_mut_ptr(), data.len());
         if len == 0 {
             return Ok(Some(&mut []));

@@ -17,7 +17,7 @@
 //! - [`relu`]: `ReluGrad`, `AddRelu`, `SumReluGrad`; [`clip`]: `ClipGrad`; [`batch_norm`]: `BatchNormalization`,
 //!   `BatchNormalizationGrad`, `ReluBatchNormalizationGrad`;
 //! - [`softmax`]: `Softmax`, `SoftmaxGrad`, `LogSoftmaxGrad`; [`layer_norm`]:
-//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`silu`]: `Silu`, `SiluGrad`; [`max_pool`]: `MaxPoolGrad`; [`attention`]:
+//!   `LayerNormalization`, `LayerNormalizationGrad`; [`gelu`]: `GeluGrad`; [`silu`]: `Silu`, `SiluGrad`; [`max_pool`]: `MaxPoolGrad`; [`fold`]: `FoldScale`, `FoldScaleGrad`; [`attention`]:
 //!   `ScaledDotProductAttention`, `ScaledDotProductAttentionGrad`; [`gather`]: `GatherGrad`,
 //!   `GatherElementsGrad`; [`transpose`]: `Transpose`; [`reduce`]: `ReduceSumLeading`;
 //! - the machinery: [`op`] (the kernel trait and its one adapter to ONNX Runtime), [`exec`]
@@ -38,6 +38,7 @@ pub mod clip;
 pub mod conv;
 pub mod exec;
 pub mod ffi;
+pub mod fold;
 pub mod gather;
 pub mod gelu;
 pub mod interleave;
@@ -94,5 +95,7 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&clip::CLIP_GRAD_OP, p))?
         .add(op(&silu::SILU_OP, p))?
         .add(op(&silu::SILU_GRAD_OP, p))?
-        .add(op(&max_pool::MAX_POOL_GRAD_OP, p))?)
+        .add(op(&max_pool::MAX_POOL_GRAD_OP, p))?
+        .add(op(&fold::FOLD_SCALE_OP, p))?
+        .add(op(&fold::FOLD_SCALE_GRAD_OP, p))?)
 }

@@ -20,6 +20,9 @@ pub enum Io {
     F32,
     OptF32,
     I64,
+    F64,
+    /// An f64 output the node may leave unnamed.
+    OptF64,
 }
 
 impl Io {
@@ -28,6 +31,8 @@ impl Io {
             Io::F32 => (true, TensorElementType::Float32),
             Io::OptF32 => (false, TensorElementType::Float32),
             Io::I64 => (true, TensorElementType::Int64),
+            Io::F64 => (true, TensorElementType::Float64),
+            Io::OptF64 => (false, TensorElementType::Float64),
         }
     }
 }
@@ -146,6 +151,10 @@ impl<'c> Call<'c> {
     pub fn input_i64(&self, i: usize) -> ort::Result<(Vec<i64>, &'c [i64])> {
         exec::input(self.value(i, &i.to_string())?)
     }
+    /// f64 input `i`.
+    pub fn input_f64(&self, i: usize) -> ort::Result<(Vec<i64>, &'c [f64])> {
+        exec::input(self.value(i, &i.to_string())?)
+    }
     /// Optional f32 input `i`.
     pub fn optional(&self, i: usize) -> ort::Result<Option<(Vec<i64>, &'c [f32])>> {
         self.ctx.input(i)?.map(exec::input).transpose()
@@ -166,6 +175,10 @@ impl<'c> Call<'c> {
     }
     /// Output `i` of `shape`; `None` when the node leaves it unnamed (not computed then).
     pub fn output(&self, i: usize, shape: Vec<i64>) -> ort::Result<Option<&'c mut [f32]>> {
+        self.outputs.take(i, shape)
+    }
+    /// f64 output `i` of `shape`, `None` when the node leaves it unnamed.
+    pub fn output_f64(&self, i: usize, shape: Vec<i64>) -> ort::Result<Option<&'c mut [f64]>> {
         self.outputs.take(i, shape)
     }
     /// Output `i` of `shape`, which the node must name (`what` in the error).

@@ -70,6 +70,7 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 enum Data {
     F32(Vec<f32>),
     I64(Vec<i64>),
+    F64(Vec<f64>),
 }
 
 /// An expected output: its shape, values and per-element absolute bounds.
@@ -89,7 +90,7 @@ pub struct Node {
 }
 
 /// Each output's shape and values, `None` where the node leaves it unnamed.
-pub type Outputs = Vec<Option<(Vec<usize>, Vec<f32>)>>;
+pub type Outputs = Vec<Option<(Vec<usize>, Vec<f64>)>>;
 
 impl Node {
     pub fn new(op: &'static str) -> Node {
@@ -112,6 +113,11 @@ impl Node {
         self
     }
     /// An i64 input.
+    pub fn f64s(mut self, shape: &[usize], v: &[f64]) -> Node {
+        self.inputs
+            .push(Some((shape.to_vec(), Data::F64(v.to_vec()))));
+        self
+    }
     pub fn ints(mut self, shape: &[usize], v: &[i64]) -> Node {
         assert_eq!(shape.iter().product::<usize>(), v.len(), "input {shape:?}");
         self.inputs
@@ -138,6 +144,11 @@ impl Node {
             .map(|(m, w)| 2.0 * chain.max(1) as f64 * EPS * m + EPS * w.abs() + TINY)
             .collect();
         self.expect(shape, want, bound)
+    }
+    /// An output expected to be `want` within the per-element absolute `bound` (f64 outputs,
+    /// whose bounds are the caller's to derive).
+    pub fn output_bounds(self, shape: &[usize], want: &[f64], bound: &[f64]) -> Node {
+        self.expect(shape, want, bound.to_vec())
     }
     fn expect(mut self, shape: &[usize], want: &[f64], bound: Vec<f64>) -> Node {
         assert_eq!(
@@ -175,6 +186,7 @@ impl Node {
             let dt = match data {
                 Data::F32(_) => DType::F32,
                 Data::I64(_) => DType::I64,
+                Data::F64(_) => DType::F64,
             };
             let dims: Vec<Option<i64>> = shape.iter().map(|&d| Some(d as i64)).collect();
             g.input.push(value_info(&name, dt, &dims, "n"));
@@ -210,6 +222,9 @@ impl Node {
                 Data::I64(v) => ort::value::Tensor::from_array((shape, v.clone()))
                     .unwrap()
                     .into_dyn(),
+                Data::F64(v) => ort::value::Tensor::from_array((shape, v.clone()))
+                    .unwrap()
+                    .into_dyn(),
             };
             values.push((format!("in{i}").into(), v.into()));
         }
@@ -217,10 +232,15 @@ impl Node {
         let mut got = vec![];
         for (i, want) in self.outputs.iter().enumerate() {
             got.push(want.as_ref().map(|_| {
-                let (shape, v) = out[format!("out{i}").as_str()]
-                    .try_extract_tensor::<f32>()
-                    .unwrap();
-                (shape.iter().map(|&d| d as usize).collect(), v.to_vec())
+                let value = &out[format!("out{i}").as_str()];
+                let (shape, v) = match value.try_extract_tensor::<f32>() {
+                    Ok((shape, v)) => (shape, v.iter().map(|&x| x as f64).collect()),
+                    Err(_) => {
+                        let (shape, v) = value.try_extract_tensor::<f64>().unwrap();
+                        (shape, v.to_vec())
+                    }
+                };
+                (shape.iter().map(|&d| d as usize).collect(), v)
             }));
         }
         Ok(got)
@@ -268,8 +288,8 @@ impl Node {
 }
 
 /// `got` is `want` within `bound`; NaN only where `want` is NaN, an infinity exactly.
-fn within(got: f32, want: f64, bound: f64) -> bool {
-    let g = got as f64;
+fn within(got: f64, want: f64, bound: f64) -> bool {
+    let g = got;
     if want.is_nan() || want.is_infinite() {
         return g.is_nan() == want.is_nan() && (want.is_nan() || g == want);
     }
