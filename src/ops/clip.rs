@@ -120,10 +120,16 @@ fn vjp(c: &mut Ctx) -> Result<()> {
     let fast = c.kernels == Kernels::ProbeCpu && c.dtype(&x)? == DType::F32;
     if c.needs(0) && fast && (lo.is_some() || hi.is_some()) {
         // One pass instead of up to four (`probe.cpu:ClipGrad`, the same masks).
+        // hardtanh's mask reads Y: lo < Y < hi exactly where lo < X < hi (Y is X inside,
+        // a bound or NaN where X is), so X is read by the Clip alone, which a fusion of the
+        // Clip into the node before it needs (tests/subgradients.rs holds the fresh
+        // mobilenet_v2's bounds to PyTorch). clamp's inclusive mask needs X (Y = lo below lo
+        // would pass).
         let inclusive = clip_as(c.node).0 == ClipAs::Clamp;
+        let m = if inclusive { x.clone() } else { y.clone() };
         let (lo_s, hi_s) = (lo.as_deref().unwrap_or(""), hi.as_deref().unwrap_or(""));
         let attrs = vec![attr_int("inclusive", inclusive as i64)];
-        let gx = c.probe_cpu_op(CLIP_GRAD, &[&g, &x, lo_s, hi_s], attrs, 1);
+        let gx = c.probe_cpu_op(CLIP_GRAD, &[&g, &m, lo_s, hi_s], attrs, 1);
         c.set(0, gx[0].clone());
     } else if c.needs(0) {
         let gx = match clip_as(c.node).0 {
