@@ -94,17 +94,7 @@ fn vjp(c: &mut Ctx) -> Result<()> {
         }
         _ => None,
     };
-    // A grouped convolution's dX (depthwise: MobileNet, EfficientNet, ConvNeXt) by libtorch's
-    // backward-data, as PyTorch runs it: ONNX Runtime's ConvTranspose loops over the groups
-    // with one small GEMM each.
-    if c.needs(0) && fast && group > 1 {
-        let attrs = win.probe_cpu_attrs(group);
-        let gx = c
-            .probe_cpu_op(CONV_GRAD_X, &[&g, &x, &w], attrs, 1)
-            .pop()
-            .unwrap();
-        c.set(0, gx);
-    } else if c.needs(0) && flip_ok {
+    if c.needs(0) && flip_ok {
         let axes: Vec<i64> = (2..2 + k as i64).collect();
         let (st, en, ax, steps) = (
             c.ints(&vec![-1; k]),
@@ -137,7 +127,10 @@ fn vjp(c: &mut Ctx) -> Result<()> {
             )
         };
         c.set(0, gx);
-    } else if c.needs(0) && fast && torch_dx_pays(wd[1], &win) {
+    } else if c.needs(0) && fast && (group > 1 || torch_dx_pays(wd[1], &win)) {
+        // A grouped convolution's dX (depthwise: MobileNet, EfficientNet, ConvNeXt; never
+        // `flip_ok`) by libtorch's backward-data, as PyTorch runs it: ONNX Runtime's
+        // ConvTranspose loops over the groups with one small GEMM each.
         let attrs = win.probe_cpu_attrs(group);
         let gx = c
             .probe_cpu_op(CONV_GRAD_X, &[&g, &x, &w], attrs, 1)

@@ -2,7 +2,6 @@
 //! libtorch's gelu_backward, `dX = dY (Phi(X) + X phi(X))` (or the tanh form's derivative), one
 //! pass where the standard form takes eleven ops (Mul, Erf, Add, Mul, Mul, Mul, Exp, Mul, Mul,
 //! Add, Mul). Parts take element ranges.
-use super::exec::{bounds, split};
 use super::ffi;
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use crate::ops::rule::kernels::GELU_GRAD;
@@ -24,19 +23,7 @@ impl FromAttrs for Tanh {
 pub static GELU_GRAD_OP: CpuOp<Tanh> = CpuOp::new(GELU_GRAD, gelu_grad).io(&[F32, F32], &[F32]);
 
 fn gelu_grad(a: &Tanh, c: &Call) -> ort::Result<()> {
-    let (dys, dyv) = c.input(0)?;
-    let (xs, xv) = c.input(1)?;
-    if dys[..] != xs[..] {
-        return Err(c.fail(format!("dY {:?} and X {:?} differ", &dys[..], &xs[..])));
-    }
-    let dx = c.required(0, xs.to_vec(), "dX")?;
-    let len = xv.len();
-    let b = bounds(len, c.parts_for(len, len));
-    let pieces = split(dx, 1, &b).into_iter().zip(b.iter().copied());
-    c.run(pieces.collect(), |_, (dx, (lo, hi))| {
-        ffi::gelu_grad(&dyv[lo..hi], &xv[lo..hi], a.0, dx)
-    })
-    .map_err(|e| c.torch(e))
+    c.elementwise_grad(|dy, x, dx| ffi::gelu_grad(dy, x, a.0, dx))
 }
 
 #[cfg(test)]

@@ -203,6 +203,26 @@ impl<'c> Call<'c> {
             self.parts.min(units).max(1)
         }
     }
+    /// An elementwise gradient `dX = f(dY, X)` (inputs 0 and 1 of one shape, output 0), parts
+    /// taking element ranges: `f(dY part, X part, dX part)`.
+    pub fn elementwise_grad(
+        &self,
+        f: impl Fn(&[f32], &[f32], &mut [f32]) -> Result<(), String> + Sync + Send,
+    ) -> ort::Result<()> {
+        let (dys, dyv) = self.input_named(0, "dY")?;
+        let (xs, xv) = self.input_named(1, "X")?;
+        if dys[..] != xs[..] {
+            return Err(self.fail(format!("dY {:?} and X {:?} differ", &dys[..], &xs[..])));
+        }
+        let dx = self.required(0, xs.to_vec(), "dX")?;
+        let len = xv.len();
+        let b = exec::bounds(len, self.parts_for(len, len));
+        let pieces = exec::split(dx, 1, &b).into_iter().zip(b.iter().copied());
+        self.run(pieces.collect(), |_, (dx, (lo, hi))| {
+            f(&dyv[lo..hi], &xv[lo..hi], dx)
+        })
+        .map_err(|e| self.torch(e))
+    }
     /// [`exec::run_parts`] on this call's pool.
     pub fn run<P: Send>(
         &self,

@@ -29,19 +29,7 @@ fn silu(_: &(), c: &Call) -> ort::Result<()> {
 pub static SILU_GRAD_OP: CpuOp<()> = CpuOp::new(SILU_GRAD, silu_grad).io(&[F32, F32], &[F32]);
 
 fn silu_grad(_: &(), c: &Call) -> ort::Result<()> {
-    let (dys, dyv) = c.input_named(0, "dY")?;
-    let (xs, xv) = c.input_named(1, "X")?;
-    if dys[..] != xs[..] {
-        return Err(c.fail(format!("dY {:?} and X {:?} differ", &dys[..], &xs[..])));
-    }
-    let dx = c.required(0, xs.to_vec(), "dX")?;
-    let len = xv.len();
-    let b = bounds(len, c.parts_for(len, len));
-    let pieces = split(dx, 1, &b).into_iter().zip(b.iter().copied());
-    c.run(pieces.collect(), |_, (dx, (lo, hi))| {
-        ffi::silu_grad(&dyv[lo..hi], &xv[lo..hi], dx)
-    })
-    .map_err(|e| c.torch(e))
+    c.elementwise_grad(ffi::silu_grad)
 }
 
 #[cfg(test)]
