@@ -75,6 +75,10 @@ pub const TRANSPOSE: &str = "Transpose";
 /// A sum over leading axes (a broadcast operand's gradient) (`runtime/cpu_ops/reduce.rs`).
 pub const REDUCE_SUM_LEADING: &str = "ReduceSumLeading";
 
+/// The rule table's entries for ops only probe's fast path writes (its fusions, in domain
+/// `probe.cpu`), not ONNX operators a model brings: left out of the README's operator list.
+pub const FUSED_OPS: [&str; 3] = [SCALED_DOT_PRODUCT_ATTENTION, SILU, FOLD_SCALE];
+
 /// Which ops the gradient rules may emit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
