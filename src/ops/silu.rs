@@ -56,8 +56,7 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes) -> usize {
                 && sig.domain.is_empty()
                 && sig.input.first() == Some(&m.input[a])
                 && uses.sole_reader(&m.input[s], j)
-                && shapes.dtype(&m.input[a]) == Some(DType::F32)
-                && !sigmoids.contains(&i))
+                && shapes.dtype(&m.input[a]) == Some(DType::F32))
             .then_some((i, m.input[a].clone()))
         });
         let Some((i, x)) = found else { continue };

@@ -224,7 +224,7 @@ op_tests!(
             .ints(&[1], &[3])
             .ints(&[1], &[1])
             .ints(&[1], &[1]),
-        // The same slices with probe's kernels (f32).
+        // The Pad form in f32 (the form does not depend on the kernels).
         Case::new("Slice")
             .input(&[3, 6])
             .ints(&[1], &[2])

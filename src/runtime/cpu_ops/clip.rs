@@ -7,7 +7,6 @@
 //!
 //! An absent bound does not constrain; NaN passes nothing (every comparison with it is false).
 //! lo and hi are scalars (one element), as Clip's are. Parts take element ranges.
-use super::exec::{bounds, elementwise_parts, split};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use crate::ops::rule::kernels::CLIP_GRAD;
 
@@ -75,21 +74,11 @@ pub fn clip_mask(
 }
 
 fn clip_grad(a: &Inclusive, c: &Call) -> ort::Result<()> {
-    let (dys, dyv) = c.input_named(0, "dY")?;
-    let (xs, xv) = c.input_named(1, "X")?;
-    if dys[..] != xs[..] {
-        return Err(c.fail(format!("dY {:?} and X {:?} differ", &dys[..], &xs[..])));
-    }
     let (lo, hi) = (bound(c, 2, "lo")?, bound(c, 3, "hi")?);
-    let dx = c.required(0, xs.to_vec(), "dX")?;
-    let n = dx.len();
-    let b = bounds(n, elementwise_parts(n, c.parts));
-    let pieces = split(dx, 1, &b).into_iter().zip(b.iter().copied());
-    c.run(pieces.collect(), |_, (dx, (i, j))| {
-        clip_mask(dx, &dyv[i..j], &xv[i..j], lo, hi, a.0);
+    c.elementwise_grad(|dy, x, dx| {
+        clip_mask(dx, dy, x, lo, hi, a.0);
         Ok(())
     })
-    .map_err(|e| c.fail(e))
 }
 
 #[cfg(test)]
