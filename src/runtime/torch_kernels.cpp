@@ -213,15 +213,18 @@ extern "C" int probe_transpose(const float* x, const int64_t* shape, int64_t ran
       err, err_len);
 }
 
-// Y = A B + bias for A [m, k], B [k, n], bias [n] (libtorch's addmm: the GEMM accumulates onto
-// the broadcast bias, as PyTorch's Linear runs).
+// Y = A op(B) + bias for A [m, k], B [k, n] or with `tb` [n, k] (read transposed in place),
+// bias [n] (libtorch's addmm: the GEMM accumulates onto the broadcast bias, as PyTorch's
+// Linear runs).
 extern "C" int probe_matmul_add(const float* a, int64_t m, int64_t k, const float* b, int64_t n,
-                                const float* bias, float* y, char* err, size_t err_len) {
+                                int32_t tb, const float* bias, float* y, char* err,
+                                size_t err_len) {
   return guarded(
       [&] {
-        int64_t ys[2] = {m, n}, as[2] = {m, k}, bs[2] = {k, n};
+        int64_t ys[2] = {m, n}, as[2] = {m, k}, bs[2] = {k, n}, bts[2] = {n, k};
         at::Tensor out = view(y, ys, 2);
-        at::addmm_out(out, view(bias, &n, 1), view(a, as, 2), view(b, bs, 2));
+        at::Tensor b_ = tb ? view(b, bts, 2).t() : view(b, bs, 2);
+        at::addmm_out(out, view(bias, &n, 1), view(a, as, 2), b_);
       },
       err, err_len);
 }

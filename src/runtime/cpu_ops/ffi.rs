@@ -128,6 +128,7 @@ extern "C" {
         k: i64,
         b: *const f32,
         n: i64,
+        tb: i32,
         bias: *const f32,
         y: *mut f32,
         err: *mut c_char,
@@ -438,13 +439,14 @@ pub fn transpose(
 pub fn matmul_add(
     a: &[f32],
     [m, k, n]: [i64; 3],
-    b: &[f32],
+    (b, tb): (&[f32], bool),
     bias: &[f32],
     y: &mut [f32],
 ) -> Result<(), String> {
+    let bs = if tb { [n, k] } else { [k, n] };
     dense(&[
         ("A", a, &[m, k]),
-        ("B", b, &[k, n]),
+        ("B", b, &bs),
         ("bias", bias, &[n]),
         ("Y", y, &[m, n]),
     ])?;
@@ -456,6 +458,7 @@ pub fn matmul_add(
             k,
             b.as_ptr(),
             n,
+            tb as i32,
             bias.as_ptr(),
             y.as_mut_ptr(),
             e,

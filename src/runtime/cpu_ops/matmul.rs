@@ -129,24 +129,31 @@ fn mat_mul(t: &Trans, c: &Call) -> ort::Result<()> {
     ffi::matmul((av, &as_, ta), (bv, &bs, tb), y, &ys).map_err(|e| c.torch(e))
 }
 
-/// `probe.cpu:MatMulAdd`.
-pub static MAT_MUL_ADD_OP: CpuOp<()> =
+/// `probe.cpu:MatMulAdd`: attribute `transB` (B stored [N, K], default 0); `transA` must be 0.
+pub static MAT_MUL_ADD_OP: CpuOp<Trans> =
     CpuOp::new(MAT_MUL_ADD, mat_mul_add).io(&[F32, F32, F32], &[F32]);
 
-fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
+fn mat_mul_add(t: &Trans, c: &Call) -> ort::Result<()> {
     let (as_, av) = c.input(0)?;
     let (bs, bv) = c.input(1)?;
     let (cs, cv) = c.input(2)?;
+    let [ta, tb] = t.0;
     let k = *as_.last().unwrap_or(&0);
-    if as_.len() < 2 || bs.len() != 2 || bs[0] != k || cs[..] != [bs[1]] {
+    let (bk, nn) = match bs[..] {
+        [r, c] if tb => (c, r),
+        [r, c] => (r, c),
+        _ => (-1, -1),
+    };
+    // A bias of [N], or [1, N] as a Gemm's C may be (the same values in memory).
+    let bias = cs[..] == [nn] || cs[..] == [1, nn];
+    if ta || as_.len() < 2 || bk != k || !bias {
         return Err(c.fail(format!(
-            "A {:?}, B {:?}, bias {:?}",
+            "A {:?}, B {:?} (transB {tb}), bias {:?}",
             &as_[..],
             &bs[..],
             &cs[..]
         )));
     }
-    let nn = bs[1];
     let mut ys = as_.to_vec();
     *ys.last_mut().unwrap() = nn;
     let y = c.required(0, ys, "Y")?;
@@ -159,7 +166,7 @@ fn mat_mul_add(_: &(), c: &Call) -> ort::Result<()> {
         if hi == lo {
             return Ok(());
         }
-        ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], bv, cv, y)
+        ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], (bv, tb), cv, y)
     })
     .map_err(|e| c.torch(e))
 }
@@ -267,19 +274,38 @@ mod tests {
             .fails("A [2, 3] (transA false), B [4, 5] (transB false)");
     }
 
-    /// MatMulAdd of A [as_], B [K, N], bias [N]: `A B + bias`.
-    fn check_add(as_: &[usize], nn: usize) {
+    /// MatMulAdd of A [as_], B [K, N] (with `tb` stored [N, K]), bias [N] (with `row`
+    /// [1, N], a Gemm's C): `A op(B) + bias`.
+    fn check_add_as(as_: &[usize], nn: usize, tb: bool, row: bool) {
         let k = as_[as_.len() - 1];
         let (a, b, bias) = (rand(as_.iter().product(), 3), rand(k * nn, 4), rand(nn, 5));
-        let (ys, mut want, mut mags) = product((&a, as_, false), (&b, &[k, nn], false));
+        let bs = if tb { [nn, k] } else { [k, nn] };
+        let (ys, mut want, mut mags) = product((&a, as_, false), (&b, &bs, tb));
         for i in 0..want.len() {
             want[i] += bias[i % nn] as f64;
             mags[i] += bias[i % nn].abs() as f64;
         }
-        let n = Node::new(MAT_MUL_ADD).input(as_, &a).input(&[k, nn], &b);
-        n.input(&[nn], &bias)
+        let mut n = Node::new(MAT_MUL_ADD);
+        if tb {
+            n = n.attr(attr_int("transB", 1));
+        }
+        let n = n.input(as_, &a).input(&bs, &b);
+        let cs: &[usize] = if row { &[1, nn] } else { &[nn] };
+        n.input(cs, &bias)
             .output_sums(&ys, &want, &mags, k + 1)
             .check();
+    }
+
+    fn check_add(as_: &[usize], nn: usize) {
+        check_add_as(as_, nn, false, false);
+    }
+
+    /// A Gemm's `A B^T + C` (a Linear layer on a matrix), C of [N] or [1, N].
+    #[test]
+    fn mat_mul_add_reads_b_transposed() {
+        check_add_as(&[91, 64], 400, true, false);
+        check_add_as(&[91, 64], 400, true, true);
+        check_add_as(&[5, 7], 3, false, true);
     }
 
     #[test]
