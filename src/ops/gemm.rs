@@ -176,7 +176,14 @@ op_tests!(
         if let Some(c) = c {
             case = case.input(c);
         }
-        let fwd = if add { "probe.cpu:MatMulAdd" } else { "probe.cpu:MatMul" };
-        case.f32().probe_cpu().expect_op(fwd).expect_op("probe.cpu:MatMul")
+        let fwd = if add {
+            "probe.cpu:MatMulAdd"
+        } else {
+            "probe.cpu:MatMul"
+        };
+        case.f32()
+            .probe_cpu()
+            .expect_op(fwd)
+            .expect_op("probe.cpu:MatMul")
     }),
 );

@@ -158,6 +158,22 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
         let fits = f32_of(&x) && xd.len() == 3 && xd[..2] == qd[..2] && xd[2] == Some(3 * he);
         fits.then(|| (x, qd[2].unwrap() as i64))
     };
+    // `Where(IsNaN(S), 0, S)` of a Softmax S: the exporter's guard for rows a boolean mask
+    // masks entirely (their softmax is 0/0). libtorch's flash attention gives such a row
+    // O = 0, as the guard does, and the gradient PyTorch's own backward takes there (none
+    // through that row; op by op the Softmax's gradient would be NaN o 0).
+    let zero = |v: &str| {
+        let t = consts
+            .get(v)
+            .and_then(|t| crate::model::decode_tensor(t).ok());
+        t.is_some_and(|t| t.numel() == 1 && t.as_f32().is_some_and(|x| x[0] == 0.0))
+    };
+    let nan_guarded = |p: &str| -> Option<&NodeProto> {
+        let w = node(p, "Where").filter(|w| w.input.len() == 3)?;
+        let sm = node(&w.input[2], "Softmax")?;
+        let guard = node(&w.input[0], "IsNaN").is_some_and(|n| n.input[0] == w.input[2]);
+        (guard && zero(&w.input[1])).then_some(sm)
+    };
     let mut found = Vec::new();
     let mut bypassed = HashSet::new();
     for (k, pv) in graph.node.iter().enumerate() {
@@ -165,7 +181,7 @@ pub fn fuse(graph: &mut GraphProto, shapes: &Shapes, dep: &HashSet<String>) -> u
             continue;
         }
         let (p, v) = (&pv.input[0], &pv.input[1]);
-        let Some(sm) = node(p, "Softmax") else {
+        let Some(sm) = node(p, "Softmax").or_else(|| nan_guarded(p)) else {
             continue;
         };
         let Some(pd) = dims(p) else { continue };

@@ -6,6 +6,7 @@
 //! KT = Transpose(K) (or Reshape(Transpose(Reshape(K, [-1, S, E]), [0, 2, 1]), [B, H, E, S]))
 //! A  = MatMul(Mul(Q, sqrt(s)), Mul(KT, sqrt(s)))        (each scale factor optional)
 //! P  = Softmax(Add(A, mask), axis = -1)                  (the Add only with a mask)
+//!      (or Where(IsNaN(P), 0, P): the guard written for a boolean mask, see fusion.rs)
 //! O  = MatMul(P, V)
 //! ```
 //!
@@ -111,6 +112,9 @@ mod tests {
         /// the first scale factor computed from Shape(Q) and the second cast like K (as the
         /// exporter does).
         blhe: bool,
+        /// The softmax behind the exporter's guard for rows masked entirely,
+        /// `Where(IsNaN(P), 0, P)` (what it writes for a boolean mask).
+        guard: bool,
     }
 
     /// The exporter's form of scaled_dot_product_attention for Q [b, h, l, e], K and V
@@ -120,6 +124,7 @@ mod tests {
             chain,
             masked,
             blhe,
+            guard,
         } = form;
         let mut g = GraphProto::new();
         let f = (1.0 / (e as f32).sqrt()).sqrt();
@@ -185,9 +190,14 @@ mod tests {
         } else {
             "scores"
         };
-        let mut sm = node("Softmax", &[logits], "p");
+        let mut sm = node("Softmax", &[logits], if guard { "p0" } else { "p" });
         sm.attribute = vec![attr_int("axis", -1)];
         g.node.push(sm);
+        if guard {
+            g.node.push(node("IsNaN", &["p0"], "nan"));
+            g.node.push(constant("zero_p", tensor_f32("", &[], &[0.0])));
+            g.node.push(node("Where", &["nan", "zero_p", "p0"], "p"));
+        }
         if blhe {
             g.node.push(node("MatMul", &["p", v], "oh"));
             let mut t = node("Transpose", &["oh"], "o");
@@ -251,6 +261,7 @@ mod tests {
             chain: true,
             masked,
             blhe: true,
+            guard: false,
         };
         g.node.extend(sdpa_graph(b, h, l, l, e, form).node);
         g
@@ -262,16 +273,18 @@ mod tests {
     /// heads stored as [B, H, L, E] or read and written as [B, L, H, E].
     #[test]
     fn probe_cpu_fused_attention() {
-        let form = |chain, masked, blhe| Form {
+        let form = |chain, masked, blhe, guard| Form {
             chain,
             masked,
             blhe,
+            guard,
         };
         for (b, h, l, s, e, form) in [
-            (3, 2, 5, 5, 4, form(true, true, false)),
-            (2, 1, 4, 6, 3, form(false, false, false)),
-            (1, 2, 3, 3, 2, form(false, true, false)),
-            (3, 2, 5, 5, 4, form(true, true, true)),
+            (3, 2, 5, 5, 4, form(true, true, false, false)),
+            (2, 1, 4, 6, 3, form(false, false, false, false)),
+            (1, 2, 3, 3, 2, form(false, true, false, false)),
+            (3, 2, 5, 5, 4, form(true, true, true, false)),
+            (3, 2, 5, 5, 4, form(true, true, true, true)),
         ] {
             let g = sdpa_graph(b, h, l, s, e, form);
             let (qd, kd) = if form.blhe {
@@ -346,11 +359,12 @@ mod tests {
         use crate::ops::rule::Shapes;
         use crate::tensor::{DType, HostTensor};
         let (b, h, l, e) = (2usize, 2usize, 3usize, 4usize);
-        for (chain, masked, blhe, learned_mask) in [
-            (true, true, false, false),
-            (false, false, false, false),
-            (true, true, true, false),
-            (true, false, false, true),
+        for (chain, masked, blhe, learned_mask, guard) in [
+            (true, true, false, false, false),
+            (false, false, false, false, false),
+            (true, true, true, false, false),
+            (true, false, false, true, false),
+            (true, true, true, false, true),
         ] {
             let mut g = sdpa_graph(
                 b,
@@ -362,6 +376,7 @@ mod tests {
                     chain,
                     masked,
                     blhe,
+                    guard,
                 },
             );
             let mut names = vec!["q", "k", "v"];
@@ -413,7 +428,8 @@ mod tests {
                 let flag = |a: &str| at.attribute.iter().find(|x| x.name == a).map(|x| x.i);
                 assert_eq!(flag("blhe_in"), Some(blhe as i64));
                 assert_eq!(flag("blhe_out"), Some(blhe as i64));
-                for gone in ["Softmax", "MatMul", "Add", "Mul", "Transpose", "Reshape"] {
+                let pattern = ["Softmax", "MatMul", "Add", "Mul", "Transpose", "Reshape"];
+                for gone in pattern.into_iter().chain(["IsNaN", "Where"]) {
                     assert!(!ops.contains(&gone), "{gone} left in {ops:?}");
                 }
             }

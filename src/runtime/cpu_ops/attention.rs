@@ -270,6 +270,10 @@ mod tests {
         /// [B, 1, L, S]: values in [-1, 1], per batch row (split with the parts), broadcast
         /// over the heads.
         PerRow,
+        /// Causal, with the first two query rows masked entirely (padding): their O is 0 and
+        /// they add nothing to any gradient, as in PyTorch's flash attention (the
+        /// exporter's `Where(IsNaN(P), 0, P)` guard gives the same O).
+        Padded,
     }
 
     /// One attention's form: Q's and K's lengths, the layouts (`blhe_in`, `blhe_out`), Q, K,
@@ -344,6 +348,13 @@ mod tests {
                     });
                     (vec![l, s], m.collect())
                 }
+                Mask::Padded => {
+                    let m = (0..l * s).map(|i| match i % s > i / s + (s - l) || i / s < 2 {
+                        true => f32::NEG_INFINITY,
+                        false => 0.0,
+                    });
+                    (vec![l, s], m.collect())
+                }
                 Mask::PerRow => (vec![B, 1, l, s], rand(B * l * s, 4)),
             }
         }
@@ -358,7 +369,7 @@ mod tests {
             let oi = self.output().1;
             let mask_at = |b: usize, i: usize, j: usize| match self.mask {
                 Mask::No => 0.0,
-                Mask::Causal => mask[i * s + j] as f64,
+                Mask::Causal | Mask::Padded => mask[i * s + j] as f64,
                 Mask::PerRow => mask[(b * l + i) * s + j] as f64,
             };
             let (mut o, mut lse) = (vec![0f64; B * H * l * E], vec![0f64; B * H * l]);
@@ -377,6 +388,11 @@ mod tests {
                 let scores: Vec<f64> = scores.collect();
                 let m = scores.iter().copied().fold(f64::MIN, f64::max);
                 let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                if z == 0.0 {
+                    // Masked entirely: O = 0 and no gradient. libtorch writes LSE 0 (any
+                    // finite value gives the backward P = exp(-inf - LSE) = 0).
+                    continue;
+                }
                 let p: Vec<f64> = scores.iter().map(|x| (x - m).exp() / z).collect();
                 lse[(b * H + h) * l + i] = m + z.ln();
                 let mut dsum = 0.0;
@@ -485,7 +501,7 @@ mod tests {
         }
     }
 
-    const CASES: [Case; 3] = [
+    const CASES: [Case; 4] = [
         Case {
             l: 17,
             s: 19,
@@ -510,6 +526,14 @@ mod tests {
             packed: true,
             scales: [Some(0.35), None],
             mask: Mask::No,
+        },
+        Case {
+            l: 17,
+            s: 17,
+            blhe: [true, true],
+            packed: false,
+            scales: [Some(0.5), None],
+            mask: Mask::Padded,
         },
     ];
 

@@ -166,7 +166,13 @@ fn mat_mul_add(t: &Trans, c: &Call) -> ort::Result<()> {
         if hi == lo {
             return Ok(());
         }
-        ffi::matmul_add(&av[lo * ku..hi * ku], [(hi - lo) as i64, k, nn], (bv, tb), cv, y)
+        ffi::matmul_add(
+            &av[lo * ku..hi * ku],
+            [(hi - lo) as i64, k, nn],
+            (bv, tb),
+            cv,
+            y,
+        )
     })
     .map_err(|e| c.torch(e))
 }
