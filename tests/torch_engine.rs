@@ -63,6 +63,7 @@ fn onnx_side(model: &Model, data: &mut dyn Dataset, b: &Batch, bn_train: bool) -
         bn_train,
         wrt: None,
         kernels: probe::autodiff::grad::Kernels::Standard,
+        threads: 1,
     };
     let mut g = grad_graph(model, &opts, &samples).unwrap();
     let out = model.outputs[0].name.clone();

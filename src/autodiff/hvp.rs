@@ -86,7 +86,7 @@ pub fn hvp_graph(
             f
         })
         .collect();
-    let shapes = Shapes::observe(&gg.proto, &feeds)?;
+    let shapes = Shapes::observe_with(&gg.proto, &feeds, opts.threads)?;
     let wrt: Vec<String> = gg.grads.iter().map(|(p, _)| p.clone()).collect();
     let g = gg.proto.graph.as_mut().unwrap();
     let diff = differentiate_as(g, &shapes, DOT, &wrt, Kernels::Standard, "hvp")

@@ -24,6 +24,8 @@ pub struct GradOptions {
     pub wrt: Option<Vec<String>>,
     /// Standard ONNX ops only, or probe's CPU custom ops where they are faster.
     pub kernels: Kernels,
+    /// Threads for the forward runs that observe shapes.
+    pub threads: usize,
 }
 
 pub struct GradGraph {
@@ -157,7 +159,7 @@ pub fn grad_graph(
         .iter()
         .map(|(x, t)| inputs.feed(x, t, &own))
         .collect();
-    let mut shapes = Shapes::observe(&proto, &feeds)?;
+    let mut shapes = Shapes::observe_with(&proto, &feeds, opts.threads)?;
     let g = proto.graph.as_mut().unwrap();
     super::passes::before_differentiation(g, &mut shapes, &wrt, opts.kernels);
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)

@@ -17,11 +17,130 @@ pub type Feed = Vec<(String, crate::tensor::HostTensor)>;
 /// int64 tensors up to this many elements have their values recorded.
 const SMALL: usize = 64;
 
+/// Ops whose one output has their first input's element type and shape: not read back (their
+/// shape is taken from the input's), so ONNX Runtime computes and frees them as in any run.
+/// Every output read back is a buffer of its own: GPT-2's logits-sized LogSoftmax and
+/// Reshapes took half of its probing runs.
+const SAME_AS_INPUT: &[&str] = &[
+    "Abs",
+    "Cos",
+    "Elu",
+    "Erf",
+    "Exp",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "Neg",
+    "Reciprocal",
+    "Relu",
+    "Selu",
+    "Sigmoid",
+    "Sin",
+    "Softmax",
+    "Softplus",
+    "Softsign",
+    "Sqrt",
+    "Tanh",
+];
+
+/// How a value that is not read back gets its shape from its node's inputs.
+enum Derived {
+    /// [`SAME_AS_INPUT`].
+    SameAsInput,
+    /// Reshape: the data's type, the shape input's values (0 copies the input's dimension
+    /// unless `allowzero`, -1 takes the rest).
+    Reshape { allowzero: bool },
+}
+
+/// Which node outputs are derived rather than read back (by output name).
+fn derived(g: &onnx_protobuf::GraphProto) -> HashMap<String, Derived> {
+    use crate::ops::attrs::Attrs;
+    let inputs: std::collections::HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    let mut d = HashMap::new();
+    for n in g
+        .node
+        .iter()
+        .filter(|n| n.domain.is_empty() && n.output.len() == 1)
+    {
+        let how = match n.op_type.as_str() {
+            op if SAME_AS_INPUT.contains(&op) && !n.input.is_empty() => Derived::SameAsInput,
+            // A fed shape is not recorded; one the graph computes or holds is.
+            "Reshape" if n.input.len() == 2 && !inputs.contains(n.input[1].as_str()) => {
+                Derived::Reshape {
+                    allowzero: n.attr_i("allowzero", 0) != 0,
+                }
+            }
+            _ => continue,
+        };
+        d.insert(n.output[0].clone(), how);
+    }
+    d
+}
+
+/// int64 initializers up to [`SMALL`] elements (Reshape's shapes held in the graph).
+fn small_int_initializers(g: &onnx_protobuf::GraphProto) -> HashMap<String, Vec<i64>> {
+    g.initializer
+        .iter()
+        .filter(|t| t.data_type == DType::I64.onnx())
+        .filter(|t| t.dims.iter().product::<i64>() as usize <= SMALL)
+        .filter_map(|t| {
+            let h = crate::model::decode_tensor(t).ok()?;
+            Some((t.name.clone(), h.as_i64()?.to_vec()))
+        })
+        .collect()
+}
+
+/// Reshape's output dims from the data's dims and the shape's values.
+fn reshaped(x: &[Option<usize>], shape: &[i64], allowzero: bool) -> Option<Vec<Option<usize>>> {
+    let numel: usize = x.iter().map(|d| d.unwrap_or(0)).product();
+    let mut dims: Vec<Option<usize>> = Vec::with_capacity(shape.len());
+    let mut rest = None;
+    for (i, &v) in shape.iter().enumerate() {
+        dims.push(match v {
+            0 if !allowzero => Some((*x.get(i)?)?),
+            -1 if rest.is_none() => {
+                rest = Some(i);
+                None
+            }
+            v if v >= 0 => Some(v as usize),
+            _ => return None,
+        });
+    }
+    if let Some(r) = rest {
+        let known: usize = dims.iter().flatten().product();
+        dims[r] = Some(if known == 0 { 0 } else { numel / known });
+    }
+    Some(dims)
+}
+
 impl Shapes {
     /// Runs `proto` (a forward graph whose inputs are all fed) once per feed and merges the shapes.
     pub fn observe(proto: &ModelProto, feeds: &[Feed]) -> Result<Shapes> {
+        Shapes::observe_with(proto, feeds, 1)
+    }
+
+    /// [`Shapes::observe`] on `threads` threads: a language model's forward on two small
+    /// batches is most of a run's start-up (GPT-2 at 256 tokens: ~9 s on one thread).
+    pub fn observe_with(proto: &ModelProto, feeds: &[Feed], threads: usize) -> Result<Shapes> {
+        Shapes::observe_as(proto, feeds, threads, true)
+    }
+
+    /// With `derive`, the values of [`derived`] take their shapes from their inputs; without,
+    /// every value is read back (the reference the test holds the derivation to).
+    fn observe_as(
+        proto: &ModelProto,
+        feeds: &[Feed],
+        threads: usize,
+        derive: bool,
+    ) -> Result<Shapes> {
         let mut p = proto.clone();
         let g = p.graph.as_mut().unwrap();
+        let derive = if derive { derived(g) } else { HashMap::new() };
+        let init_ints = small_int_initializers(g);
         let mut names: Vec<String> = Vec::new();
         let existing: std::collections::HashSet<String> =
             g.output.iter().map(|o| o.name.clone()).collect();
@@ -30,7 +149,7 @@ impl Shapes {
                 continue;
             }
             for o in &n.output {
-                if !o.is_empty() && !existing.contains(o) {
+                if !o.is_empty() && !existing.contains(o) && !derive.contains_key(o) {
                     names.push(o.clone());
                 }
             }
@@ -41,10 +160,11 @@ impl Shapes {
             g.output.push(v);
         }
         let bytes = protobuf::Message::write_to_bytes(&p)?;
-        let mut session = crate::runtime::session(&bytes, 1, "shape-probing")?;
+        let mut session = crate::runtime::session(&bytes, threads.max(1), "shape-probing")?;
         let mut runs: Vec<HashMap<String, Info>> = Vec::new();
         let mut ints = HashMap::new();
         for feed in feeds {
+            ints.clear();
             let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> =
                 Vec::new();
             let arrays: Vec<(String, ort::value::DynValue)> = feed
@@ -85,6 +205,43 @@ impl Shapes {
                         dims: t.shape.iter().map(|&d| Some(d)).collect(),
                     },
                 );
+            }
+            // The values not read back, in graph order (a node's inputs come first).
+            for n in &proto.graph.as_ref().unwrap().node {
+                let Some(how) = n.output.first().and_then(|o| derive.get(o)) else {
+                    continue;
+                };
+                let (o, x) = (&n.output[0], &n.input[0]);
+                let Some(xi) = m.get(x).cloned() else {
+                    continue;
+                };
+                let info = match how {
+                    Derived::SameAsInput => {
+                        if let Some(v) = ints.get(x).cloned() {
+                            ints.insert(o.clone(), v);
+                        }
+                        xi
+                    }
+                    Derived::Reshape { allowzero } => {
+                        let sh = &n.input[1];
+                        let dims = (ints.get(sh).or_else(|| init_ints.get(sh)))
+                            .and_then(|v| reshaped(&xi.dims, v, *allowzero))
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "probing shapes: Reshape node '{}': its shape '{sh}' was not observed",
+                                    n.name
+                                )
+                            })?;
+                        if let Some(v) = ints.get(x).cloned() {
+                            ints.insert(o.clone(), v);
+                        }
+                        Info {
+                            dtype: xi.dtype,
+                            dims,
+                        }
+                    }
+                };
+                m.insert(o.clone(), info);
             }
             runs.push(m);
         }
@@ -142,4 +299,65 @@ pub fn to_value(t: &crate::tensor::HostTensor) -> Result<ort::value::DynValue> {
         .into_dyn(),
         (Values::I64(v), _) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Feed, Shapes};
+    use crate::model::graph::{tensor_i64, value_info};
+    use crate::ops::testing::{model_of, node};
+    use crate::tensor::{DType, HostTensor};
+    use onnx_protobuf::GraphProto;
+
+    /// Shapes taken from inputs (unary ops, Reshape with 0 and -1, shapes computed
+    /// in the graph or held as initializers, an int64 Identity's values) equal those read back,
+    /// at two batch sizes, dims following the batch included.
+    #[test]
+    fn derived_shapes_are_the_observed_ones() {
+        let mut g = GraphProto::new();
+        g.node = vec![
+            node("Relu", &["x"], "r"),
+            node("Reshape", &["r", "flat"], "f"),
+            node("Softmax", &["f"], "s"),
+            node("Shape", &["x"], "xs"),
+            node("Identity", &["xs"], "xs2"),
+            node("Reshape", &["s", "xs2"], "back"),
+            node("Reshape", &["x", "zeros"], "z"),
+            node("Reshape", &["x", "swap"], "e"),
+            node("Tanh", &["e"], "y"),
+        ];
+        g.initializer.push(tensor_i64("flat", &[2], &[0, -1]));
+        g.initializer.push(tensor_i64("zeros", &[3], &[0, 4, 3]));
+        g.initializer.push(tensor_i64("swap", &[3], &[-1, 3, 0]));
+        g.input
+            .push(value_info("x", DType::F32, &[None, Some(3), Some(4)], "N"));
+        for o in ["back", "y", "z"] {
+            g.output.push(value_info(o, DType::F32, &[], "N"));
+        }
+        let m = model_of(g, 17);
+        let feeds: Vec<Feed> = [2usize, 3]
+            .into_iter()
+            .map(|n| {
+                vec![(
+                    "x".into(),
+                    HostTensor::f32(vec![n, 3, 4], vec![0.5; n * 12]),
+                )]
+            })
+            .collect();
+        let derived = Shapes::observe_as(&m, &feeds, 1, true).unwrap();
+        let read = Shapes::observe_as(&m, &feeds, 1, false).unwrap();
+        let sorted = |s: &Shapes| {
+            let mut v: Vec<_> = (s.map.iter())
+                .map(|(k, i)| (k.clone(), i.dtype, i.dims.clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(sorted(&derived), sorted(&read));
+        assert_eq!(derived.ints, read.ints);
+        assert_eq!(derived.map["f"].dims, [None, Some(12)]);
+        assert_eq!(derived.map["z"].dims, [None, Some(4), Some(3)]);
+        assert_eq!(derived.map["e"].dims, [None, Some(3), Some(4)]);
+        assert_eq!(derived.ints["xs2"], [3, 3, 4]);
+    }
 }

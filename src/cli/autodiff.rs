@@ -34,6 +34,7 @@ pub fn run(a: AutodiffArgs) -> anyhow::Result<()> {
         wrt: None,
         // Its output must pass onnx.checker and run anywhere: standard ops only.
         kernels: probe::autodiff::grad::Kernels::Standard,
+        threads: probe::runtime::default_threads(),
     };
     let (proto, what, n) = if a.hvp {
         let h = probe::autodiff::hvp::hvp_graph(&model, &opts, &samples)?;

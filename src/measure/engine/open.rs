@@ -56,6 +56,7 @@ fn onnx_runtime<'m>(
         bn_train: opts.bn_train,
         wrt: None,
         kernels: opts.kernels,
+        threads: opts.threads,
     };
     let graph = grad_graph(model, &gopts, &samples)?;
     // What depends on the weights alone runs once per checkpoint (see `hoist`).
