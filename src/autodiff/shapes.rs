@@ -59,15 +59,29 @@ enum Derived {
 /// Which node outputs are derived rather than read back (by output name).
 fn derived(g: &onnx_protobuf::GraphProto) -> HashMap<String, Derived> {
     use crate::ops::attrs::Attrs;
-    let inputs: std::collections::HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    use std::collections::HashSet;
+    let inputs: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    let held: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let made: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| &n.output)
+        .map(|o| o.as_str())
+        .collect();
+    // A value whose shape a run observes: a node's output or a fed input (an initializer is
+    // neither, even where an old model also lists it as an input).
+    let seen = |v: &str| made.contains(v) || inputs.contains(v) && !held.contains(v);
     let mut d = HashMap::new();
     for n in g
         .node
         .iter()
         .filter(|n| n.domain.is_empty() && n.output.len() == 1)
     {
+        if !n.input.first().is_some_and(|x| seen(x)) {
+            continue;
+        }
         let how = match n.op_type.as_str() {
-            op if SAME_AS_INPUT.contains(&op) && !n.input.is_empty() => Derived::SameAsInput,
+            op if SAME_AS_INPUT.contains(&op) => Derived::SameAsInput,
             // A fed shape is not recorded; one the graph computes or holds is.
             "Reshape" if n.input.len() == 2 && !inputs.contains(n.input[1].as_str()) => {
                 Derived::Reshape {
@@ -325,13 +339,20 @@ mod tests {
             node("Reshape", &["x", "zeros"], "z"),
             node("Reshape", &["x", "swap"], "e"),
             node("Tanh", &["e"], "y"),
+            node("Identity", &["held"], "h"),
+            node("Relu", &["held"], "hr"),
+            node("Add", &["h", "hr"], "hs"),
         ];
         g.initializer.push(tensor_i64("flat", &[2], &[0, -1]));
         g.initializer.push(tensor_i64("zeros", &[3], &[0, 4, 3]));
         g.initializer.push(tensor_i64("swap", &[3], &[-1, 3, 0]));
+        // An initializer (not fed) read by ops whose shape would be taken from their input:
+        // read back.
+        g.initializer
+            .push(crate::model::graph::tensor_f32("held", &[2], &[1.0, -1.0]));
         g.input
             .push(value_info("x", DType::F32, &[None, Some(3), Some(4)], "N"));
-        for o in ["back", "y", "z"] {
+        for o in ["back", "y", "z", "hs"] {
             g.output.push(value_info(o, DType::F32, &[], "N"));
         }
         let m = model_of(g, 17);
@@ -359,5 +380,7 @@ mod tests {
         assert_eq!(derived.map["z"].dims, [None, Some(4), Some(3)]);
         assert_eq!(derived.map["e"].dims, [None, Some(3), Some(4)]);
         assert_eq!(derived.ints["xs2"], [3, 3, 4]);
+        assert_eq!(derived.map["h"].dims, [Some(2)]);
+        assert_eq!(derived.map["hr"].dims, [Some(2)]);
     }
 }

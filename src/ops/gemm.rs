@@ -45,7 +45,7 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
         return Some(m);
     };
     let bd = shapes.static_dims(b)?;
-    let nn = bd[if tb { 0 } else { 1 }];
+    let nn = *bd.get(if tb { 0 } else { 1 })?;
     let bias = matches!(shapes.static_dims(cc)?[..], [k] | [1, k] if k == nn);
     if ta || !bias || !f32s(cc) || n.attr_f("beta", 1.0) != 1.0 {
         return None;
