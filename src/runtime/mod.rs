@@ -88,6 +88,15 @@ pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session
             .with_profiling(path)
             .map_err(|e| ctx(ort::Error::from(e)))?;
     }
+    // Another: the graph as ONNX Runtime runs it, after its own optimizations (fusions, layout
+    // changes, the nodes' final names, which its profile uses), as `$PROBE_ORT_OPTIMIZED-<what>.onnx`.
+    if let Some(prefix) = std::env::var_os("PROBE_ORT_OPTIMIZED") {
+        let mut path = prefix;
+        path.push(format!("-{what}.onnx"));
+        b = b
+            .with_optimized_model_path(path)
+            .map_err(|e| ctx(ort::Error::from(e)))?;
+    }
     // A panic elsewhere cannot leave the flag wrong: it is set only after a success.
     let mut registered = DOMAIN_REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
     if *registered {

@@ -7,6 +7,8 @@
 use crate::ops::rule::{Kernels, Shapes, Stage};
 use onnx_protobuf::GraphProto;
 
+mod schedule;
+
 /// Which side of the reverse sweep a pass runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
@@ -64,6 +66,12 @@ pub static PIPELINE: &[Pass] = &[
         why: "a residual stream's gradient Sum into the LayerNormalizationGrad producing one of \
               its terms; after the fusions, which take a Sum that feeds a ReluGrad first",
         run: |g, s, wrt| fusions(Stage::SumInto, g, s, wrt),
+    },
+    Pass {
+        name: "schedule",
+        when: When::AfterGrad,
+        why: "the leaves (weight gradients) listed last, in reverse, so that ONNX Runtime runs               each as soon as its inputs exist (see `schedule.rs`); last, as every rewrite               before it changes which nodes are leaves",
+        run: |g, _, _| schedule::leaves_last(g),
     },
 ];
 

@@ -229,19 +229,31 @@ pub fn probe_cpu_forward(n: &NodeProto, shapes: &Shapes) -> Option<NodeProto> {
     let xd = &shapes.get(x)?.dims;
     let win = Window::of(n, kernel, &xd[2..]).ok()?;
     let k = win.rank();
-    if win.pads[..k] != win.pads[k..] || !torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel) {
+    let group = n.attr_i("group", 1);
+    // A 2-D depthwise convolution with a kernel larger than 3x3 (ConvNeXt's 7x7, EfficientNet's
+    // 5x5): libtorch's channels-last kernel (see `runtime/torch_kernels.cpp`); 3x3 ones stay
+    // (below).
+    let depthwise = group > 1
+        && k == 2
+        && shapes.get(w)?.dims[1] == Some(1)
+        && win.kernel.iter().product::<i64>() > 9;
+    if win.pads[..k] != win.pads[k..]
+        || !(depthwise || torch_conv_pays(shapes.get(w)?.dims[1], &win.kernel))
+    {
         return None;
     }
-    let m = crate::ops::rule::as_probe_cpu(n, win.probe_cpu_attrs(n.attr_i("group", 1)));
+    let m = crate::ops::rule::as_probe_cpu(n, win.probe_cpu_attrs(group));
     Some(m)
 }
 
-/// A depthwise forward stays in ONNX Runtime although libtorch's was faster (torchvision
-/// mobilenet_v2 at 3x224x224, batch 32, 2 threads: a pass of 7.7 s went to 6.7-7.3 s,
-/// convnext_tiny 15.7 -> 14.1 s): it changes the activations' float32 rounding, and in the
-/// fresh mobilenet_v2 of `tests/subgradients.rs` a pre-activation of 6.7e-12 (a cancellation of
-/// terms ~1e-5) then lands below the ReLU6's bound where PyTorch's lands above it: one tensor
-/// 3.2e-4 off where PyTorch float32 is 6e-7 at every batch size.
+/// A 3x3 depthwise forward stays in ONNX Runtime although libtorch's was faster (torchvision
+/// mobilenet_v2 at 3x224x224, batch 32, 2 threads: a pass of 7.7 s went to 6.7-7.3 s): it
+/// changes the activations' float32 rounding, and in the fresh mobilenet_v2 of
+/// `tests/subgradients.rs` a pre-activation of 6.7e-12 (a cancellation of terms ~1e-5) then
+/// lands below the ReLU6's bound where PyTorch's lands above it: one tensor 3.2e-4 off where
+/// PyTorch float32 is 6e-7 (seen again with the channels-last kernel). Larger depthwise kernels
+/// (ConvNeXt's 7x7, where ONNX Runtime's forward took ~0.5 s of a 5.9 s batch of 32) go to
+/// libtorch.
 ///
 /// Whether libtorch's forward convolution (oneDNN) beats ONNX Runtime's (MLAS im2col + GEMM)
 /// for `cin` input channels per group and this kernel. Measured at batch 250, 1 thread

@@ -328,8 +328,9 @@ mod tests {
     }
 
     /// N = 5 (the parts take samples: 2, 2, 1 at three threads); 1, 2 and 3 spatial axes with
-    /// strides, padding, dilations and groups.
-    const GEOMETRIES: [Geometry; 3] = [
+    /// strides, padding, dilations and groups; the last a 2-D depthwise one (two kernels a
+    /// channel), which libtorch runs channels-last.
+    const GEOMETRIES: [Geometry; 4] = [
         Geometry {
             xs: &[5, 4, 11, 9],
             ws: &[6, 2, 3, 2],
@@ -353,6 +354,14 @@ mod tests {
             pads: &[0, 1, 1],
             dilations: &[1, 1, 2],
             group: 2,
+        },
+        Geometry {
+            xs: &[5, 3, 9, 8],
+            ws: &[6, 1, 3, 3],
+            strides: &[1, 2],
+            pads: &[1, 1],
+            dilations: &[2, 1],
+            group: 3,
         },
     ];
 
