@@ -17,7 +17,7 @@
 //! `hvp/<p>` = (H v)_p for the summed loss of the batch. With `wrt` a subset of the parameters
 //! (a block B), v lives on B and the products are H_BB v: the Hessian of that block alone.
 use super::grad::{differentiate_as, Kernels};
-use super::model_grad::{attach, grad_graph, identity, param_dims, GradGraph, GradOptions};
+use super::model_grad::{attach, grad_graph_at, identity, param_dims, GradGraph, GradOptions};
 use super::shapes::{Feed, Shapes};
 use crate::model::graph::{attr_int, value_info, Builder};
 use crate::model::Model;
@@ -35,11 +35,21 @@ pub struct HvpGraph {
 
 pub const DOT: &str = "probe/grad_dot_v";
 
-/// Builds the Hessian-vector-product graph; `samples` as for [`grad_graph`].
+/// Builds the Hessian-vector-product graph; `samples` as for [`super::model_grad::grad_graph`].
 pub fn hvp_graph(
     model: &Model,
     opts: &GradOptions,
     samples: &[(HostTensor, HostTensor)],
+) -> Result<HvpGraph> {
+    hvp_graph_at(model, opts, samples, &model.own_state()?)
+}
+
+/// [`hvp_graph`] with the shapes observed at `state` (as [`grad_graph_at`]).
+pub fn hvp_graph_at(
+    model: &Model,
+    opts: &GradOptions,
+    samples: &[(HostTensor, HostTensor)],
+    state: &std::collections::BTreeMap<String, HostTensor>,
 ) -> Result<HvpGraph> {
     // Both sweeps in standard ops: the second needs a rule for every op of the first, and
     // probe's CPU kernels (probe.cpu) have none.
@@ -47,7 +57,7 @@ pub fn hvp_graph(
         kernels: Kernels::Standard,
         ..opts.clone()
     };
-    let mut gg = grad_graph(model, &opts, samples)?;
+    let mut gg = grad_graph_at(model, &opts, samples, state)?;
     let g = gg.proto.graph.as_mut().unwrap();
     let mut b = Builder::new("probe/hvp_dot");
     let mut dirs = Vec::new();
@@ -67,20 +77,20 @@ pub fn hvp_graph(
 
     // Shapes of the gradient graph's values, observed as for the forward graph; the directions
     // get small deterministic values (their values do not matter, only that they are fed).
-    let own = model.own_state()?;
+    let own = state;
     let feeds: Vec<Feed> = samples
         .iter()
         .map(|(x, t)| {
-            let mut f = gg.inputs.feed(x, t, &own);
+            let mut f = gg.inputs.feed(x, t, own);
             for (p, v) in &dirs {
                 let w = &own[p];
                 let n = w.numel();
                 f.push((
                     v.clone(),
-                    HostTensor::f32(
+                    std::borrow::Cow::Owned(HostTensor::f32(
                         w.shape.clone(),
                         (0..n).map(|i| ((i % 7) as f32 - 3.0) / 7.0).collect(),
-                    ),
+                    )),
                 ));
             }
             f

@@ -22,13 +22,19 @@ pub struct Inputs {
 
 impl Inputs {
     /// The feed of one shape-observing run: data `x`, targets `t`, and the state `own`.
-    pub fn feed(&self, x: &HostTensor, t: &HostTensor, own: &BTreeMap<String, HostTensor>) -> Feed {
+    pub fn feed<'a>(
+        &self,
+        x: &'a HostTensor,
+        t: &'a HostTensor,
+        own: &'a BTreeMap<String, HostTensor>,
+    ) -> Feed<'a> {
+        use std::borrow::Cow::Borrowed;
         let mut f: Feed = vec![
-            (self.data.clone(), x.clone()),
-            (self.target.clone(), t.clone()),
+            (self.data.clone(), Borrowed(x)),
+            (self.target.clone(), Borrowed(t)),
         ];
         for s in &self.state {
-            f.push((s.clone(), own[s].clone()));
+            f.push((s.clone(), Borrowed(&own[s])));
         }
         f
     }

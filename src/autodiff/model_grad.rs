@@ -14,6 +14,7 @@ use crate::model::Model;
 use crate::tensor::{DType, HostTensor, Values};
 use anyhow::{Context, Result};
 use onnx_protobuf::ModelProto;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
 pub struct GradOptions {
@@ -103,6 +104,17 @@ pub fn grad_graph(
     opts: &GradOptions,
     samples: &[(HostTensor, HostTensor)],
 ) -> Result<GradGraph> {
+    grad_graph_at(model, opts, samples, &model.own_state()?)
+}
+
+/// [`grad_graph`] with the shapes observed at `state` (every state tensor by initializer name,
+/// a checkpoint's): the model's own weights need not be held.
+pub fn grad_graph_at(
+    model: &Model,
+    opts: &GradOptions,
+    samples: &[(HostTensor, HostTensor)],
+    state: &BTreeMap<String, HostTensor>,
+) -> Result<GradGraph> {
     let (mut proto, inputs) = lift_state(model)?;
     if model.opset() < 15 && opts.bn_train {
         return Err(crate::error::input(format!(
@@ -153,11 +165,10 @@ pub fn grad_graph(
         g.output.push(value_info(c, DType::F32, &[], "N"));
     }
 
-    // Observe shapes on real batches, with the model's own state.
-    let own = model.own_state()?;
+    // Observe shapes on real batches, at `state`.
     let feeds: Vec<Feed> = samples
         .iter()
-        .map(|(x, t)| inputs.feed(x, t, &own))
+        .map(|(x, t)| inputs.feed(x, t, state))
         .collect();
     let mut shapes = Shapes::observe_with(&proto, &feeds, opts.threads)?;
     let g = proto.graph.as_mut().unwrap();

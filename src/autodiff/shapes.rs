@@ -6,13 +6,16 @@
 //! tiny batch with every intermediate tensor as an output, at two batch sizes. A dimension that
 //! is the same in both runs is static; one that changes follows the batch (`None`).
 pub use crate::ops::rule::{Info, Shapes, SEQUENCE_OPS};
-use crate::tensor::DType;
+use crate::tensor::{DType, HostTensor};
 use anyhow::{anyhow, Result};
 use onnx_protobuf::ModelProto;
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 /// A feed for one run: (input name, element type, dims, values as f64 converted to the type).
-pub type Feed = Vec<(String, crate::tensor::HostTensor)>;
+/// One run's inputs by name; a tensor fed in every run (a model's weights) is borrowed, not
+/// copied per run.
+pub type Feed<'a> = Vec<(String, std::borrow::Cow<'a, HostTensor>)>;
 
 /// int64 tensors up to this many elements have their values recorded.
 const SMALL: usize = 64;
@@ -133,21 +136,28 @@ fn reshaped(x: &[Option<usize>], shape: &[i64], allowzero: bool) -> Option<Vec<O
 
 impl Shapes {
     /// Runs `proto` (a forward graph whose inputs are all fed) once per feed and merges the shapes.
-    pub fn observe(proto: &ModelProto, feeds: &[Feed]) -> Result<Shapes> {
+    pub fn observe<T: Borrow<HostTensor>>(
+        proto: &ModelProto,
+        feeds: &[Vec<(String, T)>],
+    ) -> Result<Shapes> {
         Shapes::observe_with(proto, feeds, 1)
     }
 
     /// [`Shapes::observe`] on `threads` threads: a language model's forward on two small
     /// batches is most of a run's start-up (GPT-2 at 256 tokens: ~9 s on one thread).
-    pub fn observe_with(proto: &ModelProto, feeds: &[Feed], threads: usize) -> Result<Shapes> {
+    pub fn observe_with<T: Borrow<HostTensor>>(
+        proto: &ModelProto,
+        feeds: &[Vec<(String, T)>],
+        threads: usize,
+    ) -> Result<Shapes> {
         Shapes::observe_as(proto, feeds, threads, true)
     }
 
     /// With `derive`, the values of [`derived`] take their shapes from their inputs; without,
     /// every value is read back (the reference the test holds the derivation to).
-    fn observe_as(
+    fn observe_as<T: Borrow<HostTensor>>(
         proto: &ModelProto,
-        feeds: &[Feed],
+        feeds: &[Vec<(String, T)>],
         threads: usize,
         derive: bool,
     ) -> Result<Shapes> {
@@ -181,12 +191,22 @@ impl Shapes {
             ints.clear();
             let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> =
                 Vec::new();
-            let arrays: Vec<(String, ort::value::DynValue)> = feed
+            // float32 and int64 tensors are read in place (a language model's weights are
+            // hundreds of MB, and every copy's pages stayed with the process); the others are
+            // converted.
+            let converted: Vec<Option<ort::value::DynValue>> = feed
                 .iter()
-                .map(|(n, t)| Ok((n.clone(), to_value(t)?)))
+                .map(|(_, t)| match view_value(t.borrow()) {
+                    Some(_) => Ok(None),
+                    None => to_value(t.borrow()).map(Some),
+                })
                 .collect::<Result<_>>()?;
-            for (n, v) in &arrays {
-                inputs.push((n.as_str().into(), v.into()));
+            for ((n, t), c) in feed.iter().zip(&converted) {
+                let v = match c {
+                    Some(c) => c.into(),
+                    None => view_value(t.borrow()).expect("viewable")?,
+                };
+                inputs.push((n.as_str().into(), v));
             }
             let out = session
                 .run(inputs)
@@ -212,6 +232,7 @@ impl Shapes {
                 );
             }
             for (n, t) in feed {
+                let t: &HostTensor = t.borrow();
                 m.insert(
                     n.clone(),
                     Info {
@@ -293,6 +314,31 @@ fn dtype_of(t: ort::value::TensorElementType) -> Option<DType> {
 }
 
 /// An owned ORT value for a host tensor, in the tensor's recorded element type.
+/// `t` as an ONNX Runtime input that reads its values in place, where its stored values are
+/// its element type's (float32, int64); `None` for the others.
+fn view_value(
+    t: &crate::tensor::HostTensor,
+) -> Option<Result<ort::session::SessionInputValue<'_>>> {
+    use crate::tensor::Values;
+    use ort::value::TensorRef;
+    let shape = ndarray::IxDyn(&t.shape);
+    match (&t.values, t.dtype) {
+        (Values::F32(v), DType::F32) => Some((|| {
+            let a = ndarray::ArrayViewD::from_shape(shape, v)?;
+            Ok(TensorRef::from_array_view(a)
+                .map_err(|e| anyhow!("{e}"))?
+                .into())
+        })()),
+        (Values::I64(v), DType::I64) => Some((|| {
+            let a = ndarray::ArrayViewD::from_shape(shape, v)?;
+            Ok(TensorRef::from_array_view(a)
+                .map_err(|e| anyhow!("{e}"))?
+                .into())
+        })()),
+        _ => None,
+    }
+}
+
 pub fn to_value(t: &crate::tensor::HostTensor) -> Result<ort::value::DynValue> {
     use crate::tensor::Values;
     // ort resolves its API on first use; probe's library must be the one loaded (else ort
@@ -317,7 +363,7 @@ pub fn to_value(t: &crate::tensor::HostTensor) -> Result<ort::value::DynValue> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Feed, Shapes};
+    use super::Shapes;
     use crate::model::graph::{tensor_i64, value_info};
     use crate::ops::testing::{model_of, node};
     use crate::tensor::{DType, HostTensor};
@@ -356,7 +402,7 @@ mod tests {
             g.output.push(value_info(o, DType::F32, &[], "N"));
         }
         let m = model_of(g, 17);
-        let feeds: Vec<Feed> = [2usize, 3]
+        let feeds: Vec<Vec<(String, HostTensor)>> = [2usize, 3]
             .into_iter()
             .map(|n| {
                 vec![(

@@ -253,6 +253,36 @@ fn state_dict_with_tied_names_twice_fits() {
     }
 }
 
+/// With the model's parameter values released (`probe grad` after its first checkpoint), a
+/// checkpoint still loads the same (its non-persistent buffers from the ONNX file), and the
+/// released values are refused, not read as empty.
+#[test]
+fn checkpoints_load_after_the_parameters_are_released() {
+    let mut c = Case::new();
+    let before = c.load(&state_dict(), &Options::default()).unwrap();
+    c.model.release_parameters();
+    let after = c.load(&state_dict(), &Options::default()).unwrap();
+    assert_eq!(before.tensors, after.tensors);
+    let e = c.model.initializer("a.weight").unwrap_err();
+    assert!(format!("{e}").contains("'a.weight' were released"), "{e}");
+    assert_eq!(
+        c.model
+            .initializer("rot.inv_freq")
+            .unwrap()
+            .as_f32()
+            .unwrap(),
+        [1.0, 0.1]
+    );
+    let a = c
+        .model
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name == "a.weight")
+        .unwrap();
+    assert!(a.raw_data.is_empty() && a.float_data.is_empty());
+}
+
 #[test]
 fn one_name_of_a_tied_pair_fills_the_graphs_tensor() {
     // safetensors.torch.save_model and save_pretrained keep one name of the pair.

@@ -95,6 +95,8 @@ pub struct Model {
     /// What the exporter recorded about the module (roles, its state-dict names, scopes).
     pub export: ExportInfo,
     index: HashMap<String, usize>,
+    /// Whether the float parameters' values were let go ([`Model::release_parameters`]).
+    released: bool,
 }
 
 fn value_spec(v: &onnx_protobuf::ValueInfoProto) -> ValueSpec {
@@ -581,6 +583,7 @@ impl Model {
             params,
             export,
             index,
+            released: false,
         })
     }
 
@@ -604,8 +607,36 @@ impl Model {
             .filter(|p| p.role == Role::Parameter && p.dtype.is_float())
     }
 
+    /// Lets go of the float parameters' values (their shapes and types stay), where every
+    /// run reads them from a checkpoint: a language model's weights are hundreds of MB a run
+    /// would otherwise hold twice. [`Model::initializer`] refuses them afterwards.
+    pub fn release_parameters(&mut self) {
+        let params: std::collections::HashSet<String> =
+            self.trainable().map(|p| p.name.clone()).collect();
+        if let Some(g) = self.proto.graph.as_mut() {
+            for t in g
+                .initializer
+                .iter_mut()
+                .filter(|t| params.contains(t.name.as_str()))
+            {
+                t.raw_data = Vec::new();
+                t.float_data = Vec::new();
+                t.double_data = Vec::new();
+                t.int32_data = Vec::new();
+            }
+        }
+        self.released = true;
+    }
+
     /// An initializer's values as stored in the model.
     pub fn initializer(&self, name: &str) -> Result<HostTensor> {
+        if self.released && self.trainable().any(|p| p.name == name) {
+            anyhow::bail!(
+                "{}: the values of parameter '{name}' were released (this run reads parameters \
+                 from its checkpoints)",
+                self.path.display()
+            );
+        }
         let t = self
             .graph()
             .initializer

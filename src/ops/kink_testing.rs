@@ -15,7 +15,7 @@ use super::testing::{
 use super::torch::{from_proto, Value};
 use super::TorchCtx;
 use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
-use crate::autodiff::shapes::{Feed, Shapes};
+use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{attr_int, value_info};
 use crate::tensor::{DType, HostTensor, Values};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
@@ -283,7 +283,7 @@ pub fn gradient_for(case: &Case, w: &[f64], edit: impl FnOnce(&mut NodeProto)) -
     let feed: FeedF64 = (floats.iter())
         .map(|f| (f.name.clone(), dt, f.shape.clone(), f.values.clone()))
         .collect();
-    let host_feed: Feed = (feed.iter())
+    let host_feed: Vec<(String, HostTensor)> = (feed.iter())
         .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
         .collect();
     let out_shape = Shapes::observe(

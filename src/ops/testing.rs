@@ -8,7 +8,7 @@
 //! least one of them, agree with the standard-op gradient to 1e-5 and pass the same
 //! finite-difference check.
 use crate::autodiff::grad::{apply_forward_outputs, differentiate_with, Kernels};
-use crate::autodiff::shapes::{Feed, Shapes};
+use crate::autodiff::shapes::Shapes;
 use crate::model::graph::{tensor_i64, value_info};
 use crate::tensor::{DType, HostTensor, Values};
 use onnx_protobuf::{
@@ -494,7 +494,7 @@ pub(crate) fn with_loss(
     opset: i64,
 ) -> LossGraph {
     // Shapes of the op's outputs, from the runtime.
-    let host_feed: Feed = feed
+    let host_feed: Vec<(String, HostTensor)> = feed
         .iter()
         .map(|(n, dt, s, v)| (n.clone(), host(*dt, s, v)))
         .collect();

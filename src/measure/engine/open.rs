@@ -4,12 +4,14 @@ use super::ort::{Hoist, OrtEngine, OrtHvp};
 use super::torch::{TorchEngine, TorchHvp};
 use super::{BatchEngine, Engine, HvpEngine};
 use crate::autodiff::grad::Kernels;
-use crate::autodiff::model_grad::{grad_graph, GradOptions};
+use crate::autodiff::model_grad::{grad_graph_at, GradOptions};
 use crate::autodiff::LossKind;
 use crate::data::Dataset;
 use crate::measure::hessian::HessianOptions;
 use crate::model::Model;
+use crate::tensor::HostTensor;
 use anyhow::{anyhow, Result};
+use std::collections::BTreeMap;
 
 /// What the engines are asked to compute, and on what.
 pub struct EngineOptions<'a> {
@@ -21,6 +23,9 @@ pub struct EngineOptions<'a> {
     /// `--hessian`: also a Hessian-vector-product engine.
     pub hessian: Option<&'a HessianOptions>,
     pub threads: usize,
+    /// The state the graphs' shapes are observed at (the first checkpoint's); `None`: the
+    /// model's own.
+    pub state: Option<&'a BTreeMap<String, HostTensor>>,
 }
 
 /// The gradient engine and, with `--hessian`, the Hessian-vector-product engine.
@@ -58,7 +63,15 @@ fn onnx_runtime<'m>(
         kernels: opts.kernels,
         threads: opts.threads,
     };
-    let graph = grad_graph(model, &gopts, &samples)?;
+    let own;
+    let state = match opts.state {
+        Some(s) => s,
+        None => {
+            own = model.own_state()?;
+            &own
+        }
+    };
+    let graph = grad_graph_at(model, &gopts, &samples, state)?;
     // What depends on the weights alone runs once per checkpoint (see `hoist`).
     let (session, batch_state, hoist) = match super::hoist::split(&graph.proto, &graph.inputs.state)
     {
@@ -95,7 +108,7 @@ fn onnx_runtime<'m>(
             kernels: Kernels::Standard,
             ..gopts.clone()
         };
-        let hg = crate::autodiff::hvp::hvp_graph(model, &hopts, &samples)?;
+        let hg = crate::autodiff::hvp::hvp_graph_at(model, &hopts, &samples, state)?;
         let shapes = param_shapes(model, &hg.dirs)?;
         let bytes = protobuf::Message::write_to_bytes(&hg.grad.proto)?;
         let hs = crate::runtime::session(&bytes, opts.threads, "Hessian-vector product")?;

@@ -62,7 +62,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
     let info = ready.run_info("grad", &plan.pass, attrs);
     let run_key = info.clone();
     let Setup {
-        model,
+        mut model,
         mut data,
         spec,
         fit,
@@ -76,7 +76,11 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         bn_train: plan.bn_train,
         hessian: plan.hessian.as_ref(),
         threads: plan.pass.threads,
+        // Shapes are observed at the first checkpoint's state, so the model's own parameter
+        // values are not needed past here (every checkpoint supplies its parameters).
+        state: Some(&all[0].tensors),
     };
+    model.release_parameters();
     let (mut engine, mut hvp_engine) = open(&model, data.as_mut(), &opts)?;
     let mut store = Store::open(&plan.pass.out, &info, plan.pass.force)?;
     let names: Vec<String> = engine.params().to_vec();
