@@ -114,10 +114,11 @@ fn fresh_mobilenet_v2_in_every_engine() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let lines = helper(&args);
     for ((tag, _), line) in engines.iter().zip(lines.lines()) {
-        // The default kernels are 3.2e-4 off on features.9.conv.1.1.bias (a tensor of norm
-        // 6e-7; PyTorch float32 at batch 64 6.2e-7, --standard-ops 5.2e-7, --engine torch
-        // 6.4e-7), as PyTorch float32 itself is at batch 1 (3.17e-4, the same tensor): not a
-        // convention. Sample 63's pre-activation at features.9.conv.0, channel 92, is 6.7e-12
+        // The default kernels have been 3.2e-4 off on features.9.conv.1.1.bias (a tensor of
+        // norm 6e-7; PyTorch float32 at batch 64 6.2e-7, --standard-ops 5.2e-7, --engine torch
+        // 6.4e-7), as PyTorch float32 itself was at batch 1 (3.17e-4, the same tensor): not a
+        // convention (2026-12-07 with libtorch 2.11: probe.cpu 5.95e-7, PyTorch at batch 1
+        // 6.5e-7; libtorch's 3x3 depthwise forward flips it again, so it stays in ONNX Runtime). Sample 63's pre-activation at features.9.conv.0, channel 92, is 6.7e-12
         // in float64, a cancellation of terms ~1e-5 whose float32 sign follows the summation
         // order (PyTorch: +8.4e-12 at batch 64, -4.3e-12 at batch 1; probe's Conv with the
         // BatchNormalization folded into its weight: about -2e-11, its activations otherwise as
