@@ -77,13 +77,12 @@ pub fn hvp_graph_at(
 
     // Shapes of the gradient graph's values, observed as for the forward graph; the directions
     // get small deterministic values (their values do not matter, only that they are fed).
-    let own = state;
     let feeds: Vec<Feed> = samples
         .iter()
         .map(|(x, t)| {
-            let mut f = gg.inputs.feed(x, t, own);
+            let mut f = gg.inputs.feed(x, t, state);
             for (p, v) in &dirs {
-                let w = &own[p];
+                let w = &state[p];
                 let n = w.numel();
                 f.push((
                     v.clone(),

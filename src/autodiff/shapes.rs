@@ -12,7 +12,6 @@ use onnx_protobuf::ModelProto;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 
-/// A feed for one run: (input name, element type, dims, values as f64 converted to the type).
 /// One run's inputs by name; a tensor fed in every run (a model's weights) is borrowed, not
 /// copied per run.
 pub type Feed<'a> = Vec<(String, std::borrow::Cow<'a, HostTensor>)>;
@@ -196,15 +195,15 @@ impl Shapes {
             // converted.
             let converted: Vec<Option<ort::value::DynValue>> = feed
                 .iter()
-                .map(|(_, t)| match view_value(t.borrow()) {
-                    Some(_) => Ok(None),
-                    None => to_value(t.borrow()).map(Some),
+                .map(|(_, t)| match viewable(t.borrow()) {
+                    true => Ok(None),
+                    false => to_value(t.borrow()).map(Some),
                 })
                 .collect::<Result<_>>()?;
             for ((n, t), c) in feed.iter().zip(&converted) {
                 let v = match c {
                     Some(c) => c.into(),
-                    None => view_value(t.borrow()).expect("viewable")?,
+                    None => view_value(t.borrow())?,
                 };
                 inputs.push((n.as_str().into(), v));
             }
@@ -313,32 +312,34 @@ fn dtype_of(t: ort::value::TensorElementType) -> Option<DType> {
     })
 }
 
-/// An owned ORT value for a host tensor, in the tensor's recorded element type.
-/// `t` as an ONNX Runtime input that reads its values in place, where its stored values are
-/// its element type's (float32, int64); `None` for the others.
-fn view_value(
-    t: &crate::tensor::HostTensor,
-) -> Option<Result<ort::session::SessionInputValue<'_>>> {
+/// Whether [`view_value`] takes `t`: its stored values are its element type's (float32, int64).
+fn viewable(t: &HostTensor) -> bool {
     use crate::tensor::Values;
-    use ort::value::TensorRef;
-    let shape = ndarray::IxDyn(&t.shape);
-    match (&t.values, t.dtype) {
-        (Values::F32(v), DType::F32) => Some((|| {
-            let a = ndarray::ArrayViewD::from_shape(shape, v)?;
-            Ok(TensorRef::from_array_view(a)
-                .map_err(|e| anyhow!("{e}"))?
-                .into())
-        })()),
-        (Values::I64(v), DType::I64) => Some((|| {
-            let a = ndarray::ArrayViewD::from_shape(shape, v)?;
-            Ok(TensorRef::from_array_view(a)
-                .map_err(|e| anyhow!("{e}"))?
-                .into())
-        })()),
-        _ => None,
+    matches!(
+        (&t.values, t.dtype),
+        (Values::F32(_), DType::F32) | (Values::I64(_), DType::I64)
+    )
+}
+
+/// `t` as an ONNX Runtime input that reads its values in place; `t` must be [`viewable`].
+fn view_value(t: &HostTensor) -> Result<ort::session::SessionInputValue<'_>> {
+    use crate::tensor::Values;
+    fn view<'a, T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        shape: &[usize],
+        v: &'a [T],
+    ) -> Result<ort::session::SessionInputValue<'a>> {
+        let a = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(shape), v)?;
+        Ok(ort::value::TensorRef::from_array_view(a)
+            .map_err(|e| anyhow!("{e}"))?
+            .into())
+    }
+    match &t.values {
+        Values::F32(v) => view(&t.shape, v),
+        Values::I64(v) => view(&t.shape, v),
     }
 }
 
+/// An owned ORT value for a host tensor, in the tensor's recorded element type.
 pub fn to_value(t: &crate::tensor::HostTensor) -> Result<ort::value::DynValue> {
     use crate::tensor::Values;
     // ort resolves its API on first use; probe's library must be the one loaded (else ort

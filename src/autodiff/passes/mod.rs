@@ -70,7 +70,10 @@ pub static PIPELINE: &[Pass] = &[
     Pass {
         name: "schedule",
         when: When::AfterGrad,
-        why: "the leaves (weight gradients) listed last, in reverse, so that ONNX Runtime runs               each as soon as its inputs exist (see `schedule.rs`); last, as every rewrite               before it changes which nodes are leaves",
+        why: "the leaves (weight gradients, with the nodes that feed only them) listed last, \
+              latest ready first, so that ONNX Runtime runs each as soon as its inputs exist \
+              (see `schedule.rs`); last, as every rewrite before it changes which nodes are \
+              leaves",
         run: |g, _, _| schedule::leaves_last(g),
     },
 ];

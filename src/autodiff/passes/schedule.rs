@@ -62,24 +62,21 @@ pub fn leaves_last(graph: &mut GraphProto) {
         };
     }
     // A tail is ready once the last of the nodes outside it that it reads has run.
-    let mut ready: HashMap<usize, usize> = HashMap::new();
+    // (Indexed by the tail's leaf.)
+    let mut ready = vec![0usize; n];
     for (p, cs) in consumers.iter().enumerate() {
         for t in cs.iter().filter_map(|&c| tail[c]) {
-            let r = ready.entry(t).or_insert(0);
             if tail[p] != Some(t) {
-                *r = (*r).max(p);
+                ready[t] = ready[t].max(p);
             }
         }
-    }
-    for t in tail.iter().flatten() {
-        ready.entry(*t).or_insert(0);
     }
     let nodes = std::mem::take(&mut graph.node);
     let mut inner = Vec::with_capacity(n);
     let mut tails: Vec<(usize, usize, NodeProto)> = Vec::new();
     for (i, node) in nodes.into_iter().enumerate() {
         match tail[i] {
-            Some(t) => tails.push((ready[&t], t, node)),
+            Some(t) => tails.push((ready[t], t, node)),
             None => inner.push(node),
         }
     }

@@ -23,9 +23,8 @@ pub struct EngineOptions<'a> {
     /// `--hessian`: also a Hessian-vector-product engine.
     pub hessian: Option<&'a HessianOptions>,
     pub threads: usize,
-    /// The state the graphs' shapes are observed at (the first checkpoint's); `None`: the
-    /// model's own.
-    pub state: Option<&'a BTreeMap<String, HostTensor>>,
+    /// The state the graphs' shapes are observed at (the first checkpoint's).
+    pub state: &'a BTreeMap<String, HostTensor>,
 }
 
 /// The gradient engine and, with `--hessian`, the Hessian-vector-product engine.
@@ -63,14 +62,7 @@ fn onnx_runtime<'m>(
         kernels: opts.kernels,
         threads: opts.threads,
     };
-    let own;
-    let state = match opts.state {
-        Some(s) => s,
-        None => {
-            own = model.own_state()?;
-            &own
-        }
-    };
+    let state = opts.state;
     let graph = grad_graph_at(model, &gopts, &samples, state)?;
     // What depends on the weights alone runs once per checkpoint (see `hoist`).
     let (session, batch_state, hoist) = match super::hoist::split(&graph.proto, &graph.inputs.state)

@@ -78,7 +78,7 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         threads: plan.pass.threads,
         // Shapes are observed at the first checkpoint's state, so the model's own parameter
         // values are not needed past here (every checkpoint supplies its parameters).
-        state: Some(&all[0].tensors),
+        state: &all[0].tensors,
     };
     model.release_parameters();
     let (mut engine, mut hvp_engine) = open(&model, data.as_mut(), &opts)?;
