@@ -14,12 +14,16 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/im2col.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/silu_backward.h>
 // The flash attention kernels' per-CPU entries (see cpu_kernel below).
 #define HAVE_AVX512_CPU_DEFINITION
 #define HAVE_AVX2_CPU_DEFINITION
+#include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <ATen/native/transformers/attention.h>
 #include <ATen/ops/empty.h>
@@ -73,6 +77,14 @@ at::Tensor as_layout(at::Tensor t, bool cl) {
 template <class F>
 int guarded(F f, char* err, size_t err_len) {
   try {
+    // The kernels run on ONNX Runtime's threads, one part each. A thread libtorch has not seen
+    // starts with OpenMP's default team (every core) until libtorch's first parallel_for on it
+    // sets the team to libtorch's thread count (1 here, see measure::engine); oneDNN opens its
+    // OpenMP teams itself and never triggers that, so each part's convolution ran on a full
+    // team: two parts on two cores were four threads, a 512 -> 512 3x3 forward on 2x2 maps
+    // 9.1 ms against 3.3 with one thread a part. libtorch's own lazy initialization, once per
+    // thread, fixes the team.
+    at::internal::lazy_init_num_threads();
     f();
     return 0;
   } catch (const std::exception& e) {
@@ -82,6 +94,55 @@ int guarded(F f, char* err, size_t err_len) {
     put_error("unknown C++ exception", err, err_len);
     return 1;
   }
+}
+
+// How dW of a convolution is computed. oneDNN's backward-weights (PyTorch's) but for two
+// 2-D, one-group cases where MKL's GEMM beat it (16 samples, 1 thread, ms oneDNN vs GEMM):
+// - `PerSample`: a 1x1 kernel (no padding; strides allowed) onto 16 or more positions: dW =
+//   sum_n dY[n] X[n]^T, one GEMM a sample accumulating in place (K = P positions), X read as it
+//   lies when the stride is 1 (else subsampled by im2col). 256 -> 64 at 56x56 41.0 vs 20.1,
+//   96 -> 384 at 56x56 77.6 vs 28.2, 512 -> 128 at 28x28 20.0 vs 13.1, 1024 -> 256 at 4x4 2.7
+//   vs 1.1; never slower (768 -> 3072 at 7x7 32.4 vs 31.9).
+// - `Gemm`: tiny output maps (P <= 4 positions a sample, or a 1x1 kernel onto fewer than 16):
+//   im2col, then one GEMM over K = N*P (dY and the im2col matrix permuted so samples and
+//   positions run together; small there). ResNet's last stage at 3x64x64 inputs, 2x2 maps:
+//   512 -> 512 3x3 16.1 vs 3.0, 2048 -> 512 1x1 7.3 vs 1.4. At 4x4 a 3x3 kernel was even
+//   (3.0 vs 3.5) and at 8x8 oneDNN won (2.2 vs 5.5): the im2col matrix is 9x X.
+enum class DwPath { Onednn, PerSample, Gemm };
+
+DwPath dw_path(int64_t rank, int64_t groups, const int64_t* dy_shape, const int64_t* w_shape,
+               const int64_t* padding) {
+  if (rank != 4 || groups != 1) return DwPath::Onednn;
+  int64_t p = dy_shape[2] * dy_shape[3];
+  bool pointwise = w_shape[2] == 1 && w_shape[3] == 1 && padding[0] == 0 && padding[1] == 0;
+  if (pointwise) return p >= 16 ? DwPath::PerSample : DwPath::Gemm;
+  return p <= 4 ? DwPath::Gemm : DwPath::Onednn;
+}
+
+// dW[m, (c,t)] = sum_{n,p} dY[n, m, p] cols[n, (c,t), p] by MKL's GEMM into `dw` ([M, C*T]
+// viewed in place), `cols` X's im2col matrix [N, C*T, P] (X itself for a 1x1 kernel at
+// stride 1).
+void dw_gemm(DwPath path, const at::Tensor& dy, const at::Tensor& x, const int64_t* w_shape,
+             float* dw, const int64_t* stride, const int64_t* padding, const int64_t* dilation) {
+  int64_t n = dy.size(0), m = dy.size(1), p = dy.size(2) * dy.size(3);
+  int64_t ct = w_shape[1] * w_shape[2] * w_shape[3];
+  bool as_is = w_shape[2] == 1 && w_shape[3] == 1 && stride[0] == 1 && stride[1] == 1 &&
+               padding[0] == 0 && padding[1] == 0;
+  at::Tensor cols =
+      as_is ? x.reshape({n, ct, p})
+            : at::im2col(x, at::IntArrayRef(w_shape + 2, 2), at::IntArrayRef(dilation, 2),
+                         at::IntArrayRef(padding, 2), at::IntArrayRef(stride, 2));
+  std::array<int64_t, 2> out_shape = {m, ct};
+  at::Tensor out = view(dw, out_shape.data(), 2);
+  at::Tensor d = dy.reshape({n, m, p});
+  if (path == DwPath::PerSample) {
+    at::mm_out(out, d[0], cols[0].t());
+    for (int64_t i = 1; i < n; ++i) out.addmm_(d[i], cols[i].t());
+    return;
+  }
+  at::Tensor a = d.permute({1, 0, 2}).reshape({m, n * p});
+  at::Tensor b = cols.permute({0, 2, 1}).reshape({n * p, ct});
+  at::mm_out(out, a, b);
 }
 
 }  // namespace
@@ -108,6 +169,20 @@ extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const f
                                                     at::TensorOptions().dtype(at::kFloat).memory_format(
                                                         at::MemoryFormat::ChannelsLast));
         at::Tensor tw = as_layout(view(w, w_shape, rank), cl);
+        DwPath path = dw_path(rank, groups, dy_shape, w_shape, padding);
+        if (dw != nullptr && path != DwPath::Onednn) {
+          dw_gemm(path, tdy, tx, w_shape, dw, stride, padding, dilation);
+          dw = nullptr;
+          // dB too: convolution_backward costs as much for dB alone as for dW there (oneDNN
+          // sets up its whole backward-weights primitive; 14 ms for the 512 -> 512 above).
+          if (db != nullptr) {
+            int64_t m = w_shape[0];
+            at::Tensor out = view(db, &m, 1);
+            at::sum_out(out, tdy, {0, 2, 3});
+            db = nullptr;
+          }
+          if (dx == nullptr) return;
+        }
         std::array<bool, 3> mask = {dx != nullptr, dw != nullptr, db != nullptr};
         std::array<int64_t, 3> zeros = {0, 0, 0};
         int64_t m = w_shape[0];

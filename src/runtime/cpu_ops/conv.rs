@@ -329,8 +329,11 @@ mod tests {
 
     /// N = 5 (the parts take samples: 2, 2, 1 at three threads); 1, 2 and 3 spatial axes with
     /// strides, padding, dilations and groups; the last a 2-D depthwise one (two kernels a
-    /// channel), which libtorch runs channels-last.
-    const GEOMETRIES: [Geometry; 4] = [
+    /// channel), which libtorch runs channels-last; then four whose dW goes by MKL's GEMM
+    /// (`dw_path` in `runtime/torch_kernels.cpp`): 2x2 output maps (strided, padded, dilated)
+    /// and a 1x1 kernel onto 3x3 (im2col, one GEMM), a 1x1 kernel onto 4x4 (X as it lies, a
+    /// GEMM a sample) and a strided one onto 5x5 (subsampled by im2col, a GEMM a sample).
+    const GEOMETRIES: [Geometry; 8] = [
         Geometry {
             xs: &[5, 4, 11, 9],
             ws: &[6, 2, 3, 2],
@@ -362,6 +365,38 @@ mod tests {
             pads: &[1, 1],
             dilations: &[2, 1],
             group: 3,
+        },
+        Geometry {
+            xs: &[5, 8, 4, 2],
+            ws: &[6, 8, 3, 2],
+            strides: &[2, 1],
+            pads: &[1, 1],
+            dilations: &[1, 2],
+            group: 1,
+        },
+        Geometry {
+            xs: &[5, 4, 3, 3],
+            ws: &[5, 4, 1, 1],
+            strides: &[1, 1],
+            pads: &[0, 0],
+            dilations: &[1, 1],
+            group: 1,
+        },
+        Geometry {
+            xs: &[5, 7, 4, 4],
+            ws: &[3, 7, 1, 1],
+            strides: &[1, 1],
+            pads: &[0, 0],
+            dilations: &[1, 1],
+            group: 1,
+        },
+        Geometry {
+            xs: &[5, 3, 9, 10],
+            ws: &[4, 3, 1, 1],
+            strides: &[2, 2],
+            pads: &[0, 0],
+            dilations: &[1, 1],
+            group: 1,
         },
     ];
 
