@@ -179,3 +179,34 @@ fn residual_block_fuses() {
     assert_eq!(bn.output, vec!["r".to_string()]);
     assert!(bn.attribute.iter().any(|a| a.name == "relu" && a.i == 1));
 }
+
+/// The loss head's cross-entropy pick, y = GatherElements(LogSoftmax(x), targets) along the
+/// last axis (one target a row, one repeated in a row of two picks): its LogSoftmaxGrad and
+/// GatherElementsGrad become one LogSoftmaxPickGrad (no dense one-hot tensor, no Shape of
+/// the log-probabilities left), against the standard-op gradient and finite differences.
+#[test]
+fn log_softmax_pick_fuses() {
+    for (k, targets) in [
+        (1, vec![4i64, 0, 2, -1, 3, 1]),
+        (2, vec![1, 1, 0, 4, 2, 3, 4, 4, 0, 1, 2, 2]),
+    ] {
+        let mut g = GraphProto::new();
+        let idx = crate::model::graph::tensor_i64("t", &[3, 2, k], &targets);
+        g.initializer.push(idx);
+        let mut ls = node("LogSoftmax", &["x"], "logp");
+        ls.attribute = vec![crate::model::graph::attr_int("axis", -1)];
+        g.node.push(ls);
+        let mut pick = node("GatherElements", &["logp", "t"], "y");
+        pick.attribute = vec![crate::model::graph::attr_int("axis", 2)];
+        g.node.push(pick);
+        let inputs: [(&str, &[usize]); 1] = [("x", &[3, 2, 5])];
+        check("LogSoftmax -> GatherElements", g.clone(), &inputs, "y", 11);
+        let (g, _, _) = fused(g, &inputs, "y");
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        let count = |op: &str| ops.iter().filter(|o| **o == op).count();
+        assert_eq!(count("LogSoftmaxPickGrad"), 1, "{ops:?}");
+        for gone in ["LogSoftmaxGrad", "GatherElementsGrad", "Shape"] {
+            assert_eq!(count(gone), 0, "{gone}: {ops:?}");
+        }
+    }
+}

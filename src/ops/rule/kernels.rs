@@ -43,6 +43,8 @@ pub const SOFTMAX: &str = "Softmax";
 pub const SOFTMAX_GRAD: &str = "SoftmaxGrad";
 /// `dX = dY - exp(Y) sum(dY)` along the axis.
 pub const LOG_SOFTMAX_GRAD: &str = "LogSoftmaxGrad";
+/// LogSoftmaxGrad of a GatherElementsGrad (the loss head's pick) in one kernel.
+pub const LOG_SOFTMAX_PICK_GRAD: &str = "LogSoftmaxPickGrad";
 /// `LayerNormalization` forward (`runtime/cpu_ops/layer_norm.rs`).
 pub const LAYER_NORMALIZATION: &str = "LayerNormalization";
 /// LayerNormalization's gradients (dX, dScale, dB).

@@ -86,6 +86,7 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&matmul::MAT_MUL_ADD_OP, p))?
         .add(op(&reduce::REDUCE_SUM_LEADING_OP, p))?
         .add(op(&softmax::LOG_SOFTMAX_GRAD_OP, p))?
+        .add(op(&softmax::LOG_SOFTMAX_PICK_GRAD_OP, p))?
         .add(op(&gather::GATHER_ELEMENTS_GRAD_OP, p))?
         .add(op(&layer_norm::LAYER_NORMALIZATION_OP, p))?
         .add(op(&matmul::MAT_MUL_OP, p))?

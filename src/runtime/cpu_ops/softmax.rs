@@ -3,7 +3,13 @@
 //!   Runtime's is slow on small rows, e.g. [250, 4, 32, 32]);
 //! - `SoftmaxGrad(dY, Y) -> dX = Y (dY - sum_axis(dY Y))` in Rust, one pass over each
 //!   [outer, A, inner] slab;
-//! - `LogSoftmaxGrad(dY, Y) -> dX = dY - exp(Y) sum_axis(dY)` by libtorch's kernel.
+//! - `LogSoftmaxGrad(dY, Y) -> dX = dY - exp(Y) sum_axis(dY)` by libtorch's kernel;
+//! - `LogSoftmaxPickGrad(dPicked, Indices, Y) -> dX`: the same with `dY` the gradient of
+//!   `GatherElements(Y, Indices, axis)` (the loss head's pick of each target's
+//!   log-probability; `ops/softmax.rs` fuses the two), built a few rows at a time instead of a
+//!   whole dense tensor of Y's size: the same numbers as GatherElementsGrad then
+//!   LogSoftmaxGrad, one logits-sized tensor less (262 MB on a 32,000-token vocabulary at
+//!   batch 8 x 256). The axis must be the last.
 //!
 //! Parts split the first axis when the softmax runs along another (libtorch's kernels), or the
 //! slabs (SoftmaxGrad).
@@ -11,7 +17,7 @@ use super::exec::{bounds, split};
 use super::ffi;
 use super::lanes::dot8;
 use super::op::{Axis, Call, CpuOp, Io::*};
-use crate::ops::rule::kernels::{LOG_SOFTMAX_GRAD, SOFTMAX, SOFTMAX_GRAD};
+use crate::ops::rule::kernels::{LOG_SOFTMAX_GRAD, LOG_SOFTMAX_PICK_GRAD, SOFTMAX, SOFTMAX_GRAD};
 use std::ops::Range;
 
 /// A libtorch softmax kernel `f(input range, part shape, part of out)` over `out` (of `shape`),
@@ -86,6 +92,88 @@ fn log_softmax_grad(a: &Axis, c: &Call) -> ort::Result<()> {
     })
 }
 
+/// `probe.cpu:LogSoftmaxPickGrad`.
+pub static LOG_SOFTMAX_PICK_GRAD_OP: CpuOp<Axis> =
+    CpuOp::new(LOG_SOFTMAX_PICK_GRAD, log_softmax_pick_grad).io(&[F32, I64, F32], &[F32]);
+
+/// Rows of dY built at a time: about 256 KB, so the dense rows stay in cache between their
+/// scatter and libtorch's pass over them.
+const PICK_CHUNK: usize = 1 << 16;
+
+fn log_softmax_pick_grad(a: &Axis, c: &Call) -> ort::Result<()> {
+    let (ps, pv) = c.input(0)?;
+    let (is, iv) = c.input_i64(1)?;
+    let (ys, yv) = c.input(2)?;
+    let r = ys.len();
+    let axis = c.axis(a.0, r)?;
+    // GatherElements' Indices: Y's rank, no larger than Y but along the axis (here the last).
+    let fits = is.len() == r && (0..r.saturating_sub(1)).all(|d| is[d] <= ys[d]);
+    if r == 0 || axis != r - 1 || ps[..] != is[..] || !fits {
+        return Err(c.fail(format!(
+            "dPicked {:?}, Indices {:?}, Y {:?} along axis {axis}: the axis must be the last, \
+             dPicked Indices' shape, and Indices no larger than Y but along the axis",
+            &ps[..],
+            &is[..],
+            &ys[..]
+        )));
+    }
+    let dx = c.required(0, ys.to_vec(), "dX")?;
+    let (width, k) = (ys[r - 1], is[r - 1] as usize);
+    let (lead_y, lead_i) = (&ys[..r - 1], &is[..r - 1]);
+    let rows = lead_y.iter().product::<i64>() as usize;
+    // Y's row `row` as a row of Indices, None outside Indices' extent (dY's row is zero there).
+    let pick_row = |row: usize| -> Option<usize> {
+        if lead_i == lead_y {
+            return Some(row);
+        }
+        let (mut rest, mut at, mut stride) = (row, 0usize, 1usize);
+        for d in (0..r - 1).rev() {
+            let (n, m) = (lead_y[d] as usize, lead_i[d] as usize);
+            let coord = rest % n;
+            rest /= n;
+            if coord >= m {
+                return None;
+            }
+            at += coord * stride;
+            stride *= m;
+        }
+        Some(at)
+    };
+    let w = width as usize;
+    let chunk = (PICK_CHUNK / w.max(1)).max(1);
+    let b = bounds(rows, c.parts_for(rows, dx.len()));
+    let pieces = split(dx, w, &b).into_iter().zip(b.iter().copied());
+    c.run(pieces.collect(), |_, (out, (lo, hi))| {
+        let mut dy = vec![0f32; chunk.min(hi - lo) * w];
+        for (at, out) in (lo..hi).step_by(chunk).zip(out.chunks_mut(chunk * w)) {
+            let n = out.len() / w.max(1);
+            let dy = &mut dy[..n * w];
+            dy.fill(0.0);
+            // dY's rows: each pick's gradient added at its index, in index order (as
+            // GatherElementsGrad adds them).
+            for row in 0..n {
+                let Some(pr) = pick_row(at + row) else {
+                    continue;
+                };
+                for (&i, &g) in iv[pr * k..][..k].iter().zip(&pv[pr * k..][..k]) {
+                    let j = if i < 0 { i + width } else { i };
+                    if j < 0 || j >= width {
+                        return Err(format!(
+                            "index {i} out of range for axis {axis} of {width} in row {}",
+                            at + row
+                        ));
+                    }
+                    dy[row * w + j as usize] += g;
+                }
+            }
+            let y = &yv[at * w..(at + n) * w];
+            ffi::log_softmax_grad(dy, y, &[n as i64, width], 1, out)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| c.fail(e))
+}
+
 /// `probe.cpu:SoftmaxGrad`.
 pub static SOFTMAX_GRAD_OP: CpuOp<Axis> =
     CpuOp::new(SOFTMAX_GRAD, softmax_grad).io(&[F32, F32], &[F32]);
@@ -133,7 +221,7 @@ fn softmax_grad(a: &Axis, c: &Call) -> ort::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{f32s, rand, Node};
-    use super::{LOG_SOFTMAX_GRAD, SOFTMAX, SOFTMAX_GRAD};
+    use super::{LOG_SOFTMAX_GRAD, LOG_SOFTMAX_PICK_GRAD, SOFTMAX, SOFTMAX_GRAD};
     use crate::model::graph::attr_int;
 
     /// 36,400 elements, over the 32,768 at which these kernels split; 7 rows and 91 slabs
@@ -240,6 +328,50 @@ mod tests {
                 .map(|(g, p)| (g - p * s, g.abs() + p * m))
                 .collect()
         });
+    }
+
+    /// The loss head's pick fused in: Y a log-softmax [7, 13, 400] along the last axis,
+    /// Indices [7, 13, 1] (one target a row), [7, 13, 3] (repeats, negative indices) and
+    /// [5, 9, 2] (smaller than Y: the rows outside get dY = 0). Want: GatherElements' scatter
+    /// of dPicked, then dY - exp(Y) sum(dY), in f64.
+    #[test]
+    fn log_softmax_pick_grad_is_the_scatter_then_the_grad() {
+        let y = f32s(&softmax(&x(), 2, true));
+        for is in [[7usize, 13, 1], [7, 13, 3], [5, 9, 2]] {
+            let n = is.iter().product::<usize>();
+            let dp = rand(n, 3);
+            let idx: Vec<i64> = (0..n as i64).map(|i| (i * 37 % 425) - 25).collect();
+            let mut dy = vec![0f64; N];
+            for (p, (&i, &g)) in idx.iter().zip(&dp).enumerate() {
+                let (a, b) = (p / (is[1] * is[2]), p / is[2] % is[1]);
+                dy[(a * 13 + b) * 400 + i.rem_euclid(400) as usize] += g as f64;
+            }
+            let (mut want, mut mags) = (vec![0f64; N], vec![0f64; N]);
+            for row in 0..N / 400 {
+                let r = row * 400..(row + 1) * 400;
+                let s: f64 = dy[r.clone()].iter().sum();
+                let m: f64 = dy[r.clone()].iter().map(|g| g.abs()).sum();
+                for i in r {
+                    let p = (y[i] as f64).exp();
+                    (want[i], mags[i]) = (dy[i] - p * s, dy[i].abs() + p * m);
+                }
+            }
+            let node = Node::new(LOG_SOFTMAX_PICK_GRAD).attr(attr_int("axis", 2));
+            let node = node.input(&is, &dp).ints(&is, &idx).input(&SHAPE, &y);
+            node.output_sums(&SHAPE, &want, &mags, chain(2)).check();
+        }
+        let node = Node::new(LOG_SOFTMAX_PICK_GRAD).attr(attr_int("axis", 1));
+        let node = node.input(&[1, 1], &[1.0]).ints(&[1, 1], &[3]);
+        let node = node
+            .input(&[1, 3], &[0.0; 3])
+            .output(&[1, 3], &[0.0; 3], 0.0);
+        node.fails("index 3 out of range for axis 1 of 3 in row 0");
+        let node = Node::new(LOG_SOFTMAX_PICK_GRAD).attr(attr_int("axis", 0));
+        let node = node.input(&[1, 1], &[1.0]).ints(&[1, 1], &[0]);
+        let node = node
+            .input(&[1, 3], &[0.0; 3])
+            .output(&[1, 3], &[0.0; 3], 0.0);
+        node.fails("the axis must be the last");
     }
 
     #[test]
