@@ -34,6 +34,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Before any thread starts: freed memory kept for reuse (see the function).
+    probe::runtime::reuse_freed_memory();
     // Before any thread starts: SIGINT/SIGTERM end probe with one line (see probe::interrupt).
     probe::interrupt::install();
     let cli = Cli::parse();
