@@ -7,9 +7,11 @@
 //! The standard form is Cast, Mul and Cast forward and Cast, Mul, Mul, ReduceSum and Cast
 //! backward, each a pass over the weight in f64: on torchvision's resnet18 at 3x64x64 the
 //! backward's Cast and Mul were ~14% of a batch (the forward runs once per checkpoint, hoisted).
-//! The same products, rounded where the standard form rounds; ds sums each channel in order.
+//! The same products, rounded where the standard form rounds; ds sums each channel in eight
+//! f64 lanes (`lanes::dot8_f64`).
 //! Parts take channels.
 use super::exec::{bounds, split, split_opt};
+use super::lanes::dot8_f64;
 use super::op::{Call, CpuOp, Io::*};
 use crate::ops::rule::kernels::{FOLD_SCALE, FOLD_SCALE_GRAD};
 
@@ -84,7 +86,7 @@ fn fold_scale_grad(_: &(), c: &Call) -> ort::Result<()> {
                 }
             }
             if let Some(ds) = ds.as_deref_mut() {
-                ds[k - lo] = g.iter().zip(w).map(|(&g, &w)| w as f64 * g as f64).sum();
+                ds[k - lo] = dot8_f64(w, g);
             }
         }
         Ok(())
