@@ -5,7 +5,8 @@
 //!   for small channel counts ONNX Runtime's im2col + GEMM Conv ran ~3x slower than oneDNN's.
 //! - `ConvGrad(dY, X, W) -> (dW?, dB?)`: the parameter gradients of `Y = Conv(X, W, B)` for
 //!   the outputs the node names (libtorch's `convolution_backward`, PyTorch's own Conv
-//!   backward). Not dX: libtorch's backward-data ran 3-6x slower here than a forward
+//!   backward; for 1x1 kernels and tiny output maps MKL's GEMM, see `dw_path` in
+//!   `runtime/torch_kernels.cpp`). Not dX: libtorch's backward-data ran 3-6x slower here than a forward
 //!   convolution of dY with the flipped kernel, which is how the rule builds dX.
 //! - `ConvGradX(dY, X, W) -> dX`: the input gradient by libtorch's backward-data (X read for
 //!   its shape only), for the strided convolutions where it beat ONNX Runtime's ConvTranspose
