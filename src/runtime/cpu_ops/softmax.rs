@@ -118,6 +118,16 @@ fn log_softmax_pick_grad(a: &Axis, c: &Call) -> ort::Result<()> {
         )));
     }
     let dx = c.required(0, ys.to_vec(), "dX")?;
+    if dx.is_empty() {
+        // No rows, or rows of width 0 (then no pick is in range, and GatherElements would
+        // have refused any): nothing to write, and no chunk of 0 elements to cut.
+        return match iv.first() {
+            Some(i) if ys[r - 1] == 0 => Err(c.fail(format!(
+                "index {i} out of range for axis {axis} of 0 in row 0"
+            ))),
+            _ => Ok(()),
+        };
+    }
     let (width, k) = (ys[r - 1], is[r - 1] as usize);
     let (lead_y, lead_i) = (&ys[..r - 1], &is[..r - 1]);
     let rows = lead_y.iter().product::<i64>() as usize;
@@ -388,6 +398,14 @@ mod tests {
             node.output(&[3, 2], &[0.0; 6], 0.0)
                 .fails("dY [2, 3] and Y [3, 2] differ");
         }
+        // The fused pick with no rows, and with rows of width 0 (no pick, or one out of range).
+        let pick = |ys: &[usize], is: &[usize], idx: &[i64]| {
+            let node = one(LOG_SOFTMAX_PICK_GRAD).input(is, &vec![1.0; idx.len()]);
+            node.ints(is, idx).input(ys, &[]).output(ys, &[], 0.0)
+        };
+        pick(&[0, 5], &[0, 1], &[]).check();
+        pick(&[3, 0], &[3, 0], &[]).check();
+        pick(&[1, 0], &[1, 1], &[0]).fails("index 0 out of range for axis 1 of 0 in row 0");
         let node = Node::new(SOFTMAX).attr(attr_int("axis", 2));
         node.input(&[2, 3], &[0.0; 6])
             .output(&[2, 3], &[0.0; 6], 0.0)
