@@ -41,6 +41,12 @@ impl Uses {
     pub fn sole_reader(&self, v: &str, k: usize) -> bool {
         self.readers(v) == [k] && !self.outputs.contains(v)
     }
+    /// The node producing `v` when node `k` is its [sole reader](Self::sole_reader): the
+    /// other half of a two-node fusion.
+    pub fn sole_producer(&self, v: &str, k: usize) -> Option<usize> {
+        let p = *self.producer.get(v)?;
+        self.sole_reader(v, k).then_some(p)
+    }
 }
 
 /// Removes the nodes whose index `drop` names, keeping the others in order (graph rewrites

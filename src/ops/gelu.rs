@@ -51,9 +51,9 @@ pub fn fuse_tanh_form(graph: &mut GraphProto, shapes: &Shapes) -> usize {
         |v: &str, want: f64| scalar(v).is_some_and(|x| (x - want).abs() <= 1e-6 * want.abs());
     // The producer of `v` if it is `op` (standard domain) and `v` is read by `reader` alone.
     let made_by = |v: &str, op: &str, reader: usize| -> Option<usize> {
-        let &p = uses.producer.get(v)?;
+        let p = uses.sole_producer(v, reader)?;
         let n = &graph.node[p];
-        (n.op_type == op && n.domain.is_empty() && uses.sole_reader(v, reader)).then_some(p)
+        (n.op_type == op && n.domain.is_empty()).then_some(p)
     };
     // Of a binary node, (the operand that is not the constant `c`, the other) in either order.
     let with_const = |k: usize, c: f64| -> Option<String> {

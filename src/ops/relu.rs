@@ -73,11 +73,7 @@ fn fuse(graph: &mut GraphProto, shapes: &Shapes) {
     let uses = crate::model::graph::Uses::of(graph);
     // The producer of node j's input `slot` when j is its only consumer.
     let sole = |j: usize, slot: usize, nodes: &[NodeProto]| -> Option<usize> {
-        let v = nodes[j].input.get(slot)?;
-        if !uses.sole_reader(v, j) {
-            return None;
-        }
-        uses.producer.get(v).copied()
+        uses.sole_producer(nodes[j].input.get(slot)?, j)
     };
     let mut removed = vec![false; graph.node.len()];
     for j in 0..graph.node.len() {

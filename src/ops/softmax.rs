@@ -92,7 +92,7 @@ fn fuse_pick(graph: &mut GraphProto, shapes: &Shapes) {
             continue;
         }
         let (dy, y) = (&n.input[0], &n.input[1]);
-        let Some(&i) = uses.producer.get(dy).filter(|_| uses.sole_reader(dy, j)) else {
+        let Some(i) = uses.sole_producer(dy, j) else {
             continue;
         };
         let p = &graph.node[i];
@@ -130,8 +130,8 @@ fn fuse_pick(graph: &mut GraphProto, shapes: &Shapes) {
             continue;
         }
         // The shape's node goes too when the scatter was its only reader.
-        if uses.sole_reader(shape, i) {
-            removed[uses.producer[shape]] = true;
+        if let Some(k) = uses.sole_producer(shape, i) {
+            removed[k] = true;
         }
         let (dp, idx, y) = (p.input[0].clone(), p.input[1].clone(), y.clone());
         let n = &mut graph.node[j];

@@ -101,20 +101,23 @@ pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session
         .map_err(|e| ctx(ort::Error::from(e)))?
         .with_operators(cpu_ops::domain(threads)?)
         .map_err(|e| ctx(ort::Error::from(e)))?;
-    // A developer's knob: ONNX Runtime's per-node profile (JSON, written when the session
-    // ends) of every session, as `$PROBE_ORT_PROFILE-<what>_<date>.json`.
-    if let Some(prefix) = std::env::var_os("PROBE_ORT_PROFILE") {
-        let mut path = prefix;
-        path.push(format!("-{what}"));
+    // Developers' knobs, each a path prefix in an environment variable, `-<what>` appended.
+    let knob = |var: &str, suffix: &str| {
+        std::env::var_os(var).map(|mut path| {
+            path.push(format!("-{what}{suffix}"));
+            path
+        })
+    };
+    // ONNX Runtime's per-node profile (JSON, written when the session ends) of every session,
+    // as `$PROBE_ORT_PROFILE-<what>_<date>.json`.
+    if let Some(path) = knob("PROBE_ORT_PROFILE", "") {
         b = b
             .with_profiling(path)
             .map_err(|e| ctx(ort::Error::from(e)))?;
     }
-    // Another: the graph as ONNX Runtime runs it, after its own optimizations (fusions, layout
-    // changes, the nodes' final names, which its profile uses), as `$PROBE_ORT_OPTIMIZED-<what>.onnx`.
-    if let Some(prefix) = std::env::var_os("PROBE_ORT_OPTIMIZED") {
-        let mut path = prefix;
-        path.push(format!("-{what}.onnx"));
+    // The graph as ONNX Runtime runs it, after its own optimizations (fusions, layout changes,
+    // the nodes' final names, which its profile uses), as `$PROBE_ORT_OPTIMIZED-<what>.onnx`.
+    if let Some(path) = knob("PROBE_ORT_OPTIMIZED", ".onnx") {
         b = b
             .with_optimized_model_path(path)
             .map_err(|e| ctx(ort::Error::from(e)))?;
