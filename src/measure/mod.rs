@@ -13,6 +13,7 @@ pub mod grad;
 pub mod hessian;
 pub mod merge;
 pub mod noise;
+pub mod reduce;
 pub mod resume;
 pub mod setup;
 pub mod weights;

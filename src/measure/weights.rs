@@ -22,38 +22,47 @@ pub const HIST_BINS: usize = 64;
 /// memory of a widened copy: a model's sorted weights are held for the first and the previous
 /// checkpoint).
 ///
-/// An LSD radix sort on 16-bit digits of the order-preserving key ([`total_key`]), two passes at
-/// most (a digit every entry shares is skipped). Equal keys are equal bit patterns, so the result
-/// is exactly what a comparison sort by `total_cmp` gives; it is linear in n where the
-/// comparison sort was n log n on tensors of tens of millions of entries.
+/// An LSD radix sort on 11-bit digits of the order-preserving key ([`total_key`]), three passes
+/// at most (a digit every entry shares is skipped), the three digits' counts taken in one read.
+/// Equal keys are equal bit patterns, so the result is exactly what a comparison sort by
+/// `total_cmp` gives; it is linear in n where the comparison sort was n log n on tensors of tens
+/// of millions of entries, and 2048 counters stay in L1 where 16-bit digits' 65536 did not
+/// (24.6M entries: 440-480 ms against 510-560).
 pub fn sorted(v: &[f32]) -> Vec<f32> {
+    const BITS: u32 = 11;
+    const DIGITS: usize = 1 << BITS;
+    let n = v.len();
     let mut keys: Vec<u32> = v.iter().map(|&x| total_key(x)).collect();
-    if keys.len() <= 1 << 12 {
+    if n <= 1 << 12 {
         keys.sort_unstable();
     } else {
-        let mut buf = vec![0u32; keys.len()];
-        for shift in [0u32, 16] {
-            let mut count = vec![0usize; 1 << 16];
-            for &k in &keys {
-                count[((k >> shift) & 0xffff) as usize] += 1;
+        let mut count = vec![[0usize; DIGITS]; 3];
+        for &k in &keys {
+            for (d, c) in count.iter_mut().enumerate() {
+                c[((k >> (BITS * d as u32)) as usize) & (DIGITS - 1)] += 1;
             }
-            if count.iter().any(|&c| c == keys.len()) {
+        }
+        let mut buf = vec![0u32; n];
+        for (d, c) in count.iter_mut().enumerate() {
+            if c.iter().any(|&m| m == n) {
                 continue;
             }
             let mut at = 0;
-            for c in count.iter_mut() {
-                let n = *c;
-                *c = at;
-                at += n;
+            for m in c.iter_mut() {
+                let here = *m;
+                *m = at;
+                at += here;
             }
+            let shift = BITS * d as u32;
             for &k in &keys {
-                let d = ((k >> shift) & 0xffff) as usize;
-                buf[count[d]] = k;
-                count[d] += 1;
+                let j = ((k >> shift) as usize) & (DIGITS - 1);
+                buf[c[j]] = k;
+                c[j] += 1;
             }
             std::mem::swap(&mut keys, &mut buf);
         }
     }
+    // Same size and alignment: collected in place, no third buffer.
     keys.into_iter().map(from_total_key).collect()
 }
 
@@ -93,6 +102,11 @@ pub fn quantiles(sorted: &[f32]) -> Vec<f64> {
 
 /// Counts in [`HIST_BINS`] equal bins between min and max (the max falls in the last bin), and
 /// the bins' edges. A constant tensor gets edges around its value, all counts in the middle.
+///
+/// An entry x goes to bin min(floor((x - lo) / w), B - 1). IEEE subtraction and division are
+/// monotone, so along the sorted entries that bin never decreases: each bin is one run, found by
+/// binary search (B log n steps where a pass over the entries took one division each, 0.3 s
+/// for a 100M-parameter model), with exactly the per-entry counts.
 pub fn histogram(sorted: &[f32]) -> (Vec<i64>, Vec<f64>) {
     let mut counts = vec![0i64; HIST_BINS];
     // In total order the finite values are one run: after -NaN and -inf, before +inf and +NaN.
@@ -105,9 +119,12 @@ pub fn histogram(sorted: &[f32]) -> (Vec<i64>, Vec<f64>) {
         _ => return (counts, vec![f64::NAN; HIST_BINS + 1]),
     };
     let w = (hi - lo) / HIST_BINS as f64;
-    for &x in finite {
-        let k = (((x as f64 - lo) / w) as usize).min(HIST_BINS - 1);
-        counts[k] += 1;
+    let bin = |x: f32| (((x as f64 - lo) / w) as usize).min(HIST_BINS - 1);
+    let mut from = 0;
+    for (k, c) in counts.iter_mut().enumerate() {
+        let to = from + finite[from..].partition_point(|&x| bin(x) <= k);
+        *c = (to - from) as i64;
+        from = to;
     }
     let edges = (0..=HIST_BINS).map(|k| lo + w * k as f64).collect();
     (counts, edges)
@@ -123,11 +140,7 @@ pub fn mean_abs_move(a: &[f32], b: &[f32]) -> f64 {
     if a.is_empty() || a.len() != b.len() {
         return f64::NAN;
     }
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).abs())
-        .sum::<f64>()
-        / a.len() as f64
+    super::reduce::apart(a, b).abs / a.len() as f64
 }
 
 /// Everything above for one checkpoint, per tensor, in order.
@@ -141,54 +154,31 @@ pub struct Distribution {
 
 impl Distribution {
     pub fn of(weights: &[&[f32]]) -> Distribution {
-        // Tensors are sorted on every core, largest first; the result is per tensor, in order.
-        let mut order: Vec<usize> = (0..weights.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(weights[i].len()));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let threads = crate::runtime::default_threads().min(weights.len()).max(1);
-        let mut done: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(&i) = order.get(j) else { break };
-                            mine.push((i, self::sorted(weights[i])));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .flat_map(|h| h.join().expect("sorting thread"))
-                .collect()
-        });
-        done.sort_by_key(|(i, _)| *i);
-        let sorted: Vec<Vec<f32>> = done.into_iter().map(|(_, v)| v).collect();
-        let mut q = Vec::with_capacity(sorted.len() * QUANTILE_LEVELS);
-        let mut hc = Vec::with_capacity(sorted.len() * HIST_BINS);
-        let mut he = Vec::with_capacity(sorted.len() * (HIST_BINS + 1));
-        for s in &sorted {
-            q.extend(quantiles(s));
-            let (c, e) = histogram(s);
-            hc.extend(c);
-            he.extend(e);
+        // Each tensor sorted and summarized on every core; the result per tensor, in order.
+        let threads = crate::runtime::default_threads();
+        let per = super::reduce::per_tensor(
+            weights,
+            threads,
+            |w| w.len(),
+            |w| {
+                let s = self::sorted(w);
+                let (q, (c, e)) = (quantiles(&s), histogram(&s));
+                (s, q, c, e)
+            },
+        );
+        let mut d = Distribution {
+            sorted: Vec::with_capacity(per.len()),
+            quantiles: Vec::with_capacity(per.len() * QUANTILE_LEVELS),
+            hist_counts: Vec::with_capacity(per.len() * HIST_BINS),
+            hist_edges: Vec::with_capacity(per.len() * (HIST_BINS + 1)),
+        };
+        for (s, q, c, e) in per {
+            d.sorted.push(s);
+            d.quantiles.extend(q);
+            d.hist_counts.extend(c);
+            d.hist_edges.extend(e);
         }
-        Distribution {
-            sorted,
-            quantiles: q,
-            hist_counts: hc,
-            hist_edges: he,
-        }
-    }
-    /// Per-tensor W1 to another checkpoint's distribution.
-    pub fn w1(&self, other: &Distribution) -> Vec<f64> {
-        self.sorted
-            .iter()
-            .zip(&other.sorted)
-            .map(|(a, b)| w1_sorted(a, b))
-            .collect()
+        d
     }
 }
 
@@ -261,12 +251,38 @@ mod tests {
             let mut want = v.clone();
             want.sort_by(|a, b| a.total_cmp(b));
             assert_eq!(bits(&sorted(&v)), bits(&want), "n = {n}");
-            // Low 16 bits all zero: the first pass is skipped.
+            // Low 22 bits all zero: the first two passes are skipped.
             v.iter_mut()
-                .for_each(|x| *x = f32::from_bits(x.to_bits() & 0xffff_0000));
+                .for_each(|x| *x = f32::from_bits(x.to_bits() & 0xffc0_0000));
             let mut want = v.clone();
             want.sort_by(|a, b| a.total_cmp(b));
             assert_eq!(bits(&sorted(&v)), bits(&want), "shared low digit, n = {n}");
+        }
+    }
+
+    /// The binary search against the per-entry count it replaced, on values that sit on the
+    /// bins' edges, repeat, and span signs and magnitudes.
+    #[test]
+    fn histogram_runs_are_the_per_entry_bins() {
+        let per_entry = |finite: &[f32]| {
+            let (lo, hi) = (finite[0] as f64, *finite.last().unwrap() as f64);
+            let w = (hi - lo) / HIST_BINS as f64;
+            let mut c = vec![0i64; HIST_BINS];
+            for &x in finite {
+                c[(((x as f64 - lo) / w) as usize).min(HIST_BINS - 1)] += 1;
+            }
+            c
+        };
+        let edges: Vec<f32> = (0..=640).map(|i| -3.0 + i as f32 * (7.0 / 640.0)).collect();
+        let odd: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919 % 1013) as f32 - 500.0).powi(3) * 1e-7)
+            .collect();
+        let mut with_inf = odd.clone();
+        with_inf.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        for v in [edges, odd, with_inf] {
+            let s = sorted(&v);
+            let finite: Vec<f32> = s.iter().copied().filter(|x| x.is_finite()).collect();
+            assert_eq!(histogram(&s).0, per_entry(&finite));
         }
     }
 

@@ -5,6 +5,7 @@
 use super::pass::{GradResult, PassSums};
 use crate::measure::hessian::Curvature;
 use crate::measure::noise::SampleNoise;
+use crate::measure::reduce;
 use crate::measure::weights::{self, Distribution};
 use crate::model::Checkpoint;
 use crate::store::{Cell, Row};
@@ -141,36 +142,36 @@ pub fn printed(r: &GradResult, c: &Checkpoint, g_l2: f64, w_l2: f64, dist_prev: 
 /// The columns that come from the data: loss, accuracy, counts and the gradient's norms (what
 /// `probe merge` computes again from the shards' sums). Returns them and |g|.
 pub fn gradient_columns(r: &GradResult) -> (Row, f64) {
-    let flat_g = || r.grads.iter().flatten();
-    let per_g: Vec<f64> = r.grads.iter().map(|g| l2(g)).collect();
-    let g_l2 = flat_g().map(|x| x * x).sum::<f64>().sqrt();
-    let row: Row =
-        vec![
-            ("loss".into(), Cell::F64(r.loss)),
-            ("accuracy".into(), Cell::F64(r.accuracy)),
-            ("samples".into(), Cell::I64(r.samples as i64)),
-            ("elements".into(), Cell::I64(r.elements as i64)),
-            ("grad/l2".into(), Cell::F64(g_l2)),
-            ("grad/l1".into(), Cell::F64(flat_g().map(|x| x.abs()).sum())),
-            (
-                "grad/linf".into(),
-                Cell::F64(flat_g().fold(0.0f64, |m, x| {
-                    if x.is_nan() {
-                        f64::NAN
-                    } else {
-                        m.max(x.abs())
-                    }
-                })),
-            ),
-            (
-                "grad/per_param_l2".into(),
-                Cell::F64s(vec![per_g.len()], per_g),
-            ),
-            (
-                "nonfinite_batches".into(),
-                Cell::I64(r.nonfinite_batches.len() as i64),
-            ),
-        ];
+    let threads = crate::runtime::default_threads();
+    let per = reduce::per_tensor(&r.grads, threads, |g| g.len(), |g| reduce::norms(g));
+    let per_g: Vec<f64> = per.iter().map(|n| n.sq.sqrt()).collect();
+    let g_l2 = per.iter().map(|n| n.sq).sum::<f64>().sqrt();
+    let g_l1: f64 = per.iter().map(|n| n.abs).sum();
+    // NaN when any entry is (a NaN max poisons the fold: f64::max would skip it).
+    let g_linf = per.iter().fold(0f64, |m, n| {
+        if m.is_nan() || n.max_abs.is_nan() {
+            f64::NAN
+        } else {
+            m.max(n.max_abs)
+        }
+    });
+    let row: Row = vec![
+        ("loss".into(), Cell::F64(r.loss)),
+        ("accuracy".into(), Cell::F64(r.accuracy)),
+        ("samples".into(), Cell::I64(r.samples as i64)),
+        ("elements".into(), Cell::I64(r.elements as i64)),
+        ("grad/l2".into(), Cell::F64(g_l2)),
+        ("grad/l1".into(), Cell::F64(g_l1)),
+        ("grad/linf".into(), Cell::F64(g_linf)),
+        (
+            "grad/per_param_l2".into(),
+            Cell::F64s(vec![per_g.len()], per_g),
+        ),
+        (
+            "nonfinite_batches".into(),
+            Cell::I64(r.nonfinite_batches.len() as i64),
+        ),
+    ];
     (row, g_l2)
 }
 
@@ -185,9 +186,39 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
         prev_dist,
         first_dist,
     } = cur;
-    let per_w: Vec<f64> = w.iter().map(|x| l2(x)).collect();
-    let w_l2 = per_w.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let dist_prev = distance(w, prev_w);
+    // Every per-tensor sum over the weights in one sweep of the tensors, on every core.
+    let first_w = &hist.first_w;
+    let idx: Vec<usize> = (0..w.len()).collect();
+    let threads = crate::runtime::default_threads();
+    let sums = reduce::per_tensor(
+        &idx,
+        threads,
+        |&i| w[i].len(),
+        |&i| {
+            let moved = reduce::apart(w[i], at(prev_w, i));
+            let from_first = reduce::apart(w[i], at(first_w, i));
+            let w1 = |o: &Distribution| weights::w1_sorted(&dist.sorted[i], &o.sorted[i]);
+            let mean = |s: f64, b: &[f32]| {
+                if w[i].is_empty() || w[i].len() != b.len() {
+                    f64::NAN
+                } else {
+                    s / w[i].len() as f64
+                }
+            };
+            PerTensor {
+                sq: reduce::sq_f32(w[i]),
+                moved_sq: moved.sq,
+                moved_mean_abs: mean(moved.abs, at(prev_w, i)),
+                first_sq: from_first.sq,
+                w1_prev: w1(prev_dist),
+                w1_first: w1(first_dist),
+            }
+        },
+    );
+    let per_w: Vec<f64> = sums.iter().map(|t| t.sq.sqrt()).collect();
+    let w_l2 = sums.iter().map(|t| t.sq).sum::<f64>().sqrt();
+    let dist_prev = sums.iter().map(|t| t.moved_sq).sum::<f64>().sqrt();
+    let dist_first = sums.iter().map(|t| t.first_sq).sum::<f64>().sqrt();
     let mut row: Row = vec![
         ("weights/l2".into(), Cell::F64(w_l2)),
         (
@@ -195,10 +226,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
             Cell::F64s(vec![per_w.len()], per_w),
         ),
         ("weights/dist_prev".into(), Cell::F64(dist_prev)),
-        (
-            "weights/dist_first".into(),
-            Cell::F64(distance(w, &hist.first_w)),
-        ),
+        ("weights/dist_first".into(), Cell::F64(dist_first)),
         (
             "checkpoints/path".into(),
             Cell::Str(c.path.display().to_string()),
@@ -208,21 +236,17 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
     ];
     // The weights' distribution, per tensor (see `crate::measure::weights`).
     let p = w.len();
-    let per_dist_prev = per_param_norm(w, prev_w, |x, y| (x - y) * (x - y));
-    let per_move: Vec<f64> = w
-        .iter()
-        .zip(prev_w.iter())
-        .map(|(a, b)| weights::mean_abs_move(a, b))
-        .collect();
+    let per_dist_prev: Vec<f64> = sums.iter().map(|t| t.moved_sq.sqrt()).collect();
+    let per_move: Vec<f64> = sums.iter().map(|t| t.moved_mean_abs).collect();
     row.extend([
         ("checkpoints/lr".into(), Cell::F64(checkpoint_lr(c))),
         (
             "weights/w1_prev".into(),
-            Cell::F64s(vec![p], dist.w1(prev_dist)),
+            Cell::F64s(vec![p], sums.iter().map(|t| t.w1_prev).collect()),
         ),
         (
             "weights/w1_first".into(),
-            Cell::F64s(vec![p], dist.w1(first_dist)),
+            Cell::F64s(vec![p], sums.iter().map(|t| t.w1_first).collect()),
         ),
         (
             "weights/per_param_mean_abs_move".into(),
@@ -405,7 +429,14 @@ pub fn hessian(row: &mut Row, names: &[String], block: &[String], cv: Option<&Cu
 /// `--weight-decay lambda`'s columns: the gradient of L(w) + (lambda/2)|w|^2, which is
 /// g + lambda w, in total and per parameter. Returns its norm.
 pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[&[f32]], lambda: f64) -> f64 {
-    let per = per_param_norm(grads, w, |a, b| (a + lambda * b).powi(2));
+    let idx: Vec<usize> = (0..grads.len()).collect();
+    let threads = crate::runtime::default_threads();
+    let per = reduce::per_tensor(
+        &idx,
+        threads,
+        |&i| grads[i].len(),
+        |&i| reduce::sq_plus(&grads[i], at(w, i), lambda).sqrt(),
+    );
     let total = per.iter().map(|x| x * x).sum::<f64>().sqrt();
     row.push(("grad_reg/l2".into(), Cell::F64(total)));
     row.push((
@@ -432,38 +463,20 @@ pub fn set_seconds(row: &mut Row, seconds: f64) {
     }
 }
 
-/// Per parameter, sqrt(sum_i sq(a_i, b_i)) over its entries (each widened to f64 first); `sq`
-/// gives the squared term.
-fn per_param_norm<A, B>(
-    a: &[impl AsRef<[A]>],
-    b: &[impl AsRef<[B]>],
-    sq: impl Fn(f64, f64) -> f64,
-) -> Vec<f64>
-where
-    A: Copy + Into<f64>,
-    B: Copy + Into<f64>,
-{
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let (x, y) = (x.as_ref(), y.as_ref());
-            x.iter()
-                .zip(y)
-                .map(|(&p, &q)| sq(p.into(), q.into()))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .collect()
+/// Tensor `i` of `v`, empty past its end.
+fn at<'a>(v: &[&'a [f32]], i: usize) -> &'a [f32] {
+    v.get(i).copied().unwrap_or(&[])
 }
 
-fn l2<A: Copy + Into<f64>>(v: &[A]) -> f64 {
-    v.iter()
-        .map(|&x| {
-            let x: f64 = x.into();
-            x * x
-        })
-        .sum::<f64>()
-        .sqrt()
+/// One weight tensor's sums for a row: against the previous and the first checkpoint, and its
+/// distribution's W1 distances to theirs.
+struct PerTensor {
+    sq: f64,
+    moved_sq: f64,
+    moved_mean_abs: f64,
+    first_sq: f64,
+    w1_prev: f64,
+    w1_first: f64,
 }
 
 /// The named parameters of a checkpoint: its own f32 tensors (empty where it has none).
@@ -472,20 +485,6 @@ pub fn weights_of<'a>(names: &[String], c: &'a Checkpoint) -> Vec<&'a [f32]> {
         .iter()
         .map(|p| c.tensors.get(p).and_then(|t| t.as_f32()).unwrap_or(&[]))
         .collect()
-}
-
-/// |a - b| over every entry of every parameter, in f64.
-fn distance(a: &[&[f32]], b: &[&[f32]]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.iter()
-                .zip(y.iter())
-                .map(|(&p, &q)| (p as f64 - q as f64) * (p as f64 - q as f64))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// The learning rate a checkpoint was written at (`probe train` records it in the safetensors
