@@ -64,6 +64,7 @@ fn onnx_side(model: &Model, data: &mut dyn Dataset, b: &Batch, bn_train: bool) -
         wrt: None,
         kernels: probe::autodiff::grad::Kernels::Standard,
         threads: 1,
+        shape_cache: None,
     };
     let mut g = grad_graph(model, &opts, &samples).unwrap();
     let out = model.outputs[0].name.clone();

@@ -95,7 +95,10 @@ pub fn hvp_graph_at(
             f
         })
         .collect();
-    let shapes = Shapes::observe_with(&gg.proto, &feeds, opts.threads)?;
+    let shapes = match &opts.shape_cache {
+        Some(c) => c.observe(&gg.proto, &feeds, &|n| state.contains_key(n), opts.threads)?,
+        None => Shapes::observe_with(&gg.proto, &feeds, opts.threads)?,
+    };
     let wrt: Vec<String> = gg.grads.iter().map(|(p, _)| p.clone()).collect();
     let g = gg.proto.graph.as_mut().unwrap();
     let diff = differentiate_as(g, &shapes, DOT, &wrt, Kernels::Standard, "hvp")

@@ -13,6 +13,7 @@ pub mod lift;
 pub mod loss;
 pub mod model_grad;
 pub mod passes;
+pub mod shape_cache;
 pub mod shapes;
 
 pub use lift::{eval_graph, EvalGraph};

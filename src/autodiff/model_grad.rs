@@ -27,6 +27,8 @@ pub struct GradOptions {
     pub kernels: Kernels,
     /// Threads for the forward runs that observe shapes.
     pub threads: usize,
+    /// Where observed shapes are kept between runs (None: observed every run).
+    pub shape_cache: Option<super::shape_cache::ShapeCache>,
 }
 
 pub struct GradGraph {
@@ -170,7 +172,10 @@ pub fn grad_graph_at(
         .iter()
         .map(|(x, t)| inputs.feed(x, t, state))
         .collect();
-    let mut shapes = Shapes::observe_with(&proto, &feeds, opts.threads)?;
+    let mut shapes = match &opts.shape_cache {
+        Some(c) => c.observe(&proto, &feeds, &|n| state.contains_key(n), opts.threads)?,
+        None => Shapes::observe_with(&proto, &feeds, opts.threads)?,
+    };
     let g = proto.graph.as_mut().unwrap();
     super::passes::before_differentiation(g, &mut shapes, &wrt, opts.kernels);
     let diff = differentiate_with(g, &shapes, LOSS_SUM, &wrt, opts.kernels)

@@ -35,6 +35,7 @@ pub fn run(a: AutodiffArgs) -> anyhow::Result<()> {
         // Its output must pass onnx.checker and run anywhere: standard ops only.
         kernels: probe::autodiff::grad::Kernels::Standard,
         threads: probe::runtime::default_threads(),
+        shape_cache: None,
     };
     let (proto, what, n) = if a.hvp {
         let h = probe::autodiff::hvp::hvp_graph(&model, &opts, &samples)?;

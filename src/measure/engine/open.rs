@@ -25,6 +25,8 @@ pub struct EngineOptions<'a> {
     pub threads: usize,
     /// The state the graphs' shapes are observed at (the first checkpoint's).
     pub state: &'a BTreeMap<String, HostTensor>,
+    /// Where observed shapes are kept between runs, with the state's identity.
+    pub shape_cache: Option<crate::autodiff::shape_cache::ShapeCache>,
 }
 
 /// The gradient engine and, with `--hessian`, the Hessian-vector-product engine.
@@ -61,6 +63,7 @@ fn onnx_runtime<'m>(
         wrt: None,
         kernels: opts.kernels,
         threads: opts.threads,
+        shape_cache: opts.shape_cache.clone(),
     };
     let state = opts.state;
     let graph = grad_graph_at(model, &gopts, &samples, state)?;

@@ -49,6 +49,8 @@ pub struct GradPlan {
     pub noise: Option<NoiseOptions>,
     /// `--hessian`: curvature from Hessian-vector products ([`super::hessian`]).
     pub hessian: Option<HessianOptions>,
+    /// `--shape-cache`: where observed shapes are kept between runs (None: off).
+    pub shape_cache: Option<std::path::PathBuf>,
 }
 
 /// Runs `probe grad` over the plan's checkpoints (this shard's share), one HDF5 row each.
@@ -79,6 +81,14 @@ pub fn run(plan: &GradPlan, mut on_row: impl FnMut(&GradRow)) -> Result<Vec<Grad
         // Shapes are observed at the first checkpoint's state, so the model's own parameter
         // values are not needed past here (every checkpoint supplies its parameters).
         state: &all[0].tensors,
+        shape_cache: plan
+            .shape_cache
+            .clone()
+            .filter(|_| !all[0].sha256.is_empty())
+            .map(|dir| crate::autodiff::shape_cache::ShapeCache {
+                dir,
+                state_id: all[0].sha256.clone(),
+            }),
     };
     model.release_parameters();
     let (mut engine, mut hvp_engine) = open(&model, data.as_mut(), &opts)?;
