@@ -10,6 +10,7 @@
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/_log_softmax_backward_data.h>
+#include <ATen/ops/_log_softmax.h>
 #include <ATen/ops/_softmax.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/matmul.h>
@@ -287,14 +288,19 @@ extern "C" int probe_silu_grad(const float* dy, const float* x, int64_t n, float
       err, err_len);
 }
 
-// Y = softmax(X, axis) for X of shape `shape` (libtorch's vectorized kernel; ONNX Runtime's
-// ran ~5x slower on rows of 32).
+// Y = softmax(X, axis), or with `log` log_softmax(X, axis), for X of shape `shape` (libtorch's
+// vectorized kernels; ONNX Runtime's softmax ran ~5x slower on rows of 32, its log-softmax
+// 2.5x slower on a [2048, 32000] loss head).
 extern "C" int probe_softmax(const float* x, const int64_t* shape, int64_t rank, int64_t axis,
-                             float* y, char* err, size_t err_len) {
+                             int32_t log, float* y, char* err, size_t err_len) {
   return guarded(
       [&] {
         at::Tensor out = view(y, shape, rank);
-        at::_softmax_out(out, view(x, shape, rank), axis, false);
+        if (log) {
+          at::_log_softmax_out(out, view(x, shape, rank), axis, false);
+        } else {
+          at::_softmax_out(out, view(x, shape, rank), axis, false);
+        }
       },
       err, err_len);
 }

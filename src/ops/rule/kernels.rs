@@ -39,6 +39,8 @@ pub const BATCH_NORMALIZATION_GRAD: &str = "BatchNormalizationGrad";
 pub const RELU_BATCH_NORMALIZATION_GRAD: &str = "ReluBatchNormalizationGrad";
 /// `Softmax` forward (`runtime/cpu_ops/softmax.rs`).
 pub const SOFTMAX: &str = "Softmax";
+/// `LogSoftmax` forward (`runtime/cpu_ops/softmax.rs`).
+pub const LOG_SOFTMAX: &str = "LogSoftmax";
 /// `dX = Y (dY - sum(dY Y))` along the axis.
 pub const SOFTMAX_GRAD: &str = "SoftmaxGrad";
 /// `dX = dY - exp(Y) sum(dY)` along the axis.

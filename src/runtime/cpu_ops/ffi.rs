@@ -69,6 +69,7 @@ extern "C" {
         shape: *const i64,
         rank: i64,
         axis: i64,
+        log: i32,
         y: *mut f32,
         err: *mut c_char,
         err_len: usize,
@@ -353,8 +354,14 @@ pub fn gelu_grad(dy: &[f32], x: &[f32], tanh: bool, dx: &mut [f32]) -> Result<()
     })
 }
 
-/// `y = softmax(x)` along `axis`, both of `shape`.
-pub fn softmax(x: &[f32], shape: &[i64], axis: usize, y: &mut [f32]) -> Result<(), String> {
+/// `y = softmax(x)` (with `log`, log-softmax) along `axis`, both of `shape`.
+pub fn softmax(
+    x: &[f32],
+    shape: &[i64],
+    axis: usize,
+    log: bool,
+    y: &mut [f32],
+) -> Result<(), String> {
     dense(&[("X", x, shape), ("Y", y, shape)])?;
     // SAFETY: the module doc: X and Y hold what `shape` says.
     c_call(|e, el| unsafe {
@@ -363,6 +370,7 @@ pub fn softmax(x: &[f32], shape: &[i64], axis: usize, y: &mut [f32]) -> Result<(
             shape.as_ptr(),
             shape.len() as i64,
             axis as i64,
+            log as i32,
             y.as_mut_ptr(),
             e,
             el,

@@ -79,6 +79,7 @@ pub fn domain(threads: usize) -> Result<OperatorDomain> {
         .add(op(&conv::CONV_GRAD_X_OP, p))?
         .add(op(&gelu::GELU_GRAD_OP, p))?
         .add(op(&softmax::SOFTMAX_OP, p))?
+        .add(op(&softmax::LOG_SOFTMAX_OP, p))?
         .add(op(&softmax::SOFTMAX_GRAD_OP, p))?
         .add(op(&transpose::TRANSPOSE_OP, p))?
         .add(op(&layer_norm::LAYER_NORMALIZATION_GRAD_OP, p))?
