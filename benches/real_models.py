@@ -32,6 +32,7 @@ GEMM/convolution kernels.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -247,12 +248,19 @@ def main():
             n = max(batch, int(round(a.seconds / per_batch)) * batch)
         onnx_path, ckpt, data = prepare(name, spec, n)
         out = os.path.join(CACHE, name, "r.h5")
+        # The shapes probe observes are kept between runs (--shape-cache): a model's first run
+        # observes them (cold), later runs of the same model and data read them (warm). Each
+        # model's first repeat starts cold; a row says which it was.
+        shapes = os.path.join(CACHE, name, "shapes")
+        shutil.rmtree(shapes, ignore_errors=True)
         cmd = [PROBE, "--quiet", "grad", "--model", onnx_path, "--ckpt", ckpt, "--data", data,
-               "--batch", str(batch), "--threads", str(a.threads), "--force", "--out", out]
+               "--batch", str(batch), "--threads", str(a.threads), "--force", "--out", out,
+               "--shape-cache", shapes]
         rows = []
         for _ in range(a.repeat):
             load = wait_quiet(a.quiet_load) if a.quiet_load else os.getloadavg()[0]
             t1, pk1 = pytorch(name, n, batch, a.threads)
+            cold = not (os.path.isdir(shapes) and os.listdir(shapes))
             whole, pk_probe, _ = time_v(cmd)
             with h5py.File(out, "r") as f:
                 pass_s = float(f["seconds"][0])
@@ -261,10 +269,11 @@ def main():
             row = dict(model=name, n=n, batch=batch, threads=a.threads, pytorch_s=t_pt,
                        pytorch_s_range=[t1, t2], pass_s=pass_s, whole_s=whole,
                        pass_ratio=t_pt / pass_s, whole_ratio=t_pt / whole,
-                       pytorch_mb=max(pk1, pk2), probe_mb=pk_probe, load=[load, os.getloadavg()[0]])
+                       pytorch_mb=max(pk1, pk2), probe_mb=pk_probe, load=[load, os.getloadavg()[0]],
+                       shapes="cold" if cold else "warm")
             rows.append(row)
             print(f"| {name} | {n} | {batch} | {t1:.1f}, {t2:.1f} | {pass_s:.1f} | "
-                  f"{row['pass_ratio']:.2f}x | {whole:.1f} | {row['whole_ratio']:.2f}x | "
+                  f"{row['pass_ratio']:.2f}x | {whole:.1f} ({row['shapes']}) | {row['whole_ratio']:.2f}x | "
                   f"{row['pytorch_mb']:.0f} | {pk_probe:.0f} | {load:.1f}-{row['load'][1]:.1f} |", flush=True)
             if a.json:
                 with open(a.json, "a") as f:

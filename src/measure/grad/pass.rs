@@ -229,6 +229,8 @@ pub fn full_gradients(
     if let [only] = ckpts {
         engine.load(only)?;
     }
+    // Between batches the engine's threads are idle: the f64 sums take every core.
+    let accumulate_threads = crate::runtime::default_threads();
     for (bi, (start, count)) in batches(spec.len, batch).enumerate().skip(first) {
         let b = data.read(start, count)?;
         targets_in_range(&b, classes, &spec.identity)?;
@@ -264,11 +266,7 @@ pub fn full_gradients(
                 s.nonfinite.push(bi);
                 continue;
             }
-            for (a, v) in s.acc.iter_mut().zip(&grads) {
-                for (x, &g) in a.iter_mut().zip(v.iter()) {
-                    *x += g as f64;
-                }
-            }
+            crate::measure::reduce::accumulate(&mut s.acc, &grads, accumulate_threads);
             if let Some(n) = s.noise.as_mut() {
                 n.add(&grads, count * per_sample.max(1));
             }
