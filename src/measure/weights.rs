@@ -29,20 +29,50 @@ pub const HIST_BINS: usize = 64;
 /// of millions of entries, and 2048 counters stay in L1 where 16-bit digits' 65536 did not
 /// (24.6M entries: 440-480 ms against 510-560).
 pub fn sorted(v: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    let mut scratch = vec![0u32; scratch_len(v.len())];
+    sort_into(v, &mut out, &mut scratch);
+    out
+}
+
+/// Below this many entries a comparison sort, in place.
+const SMALL_SORT: usize = 1 << 12;
+
+/// The scratch [`sort_into`] needs for `n` entries.
+pub fn scratch_len(n: usize) -> usize {
+    if n <= SMALL_SORT {
+        0
+    } else {
+        n
+    }
+}
+
+/// [`sorted`] into `out` (as long as `v`), with `scratch` of at least [`scratch_len`] entries:
+/// the caller allocates both, so that they come from where it allocates (see
+/// [`Distribution::of`]).
+pub fn sort_into(v: &[f32], out: &mut [f32], scratch: &mut [u32]) {
     const BITS: u32 = 11;
     const DIGITS: usize = 1 << BITS;
     let n = v.len();
-    let mut keys: Vec<u32> = v.iter().map(|&x| total_key(x)).collect();
-    if n <= 1 << 12 {
+    assert!(out.len() == n && scratch.len() >= scratch_len(n));
+    // SAFETY: f32 and u32 have one size and alignment and every bit pattern is a valid u32;
+    // `out` is borrowed mutably for as long as `keys` lives.
+    let keys: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), n) };
+    for (k, &x) in keys.iter_mut().zip(v) {
+        *k = total_key(x);
+    }
+    if n <= SMALL_SORT {
         keys.sort_unstable();
     } else {
+        let buf = &mut scratch[..n];
         let mut count = vec![[0usize; DIGITS]; 3];
-        for &k in &keys {
+        for &k in keys.iter() {
             for (d, c) in count.iter_mut().enumerate() {
                 c[((k >> (BITS * d as u32)) as usize) & (DIGITS - 1)] += 1;
             }
         }
-        let mut buf = vec![0u32; n];
+        // The passes go keys -> buf -> keys ...; `in_keys` says where the entries are.
+        let mut in_keys = true;
         for (d, c) in count.iter_mut().enumerate() {
             if c.iter().any(|&m| m == n) {
                 continue;
@@ -54,16 +84,25 @@ pub fn sorted(v: &[f32]) -> Vec<f32> {
                 at += here;
             }
             let shift = BITS * d as u32;
-            for &k in &keys {
+            let (from, to): (&[u32], &mut [u32]) = if in_keys {
+                (&*keys, &mut *buf)
+            } else {
+                (&*buf, &mut *keys)
+            };
+            for &k in from {
                 let j = ((k >> shift) as usize) & (DIGITS - 1);
-                buf[c[j]] = k;
+                to[c[j]] = k;
                 c[j] += 1;
             }
-            std::mem::swap(&mut keys, &mut buf);
+            in_keys = !in_keys;
+        }
+        if !in_keys {
+            keys.copy_from_slice(buf);
         }
     }
-    // Same size and alignment: collected in place, no third buffer.
-    keys.into_iter().map(from_total_key).collect()
+    for k in keys.iter_mut() {
+        *k = from_total_key(*k).to_bits();
+    }
 }
 
 /// An unsigned key whose order is `f32::total_cmp`'s: negative numbers have all but the sign
@@ -152,25 +191,65 @@ pub struct Distribution {
     pub hist_edges: Vec<f64>,
 }
 
+/// One tensor's quantiles and histogram (counts, edges).
+type Summary = (Vec<f64>, (Vec<i64>, Vec<f64>));
+
 impl Distribution {
     pub fn of(weights: &[&[f32]]) -> Distribution {
-        // Each tensor sorted and summarized on every core; the result per tensor, in order.
-        let threads = crate::runtime::default_threads();
-        let per = super::reduce::per_tensor(
-            weights,
-            threads,
-            |w| w.len(),
-            |w| {
-                let s = self::sorted(w);
-                let (q, (c, e)) = (quantiles(&s), histogram(&s));
-                (s, q, c, e)
-            },
-        );
+        // Each tensor sorted and summarized on every core, largest first; the result per
+        // tensor, in order. The sorted copies and each thread's scratch are allocated here, on
+        // the calling thread: its heap holds the memory the pass freed. A thread of its own
+        // maps each tensor over 64 MB afresh (glibc's arenas for other threads map larger
+        // blocks on their own), which put the Llama decoder's peak 490 MB above its pass's.
+        let threads = crate::runtime::default_threads().clamp(1, weights.len().max(1));
+        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.len()]).collect();
+        let most = weights
+            .iter()
+            .map(|w| scratch_len(w.len()))
+            .max()
+            .unwrap_or(0);
+        let scratch: Vec<Vec<u32>> = (0..threads).map(|_| vec![0u32; most]).collect();
+        let mut order: Vec<usize> = (0..weights.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(weights[i].len()));
+        let slots: Vec<std::sync::Mutex<&mut [f32]>> = outs
+            .iter_mut()
+            .map(|o| std::sync::Mutex::new(o.as_mut_slice()))
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut summaries: Vec<(usize, Summary)> = std::thread::scope(|s| {
+            let hs: Vec<_> = scratch
+                .into_iter()
+                .map(|mut scratch| {
+                    let (order, slots, next) = (&order, &slots, &next);
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&i) = order.get(j) else { break };
+                            let mut out = slots[i].lock().unwrap_or_else(|p| p.into_inner());
+                            sort_into(weights[i], &mut out, &mut scratch);
+                            mine.push((i, (quantiles(&out), histogram(&out))));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().expect("a sorting thread panicked"))
+                .collect()
+        });
+        drop(slots);
+        summaries.sort_by_key(|(i, _)| *i);
+        let per = outs
+            .into_iter()
+            .zip(summaries)
+            .map(|(s, (_, (q, (c, e))))| (s, q, c, e));
+        let n = weights.len();
         let mut d = Distribution {
-            sorted: Vec::with_capacity(per.len()),
-            quantiles: Vec::with_capacity(per.len() * QUANTILE_LEVELS),
-            hist_counts: Vec::with_capacity(per.len() * HIST_BINS),
-            hist_edges: Vec::with_capacity(per.len() * (HIST_BINS + 1)),
+            sorted: Vec::with_capacity(n),
+            quantiles: Vec::with_capacity(n * QUANTILE_LEVELS),
+            hist_counts: Vec::with_capacity(n * HIST_BINS),
+            hist_edges: Vec::with_capacity(n * (HIST_BINS + 1)),
         };
         for (s, q, c, e) in per {
             d.sorted.push(s);
