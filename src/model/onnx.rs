@@ -152,6 +152,20 @@ pub(super) fn hash_stream(r: &mut impl std::io::Read, h: &mut Sha256) -> std::io
     }
 }
 
+/// A file read from `at` on by offset (pread), leaving the handle's own position alone.
+pub(super) struct At {
+    pub file: std::fs::File,
+    pub at: u64,
+}
+
+impl std::io::Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// Protobuf's limit on a serialized message, so on an ONNX graph file (larger graphs keep their
 /// weights in external data).
 const MAX_PROTO_BYTES: u64 = 2 << 30;
@@ -274,7 +288,11 @@ fn open_location(dir: &Path, location: &str) -> std::result::Result<DataFile, St
 /// `length` must be plain non-negative integers, the range must lie inside the file and, for a
 /// known element type, `length` must be the shape's byte size. Returns the external files used,
 /// in order of first use (their contents are part of the model's hash).
-fn resolve_external(path: &Path, proto: &mut ModelProto) -> Result<Vec<DataFile>> {
+fn resolve_external(
+    path: &Path,
+    proto: &mut ModelProto,
+    opened: &std::sync::mpsc::Sender<(PathBuf, std::fs::File)>,
+) -> Result<Vec<DataFile>> {
     use std::io::{Read, Seek, SeekFrom};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -312,6 +330,9 @@ fn resolve_external(path: &Path, proto: &mut ModelProto) -> Result<Vec<DataFile>
             Some(&k) => k,
             None => {
                 let f = open_location(dir, &location).map_err(&fail)?;
+                // A second handle for the hashing thread (see `Model::load`).
+                let again = f.file.try_clone().map_err(|e| fail(e.to_string()))?;
+                let _ = opened.send((f.path.clone(), again));
                 files.push(f);
                 by_location.insert(location.clone(), files.len() - 1);
                 files.len() - 1
@@ -487,19 +508,27 @@ impl Model {
         if proto.ir_version == 0 || proto.opset_import.is_empty() {
             return Err(not_onnx("no IR version or opset".into()));
         }
-        let external = resolve_external(path, &mut proto)?;
-        // The graph file, then each external data file in order of first use, streamed.
-        let mut h = Sha256::new();
-        h.update(&bytes);
-        drop(bytes);
-        for f in external {
-            use std::io::{Seek, SeekFrom};
-            let mut file = f.file;
-            file.seek(SeekFrom::Start(0))
-                .and_then(|_| hash_stream(&mut file, &mut h))
-                .map_err(|e| crate::error::input(format!("{}: {e}", f.path.display())))?;
-        }
-        let sha256 = format!("{:x}", h.finalize());
+        // The SHA-256 of the graph file, then of each external data file in order of first use,
+        // on a thread of its own (reading by offset through second handles) while this one
+        // reads the initializers: ~0.2 s of one core for a 400 MB model.
+        let (opened, to_hash) = std::sync::mpsc::channel::<(PathBuf, std::fs::File)>();
+        let hasher = std::thread::spawn(move || -> std::result::Result<String, String> {
+            let mut h = Sha256::new();
+            h.update(&bytes);
+            drop(bytes);
+            for (p, file) in to_hash {
+                hash_stream(&mut At { file, at: 0 }, &mut h)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(format!("{:x}", h.finalize()))
+        });
+        let external = resolve_external(path, &mut proto, &opened);
+        drop(opened);
+        let hashed = hasher.join();
+        drop(external?);
+        let sha256 = hashed
+            .map_err(|_| crate::error::input(format!("{}: hashing failed", path.display())))?
+            .map_err(crate::error::input)?;
         Model::from_proto(path, proto, sha256)
     }
 
