@@ -55,12 +55,20 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 /// ([`session`]): it grew by regions twice the last one and held 3.85 GB where deit_small's
 /// run (batch 32, 3x224x224) peaks at 3.05 GB without it, and 5.0 against 4.5 GB on
 /// convnext_tiny; libtorch's kernels and probe's buffers, which allocate through glibc, reuse
-/// the same memory. Call before any thread starts (the binary's `main`).
+/// the same memory.
+///
+/// One arena for every thread: glibc gives each other thread that allocates (ONNX Runtime's and
+/// libtorch's workers, probe's own) an arena of its own, whose freed blocks the main thread's
+/// allocations do not reuse, so more memory is faulted in. On the Llama decoder (3 batches,
+/// three alternated runs each) the pass took 15.4-16.0 s against 16.3-17.1 s, kernel time
+/// 3.3-3.8 against 6.3-7.9 s, peak 3.61-3.80 against 4.06-4.08 GB; resnet18 3x64x64 the same
+/// speed, 20-30 MB less. Call before any thread starts (the binary's `main`).
 pub fn reuse_freed_memory() {
     // SAFETY: mallopt changes the allocator's parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
