@@ -339,6 +339,60 @@ fn check_storage(
     Ok(bytes)
 }
 
+/// The verdicts of [`preflight`]s run early ([`preflight_early`]): the spec, the file's identity
+/// when checked, and the error message if it failed.
+static VERDICTS: std::sync::Mutex<Vec<(H5Spec, Identity, Option<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A file as it was when checked: device, inode, size and modification time (s, ns). A file
+/// replaced or rewritten since is checked again.
+type Identity = (u64, u64, u64, i64, i64);
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+/// Runs the preflight of `at` now, while the process is small, and keeps its verdict for
+/// [`Hdf5Data::open_at`], which then does not fork again for the same unchanged file. A fork
+/// write-protects every page of the parent: after the model and the checkpoint were loaded, the
+/// Llama decoder's process took 100-240 thousand more page faults, and its peak was 450 MB
+/// higher when it wrote pages while the child still lived. A file that is not there or not a
+/// regular file is left for `open_at` to report, in its order.
+pub fn preflight_early(at: &H5Spec) {
+    let Ok(meta) = std::fs::metadata(&at.path) else {
+        return;
+    };
+    if !meta.is_file() {
+        return;
+    }
+    let verdict = preflight(at).err().map(|e| e.to_string());
+    let mut v = VERDICTS.lock().unwrap_or_else(|p| p.into_inner());
+    v.push((at.clone(), identity(&meta), verdict));
+}
+
+/// The preflight's verdict on `at`: the early one while the file is unchanged, else a new one.
+fn preflight_once(at: &H5Spec, meta: &std::fs::Metadata) -> Result<()> {
+    let id = identity(meta);
+    let known = VERDICTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(s, i, _)| *i == id && (&s.group, &s.x, &s.y) == (&at.group, &at.x, &at.y))
+        .map(|(_, _, v)| v.clone());
+    match known {
+        Some(None) => Ok(()),
+        Some(Some(message)) => Err(crate::error::input(message)),
+        None => preflight(at),
+    }
+}
+
 /// How long the preflight child may take to open a file's metadata.
 const PREFLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -374,6 +428,8 @@ fn preflight(at: &H5Spec) -> Result<()> {
     };
     // SAFETY: the child calls only HDF5 (whose lock this thread holds, reentrantly) and malloc
     // (made fork-safe by glibc), then `_exit`s without running destructors or atexit handlers.
+    #[cfg(test)]
+    tests::FORKS.with(|n| n.set(n.get() + 1));
     let pid = hdf5::sync::sync(|| unsafe {
         let pid = libc::fork();
         if pid == 0 {
@@ -454,7 +510,7 @@ impl Hdf5Data {
                 crate::model::file_kind(&meta)
             )));
         }
-        preflight(at)?;
+        preflight_once(at, &meta)?;
         let file = hdf5::File::open(path).map_err(|e| {
             crate::error::input(format!("{}: not a readable HDF5 file: {e}", path.display()))
         })?;
@@ -608,5 +664,61 @@ impl Dataset for Hdf5Data {
         }
         let y = read_rows(&self.path, yn, &self.y, self.spec.y_kind, start, count)?;
         Ok(Batch { start, x, y })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{preflight_early, H5Spec, Hdf5Data};
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Preflight children this thread forked.
+        pub(super) static FORKS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn forks() -> usize {
+        FORKS.with(|n| n.get())
+    }
+
+    fn write_valid(path: &std::path::Path) {
+        let f = hdf5::File::create(path).unwrap();
+        let x = f.new_dataset::<f32>().shape([4, 3]).create("x").unwrap();
+        x.write(&ndarray::Array2::<f32>::zeros((4, 3))).unwrap();
+        let y = f.new_dataset::<i64>().shape([4]).create("y").unwrap();
+        y.write(&ndarray::Array1::<i64>::zeros(4)).unwrap();
+    }
+
+    /// The early preflight's verdict is used by the open that follows, failure included, and
+    /// only while the file is unchanged.
+    #[test]
+    fn early_verdict_is_reused_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.h5");
+        // A file on which HDF5 1.10 raises SIGFPE inside H5Dopen (a fuzz find).
+        let crash = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/hdf5/seed1-case202300/0-chunked.h5");
+        std::fs::copy(crash, &path).unwrap();
+        let at = H5Spec::plain(&path);
+        let n0 = forks();
+        preflight_early(&at);
+        assert_eq!(forks(), n0 + 1);
+        let e = Hdf5Data::open(&path).err().expect("a corrupt file opened");
+        assert!(e.to_string().contains("crashed (SIGFPE)"), "{e}");
+        assert_eq!(
+            forks(),
+            n0 + 1,
+            "the open forked again for an unchanged file"
+        );
+        // The same file, named another way.
+        let other = dir.path().join(".").join("d.h5");
+        assert!(Hdf5Data::open(&other).is_err());
+        assert_eq!(forks(), n0 + 1);
+        // Rewritten: checked again, and now it opens.
+        std::fs::remove_file(&path).unwrap();
+        write_valid(&path);
+        let d = Hdf5Data::open(&path).unwrap();
+        assert_eq!(forks(), n0 + 2);
+        assert_eq!(crate::data::batch::Dataset::spec(&d).len, 4);
     }
 }

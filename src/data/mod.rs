@@ -50,22 +50,33 @@ pub struct Hint {
     pub normalize: Option<Normalize>,
 }
 
-/// Opens a data set by name or path (see the module docs).
-pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
+/// Where in an HDF5 file `spec` points, if it names one.
+fn hdf5_spec(spec: &str) -> Option<Result<hdf5_file::H5Spec>> {
     let lower = spec.to_ascii_lowercase();
     if lower.ends_with(".h5") || lower.ends_with(".hdf5") || std::path::Path::new(spec).is_file() {
+        return Some(Ok(hdf5_file::H5Spec::plain(std::path::Path::new(spec))));
+    }
+    if lower.starts_with("tokens:") {
+        return None;
+    }
+    hdf5_file::H5Spec::parse(spec)
+}
+
+/// Checks an HDF5 data file's metadata in a child process now, before the caller loads a model
+/// (see [`hdf5_file::preflight_early`]); [`open`] uses the verdict. Any other spec: nothing.
+pub fn preflight(spec: &str) {
+    if let Some(Ok(at)) = hdf5_spec(spec) {
+        hdf5_file::preflight_early(&at);
+    }
+}
+
+/// Opens a data set by name or path (see the module docs).
+pub fn open(spec: &str, hint: &Hint) -> Result<Box<dyn Dataset>> {
+    if let Some(at) = hdf5_spec(spec) {
         return Ok(Box::new(hdf5_file::Hdf5Data::open_at(
-            &hdf5_file::H5Spec::plain(std::path::Path::new(spec)),
+            &at?,
             hint.normalize.as_ref(),
         )?));
-    }
-    if !lower.starts_with("tokens:") {
-        if let Some(at) = hdf5_file::H5Spec::parse(spec) {
-            return Ok(Box::new(hdf5_file::Hdf5Data::open_at(
-                &at?,
-                hint.normalize.as_ref(),
-            )?));
-        }
     }
     if hint.normalize.is_some() {
         return Err(crate::error::input(format!(

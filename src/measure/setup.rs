@@ -82,6 +82,7 @@ pub fn data_shard_range(len: usize, batch: usize, i: usize, n: usize) -> Option<
 }
 
 pub fn setup(pass: &Pass) -> Result<Setup> {
+    crate::data::preflight(&pass.data);
     let mut model = Model::load(&pass.model)?;
     if let Some(g) = model.proto.graph.as_mut() {
         crate::ops::conventions::apply(g, &pass.conventions)?;

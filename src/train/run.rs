@@ -343,6 +343,7 @@ pub fn run(plan: &TrainPlan, mut on_ckpt: impl FnMut(&CkptRow)) -> Result<TrainS
              built with PROBE_TORCH_CUDA=1 are needed)",
         ));
     }
+    crate::data::preflight(&plan.data);
     let model = Model::load(&plan.model)?;
     // A data file is named by its full path, so a resumed run started from another folder
     // matches its checkpoints.
