@@ -134,7 +134,10 @@ impl BatchSums {
         let i = match self.by_size.binary_search_by_key(&elements, |(e, _)| *e) {
             Ok(i) => i,
             Err(i) => {
-                let zero = lens.iter().map(|&n| vec![0.0; n]).collect();
+                let zero = lens
+                    .iter()
+                    .map(|&n| crate::measure::reduce::zeros(n))
+                    .collect();
                 self.by_size.insert(i, (elements, zero));
                 i
             }

@@ -7,6 +7,7 @@ use crate::data::{batches, Dataset};
 use crate::measure::engine::{BatchEngine, HvpEngine};
 use crate::measure::hessian::{Curvature, HessianOptions};
 use crate::measure::noise::{BatchSums, NoiseOptions, SampleNoise};
+use crate::measure::reduce;
 use crate::measure::resume::{self, Resume, Saved};
 use crate::model::Checkpoint;
 use crate::progress::Progress;
@@ -204,7 +205,7 @@ pub fn full_gradients(
             let acc: Vec<Vec<f64>> = engine
                 .params()
                 .iter()
-                .map(|p| vec![0.0; ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)])
+                .map(|p| reduce::zeros(ckpt.tensors.get(p).map(|t| t.numel()).unwrap_or(0)))
                 .collect();
             PassSums {
                 noise: noise.then(|| BatchSums::new(&acc)),
@@ -266,7 +267,7 @@ pub fn full_gradients(
                 s.nonfinite.push(bi);
                 continue;
             }
-            crate::measure::reduce::accumulate(&mut s.acc, &grads, accumulate_threads);
+            reduce::accumulate(&mut s.acc, &grads, accumulate_threads);
             if let Some(n) = s.noise.as_mut() {
                 n.add(&grads, count * per_sample.max(1));
             }
