@@ -181,31 +181,54 @@ pub fn accumulate(acc: &mut [Vec<f64>], grads: &[&[f32]], threads: usize) {
 pub fn per_tensor<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
-    size: impl Fn(&T) -> usize,
+    size: impl Fn(&T) -> usize + Sync,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let total: usize = items.iter().map(&size).sum();
-    // Below ~1M entries a thread costs more than it saves.
-    let threads = if total < 1 << 20 {
-        1
-    } else {
-        threads.clamp(1, items.len().max(1))
-    };
-    if threads == 1 {
-        return items.iter().map(f).collect();
+    per_index(items.len(), threads, |i| size(&items[i]), |i| f(&items[i]))
+}
+
+/// [`per_tensor`] over the indices `0..n`.
+pub fn per_index<R: Send>(
+    n: usize,
+    threads: usize,
+    size: impl Fn(usize) -> usize + Sync,
+    f: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    per_index_with(n, vec![(); threads.max(1)], size, |_, i| f(i))
+}
+
+/// [`per_index`] with a state per thread (a sort's scratch), one thread per entry of `states`;
+/// `f` gets its thread's. Below ~1M entries in all, one thread (the first state): a thread costs
+/// more than it saves.
+pub fn per_index_with<S: Send, R: Send>(
+    n: usize,
+    mut states: Vec<S>,
+    size: impl Fn(usize) -> usize + Sync,
+    f: impl Fn(&mut S, usize) -> R + Sync,
+) -> Vec<R> {
+    let total: usize = (0..n).map(&size).sum();
+    states.truncate(n.max(1));
+    if total < 1 << 20 || states.len() <= 1 {
+        let Some(mut one) = states.into_iter().next() else {
+            assert_eq!(n, 0, "per_index_with: no state for {n} items");
+            return Vec::new();
+        };
+        return (0..n).map(|i| f(&mut one, i)).collect();
     }
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
     let next = AtomicUsize::new(0);
+    let (order, next, f) = (&order, &next, &f);
     let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
+        let hs: Vec<_> = states
+            .into_iter()
+            .map(|mut state| {
+                s.spawn(move || {
                     let mut mine = Vec::new();
                     loop {
                         let j = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = order.get(j) else { break };
-                        mine.push((i, f(&items[i])));
+                        mine.push((i, f(&mut state, i)));
                     }
                     mine
                 })

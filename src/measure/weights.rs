@@ -191,59 +191,28 @@ pub struct Distribution {
     pub hist_edges: Vec<f64>,
 }
 
-/// One tensor's quantiles and histogram (counts, edges).
-type Summary = (Vec<f64>, (Vec<i64>, Vec<f64>));
-
 impl Distribution {
     pub fn of(weights: &[&[f32]]) -> Distribution {
-        // Each tensor sorted and summarized on every core, largest first; the result per
-        // tensor, in order. The sorted copies and each thread's scratch are allocated here, on
-        // the calling thread: its heap holds the memory the pass freed. A thread of its own
-        // maps each tensor over 64 MB afresh (glibc's arenas for other threads map larger
-        // blocks on their own), which put the Llama decoder's peak 490 MB above its pass's.
+        // Each tensor sorted and summarized on every core, largest first, each thread with its
+        // sort scratch; the result per tensor, in order.
         let threads = crate::runtime::default_threads().clamp(1, weights.len().max(1));
-        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.len()]).collect();
         let most = weights
             .iter()
             .map(|w| scratch_len(w.len()))
             .max()
             .unwrap_or(0);
         let scratch: Vec<Vec<u32>> = (0..threads).map(|_| vec![0u32; most]).collect();
-        let mut order: Vec<usize> = (0..weights.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(weights[i].len()));
-        let slots: Vec<std::sync::Mutex<&mut [f32]>> = outs
-            .iter_mut()
-            .map(|o| std::sync::Mutex::new(o.as_mut_slice()))
-            .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut summaries: Vec<(usize, Summary)> = std::thread::scope(|s| {
-            let hs: Vec<_> = scratch
-                .into_iter()
-                .map(|mut scratch| {
-                    let (order, slots, next) = (&order, &slots, &next);
-                    s.spawn(move || {
-                        let mut mine = Vec::new();
-                        loop {
-                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(&i) = order.get(j) else { break };
-                            let mut out = slots[i].lock().unwrap_or_else(|p| p.into_inner());
-                            sort_into(weights[i], &mut out, &mut scratch);
-                            mine.push((i, (quantiles(&out), histogram(&out))));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .flat_map(|h| h.join().expect("a sorting thread panicked"))
-                .collect()
-        });
-        drop(slots);
-        summaries.sort_by_key(|(i, _)| *i);
-        let per = outs
-            .into_iter()
-            .zip(summaries)
-            .map(|(s, (_, (q, (c, e))))| (s, q, c, e));
+        let per = super::reduce::per_index_with(
+            weights.len(),
+            scratch,
+            |i| weights[i].len(),
+            |scratch, i| {
+                let mut out = vec![0f32; weights[i].len()];
+                sort_into(weights[i], &mut out, scratch);
+                let (q, (c, e)) = (quantiles(&out), histogram(&out));
+                (out, q, c, e)
+            },
+        );
         let n = weights.len();
         let mut d = Distribution {
             sorted: Vec::with_capacity(n),

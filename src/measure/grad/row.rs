@@ -188,16 +188,32 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
     } = cur;
     // Every per-tensor sum over the weights in one sweep of the tensors, on every core.
     let first_w = &hist.first_w;
-    let idx: Vec<usize> = (0..w.len()).collect();
     let threads = crate::runtime::default_threads();
-    let sums = reduce::per_tensor(
-        &idx,
+    let sums = reduce::per_index(
+        w.len(),
         threads,
-        |&i| w[i].len(),
-        |&i| {
-            let moved = reduce::apart(w[i], at(prev_w, i));
-            let from_first = reduce::apart(w[i], at(first_w, i));
-            let w1 = |o: &Distribution| weights::w1_sorted(&dist.sorted[i], &o.sorted[i]);
+        |i| w[i].len(),
+        |i| {
+            let sq = reduce::sq_f32(w[i]);
+            // At the first checkpoint the previous and the first weights are these very ones:
+            // every entry is 0 from itself, or NaN where it is not finite, which |w|^2 tells
+            // (finite exactly when every entry is: at most 2^53 squares of f32, each below
+            // 2^256, cannot overflow f64). Three sweeps of the weights saved, same values (a
+            // NaN's sign and payload aside).
+            let zero = if sq.is_finite() { 0.0 } else { f64::NAN };
+            let apart = |b: &[f32]| match std::ptr::eq(w[i], b) {
+                true => reduce::Apart {
+                    sq: zero,
+                    abs: zero,
+                },
+                false => reduce::apart(w[i], b),
+            };
+            let moved = apart(at(prev_w, i));
+            let from_first = apart(at(first_w, i));
+            let w1 = |o: &Distribution| match (std::ptr::eq(&**dist, o), w[i].is_empty()) {
+                (true, false) => zero,
+                _ => weights::w1_sorted(&dist.sorted[i], &o.sorted[i]),
+            };
             let mean = |s: f64, b: &[f32]| {
                 if w[i].is_empty() || w[i].len() != b.len() {
                     f64::NAN
@@ -206,7 +222,7 @@ pub fn weight_columns(c: &Checkpoint, hist: &History, cur: &Weights) -> (Row, f6
                 }
             };
             PerTensor {
-                sq: reduce::sq_f32(w[i]),
+                sq,
                 moved_sq: moved.sq,
                 moved_mean_abs: mean(moved.abs, at(prev_w, i)),
                 first_sq: from_first.sq,
@@ -429,13 +445,12 @@ pub fn hessian(row: &mut Row, names: &[String], block: &[String], cv: Option<&Cu
 /// `--weight-decay lambda`'s columns: the gradient of L(w) + (lambda/2)|w|^2, which is
 /// g + lambda w, in total and per parameter. Returns its norm.
 pub fn weight_decay(row: &mut Row, grads: &[Vec<f64>], w: &[&[f32]], lambda: f64) -> f64 {
-    let idx: Vec<usize> = (0..grads.len()).collect();
     let threads = crate::runtime::default_threads();
-    let per = reduce::per_tensor(
-        &idx,
+    let per = reduce::per_index(
+        grads.len(),
         threads,
-        |&i| grads[i].len(),
-        |&i| reduce::sq_plus(&grads[i], at(w, i), lambda).sqrt(),
+        |i| grads[i].len(),
+        |i| reduce::sq_plus(&grads[i], at(w, i), lambda).sqrt(),
     );
     let total = per.iter().map(|x| x * x).sum::<f64>().sqrt();
     row.push(("grad_reg/l2".into(), Cell::F64(total)));
@@ -494,4 +509,78 @@ fn checkpoint_lr(c: &Checkpoint) -> f64 {
         .get("lr")
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::HostTensor;
+
+    fn checkpoint(name: &str, tensors: &[(&str, Vec<f32>)]) -> Checkpoint {
+        let mut c = Checkpoint::unread(name.into(), 0, Default::default());
+        for (p, v) in tensors {
+            c.tensors
+                .insert(p.to_string(), HostTensor::f32(vec![v.len()], v.clone()));
+        }
+        c
+    }
+
+    /// At the first checkpoint, the distances to itself (taken without sweeping) are the values
+    /// the sweeps give against an equal copy (bit for bit, any NaN counted as one): 0 for finite weights, NaN for a tensor with a NaN
+    /// or an infinity, NaN W1 for an empty tensor.
+    #[test]
+    fn first_checkpoint_against_itself_is_the_sweep() {
+        let v = |k: usize| {
+            (0..3000)
+                .map(|i| ((i * 37 + k) % 101) as f32 - 50.0)
+                .collect()
+        };
+        let mut nan: Vec<f32> = v(1);
+        nan[2000] = f32::NAN;
+        let mut inf: Vec<f32> = v(2);
+        inf[7] = f32::NEG_INFINITY;
+        let t = [("a", v(0)), ("nan", nan), ("inf", inf), ("empty", vec![])];
+        let names: Vec<String> = t.iter().map(|(p, _)| p.to_string()).collect();
+        // The same weights twice, in memory of their own.
+        let all = [checkpoint("c0", &t), checkpoint("c1", &t)];
+        let mut hist = History::new(&names, &all[0]);
+        let first = hist.at(&names, &all, 0);
+        let (row0, _, d0) = weight_columns(&all[0], &hist, &first);
+        hist.keep(0, first);
+        let second = hist.at(&names, &all, 1);
+        let (row1, _, d1) = weight_columns(&all[1], &hist, &second);
+        assert!(d0.is_nan() && d1.is_nan());
+        let cols = [
+            "weights/dist_prev",
+            "weights/dist_first",
+            "weights/w1_prev",
+            "weights/w1_first",
+            "weights/per_param_mean_abs_move",
+            "weights/per_param_dist_prev",
+        ];
+        let bits = |row: &Row, name: &str| -> Vec<u64> {
+            let one = |x: &f64| {
+                if x.is_nan() {
+                    f64::NAN.to_bits()
+                } else {
+                    x.to_bits()
+                }
+            };
+            let cell = &row.iter().find(|(n, _)| n == name).expect(name).1;
+            match cell {
+                Cell::F64(x) => vec![x],
+                Cell::F64s(_, x) => x.iter().collect(),
+                _ => panic!("{name}"),
+            }
+            .into_iter()
+            .map(one)
+            .collect()
+        };
+        for name in cols {
+            assert_eq!(bits(&row0, name), bits(&row1, name), "{name}");
+        }
+        let nan = f64::NAN.to_bits();
+        assert_eq!(bits(&row0, "weights/w1_prev"), [0, nan, nan, nan]);
+        assert_eq!(bits(&row0, "weights/per_param_dist_prev"), [0, nan, nan, 0]);
+    }
 }
