@@ -14,7 +14,9 @@ Faults, each caused for real:
   - disk full:  `--out` on a tmpfs too small for the results (needs root to mount);
   - race:       a second `probe grad` (and one with --force) on an --out another one is writing,
                 with and without HDF5_USE_FILE_LOCKING=FALSE;
-  - signal:     SIGTERM and SIGINT in the middle of a run.
+  - signal:     SIGTERM and SIGINT in the middle of a run;
+  - shape cache: the run killed at the cache file's rename, the file cut short, emptied or with a
+                byte flipped, and the cache folder on a full disk.
 A case counts as recovered when: the file left behind (if any) opens in h5py, its `rows` complete
 rows equal the uninterrupted run's first rows and it is not marked complete; the fault's exit
 code and message are the documented ones; and the rerun's file equals the uninterrupted run's in
@@ -293,6 +295,82 @@ class Matrix:
             same(out, self.ref, why)
         self.record(label, not why, "second writer refused, first one complete and exact" if not why else "; ".join(why))
 
+    def shape_cache(self):
+        """`--shape-cache`, the one file probe writes outside `--out`: killed between its temporary
+        file and the rename, damaged on disk, on a full disk. Every run must still give the
+        reference's results exactly; a failed cache write costs only the next run's observation."""
+        d = os.path.join(self.work, "shapes")
+
+        def args(out):
+            return self.grad_args(out, force=True) + ["--shape-cache", d]
+
+        def cached():
+            return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+        out = os.path.join(self.work, "cache-kill.h5")
+        calls = "rename,renameat,renameat2"
+        r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + calls,
+                 "-e", f"inject={calls}:signal=KILL:when=1", *args(out)])
+        why = []
+        left = cached()
+        if r.returncode == 0:
+            why.append("the run was not killed")
+        if not any(".tmp-" in f for f in left) or any(f.endswith(".json") for f in left):
+            why.append(f"not killed at the cache's rename: the cache folder holds {left}")
+        r2 = run(args(out))
+        if r2.returncode != 0:
+            why.append(f"rerun exit {r2.returncode}: {r2.stderr.strip()[-300:]}")
+        else:
+            same(out, self.ref, why)
+        whole = [f for f in cached() if f.endswith(".json")]
+        if len(whole) != 1:
+            why.append(f"after the rerun the cache folder holds {cached()}")
+        self.record("shape cache", not why, "killed at its rename, rerun exact" + (f": {'; '.join(why)}" if why else ""))
+        if len(whole) != 1:
+            return
+        path = os.path.join(d, whole[0])
+        text = open(path, "rb").read()
+        for label, bad in [("cut short", text[: len(text) // 2]), ("emptied", b""),
+                           ("a byte flipped", text[:-40] + bytes([text[-40] ^ 1]) + text[-39:])]:
+            with open(path, "wb") as f:
+                f.write(bad)
+            why = []
+            r = run(args(out))
+            if r.returncode != 0:
+                why.append(f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            else:
+                same(out, self.ref, why)
+            if open(path, "rb").read() != text:
+                why.append("the damaged file was not replaced by a whole one")
+            self.record("shape cache", not why, f"file {label}, run exact" + (f": {'; '.join(why)}" if why else ""))
+        if os.geteuid() != 0:
+            print("shape cache on a full disk: skipped (mounting a tmpfs needs root)")
+            return
+        mnt = os.path.join(self.work, "tmpfs-cache")
+        os.makedirs(mnt, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], check=True)
+        try:
+            fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            d = os.path.join(mnt, "shapes")
+            why = []
+            r = run(args(out))
+            if r.returncode != 0:
+                why.append(f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            else:
+                same(out, self.ref, why)
+            if any(".tmp-" in f for f in cached()):
+                why.append(f"a temporary file stayed: {cached()}")
+            self.record("shape cache", not why, "full disk under it, run exact" + (f": {'; '.join(why)}" if why else ""))
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+
     def signal_stop(self, sig, delay):
         # A longer pass (all 60,000 images a checkpoint, ~0.5 s each), so the signal lands inside.
         limit = "60000"
@@ -342,6 +420,7 @@ def main():
         m.train_kills(4)
         m.disk_full([0.5, 1.2])
         m.race({})
+        m.shape_cache()
         m.signal_stop(signal.SIGTERM, 0.5)
     else:
         m.grad_kills(32)
@@ -349,6 +428,7 @@ def main():
         m.disk_full([0.2, 0.5, 0.9, 1.3, 1.7])
         m.race({})
         m.race({"HDF5_USE_FILE_LOCKING": "FALSE"})
+        m.shape_cache()
         for sig, delay in [(signal.SIGTERM, 0.2), (signal.SIGTERM, 0.9), (signal.SIGINT, 0.6)]:
             m.signal_stop(sig, delay)
     groups = {}

@@ -152,7 +152,36 @@ fn write(path: &Path, key: &str, s: &Shapes) -> std::io::Result<()> {
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    sweep_stale(dir);
     r
+}
+
+/// Temporary files older than this are a killed writer's: no write takes a minute.
+const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary files writers killed mid-write left in `dir` (`<key>.tmp-<pid>-<ns>`,
+/// older than [`STALE`]), so a sweep of jobs that get killed does not fill the folder. Other
+/// files are left alone.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name
+            .split_once(".tmp-")
+            .is_some_and(|(k, rest)| k.len() == 64 && rest.contains('-'));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if ours && old && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The shapes in `path` if it is a whole file written for `key`; None otherwise (absent, cut
@@ -328,6 +357,34 @@ mod tests {
             key(&cache, &graph(), &f),
             "the state's values are not hashed"
         );
+    }
+
+    /// A killed writer's temporary file is removed by a later write once it is stale; a fresh
+    /// one (a writer at work) and other files stay.
+    #[test]
+    fn stale_temporaries_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "a".repeat(64);
+        let old = dir.path().join(format!("{key}.tmp-123-456"));
+        let fresh = dir.path().join(format!("{key}.tmp-124-457"));
+        let other = dir.path().join("notes.tmp-1-2");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, "partial").unwrap();
+        }
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for p in [&old, &other] {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(hours_ago).unwrap();
+        }
+        let cache = ShapeCache {
+            dir: dir.path().to_path_buf(),
+            state_id: "s".into(),
+        };
+        cache
+            .observe(&graph(), &feeds(0.0), &|n: &str| n == "w", 1)
+            .unwrap();
+        assert!(!old.exists(), "a stale temporary stayed");
+        assert!(fresh.exists() && other.exists());
     }
 
     /// A file cut short, altered (with or without its checksum fixed to match another body),
