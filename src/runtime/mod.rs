@@ -57,18 +57,15 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 /// convnext_tiny; libtorch's kernels and probe's buffers, which allocate through glibc, reuse
 /// the same memory.
 ///
-/// One arena for every thread: glibc gives each other thread that allocates (ONNX Runtime's and
-/// libtorch's workers, probe's own) an arena of its own, whose freed blocks the main thread's
-/// allocations do not reuse, so more memory is faulted in. On the Llama decoder (3 batches,
-/// three alternated runs each) the pass took 15.4-16.0 s against 16.3-17.1 s, kernel time
-/// 3.3-3.8 against 6.3-7.9 s, peak 3.61-3.80 against 4.06-4.08 GB; resnet18 3x64x64 the same
-/// speed, 20-30 MB less. Call before any thread starts (the binary's `main`).
+/// glibc's per-thread arenas are kept: one arena for every thread (`M_ARENA_MAX` 1) made the
+/// Llama decoder's pass ~6% faster and its peak 4.06 -> 3.6 GB, but put deit_small's (batch
+/// 32, 3x224x224, 160 samples) at 3.49-3.65 GB against 2.97 with them, above PyTorch's 3.2.
+/// Call before any thread starts (the binary's `main`).
 pub fn reuse_freed_memory() {
     // SAFETY: mallopt changes the allocator's parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
