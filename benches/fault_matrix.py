@@ -307,6 +307,16 @@ class Matrix:
         def cached():
             return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
+        def run_exact():
+            """Runs once more; what is wrong if it fails or differs from the reference."""
+            why = []
+            r = run(args(out))
+            if r.returncode != 0:
+                why.append(f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            else:
+                same(out, self.ref, why)
+            return why
+
         out = os.path.join(self.work, "cache-kill.h5")
         calls = "rename,renameat,renameat2"
         r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + calls,
@@ -334,12 +344,7 @@ class Matrix:
                            ("a byte flipped", text[:-40] + bytes([text[-40] ^ 1]) + text[-39:])]:
             with open(path, "wb") as f:
                 f.write(bad)
-            why = []
-            r = run(args(out))
-            if r.returncode != 0:
-                why.append(f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
-            else:
-                same(out, self.ref, why)
+            why = run_exact()
             if open(path, "rb").read() != text:
                 why.append("the damaged file was not replaced by a whole one")
             self.record("shape cache", not why, f"file {label}, run exact" + (f": {'; '.join(why)}" if why else ""))
@@ -359,12 +364,7 @@ class Matrix:
             finally:
                 os.close(fd)
             d = os.path.join(mnt, "shapes")
-            why = []
-            r = run(args(out))
-            if r.returncode != 0:
-                why.append(f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
-            else:
-                same(out, self.ref, why)
+            why = run_exact()
             if any(".tmp-" in f for f in cached()):
                 why.append(f"a temporary file stayed: {cached()}")
             self.record("shape cache", not why, "full disk under it, run exact" + (f": {'; '.join(why)}" if why else ""))
