@@ -339,14 +339,22 @@ fn check_storage(
     Ok(bytes)
 }
 
-/// The verdicts of [`preflight`]s run early ([`preflight_early`]): the spec, the file's identity
-/// when checked, and the error message if it failed.
-static VERDICTS: std::sync::Mutex<Vec<(H5Spec, Identity, Option<String>)>> =
+/// The verdicts of [`preflight`]s run early ([`preflight_early`]): the file's identity when
+/// checked (which, not the path's spelling, names the file), the names checked in it, and the
+/// error message if it failed.
+static VERDICTS: std::sync::Mutex<Vec<(Identity, Names, Option<String>)>> =
     std::sync::Mutex::new(Vec::new());
 
 /// A file as it was when checked: device, inode, size and modification time (s, ns). A file
 /// replaced or rewritten since is checked again.
 type Identity = (u64, u64, u64, i64, i64);
+
+/// The group and the `x` and `y` datasets a preflight opened.
+type Names = (Option<String>, String, String);
+
+fn names(at: &H5Spec) -> Names {
+    (at.group.clone(), at.x.clone(), at.y.clone())
+}
 
 fn identity(meta: &std::fs::Metadata) -> Identity {
     use std::os::unix::fs::MetadataExt;
@@ -374,17 +382,17 @@ pub fn preflight_early(at: &H5Spec) {
     }
     let verdict = preflight(at).err().map(|e| e.to_string());
     let mut v = VERDICTS.lock().unwrap_or_else(|p| p.into_inner());
-    v.push((at.clone(), identity(&meta), verdict));
+    v.push((identity(&meta), names(at), verdict));
 }
 
 /// The preflight's verdict on `at`: the early one while the file is unchanged, else a new one.
 fn preflight_once(at: &H5Spec, meta: &std::fs::Metadata) -> Result<()> {
-    let id = identity(meta);
+    let key = (identity(meta), names(at));
     let known = VERDICTS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .find(|(s, i, _)| *i == id && (&s.group, &s.x, &s.y) == (&at.group, &at.x, &at.y))
+        .find(|(i, n, _)| (i, n) == (&key.0, &key.1))
         .map(|(_, _, v)| v.clone());
     match known {
         Some(None) => Ok(()),
