@@ -249,7 +249,16 @@ pub fn full_gradients(
                 )
             })?;
             let grads = r.grads.slices()?;
-            let finite = r.loss.is_finite() && grads.iter().all(|g| all_finite(g));
+            // Stopping, the check rides in the sums' pass (the sums go with the error);
+            // going on, it comes first: a non-finite batch is left out of the sums.
+            let finite = r.loss.is_finite()
+                && match on_nonfinite {
+                    OnNonFinite::Stop => reduce::accumulate(&mut s.acc, &grads, accumulate_threads),
+                    OnNonFinite::Continue => {
+                        grads.iter().all(|g| reduce::all_finite(g))
+                            && reduce::accumulate(&mut s.acc, &grads, accumulate_threads)
+                    }
+                };
             if !finite {
                 let msg = format!(
                     "{}: non-finite loss or gradient in batch {bi} (samples {}..{}) of {}",
@@ -267,7 +276,6 @@ pub fn full_gradients(
                 s.nonfinite.push(bi);
                 continue;
             }
-            reduce::accumulate(&mut s.acc, &grads, accumulate_threads);
             if let Some(n) = s.noise.as_mut() {
                 n.add(&grads, count * per_sample.max(1));
             }
@@ -293,16 +301,6 @@ pub fn full_gradients(
         s.seconds = seconds;
     }
     Ok(sums)
-}
-
-/// Whether every value is finite: the largest magnitude's bit pattern is below infinity's (NaNs
-/// are above it). An integer max vectorizes; `all(is_finite)` branches on every element.
-fn all_finite(v: &[f32]) -> bool {
-    v.iter()
-        .map(|x| x.to_bits() & 0x7fff_ffff)
-        .max()
-        .unwrap_or(0)
-        < 0x7f80_0000
 }
 
 /// What must agree between a saved pass and this one: per-parameter sizes, whether the noise
@@ -389,32 +387,4 @@ pub fn curvature(
         );
     }
     Ok(Some(cv))
-}
-
-#[cfg(test)]
-mod tests {
-    /// `all_finite` is `all(is_finite)` on every class of f32, alone and among finite values.
-    #[test]
-    fn all_finite_is_is_finite() {
-        let special = [
-            0.0,
-            -0.0,
-            f32::MIN_POSITIVE,
-            -1e-45,
-            f32::MAX,
-            f32::MIN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-        ];
-        for &x in &special {
-            for at in [0, 5, 9] {
-                let mut v = vec![1.5f32; 10];
-                v[at] = x;
-                assert_eq!(super::all_finite(&v), x.is_finite(), "{x} at {at}");
-            }
-        }
-        assert!(super::all_finite(&[]));
-    }
 }
