@@ -146,24 +146,42 @@ void dw_gemm(DwPath path, const at::Tensor& dy, const at::Tensor& x, const int64
   at::mm_out(out, a, b);
 }
 
+// `t` (shape `shape`, [N, C, ...]) copied plane by plane: plane (n, c) to planes[n C + c].
+void to_planes(const at::Tensor& t, const int64_t* shape, int64_t rank, float* const* planes) {
+  at::Tensor src = t.contiguous();
+  const float* p = src.const_data_ptr<float>();
+  int64_t count = shape[0] * shape[1], plane = 1;
+  for (int64_t i = 2; i < rank; ++i) plane *= shape[i];
+  for (int64_t j = 0; j < count; ++j) std::memcpy(planes[j], p + j * plane, plane * sizeof(float));
+}
+
 }  // namespace
 
 // dX, dW, dB of Y = conv(X, W) (+ B) given dY; a null output pointer leaves that gradient
 // uncomputed (libtorch's output_mask). `rank` is the tensors' rank (spatial rank + 2);
 // stride, padding (symmetric), dilation have rank - 2 entries.
-extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const float* x,
-                               const int64_t* x_shape, const float* w, const int64_t* w_shape,
-                               int64_t rank, const int64_t* stride, const int64_t* padding,
-                               const int64_t* dilation, int64_t groups, float* dx, float* dw,
-                               float* db, char* err, size_t err_len) {
+//
+// `dy_lo`: W holds output channels [dy_lo, dy_lo + W's rows) of the convolution whose dY is
+// given whole (a part that takes output channels: dW's and dB's rows of those channels). dX,
+// if asked for, goes plane by plane to `dx_planes` (X's shape [N, C, ...]: N*C planes, n-major;
+// a part that takes input channels passes W's columns of them, and X's shape with those).
+extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, int64_t dy_lo,
+                               const float* x, const int64_t* x_shape, const float* w,
+                               const int64_t* w_shape, int64_t rank, const int64_t* stride,
+                               const int64_t* padding, const int64_t* dilation, int64_t groups,
+                               float* const* dx_planes, float* dw, float* db, char* err,
+                               size_t err_len) {
   return guarded(
       [&] {
         int64_t k = rank - 2;
         bool cl = channels_last(rank, groups, w_shape);
-        at::Tensor tdy = as_layout(view(dy, dy_shape, rank), cl);
+        at::Tensor tdy = view(dy, dy_shape, rank);
+        if (dy_lo != 0 || dy_shape[1] != w_shape[0]) tdy = tdy.narrow(1, dy_lo, w_shape[0]);
+        tdy = as_layout(tdy, cl);
         // Channels-last and dX alone: oneDNN's backward-data reads X's shape only, and
         // libtorch would copy X into the layout first; an unfilled tensor of its shape spares
         // that copy.
+        float* dx = dx_planes != nullptr ? dx_planes[0] : nullptr;  // "asked for"
         at::Tensor tx = !cl ? view(x, x_shape, rank)
                         : dw != nullptr ? as_layout(view(x, x_shape, rank), cl)
                                         : at::empty(at::IntArrayRef(x_shape, rank),
@@ -192,7 +210,7 @@ extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const f
         auto r = at::convolution_backward(tdy, tx, tw, bias_sizes, at::IntArrayRef(stride, k),
                                           at::IntArrayRef(padding, k), at::IntArrayRef(dilation, k),
                                           false, at::IntArrayRef(zeros.data(), k), groups, mask);
-        if (dx != nullptr) view(dx, x_shape, rank).copy_(std::get<0>(r));
+        if (dx != nullptr) to_planes(std::get<0>(r), x_shape, rank, dx_planes);
         if (dw != nullptr) view(dw, w_shape, rank).copy_(std::get<1>(r));
         if (db != nullptr) view(db, &m, 1).copy_(std::get<2>(r));
       },
@@ -209,11 +227,14 @@ extern "C" int probe_conv_grad(const float* dy, const int64_t* dy_shape, const f
 // near-ties downstream (a MaxPool's argmax, a ReLU's side): the zoo's googlenet at step-2 went
 // from 4.9e-5 to 8.0e-7 (PyTorch float32's own: 6.2e-7). Added after, the error is the
 // convolution's, and the addition rides in the copy this function makes anyway.
+//
+// Y goes plane by plane: plane (n, m) of Y's [N, M, ...] to y_planes[n M + m] (a part that
+// takes output channels passes W's and B's rows of them, and its planes of the whole Y).
 extern "C" int probe_conv(const float* x, const int64_t* x_shape, const float* w,
                           const int64_t* w_shape, const float* b, const int64_t* y_shape,
                           int64_t rank, const int64_t* stride, const int64_t* padding,
-                          const int64_t* dilation, int64_t groups, int32_t relu, float* y,
-                          char* err, size_t err_len) {
+                          const int64_t* dilation, int64_t groups, int32_t relu,
+                          float* const* y_planes, char* err, size_t err_len) {
   return guarded(
       [&] {
         int64_t k = rank - 2;
@@ -232,7 +253,7 @@ extern "C" int probe_conv(const float* x, const int64_t* x_shape, const float* w
         // (a NaN stays a NaN, as a Relu after the Conv).
         for (int64_t p = 0; p < planes; ++p) {
           const float* in = src + p * plane;
-          float* out = y + p * plane;
+          float* out = y_planes[p];
           if (b == nullptr && !relu) {
             std::memcpy(out, in, plane * sizeof(float));
             continue;

@@ -19,8 +19,11 @@
 //!
 //! Parts take samples: convolutions are independent per sample, so the parts of Y and dX are
 //! disjoint rows; dW and dB are sums over samples, each part's into its own buffer, added at
-//! the end.
-use super::exec::{add_parts, bounds, split, sum_parts};
+//! the end. Where a one-group convolution's weights outnumber its input ([`channel_parts`]:
+//! the deep stages of a ResNet on small maps), the parts take channels instead: output channels
+//! for Y, dW and dB (W's rows; every sample, no sums after), input channels for dX (W's
+//! columns), each part writing its own planes of the output.
+use super::exec::{add_parts, bounds, deal, split, split_opt, sum_parts};
 use super::ffi::{self, ConvGeometry};
 use super::op::{Attrs, Call, CpuOp, FromAttrs, Io::*};
 use crate::ops::rule::kernels::{CONV, CONV_GRAD, CONV_GRAD_X};
@@ -111,20 +114,87 @@ fn conv(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
         ys.push(room / a.strides[i] + 1);
     }
     let y = c.required(0, ys.clone(), "Y")?;
-    let (x_row, y_row) = (per_sample(&xs), per_sample(&ys));
     let n = xs[0] as usize;
+    let g = a.geometry();
+    let plane = numel(&ys[2..]);
+    if plane == 0 {
+        return Ok(());
+    }
+    if let Some(cb) = channel_parts(c.parts, &xs, &ws, a.group, ws[0]) {
+        // Each part: every sample, its output channels (W's and B's rows of them).
+        let w_row = per_sample(&ws);
+        return channel_planes(c, y, n, cb, |planes, lo, hi| {
+            let (w, w_p) = (&wv[lo * w_row..hi * w_row], with_rows(&ws, hi - lo));
+            let mut ys_p = ys.clone();
+            ys_p[1] = (hi - lo) as i64;
+            let b = bv.map(|b| &b[lo..hi]);
+            ffi::conv((xv, &xs), (w, &w_p), b, &g, a.relu, planes, &ys_p)
+        });
+    }
+    let (x_row, y_row) = (per_sample(&xs), per_sample(&ys));
     let b = bounds(n, c.parts.min(n.max(1)));
     let pieces = split(y, y_row, &b).into_iter().zip(b.iter().copied());
-    let g = a.geometry();
     c.run(pieces.collect(), |_, (y, (lo, hi))| {
         if hi == lo {
             return Ok(());
         }
         let x = &xv[lo * x_row..hi * x_row];
         let (xs_p, ys_p) = (with_rows(&xs, hi - lo), with_rows(&ys, hi - lo));
-        ffi::conv((x, &xs_p), (wv, &ws), bv, &g, a.relu, y, &ys_p)
+        let mut planes: Vec<&mut [f32]> = y.chunks_mut(plane).collect();
+        ffi::conv((x, &xs_p), (wv, &ws), bv, &g, a.relu, &mut planes, &ys_p)
     })
     .map_err(|e| c.torch(e))
+}
+
+/// The output-channel ranges of the parts, when the parts should take channels rather than
+/// samples: a one-group convolution whose weights outnumber its input X (e.g. ResNet's last
+/// stage, 512 -> 512 3x3 on 2x2 maps at 3x64x64: W 2.4M entries, X 66K at batch 32), with
+/// at least a channel a part. Taking samples, every part read and reordered all of W for a
+/// few output positions (oneDNN's reorder to its blocked layout, and for dW a whole dW a part
+/// summed after); taking channels, each reads its share of W once and X whole. `None`: the
+/// parts take samples.
+fn channel_parts(
+    parts: usize,
+    xs: &[i64],
+    ws: &[i64],
+    group: i64,
+    channels: i64,
+) -> Option<Vec<(usize, usize)>> {
+    let by_channels =
+        parts > 1 && group == 1 && xs[0] > 0 && channels >= parts as i64 && numel(ws) > numel(xs);
+    by_channels.then(|| bounds(channels as usize, parts))
+}
+
+/// `f(planes, lo, hi)` on each part that holds channels `[lo, hi)` of `cb` (consecutive from
+/// 0), with its planes of the [N, C, ...] output `out` (n-major).
+fn channel_planes(
+    c: &Call,
+    out: &mut [f32],
+    n: usize,
+    cb: Vec<(usize, usize)>,
+    f: impl Fn(&mut [&mut [f32]], usize, usize) -> Result<(), String> + Sync + Send,
+) -> ort::Result<()> {
+    let channels = cb.last().map_or(0, |r| r.1);
+    let dealt = deal(out, n * channels, &owners(&cb), cb.len());
+    let pieces: Vec<_> = dealt.into_iter().zip(cb).collect();
+    c.run(pieces, |_, (mut planes, (lo, hi))| match hi > lo {
+        true => f(&mut planes, lo, hi),
+        false => Ok(()),
+    })
+    .map_err(|e| c.torch(e))
+}
+
+/// For each channel, the part whose range ([`channel_parts`]) holds it.
+fn owners(ranges: &[(usize, usize)]) -> Vec<usize> {
+    ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(lo, hi))| std::iter::repeat_n(i, hi - lo))
+        .collect()
+}
+
+fn numel(shape: &[i64]) -> usize {
+    shape.iter().product::<i64>() as usize
 }
 
 /// dY, X, W of a convolution's backward, checked against each other and the attributes.
@@ -154,16 +224,17 @@ fn backward_inputs<'c>(
 }
 
 /// Samples `[lo, hi)` of a backward (`ins` dY, X, W): libtorch's `convolution_backward` over
-/// those samples, into the part's own `outs` (dX, dW, dB, each only when asked).
+/// those samples, into the part's own dX rows (`dx`) and dW, dB buffers (each only when asked).
 fn backward_part(
     [(dys, dyv), (xs, xv), (ws, wv)]: &[(Vec<i64>, &[f32]); 3],
     g: &ConvGeometry,
     (lo, hi): (usize, usize),
-    outs: [Option<&mut [f32]>; 3],
+    dx: Option<&mut [f32]>,
+    [dw, db]: [Option<&mut [f32]>; 2],
 ) -> Result<(), String> {
     if hi == lo {
         // No samples (a batch of 0: one part, empty): dW and dB are sums over none.
-        for out in outs.into_iter().flatten() {
+        for out in [dw, db].into_iter().flatten() {
             out.fill(0.0);
         }
         return Ok(());
@@ -172,7 +243,9 @@ fn backward_part(
     let (xs_p, dys_p) = (with_rows(xs, hi - lo), with_rows(dys, hi - lo));
     let dy = (&dyv[lo * y_row..hi * y_row], &dys_p[..]);
     let x = (&xv[lo * x_row..hi * x_row], &xs_p[..]);
-    ffi::conv_grad(dy, x, (wv, ws), g, outs)
+    let plane = numel(&xs[2..]);
+    let mut dx_planes: Option<Vec<&mut [f32]>> = dx.map(|d| d.chunks_mut(plane).collect());
+    ffi::conv_grad(dy, 0, x, (wv, ws), g, dx_planes.as_deref_mut(), [dw, db])
 }
 
 /// `probe.cpu:ConvGrad`: dW and dB by libtorch's `convolution_backward`.
@@ -185,8 +258,30 @@ fn conv_grad(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
     // Outputs the node does not name are not computed (libtorch's output_mask).
     let (mut dw, mut db) = (c.output(0, ws.to_vec())?, c.output(1, vec![ws[0]])?);
     let n = xs[0] as usize;
+    let g = a.geometry();
+    if let Some(cb) = channel_parts(c.parts, xs, ws, a.group, ws[0]) {
+        // Each part: every sample, dW's and dB's rows of its output channels (no sums of
+        // parts after).
+        let w_row = per_sample(ws);
+        let pieces: Vec<_> = split_opt(dw, w_row, &cb)
+            .into_iter()
+            .zip(split_opt(db, 1, &cb))
+            .collect();
+        let [dy, x, (_, wv)] = &ins;
+        return c
+            .run(pieces, |i, (dw, db)| {
+                let (lo, hi) = cb[i];
+                if hi == lo {
+                    return Ok(());
+                }
+                let w = (&wv[lo * w_row..hi * w_row], &with_rows(ws, hi - lo)[..]);
+                let (dy, x) = ((dy.1, &dy.0[..]), (x.1, &x.0[..]));
+                ffi::conv_grad(dy, lo, x, w, &g, None, [dw, db])
+            })
+            .map_err(|e| c.torch(e));
+    }
     let parts = c.parts.min(n.max(1));
-    let (wn, m) = (ws.iter().product::<i64>() as usize, ws[0] as usize);
+    let (wn, m) = (numel(ws), ws[0] as usize);
     // Part 0 sums into the outputs, the others into their own buffers.
     let mut dw_parts = vec![0f32; if dw.is_none() { 0 } else { wn * (parts - 1) }];
     let mut db_parts = vec![0f32; if db.is_none() { 0 } else { m * (parts - 1) }];
@@ -194,9 +289,9 @@ fn conv_grad(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
         .into_iter()
         .zip(sum_parts(db.as_deref_mut(), &mut db_parts, parts))
         .collect();
-    let (b, g) = (bounds(n, parts), a.geometry());
+    let b = bounds(n, parts);
     c.run(pieces, |i, (dw, db)| {
-        backward_part(&ins, &g, b[i], [None, dw, db])
+        backward_part(&ins, &g, b[i], None, [dw, db])
     })
     .map_err(|e| c.torch(e))?;
     // dW = sum over parts (the sum over samples, split), likewise dB.
@@ -214,17 +309,47 @@ pub static CONV_GRAD_X_OP: CpuOp<ConvAttrs> =
 
 fn conv_grad_x(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
     let ins = backward_inputs(c, a, true)?;
-    let xs = &ins[1].0;
+    let (xs, ws) = (&ins[1].0, &ins[2].0);
     let dx = c.required(0, xs.to_vec(), "dX")?;
     let n = xs[0] as usize;
-    let (b, g) = (bounds(n, c.parts.min(n.max(1))), a.geometry());
+    let g = a.geometry();
+    if numel(&xs[2..]) == 0 {
+        return Ok(());
+    }
+    if let Some(cb) = channel_parts(c.parts, xs, ws, a.group, ws[1]) {
+        // Each part: every sample, dX's planes of its input channels, from W's columns of
+        // them (dX[:, c] = sum over m of dY[:, m] against W[m, c]), copied together; X's
+        // same channels likewise (libtorch may read X, not only its shape).
+        let [(dys, dyv), (_, xv), (_, wv)] = &ins;
+        return channel_planes(c, dx, n, cb, |planes, lo, hi| {
+            let (w, ws_p) = channels_of(wv, ws, lo, hi);
+            let (x, xs_p) = channels_of(xv, xs, lo, hi);
+            let (x, w) = ((&x[..], &xs_p[..]), (&w[..], &ws_p[..]));
+            ffi::conv_grad((dyv, dys), 0, x, w, &g, Some(planes), [None, None])
+        });
+    }
+    let b = bounds(n, c.parts.min(n.max(1)));
     let pieces = split(dx, per_sample(xs), &b)
         .into_iter()
         .zip(b.iter().copied());
     c.run(pieces.collect(), |_, (dx, r)| {
-        backward_part(&ins, &g, r, [Some(dx), None, None])
+        backward_part(&ins, &g, r, Some(dx), [None, None])
     })
     .map_err(|e| c.torch(e))
+}
+
+/// Channels `[lo, hi)` (axis 1) of a tensor `t` of shape `shape`, copied together, and their
+/// shape.
+fn channels_of(t: &[f32], shape: &[i64], lo: usize, hi: usize) -> (Vec<f32>, Vec<i64>) {
+    let (c, inner) = (shape[1] as usize, numel(&shape[2..]));
+    let out: Vec<f32> = t
+        .chunks(c * inner)
+        .flat_map(|row| &row[lo * inner..hi * inner])
+        .copied()
+        .collect();
+    let mut s = shape.to_vec();
+    s[1] = (hi - lo) as i64;
+    (out, s)
 }
 
 #[cfg(test)]
@@ -328,85 +453,88 @@ mod tests {
         }
     }
 
+    /// A geometry: X's and W's shapes, strides, pads, dilations, group.
+    const fn geo(
+        xs: &'static [usize],
+        ws: &'static [usize],
+        strides: &'static [usize],
+        pads: &'static [usize],
+        dilations: &'static [usize],
+        group: usize,
+    ) -> Geometry<'static> {
+        Geometry {
+            xs,
+            ws,
+            strides,
+            pads,
+            dilations,
+            group,
+        }
+    }
+
     /// N = 5 (the parts take samples: 2, 2, 1 at three threads); 1, 2 and 3 spatial axes with
     /// strides, padding, dilations and groups; the last a 2-D depthwise one (two kernels a
     /// channel), which libtorch runs channels-last; then four whose dW goes by MKL's GEMM
     /// (`dw_path` in `runtime/torch_kernels.cpp`): 2x2 output maps (strided, padded, dilated)
     /// and a 1x1 kernel onto 3x3 (im2col, one GEMM), a 1x1 kernel onto 4x4 (X as it lies, a
-    /// GEMM a sample) and a strided one onto 5x5 (subsampled by im2col, a GEMM a sample).
-    const GEOMETRIES: [Geometry; 8] = [
-        Geometry {
-            xs: &[5, 4, 11, 9],
-            ws: &[6, 2, 3, 2],
-            strides: &[2, 1],
-            pads: &[1, 0],
-            dilations: &[1, 2],
-            group: 2,
-        },
-        Geometry {
-            xs: &[5, 3, 17],
-            ws: &[4, 3, 3],
-            strides: &[3],
-            pads: &[2],
-            dilations: &[2],
-            group: 1,
-        },
-        Geometry {
-            xs: &[5, 2, 4, 5, 6],
-            ws: &[4, 1, 2, 2, 3],
-            strides: &[1, 2, 1],
-            pads: &[0, 1, 1],
-            dilations: &[1, 1, 2],
-            group: 2,
-        },
-        Geometry {
-            xs: &[5, 3, 9, 8],
-            ws: &[6, 1, 3, 3],
-            strides: &[1, 2],
-            pads: &[1, 1],
-            dilations: &[2, 1],
-            group: 3,
-        },
-        Geometry {
-            xs: &[5, 8, 4, 2],
-            ws: &[6, 8, 3, 2],
-            strides: &[2, 1],
-            pads: &[1, 1],
-            dilations: &[1, 2],
-            group: 1,
-        },
-        Geometry {
-            xs: &[5, 4, 3, 3],
-            ws: &[5, 4, 1, 1],
-            strides: &[1, 1],
-            pads: &[0, 0],
-            dilations: &[1, 1],
-            group: 1,
-        },
-        Geometry {
-            xs: &[5, 7, 4, 4],
-            ws: &[3, 7, 1, 1],
-            strides: &[1, 1],
-            pads: &[0, 0],
-            dilations: &[1, 1],
-            group: 1,
-        },
-        Geometry {
-            xs: &[5, 3, 9, 10],
-            ws: &[4, 3, 1, 1],
-            strides: &[2, 2],
-            pads: &[0, 0],
-            dilations: &[1, 1],
-            group: 1,
-        },
+    /// GEMM a sample) and a strided one onto 5x5 (subsampled by im2col, a GEMM a sample); then
+    /// five whose weights outnumber X, where the parts take channels ([`super::channel_parts`]:
+    /// 7 output channels as 3, 2, 2 at three threads, and dX's input channels likewise): 2x2
+    /// output maps (dW by GEMM), strided, a 3x3 map (dW by oneDNN), 1-D, and a 1x1 kernel.
+    const GEOMETRIES: [Geometry; 13] = [
+        geo(&[5, 4, 11, 9], &[6, 2, 3, 2], &[2, 1], &[1, 0], &[1, 2], 2),
+        geo(&[5, 3, 17], &[4, 3, 3], &[3], &[2], &[2], 1),
+        geo(
+            &[5, 2, 4, 5, 6],
+            &[4, 1, 2, 2, 3],
+            &[1, 2, 1],
+            &[0, 1, 1],
+            &[1, 1, 2],
+            2,
+        ),
+        geo(&[5, 3, 9, 8], &[6, 1, 3, 3], &[1, 2], &[1, 1], &[2, 1], 3),
+        geo(&[5, 8, 4, 2], &[6, 8, 3, 2], &[2, 1], &[1, 1], &[1, 2], 1),
+        geo(&[5, 4, 3, 3], &[5, 4, 1, 1], &[1, 1], &[0, 0], &[1, 1], 1),
+        geo(&[5, 7, 4, 4], &[3, 7, 1, 1], &[1, 1], &[0, 0], &[1, 1], 1),
+        geo(&[5, 3, 9, 10], &[4, 3, 1, 1], &[2, 2], &[0, 0], &[1, 1], 1),
+        geo(&[5, 4, 2, 2], &[7, 4, 3, 3], &[1, 1], &[1, 1], &[1, 1], 1),
+        geo(&[5, 3, 3, 4], &[7, 3, 3, 3], &[2, 2], &[1, 1], &[1, 1], 1),
+        geo(&[5, 3, 3, 3], &[7, 3, 3, 3], &[1, 1], &[1, 1], &[1, 1], 1),
+        geo(&[5, 4, 3], &[7, 4, 3], &[1], &[1], &[1], 1),
+        geo(&[5, 16, 1, 1], &[7, 16, 1, 1], &[1, 1], &[0, 0], &[1, 1], 1),
     ];
+
+    /// The geometries meant to take channels do at three threads, the others do not.
+    #[test]
+    fn channel_parts_where_weights_outnumber_x() {
+        let i64s = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        for (i, g) in GEOMETRIES.iter().enumerate() {
+            let (xs, ws, group) = (i64s(g.xs), i64s(g.ws), g.group as i64);
+            let outs = super::channel_parts(3, &xs, &ws, group, ws[0]);
+            let ins = super::channel_parts(3, &xs, &ws, group, ws[1]);
+            assert_eq!(outs.is_some(), i >= 8, "geometry {i}");
+            assert_eq!(ins.is_some(), i >= 8 && ws[1] >= 3, "geometry {i}");
+        }
+        assert_eq!(
+            super::channel_parts(3, &[5, 4, 2, 2], &[7, 4, 3, 3], 1, 7),
+            Some(vec![(0, 3), (3, 5), (5, 7)])
+        );
+        assert_eq!(
+            super::owners(&[(0, 3), (3, 5), (5, 7)]),
+            [0, 0, 0, 1, 1, 2, 2]
+        );
+        // One part, an empty batch, too few channels: samples.
+        assert!(super::channel_parts(1, &[5, 4, 2, 2], &[7, 4, 3, 3], 1, 7).is_none());
+        assert!(super::channel_parts(3, &[0, 4, 2, 2], &[7, 4, 3, 3], 1, 7).is_none());
+        assert!(super::channel_parts(8, &[5, 4, 2, 2], &[7, 4, 3, 3], 1, 7).is_none());
+    }
 
     #[test]
     fn conv_with_bias_and_relu() {
         for (i, g) in GEOMETRIES.iter().enumerate() {
             let ([_, x, w], b, ys) = (g.operands(1), rand(g.ws[0], 4), g.ys());
-            // A bias on the first geometry, none on the others.
-            let (bias, plane) = (i == 0, numel(&ys[2..]));
+            // A bias on the first geometry and on three of those taking channels.
+            let (bias, plane) = (i == 0 || (i >= 8 && i % 2 == 0), numel(&ys[2..]));
             let biases = (0..numel(&ys)).filter(|_| bias);
             let terms = g
                 .taps()

@@ -24,13 +24,14 @@ extern "C" {
         dilation: *const i64,
         groups: i64,
         relu: i32,
-        y: *mut f32,
+        y_planes: *const *mut f32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
     fn probe_conv_grad(
         dy: *const f32,
         dy_shape: *const i64,
+        dy_lo: i64,
         x: *const f32,
         x_shape: *const i64,
         w: *const f32,
@@ -40,7 +41,7 @@ extern "C" {
         padding: *const i64,
         dilation: *const i64,
         groups: i64,
-        dx: *mut f32,
+        dx_planes: *const *mut f32,
         dw: *mut f32,
         db: *mut f32,
         err: *mut c_char,
@@ -232,7 +233,33 @@ impl ConvGeometry<'_> {
     }
 }
 
-/// `y = Conv(x, w, b)` (then `max(y, 0)` with `relu`), y of shape `ys`.
+/// The planes of an [N, C, ...] tensor of shape `shape` as the C++ side takes them: one pointer
+/// a plane, n-major, each plane checked to hold its elements.
+fn plane_ptrs(
+    what: &str,
+    planes: &mut [&mut [f32]],
+    shape: &[i64],
+) -> Result<Vec<*mut f32>, String> {
+    let count = numel(&shape[..2])?;
+    let plane = numel(&shape[2..])?;
+    if planes.len() != count || count == 0 {
+        return Err(format!(
+            "{what}: {} planes for shape {shape:?} ({count} expected, at least one)",
+            planes.len()
+        ));
+    }
+    planes
+        .iter_mut()
+        .map(|p| {
+            holds(what, p.len(), plane)?;
+            Ok(p.as_mut_ptr())
+        })
+        .collect()
+}
+
+/// `y = Conv(x, w, b)` (then `max(y, 0)` with `relu`), y of shape `ys` given as its planes
+/// (`ys[0] * ys[1]` of them, n-major: a part taking output channels holds its planes of a
+/// larger Y, and passes W's and B's rows of them).
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
     (x, xs): (&[f32], &[i64]),
@@ -240,15 +267,19 @@ pub fn conv(
     b: Option<&[f32]>,
     g: &ConvGeometry,
     relu: bool,
-    y: &mut [f32],
+    y: &mut [&mut [f32]],
     ys: &[i64],
 ) -> Result<(), String> {
     let rank = g.rank(&[xs, ws, ys])?;
-    dense(&[("X", x, xs), ("W", w, ws), ("Y", y, ys)])?;
+    dense(&[("X", x, xs), ("W", w, ws)])?;
     if let Some(b) = b {
         holds("B", b.len(), ws[0] as usize)?;
     }
-    // SAFETY: the module doc: every buffer holds what its shape says.
+    if ys[1] != ws[0] {
+        return Err(format!("Y {ys:?} for W {ws:?}"));
+    }
+    let planes = plane_ptrs("Y", y, ys)?;
+    // SAFETY: the module doc: every buffer holds what its shape says (Y's planes each theirs).
     c_call(|e, el| unsafe {
         probe_conv(
             x.as_ptr(),
@@ -263,37 +294,46 @@ pub fn conv(
             g.dilations.as_ptr(),
             g.group,
             relu as i32,
-            y.as_mut_ptr(),
+            planes.as_ptr(),
             e,
             el,
         )
     })
 }
 
-/// The gradients of `Y = Conv(X, W, B)` the caller asks for: dX (X's shape), dW, dB.
+/// The gradients of `Y = Conv(X, W, B)` the caller asks for: dX (X's shape, as its planes,
+/// n-major), dW, dB. `dy_lo`: W holds output channels `dy_lo..` of the convolution whose dY is
+/// given whole (then dW's and dB's rows are those channels').
 pub fn conv_grad(
     (dy, dys): (&[f32], &[i64]),
+    dy_lo: usize,
     (x, xs): (&[f32], &[i64]),
     (w, ws): (&[f32], &[i64]),
     g: &ConvGeometry,
-    [dx, dw, db]: [Option<&mut [f32]>; 3],
+    dx: Option<&mut [&mut [f32]]>,
+    [dw, db]: [Option<&mut [f32]>; 2],
 ) -> Result<(), String> {
     let rank = g.rank(&[dys, xs, ws])?;
     dense(&[("dY", dy, dys), ("X", x, xs), ("W", w, ws)])?;
-    for (what, out, want) in [
-        ("dX", &dx, numel(xs)?),
-        ("dW", &dw, numel(ws)?),
-        ("dB", &db, ws[0] as usize),
-    ] {
+    if dy_lo as i64 + ws[0] > dys[1] {
+        return Err(format!("W {ws:?} from channel {dy_lo} of dY {dys:?}"));
+    }
+    for (what, out, want) in [("dW", &dw, numel(ws)?), ("dB", &db, ws[0] as usize)] {
         if let Some(out) = out {
             holds(what, out.len(), want)?;
         }
     }
-    // SAFETY: the module doc: every buffer holds what its shape says.
+    let dx_planes = match dx {
+        Some(planes) => Some(plane_ptrs("dX", planes, xs)?),
+        None => None,
+    };
+    // SAFETY: the module doc: every buffer holds what its shape says (dX's planes each theirs,
+    // W's rows within dY's channels).
     c_call(|e, el| unsafe {
         probe_conv_grad(
             dy.as_ptr(),
             dys.as_ptr(),
+            dy_lo as i64,
             x.as_ptr(),
             xs.as_ptr(),
             w.as_ptr(),
@@ -303,7 +343,7 @@ pub fn conv_grad(
             g.padding.as_ptr(),
             g.dilations.as_ptr(),
             g.group,
-            mut_or_null(dx),
+            dx_planes.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
             mut_or_null(dw),
             mut_or_null(db),
             e,
