@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const L: usize = 8;
 
 /// Entries from which [`accumulate`] uses its threads.
-pub const THREADED: usize = 16 << 20;
+pub const THREADED: usize = 2 << 20;
 
 /// Adds the lanes in order.
 fn fold(acc: [f64; L]) -> f64 {
@@ -149,12 +149,13 @@ fn not_finite_bit(x: f32) -> u32 {
 }
 
 /// `acc += g`, each entry widened to f64, over every tensor pair, on `threads` threads when
-/// there are at least [`THREADED`] entries: the entries are cut into pieces of at most 1M and
-/// dealt round the threads. Each sum is the same one addition whichever thread makes it. A
-/// 100M-parameter model's gradient is 400 MB read and 800 MB of sums read and written every
-/// batch: memory-bound, and two cores move more of it. Below, one thread: the threads start
-/// while ONNX Runtime's workers still spin after the batch, and on resnet18 (11.7M entries,
-/// ~15 ms a batch) five alternated runs each read 9.7 s (one thread) against 10.0 s (median).
+/// there are at least [`THREADED`] entries (two pieces): the entries are cut into pieces of at
+/// most 1M and dealt round the threads. Each sum is the same one addition whichever thread
+/// makes it. A 100M-parameter model's gradient is 400 MB read and 800 MB of sums read and
+/// written every batch: memory-bound, and two cores move more of it. Threads pay from a few
+/// million entries once ONNX Runtime's pool stops spinning when its run returns (see
+/// `runtime::session`): on resnet18 (11.7M entries) 14-16 ms a batch on one thread, 8.8-9.0 on
+/// two.
 ///
 /// Returns whether every entry of `grads` was finite, found in the same pass (a separate check
 /// read the whole gradient from memory once more: ~5 ms a batch of resnet18's 47 MB). The

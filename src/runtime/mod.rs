@@ -98,6 +98,13 @@ pub fn session(model_bytes: &[u8], threads: usize, what: &str) -> Result<Session
         .map_err(|e| ctx(ort::Error::from(e)))?
         .with_inter_threads(1)
         .map_err(|e| ctx(ort::Error::from(e)))?
+        // The pool's threads spin for a while after a run by default, on the cores probe's
+        // own threads then take for the f64 sums (measure::reduce::accumulate): two sum
+        // threads on resnet18's 11.7M entries took 17-18 ms a batch against 14-16 on one,
+        // and 8.8-9.0 ms with the spinning stopped when the run returns. Spinning within a
+        // run is kept (off, the pass was slower).
+        .with_config_entry("session.force_spinning_stop", "1")
+        .map_err(|e| ctx(ort::Error::from(e)))?
         // No arena: see `reuse_freed_memory`. A developer's knob, `PROBE_ORT_ARENA=on`, keeps
         // ONNX Runtime's (for an A/B).
         .with_execution_providers([ort::ep::CPU::default()
