@@ -75,8 +75,17 @@ impl ConvAttrs {
 
 /// `shape` with its first axis (the batch) `rows`.
 fn with_rows(shape: &[i64], rows: usize) -> Vec<i64> {
+    with_axis(shape, 0, rows)
+}
+
+/// `shape` with its second axis (the channels) `channels`.
+fn with_channels(shape: &[i64], channels: usize) -> Vec<i64> {
+    with_axis(shape, 1, channels)
+}
+
+fn with_axis(shape: &[i64], axis: usize, extent: usize) -> Vec<i64> {
     let mut s = shape.to_vec();
-    s[0] = rows as i64;
+    s[axis] = extent as i64;
     s
 }
 
@@ -125,8 +134,7 @@ fn conv(a: &ConvAttrs, c: &Call) -> ort::Result<()> {
         let w_row = per_sample(&ws);
         return channel_planes(c, y, n, cb, |planes, lo, hi| {
             let (w, w_p) = (&wv[lo * w_row..hi * w_row], with_rows(&ws, hi - lo));
-            let mut ys_p = ys.clone();
-            ys_p[1] = (hi - lo) as i64;
+            let ys_p = with_channels(&ys, hi - lo);
             let b = bv.map(|b| &b[lo..hi]);
             ffi::conv((xv, &xs), (w, &w_p), b, &g, a.relu, planes, &ys_p)
         });
@@ -347,9 +355,7 @@ fn channels_of(t: &[f32], shape: &[i64], lo: usize, hi: usize) -> (Vec<f32>, Vec
         .flat_map(|row| &row[lo * inner..hi * inner])
         .copied()
         .collect();
-    let mut s = shape.to_vec();
-    s[1] = (hi - lo) as i64;
-    (out, s)
+    (out, with_channels(shape, hi - lo))
 }
 
 #[cfg(test)]
